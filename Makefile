@@ -1,0 +1,32 @@
+# The two set-up commands: `make run` and `make test`. Both need only python3 (3.11) on the PATH.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+
+.PHONY: run test install migrate demo bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+run: migrate
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) manage.py bootstrap_demo
+	$(VENV)/bin/honcho start
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: migrate
+	$(PY) manage.py retraining_demo
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,151 @@
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from recommendations.api.fields import (
+    PastDateTimeField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictJSONObjectField,
+    StrictSerializer,
+    flatten_errors,
+)
+from recommendations.models import EventType
+from recommendations.services.catalog import ItemInput, item_upsert
+from recommendations.services.events import EventInput, event_ingest
+from recsite.errors import ApplicationError
+
+EXTERNAL_ID_MAX = 128
+
+
+def _validated(serializer_class, data, *, many=False, message="The request is invalid."):
+    serializer = serializer_class(data=data, many=many)
+    if not serializer.is_valid():
+        raise ApplicationError(message, extra={"errors": flatten_errors(serializer.errors)})
+    return serializer.validated_data
+
+
+def _batch(data, key: str, limit: int) -> tuple[list, bool]:
+    """The list under `key`, or the body itself as a batch of one; refuses empty and oversize batches."""
+    if not isinstance(data, dict):
+        raise ApplicationError("The body must be a JSON object.", extra={"errors": [_error(None, "body", "Expected a JSON object.")]})
+    if key not in data:
+        return [data], False
+    batch = data[key]
+    if set(data) != {key}:
+        extra = sorted(set(data) - {key})
+        raise ApplicationError("Unknown fields beside the batch.", extra={"errors": [_error(None, f, "Unknown field.") for f in extra]})
+    if not isinstance(batch, list) or not batch:
+        raise ApplicationError(f"'{key}' must be a non-empty list.", extra={"errors": [_error(None, key, "Expected a non-empty list.")]})
+    if len(batch) > limit:
+        raise ApplicationError(
+            f"At most {limit} {key} per request.",
+            extra={"errors": [_error(None, key, f"Got {len(batch)}, the limit is {limit}.")]},
+        )
+    return batch, True
+
+
+def _error(index, field, message):
+    return {"index": index, "field": field, "message": message}
+
+
+class EventIngestApi(APIView):
+    required_scope = "ingest"
+
+    class InputSerializer(StrictSerializer):
+        event_id = serializers.UUIDField(required=False, allow_null=True)
+        user_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
+        item_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
+        event_type = serializers.ChoiceField(choices=EventType.choices)
+        value = StrictFloatField(required=False, allow_null=True)
+        timestamp = PastDateTimeField(required=False)
+        recommendation_id = serializers.UUIDField(required=False, allow_null=True)
+        context = StrictJSONObjectField(required=False, allow_null=True)
+
+        def validate(self, attrs):
+            value = attrs.get("value")
+            if attrs["event_type"] == EventType.RATING:
+                low, high = settings.RATING_MIN, settings.RATING_MAX
+                if value is None:
+                    raise serializers.ValidationError({"value": "A rating needs a value."})
+                if not low <= value <= high:
+                    raise serializers.ValidationError({"value": f"A rating must be between {low:g} and {high:g}."})
+            return attrs
+
+    class OutputSerializer(serializers.Serializer):
+        accepted = serializers.IntegerField()
+        duplicates = serializers.IntegerField()
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: OutputSerializer, 400: OpenApiResponse(description="Invalid events; nothing was written.")},
+        summary="Record one event, or a batch as {\"events\": [...]} (all or nothing)",
+    )
+    def post(self, request):
+        batch, _ = _batch(request.data, "events", settings.MAX_EVENTS_PER_REQUEST)
+        validated = _validated(self.InputSerializer, batch, many=True, message="Some events are invalid; nothing was written.")
+        now = timezone.now()
+        result = event_ingest(events=[EventInput(**{"timestamp": now, **event}) for event in validated])
+        return Response(self.OutputSerializer(result).data, status=status.HTTP_201_CREATED)
+
+
+class _ItemFields(StrictSerializer):
+    title = StrictCharField(max_length=500, required=False, allow_blank=True, default="")
+    categories = serializers.ListField(child=StrictCharField(max_length=100), required=False, default=list)
+    attributes = StrictJSONObjectField(required=False, default=dict)
+    active = StrictBooleanField(required=False, default=True)
+
+
+class ItemBulkUpsertApi(APIView):
+    required_scope = "ingest"
+
+    class InputSerializer(_ItemFields):
+        item_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
+
+    class OutputSerializer(serializers.Serializer):
+        created = serializers.IntegerField()
+        updated = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer(many=True), responses={200: OutputSerializer}, summary="Bulk upsert items")
+    def post(self, request):
+        batch, is_batch = _batch(request.data, "items", settings.MAX_EVENTS_PER_REQUEST)
+        if not is_batch:
+            raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [_error(None, "items", "This field is required.")]})
+        validated = _validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
+        result = item_upsert(items=[ItemInput(**item) for item in validated])
+        return Response(self.OutputSerializer(result).data)
+
+
+class ItemUpsertApi(APIView):
+    required_scope = "ingest"
+
+    class InputSerializer(_ItemFields):
+        pass
+
+    @extend_schema(request=InputSerializer, responses={200: ItemBulkUpsertApi.OutputSerializer}, summary="Create or replace one item")
+    def put(self, request, item_id: str):
+        if len(item_id) > EXTERNAL_ID_MAX:
+            raise ApplicationError("item_id is too long.", extra={"errors": [_error(None, "item_id", f"At most {EXTERNAL_ID_MAX} characters.")]})
+        validated = _validated(self.InputSerializer, request.data, message="The item is invalid; nothing was written.")
+        result = item_upsert(items=[ItemInput(item_id=item_id, **validated)])
+        return Response(ItemBulkUpsertApi.OutputSerializer(result).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+class HealthApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses={200: OpenApiResponse(description="The database is reachable."), 503: OpenApiResponse(description="It is not.")})
+    def get(self, request):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:  # any database failure means "not healthy", never a 500
+            return Response({"status": "unavailable", "database": str(exc)[:200]}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response({"status": "ok", "database": "ok"})

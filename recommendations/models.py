@@ -1,0 +1,107 @@
+from django.db import models
+from django.db.models import Q
+from rest_framework_api_key.models import AbstractAPIKey
+
+
+class EventType(models.TextChoices):
+    VIEW = "view"
+    CLICK = "click"
+    LIKE = "like"
+    RATING = "rating"
+    PURCHASE = "purchase"
+    DISLIKE = "dislike"
+
+
+class Item(models.Model):
+    external_id = models.CharField(max_length=128, unique=True)
+    title = models.CharField(max_length=500, blank=True, default="")
+    categories = models.JSONField(default=list, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.external_id} {self.title}".strip()
+
+
+class EndUser(models.Model):
+    """A user of the client application, known by the application's own id and created on first event."""
+
+    external_id = models.CharField(max_length=128, unique=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.external_id
+
+
+class Interaction(models.Model):
+    """One event, append-only: rows are inserted and never updated."""
+
+    event_id = models.UUIDField(null=True, blank=True)
+    user = models.ForeignKey(EndUser, on_delete=models.PROTECT, related_name="interactions")
+    item = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="interactions")
+    event_type = models.CharField(max_length=16, choices=EventType.choices)
+    value = models.FloatField(null=True, blank=True)
+    timestamp = models.DateTimeField()
+    recommendation_id = models.UUIDField(null=True, blank=True)
+    context = models.JSONField(null=True, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event_id"], condition=Q(event_id__isnull=False), name="uniq_event_id"),
+        ]
+        indexes = [
+            models.Index(fields=["user", "timestamp"]),
+            models.Index(fields=["item", "timestamp"]),
+            models.Index(fields=["timestamp"]),
+            models.Index(fields=["recommendation_id"], condition=Q(recommendation_id__isnull=False), name="ix_rec_id"),
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} {self.event_type} {self.item_id} @ {self.timestamp:%Y-%m-%d %H:%M}"
+
+
+class UserFeatures(models.Model):
+    """Online features of one user, updated in the transaction that writes the user's events.
+    Field meanings and update rules: recommendations.features (shared with training)."""
+
+    user = models.OneToOneField(EndUser, on_delete=models.CASCADE, primary_key=True, related_name="features")
+    event_count = models.IntegerField(default=0)
+    counts_by_type = models.JSONField(default=dict)
+    positive_count = models.IntegerField(default=0)
+    rating_count = models.IntegerField(default=0)
+    rating_sum = models.FloatField(default=0.0)
+    first_seen = models.DateTimeField(null=True)
+    last_seen = models.DateTimeField(null=True)
+    recent_items = models.JSONField(default=list)
+    category_counts = models.JSONField(default=dict)
+    category_last_seen = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+
+class ItemFeatures(models.Model):
+    """Online features of one item. Updated by an additive upsert (see services.features) so that a hot
+    item never holds a row lock longer than one statement at the end of the ingest transaction."""
+
+    item = models.OneToOneField(Item, on_delete=models.CASCADE, primary_key=True, related_name="features")
+    event_count = models.IntegerField(default=0)
+    positive_count = models.IntegerField(default=0)
+    rating_count = models.IntegerField(default=0)
+    rating_sum = models.FloatField(default=0.0)
+    first_event_at = models.DateTimeField(null=True)
+    last_event_at = models.DateTimeField(null=True)
+    log_pop_7d = models.FloatField(null=True)
+    log_pop_30d = models.FloatField(null=True)
+
+
+class ApiKey(AbstractAPIKey):
+    """An API key with scopes; the secret is stored hashed by djangorestframework-api-key."""
+
+    scopes = models.JSONField(default=list)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"

@@ -1,0 +1,211 @@
+"""The online feature store: folds accepted events into UserFeatures / ItemFeatures rows, inside the
+ingest transaction, with the definitions of recommendations.features.
+
+Freshness: synchronous. The rows are updated in the same transaction as the events, so a recommendation
+request issued after the 201 sees them (0 s lag).
+
+Contention: a hot item must not serialize ingestion. Item rows are updated with one additive
+`INSERT ... ON CONFLICT DO UPDATE` for the whole batch (deltas pre-aggregated per item, rows in id order),
+run as the last statement before commit, so a hot row is locked for one statement plus the commit.
+User rows are read-modify-written under SELECT ... FOR UPDATE in id order; they are not contended
+(a user's events come from that user's sessions). bench/ingest.py measures both cases.
+"""
+
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from django.db import connection, transaction
+from django.db.models import Q
+
+from recommendations import features
+from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
+
+_ITEM_TABLE = ItemFeatures._meta.db_table
+
+
+def to_ts(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def from_ts(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def user_state_from_row(row: UserFeatures) -> features.UserState:
+    return features.UserState(
+        event_count=row.event_count,
+        counts_by_type=dict(row.counts_by_type),
+        positive_count=row.positive_count,
+        rating_count=row.rating_count,
+        rating_sum=row.rating_sum,
+        first_seen=row.first_seen and to_ts(row.first_seen),
+        last_seen=row.last_seen and to_ts(row.last_seen),
+        recent_items=[list(pair) for pair in row.recent_items],
+        category_counts=dict(row.category_counts),
+        category_last_seen=dict(row.category_last_seen),
+    )
+
+
+def _user_state_to_row(state: features.UserState, row: UserFeatures) -> None:
+    row.event_count = state.event_count
+    row.counts_by_type = state.counts_by_type
+    row.positive_count = state.positive_count
+    row.rating_count = state.rating_count
+    row.rating_sum = state.rating_sum
+    row.first_seen = from_ts(state.first_seen)
+    row.last_seen = from_ts(state.last_seen)
+    row.recent_items = state.recent_items
+    row.category_counts = state.category_counts
+    row.category_last_seen = state.category_last_seen
+
+
+def item_state_from_row(row: ItemFeatures) -> features.ItemState:
+    return features.ItemState(
+        event_count=row.event_count,
+        positive_count=row.positive_count,
+        rating_count=row.rating_count,
+        rating_sum=row.rating_sum,
+        first_event_at=row.first_event_at and to_ts(row.first_event_at),
+        last_event_at=row.last_event_at and to_ts(row.last_event_at),
+        log_pop_7d=row.log_pop_7d,
+        log_pop_30d=row.log_pop_30d,
+    )
+
+
+_USER_FIELDS = [
+    "event_count",
+    "counts_by_type",
+    "positive_count",
+    "rating_count",
+    "rating_sum",
+    "first_seen",
+    "last_seen",
+    "recent_items",
+    "category_counts",
+    "category_last_seen",
+]
+
+
+def online_features_update(*, events: list[features.Event], item_categories: dict[int, list[str]]) -> None:
+    """Fold `events` (already written, in the caller's transaction) into the online feature rows."""
+    _users_update(events, item_categories)
+    _items_update(events)
+
+
+def _users_update(events: list[features.Event], item_categories: dict[int, list[str]]) -> None:
+    user_ids = sorted({event.user_id for event in events})
+    UserFeatures.objects.bulk_create([UserFeatures(user_id=uid) for uid in user_ids], ignore_conflicts=True)
+    rows = {
+        row.user_id: row
+        for row in UserFeatures.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id")
+    }
+    states = {uid: user_state_from_row(row) for uid, row in rows.items()}
+    for event in events:
+        features.user_apply(states[event.user_id], event, item_categories.get(event.item_id, ()))
+    for uid, row in rows.items():
+        _user_state_to_row(states[uid], row)
+    UserFeatures.objects.bulk_update(list(rows.values()), _USER_FIELDS, batch_size=500)
+
+
+def _items_update(events: list[features.Event]) -> None:
+    by_item: dict[int, list[features.Event]] = defaultdict(list)
+    for event in events:
+        by_item[event.item_id].append(event)
+    deltas = [(item_id, features.item_delta(by_item[item_id])) for item_id in sorted(by_item)]
+    adapt = connection.ops.adapt_datetimefield_value
+    params: list = []
+    for item_id, delta in deltas:
+        params += [
+            item_id,
+            delta.event_count,
+            delta.positive_count,
+            delta.rating_count,
+            delta.rating_sum,
+            adapt(from_ts(delta.first_event_at)),
+            adapt(from_ts(delta.last_event_at)),
+            delta.log_pop_7d,
+            delta.log_pop_30d,
+        ]
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(deltas))
+    with connection.cursor() as cursor:
+        cursor.execute(_ITEM_UPSERT_SQL.format(values=values), params)
+
+
+def _log_add_sql(column: str) -> str:
+    """log(exp(a) + exp(b)) without overflow; the SQL twin of features.log_add."""
+    old, new = f"{_ITEM_TABLE}.{column}", f"excluded.{column}"
+    return (
+        f"{column} = CASE WHEN {old} IS NULL THEN {new} "
+        f"WHEN {old} >= {new} THEN {old} + LN(1 + EXP({new} - {old})) "
+        f"ELSE {new} + LN(1 + EXP({old} - {new})) END"
+    )
+
+
+def _extreme_sql(column: str, comparison: str) -> str:
+    old, new = f"{_ITEM_TABLE}.{column}", f"excluded.{column}"
+    return f"{column} = CASE WHEN {old} IS NULL OR {new} {comparison} {old} THEN {new} ELSE {old} END"
+
+
+_ITEM_UPSERT_SQL = (
+    f"INSERT INTO {_ITEM_TABLE} (item_id, event_count, positive_count, rating_count, rating_sum, "
+    "first_event_at, last_event_at, log_pop_7d, log_pop_30d) VALUES {values} "
+    "ON CONFLICT (item_id) DO UPDATE SET "
+    + ", ".join(
+        [f"{c} = {_ITEM_TABLE}.{c} + excluded.{c}" for c in ("event_count", "positive_count", "rating_count", "rating_sum")]
+        + [_extreme_sql("first_event_at", "<"), _extreme_sql("last_event_at", ">")]
+        + [_log_add_sql("log_pop_7d"), _log_add_sql("log_pop_30d")]
+    )
+)
+
+
+def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list[int] | None = None) -> dict:
+    """Recompute online feature rows from the event log with the shared definitions.
+
+    For bulk imports and repairs. Rows are locked before the events are read, so an ingest racing with
+    the rebuild either committed before it (and is in the replay) or waits and folds its events on top.
+    Returns the number of users and items rebuilt."""
+    with transaction.atomic():
+        users = sorted(user_ids if user_ids is not None else EndUser.objects.values_list("pk", flat=True))
+        items = sorted(item_ids if item_ids is not None else Item.objects.values_list("pk", flat=True))
+        UserFeatures.objects.bulk_create([UserFeatures(user_id=u) for u in users], ignore_conflicts=True, batch_size=5000)
+        ItemFeatures.objects.bulk_create([ItemFeatures(item_id=i) for i in items], ignore_conflicts=True, batch_size=5000)
+        user_rows = {r.user_id: r for r in UserFeatures.objects.select_for_update().filter(user_id__in=users).order_by("pk")}
+        item_rows = {r.item_id: r for r in ItemFeatures.objects.select_for_update().filter(item_id__in=items).order_by("pk")}
+        user_states = {u: features.UserState() for u in user_rows}
+        item_states = {i: features.ItemState() for i in item_rows}
+        categories = dict(Item.objects.values_list("pk", "categories"))
+        events = Interaction.objects.all()
+        if user_ids is not None or item_ids is not None:
+            events = events.filter(Q(user_id__in=users) | Q(item_id__in=items))
+        events = events.order_by("timestamp", "pk").values_list("user_id", "item_id", "event_type", "value", "timestamp")
+        for user_id, item_id, event_type, value, timestamp in events.iterator(chunk_size=20000):
+            event = features.Event(user_id, item_id, event_type, value, timestamp.timestamp())
+            if user_id in user_states:
+                features.user_apply(user_states[user_id], event, categories.get(item_id) or ())
+            if item_id in item_states:
+                features.item_apply(item_states[item_id], event)
+        for user_id, row in user_rows.items():
+            _user_state_to_row(user_states[user_id], row)
+        for item_id, row in item_rows.items():
+            _item_state_to_row(item_states[item_id], row)
+        UserFeatures.objects.bulk_update(list(user_rows.values()), _USER_FIELDS, batch_size=1000)
+        ItemFeatures.objects.bulk_update(list(item_rows.values()), _ITEM_FIELDS, batch_size=1000)
+    return {"users": len(user_rows), "items": len(item_rows)}
+
+
+_ITEM_FIELDS = [
+    "event_count",
+    "positive_count",
+    "rating_count",
+    "rating_sum",
+    "first_event_at",
+    "last_event_at",
+    "log_pop_7d",
+    "log_pop_30d",
+]
+
+
+def _item_state_to_row(state: features.ItemState, row: ItemFeatures) -> None:
+    for name in _ITEM_FIELDS:
+        value = getattr(state, name)
+        setattr(row, name, from_ts(value) if name.endswith("_at") else value)
