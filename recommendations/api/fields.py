@@ -30,6 +30,13 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictUUIDField(serializers.UUIDField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
 class StrictFloatField(serializers.FloatField):
     default_error_messages = {"not_finite": "Must be a finite number."}
 

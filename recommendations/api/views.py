@@ -14,6 +14,7 @@ from recommendations.api.fields import (
     StrictFloatField,
     StrictJSONObjectField,
     StrictSerializer,
+    StrictUUIDField,
     flatten_errors,
 )
 from recommendations.models import EventType
@@ -59,13 +60,13 @@ class EventIngestApi(APIView):
     required_scope = "ingest"
 
     class InputSerializer(StrictSerializer):
-        event_id = serializers.UUIDField(required=False, allow_null=True)
+        event_id = StrictUUIDField(required=False, allow_null=True)
         user_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
         item_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
         event_type = serializers.ChoiceField(choices=EventType.choices)
         value = StrictFloatField(required=False, allow_null=True)
         timestamp = PastDateTimeField(required=False)
-        recommendation_id = serializers.UUIDField(required=False, allow_null=True)
+        recommendation_id = StrictUUIDField(required=False, allow_null=True)
         context = StrictJSONObjectField(required=False, allow_null=True)
 
         def validate(self, attrs):
