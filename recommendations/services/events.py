@@ -6,7 +6,7 @@ from typing import Iterable
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 
 from recommendations import features
 from recommendations.models import EndUser, Interaction, Item
@@ -37,16 +37,29 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
 
     An event whose `event_id` is already stored (or repeated in the same batch) is a duplicate and is
     skipped. If a concurrent request commits the same `event_id` between our check and our insert, the
-    unique constraint fires and the whole batch is retried once, now seeing the duplicate."""
+    unique constraint fires and the whole batch is retried, now seeing the duplicate; a deadlock with a
+    concurrent batch (rare: rows are locked in key order) is retried the same way."""
     strict = settings.CATALOG_STRICT if catalog_strict is None else catalog_strict
-    for attempt in (1, 2):
+    for attempt in range(1, _ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 return _ingest(events, strict)
-        except IntegrityError:
-            if attempt == 2:
-                raise ConflictError("A concurrent request wrote the same events; retry the request.")
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == _ATTEMPTS or not _is_retryable(exc):
+                if isinstance(exc, IntegrityError):
+                    raise ConflictError("A concurrent request wrote the same events; retry the request.")
+                raise
     raise AssertionError("unreachable")
+
+
+_ATTEMPTS = 3
+_RETRYABLE_PG_CODES = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+def _is_retryable(exc: Exception) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    return getattr(exc.__cause__, "pgcode", None) in _RETRYABLE_PG_CODES
 
 
 def _ingest(events: list[EventInput], strict: bool) -> IngestResult:
@@ -90,7 +103,7 @@ def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, l
         ]
         raise ApplicationError("Some events refer to unknown items.", extra={"errors": errors}, code="unknown_item")
     if missing:
-        Item.objects.bulk_create([Item(external_id=external_id) for external_id in missing], ignore_conflicts=True)
+        Item.objects.bulk_create([Item(external_id=external_id) for external_id in sorted(missing)], ignore_conflicts=True)
         found.update(_item_lookup(missing))
     return found
 
@@ -109,7 +122,7 @@ def _users_for(external_ids: Iterable[str]) -> dict[str, int]:
     found = dict(EndUser.objects.filter(external_id__in=wanted).values_list("external_id", "pk"))
     missing = wanted - found.keys()
     if missing:
-        EndUser.objects.bulk_create([EndUser(external_id=external_id) for external_id in missing], ignore_conflicts=True)
+        EndUser.objects.bulk_create([EndUser(external_id=e) for e in sorted(missing)], ignore_conflicts=True)
         found.update(EndUser.objects.filter(external_id__in=missing).values_list("external_id", "pk"))
     return found
 
