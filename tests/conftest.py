@@ -29,3 +29,75 @@ def serve_client(db):
 @pytest.fixture
 def admin_client_api(db):
     return _client_with(["admin"])
+
+
+# --- Real Celery processes ----------------------------------------------------------------------
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.db import connection
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    """The URL of the database pytest-django created, for processes the tests start."""
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    host, port = settings.get("HOST") or "127.0.0.1", settings.get("PORT") or 5432
+    password = f":{settings['PASSWORD']}" if settings.get("PASSWORD") else ""
+    return f"postgres://{settings['USER']}{password}@{host}:{port}/{settings['NAME']}"
+
+
+def process_env(**extra) -> dict:
+    env = {**os.environ, "DATABASE_URL": test_database_url(), "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
+    return env
+
+
+def start_process(args: list[str], log: Path, **extra_env) -> subprocess.Popen:
+    handle = open(log, "wb")
+    return subprocess.Popen(args, cwd=REPO, env=process_env(**extra_env), stdout=handle, stderr=subprocess.STDOUT)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real `celery worker` process on the configured broker (Redis in CI) and the test database."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    celery = str(Path(sys.executable).with_name("celery"))
+    process = start_process(
+        [celery, "-A", "recsite", "worker", "--loglevel", "INFO", "--queues", "default,training",
+         "--concurrency", "1", "--hostname", f"test-worker-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+        log,
+    )
+    try:
+        wait_until(lambda: b"ready" in log.read_bytes() or process.poll() is not None, 60, message="the worker")
+        if process.poll() is not None:
+            raise RuntimeError(f"the celery worker exited:\n{log.read_text()}")
+        yield process
+    finally:
+        stop_process(process)
