@@ -1,0 +1,102 @@
+"""Model versions, deployment pointers and their audit trail. No ML and no HTTP here (ARCHITECTURE.md)."""
+
+from django.db import models
+from django.db.models import Q
+
+
+class ModelStatus(models.TextChoices):
+    TRAINING = "training"
+    CANDIDATE = "candidate"
+    REJECTED = "rejected"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    FAILED = "failed"
+
+
+class ModelVersion(models.Model):
+    """One trained model, immutable once registered; only `status` moves."""
+
+    version = models.PositiveIntegerField(unique=True, editable=False)
+    status = models.CharField(max_length=16, choices=ModelStatus.choices, default=ModelStatus.CANDIDATE, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    training_window_start = models.DateTimeField(null=True, blank=True)
+    training_window_end = models.DateTimeField(null=True, blank=True)
+    trigger_reason = models.CharField(max_length=200, blank=True, default="")
+    dataset_stats = models.JSONField(default=dict, blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    baseline_metrics = models.JSONField(default=dict, blank=True)
+    manifest = models.JSONField(default=dict, blank=True)
+    artifact_path = models.CharField(max_length=500, blank=True, default="")
+    artifact_size = models.BigIntegerField(null=True, blank=True)
+    artifact_sha256 = models.CharField(max_length=64, blank=True, default="")
+    training_duration_s = models.FloatField(null=True, blank=True)
+    # The retraining app's TrainingRun id; a plain integer because the registry imports no other app.
+    training_run_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-version"]
+
+    def __str__(self):
+        return f"v{self.version}"
+
+    @property
+    def label(self) -> str:
+        return f"v{self.version}"
+
+
+class Alias(models.TextChoices):
+    CHAMPION = "champion"
+    CHALLENGER = "challenger"
+
+
+class DeploymentMode(models.TextChoices):
+    NONE = "none"
+    SHADOW = "shadow"
+    AB = "ab"
+    CANARY = "canary"
+
+
+class Deployment(models.Model):
+    """A pointer alias → version. `champion` serves traffic; `challenger` is for shadow / A/B / canary."""
+
+    alias = models.CharField(max_length=16, choices=Alias.choices, unique=True)
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    mode = models.CharField(max_length=8, choices=DeploymentMode.choices, default=DeploymentMode.NONE)
+    traffic_percent = models.PositiveSmallIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(traffic_percent__lte=100), name="traffic_percent_at_most_100"),
+        ]
+
+    def __str__(self):
+        return f"{self.alias} → {self.version or '—'}"
+
+
+class DeploymentChange(models.Model):
+    """The audit trail: every pointer flip, with who, when, from, to and why."""
+
+    class Action(models.TextChoices):
+        PROMOTE = "promote"
+        ROLLBACK = "rollback"
+        REJECT = "reject"
+        CHALLENGER_START = "challenger_start"
+        CHALLENGER_STOP = "challenger_stop"
+        TRAFFIC = "traffic"
+
+    alias = models.CharField(max_length=16, choices=Alias.choices)
+    action = models.CharField(max_length=20, choices=Action.choices)
+    from_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    to_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    actor = models.CharField(max_length=150)
+    reason = models.TextField(blank=True, default="")
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.action} {self.alias}: {self.from_version or '—'} → {self.to_version or '—'} by {self.actor}"

@@ -1,0 +1,58 @@
+"""Registry reads: the champion, version comparisons, the version history table."""
+
+from registry.models import Alias, Deployment, ModelStatus, ModelVersion
+
+# (key in metrics, label, higher is better)
+COMPARED_METRICS = [
+    ("rmse", "RMSE", False),
+    ("mae", "MAE", False),
+    ("r2", "R²", True),
+    ("recall@10", "Recall@10", True),
+    ("precision@10", "Precision@10", True),
+    ("map@10", "MAP@10", True),
+    ("ndcg@10", "NDCG@10", True),
+    ("hit_rate@10", "HitRate@10", True),
+    ("coverage@10", "Coverage@10", True),
+]
+HISTORY_METRICS = ["rmse", "mae", "r2", "recall@10", "map@10", "ndcg@10"]
+
+
+def champion_version() -> ModelVersion | None:
+    pointer = Deployment.objects.filter(alias=Alias.CHAMPION).select_related("version").first()
+    return pointer.version if pointer else None
+
+
+def champion_version_number() -> int | None:
+    """The champion's version number, one indexed query (what web workers poll)."""
+    return Deployment.objects.filter(alias=Alias.CHAMPION).values_list("version__version", flat=True).first()
+
+
+def model_versions_compare(*, a: ModelVersion, b: ModelVersion) -> list[dict]:
+    """Both versions side by side on the same metrics, with the change from a to b and which is better."""
+    rows = []
+    for key, label, higher_is_better in COMPARED_METRICS:
+        left, right = a.metrics.get(key), b.metrics.get(key)
+        row = {"metric": key, "label": label, "higher_is_better": higher_is_better, "a": left, "b": right,
+               "delta": None, "relative_change": None, "better": None}
+        if left is not None and right is not None:
+            row["delta"] = right - left
+            row["relative_change"] = (right - left) / abs(left) if left else None
+            row["better"] = "equal" if right == left else ("b" if (right > left) == higher_is_better else "a")
+        rows.append(row)
+    return rows
+
+
+def model_history_markdown() -> str:
+    """The version history as a Markdown table, newest first, the active version marked."""
+    header = "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Status |"
+    lines = [header, "|" + "---|" * 9]
+    for version in ModelVersion.objects.order_by("-version"):
+        cells = [_fmt(version.metrics.get(key)) for key in HISTORY_METRICS]
+        status = "**active** ✅" if version.status == ModelStatus.ACTIVE else version.status
+        name = f"**{version.label}**" if version.status == ModelStatus.ACTIVE else version.label
+        lines.append(f"| {name} | {version.created_at:%Y-%m-%d %H:%M} | " + " | ".join(cells) + f" | {status} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
