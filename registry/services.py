@@ -14,7 +14,7 @@ from registry.models import Alias, Deployment, DeploymentChange, ModelStatus, Mo
 from registry.selectors import champion_version
 
 UNSET = object()
-_PROMOTABLE = {ModelStatus.CANDIDATE, ModelStatus.RETIRED, ModelStatus.REJECTED}
+PROMOTABLE = {ModelStatus.CANDIDATE, ModelStatus.RETIRED, ModelStatus.REJECTED}
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def model_version_promote(*, version: int, actor: str, reason: str = "", expecte
     number or None; by default the champion as read when the call starts), so of two racing changes
     exactly one wins and the other gets a conflict."""
     target = model_version_get(version=version)
-    if target.status not in _PROMOTABLE:
+    if target.status not in PROMOTABLE:
         raise ApplicationError(f"v{version} is {target.status}; only a candidate, retired or rejected version can be promoted.")
     if expected_current is UNSET:
         current = champion_version()

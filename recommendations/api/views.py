@@ -7,7 +7,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from recommendations.api.fields import (
+from recsite.api import (
     PastDateTimeField,
     StrictBooleanField,
     StrictCharField,

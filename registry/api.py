@@ -1,0 +1,129 @@
+"""Registry endpoints (scope `admin`). One view per operation: validate, call a service or selector, serialize."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from recsite.api import StrictCharField, StrictIntegerField, StrictSerializer
+from recsite.errors import ApplicationError
+from registry.models import DeploymentChange, ModelVersion
+from registry.selectors import model_versions_compare
+from registry.services import UNSET, model_version_get, model_version_promote, model_version_rollback
+
+
+def actor_of(request) -> str:
+    return f"api-key:{request.auth.name}" if request.auth is not None else "api"
+
+
+class ModelVersionOutput(serializers.ModelSerializer):
+    label = serializers.CharField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "version", "label", "status", "created_at", "training_window_start", "training_window_end",
+            "trigger_reason", "dataset_stats", "parameters", "metrics", "baseline_metrics", "artifact_size",
+            "artifact_sha256", "training_duration_s", "training_run_id",
+        ]
+
+
+class ModelVersionDetailOutput(ModelVersionOutput):
+    class Meta(ModelVersionOutput.Meta):
+        fields = [*ModelVersionOutput.Meta.fields, "manifest", "artifact_path"]
+
+
+class DeploymentChangeOutput(serializers.ModelSerializer):
+    from_version = serializers.IntegerField(source="from_version.version", allow_null=True, default=None)
+    to_version = serializers.IntegerField(source="to_version.version", allow_null=True, default=None)
+
+    class Meta:
+        model = DeploymentChange
+        fields = ["id", "alias", "action", "from_version", "to_version", "actor", "reason", "created_at"]
+
+
+class _ChangeInput(StrictSerializer):
+    reason = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
+    expected_current = StrictIntegerField(required=False, allow_null=True, min_value=1)
+
+
+def _validated(serializer_class, data):
+    serializer = serializer_class(data=data if data is not None else {})
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class ModelListApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses={200: ModelVersionOutput(many=True)}, summary="All model versions, newest first")
+    def get(self, request):
+        return Response(ModelVersionOutput(ModelVersion.objects.order_by("-version"), many=True).data)
+
+
+class ModelDetailApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses={200: ModelVersionDetailOutput}, summary="One model version with its manifest")
+    def get(self, request, version: int):
+        return Response(ModelVersionDetailOutput(model_version_get(version=version)).data)
+
+
+class ModelPromoteApi(APIView):
+    required_scope = "admin"
+
+    class InputSerializer(_ChangeInput):
+        pass
+
+    @extend_schema(request=InputSerializer, responses={200: DeploymentChangeOutput}, summary="Make a version the champion")
+    def post(self, request, version: int):
+        data = _validated(self.InputSerializer, request.data)
+        change = model_version_promote(
+            version=version, actor=actor_of(request), reason=data["reason"],
+            expected_current=data["expected_current"] if "expected_current" in data else UNSET,
+        )
+        return Response(DeploymentChangeOutput(change).data)
+
+
+class ModelRollbackApi(APIView):
+    required_scope = "admin"
+
+    class InputSerializer(_ChangeInput):
+        version = StrictIntegerField(required=False, allow_null=True, min_value=1)
+
+    @extend_schema(request=InputSerializer, responses={200: DeploymentChangeOutput}, summary="Return to the previous (or a named) champion")
+    def post(self, request):
+        data = _validated(self.InputSerializer, request.data)
+        change = model_version_rollback(
+            actor=actor_of(request), reason=data["reason"], version=data.get("version"),
+            expected_current=data["expected_current"] if "expected_current" in data else UNSET,
+        )
+        return Response(DeploymentChangeOutput(change).data)
+
+
+class ModelCompareApi(APIView):
+    required_scope = "admin"
+
+    class QuerySerializer(serializers.Serializer):
+        a = serializers.IntegerField(min_value=1)
+        b = serializers.IntegerField(min_value=1)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("a", int, required=True), OpenApiParameter("b", int, required=True)],
+        summary="Two versions side by side on the same metrics",
+    )
+    def get(self, request):
+        query = _validated(self.QuerySerializer, request.query_params)
+        if query["a"] == query["b"]:
+            raise ApplicationError("Compare two different versions.")
+        a, b = model_version_get(version=query["a"]), model_version_get(version=query["b"])
+        return Response({"a": a.version, "b": b.version, "metrics": model_versions_compare(a=a, b=b)})
+
+
+class DeploymentHistoryApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses={200: DeploymentChangeOutput(many=True)}, summary="The audit trail, newest first")
+    def get(self, request):
+        changes = DeploymentChange.objects.select_related("from_version", "to_version")[:200]
+        return Response(DeploymentChangeOutput(changes, many=True).data)
