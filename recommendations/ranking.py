@@ -1,0 +1,277 @@
+"""Inference for the two-stage recommender: load a trained model directory, generate candidates for a
+user, assemble the feature matrix with the shared definitions (recommendations.features), score with the
+LightGBM boosters and explain with `pred_contrib`.
+
+Training (retraining/) writes the files and evaluates through these same functions, so the offline metrics
+score exactly what serving computes. This module never imports training code.
+
+Files of a model directory: `ranker.txt`, `regressor.txt` (LightGBM text format), `collaborative.npz`
+(numeric arrays only, read with allow_pickle=False), `id_maps.json` (catalogue codes to item ids) and
+`manifest.json` (feature names and order, parameters, category shares, metrics).
+
+Collaborative model: EASE (Steck 2019) fitted on the M most active items of the training window
+(M = `ease_items`, default 3000), whatever the catalogue size N. The rest of the catalogue reaches users
+through the popularity candidates. Memory: fitting needs about 3 x 8 x M^2 bytes (M=3000: ~220 MB; the
+Gram matrix, its inverse and B), serving keeps B as float32, 4 x M^2 bytes (M=3000: 36 MB), plus O(N)
+arrays (ids, popularity, activity: ~30 bytes per catalogue item, 3 MB for N=100,000).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import lightgbm as lgb
+import numpy as np
+
+from recommendations import features
+
+CANDIDATE_FEATURES = [
+    "cf_score",
+    "cf_score_ratio",
+    "cf_rank",
+    "pop_rank",
+    "sim_last_item",
+    "sim_recent_max",
+    "sim_recent_mean",
+]
+RANKER_FEATURES = CANDIDATE_FEATURES + features.ITEM_FEATURES + features.USER_FEATURES + features.PAIR_FEATURES
+REGRESSOR_FEATURES = features.ITEM_FEATURES + features.USER_FEATURES + features.PAIR_FEATURES
+RECENT_ITEMS_FOR_SIMILARITY = 5
+SOURCE_COLLABORATIVE, SOURCE_POPULAR = 1, 2
+
+
+@dataclass
+class CollaborativeModel:
+    """EASE over the modelled items, and popularity over the whole catalogue (indexed by catalogue code)."""
+
+    item_pks: np.ndarray  # int64 [N]: catalogue code -> Item primary key
+    active: np.ndarray  # bool [N]
+    modelled: np.ndarray  # int32 [M]: EASE position -> catalogue code
+    weights: np.ndarray  # float32 [M, M]: B, score_i = sum_j x_j B[j, i]
+    popularity: np.ndarray  # float64 [N]: positives, ties broken by events, in the fitting window
+
+    def __post_init__(self) -> None:
+        self.position = np.full(len(self.item_pks), -1, dtype=np.int64)
+        self.position[self.modelled] = np.arange(len(self.modelled))
+        self.popularity_order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))
+        self.popularity_rank = np.empty(len(self.popularity), dtype=np.float32)
+        self.popularity_rank[self.popularity_order] = np.arange(1, len(self.popularity) + 1)
+        self._code_of_pk = {int(pk): code for code, pk in enumerate(self.item_pks.tolist())}
+
+    def codes_of(self, item_pks: Sequence[int]) -> np.ndarray:
+        """Catalogue codes of the given Item primary keys; items unknown to the model are dropped."""
+        codes = [self._code_of_pk.get(int(pk), -1) for pk in item_pks]
+        return np.array([c for c in codes if c >= 0], dtype=np.int64)
+
+    def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """EASE scores [len(histories), M] for users given by the catalogue codes they interacted with."""
+        rows = np.zeros((len(histories), len(self.modelled)), dtype=np.float32)
+        for row, codes in enumerate(histories):
+            positions = self.position[codes]
+            rows[row, positions[positions >= 0]] = 1.0
+        return rows @ self.weights
+
+    def similar(self, code: int, k: int) -> np.ndarray:
+        """The k catalogue codes with the largest EASE weight from `code` (empty if it is not modelled)."""
+        position = self.position[code]
+        if position < 0:
+            return np.empty(0, dtype=np.int64)
+        row = self.weights[position].astype(np.float64)
+        row[position] = -np.inf
+        row[~self.active[self.modelled]] = -np.inf
+        top = np.argsort(-row, kind="stable")[:k]
+        return self.modelled[top[np.isfinite(row[top])]]
+
+
+@dataclass
+class Candidates:
+    """One user's candidates (catalogue codes) and the candidate-stage features."""
+
+    codes: np.ndarray
+    cf_score: np.ndarray
+    cf_rank: np.ndarray
+    source: np.ndarray  # bit flags: SOURCE_COLLABORATIVE | SOURCE_POPULAR
+
+
+def candidates_generate(
+    model: CollaborativeModel,
+    *,
+    histories: Sequence[np.ndarray],
+    n_collaborative: int,
+    n_popular: int,
+) -> list[Candidates]:
+    """The union of the top EASE items and the most popular items, unseen and active, per user."""
+    scores = model.scores(histories)
+    active_modelled = model.active[model.modelled]
+    result = []
+    for row, seen in zip(scores, histories):
+        blocked = np.zeros(len(model.item_pks), dtype=bool)
+        blocked[seen] = True
+        blocked |= ~model.active
+        cf = np.where(active_modelled & ~blocked[model.modelled], row, -np.inf)
+        order = np.argsort(-cf, kind="stable")
+        order = order[np.isfinite(cf[order])]
+        rank = np.full(len(model.modelled), np.nan, dtype=np.float32)
+        rank[order] = np.arange(1, len(order) + 1)
+        cf_codes = model.modelled[order[:n_collaborative]]
+        pop_codes = _first_unblocked(model.popularity_order, blocked, n_popular)
+        codes = np.unique(np.concatenate([cf_codes, pop_codes]))
+        positions = model.position[codes]
+        inside = positions >= 0
+        cf_score = np.full(len(codes), np.nan, dtype=np.float32)
+        cf_rank = np.full(len(codes), np.nan, dtype=np.float32)
+        cf_score[inside] = row[positions[inside]]
+        cf_rank[inside] = rank[positions[inside]]
+        source = np.isin(codes, cf_codes) * SOURCE_COLLABORATIVE + np.isin(codes, pop_codes) * SOURCE_POPULAR
+        result.append(Candidates(codes, cf_score, cf_rank, source.astype(np.int8)))
+    return result
+
+
+def _first_unblocked(order: np.ndarray, blocked: np.ndarray, n: int) -> np.ndarray:
+    picked = []
+    for code in order:
+        if not blocked[code]:
+            picked.append(code)
+            if len(picked) == n:
+                break
+    return np.array(picked, dtype=np.int64)
+
+
+def ranker_feature_matrix(
+    model: CollaborativeModel,
+    *,
+    candidates: Candidates,
+    user: features.UserState,
+    item_states: Mapping[int, features.ItemState],
+    item_categories: Mapping[int, Sequence[str]],
+    at: float,
+    category_share: Mapping[str, float],
+) -> np.ndarray:
+    """Rows in RANKER_FEATURES order for one user's candidates at time `at`.
+
+    `item_states` and `item_categories` are keyed by catalogue code; the states must hold only events
+    before `at` (the online rows in serving, a replay in training). `user.recent_items` holds Item keys."""
+    codes = candidates.codes
+    matrix = np.empty((len(codes), len(RANKER_FEATURES)), dtype=np.float32)
+    best = np.nanmax(candidates.cf_score) if np.isfinite(candidates.cf_score).any() else np.nan
+    matrix[:, 0] = candidates.cf_score
+    matrix[:, 1] = candidates.cf_score / best if best and best > 0 else np.nan
+    matrix[:, 2] = candidates.cf_rank
+    matrix[:, 3] = model.popularity_rank[codes]
+    matrix[:, 4:7] = _recent_similarity(model, codes, user)
+    empty = features.ItemState()
+    user_part = features.user_features(user, at)
+    for row, code in enumerate(codes.tolist()):
+        state = item_states.get(code, empty)
+        categories = item_categories.get(code, ())
+        matrix[row, len(CANDIDATE_FEATURES) :] = (
+            features.item_features(state, at)
+            + user_part
+            + features.pair_features(user, state, categories, at, category_share)
+        )
+    return matrix
+
+
+def _recent_similarity(model: CollaborativeModel, codes: np.ndarray, user: features.UserState) -> np.ndarray:
+    """EASE weight from the user's most recent item, and the max and mean over the last few items."""
+    out = np.full((len(codes), 3), np.nan, dtype=np.float32)
+    recent = model.codes_of([pk for pk, _ in user.recent_items[:RECENT_ITEMS_FOR_SIMILARITY]])
+    recent_positions = model.position[recent]
+    recent_positions = recent_positions[recent_positions >= 0]
+    candidate_positions = model.position[codes]
+    inside = candidate_positions >= 0
+    if not len(recent_positions) or not inside.any():
+        return out
+    block = model.weights[np.ix_(recent_positions, candidate_positions[inside])]
+    out[inside, 0] = block[0]
+    out[inside, 1] = block.max(axis=0)
+    out[inside, 2] = block.mean(axis=0)
+    return out
+
+
+def regressor_feature_row(
+    *,
+    user: features.UserState,
+    item: features.ItemState,
+    categories: Sequence[str],
+    at: float,
+    category_share: Mapping[str, float],
+) -> list[float]:
+    """One row in REGRESSOR_FEATURES order: the predicted rating of this user for this item at `at`."""
+    return (
+        features.item_features(item, at)
+        + features.user_features(user, at)
+        + features.pair_features(user, item, categories, at, category_share)
+    )
+
+
+# --- Loading and scoring ------------------------------------------------------------------------
+
+COLLABORATIVE_FILE, ID_MAPS_FILE, MANIFEST_FILE = "collaborative.npz", "id_maps.json", "manifest.json"
+RANKER_FILE, REGRESSOR_FILE = "ranker.txt", "regressor.txt"
+
+
+@dataclass
+class TrainedModel:
+    ranker: lgb.Booster
+    regressor: lgb.Booster | None
+    collaborative: CollaborativeModel
+    manifest: dict
+    item_external_ids: list[str]
+
+    @property
+    def category_share(self) -> dict[str, float]:
+        return self.manifest["category_share"]
+
+
+def collaborative_load(directory: Path) -> CollaborativeModel:
+    with np.load(Path(directory) / COLLABORATIVE_FILE, allow_pickle=False) as arrays:
+        return CollaborativeModel(
+            item_pks=arrays["item_pks"],
+            active=arrays["active"],
+            modelled=arrays["modelled"],
+            weights=arrays["weights"],
+            popularity=arrays["popularity"],
+        )
+
+
+def trained_model_load(directory: Path | str) -> TrainedModel:
+    """Load a model directory written by training. Raises FileNotFoundError / ValueError on a bad one."""
+    directory = Path(directory)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    if manifest["features"]["ranker"] != RANKER_FEATURES:
+        raise ValueError("the model's ranker features differ from this code's RANKER_FEATURES")
+    id_maps = json.loads((directory / ID_MAPS_FILE).read_text())
+    regressor_path = directory / REGRESSOR_FILE
+    return TrainedModel(
+        ranker=lgb.Booster(model_file=str(directory / RANKER_FILE)),
+        regressor=lgb.Booster(model_file=str(regressor_path)) if regressor_path.exists() else None,
+        collaborative=collaborative_load(directory),
+        manifest=manifest,
+        item_external_ids=id_maps["item_external_ids"],
+    )
+
+
+def ranker_scores(ranker: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
+    return ranker.predict(matrix, num_threads=1) if len(matrix) else np.empty(0)
+
+
+def ranker_explain(ranker: lgb.Booster, matrix: np.ndarray, top: int = 3) -> list[list[tuple[str, float]]]:
+    """Per row, the `top` features that moved the score most (LightGBM SHAP values, `pred_contrib`)."""
+    contributions = ranker.predict(matrix, pred_contrib=True, num_threads=1)[:, :-1]
+    names = ranker.feature_name()
+    result = []
+    for row in contributions:
+        order = np.argsort(-np.abs(row), kind="stable")[:top]
+        result.append([(names[i], float(row[i])) for i in order if not math.isclose(row[i], 0.0)])
+    return result
+
+
+def top_k(codes: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best codes by score, ties broken by code (deterministic)."""
+    order = np.lexsort((codes, -scores))
+    return codes[order[:k]]
