@@ -239,6 +239,7 @@ def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
 
 @dataclass
 class Evaluation:
+    users: np.ndarray  # the evaluated users (codes): those with a positive held-out event on an unseen item
     ranked: dict[str, list[np.ndarray]]  # "ranker", "popularity", "ease" -> top-k per evaluated user
     positives: list[np.ndarray]
     regressor_train: np.ndarray
@@ -316,6 +317,7 @@ def evaluation_run(
     replay.run(times, lambda q: on_user(int(held_users[q])) if q < n_users else on_rating(q - n_users))
     order = ranked_users.tolist()
     return Evaluation(
+        users=ranked_users,
         ranked={name: [lists[u] for u in order] for name, lists in ranked.items() if lists},
         positives=[positives[u] for u in ranked_users.tolist()],
         regressor_train=regressor_train,

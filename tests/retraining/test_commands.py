@@ -1,0 +1,66 @@
+import json
+from datetime import datetime, timezone
+from io import StringIO
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+
+from retraining.services.dataset import event_log_load
+from tests.retraining.factories import START, DAY, dataset_store, learnable_dataset
+
+RANKING_KEYS = {"ndcg@10", "recall@10", "precision@10", "map@10", "hit_rate@10", "coverage@10"}
+
+
+@pytest.fixture
+def stored(db):
+    dataset = learnable_dataset(users=60, items=50, per_user=20)
+    dataset_store(dataset)
+    return dataset
+
+
+def test_the_dataset_builder_reads_the_events_before_the_cut_off_in_time_order(stored):
+    until = datetime.fromtimestamp(START + 60 * DAY, tz=timezone.utc)
+    log = event_log_load(until=until, chunk_size=97)
+    expected = sorted(e.ts for e in stored.events if e.ts < until.timestamp())
+    assert log.ts.tolist() == pytest.approx(expected)
+    assert (np.diff(log.ts) >= 0).all()
+    assert log.value.dtype == np.float32 and log.user.dtype == np.int32
+    assert len(log.item_pks) == 50 and log.item_categories[0][0].startswith("genre-")
+
+
+def test_train_json_prints_the_contract_as_the_last_line_and_writes_the_model(stored, tmp_path):
+    out = StringIO()
+    call_command("train", "--json", "--output", str(tmp_path / "model"), "--threads", "1", stdout=out,
+                 stderr=StringIO())
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert RANKING_KEYS | {"rmse", "mae", "r2"} <= result["metrics"].keys()
+    assert result["baselines"].keys() == {"popularity", "ease"}
+    assert all(RANKING_KEYS <= row.keys() for row in result["baselines"].values())
+    assert result["dataset"].keys() >= {"users", "items", "events", "train_events", "holdout_events"}
+    assert result["dataset"]["events"] == len(stored.events)
+    assert result["timings_s"] and isinstance(result["peak_memory_mb"], float)
+    assert (tmp_path / "model" / "manifest.json").exists()
+
+
+def test_train_without_json_prints_a_table_with_the_lift_over_each_baseline(stored, tmp_path):
+    out = StringIO()
+    call_command("train", "--output", str(tmp_path), "--threads", "1", stdout=out, stderr=StringIO())
+    assert "lift over popularity" in out.getvalue() and "lift over ease" in out.getvalue()
+
+
+def test_evaluate_baselines_prints_both_baselines(stored):
+    out = StringIO()
+    call_command("evaluate_baselines", "--json", stdout=out, stderr=StringIO())
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert result["baselines"].keys() == {"popularity", "ease"}
+
+
+def test_train_refuses_a_cut_off_that_is_not_a_time(db):
+    with pytest.raises(CommandError, match="ISO 8601"):
+        call_command("train", "--until", "yesterday")
+
+
+def test_train_refuses_a_database_too_small_to_hold_anything_out(db, tmp_path):
+    with pytest.raises(CommandError, match="too few events"):
+        call_command("train", "--output", str(tmp_path), stdout=StringIO(), stderr=StringIO())

@@ -1,0 +1,47 @@
+import math
+
+import numpy as np
+import pytest
+
+from retraining.services.evaluation import ranking_metrics, rating_metrics
+
+
+def test_ranking_metrics_match_a_hand_computed_case():
+    # Hits at positions 2 and 4 of 4; three relevant items, one never recommended.
+    result = ranking_metrics(recommended=[np.array([10, 11, 12, 13])], positives=[np.array([11, 13, 99])], k=4,
+                             n_active_items=8)
+    assert result["recall"] == pytest.approx(2 / 3)
+    assert result["precision"] == pytest.approx(2 / 4)
+    assert result["map"] == pytest.approx((1 / 2 + 2 / 4) / 3)
+    ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert result["ndcg"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / ideal)
+    assert result["hit_rate"] == 1.0
+    assert result["coverage"] == pytest.approx(4 / 8)
+
+
+def test_a_perfect_list_scores_one_and_the_ideal_is_capped_at_k():
+    result = ranking_metrics(recommended=[np.array([1, 2])], positives=[np.array([1, 2, 3, 4])], k=2,
+                             n_active_items=4)
+    assert result["ndcg"] == pytest.approx(1.0)
+    assert result["map"] == pytest.approx(1.0)
+    assert result["recall"] == pytest.approx(0.5)
+
+
+def test_users_without_a_positive_are_left_out_of_the_average():
+    result = ranking_metrics(
+        recommended=[np.array([1, 2]), np.array([1, 2]), np.array([3, 4])],
+        positives=[np.array([1]), np.array([], dtype=np.int64), np.array([5])],
+        k=2,
+        n_active_items=10,
+    )
+    assert result["users"] == 2
+    assert result["hit_rate"] == pytest.approx(0.5)
+    assert result["precision"] == pytest.approx((1 / 2 + 0) / 2)
+    assert result["coverage"] == pytest.approx(4 / 10)  # only the lists of averaged users count
+
+
+def test_rating_metrics_match_a_hand_computed_case():
+    result = rating_metrics(actual=np.array([1.0, 2.0, 3.0]), predicted=np.array([2.0, 2.0, 2.0]))
+    assert result["rmse"] == pytest.approx(math.sqrt(2 / 3))
+    assert result["mae"] == pytest.approx(2 / 3)
+    assert result["r2"] == pytest.approx(1 - 2 / 2)
