@@ -105,3 +105,23 @@ class ApiKey(AbstractAPIKey):
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
         verbose_name_plural = "API keys"
+
+
+class Impression(models.Model):
+    """One served list, so that later events carrying its `recommendation_id` can be attributed to the
+    version (and arm) that served it."""
+
+    class Strategy(models.TextChoices):
+        MODEL = "model"
+        POPULAR = "popular"
+
+    recommendation_id = models.UUIDField(unique=True)
+    user = models.ForeignKey(EndUser, on_delete=models.CASCADE, related_name="impressions")
+    model_version = models.PositiveIntegerField(null=True, blank=True, db_index=True)
+    strategy = models.CharField(max_length=10, choices=Strategy.choices)
+    arm = models.CharField(max_length=12, blank=True, default="champion")
+    items = models.JSONField(default=list)
+    served_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "served_at"])]

@@ -1,0 +1,170 @@
+"""Retraining state as rows: the policy, each trigger evaluation, each drift report, each training run."""
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from registry.models import ModelVersion
+
+
+class RetrainPolicy(models.Model):
+    """What makes the system retrain, and what a candidate must show to be promoted. One is active."""
+
+    class Rollout(models.TextChoices):
+        PROMOTE = "promote", "promote directly"
+        SHADOW = "shadow", "start in shadow"
+        AB = "ab", "start an A/B test"
+        CANARY = "canary", "start a gradual rollout"
+
+    name = models.CharField(max_length=100, default="default")
+    active = models.BooleanField(default=True)
+
+    time_enabled = models.BooleanField(default=True)
+    time_interval_hours = models.FloatField(default=7 * 24)
+    volume_enabled = models.BooleanField(default=True)
+    volume_min_events = models.PositiveIntegerField(default=10_000)
+    performance_enabled = models.BooleanField(default=True)
+    performance_ratio = models.FloatField(default=0.95, help_text="fires when online hit rate < ratio × its value at promotion")
+    performance_window_hours = models.FloatField(default=24)
+    performance_min_impressions = models.PositiveIntegerField(default=500)
+    drift_enabled = models.BooleanField(default=True)
+    drift_window_days = models.FloatField(default=7)
+    drift_window_min_events = models.PositiveIntegerField(default=10_000)
+    drift_psi_warning = models.FloatField(default=0.1)
+    drift_psi_threshold = models.FloatField(default=0.2)
+    drift_share_threshold = models.FloatField(default=0.5, help_text="share of drifted features that makes the dataset drift")
+    drift_key_features = models.JSONField(default=list, blank=True, help_text="features whose drift alone is enough")
+
+    cooldown_minutes = models.FloatField(default=60)
+    check_interval_minutes = models.PositiveIntegerField(default=5)
+
+    gate_min_relative_gain = models.FloatField(default=0.01)
+    gate_guardrail_tolerance = models.FloatField(default=0.05, help_text="relative regression allowed on Recall@10, coverage@10, RMSE")
+    gate_bootstrap_tolerance = models.FloatField(default=0.005, help_text="refuse if the CI lower bound of ΔNDCG@10 is below −this")
+    gate_bootstrap_samples = models.PositiveIntegerField(default=1000)
+    refit_on_full_data = models.BooleanField(default=False)
+    rollout = models.CharField(max_length=8, choices=Rollout.choices, default=Rollout.PROMOTE)
+
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "retrain policies"
+        constraints = [models.UniqueConstraint(fields=["active"], condition=Q(active=True), name="one_active_policy")]
+
+    def __str__(self):
+        return f"{self.name}{' (active)' if self.active else ''}"
+
+    def clean(self):
+        if not 0 < self.performance_ratio <= 1:
+            raise ValidationError({"performance_ratio": "Must be in (0, 1]."})
+        if not 0 < self.drift_psi_warning <= self.drift_psi_threshold:
+            raise ValidationError({"drift_psi_warning": "Must be positive and at most the drift threshold."})
+        if not 0 < self.drift_share_threshold <= 1:
+            raise ValidationError({"drift_share_threshold": "Must be in (0, 1]."})
+
+
+class Trigger(models.TextChoices):
+    TIME = "time"
+    VOLUME = "volume"
+    PERFORMANCE = "performance"
+    DRIFT = "drift"
+    MANUAL = "manual"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+IN_FLIGHT = (RunStatus.QUEUED, RunStatus.TRAINING, RunStatus.EVALUATING)
+
+
+class TrainingRun(models.Model):
+    """One training run. At most one is in flight: `in_flight` is True exactly while the run is queued,
+    training or evaluating (NULL after), and it is unique, so the database refuses a second one."""
+
+    trigger = models.CharField(max_length=12, choices=Trigger.choices)
+    evidence = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
+    in_flight = models.BooleanField(null=True, default=True, editable=False)
+    requested_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    trained_at = models.DateTimeField(null=True, blank=True)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    lease_seconds = models.PositiveIntegerField(default=600)
+    data_until = models.DateTimeField(null=True, blank=True, help_text="training cut-off (the system clock at the trigger)")
+    stage_timings = models.JSONField(default=dict, blank=True)
+    log = models.JSONField(default=list, blank=True)
+    gate = models.JSONField(default=dict, blank=True)
+    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="training_runs")
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["in_flight"], name="one_training_run_in_flight"),
+            models.CheckConstraint(
+                condition=(Q(status__in=IN_FLIGHT) & Q(in_flight=True)) | (~Q(status__in=IN_FLIGHT) & Q(in_flight__isnull=True)),
+                name="in_flight_matches_status",
+            ),
+        ]
+
+    def __str__(self):
+        return f"run {self.pk} ({self.trigger}, {self.status})"
+
+
+class TriggerEvaluation(models.Model):
+    """One check of every trigger: each trigger's value, threshold and verdict, and what was done."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    clock = models.DateTimeField(help_text="the system clock the triggers were evaluated at")
+    results = models.JSONField(default=dict)
+    fired = models.CharField(max_length=12, blank=True, default="")
+    action = models.CharField(max_length=200, blank=True, default="")
+    run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class DriftReport(models.Model):
+    class Verdict(models.TextChoices):
+        OK = "ok"
+        WARNING = "warning"
+        DRIFT = "drift"
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    events_in_window = models.PositiveIntegerField()
+    sampled_rows = models.PositiveIntegerField(default=0)
+    reference_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    feature_scores = models.JSONField(default=dict)
+    extra_scores = models.JSONField(default=dict, help_text="event-type mix, label and prediction drift")
+    drifted_share = models.FloatField(default=0.0)
+    overall_score = models.FloatField(default=0.0)
+    verdict = models.CharField(max_length=8, choices=Verdict.choices)
+    duration_s = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class SystemClock(models.Model):
+    """The clock that triggers and training cut-offs follow. Normally real time; a replay anchors it to
+    the replayed timeline: now = simulated_anchor + (real now − real_anchor) × speed. One row at most."""
+
+    singleton = models.BooleanField(default=True, unique=True, editable=False)
+    simulated_anchor = models.DateTimeField()
+    real_anchor = models.DateTimeField()
+    speed = models.FloatField(default=1.0)
+
+    def __str__(self):
+        return f"simulated clock from {self.simulated_anchor:%Y-%m-%d %H:%M} ×{self.speed:g}"

@@ -1,0 +1,96 @@
+"""The evaluation gate: may a candidate replace the champion? Decided on the same holdout for both.
+
+Rules (thresholds from the policy):
+- NDCG@10 above the most-popular baseline;
+- with a champion: NDCG@10 >= champion × (1 + min_relative_gain);
+- no guardrail regression beyond tolerance: Recall@10 and coverage@10 not below champion × (1 − tol),
+  RMSE not above champion × (1 + tol);
+- the paired bootstrap 95% interval of the per-user NDCG@10 difference (candidate − champion, same users)
+  must have its lower bound at or above −bootstrap_tolerance: no promotion on noise.
+Every number that decided is returned, so the run can record it."""
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+GUARDRAILS = [("recall@10", True), ("coverage@10", True), ("rmse", False)]
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    reasons: list[str]
+    numbers: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_bootstrap_interval(differences: np.ndarray, *, samples: int, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the per-user differences and its percentile bootstrap interval (users resampled)."""
+    differences = np.asarray(differences, dtype=float)
+    if len(differences) == 0:
+        return 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, len(differences), size=(samples, len(differences)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(differences.mean()), float(low), float(high)
+
+
+def gate_decide(
+    *,
+    candidate: dict,
+    popularity: dict,
+    champion: dict | None,
+    candidate_user_ndcg: np.ndarray | None,
+    champion_user_ndcg: np.ndarray | None,
+    min_relative_gain: float,
+    guardrail_tolerance: float,
+    bootstrap_tolerance: float,
+    bootstrap_samples: int,
+) -> GateDecision:
+    reasons, numbers = [], {"candidate": candidate, "popularity": popularity, "champion": champion}
+    ndcg = candidate.get("ndcg@10")
+    failed = False
+    if ndcg is None or ndcg <= popularity.get("ndcg@10", 0.0):
+        failed = True
+        reasons.append(f"NDCG@10 {_f(ndcg)} is not above most-popular's {_f(popularity.get('ndcg@10'))}")
+    else:
+        reasons.append(f"NDCG@10 {_f(ndcg)} beats most-popular's {_f(popularity.get('ndcg@10'))}")
+    if champion is None:
+        reasons.append("no champion: the first candidate only has to beat the baseline")
+        return GateDecision(passed=not failed, reasons=reasons, numbers=numbers)
+
+    required = champion["ndcg@10"] * (1 + min_relative_gain)
+    numbers["required_ndcg@10"] = required
+    if ndcg is None or ndcg < required:
+        failed = True
+        reasons.append(f"NDCG@10 {_f(ndcg)} < champion {_f(champion['ndcg@10'])} × (1 + {min_relative_gain:g}) = {_f(required)}")
+    else:
+        reasons.append(f"NDCG@10 {_f(ndcg)} ≥ champion {_f(champion['ndcg@10'])} × (1 + {min_relative_gain:g}) = {_f(required)}")
+    for key, higher_is_better in GUARDRAILS:
+        new, old = candidate.get(key), champion.get(key)
+        if new is None or old is None:
+            continue
+        limit = old * (1 - guardrail_tolerance) if higher_is_better else old * (1 + guardrail_tolerance)
+        regressed = new < limit if higher_is_better else new > limit
+        if regressed:
+            failed = True
+            reasons.append(f"guardrail {key}: {_f(new)} vs champion {_f(old)} is beyond the {guardrail_tolerance:.0%} tolerance")
+    if candidate_user_ndcg is not None and champion_user_ndcg is not None:
+        mean, low, high = paired_bootstrap_interval(
+            np.asarray(candidate_user_ndcg) - np.asarray(champion_user_ndcg), samples=bootstrap_samples
+        )
+        numbers["ndcg_difference"] = {"mean": mean, "ci95_low": low, "ci95_high": high,
+                                      "users": int(len(candidate_user_ndcg)), "samples": bootstrap_samples}
+        if low < -bootstrap_tolerance:
+            failed = True
+            reasons.append(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] reaches below −{bootstrap_tolerance:g}: not distinguishable from a loss")
+        else:
+            reasons.append(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] stays above −{bootstrap_tolerance:g}")
+    return GateDecision(passed=not failed, reasons=reasons, numbers=numbers)
+
+
+def _f(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
