@@ -1,0 +1,174 @@
+import re
+from datetime import date
+from io import StringIO
+
+import numpy as np
+import pandas as pd
+import pytest
+from django.core.management import CommandError, call_command
+
+from recommendations.models import EndUser, Interaction, Item
+from recommendations.services.movielens import movielens_import
+from recommendations.services.synthetic import synthetic_dataset_write
+
+USERS, ITEMS, EVENTS = 300, 600, 20_000
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    output = tmp_path_factory.mktemp("synthetic")
+    report = synthetic_dataset_write(output=output, users=USERS, items=ITEMS, events=EVENTS, drift_at=0.7, seed=7)
+    ratings = pd.read_csv(output / "ratings.csv")
+    movies = pd.read_csv(output / "movies.csv")
+    return report, ratings, movies
+
+
+def _genre_mix(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.Series:
+    genres = movies.assign(genre=movies.genres.str.split("|")).explode("genre")[["movieId", "genre"]]
+    return ratings.merge(genres, on="movieId").genre.value_counts(normalize=True)
+
+
+def _total_variation(a: pd.Series, b: pd.Series) -> float:
+    return 0.5 * a.sub(b, fill_value=0.0).abs().sum()
+
+
+def _top_share(counts: pd.Series, share: float) -> float:
+    ordered = counts.sort_values(ascending=False)
+    return ordered.head(max(1, int(len(ordered) * share))).sum() / ordered.sum()
+
+
+def test_the_files_have_the_csv_layout_and_the_requested_counts(dataset):
+    report, ratings, movies = dataset
+
+    assert list(ratings.columns) == ["userId", "movieId", "rating", "timestamp"]
+    assert list(movies.columns) == ["movieId", "title", "genres"]
+    assert (len(ratings), ratings.userId.nunique(), len(movies)) == (EVENTS, USERS, ITEMS)
+    assert (report.events, report.users, report.items) == (EVENTS, USERS, ITEMS)
+    assert set(ratings.movieId) <= set(movies.movieId) == set(range(1, ITEMS + 1))
+
+
+def test_each_user_rates_an_item_at_most_once(dataset):
+    _, ratings, _ = dataset
+
+    assert not ratings.duplicated(["userId", "movieId"]).any()
+
+
+def test_ratings_are_half_stars_within_the_timeline(dataset):
+    report, ratings, _ = dataset
+
+    assert set(ratings.rating) <= {0.5 * step for step in range(1, 11)}
+    assert 3.0 < ratings.rating.mean() < 4.0
+    assert report.start.timestamp() <= ratings.timestamp.min() <= ratings.timestamp.max() < report.end.timestamp()
+
+
+def test_items_have_one_to_three_of_eighteen_genres(dataset):
+    _, _, movies = dataset
+
+    genres = movies.genres.str.split("|")
+    assert genres.str.len().between(1, 3).all()
+    assert len(set(genres.explode())) == 18
+
+
+def test_activity_and_popularity_follow_a_power_law(dataset):
+    _, ratings, _ = dataset
+
+    assert _top_share(ratings.groupby("userId").size(), 0.1) > 0.3
+    assert _top_share(ratings.groupby("movieId").size(), 0.1) > 0.3
+
+
+def test_ratings_come_in_sessions_of_minutes_days_apart(dataset):
+    _, ratings, _ = dataset
+
+    gaps = ratings.sort_values(["userId", "timestamp"]).groupby("userId").timestamp.diff().dropna()
+    assert gaps.median() < 600
+    assert 0.1 < (gaps > 86400).mean() < 0.3
+
+
+def test_ratings_carry_an_item_effect_that_a_model_can_learn(dataset):
+    _, ratings, _ = dataset
+
+    halves = ratings.assign(half=ratings.userId % 2).groupby(["movieId", "half"]).rating.agg(["mean", "size"]).unstack()
+    enough = (halves["size"] >= 5).all(axis=1)
+    assert enough.sum() > 100
+    assert np.corrcoef(halves["mean"][0][enough], halves["mean"][1][enough])[0, 1] > 0.5
+
+
+def test_after_the_drift_other_items_are_popular_and_the_genre_mix_shifts(dataset):
+    report, ratings, movies = dataset
+    drift = report.drift_time.timestamp()
+    before, after = ratings[ratings.timestamp < drift], ratings[ratings.timestamp >= drift]
+    middle = before.timestamp.median()
+    early, late = before[before.timestamp < middle], before[before.timestamp >= middle]
+
+    top_before = set(before.movieId.value_counts().head(10).index)
+    assert len(top_before & set(after.movieId.value_counts().head(10).index)) <= 3
+    assert len(top_before & set(late.movieId.value_counts().head(10).index)) >= 6
+    shift = _total_variation(_genre_mix(before, movies), _genre_mix(after, movies))
+    assert shift > 3 * _total_variation(_genre_mix(early, movies), _genre_mix(late, movies))
+
+
+def test_new_items_appear_only_after_the_drift(dataset):
+    report, ratings, movies = dataset
+
+    year = movies.title.str.extract(r"\((\d{4})\)$", expand=False).astype(int)
+    new = set(movies.movieId[year >= report.start.year])
+    assert len(new) == report.new_items > 0
+    first_rated = ratings.groupby("movieId").timestamp.min()
+    assert (first_rated[first_rated.index.isin(new)] >= report.drift_time.timestamp()).all()
+
+
+def test_the_same_seed_writes_identical_files_and_another_seed_different_ones(tmp_path):
+    def written(seed: int, name: str) -> tuple[bytes, bytes]:
+        synthetic_dataset_write(output=tmp_path / name, users=40, items=80, events=1200, drift_at=0.5, seed=seed)
+        return (tmp_path / name / "ratings.csv").read_bytes(), (tmp_path / name / "movies.csv").read_bytes()
+
+    first = written(1, "first")
+
+    assert written(1, "again") == first
+    assert written(2, "other")[0] != first[0]
+
+
+@pytest.mark.django_db
+def test_the_generated_dataset_imports_with_import_movielens(tmp_path):
+    call_command(
+        "generate_synthetic",
+        *("--users", "30", "--items", "60", "--events", "600", "--drift-at", "0.6"),
+        *("--output", str(tmp_path), "--seed", "3", "--start", "2021-03-01", "--days", "90"),
+        stdout=StringIO(),
+    )
+
+    report = movielens_import(path=tmp_path, progress=False)
+
+    assert (report.layout, report.events_imported, report.users_created, report.items_created) == ("csv", 600, 30, 60)
+    assert (Interaction.objects.count(), EndUser.objects.count(), Item.objects.count()) == (600, 30, 60)
+    first = Interaction.objects.order_by("timestamp").first().timestamp.date()
+    assert date(2021, 3, 1) <= first < date(2021, 5, 30)
+
+
+def test_the_command_reports_the_drift_point(tmp_path):
+    out = StringIO()
+
+    call_command(
+        "generate_synthetic",
+        *("--users", "10", "--items", "20", "--events", "50", "--drift-at", "0.5", "--output", str(tmp_path)),
+        stdout=out,
+    )
+
+    assert re.fullmatch(
+        rf"Wrote 50 ratings by 10 users of 20 items to {re.escape(str(tmp_path))} \(2020-01-01 to 2020-12-31\); "
+        r"drift at 2020-07-01 12:00 UTC: \d+ users change tastes, 2 new items.\n",
+        out.getvalue(),
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (("--events", "5"), "between 10 and 90 events"),
+        (("--events", "91"), "between 10 and 90 events"),
+        (("--events", "50", "--drift-at", "1"), "fraction of the timeline in \\(0, 1\\)"),
+    ],
+)
+def test_impossible_arguments_raise_command_error(tmp_path, arguments, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("generate_synthetic", "--users", "10", "--items", "20", "--output", str(tmp_path), *arguments)
