@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 from django.conf import settings
 from django.db import models, transaction
@@ -54,6 +54,17 @@ class ImportReport:
         self.invalid_lines += 1
         if len(self.invalid_examples) < INVALID_EXAMPLES_KEPT:
             self.invalid_examples.append(f"{file} line {line_no}: {reason}")
+
+
+class _Rating(NamedTuple):
+    user_id: str
+    movie_id: str
+    value: float
+    ts: int
+    moment: datetime
+
+
+_Parsed = TypeVar("_Parsed")
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,9 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _parsed(rows, parse, source: _Source, report: ImportReport) -> Iterator:
+def _parsed(
+    rows: Iterable[tuple[int, list[str]]], parse: Callable[[list[str]], _Parsed], source: _Source, report: ImportReport
+) -> Iterator[_Parsed]:
     for line_no, fields in rows:
         try:
             yield parse(fields)
@@ -236,7 +249,7 @@ def _users_import(path: Path, layout: _Layout, report: ImportReport) -> None:
         report.users_created += len(attributes.keys() - existing)
 
 
-def _rating(fields: list[str]) -> tuple[str, str, float, int]:
+def _rating(fields: list[str]) -> _Rating:
     if len(fields) != 4:
         raise ValueError(f"expected 4 fields, found {len(fields)}")
     user_id, movie_id, value, timestamp = (f.strip() for f in fields)
@@ -245,7 +258,12 @@ def _rating(fields: list[str]) -> tuple[str, str, float, int]:
     rating = float(value)
     if not settings.RATING_MIN <= rating <= settings.RATING_MAX:
         raise ValueError(f"rating {value} outside [{settings.RATING_MIN}, {settings.RATING_MAX}]")
-    return user_id, movie_id, rating, int(timestamp)
+    ts = int(timestamp)
+    try:
+        moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"timestamp {ts} out of range") from exc
+    return _Rating(user_id, movie_id, rating, ts, moment)
 
 
 def _ratings_import(
@@ -259,8 +277,8 @@ def _ratings_import(
         ratings = _parsed(_rows(path, layout, layout.ratings, bar), _rating, layout.ratings, report)
         for chunk in _chunks(ratings, CHUNK_SIZE):
             with transaction.atomic():
-                report.users_created += _pks_resolve(EndUser, {r[0] for r in chunk}, users)
-                report.items_created += _pks_resolve(Item, {r[1] for r in chunk}, items)
+                report.users_created += _pks_resolve(EndUser, {r.user_id for r in chunk}, users)
+                report.items_created += _pks_resolve(Item, {r.movie_id for r in chunk}, items)
                 imported = _ratings_store(chunk, users, items)
             report.events_imported += imported
             report.duplicates_skipped += len(chunk) - imported
@@ -280,19 +298,19 @@ def _pks_resolve(model: type[models.Model], external_ids: set[str], known: dict[
     return len(missing)
 
 
-def _ratings_store(chunk: list[tuple[str, str, float, int]], users: dict[str, int], items: dict[str, int]) -> int:
-    by_event_id = {uuid.uuid5(EVENT_ID_NAMESPACE, f"movielens:{u}:{m}:{ts}"): (u, m, r, ts) for u, m, r, ts in chunk}
+def _ratings_store(chunk: list[_Rating], users: dict[str, int], items: dict[str, int]) -> int:
+    by_event_id = {uuid.uuid5(EVENT_ID_NAMESPACE, f"movielens:{r.user_id}:{r.movie_id}:{r.ts}"): r for r in chunk}
     stored = set(Interaction.objects.filter(event_id__in=list(by_event_id)).values_list("event_id", flat=True))
     rows = [
         Interaction(
             event_id=event_id,
-            user_id=users[user_id],
-            item_id=items[movie_id],
+            user_id=users[rating.user_id],
+            item_id=items[rating.movie_id],
             event_type=EventType.RATING,
-            value=rating,
-            timestamp=datetime.fromtimestamp(ts, tz=timezone.utc),
+            value=rating.value,
+            timestamp=rating.moment,
         )
-        for event_id, (user_id, movie_id, rating, ts) in by_event_id.items()
+        for event_id, rating in by_event_id.items()
         if event_id not in stored
     ]
     Interaction.objects.bulk_create(rows, batch_size=CHUNK_SIZE)

@@ -190,10 +190,13 @@ def test_bad_rating_lines_are_skipped_and_counted(tmp_path):
     shutil.copytree(MINI_CSV, tmp_path, dirs_exist_ok=True)
     with (tmp_path / "ratings.csv").open("a") as ratings:
         ratings.write("1,2,7.0,880100001\n1,2,abc,880100002\n1,2\n5,3,0.0,880500000\n\n5,3,4.0,soon\n")
+        ratings.write("5,3,4.0,99999999999999999\n,3,4.0,880500000\n")
 
-    output = _imported(tmp_path)
+    out, err = StringIO(), StringIO()
+    call_command("import_movielens", str(tmp_path), "--no-progress", stdout=out, stderr=err)
 
-    assert "events 40 imported, 0 duplicates skipped; 5 invalid lines skipped." in output
+    assert "events 40 imported, 0 duplicates skipped; 7 invalid lines skipped." in out.getvalue()
+    assert "Skipped ratings.csv line 42: rating 7.0 outside [0.5, 5.0]\n" in err.getvalue()
     assert Interaction.objects.count() == 40
     assert not EndUser.objects.filter(external_id="5").exists()
 
