@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 DAY = 86400.0
 # Decayed popularity is stored as log(sum_i exp(rate * (t_i - EPOCH))): adding an event is a log-add,
@@ -253,3 +253,108 @@ def _min(a: float | None, b: float | None) -> float | None:
 
 def _max(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
+
+
+# --- Vectorized twins (training and serving score hundreds of candidates at once) ---------------
+# Each computes, for many items at one time `at`, exactly what its scalar definition above computes for
+# one; tests/retraining/test_feature_twins.py holds them equal on random states.
+
+ITEM_STATE_COLUMNS = [
+    "event_count",
+    "positive_count",
+    "rating_count",
+    "rating_sum",
+    "first_event_at",
+    "last_event_at",
+    "log_pop_7d",
+    "log_pop_30d",
+]
+
+
+def item_state_row(state: ItemState) -> tuple[float, ...]:
+    """One ItemState as a row of ITEM_STATE_COLUMNS (None -> NaN)."""
+    return tuple(math.nan if v is None else float(v) for v in (getattr(state, c) for c in ITEM_STATE_COLUMNS))
+
+
+def item_state_columns(states: Iterable[ItemState]) -> "np.ndarray":
+    import numpy as np
+
+    return np.array([item_state_row(s) for s in states], dtype=np.float64).reshape(-1, len(ITEM_STATE_COLUMNS))
+
+
+def _decayed_counts(log_mass, at: float, half_life_days: float):
+    import numpy as np
+
+    counts = np.exp(np.minimum(log_mass - _rate(half_life_days) * (at - EPOCH), 700.0))
+    return np.where(np.isnan(log_mass), 0.0, counts)
+
+
+def item_features_batch(columns: "np.ndarray", at: float) -> "np.ndarray":
+    """item_features for each row of `columns` (ITEM_STATE_COLUMNS), as an [n, len(ITEM_FEATURES)] array."""
+    import numpy as np
+
+    events, positives, ratings, rating_sum, first, last, pop7, pop30 = columns.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.column_stack(
+            [
+                events,
+                _decayed_counts(pop7, at, POPULARITY_HALF_LIVES_DAYS["7d"]),
+                _decayed_counts(pop30, at, POPULARITY_HALF_LIVES_DAYS["30d"]),
+                np.where(events > 0, positives / events, np.nan),
+                ratings,
+                np.where(ratings > 0, rating_sum / ratings, np.nan),
+                (at - first) / DAY,
+                (at - last) / DAY,
+            ]
+        )
+
+
+def category_matrix(item_categories: Iterable[Iterable[str]], names: dict[str, int]) -> "np.ndarray":
+    """Items' categories as a padded [n, max categories] array of indexes into `names` (-1 pads).
+
+    `names` maps category -> index and is extended with categories it does not know yet."""
+    import numpy as np
+
+    rows = [[names.setdefault(c, len(names)) for c in categories] for categories in item_categories]
+    width = max((len(r) for r in rows), default=0)
+    matrix = np.full((len(rows), max(width, 1)), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        matrix[i, : len(row)] = row
+    return matrix
+
+
+def pair_features_batch(
+    user: UserState,
+    columns: "np.ndarray",
+    categories: "np.ndarray",
+    names: dict[str, int],
+    at: float,
+    category_share: Mapping[str, float],
+) -> "np.ndarray":
+    """pair_features for each item: `columns` are their states, `categories` their category_matrix rows."""
+    import numpy as np
+
+    ordered = sorted(names, key=names.get)
+    has = categories >= 0
+    index = np.where(has, categories, len(ordered))  # pads point at a trailing sentinel entry
+    n_categories = has.sum(axis=1)
+    total = sum(user.category_counts.values())
+    counts = np.array([user.category_counts.get(c, 0) for c in ordered] + [0], dtype=np.float64)
+    shares = np.where(has, counts[index] / total if total else 0.0, 0.0)
+    catalogue = np.array([category_share.get(c, 0.0) for c in ordered] + [0.0], dtype=np.float64)[index]
+    liftable = has & (catalogue != 0)
+    last_seen = np.array([user.category_last_seen.get(c, -np.inf) for c in ordered] + [-np.inf])[index]
+    latest = np.where(has, last_seen, -np.inf).max(axis=1)
+    item_ratings, item_rating_sum = columns[:, 2], columns[:, 3]
+    user_mean = user.rating_sum / user.rating_count if user.rating_count else np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        affinity = shares.sum(axis=1) / n_categories
+        lifts = np.where(liftable, shares / np.where(liftable, catalogue, 1.0), 0.0)
+        lift = np.where(liftable.any(axis=1), lifts.sum(axis=1) / liftable.sum(axis=1), np.nan)
+        recency = np.where(np.isfinite(latest), (at - latest) / DAY, np.nan)
+        gap = np.where(item_ratings > 0, item_rating_sum / item_ratings, np.nan) - user_mean
+    empty = (n_categories == 0) | (total == 0)
+    nan = np.full(len(columns), np.nan)
+    return np.column_stack(
+        [np.where(empty, nan, affinity), np.where(empty, nan, lift), np.where(empty, nan, recency), gap]
+    )

@@ -96,6 +96,9 @@ class ItemFeatures(models.Model):
     log_pop_7d = models.FloatField(null=True)
     log_pop_30d = models.FloatField(null=True)
 
+    class Meta:
+        indexes = [models.Index(fields=["-log_pop_7d"], name="ix_itemfeatures_trending")]
+
 
 class ApiKey(AbstractAPIKey):
     """An API key with scopes; the secret is stored hashed by djangorestframework-api-key."""
@@ -125,3 +128,16 @@ class Impression(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["user", "served_at"])]
+
+
+class SystemClock(models.Model):
+    """The clock that triggers and training cut-offs follow. Normally real time; a replay anchors it to
+    the replayed timeline: now = simulated_anchor + (real now − real_anchor) × speed. One row at most."""
+
+    singleton = models.BooleanField(default=True, unique=True, editable=False)
+    simulated_anchor = models.DateTimeField()
+    real_anchor = models.DateTimeField()
+    speed = models.FloatField(default=1.0)
+
+    def __str__(self):
+        return f"simulated clock from {self.simulated_anchor:%Y-%m-%d %H:%M} ×{self.speed:g}"

@@ -141,20 +141,41 @@ def _first_unblocked(order: np.ndarray, blocked: np.ndarray, n: int) -> np.ndarr
     return np.array(picked, dtype=np.int64)
 
 
+@dataclass
+class CandidateItems:
+    """The candidates' item states (rows of features.ITEM_STATE_COLUMNS) and categories (category_matrix)."""
+
+    columns: np.ndarray
+    categories: np.ndarray
+    category_names: dict[str, int]
+
+
+def candidate_items(
+    codes: np.ndarray, *, item_states: Mapping[int, features.ItemState], item_categories: Mapping[int, Sequence[str]]
+) -> CandidateItems:
+    """CandidateItems from per-code states and categories (serving: the online ItemFeatures rows)."""
+    empty = features.ItemState()
+    names: dict[str, int] = {}
+    return CandidateItems(
+        columns=features.item_state_columns([item_states.get(code, empty) for code in codes.tolist()]),
+        categories=features.category_matrix([item_categories.get(code, ()) for code in codes.tolist()], names),
+        category_names=names,
+    )
+
+
 def ranker_feature_matrix(
     model: CollaborativeModel,
     *,
     candidates: Candidates,
     user: features.UserState,
-    item_states: Mapping[int, features.ItemState],
-    item_categories: Mapping[int, Sequence[str]],
+    items: CandidateItems,
     at: float,
     category_share: Mapping[str, float],
 ) -> np.ndarray:
     """Rows in RANKER_FEATURES order for one user's candidates at time `at`.
 
-    `item_states` and `item_categories` are keyed by catalogue code; the states must hold only events
-    before `at` (the online rows in serving, a replay in training). `user.recent_items` holds Item keys."""
+    The item and user states must hold only events before `at` (the online rows in serving, a replay in
+    training); `user.recent_items` holds Item keys, as the online rows do."""
     codes = candidates.codes
     matrix = np.empty((len(codes), len(RANKER_FEATURES)), dtype=np.float32)
     best = np.nanmax(candidates.cf_score) if np.isfinite(candidates.cf_score).any() else np.nan
@@ -163,16 +184,13 @@ def ranker_feature_matrix(
     matrix[:, 2] = candidates.cf_rank
     matrix[:, 3] = model.popularity_rank[codes]
     matrix[:, 4:7] = _recent_similarity(model, codes, user)
-    empty = features.ItemState()
-    user_part = features.user_features(user, at)
-    for row, code in enumerate(codes.tolist()):
-        state = item_states.get(code, empty)
-        categories = item_categories.get(code, ())
-        matrix[row, len(CANDIDATE_FEATURES) :] = (
-            features.item_features(state, at)
-            + user_part
-            + features.pair_features(user, state, categories, at, category_share)
-        )
+    first_item, first_user = len(CANDIDATE_FEATURES), len(CANDIDATE_FEATURES) + len(features.ITEM_FEATURES)
+    first_pair = first_user + len(features.USER_FEATURES)
+    matrix[:, first_item:first_user] = features.item_features_batch(items.columns, at)
+    matrix[:, first_user:first_pair] = features.user_features(user, at)
+    matrix[:, first_pair:] = features.pair_features_batch(
+        user, items.columns, items.categories, items.category_names, at, category_share
+    )
     return matrix
 
 

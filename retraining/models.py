@@ -156,15 +156,3 @@ class DriftReport(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
 
-
-class SystemClock(models.Model):
-    """The clock that triggers and training cut-offs follow. Normally real time; a replay anchors it to
-    the replayed timeline: now = simulated_anchor + (real now − real_anchor) × speed. One row at most."""
-
-    singleton = models.BooleanField(default=True, unique=True, editable=False)
-    simulated_anchor = models.DateTimeField()
-    real_anchor = models.DateTimeField()
-    speed = models.FloatField(default=1.0)
-
-    def __str__(self):
-        return f"simulated clock from {self.simulated_anchor:%Y-%m-%d %H:%M} ×{self.speed:g}"

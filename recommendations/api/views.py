@@ -18,6 +18,7 @@ from recsite.api import (
     flatten_errors,
 )
 from recommendations.models import EventType
+from recommendations.serving import recommendations_for, similar_items
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
 from recsite.errors import ApplicationError
@@ -150,3 +151,48 @@ class HealthApi(APIView):
         except Exception as exc:  # any database failure means "not healthy", never a 500
             return Response({"status": "unavailable", "database": str(exc)[:200]}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"status": "ok", "database": "ok"})
+
+
+class _ServedItem(serializers.Serializer):
+    item_id = serializers.CharField()
+    score = serializers.FloatField()
+    rank = serializers.IntegerField()
+    explanation = serializers.JSONField(required=False)
+
+
+class RecommendationsApi(APIView):
+    required_scope = "serve"
+
+    class QuerySerializer(serializers.Serializer):
+        k = serializers.IntegerField(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=10)
+        category = serializers.CharField(required=False, max_length=100)
+        exclude = serializers.CharField(required=False, max_length=10_000)
+        explain = serializers.BooleanField(required=False, default=False)
+
+    class OutputSerializer(serializers.Serializer):
+        user_id = serializers.CharField()
+        model_version = serializers.IntegerField(allow_null=True)
+        strategy = serializers.CharField()
+        recommendation_id = serializers.UUIDField()
+        items = _ServedItem(many=True)
+
+    @extend_schema(parameters=[QuerySerializer], responses={200: OutputSerializer}, summary="Top-k items for a user")
+    def get(self, request, user_id: str):
+        query = _validated(self.QuerySerializer, request.query_params)
+        exclude = [part.strip() for part in query.get("exclude", "").split(",") if part.strip()]
+        result = recommendations_for(user_external_id=user_id, k=query["k"], category=query.get("category"),
+                                     exclude=exclude, explain=query["explain"])
+        return Response(self.OutputSerializer(result).data)
+
+
+class SimilarItemsApi(APIView):
+    required_scope = "serve"
+
+    class QuerySerializer(serializers.Serializer):
+        k = serializers.IntegerField(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=10)
+
+    @extend_schema(parameters=[QuerySerializer], summary="Items similar to an item (collaborative model)")
+    def get(self, request, item_id: str):
+        query = _validated(self.QuerySerializer, request.query_params)
+        version, strategy, items = similar_items(item_external_id=item_id, k=query["k"])
+        return Response({"item_id": item_id, "model_version": version, "strategy": strategy, "items": items})

@@ -9,7 +9,7 @@ from recommendations.selectors import events_after, online_hit_rate
 from registry.models import ModelVersion
 from registry.selectors import champion_version
 from retraining.models import RetrainPolicy, Trigger, TrainingRun, TriggerEvaluation
-from retraining.services.clock import system_now
+from recommendations.clock import system_now
 from retraining.services.drift import drift_check_run
 from retraining.services.policy import policy_active
 from retraining.services.runs import RunInFlight, training_run_request, training_runs_fail_stale

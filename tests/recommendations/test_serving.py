@@ -1,0 +1,146 @@
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+
+from recommendations.models import Impression, Interaction, Item
+from recommendations.serving import champion
+from recommendations.services.features import online_features_rebuild
+from registry.models import ModelVersion
+from registry.services import VersionInput, model_version_promote, model_version_register
+from retraining.services.training import training_run_execute
+from tests.retraining.factories import dataset_store, learnable_dataset
+
+pytestmark = pytest.mark.django_db
+URL = "/api/v1/users/{}/recommendations"
+
+
+@pytest.fixture(autouse=True)
+def isolated_serving(settings, tmp_path):
+    settings.MODEL_STORE = tmp_path / "store"
+    settings.MODEL_POLL_THREAD = False
+    settings.MODEL_POLL_SECONDS = 0
+    settings.IMPRESSION_FLUSH_SECONDS = 0
+    champion.forget()
+    yield
+    champion.forget()
+
+
+def train_and_register(tmp_path: Path, name: str = "run") -> ModelVersion:
+    result = training_run_execute(output_dir=tmp_path / name, progress=None)
+    data = VersionInput(metrics=result.metrics, baseline_metrics=result.baselines, dataset_stats=result.dataset,
+                        parameters=result.manifest["params"], manifest=result.manifest)
+    return model_version_register(artifact_dir=tmp_path / name, data=data)
+
+
+def store_history():
+    dataset_store(learnable_dataset(users=80, items=60, per_user=20))
+    online_features_rebuild()
+
+
+@pytest.fixture(scope="module")
+def trained_once(django_db_setup, django_db_blocker, tmp_path_factory):
+    """History and a registered, promoted model, committed once for the module (tests roll back on top)."""
+    folder = tmp_path_factory.mktemp("serving")
+    with django_db_blocker.unblock(), override_settings(MODEL_STORE=folder / "store"):
+        store_history()
+        version = train_and_register(folder)
+        model_version_promote(version=version.version, actor="test")
+        yield version
+        call_command("flush", interactive=False, verbosity=0)
+
+
+@pytest.fixture
+def served(trained_once, settings):
+    settings.MODEL_STORE = Path(trained_once.artifact_path).parent
+    return trained_once
+
+
+def get(client, user, **params):
+    return client.get(URL.format(user), params)
+
+
+def test_a_known_user_is_scored_by_the_champion(served, serve_client):
+    body = get(serve_client, "user-3", k=5).json()
+    assert body["user_id"] == "user-3" and body["model_version"] == served.version and body["strategy"] == "model"
+    assert [item["rank"] for item in body["items"]] == [1, 2, 3, 4, 5]
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_seen_and_inactive_items_never_appear(served, serve_client):
+    seen = set(Interaction.objects.filter(user__external_id="user-3").values_list("item__external_id", flat=True))
+    first = get(serve_client, "user-3", k=20).json()["items"]
+    Item.objects.filter(external_id=first[0]["item_id"]).update(active=False)
+    served_ids = {item["item_id"] for item in get(serve_client, "user-3", k=50).json()["items"]}
+    assert not served_ids & seen
+    assert first[0]["item_id"] not in served_ids
+
+
+def test_category_and_exclude_filters(served, serve_client):
+    body = get(serve_client, "user-5", k=10, category="genre-2").json()
+    categories = dict(Item.objects.values_list("external_id", "categories"))
+    assert body["items"] and all("genre-2" in categories[i["item_id"]] for i in body["items"])
+    top = [i["item_id"] for i in get(serve_client, "user-5", k=3).json()["items"]]
+    again = [i["item_id"] for i in get(serve_client, "user-5", k=3, exclude=",".join(top[:2])).json()["items"]]
+    assert not set(top[:2]) & set(again)
+
+
+def test_explain_adds_sources_and_feature_contributions(served, serve_client):
+    item = get(serve_client, "user-1", k=3, explain="true").json()["items"][0]
+    assert set(item["explanation"]["sources"]) <= {"collaborative", "popular"} and item["explanation"]["sources"]
+    assert item["explanation"]["top_features"][0]["feature"]
+
+
+def test_an_unknown_user_gets_the_labelled_popular_fallback(served, serve_client):
+    body = get(serve_client, "never-seen", k=5).json()
+    assert body["model_version"] is None and body["strategy"] == "popular" and len(body["items"]) == 5
+
+
+@pytest.mark.parametrize("query", [{"k": 0}, {"k": 101}, {"k": "ten"}, {"explain": "maybe"}])
+def test_bad_parameters_get_a_400(served, serve_client, query):
+    assert get(serve_client, "user-3", **query).status_code == 400
+
+
+def test_recommendations_need_the_serve_scope(served, ingest_client):
+    assert get(ingest_client, "user-3").status_code == 403
+
+
+def test_every_served_list_is_logged_as_an_impression(served, serve_client):
+    body = get(serve_client, "user-3", k=4).json()
+    impression = Impression.objects.get(recommendation_id=body["recommendation_id"])
+    assert impression.model_version == served.version and impression.user.external_id == "user-3"
+    assert len(impression.items) == 4
+
+
+def test_an_event_changes_the_next_recommendation(served, serve_client, ingest_client):
+    before = get(serve_client, "user-7", k=10).json()
+    top = before["items"][0]["item_id"]
+    response = ingest_client.post("/api/v1/events", {"user_id": "user-7", "item_id": top, "event_type": "rating",
+                                                     "value": 5.0, "recommendation_id": before["recommendation_id"]},
+                                  format="json")
+    assert response.status_code == 201
+    after = get(serve_client, "user-7", k=10).json()
+    assert top not in {i["item_id"] for i in after["items"]}
+    assert [i["score"] for i in after["items"][:3]] != [i["score"] for i in before["items"][1:4]]
+
+
+def test_a_new_champion_is_served_and_a_failed_load_keeps_the_old(served, serve_client, tmp_path):
+    assert get(serve_client, "user-3").json()["model_version"] == served.version
+    second = train_and_register(tmp_path, "second")
+    model_version_promote(version=second.version, actor="test")
+    assert get(serve_client, "user-3").json()["model_version"] == second.version
+    third = train_and_register(tmp_path, "third")
+    Path(third.artifact_path).write_bytes(b"tampered")
+    model_version_promote(version=third.version, actor="test")
+    response = get(serve_client, "user-3")
+    assert response.status_code == 200 and response.json()["model_version"] == second.version
+
+
+def test_similar_items_come_from_the_collaborative_model(served, serve_client):
+    body = serve_client.get("/api/v1/items/item-4/similar", {"k": 5}).json()
+    assert body["strategy"] == "collaborative" and body["model_version"] == served.version
+    assert len(body["items"]) == 5 and "item-4" not in {i["item_id"] for i in body["items"]}
+    assert serve_client.get("/api/v1/items/nope/similar").status_code == 404
