@@ -8,7 +8,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from recsite.errors import ConflictError
-from retraining.models import IN_FLIGHT, RunStatus, TrainingRun
+from recommendations.clock import system_now
+from retraining.models import IN_FLIGHT, RunStatus, Trigger, TrainingRun
 
 TRAINING_TASK = "retraining.training_run_execute"
 TRAINING_QUEUE = "training"
@@ -94,3 +95,9 @@ def training_runs_fail_stale(*, now: datetime | None = None) -> list[int]:
             if training_run_fail(run_id=run.pk, error=message):
                 stale.append(run.pk)
     return stale
+
+
+def retrain_request(*, requested_by: str) -> TrainingRun:
+    """The one service behind the admin button, the API and `manage.py retrain`."""
+    return training_run_request(trigger=Trigger.MANUAL, requested_by=requested_by, data_until=system_now(),
+                                evidence={"requested_by": requested_by})

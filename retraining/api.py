@@ -1,0 +1,118 @@
+"""Retraining endpoints (scope `admin`): start a run, read runs, trigger evaluations and drift reports."""
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from recsite.errors import NotFoundError
+from registry.api import actor_of
+from registry.selectors import champion_version
+from retraining.models import DriftReport, TrainingRun, TriggerEvaluation
+from retraining.services.drift import drift_check_run
+from retraining.services.policy import policy_active
+from retraining.services.runs import RunInFlight, retrain_request
+from recommendations.clock import system_now
+
+
+class TrainingRunOutput(serializers.ModelSerializer):
+    model_version = serializers.IntegerField(source="model_version.version", allow_null=True, default=None)
+
+    class Meta:
+        model = TrainingRun
+        fields = ["id", "trigger", "evidence", "status", "requested_by", "created_at", "started_at", "trained_at",
+                  "evaluated_at", "finished_at", "heartbeat_at", "data_until", "stage_timings", "gate",
+                  "model_version", "error"]
+
+
+class TrainingRunDetailOutput(TrainingRunOutput):
+    class Meta(TrainingRunOutput.Meta):
+        fields = [*TrainingRunOutput.Meta.fields, "log"]
+
+
+class TriggerEvaluationOutput(serializers.ModelSerializer):
+    run_id = serializers.IntegerField(source="run.pk", allow_null=True, default=None)
+
+    class Meta:
+        model = TriggerEvaluation
+        fields = ["id", "created_at", "clock", "results", "fired", "action", "run_id"]
+
+
+class DriftReportOutput(serializers.ModelSerializer):
+    reference_version = serializers.IntegerField(source="reference_version.version", allow_null=True, default=None)
+
+    class Meta:
+        model = DriftReport
+        fields = ["id", "created_at", "window_start", "window_end", "events_in_window", "sampled_rows",
+                  "reference_version", "feature_scores", "extra_scores", "drifted_share", "overall_score",
+                  "verdict", "duration_s"]
+
+
+class RetrainApi(APIView):
+    required_scope = "admin"
+
+    class OutputSerializer(serializers.Serializer):
+        run_id = serializers.IntegerField()
+        status = serializers.CharField()
+
+    @extend_schema(request=None, responses={202: OutputSerializer, 409: OpenApiResponse(description="A run is in flight; its id is returned.")},
+                   summary="Start a training run now (manual trigger)")
+    def post(self, request):
+        try:
+            run = retrain_request(requested_by=actor_of(request))
+        except RunInFlight as exc:
+            return Response({"error": exc.code, "message": exc.message, **exc.extra}, status=status.HTTP_409_CONFLICT)
+        return Response({"run_id": run.pk, "status": run.status}, status=status.HTTP_202_ACCEPTED)
+
+
+class TrainingRunListApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses={200: TrainingRunOutput(many=True)}, summary="Training runs, newest first")
+    def get(self, request):
+        runs = TrainingRun.objects.select_related("model_version").order_by("-created_at", "-id")[:100]
+        return Response(TrainingRunOutput(runs, many=True).data)
+
+
+class TrainingRunDetailApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses={200: TrainingRunDetailOutput}, summary="One run with its evidence, stage times, gate decision and log")
+    def get(self, request, run_id: int):
+        run = TrainingRun.objects.select_related("model_version").filter(pk=run_id).first()
+        if run is None:
+            raise NotFoundError(f"Training run {run_id} does not exist.")
+        return Response(TrainingRunDetailOutput(run).data)
+
+
+class TriggerEvaluationLatestApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses={200: TriggerEvaluationOutput}, summary="The latest trigger evaluation")
+    def get(self, request):
+        evaluation = TriggerEvaluation.objects.select_related("run").first()
+        if evaluation is None:
+            raise NotFoundError("No trigger evaluation yet.")
+        return Response(TriggerEvaluationOutput(evaluation).data)
+
+
+class DriftReportApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(request=None, responses={201: DriftReportOutput}, summary="Run a drift check now")
+    def post(self, request):
+        report = drift_check_run(policy=policy_active(), now=system_now(), champion=champion_version())
+        if report is None:
+            raise NotFoundError("No champion with a drift reference to compare against.")
+        return Response(DriftReportOutput(report).data, status=status.HTTP_201_CREATED)
+
+
+class DriftReportLatestApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses={200: DriftReportOutput}, summary="The latest drift report")
+    def get(self, request):
+        report = DriftReport.objects.select_related("reference_version").first()
+        if report is None:
+            raise NotFoundError("No drift report yet.")
+        return Response(DriftReportOutput(report).data)
