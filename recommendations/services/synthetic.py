@@ -258,14 +258,15 @@ def _items_pick(
             return item
         draws = rng.random((pending.size, CANDIDATES))
         if round_ < POPULARITY_ROUNDS:
-            candidates = np.searchsorted(world.popularity_cdf[1], draws, side="right")
-            before = after[pending] == 0
-            candidates[before] = np.searchsorted(world.popularity_cdf[0], draws[before], side="right")
+            candidates = np.empty(draws.shape, dtype=np.intp)
+            for phase, cdf in enumerate(world.popularity_cdf):
+                in_phase = after[pending] == phase
+                candidates[in_phase] = np.searchsorted(cdf, draws[in_phase], side="right")
         else:
             candidates = (draws * items).astype(np.intp)
         candidates = np.minimum(candidates, items - 1)
         keys = user[pending, None].astype(np.int64) * items + candidates
-        valid = (world.release[candidates] <= at[pending, None]) & ~np.isin(keys, rated)
+        valid = (world.release[candidates] <= at[pending, None]) & ~_sorted_contains(rated, keys)
         tastes = world.user_vectors[after[pending], user[pending]]
         affinity = np.einsum("pf,pkf->pk", tastes, world.item_vectors[candidates])
         score = np.where(valid, CHOICE_SHARPNESS * affinity + rng.gumbel(size=affinity.shape), -np.inf)
@@ -275,9 +276,15 @@ def _items_pick(
         _, first = np.unique(keys[picked, best[picked]], return_index=True)
         accepted = picked[first]
         item[pending[accepted]] = candidates[accepted, best[accepted]]
-        rated = np.union1d(rated, keys[accepted, best[accepted]])
+        rated = np.sort(np.concatenate([rated, keys[accepted, best[accepted]]]), kind="stable")
         pending = np.delete(pending, accepted)
     raise RuntimeError(f"{pending.size} events found no item after {MAX_ROUNDS} rounds.")
+
+
+def _sorted_contains(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    if not haystack.size:
+        return np.zeros(needles.shape, dtype=bool)
+    return haystack[np.minimum(np.searchsorted(haystack, needles), haystack.size - 1)] == needles
 
 
 def _movies_write(
