@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -262,39 +263,63 @@ def machine_cpu_seconds() -> tuple[float, float]:
 
 
 class CpuMeter:
-    """CPU seconds spent between `start()` and `stop()` by some processes, found by a callable each time
-    (so processes started in between count in full), and by the whole machine."""
+    """CPU seconds spent between `start()` and `stop()` by groups of processes (a callable per group lists
+    them, asked again at every sample so processes started in between count) and by the whole machine.
+    Samples every `interval` s, so a process that exits in between (a database connection recycled after
+    CONN_MAX_AGE) still counts up to its last sample."""
 
-    def __init__(self, **groups):
-        self.groups = groups  # name -> callable returning pids
+    def __init__(self, *, interval: float = 0.5, **groups):
+        self.groups, self.interval = groups, interval
 
-    def _sample(self) -> dict:
-        sample = {name: {pid: process_cpu_seconds(pid) for pid in pids()} for name, pids in self.groups.items()}
-        sample["_machine"] = machine_cpu_seconds()
-        return sample
+    def _sample(self) -> None:
+        for name, pids in self.groups.items():
+            seen = self.first[name]
+            for pid in pids():
+                seconds = process_cpu_seconds(pid)
+                seen.setdefault(pid, 0.0 if self.started else seconds)
+                self.last[name][pid] = max(seconds, self.last[name].get(pid, 0.0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
 
     def start(self) -> None:
-        self.before = self._sample()
+        self.first = {name: {} for name in self.groups}
+        self.last = {name: {} for name in self.groups}
+        self.started = False
+        self._sample()
+        self.started = True
+        self.machine_before = machine_cpu_seconds()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
     def stop(self) -> dict[str, float]:
-        after = self._sample()
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        (busy0, total0), (busy1, total1) = self.machine_before, machine_cpu_seconds()
         spent = {
-            name: sum(seconds - self.before[name].get(pid, 0.0) for pid, seconds in after[name].items())
+            name: sum(seconds - self.first[name][pid] for pid, seconds in self.last[name].items())
             for name in self.groups
         }
-        (busy0, total0), (busy1, total1) = self.before["_machine"], after["_machine"]
         spent["machine_busy"], spent["machine_total"] = busy1 - busy0, total1 - total0
         return spent
 
 
-def postgres_backend_pids(url: str) -> list[int]:
-    """The server processes of everyone connected to the database of `url` (but this query's own)."""
-    connection = database_connect(url, autocommit=True)
-    try:
-        with connection.cursor() as cursor:
+class PostgresBackends:
+    """Callable listing the server processes of everyone connected to one database (but its own), over
+    one connection kept open, so that sampling does not itself fork backends."""
+
+    def __init__(self, url: str):
+        self.connection = database_connect(url, autocommit=True)
+
+    def __call__(self) -> list[int]:
+        with self.connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
             return [pid for (pid,) in cursor.fetchall()]
-    finally:
-        connection.close()
+
+    def close(self) -> None:
+        self.connection.close()

@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     ROOT,
     CpuMeter,
     GunicornServer,
+    PostgresBackends,
     api_key_create,
     child_pids,
     database_connect,
@@ -50,7 +51,6 @@ from _common import (  # noqa: E402
     django_env,
     http_json,
     manage,
-    postgres_backend_pids,
     process_group_stop,
     terminate_on_sigterm,
 )
@@ -340,10 +340,8 @@ def copy_rate(url: str, rows, *, repeats: int) -> tuple[int, float]:
             buffer.seek(0)
             started = time.perf_counter()
             with connection.cursor() as cursor:
-                cursor.copy_expert(
-                    f"COPY {table} (event_id, user_id, item_id, event_type, value, timestamp, received_at) FROM STDIN WITH (FORMAT csv)",
-                    buffer,
-                )
+                columns = "event_id, user_id, item_id, event_type, value, timestamp, received_at"
+                cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
             connection.commit()
             total_seconds += time.perf_counter() - started
             total_rows += len(rows)
@@ -383,18 +381,46 @@ def _verdict(value: float, target: float, *, below: bool = False) -> str:
     return "PASS" if (value < target if below else value >= target) else "FAIL"
 
 
+def _table(rows: list[list[str]], widths: list[int]) -> list[str]:
+    """Rows of cells: the first column left-aligned, the sized ones right-aligned, any further one as is."""
+    lines = []
+    for cells in rows:
+        sized = [
+            f"{cells[0]:<{widths[0]}}",
+            *(f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=False)),
+        ]
+        lines.append(" ".join(sized + list(cells[len(widths) :])).rstrip())
+    return lines
+
+
+def _per_s(count: int, seconds: float) -> float:
+    return count / seconds if seconds else 0.0
+
+
 def report(results: dict[str, dict], scenarios: list[Scenario], copy: tuple[int, float]) -> list[str]:
+    """The summary table: each scenario's throughput and latency beside PostgreSQL's raw COPY, with verdicts."""
     copy_rows, copy_seconds = copy
     copy_per_s = copy_rows / copy_seconds
-    lines = [
-        f"{'scenario':<8} {'clients':>7} {'requests':>8} {'events':>8} {'seconds':>7} {'events/s':>9} {'req/s':>7} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'of COPY':>8}  target",
-        f"{'COPY':<8} {1:>7} {'-':>8} {copy_rows:>8} {copy_seconds:>7.2f} {copy_per_s:>9.0f} {'-':>7} {'-':>8} {'-':>8} {'100%':>8}  (reference)",
+    header = [
+        "scenario",
+        "clients",
+        "requests",
+        "events",
+        "seconds",
+        "events/s",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "of COPY",
     ]
+    rows = [
+        [*header, " target"],
+        ["COPY", "1", "-", str(copy_rows), f"{copy_seconds:.2f}", f"{copy_per_s:.0f}", "-", "-", "-", "100%"],
+    ]
+    batch = results.get("batch")
     for scenario in scenarios:
         r = results[scenario.name]
-        events_per_s = r["events_acked"] / r["seconds"] if r["seconds"] else 0.0
-        requests_per_s = r["ok_requests"] / r["seconds"] if r["seconds"] else 0.0
+        events_per_s, requests_per_s = _per_s(r["events_acked"], r["seconds"]), _per_s(r["ok_requests"], r["seconds"])
         p50, p99 = percentile(r["latencies_ms"], 0.50), percentile(r["latencies_ms"], 0.99)
         if scenario.batch_size == 1:
             target = (
@@ -402,37 +428,33 @@ def report(results: dict[str, dict], scenarios: list[Scenario], copy: tuple[int,
             )
         else:
             target = f">= {TARGET_BATCH_EVENTS_PER_S} ev/s: {_verdict(events_per_s, TARGET_BATCH_EVENTS_PER_S)}"
-        if scenario.hot_item and "batch" in results:
-            batch = results["batch"]
-            target += f" (hot/batch = {events_per_s / (batch['events_acked'] / batch['seconds']):.2f})"
-        lines.append(
-            f"{scenario.name:<8} {scenario.clients:>7} {r['ok_requests']:>8} {r['events_acked']:>8} {r['seconds']:>7.1f} "
-            f"{events_per_s:>9.0f} {requests_per_s:>7.1f} {p50:>8.1f} {p99:>8.1f} {events_per_s / copy_per_s:>8.1%}  {target}"
-        )
-        r.update(events_per_s=events_per_s, requests_per_s=requests_per_s, p50_ms=p50, p99_ms=p99)
-    return lines
+        if scenario.hot_item and batch:
+            target += f", hot/batch = {events_per_s / _per_s(batch['events_acked'], batch['seconds']):.2f}"
+        rows.append(
+            [scenario.name, str(scenario.clients), str(r["ok_requests"]), str(r["events_acked"]), f"{r['seconds']:.1f}",
+             f"{events_per_s:.0f}", f"{requests_per_s:.1f}", f"{p50:.1f}", f"{p99:.1f}",
+             f"{events_per_s / copy_per_s:.1%}", " " + target]
+        )  # fmt: skip
+    return _table(rows, [8, 7, 8, 8, 7, 9, 7, 8, 8, 8])
 
 
 def cpu_report(results: dict[str, dict], scenarios: list[Scenario]) -> list[str]:
-    """Where the CPU went during each scenario. On a shared machine, `others` is the share of the machine
-    used by unrelated processes (noise); `ceiling` is events/s if web + PostgreSQL had every core alone."""
+    """CPU per 1,000 acknowledged events of the web workers, their PostgreSQL backends and the load
+    generator. On a shared machine, `others` is the share of the machine used by unrelated processes
+    (the noise in the throughput figures); `ceiling` is events/s if web + PostgreSQL had every core."""
     cores = os.cpu_count() or 1
-    lines = [
-        f"{'scenario':<8} {'web ms':>8} {'pg ms':>8} {'loadgen':>8}   per 1,000 events (CPU)   "
-        f"{'machine busy':>12} {'others':>7} {'ceiling ev/s':>13}"
-    ]
+    rows = [["scenario", "web ms", "pg ms", "loadgen ms", "machine busy", "others", "ceiling ev/s"]]
     for scenario in scenarios:
         r = results[scenario.name]
         cpu, events = r["cpu"], max(1, r["events_acked"])
-        ours = cpu["web"] + cpu["db"] + cpu["loadgen"]
-        others = max(0.0, cpu["machine_busy"] - ours) / cpu["machine_total"]
-        ceiling = cores * events / (cpu["web"] + cpu["db"]) if cpu["web"] + cpu["db"] else float("nan")
-        lines.append(
-            f"{scenario.name:<8} {cpu['web'] / events * 1000 * 1000:>8.0f} {cpu['db'] / events * 1000 * 1000:>8.0f} "
-            f"{cpu['loadgen'] / events * 1000 * 1000:>8.0f}   {'':<23} {cpu['machine_busy'] / cpu['machine_total']:>12.0%} "
-            f"{others:>7.0%} {ceiling:>13.0f}"
-        )
-    return lines
+        server = cpu["web"] + cpu["db"]
+        others = max(0.0, cpu["machine_busy"] - server - cpu["loadgen"]) / cpu["machine_total"]
+        rows.append(
+            [scenario.name, *(f"{cpu[k] / events * 1e6:.0f}" for k in ("web", "db", "loadgen")),
+             f"{cpu['machine_busy'] / cpu['machine_total']:.0%}", f"{others:.0%}",
+             f"{cores * events / server:.0f}" if server else "-"]
+        )  # fmt: skip
+    return _table(rows, [8, 8, 8, 10, 12, 7, 12])
 
 
 def parse_args(argv):
@@ -465,137 +487,151 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def step(message: str) -> None:
+    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", flush=True)
+
+
+def scenario_measure(*, scenario: Scenario, server: GunicornServer, url: str, config: dict, log_dir: Path) -> dict:
+    """Run one scenario; its tally gains the CPU spent by web workers, PostgreSQL backends, the load
+    generator and the machine, and the number of its events found stored."""
+    shape = f"{scenario.clients} clients x {scenario.batch_size} event(s)/request"
+    step(f"{scenario.name}: {shape}, {config['duration']:g} s")
+    prefix = f"{scenario.name}-{config['run_tag']}-"
+    backends = PostgresBackends(url)
+    meter = CpuMeter(web=lambda: [server.process.pid, *child_pids(server.process.pid)], db=backends)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    meter.start()
+    try:
+        result = scenario_run(scenario=scenario, config={**config, "user_prefix": prefix}, log_dir=log_dir)
+    finally:
+        cpu = meter.stop()
+        backends.close()
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu["loadgen"] = sum(getattr(children_after, f) - getattr(children_before, f) for f in ("ru_utime", "ru_stime"))
+    result.update(cpu=cpu, stored=interactions_count(url, user_prefix=prefix))
+    step(
+        f"{scenario.name}: {result['ok_requests']} requests, {result['events_acked']} events acknowledged "
+        f"in {result['seconds']:.1f} s, {result['stored']} stored, errors {result['errors'] or 'none'}"
+    )
+    return result
+
+
+def run(args, scenarios: list[Scenario], log_dir: Path) -> dict:
+    """Everything that touches the database and the server; returns the figures to report."""
+    run_tag = uuid.uuid4().hex[:6]
+    url = args.database_url
+    env = django_env(database_url=url, var_dir=log_dir / "var")
+    step(f"recreating {url} and migrating")
+    database_recreate(url)
+    manage("migrate", "--noinput", env=env)
+    api_key = api_key_create(name=f"bench-ingest-{run_tag}", scopes="ingest", env=env)
+    rows = ratings_read(args.dataset, original_timestamps=args.original_timestamps)
+    results: dict[str, dict] = {}
+    with GunicornServer(env=env, port=args.port, workers=args.workers, log_path=log_dir / "gunicorn.log") as server:
+        step(f"gunicorn --workers {args.workers} is healthy on {server.base_url}")
+        started = time.perf_counter()
+        items = catalog_load(base_url=server.base_url, api_key=api_key, dataset=args.dataset)
+        step(f"catalog: {items} items through POST /api/v1/items in {time.perf_counter() - started:.1f} s")
+        warm_up_acked = warm_up(base_url=server.base_url, api_key=api_key, rows=rows, user_prefix=f"warmup-{run_tag}-")
+        config = {
+            "base_url": server.base_url,
+            "api_key": api_key,
+            "dataset": str(args.dataset),
+            "duration": args.duration,
+            "original_timestamps": args.original_timestamps,
+            "run_tag": run_tag,
+        }
+        try:
+            for scenario in scenarios:
+                results[scenario.name] = scenario_measure(
+                    scenario=scenario, server=server, url=url, config=config, log_dir=log_dir
+                )
+        except BaseException:
+            print(f"--- gunicorn log (tail) ---\n{server.log_tail()}", file=sys.stderr)
+            raise
+    figures = {
+        "results": results,
+        "acked_total": warm_up_acked + sum(r["events_acked"] for r in results.values()),
+        "stored_total": interactions_count(url),
+        "feature_totals": feature_totals(url),
+    }
+    step(f"COPY reference: {len(rows)} rows x {args.copy_repeats}")
+    figures["copy"] = copy_rate(url, rows, repeats=args.copy_repeats)
+    figures["import"] = None
+    if not args.skip_import:
+        step("timing import_movielens into a fresh database")
+        figures["import"] = import_time(base_url=url, var_dir=log_dir / "var", dataset=args.dataset)
+    return figures
+
+
+def lost_events_report(figures: dict, scenarios: list[Scenario]) -> tuple[list[str], bool]:
+    """Every event acknowledged with a 201 must be stored, and folded into its user's and item's features."""
+    lines, ok = ["No acknowledged event lost:"], True
+    results = figures["results"]
+    for scenario in scenarios:
+        r = results[scenario.name]
+        acked, stored, unknown = r["events_acked"], r["stored"], r["unknown_outcome_events"]
+        # A 5xx or a dropped connection may have committed or not; only then may more be stored than acknowledged.
+        good = acked <= stored <= acked + unknown
+        ok &= good
+        lines.append(
+            f"  {scenario.name:<8} acknowledged {acked:>8}  stored {stored:>8}  (outcome unknown {unknown})  "
+            f"{'OK' if good else 'MISMATCH'}"
+        )
+    unknown_total = sum(r["unknown_outcome_events"] for r in results.values())
+    acked_total, stored_total = figures["acked_total"], figures["stored_total"]
+    good = acked_total <= stored_total <= acked_total + unknown_total
+    ok &= good
+    lines.append(
+        f"  total    acknowledged {acked_total:>8}  stored {stored_total:>8}  "
+        f"(all rows of recommendations_interaction, warm-up included)  {'OK' if good else 'MISMATCH'}"
+    )
+    user_events, item_events = figures["feature_totals"]
+    good = user_events == item_events == stored_total
+    ok &= good
+    lines.append(
+        f"  features sum(UserFeatures.event_count) = {user_events}, sum(ItemFeatures.event_count) = {item_events}: "
+        f"{'OK, every stored event is folded into its user and its item' if good else 'MISMATCH'}"
+    )
+    return lines, ok
+
+
+def import_report(imported: dict | None, args) -> str:
+    if imported is None:
+        if args.skip_import:
+            return "import_movielens: skipped (--skip-import)"
+        return "import_movielens: not timed, recommendations/services/movielens.py does not exist yet"
+    return (
+        f"import_movielens {args.dataset}: {imported['seconds']:.1f} s into a fresh database "
+        f"({imported['events']} events, {imported['items']} items, {imported['users']} users; "
+        f"target < {TARGET_IMPORT_SECONDS} s: {_verdict(imported['seconds'], TARGET_IMPORT_SECONDS, below=True)})"
+    )
+
+
 def main(argv) -> int:
     args = parse_args(argv)
     terminate_on_sigterm()
-    run_tag = uuid.uuid4().hex[:6]
     all_scenarios = {
         "batch": Scenario("batch", args.clients, BATCH_SIZE),
         "single": Scenario("single", args.single_clients, 1),
         "hot": Scenario("hot", args.clients, BATCH_SIZE, hot_item=HOT_ITEM),
     }
     scenarios = [all_scenarios[name.strip()] for name in args.scenarios.split(",") if name.strip()]
-    print(f"bench/ingest.py  {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC  run {run_tag}", flush=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    print(f"bench/ingest.py {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC; logs in {log_dir}", flush=True)
+    figures = run(args, scenarios, log_dir)
 
-    def step(message):
-        print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", flush=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    print(f"logs (gunicorn, locust) in {tmp}", flush=True)
-    if True:
-        url = args.database_url
-        env = django_env(database_url=url, var_dir=tmp / "var")
-        step(f"recreating {url} and migrating")
-        database_recreate(url)
-        started = time.perf_counter()
-        manage("migrate", "--noinput", env=env)
-        step(f"migrated in {time.perf_counter() - started:.1f} s")
-        api_key = api_key_create(name=f"bench-ingest-{run_tag}", scopes="ingest", env=env)
-        rows = ratings_read(args.dataset, original_timestamps=args.original_timestamps)
-        server = GunicornServer(env=env, port=args.port, workers=args.workers, log_path=tmp / "gunicorn.log")
-        results: dict[str, dict] = {}
-        checks: list[tuple[str, int, int]] = []
-        try:
-            server.start()
-            step(f"gunicorn --workers {args.workers} is healthy on {server.base_url}")
-            started = time.perf_counter()
-            items = catalog_load(base_url=server.base_url, api_key=api_key, dataset=args.dataset)
-            step(f"catalog: {items} items through POST /api/v1/items in {time.perf_counter() - started:.1f} s")
-            acked_total = warm_up(
-                base_url=server.base_url, api_key=api_key, rows=rows, user_prefix=f"warmup-{run_tag}-"
-            )
-            config = {"base_url": server.base_url, "api_key": api_key, "dataset": str(args.dataset), "duration": args.duration,
-                      "original_timestamps": args.original_timestamps}  # fmt: skip
-            for scenario in scenarios:
-                step(
-                    f"{scenario.name}: {scenario.clients} clients x {scenario.batch_size} event(s)/request for {args.duration:g} s"
-                )
-                prefix = f"{scenario.name}-{run_tag}-"
-                meter = CpuMeter(
-                    web=lambda: [server.process.pid, *child_pids(server.process.pid)],
-                    db=lambda: postgres_backend_pids(url),
-                )
-                children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                meter.start()
-                result = scenario_run(scenario=scenario, config={**config, "user_prefix": prefix}, log_dir=tmp)
-                result["cpu"] = meter.stop()
-                children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                result["cpu"]["loadgen"] = (children_after.ru_utime + children_after.ru_stime) - (
-                    children_before.ru_utime + children_before.ru_stime
-                )
-                stored = interactions_count(url, user_prefix=prefix)
-                results[scenario.name] = result
-                acked_total += result["events_acked"]
-                checks.append((scenario.name, result["events_acked"], stored))
-                step(
-                    f"{scenario.name}: {result['ok_requests']} requests, {result['events_acked']} events acknowledged "
-                    f"in {result['seconds']:.1f} s, {stored} stored, errors {result['errors'] or 'none'}, "
-                    f"load generator CPU {result['loadgen_cpu_seconds']:.1f} s"
-                )
-        except BaseException:
-            print(f"--- gunicorn log (tail) ---\n{server.log_tail()}", file=sys.stderr)
-            raise
-        finally:
-            server.stop()
-        stored_total = interactions_count(url)
-        user_feature_events, item_feature_events = feature_totals(url)
-        step(f"COPY reference: {len(rows)} rows x {args.copy_repeats}")
-        copy = copy_rate(url, rows, repeats=args.copy_repeats)
-        imported = None
-        if not args.skip_import:
-            step("timing import_movielens into a fresh database")
-            imported = import_time(base_url=url, var_dir=tmp / "var", dataset=args.dataset)
-
-    print()
-    print(
-        f"=== Ingestion on PostgreSQL, gunicorn --workers {args.workers}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ==="
-    )
-    for line in report(results, scenarios, copy):
-        print(line)
-    print("(p50/p99: request latency seen by the client, including queueing for a gunicorn worker)")
-    print()
-    print(f"CPU, {os.cpu_count()} cores, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}:")
-    for line in cpu_report(results, scenarios):
-        print(line)
-    print()
-    print("No acknowledged event lost:")
-    lost = False
-    for name, acked, stored in checks:
-        unknown = results[name]["unknown_outcome_events"]
-        ok = stored == acked if not unknown else acked <= stored <= acked + unknown
-        lost |= not ok
-        print(
-            f"  {name:<8} acknowledged {acked:>8}  stored {stored:>8}  (unknown outcome {unknown})  {'OK' if ok else 'MISMATCH'}"
-        )
-    total_ok = (
-        stored_total == acked_total
-        if not any(r["unknown_outcome_events"] for r in results.values())
-        else stored_total >= acked_total
-    )
-    lost |= not total_ok
-    print(
-        f"  total    acknowledged {acked_total:>8}  stored {stored_total:>8}  (all of recommendations_interaction, with warm-up)  {'OK' if total_ok else 'MISMATCH'}"
-    )
-    features_ok = user_feature_events == item_feature_events == stored_total
-    print(
-        f"  features sum(user event_count) = {user_feature_events}, sum(item event_count) = {item_feature_events}: "
-        f"{'OK, every stored event is folded into its user and item' if features_ok else 'MISMATCH'}"
-    )
-    print()
-    if imported is None:
-        reason = (
-            "skipped (--skip-import)"
-            if args.skip_import
-            else "recommendations/services/movielens.py does not exist yet"
-        )
-        print(f"import_movielens: {reason}")
-    else:
-        print(
-            f"import_movielens {args.dataset}: {imported['seconds']:.1f} s into a fresh database "
-            f"({imported['events']} events, {imported['items']} items, {imported['users']} users; target < {TARGET_IMPORT_SECONDS} s: "
-            f"{_verdict(imported['seconds'], TARGET_IMPORT_SECONDS, below=True)})"
-        )
-    return 1 if lost or not features_ok else 0
+    finished = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    print(f"\n=== Ingestion on PostgreSQL, gunicorn --workers {args.workers}, {finished} ===")
+    print("\n".join(report(figures["results"], scenarios, figures["copy"])))
+    print("(p50/p99: request latency seen by the client, including queueing for a gunicorn worker)\n")
+    print(f"CPU on {os.cpu_count()} cores, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}:")
+    print("\n".join(cpu_report(figures["results"], scenarios)))
+    print("(CPU per 1,000 acknowledged events; others = unrelated processes' share of the machine)\n")
+    lines, ok = lost_events_report(figures, scenarios)
+    print("\n".join(lines) + "\n")
+    print(import_report(figures["import"], args))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
