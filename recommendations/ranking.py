@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import lightgbm as lgb
-import numpy as np
+# LightGBM's OpenMP threads otherwise spin while waiting; on a machine shared with web workers and other
+# jobs that made 2-thread training up to 10x slower than 1 thread. Read when libgomp loads, so set it first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import lightgbm as lgb  # noqa: E402
+import numpy as np  # noqa: E402
 
 from recommendations import features
 

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from recommendations import features
+from recommendations.ranking import CandidateItems
 from recommendations.models import EndUser, Interaction, Item, EventType
 
 EVENT_TYPES = [choice.value for choice in EventType]
@@ -135,13 +136,24 @@ class StateReplay:
 
     `run(query_times, on_query)` calls `on_query(index)` for each query, in time order, when exactly the
     events with ts < query time have been applied: an example at time t never sees an event at or after t.
-    States are keyed by code; `user_states[u].recent_items` holds Item keys, as the online rows do."""
+    States are keyed by code; `user_states[u].recent_items` holds Item keys, as the online rows do.
+    `candidate_items(codes)` gives the items' states as columns for the vectorized feature twins."""
 
     def __init__(self, log: EventLog):
         self.log = log
         self.user_states: dict[int, features.UserState] = {}
         self.item_states: dict[int, features.ItemState] = {}
         self._applied = 0
+        self._columns = np.tile(features.item_state_row(features.ItemState()), (len(log.item_pks), 1))
+        self._changed: set[int] = set()
+        self._category_names: dict[str, int] = {}
+        self._categories = features.category_matrix(log.item_categories, self._category_names)
+
+    def candidate_items(self, codes: np.ndarray) -> CandidateItems:
+        for code in self._changed:
+            self._columns[code] = features.item_state_row(self.item_states[code])
+        self._changed.clear()
+        return CandidateItems(self._columns[codes], self._categories[codes], self._category_names)
 
     def run(self, query_times: np.ndarray, on_query: Callable[[int], None]) -> None:
         order = np.argsort(query_times, kind="stable")
@@ -149,7 +161,7 @@ class StateReplay:
         user, item, value, ts = (a.tolist() for a in (self.log.user, self.log.item, self.log.value, self.log.ts))
         kind = [EVENT_TYPES[k] for k in self.log.event_type.tolist()]
         item_pks, categories = self.log.item_pks.tolist(), self.log.item_categories
-        user_states, item_states = self.user_states, self.item_states
+        user_states, item_states, changed = self.user_states, self.item_states, self._changed
         position = self._applied
         for query, bound in zip(order.tolist(), bounds.tolist()):
             if bound < position:
@@ -160,6 +172,7 @@ class StateReplay:
                 event = features.Event(u, item_pks[it], kind[i], v, ts[i])
                 features.user_apply(user_states.setdefault(u, features.UserState()), event, categories[it])
                 features.item_apply(item_states.setdefault(it, features.ItemState()), event)
+                changed.add(it)
             position = max(position, bound)
             on_query(query)
         self._applied = position

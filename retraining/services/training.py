@@ -40,6 +40,7 @@ from retraining.services.evaluation import (
 
 CF_NAME = "ease"
 CANDIDATE_BATCH = 1000
+SCORING_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class TrainingParams:
     max_rounds: int = 400
     early_stopping_rounds: int = 40
     validation_fraction: float = 0.1
-    max_ranker_users: int = 30_000
+    max_ranker_users: int = 5_000
     shuffle_labels: bool = False  # a leakage guard: a ranker trained on shuffled labels must not beat popularity
 
 
@@ -166,7 +167,6 @@ def ranker_examples_build(
     blocks: list[np.ndarray | None] = [None] * len(users)
     labels: list[np.ndarray | None] = [None] * len(users)
     replay = StateReplay(log.subset(split.fit))
-    categories = dict(enumerate(log.item_categories))
 
     def on_query(index: int) -> None:
         u, found = int(users[index]), candidates[index]
@@ -175,8 +175,7 @@ def ranker_examples_build(
             model,
             candidates=found,
             user=replay.user_states.get(u, features.UserState()),
-            item_states=replay.item_states,
-            item_categories=categories,
+            items=replay.candidate_items(found.codes),
             at=float(split.label_start[u]),
             category_share=category_share,
         )
@@ -278,6 +277,7 @@ def evaluation_run(
     replay = StateReplay(log.subset(split.train))
     categories = dict(enumerate(log.item_categories))
     empty_user = features.UserState()
+    pending: list[tuple[int, np.ndarray]] = []
     filled = 0
 
     def on_user(u: int) -> None:
@@ -298,11 +298,24 @@ def evaluation_run(
         for name, codes in baseline_lists(found, popularity_rank=model.popularity_rank, k=params.k).items():
             ranked[name][u] = codes
         if ranker is not None:
-            matrix = ranking.ranker_feature_matrix(
-                model, candidates=found, user=user, item_states=replay.item_states, item_categories=categories,
-                at=at, category_share=category_share,
-            )
-            ranked["ranker"][u] = ranking.top_k(found.codes, ranking.ranker_scores(ranker, matrix), params.k)
+            pending.append((u, ranking.ranker_feature_matrix(
+                model, candidates=found, user=user, items=replay.candidate_items(found.codes), at=at,
+                category_share=category_share,
+            )))
+            if len(pending) == SCORING_BATCH:
+                score_pending()
+
+    def score_pending() -> None:
+        """One predict call for many users: LightGBM's per-call overhead would dominate 250-row calls."""
+        if not pending:
+            return
+        scores = ranking.ranker_scores(ranker, np.concatenate([matrix for _, matrix in pending]))
+        start = 0
+        for u, matrix in pending:
+            codes = candidates[u].codes
+            ranked["ranker"][u] = ranking.top_k(codes, scores[start : start + len(codes)], params.k)
+            start += len(codes)
+        pending.clear()
 
     def on_rating(row: int) -> None:
         event = train_ratings[row]
@@ -315,6 +328,7 @@ def evaluation_run(
     n_users = len(held_users)
     times = np.concatenate([split.cutoff[held_users], log.ts[train_ratings]])
     replay.run(times, lambda q: on_user(int(held_users[q])) if q < n_users else on_rating(q - n_users))
+    score_pending()
     order = ranked_users.tolist()
     return Evaluation(
         users=ranked_users,

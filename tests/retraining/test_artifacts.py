@@ -65,8 +65,8 @@ def test_explanations_name_the_features_that_moved_the_score(trained):
     from recommendations import features
 
     matrix = ranking.ranker_feature_matrix(
-        model.collaborative, candidates=found, user=features.UserState(), item_states={}, item_categories={},
-        at=float(log.ts[-1]), category_share=model.category_share,
+        model.collaborative, candidates=found, user=features.UserState(),
+        items=ranking.candidate_items(found.codes, item_states={}, item_categories={}), at=float(log.ts[-1]), category_share=model.category_share,
     )
     explained = ranking.ranker_explain(model.ranker, matrix)
     assert len(explained) == len(found.codes)

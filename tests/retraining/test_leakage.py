@@ -21,8 +21,8 @@ def _features_at(log, model, user, at, candidates):
     def on_query(_):
         state = replay.user_states.get(user, features.UserState())
         result["ranker"] = ranking.ranker_feature_matrix(
-            model, candidates=candidates, user=state, item_states=replay.item_states, item_categories=categories,
-            at=at, category_share=log.category_share(),
+            model, candidates=candidates, user=state, items=replay.candidate_items(candidates.codes), at=at,
+            category_share=log.category_share(),
         )
         result["regressor"] = np.array([
             ranking.regressor_feature_row(user=state, item=replay.item_states.get(int(c), features.ItemState()),

@@ -1,0 +1,58 @@
+"""The vectorized feature twins compute what the scalar definitions compute (online ingestion uses those)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from recommendations import features
+
+CATEGORIES = ["drama", "comedy", "crime", "kids"]
+SHARE = {"drama": 0.5, "comedy": 0.3, "crime": 0.2}  # "kids" is not in the catalogue mix: no lift from it
+
+
+def _random_history(rng, n_users=5, n_items=30, n_events=400):
+    users = [features.UserState() for _ in range(n_users)]
+    items = [features.ItemState() for _ in range(n_items)]
+    item_categories = [
+        list(rng.choice(CATEGORIES, size=rng.integers(0, 3), replace=True)) for _ in range(n_items)
+    ]
+    start = 1.2e9
+    for _ in range(n_events):
+        kind = str(rng.choice(["view", "click", "rating", "like", "purchase", "dislike"]))
+        value = float(rng.choice([0.5, 2.0, 3.5, 4.0, 5.0])) if kind == "rating" else None
+        u, i = int(rng.integers(n_users)), int(rng.integers(n_items // 2))  # half the items stay unseen
+        event = features.Event(u, i, kind, value, start + float(rng.uniform(0, 4e8)))
+        features.user_apply(users[u], event, item_categories[i])
+        features.item_apply(items[i], event)
+    return users, items, item_categories, start + 4.5e8
+
+
+def _same(batch, scalar):
+    np.testing.assert_allclose(batch, np.array(scalar, dtype=np.float64), rtol=1e-12, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_item_features_batch_equals_item_features_for_every_item(seed):
+    _, items, _, at = _random_history(np.random.default_rng(seed))
+    batch = features.item_features_batch(features.item_state_columns(items), at)
+    _same(batch, [features.item_features(state, at) for state in items])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pair_features_batch_equals_pair_features_for_every_user_and_item(seed):
+    users, items, item_categories, at = _random_history(np.random.default_rng(seed))
+    names: dict[str, int] = {}
+    matrix = features.category_matrix(item_categories, names)
+    columns = features.item_state_columns(items)
+    for user in users + [features.UserState()]:
+        batch = features.pair_features_batch(user, columns, matrix, names, at, SHARE)
+        _same(batch, [features.pair_features(user, s, c, at, SHARE) for s, c in zip(items, item_categories)])
+
+
+def test_the_twins_handle_a_catalogue_without_categories():
+    names: dict[str, int] = {}
+    matrix = features.category_matrix([[], []], names)
+    result = features.pair_features_batch(features.UserState(), features.item_state_columns([features.ItemState()] * 2),
+                                          matrix, names, 1e9, {})
+    assert result.shape == (2, len(features.PAIR_FEATURES)) and all(math.isnan(v) for v in result.ravel())
