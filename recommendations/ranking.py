@@ -173,15 +173,20 @@ def ranker_feature_matrix(
     *,
     candidates: Candidates,
     user: features.UserState,
-    items: CandidateItems,
     at: float,
     category_share: Mapping[str, float],
+    items: CandidateItems | None = None,
+    item_states: Mapping[int, features.ItemState] | None = None,
+    item_categories: Mapping[int, Sequence[str]] | None = None,
 ) -> np.ndarray:
     """Rows in RANKER_FEATURES order for one user's candidates at time `at`.
 
-    The item and user states must hold only events before `at` (the online rows in serving, a replay in
-    training); `user.recent_items` holds Item keys, as the online rows do."""
+    The candidates' items come as `items` (columns, as the training replay keeps them) or as per-code
+    `item_states` and `item_categories` (as serving reads them). All states must hold only events before
+    `at` (the online rows in serving, a replay in training); `user.recent_items` holds Item keys."""
     codes = candidates.codes
+    if items is None:
+        items = candidate_items(codes, item_states=item_states or {}, item_categories=item_categories or {})
     matrix = np.empty((len(codes), len(RANKER_FEATURES)), dtype=np.float32)
     best = np.nanmax(candidates.cf_score) if np.isfinite(candidates.cf_score).any() else np.nan
     matrix[:, 0] = candidates.cf_score
