@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lightgbm as lgb  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
 
 from recommendations import features
 
@@ -74,11 +75,19 @@ class CollaborativeModel:
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """EASE scores [len(histories), M] for users given by the catalogue codes they interacted with."""
-        rows = np.zeros((len(histories), len(self.modelled)), dtype=np.float32)
-        for row, codes in enumerate(histories):
-            positions = self.position[codes]
-            rows[row, positions[positions >= 0]] = 1.0
-        return rows @ self.weights
+        positions = [self.position[codes] for codes in histories]
+        positions = [p[p >= 0] for p in positions]
+        users = sp.csr_matrix(
+            (
+                np.ones(sum(len(p) for p in positions), dtype=np.float32),
+                np.concatenate(positions) if positions else np.empty(0, dtype=np.int64),
+                np.concatenate([[0], np.cumsum([len(p) for p in positions])]),
+            ),
+            shape=(len(histories), len(self.modelled)),
+        )
+        users.sum_duplicates()
+        users.data[:] = 1.0
+        return np.asarray(users @ self.weights)
 
     def similar(self, code: int, k: int) -> np.ndarray:
         """The k catalogue codes with the largest EASE weight from `code` (empty if it is not modelled)."""
@@ -109,37 +118,44 @@ def candidates_generate(
     n_collaborative: int,
     n_popular: int,
 ) -> list[Candidates]:
-    """The union of the top EASE items and the most popular items, unseen and active, per user."""
+    """The union of the top EASE items and the most popular items, unseen and active, per user.
+
+    cf_rank is the rank among all unseen active modelled items (ties: by code among the top, else the better)."""
     scores = model.scores(histories)
-    active_modelled = model.active[model.modelled]
+    inactive_modelled = ~model.active[model.modelled]
     result = []
     for row, seen in zip(scores, histories):
-        blocked = np.zeros(len(model.item_pks), dtype=bool)
-        blocked[seen] = True
-        blocked |= ~model.active
-        cf = np.where(active_modelled & ~blocked[model.modelled], row, -np.inf)
-        order = np.argsort(-cf, kind="stable")
-        order = order[np.isfinite(cf[order])]
-        rank = np.full(len(model.modelled), np.nan, dtype=np.float32)
-        rank[order] = np.arange(1, len(order) + 1)
-        cf_codes = model.modelled[order[:n_collaborative]]
-        pop_codes = _first_unblocked(model.popularity_order, blocked, n_popular)
-        codes = np.unique(np.concatenate([cf_codes, pop_codes]))
+        cf = np.where(inactive_modelled, -np.inf, row)
+        seen_positions = model.position[seen]
+        cf[seen_positions[seen_positions >= 0]] = -np.inf
+        n_top = min(n_collaborative, int(np.isfinite(cf).sum()))
+        top = np.argpartition(-cf, n_top - 1)[:n_top] if n_top else np.empty(0, dtype=np.int64)
+        top = top[np.lexsort((top, -cf[top]))]
+        cf_codes = model.modelled[top]
+        pop_codes = _first_unblocked(model, seen, n_popular)
+        codes = np.union1d(cf_codes, pop_codes)
         positions = model.position[codes]
         inside = positions >= 0
         cf_score = np.full(len(codes), np.nan, dtype=np.float32)
-        cf_rank = np.full(len(codes), np.nan, dtype=np.float32)
         cf_score[inside] = row[positions[inside]]
-        cf_rank[inside] = rank[positions[inside]]
-        source = np.isin(codes, cf_codes) * SOURCE_COLLABORATIVE + np.isin(codes, pop_codes) * SOURCE_POPULAR
-        result.append(Candidates(codes, cf_score, cf_rank, source.astype(np.int8)))
+        cf_rank = np.full(len(codes), np.nan, dtype=np.float32)
+        others = inside.copy()
+        others[np.searchsorted(codes, cf_codes)] = False
+        cf_rank[others] = 1 + (cf[None, :] > cf_score[others][:, None]).sum(axis=1)
+        cf_rank[np.searchsorted(codes, cf_codes)] = np.arange(1, len(cf_codes) + 1)
+        source = np.zeros(len(codes), dtype=np.int8)
+        source[np.searchsorted(codes, cf_codes)] |= SOURCE_COLLABORATIVE
+        source[np.searchsorted(codes, pop_codes)] |= SOURCE_POPULAR
+        result.append(Candidates(codes, cf_score, cf_rank, source))
     return result
 
 
-def _first_unblocked(order: np.ndarray, blocked: np.ndarray, n: int) -> np.ndarray:
+def _first_unblocked(model: CollaborativeModel, seen: np.ndarray, n: int) -> np.ndarray:
+    """The n most popular active items not in `seen`."""
+    seen_set = set(seen.tolist())
     picked = []
-    for code in order:
-        if not blocked[code]:
+    for code in model.popularity_order.tolist():
+        if model.active[code] and code not in seen_set:
             picked.append(code)
             if len(picked) == n:
                 break

@@ -61,6 +61,7 @@ class TrainingParams:
     early_stopping_rounds: int = 40
     validation_fraction: float = 0.1
     max_ranker_users: int = 5_000
+    max_regressor_examples: int = 300_000
     shuffle_labels: bool = False  # a leakage guard: a ranker trained on shuffled labels must not beat popularity
 
 
@@ -267,6 +268,9 @@ def evaluation_run(
     candidates = dict(zip(ranked_users.tolist(), candidates_for(model, histories, ranked_users, params)))
     rated = log.is_rating()
     train_ratings = np.flatnonzero(split.train & rated) if with_regressor else np.empty(0, dtype=np.int64)
+    if len(train_ratings) > params.max_regressor_examples:
+        rng = np.random.default_rng(params.seed)
+        train_ratings = np.sort(rng.choice(train_ratings, params.max_regressor_examples, replace=False))
     holdout_ratings = _events_by_user(log, split.holdout & rated) if with_regressor else {}
     n_holdout_rows = sum(len(v) for v in holdout_ratings.values())
     width = len(ranking.REGRESSOR_FEATURES)
