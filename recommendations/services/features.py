@@ -134,8 +134,11 @@ def _items_update(events: list[features.Event]) -> None:
 def _log_add_sql(column: str) -> str:
     """log(exp(a) + exp(b)) without overflow; the SQL twin of features.log_add."""
     old, new = f"{_ITEM_TABLE}.{column}", f"excluded.{column}"
+    # Beyond a gap of 700 the smaller term is below double precision (and EXP would underflow on
+    # PostgreSQL): the larger one is the sum, as math.exp's 0.0 makes it in features.log_add.
     return (
         f"{column} = CASE WHEN {old} IS NULL THEN {new} "
+        f"WHEN {old} >= {new} + 700 THEN {old} WHEN {new} >= {old} + 700 THEN {new} "
         f"WHEN {old} >= {new} THEN {old} + LN(1 + EXP({new} - {old})) "
         f"ELSE {new} + LN(1 + EXP({old} - {new})) END"
     )
@@ -169,13 +172,13 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         items = sorted(item_ids if item_ids is not None else Item.objects.values_list("pk", flat=True))
         UserFeatures.objects.bulk_create([UserFeatures(user_id=u) for u in users], ignore_conflicts=True, batch_size=5000)
         ItemFeatures.objects.bulk_create([ItemFeatures(item_id=i) for i in items], ignore_conflicts=True, batch_size=5000)
-        user_rows = {r.user_id: r for r in UserFeatures.objects.select_for_update().filter(user_id__in=users).order_by("pk")}
-        item_rows = {r.item_id: r for r in ItemFeatures.objects.select_for_update().filter(item_id__in=items).order_by("pk")}
-        user_states = {u: features.UserState() for u in user_rows}
-        item_states = {i: features.ItemState() for i in item_rows}
+        _lock_rows(UserFeatures, "user_id", users, whole_table=user_ids is None)
+        _lock_rows(ItemFeatures, "item_id", items, whole_table=item_ids is None)
+        user_states = {u: features.UserState() for u in users}
+        item_states = {i: features.ItemState() for i in items}
         categories = dict(Item.objects.values_list("pk", "categories"))
         events = Interaction.objects.all()
-        if user_ids is not None or item_ids is not None:
+        if len(users) + len(items) <= _IN_LIST_LIMIT and (user_ids is not None or item_ids is not None):
             events = events.filter(Q(user_id__in=users) | Q(item_id__in=items))
         events = events.order_by("timestamp", "pk").values_list("user_id", "item_id", "event_type", "value", "timestamp")
         for user_id, item_id, event_type, value, timestamp in events.iterator(chunk_size=20000):
@@ -184,13 +187,31 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
                 features.user_apply(user_states[user_id], event, categories.get(item_id) or ())
             if item_id in item_states:
                 features.item_apply(item_states[item_id], event)
-        for user_id, row in user_rows.items():
-            _user_state_to_row(user_states[user_id], row)
-        for item_id, row in item_rows.items():
-            _item_state_to_row(item_states[item_id], row)
-        UserFeatures.objects.bulk_update(list(user_rows.values()), _USER_FIELDS, batch_size=1000)
-        ItemFeatures.objects.bulk_update(list(item_rows.values()), _ITEM_FIELDS, batch_size=1000)
+        user_rows = [UserFeatures(user_id=u) for u in users]
+        for row in user_rows:
+            _user_state_to_row(user_states[row.user_id], row)
+        item_rows = [ItemFeatures(item_id=i) for i in items]
+        for row in item_rows:
+            _item_state_to_row(item_states[row.item_id], row)
+        # An upsert over locked rows: the same effect as bulk_update, at a fraction of its cost.
+        UserFeatures.objects.bulk_create(user_rows, update_conflicts=True, unique_fields=["user"],
+                                         update_fields=_USER_FIELDS, batch_size=1000)
+        ItemFeatures.objects.bulk_create(item_rows, update_conflicts=True, unique_fields=["item"],
+                                         update_fields=_ITEM_FIELDS, batch_size=1000)
     return {"users": len(user_rows), "items": len(item_rows)}
+
+
+_IN_LIST_LIMIT = 5000  # above it, read the whole log rather than send a huge IN list (SQLite caps parameters)
+
+
+def _lock_rows(model, key: str, ids: list[int], *, whole_table: bool) -> None:
+    """SELECT ... FOR UPDATE the rows of `ids`, in key order, in chunks small enough for any backend."""
+    if whole_table:
+        list(model.objects.select_for_update().order_by(key).values_list(key, flat=True))
+        return
+    for start in range(0, len(ids), _IN_LIST_LIMIT):
+        chunk = ids[start : start + _IN_LIST_LIMIT]
+        list(model.objects.select_for_update().filter(**{f"{key}__in": chunk}).order_by(key).values_list(key, flat=True))
 
 
 _ITEM_FIELDS = [

@@ -173,3 +173,13 @@ def test_concurrent_retries_of_the_same_events_write_them_once():
     assert sum(r.duplicates for r in results) == 600
     assert Interaction.objects.count() == 200
     assert_online_equals_replay()
+
+
+@pytest.mark.django_db
+def test_events_decades_apart_fold_into_the_same_item_without_overflow():
+    catalog()
+    event_ingest(events=[EventInput("u1", "i1", "view", datetime(2018, 6, 1, tzinfo=timezone.utc))])
+    event_ingest(events=[EventInput("u2", "i1", "view", datetime(1996, 6, 1, tzinfo=timezone.utc))])
+    event_ingest(events=[EventInput("u3", "i1", "view", datetime(2040, 6, 1, tzinfo=timezone.utc) - timedelta(days=365 * 20))])
+    assert ItemFeatures.objects.get(item__external_id="i1").event_count == 3
+    assert_online_equals_replay()
