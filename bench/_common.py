@@ -220,13 +220,15 @@ class GunicornServer:
         self.stop()
 
 
-def terminate_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt, so `finally` blocks and context managers clean up as on Ctrl-C."""
+def interrupt_on_signals() -> None:
+    """Make SIGTERM, and SIGINT even where the shell started us with it ignored (a background job),
+    raise KeyboardInterrupt, so `finally` blocks and context managers stop the servers as on Ctrl-C."""
 
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 # --- CPU accounting (Linux /proc), to tell the server's cost from a busy machine's noise ------------

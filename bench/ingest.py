@@ -57,9 +57,9 @@ from _common import (  # noqa: E402
     database_url,
     django_env,
     http_json,
+    interrupt_on_signals,
     manage,
     process_group_stop,
-    terminate_on_sigterm,
 )
 
 DATASET = Path("/work/shared/datasets/ml-latest-small")
@@ -615,7 +615,7 @@ def import_report(imported: dict | None, args) -> str:
 
 def main(argv) -> int:
     args = parse_args(argv)
-    terminate_on_sigterm()
+    interrupt_on_signals()
     all_scenarios = {
         "batch": Scenario("batch", args.clients, BATCH_SIZE),
         "single": Scenario("single", args.single_clients, 1),
