@@ -30,8 +30,8 @@ PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 MOVIELENS_SMALL = Path(os.environ.get("MOVIELENS_SMALL", ROOT.parent / "shared" / "datasets" / "ml-latest-small"))
 DATASETS = {
     "ml-latest-small": {"kind": "movielens", "path": MOVIELENS_SMALL},
-    "synthetic-500k": {"kind": "synthetic", "users": 10_000, "items": 5_000, "events": 500_000},
-    "synthetic-1M": {"kind": "synthetic", "users": 20_000, "items": 5_000, "events": 1_000_000},
+    "synthetic-500k": {"kind": "synthetic", "users": 5_000, "items": 4_000, "events": 500_000},
+    "synthetic-1M": {"kind": "synthetic", "users": 10_000, "items": 6_000, "events": 1_000_000},
 }
 
 
@@ -138,10 +138,30 @@ def _psql(sql: str) -> None:
     subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True, capture_output=True)
 
 
+def _has_command(name: str) -> bool:
+    return any((ROOT / app / "management" / "commands" / f"{name}.py").exists() for app in ("recommendations",))
+
+
+def _manage(database: str, *args: str) -> None:
+    env = dict(os.environ, DATABASE_URL=f"{PG}/{database}")
+    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
 def dataset_load(name: str, database: str) -> float:
-    """Create, migrate and fill `database` in a child process; returns the seconds it took."""
+    """Migrate and fill `database` (the project's import commands when present, else the loaders here);
+    returns the seconds it took."""
     started = time.perf_counter()
-    subprocess.run([PYTHON, __file__, "--load-only", name, "--database", database], check=True)
+    spec = DATASETS[name]
+    if _has_command("import_movielens") and (spec["kind"] == "movielens" or _has_command("generate_synthetic")):
+        _manage(database, "migrate", "--verbosity", "0")
+        path = spec.get("path")
+        if spec["kind"] == "synthetic":
+            path = ROOT / "var" / "bench" / name
+            _manage(database, "generate_synthetic", "--users", str(spec["users"]), "--items", str(spec["items"]),
+                    "--events", str(spec["events"]), "--output", str(path), "--seed", "1")
+        _manage(database, "import_movielens", str(path))
+    else:
+        subprocess.run([PYTHON, __file__, "--load-only", name, "--database", database], check=True)
     return time.perf_counter() - started
 
 

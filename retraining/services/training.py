@@ -58,8 +58,9 @@ class TrainingParams:
     num_leaves: int = 31
     min_data_in_leaf: int = 50
     max_rounds: int = 400
-    early_stopping_rounds: int = 40
-    validation_fraction: float = 0.1
+    min_rounds: int = 50
+    early_stopping_rounds: int = 50
+    validation_fraction: float = 0.2
     max_ranker_users: int = 5_000
     max_regressor_examples: int = 300_000
     shuffle_labels: bool = False  # a leakage guard: a ranker trained on shuffled labels must not beat popularity
@@ -206,6 +207,34 @@ def _lgb_params(params: TrainingParams, **overrides) -> dict:
     }
 
 
+def early_stopping_after(*, min_rounds: int, patience: int):
+    """Early stopping on the first validation metric that only considers models of at least `min_rounds`
+    trees: on a few hundred validation users NDCG is noisy enough that its peak can fall on the 2nd tree."""
+    best = {"score": -math.inf, "iteration": min_rounds}
+
+    def callback(env) -> None:
+        trees = env.iteration + 1
+        if trees < min_rounds or not env.evaluation_result_list:
+            return
+        _, _, score, higher_is_better = env.evaluation_result_list[0][:4]
+        score = score if higher_is_better else -score
+        if score > best["score"]:
+            best.update(score=score, iteration=trees)
+        elif trees - best["iteration"] >= patience:
+            raise lgb.callback.EarlyStopException(best["iteration"] - 1, env.evaluation_result_list)
+
+    callback.order = 30
+    callback.best = best
+    return callback
+
+
+def _train(options: dict, train: lgb.Dataset, valid: lgb.Dataset, params: TrainingParams) -> lgb.Booster:
+    stopping = early_stopping_after(min_rounds=params.min_rounds, patience=params.early_stopping_rounds)
+    booster = lgb.train(options, train, num_boost_round=params.max_rounds, valid_sets=[valid], callbacks=[stopping])
+    booster.best_iteration = stopping.best["iteration"]
+    return booster
+
+
 def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
     """LightGBM lambdarank; early stopping on NDCG@k of a held-aside share of the users."""
     labels = examples.labels
@@ -226,12 +255,8 @@ def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
 
     train = dataset(~rows_valid, examples.groups[~validation])
     if not validation.any():
-        return lgb.train(options, train, num_boost_round=params.max_rounds // 2)
-    valid = dataset(rows_valid, examples.groups[validation], reference=train)
-    return lgb.train(
-        options, train, num_boost_round=params.max_rounds, valid_sets=[valid],
-        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
-    )
+        return lgb.train(options, train, num_boost_round=params.min_rounds)
+    return _train(options, train, dataset(rows_valid, examples.groups[validation], reference=train), params)
 
 
 # --- Evaluation (and the regressor's examples, from the same replay) ----------------------------
@@ -366,11 +391,7 @@ def regressor_fit(matrix: np.ndarray, target: np.ndarray, params: TrainingParams
     options = _lgb_params(params, objective="regression", metric="rmse")
     validation = np.random.default_rng(params.seed).random(len(target)) < params.validation_fraction
     train = lgb.Dataset(matrix[~validation], target[~validation], feature_name=ranking.REGRESSOR_FEATURES)
-    valid = lgb.Dataset(matrix[validation], target[validation], reference=train)
-    return lgb.train(
-        options, train, num_boost_round=params.max_rounds, valid_sets=[valid],
-        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
-    )
+    return _train(options, train, lgb.Dataset(matrix[validation], target[validation], reference=train), params)
 
 
 def rating_predict(regressor: lgb.Booster, matrix: np.ndarray, low: float, high: float) -> np.ndarray:
