@@ -143,8 +143,13 @@ class StateReplay:
     reads no more, and the newest n of a list are the newest n of its newest n plus the new event, so the
     kept prefix equals the online one while each insertion stays O(n) instead of O(50)."""
 
-    def __init__(self, log: EventLog):
+    def __init__(self, log: EventLog, *, users: np.ndarray | None = None):
+        """`users`: the only users whose states are needed (default: all)."""
         self.log = log
+        self._tracked = np.ones(len(log.user_pks), dtype=bool)
+        if users is not None:
+            self._tracked[:] = False
+            self._tracked[users] = True
         self.user_states: dict[int, features.UserState] = {}
         self.item_states: dict[int, features.ItemState] = {}
         self._applied = 0
@@ -166,6 +171,7 @@ class StateReplay:
         kind = [EVENT_TYPES[k] for k in self.log.event_type.tolist()]
         item_pks, categories = self.log.item_pks.tolist(), self.log.item_categories
         user_states, item_states, changed = self.user_states, self.item_states, self._changed
+        tracked = self._tracked.tolist()
         position = self._applied
         for query, bound in zip(order.tolist(), bounds.tolist()):
             if bound < position:
@@ -174,9 +180,10 @@ class StateReplay:
                 u, it = user[i], item[i]
                 v = None if value[i] != value[i] else value[i]
                 event = features.Event(u, item_pks[it], kind[i], v, ts[i])
-                state = user_states.setdefault(u, features.UserState())
-                features.user_apply(state, event, categories[it])
-                del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
+                if tracked[u]:
+                    state = user_states.setdefault(u, features.UserState())
+                    features.user_apply(state, event, categories[it])
+                    del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
                 features.item_apply(item_states.setdefault(it, features.ItemState()), event)
                 changed.add(it)
             position = max(position, bound)

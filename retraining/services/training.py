@@ -168,7 +168,7 @@ def ranker_examples_build(
     candidates = candidates_for(model, histories_by_user(log, split.fit), users, params)
     blocks: list[np.ndarray | None] = [None] * len(users)
     labels: list[np.ndarray | None] = [None] * len(users)
-    replay = StateReplay(log.subset(split.fit))
+    replay = StateReplay(log.subset(split.fit), users=users)
 
     def on_query(index: int) -> None:
         u, found = int(users[index]), candidates[index]
