@@ -3,6 +3,7 @@
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from retraining.services.pipeline import training_run_process
 from retraining.services.runs import training_run_fail
 from retraining.services.triggers import triggers_check
 
@@ -31,8 +32,6 @@ def _fail_run(task, exc, task_id, args, kwargs, einfo):
 def training_run_execute_task(run_id: int) -> None:
     """Run one training run end to end. A redelivered or duplicate message finds the run already claimed
     and does nothing."""
-    from retraining.services.pipeline import training_run_process
-
     try:
         training_run_process(run_id=run_id)
     except SoftTimeLimitExceeded:

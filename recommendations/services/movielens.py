@@ -174,20 +174,20 @@ def _layout_detect(path: Path) -> _Layout:
     raise ApplicationError(f"{path} holds no MovieLens layout: expected {expected}.")
 
 
-def movielens_import(*, path: Path, progress: bool = True) -> ImportReport:
+def movielens_import(*, path: Path, progress: bool = True, before: datetime | None = None) -> ImportReport:
     """Import the MovieLens dataset in directory `path`; a repeated import adds nothing.
 
     Each rating's event id is a uuid5 of the user, movie and timestamp, so stored ratings are recognised
     and skipped. Ratings are committed chunk by chunk; the online features of every user and item the
     file mentions are then rebuilt from the event log, which also repairs an import that was interrupted
-    between its last chunk and the rebuild. (Folding each chunk into the features as live ingestion does
-    is no alternative: its SQL log-add fails with an underflow for ratings years older than the newest.)"""
+    between its last chunk and the rebuild. With `before`, only ratings strictly before that time are
+    imported (a replay imports the first part of a timeline and streams the rest)."""
     layout = _layout_detect(path)
     report = ImportReport(layout=layout.name)
     _movies_import(path, layout, report)
     if layout.users and (path / layout.users.name).is_file():
         _users_import(path, layout, report)
-    users, items = _ratings_import(path, layout, report, progress)
+    users, items = _ratings_import(path, layout, report, progress, before)
     if users:
         online_features_rebuild(user_ids=sorted(users.values()), item_ids=sorted(items.values()))
     return report
@@ -249,6 +249,14 @@ def _users_import(path: Path, layout: _Layout, report: ImportReport) -> None:
         report.users_created += len(attributes.keys() - existing)
 
 
+def movielens_ratings(*, path: Path) -> list[_Rating]:
+    """The valid ratings of a MovieLens directory, in time order (user and movie ids, value, time)."""
+    layout = _layout_detect(path)
+    report = ImportReport(layout=layout.name)
+    ratings = list(_parsed(_rows(path, layout, layout.ratings), _rating, layout.ratings, report))
+    return sorted(ratings, key=lambda rating: (rating.ts, rating.user_id, rating.movie_id))
+
+
 def _rating(fields: list[str]) -> _Rating:
     if len(fields) != 4:
         raise ValueError(f"expected 4 fields, found {len(fields)}")
@@ -267,7 +275,7 @@ def _rating(fields: list[str]) -> _Rating:
 
 
 def _ratings_import(
-    path: Path, layout: _Layout, report: ImportReport, progress: bool
+    path: Path, layout: _Layout, report: ImportReport, progress: bool, before: datetime | None = None
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Store the ratings chunk by chunk; returns the primary keys of the users and items they mention."""
     users: dict[str, int] = {}
@@ -275,6 +283,8 @@ def _ratings_import(
     size = (path / layout.ratings.name).stat().st_size
     with tqdm(total=size, unit="B", unit_scale=True, desc=layout.ratings.name, disable=not progress) as bar:
         ratings = _parsed(_rows(path, layout, layout.ratings, bar), _rating, layout.ratings, report)
+        if before is not None:
+            ratings = (rating for rating in ratings if rating.moment < before)
         for chunk in _chunks(ratings, CHUNK_SIZE):
             with transaction.atomic():
                 report.users_created += _pks_resolve(EndUser, {r.user_id for r in chunk}, users)

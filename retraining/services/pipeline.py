@@ -1,0 +1,152 @@
+"""One training run, end to end: train → evaluate the candidate and re-score the champion on the same
+holdout → gate → register → promote or reject. Called by the `training` queue's task with a run id.
+
+A crash anywhere leaves the champion untouched: the pointer only moves in the last step, in one
+transaction. The run's heartbeat is refreshed by a thread while the heavy stages run, so a run whose
+worker died is recognised as stale by the next trigger check."""
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from recommendations import ranking
+from registry.artifacts import artifact_read
+from registry.models import ModelVersion
+from registry.selectors import champion_version
+from registry.services import VersionInput, model_version_promote, model_version_register, model_version_reject
+from retraining.models import RunStatus, TrainingRun
+from retraining.services.drift import drift_profile, drift_reference, drift_window
+from retraining.services.gate import gate_decide
+from retraining.services.policy import policy_active
+from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
+from retraining.services.rescoring import models_score_on_holdout
+from retraining.services.training import TrainingParams, json_safe, training_run_execute
+
+HEARTBEAT_SECONDS = 15
+
+
+def training_run_process(*, run_id: int) -> None:
+    if not training_run_claim(run_id=run_id):
+        return
+    run = TrainingRun.objects.get(pk=run_id)
+    workdir = Path(tempfile.mkdtemp(prefix=f"run-{run_id}-", dir=_work_root()))
+    try:
+        with _heartbeat(run_id):
+            _process(run, workdir)
+    except Exception as exc:
+        training_run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _process(run: TrainingRun, workdir: Path) -> None:
+    policy = policy_active()
+    log_line = _RunLog(run.pk)
+    started = time.perf_counter()
+    result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line)
+    window = drift_window(end=run.data_until or timezone.now(), days=policy.drift_window_days,
+                          min_events=policy.drift_window_min_events)
+    manifest = {**result.manifest, "drift_reference": drift_reference(profile=drift_profile(window=window))}
+    (workdir / ranking.MANIFEST_FILE).write_text(json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False))
+    training_seconds = time.perf_counter() - started
+    training_run_advance(run_id=run.pk, status=RunStatus.EVALUATING, trained_at=timezone.now(),
+                         stage_timings=result.timings_s)
+
+    champion = champion_version()
+    candidate_metrics, champion_metrics, candidate_users, champion_users = result.metrics, None, None, None
+    if champion is not None:
+        log_line.write(f"scoring the candidate and re-scoring the champion {champion} on the same holdout\n")
+        scored = models_score_on_holdout(
+            until=run.data_until, params=TrainingParams(**manifest["params"]["training"]),
+            models={"candidate": ranking.trained_model_load(workdir), "champion": _load(champion)},
+        )
+        candidate_metrics, champion_metrics = scored["candidate"].metrics, scored["champion"].metrics
+        candidate_users, champion_users = scored["candidate"].user_ndcg, scored["champion"].user_ndcg
+    decision = gate_decide(
+        candidate=candidate_metrics, popularity=result.baselines["popularity"], champion=champion_metrics,
+        candidate_user_ndcg=candidate_users, champion_user_ndcg=champion_users,
+        min_relative_gain=policy.gate_min_relative_gain, guardrail_tolerance=policy.gate_guardrail_tolerance,
+        bootstrap_tolerance=policy.gate_bootstrap_tolerance, bootstrap_samples=policy.gate_bootstrap_samples,
+    )
+    gate = json_safe({**decision.as_dict(), "champion_version": champion.version if champion else None})
+    window_of = manifest.get("training_window", {})
+    version = model_version_register(artifact_dir=workdir, data=VersionInput(
+        metrics=json_safe(result.metrics), baseline_metrics=json_safe(result.baselines), dataset_stats=result.dataset,
+        parameters=manifest.get("params", {}), manifest=json_safe(manifest),
+        training_window_start=_parse(window_of.get("min_event_time")),
+        training_window_end=run.data_until or _parse(window_of.get("max_event_time")),
+        trigger_reason=run.trigger, training_duration_s=training_seconds, training_run_id=run.pk,
+    ))
+    reason = f"run {run.pk} ({run.trigger}): " + "; ".join(decision.reasons)
+    if decision.passed:
+        model_version_promote(version=version.version, actor="gate", reason=reason,
+                              expected_current=champion.version if champion else None)
+        status = RunStatus.PROMOTED
+    else:
+        model_version_reject(version=version.version, actor="gate", reason=reason)
+        status = RunStatus.REJECTED
+    log_line.write(f"{version}: {status}; {reason}\n")
+    training_run_advance(run_id=run.pk, status=status, evaluated_at=timezone.now(), gate=gate, model_version=version,
+                         stage_timings={**result.timings_s, "total": round(time.perf_counter() - started, 3)})
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _load(version: ModelVersion) -> ranking.TrainedModel:
+    files = artifact_read(path=version.artifact_path, size=version.artifact_size, sha256=version.artifact_sha256)
+    with tempfile.TemporaryDirectory(dir=_work_root()) as folder:
+        for name, data in files.items():
+            (Path(folder) / Path(name).name).write_bytes(data)
+        return ranking.trained_model_load(folder)
+
+
+def _work_root() -> Path:
+    root = Path(settings.MODEL_STORE) / "work"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class _RunLog:
+    """A text stream for the training stages' progress lines, appended to the run's log."""
+
+    def __init__(self, run_id: int):
+        self.run_id = run_id
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            if line.strip():
+                training_run_heartbeat(run_id=self.run_id, line=line.strip())
+
+    def flush(self) -> None:
+        pass
+
+
+@contextmanager
+def _heartbeat(run_id: int):
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_SECONDS):
+            training_run_heartbeat(run_id=run_id)
+        close_old_connections()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
