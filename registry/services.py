@@ -1,6 +1,7 @@
 """Registry writes: register a version, promote it, roll back. Every pointer flip happens in one
 transaction with a compare-and-set on the expected current version and leaves an audit row."""
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +46,7 @@ def model_version_register(*, artifact_dir: Path, data: VersionInput, status: st
     else:
         raise ConflictError("Could not allocate a version number; retry.")
     try:
-        stored = artifact_store(source_dir=artifact_dir, name=f"v{version.version}")
+        stored = artifact_store(source_dir=artifact_dir, name=f"v{version.version}-{uuid.uuid4().hex[:12]}")
     except Exception:
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelStatus.FAILED)
         raise

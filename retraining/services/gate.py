@@ -19,8 +19,9 @@ GUARDRAILS = [("recall@10", True), ("coverage@10", True), ("rmse", False)]
 @dataclass
 class GateDecision:
     passed: bool
-    reasons: list[str]
+    reasons: list[str]  # every check, passed or not, in order
     numbers: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # the checks that refused the candidate
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,23 +51,26 @@ def gate_decide(
     bootstrap_tolerance: float,
     bootstrap_samples: int,
 ) -> GateDecision:
-    reasons, numbers = [], {"candidate": candidate, "popularity": popularity, "champion": champion}
+    reasons, failures = [], []
+    numbers = {"candidate": candidate, "popularity": popularity, "champion": champion}
+
+    def refuse(reason: str) -> None:
+        reasons.append(reason)
+        failures.append(reason)
+
     ndcg = candidate.get("ndcg@10")
-    failed = False
     if ndcg is None or ndcg <= popularity.get("ndcg@10", 0.0):
-        failed = True
-        reasons.append(f"NDCG@10 {_f(ndcg)} is not above most-popular's {_f(popularity.get('ndcg@10'))}")
+        refuse(f"NDCG@10 {_f(ndcg)} is not above most-popular's {_f(popularity.get('ndcg@10'))}")
     else:
         reasons.append(f"NDCG@10 {_f(ndcg)} beats most-popular's {_f(popularity.get('ndcg@10'))}")
     if champion is None:
         reasons.append("no champion: the first candidate only has to beat the baseline")
-        return GateDecision(passed=not failed, reasons=reasons, numbers=numbers)
+        return GateDecision(passed=not failures, reasons=reasons, numbers=numbers, failures=failures)
 
     required = champion["ndcg@10"] * (1 + min_relative_gain)
     numbers["required_ndcg@10"] = required
     if ndcg is None or ndcg < required:
-        failed = True
-        reasons.append(f"NDCG@10 {_f(ndcg)} < champion {_f(champion['ndcg@10'])} × (1 + {min_relative_gain:g}) = {_f(required)}")
+        refuse(f"NDCG@10 {_f(ndcg)} < champion {_f(champion['ndcg@10'])} × (1 + {min_relative_gain:g}) = {_f(required)}")
     else:
         reasons.append(f"NDCG@10 {_f(ndcg)} ≥ champion {_f(champion['ndcg@10'])} × (1 + {min_relative_gain:g}) = {_f(required)}")
     for key, higher_is_better in GUARDRAILS:
@@ -76,8 +80,7 @@ def gate_decide(
         limit = old * (1 - guardrail_tolerance) if higher_is_better else old * (1 + guardrail_tolerance)
         regressed = new < limit if higher_is_better else new > limit
         if regressed:
-            failed = True
-            reasons.append(f"guardrail {key}: {_f(new)} vs champion {_f(old)} is beyond the {guardrail_tolerance:.0%} tolerance")
+            refuse(f"guardrail {key}: {_f(new)} vs champion {_f(old)} is beyond the {guardrail_tolerance:.0%} tolerance")
     if candidate_user_ndcg is not None and champion_user_ndcg is not None:
         mean, low, high = paired_bootstrap_interval(
             np.asarray(candidate_user_ndcg) - np.asarray(champion_user_ndcg), samples=bootstrap_samples
@@ -85,11 +88,10 @@ def gate_decide(
         numbers["ndcg_difference"] = {"mean": mean, "ci95_low": low, "ci95_high": high,
                                       "users": int(len(candidate_user_ndcg)), "samples": bootstrap_samples}
         if low < -bootstrap_tolerance:
-            failed = True
-            reasons.append(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] reaches below −{bootstrap_tolerance:g}: not distinguishable from a loss")
+            refuse(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] reaches below −{bootstrap_tolerance:g}: not distinguishable from a loss")
         else:
             reasons.append(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] stays above −{bootstrap_tolerance:g}")
-    return GateDecision(passed=not failed, reasons=reasons, numbers=numbers)
+    return GateDecision(passed=not failures, reasons=reasons, numbers=numbers, failures=failures)
 
 
 def _f(value) -> str:

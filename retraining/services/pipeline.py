@@ -88,7 +88,7 @@ def _process(run: TrainingRun, workdir: Path) -> None:
         training_window_end=run.data_until or _parse(window_of.get("max_event_time")),
         trigger_reason=run.trigger, training_duration_s=training_seconds, training_run_id=run.pk,
     ))
-    reason = f"run {run.pk} ({run.trigger}): " + "; ".join(decision.reasons)
+    reason = f"run {run.pk} ({run.trigger}): " + "; ".join(decision.failures or decision.reasons)
     if decision.passed:
         model_version_promote(version=version.version, actor="gate", reason=reason,
                               expected_current=champion.version if champion else None)

@@ -19,15 +19,18 @@ class RunInFlight(ConflictError):
     code = "run_in_flight"
 
 
-def training_run_request(*, trigger: str, evidence: dict | None = None, requested_by: str = "", data_until: datetime | None = None) -> TrainingRun:
-    """Create a queued run and enqueue it once committed. If a run is already in flight the database's
-    unique constraint refuses the new row and RunInFlight carries the existing run's id."""
+def training_run_request(*, trigger: str, evidence: dict | None = None, requested_by: str = "",
+                         data_until: datetime | None = None, enqueue: bool = True) -> TrainingRun:
+    """Create a queued run and enqueue it once committed (`enqueue=False`: the caller processes it
+    in-process). If a run is already in flight the database's unique constraint refuses the new row and
+    RunInFlight carries the existing run's id."""
     try:
         with transaction.atomic():
             run = TrainingRun.objects.create(
                 trigger=trigger, evidence=evidence or {}, requested_by=requested_by, data_until=data_until
             )
-            transaction.on_commit(lambda: training_run_enqueue(run_id=run.pk))
+            if enqueue:
+                transaction.on_commit(lambda: training_run_enqueue(run_id=run.pk))
     except IntegrityError:
         existing = TrainingRun.objects.filter(in_flight=True).first()
         if existing is None:  # it finished in between: the caller may simply retry
