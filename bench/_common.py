@@ -325,3 +325,61 @@ class PostgresBackends:
 
     def close(self) -> None:
         self.connection.close()
+
+
+# --- Reporting and child processes shared by the newer benchmarks ------------------------------------
+
+
+def step(message: str) -> None:
+    """A progress line with the UTC time."""
+    from datetime import datetime, timezone
+
+    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", flush=True)
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), round(fraction * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+def text_table(rows: list[list[str]], widths: list[int]) -> list[str]:
+    """Rows of cells: the first column left-aligned, the sized ones right-aligned, any further one as is."""
+    lines = []
+    for cells in rows:
+        sized = [f"{cells[0]:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:], strict=False))]
+        lines.append(" ".join(sized + list(cells[len(widths) :])).rstrip())
+    return lines
+
+
+class ResultProcess:
+    """A child in its own process group that prints its figures as `RESULT {json}` on its last such line
+    (a load generator, a profiler). A context manager: the group is stopped on exit, whatever the exit,
+    so the caller can act (promote a model...) while the child runs, then collect `result()`."""
+
+    def __init__(self, command: list[str], *, log_path: Path, env: dict[str, str] | None = None):
+        self.command, self.log_path, self.env = command, log_path, env
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ResultProcess":
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True
+        )
+        return self
+
+    def result(self, *, timeout: float) -> dict:
+        stdout, _ = self.process.communicate(timeout=timeout)
+        lines = [line for line in stdout.decode().splitlines() if line.startswith("RESULT ")]
+        if self.process.returncode != 0 or not lines:
+            self._log.flush()
+            raise RuntimeError(
+                f"{' '.join(self.command[:3])} failed ({self.process.returncode}):\n{self.log_path.read_text()[-3000:]}"
+            )
+        return json.loads(lines[-1][len("RESULT ") :])
+
+    def __exit__(self, *exc) -> None:
+        process_group_stop(self.process)
+        self._log.close()

@@ -613,6 +613,17 @@ def import_report(imported: dict | None, args) -> str:
     )
 
 
+def code_version() -> str:
+    """The commit the server runs, with '+changes' when the working tree differs from it."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def main(argv) -> int:
     args = parse_args(argv)
     interrupt_on_signals()
@@ -623,7 +634,8 @@ def main(argv) -> int:
     }
     scenarios = [all_scenarios[name.strip()] for name in args.scenarios.split(",") if name.strip()]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    print(f"bench/ingest.py {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC; logs in {log_dir}", flush=True)
+    started = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+    print(f"bench/ingest.py {started}, code {code_version()}; logs in {log_dir}", flush=True)
     figures = run(args, scenarios, log_dir)
 
     finished = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
