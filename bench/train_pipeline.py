@@ -144,7 +144,8 @@ def _has_command(name: str) -> bool:
 
 def _manage(database: str, *args: str) -> None:
     env = dict(os.environ, DATABASE_URL=f"{PG}/{database}")
-    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
 
 
 def dataset_load(name: str, database: str) -> float:
@@ -168,6 +169,7 @@ def dataset_load(name: str, database: str) -> float:
 def pipeline_run(database: str) -> dict:
     env = dict(os.environ, DATABASE_URL=f"{PG}/{database}")
     output = ROOT / "var" / "bench" / database
+    started = time.perf_counter()
     done = subprocess.run(
         [PYTHON, "manage.py", "train", "--json", "--output", str(output)],
         cwd=ROOT,
@@ -176,7 +178,9 @@ def pipeline_run(database: str) -> dict:
         stdout=subprocess.PIPE,
         text=True,
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - started
+    return result
 
 
 def _ratio(a: float, b: float) -> str:
@@ -203,7 +207,9 @@ def report_print(name: str, result: dict, load_s: float) -> None:
     print("|---|---|---|")
     for stage, seconds in stages.items():
         print(f"| {stage} | {seconds:.2f} | {peaks.get(stage, float('nan')):.0f} |")
-    print(f"peak memory: {result['peak_memory_mb']:.0f} MB")
+    print(f"| total (stages) | {sum(stages.values()):.2f} | {result['peak_memory_mb']:.0f} |")
+    print(f"`manage.py train` wall time including start-up: {result['wall_s']:.1f} s; "
+          f"peak memory: {result['peak_memory_mb']:.0f} MB")
 
 
 def main() -> None:
@@ -227,16 +233,22 @@ def main() -> None:
         return
     print(f"# Training pipeline benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{os.cpu_count()} CPUs, {os.uname().machine}")
+    totals = {}
     for name in args.datasets:
         database = f"bench_train_{name.replace('-', '_').lower()}"
         _psql(f"DROP DATABASE IF EXISTS {database}")
         _psql(f"CREATE DATABASE {database}")
         try:
             load_s = dataset_load(name, database)
-            report_print(name, pipeline_run(database), load_s)
+            result = pipeline_run(database)
+            totals[name] = result["wall_s"]
+            report_print(name, result, load_s)
         finally:
             if not args.keep:
                 _psql(f"DROP DATABASE IF EXISTS {database}")
+    if {"synthetic-500k", "synthetic-1M"} <= totals.keys():
+        print(f"\ndoubling the events (500k -> 1M) multiplied the time by "
+              f"{totals['synthetic-1M'] / totals['synthetic-500k']:.2f}")
 
 
 if __name__ == "__main__":

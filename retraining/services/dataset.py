@@ -2,7 +2,9 @@
 
 Memory: one event costs 29 bytes in the arrays (int64 key, int32 user and item codes, int8 type, float32
 value, float64 time), so 1M events take ~29 MB; rows stream from the database in chunks of `chunk_size`
-and only the arrays are kept. The replay keeps one UserState per user and one ItemState per item.
+and only the arrays are kept. The replay keeps one UserState per user and one ItemState per item. Measured
+(bench/train_pipeline.py, 1M events, 10,000 users, 6,000 items): loading peaks at ~340 MB RSS for the
+whole process (Django and libraries included), the full training run at ~740 MB.
 """
 
 from __future__ import annotations
