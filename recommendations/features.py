@@ -9,7 +9,7 @@ state *strictly before* each example's time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Mapping, NamedTuple
 
 DAY = 86400.0
@@ -259,16 +259,7 @@ def _max(a: float | None, b: float | None) -> float | None:
 # Each computes, for many items at one time `at`, exactly what its scalar definition above computes for
 # one; tests/retraining/test_feature_twins.py holds them equal on random states.
 
-ITEM_STATE_COLUMNS = [
-    "event_count",
-    "positive_count",
-    "rating_count",
-    "rating_sum",
-    "first_event_at",
-    "last_event_at",
-    "log_pop_7d",
-    "log_pop_30d",
-]
+ITEM_STATE_COLUMNS = [f.name for f in fields(ItemState)]  # the twins index columns in this order
 
 
 def item_state_row(state: ItemState) -> tuple[float, ...]:

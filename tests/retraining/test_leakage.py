@@ -5,7 +5,7 @@ import pytest
 
 from recommendations import features, ranking
 from retraining.services.candidates import collaborative_fit
-from retraining.services.dataset import StateReplay
+from retraining.services.dataset import EVENT_TYPES, StateReplay
 from retraining.services.training import TrainingParams, evaluation_run, split_compute, training_run_execute
 from tests.retraining.factories import DAY, RawEvent, dataset_with_events, event_log_from, learnable_dataset
 
@@ -129,3 +129,30 @@ def test_the_recommendations_scored_at_evaluation_do_not_depend_on_held_out_even
     for user in common:
         np.testing.assert_array_equal(by_user[0][user], by_user[1][user])
     np.testing.assert_array_equal(lists[0].regressor_train, lists[1].regressor_train)
+
+
+def test_a_replay_of_some_users_gives_them_the_online_states_and_every_item_its_state():
+    """The replay tracks only the users asked for and keeps only the recent items the ranker reads; what it
+    keeps equals folding the same events with the online definitions."""
+    log = event_log_from(learnable_dataset(users=30, items=40, per_user=16))
+    tracked = np.array([2, 5, 11])
+    at = float(np.median(log.ts))
+    online_users = {u: features.UserState() for u in tracked.tolist()}
+    online_items = [features.ItemState() for _ in log.item_pks]
+    for i in np.flatnonzero(log.ts < at).tolist():
+        u, item = int(log.user[i]), int(log.item[i])
+        value = None if np.isnan(log.value[i]) else float(log.value[i])
+        event = features.Event(u, int(log.item_pks[item]), EVENT_TYPES[log.event_type[i]], value, float(log.ts[i]))
+        features.item_apply(online_items[item], event)
+        if u in online_users:
+            features.user_apply(online_users[u], event, log.item_categories[item])
+    replay = StateReplay(log, users=tracked)
+    replay.run(np.array([at]), lambda _: None)
+    assert replay.user_states.keys() == online_users.keys()
+    for user, online in online_users.items():
+        state = replay.user_states[user]
+        assert state.recent_items == online.recent_items[: ranking.RECENT_ITEMS_FOR_SIMILARITY]
+        state.recent_items = online.recent_items
+        assert state == online
+    codes = np.arange(len(log.item_pks))
+    np.testing.assert_array_equal(replay.candidate_items(codes).columns, features.item_state_columns(online_items))
