@@ -457,6 +457,8 @@ def training_run_execute(
     with stages.stage("ranker_examples"):
         examples = ranker_examples_build(log, split, params, category_share, inner_model)
         del inner_model
+    if not len(examples.groups):
+        raise ValueError("too few events to train: no label window has a positive event among its candidates")
     with stages.stage("ranker_fit"):
         ranker = ranker_fit(examples, params)
     with stages.stage("candidates_training_portion"):

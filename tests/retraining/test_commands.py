@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from io import StringIO
 
@@ -7,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from retraining.services.dataset import event_log_load
-from tests.retraining.factories import START, DAY, dataset_store, learnable_dataset
+from tests.retraining.factories import DAY, START, dataset_store, dataset_with_events, learnable_dataset
 
 RANKING_KEYS = {"ndcg@10", "recall@10", "precision@10", "map@10", "hit_rate@10", "coverage@10"}
 
@@ -63,4 +64,11 @@ def test_train_refuses_a_cut_off_that_is_not_a_time(db):
 
 def test_train_refuses_a_database_too_small_to_hold_anything_out(db, tmp_path):
     with pytest.raises(CommandError, match="too few events"):
+        call_command("train", "--output", str(tmp_path), stdout=StringIO(), stderr=StringIO())
+
+
+def test_train_refuses_data_without_any_positive_event_to_learn_from(db, tmp_path):
+    dataset = learnable_dataset(users=20, items=30, per_user=12)
+    dataset_store(dataset_with_events(dataset, [replace(e, event_type="view", value=None) for e in dataset.events]))
+    with pytest.raises(CommandError, match="no label window has a positive"):
         call_command("train", "--output", str(tmp_path), stdout=StringIO(), stderr=StringIO())
