@@ -65,8 +65,9 @@ def live_system(tmp_path, settings):
         wait_until(lambda: get_json(f"{url}/api/v1/health", "")[0] == 200, 60, message="the web server")
         yield url, processes, tmp_path
     finally:
-        for process in processes.values():
+        for name, process in processes.items():
             stop_process(process)
+            print(f"--- {name} log (tail) ---\n" + (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:])
 
 
 class Watcher(threading.Thread):
