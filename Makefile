@@ -25,8 +25,11 @@ run: migrate
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: migrate
-	$(PY) manage.py retraining_demo
+# The lifecycle demo on a database of its own, fresh each time (DEMO_ARGS="--dataset PATH" for MovieLens).
+demo: install
+	rm -f var/demo.sqlite3*
+	DATABASE_URL=sqlite:///$(CURDIR)/var/demo.sqlite3 $(PY) manage.py migrate --noinput --verbosity 0
+	DATABASE_URL=sqlite:///$(CURDIR)/var/demo.sqlite3 $(PY) manage.py retraining_demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -2,6 +2,7 @@
 API key, the beat schedule, and a first training run for the worker to pick up."""
 
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -16,7 +17,7 @@ from recommendations.services.synthetic import synthetic_dataset_write
 from registry.selectors import champion_version
 from retraining.models import TrainingRun
 from retraining.services.policy import policy_active
-from retraining.services.runs import RunInFlight, retrain_request
+from retraining.services.runs import RunInFlight, retrain_request, training_run_request
 from retraining.services.schedule import periodic_tasks_setup
 
 DEMO_KEY_NAME = "demo"
@@ -58,3 +59,62 @@ def demo_setup(*, dataset: Path | None = None, train: bool = True) -> DemoSetup:
         except RunInFlight as exc:
             run_id = exc.extra.get("run_id")
     return DemoSetup(loaded, username, password, key, run_id)
+
+
+# --- The retraining demo ------------------------------------------------------------------------
+
+DEMO_METRICS = [("rmse", "RMSE", False), ("mae", "MAE", False), ("r2", "R²", True),
+                ("recall@10", "Recall@10", True), ("map@10", "MAP@10", True), ("ndcg@10", "NDCG@10", True)]
+
+
+@dataclass
+class DemoRun:
+    champion_before: int | None
+    run: TrainingRun
+    setup_lines: list[str]
+
+
+def demo_timeline_prepare(*, dataset: Path | None, first_part: float, say) -> list[str]:
+    """On an empty database: import the first part of a timeline, train and gate v1, then ingest the rest
+    through the event service ("the data accumulated since"). Returns what it did, line by line."""
+    from recommendations.clock import clock_reset
+    from recommendations.services.events import EventInput, event_ingest
+    from recommendations.services.movielens import EVENT_ID_NAMESPACE, movielens_import, movielens_ratings
+    from retraining.services.pipeline import training_run_process
+
+    if dataset is None:
+        dataset = settings.VAR_DIR / "demo-dataset"
+        synthetic_dataset_write(output=dataset, users=300, items=500, events=30_000, drift_at=0.8, seed=7,
+                                start=date(2025, 1, 1))
+    ratings = movielens_ratings(path=Path(dataset))
+    split = ratings[int(len(ratings) * first_part)].moment
+    imported = movielens_import(path=Path(dataset), progress=False, before=split).events_imported
+    say(f"set-up: imported {imported:,} events before {split:%Y-%m-%d} from {dataset}; training v1")
+    clock_reset()
+    first = training_run_request(trigger="manual", requested_by="retraining_demo", data_until=split, enqueue=False)
+    training_run_process(run_id=first.pk)
+    first.refresh_from_db()
+    say(f"set-up: v1 {first.status}: {'; '.join(first.gate.get('failures') or first.gate.get('reasons', [])[:1])}")
+    rest = [r for r in ratings if r.moment >= split]
+    for start in range(0, len(rest), 1000):
+        event_ingest(events=[
+            EventInput(user_id=r.user_id, item_id=r.movie_id, event_type="rating", value=r.value, timestamp=r.moment,
+                       event_id=uuid.uuid5(EVENT_ID_NAMESPACE, f"movielens:{r.user_id}:{r.movie_id}:{r.ts}"))
+            for r in rest[start : start + 1000]
+        ])
+    say(f"set-up: {len(rest):,} newer events arrived through the ingestion service")
+    return [f"{imported:,} events imported", f"v1 {first.status}", f"{len(rest):,} events ingested since"]
+
+
+def demo_comparison_rows(run: TrainingRun) -> list[dict]:
+    """Old (the champion re-scored on this run's holdout) against new, per metric, with the change."""
+    numbers = run.gate.get("numbers", {})
+    old, new = numbers.get("champion") or {}, numbers.get("candidate") or {}
+    rows = []
+    for key, label, higher_is_better in DEMO_METRICS:
+        before, after = old.get(key), new.get(key)
+        change = (after - before) / abs(before) if before not in (None, 0) and after is not None else None
+        better = None if change is None or after == before else ((after > before) == higher_is_better)
+        rows.append({"label": f"{label} {'↑' if higher_is_better else '↓'}", "old": before, "new": after,
+                     "change": change, "better": better})
+    return rows

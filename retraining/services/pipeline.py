@@ -14,6 +14,7 @@ import traceback
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -35,14 +36,15 @@ from retraining.services.training import TrainingParams, json_safe, training_run
 HEARTBEAT_SECONDS = 15
 
 
-def training_run_process(*, run_id: int) -> None:
+def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
+    """`echo` also receives the progress lines that go to the run's log (for commands run in-process)."""
     if not training_run_claim(run_id=run_id):
         return
     run = TrainingRun.objects.get(pk=run_id)
     workdir = Path(tempfile.mkdtemp(prefix=f"run-{run_id}-", dir=_work_root()))
     try:
         with _heartbeat(run_id):
-            _process(run, workdir)
+            _process(run, workdir, _RunLog(run_id, echo))
     except Exception as exc:
         training_run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
         raise
@@ -50,9 +52,8 @@ def training_run_process(*, run_id: int) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _process(run: TrainingRun, workdir: Path) -> None:
+def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     policy = policy_active()
-    log_line = _RunLog(run.pk)
     started = time.perf_counter()
     result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line)
     window = drift_window(end=run.data_until or timezone.now(), days=policy.drift_window_days,
@@ -122,13 +123,15 @@ def _work_root() -> Path:
 class _RunLog:
     """A text stream for the training stages' progress lines, appended to the run's log."""
 
-    def __init__(self, run_id: int):
-        self.run_id = run_id
+    def __init__(self, run_id: int, echo: TextIO | None = None):
+        self.run_id, self.echo = run_id, echo
 
     def write(self, text: str) -> None:
         for line in text.splitlines():
             if line.strip():
                 training_run_heartbeat(run_id=self.run_id, line=line.strip())
+                if self.echo is not None:
+                    self.echo.write(line.strip() + "\n")
 
     def flush(self) -> None:
         pass

@@ -1,0 +1,77 @@
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from recommendations.models import Interaction
+from registry.selectors import champion_version
+from retraining.services.demo import demo_comparison_rows, demo_timeline_prepare
+from retraining.services.pipeline import training_run_process
+from retraining.services.runs import training_run_request
+from recommendations.clock import system_now
+
+
+class Command(BaseCommand):
+    help = ("The retraining lifecycle, measured: show the champion, train a new version on the data accumulated "
+            "since, compare old and new on the same holdout, promote only if the gate passes, update "
+            "MODEL_COMPARISON.md. On an empty database it first sets itself up on a synthetic timeline "
+            "(or --dataset, a MovieLens directory).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dataset", type=Path, default=None)
+        parser.add_argument("--first-part", type=float, default=0.7, help="share of the timeline v1 is trained on")
+        parser.add_argument("--output", default="MODEL_COMPARISON.md")
+
+    def handle(self, *args, dataset, first_part, output, **options):
+        say = lambda text: self.stdout.write(text)  # noqa: E731
+        if not Interaction.objects.exists():
+            say("Empty database: setting up a timeline first.")
+            demo_timeline_prepare(dataset=dataset, first_part=first_part, say=say)
+        champion = champion_version()
+        say("\n(1) Champion")
+        if champion is None:
+            say("  none yet: every user gets the popular fallback; the new version only has to beat most-popular")
+        else:
+            stored = ", ".join(f"{k} {champion.metrics[k]:.4f}" for k in ("ndcg@10", "map@10", "recall@10", "rmse")
+                               if champion.metrics.get(k) is not None)
+            say(f"  {champion} (trained up to {champion.training_window_end:%Y-%m-%d %H:%M}, {champion.trigger_reason}): {stored}")
+            say("  (those are its numbers on its own holdout; below it is re-scored on the new one)")
+        say("\n(2) Training a new version on all data up to now (progress on stderr)")
+        run = training_run_request(trigger="manual", requested_by="retraining_demo", data_until=system_now(), enqueue=False)
+        training_run_process(run_id=run.pk, echo=sys.stderr)
+        run.refresh_from_db()
+        self._comparison(run, champion)
+        say("\n(4) Gate")
+        for reason in run.gate.get("reasons", []):
+            say(f"  {'✗' if reason in run.gate.get('failures', []) else '✓'} {reason}")
+        verdict = f"{run.model_version} PROMOTED: it is now the champion" if run.status == "promoted" else \
+            f"{run.model_version} REJECTED: {champion or 'the fallback'} keeps serving"
+        say(f"  → {verdict}")
+        say("\n(5) Where everything is")
+        call_command("export_model_comparison", "--output", output, stdout=self.stdout)
+        say(f"  artifact: {run.model_version.artifact_path} (sha256 {run.model_version.artifact_sha256[:12]}…)")
+        say(f"  run log and gate numbers: admin → Retraining → Training runs → {run.pk}, or GET /api/v1/training-runs/{run.pk}")
+        say(f"  database: {settings.DATABASES['default']['NAME']}")
+
+    def _comparison(self, run, champion):
+        say = self.stdout.write
+        say("\n(3) Old vs new on the same holdout")
+        if champion is None:
+            numbers = run.gate.get("numbers", {}).get("candidate", {})
+            say("  " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items() if isinstance(v, float)))
+        else:
+            say(f"  {'metric':<12} {str(champion):>9} {str(run.model_version):>9} {'change':>9}")
+            for row in demo_comparison_rows(run):
+                mark = {True: "better", False: "worse", None: "same"}[row["better"]]
+                change = "—" if row["change"] is None else f"{row['change']:+.1%}"
+                say(f"  {row['label']:<12} {_f(row['old']):>9} {_f(row['new']):>9} {change:>9}  {mark}")
+        say("  baselines (same holdout):")
+        for name, metrics in run.model_version.baseline_metrics.items():
+            say(f"    {name:<12} NDCG@10 {_f(metrics.get('ndcg@10'))}  MAP@10 {_f(metrics.get('map@10'))}  "
+                f"Recall@10 {_f(metrics.get('recall@10'))}")
+
+
+def _f(value) -> str:
+    return "—" if value is None else f"{value:.4f}"

@@ -1,0 +1,37 @@
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from retraining.models import TrainingRun
+from tests.retraining.factories import dataset_store, learnable_dataset
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def model_store(settings, tmp_path):
+    settings.MODEL_STORE = tmp_path / "store"
+
+
+def test_the_demo_shows_old_against_new_on_the_same_holdout_and_the_gates_verdict(tmp_path, capsys):
+    dataset_store(learnable_dataset(users=120, items=80, per_user=24))
+    call_command("retraining_demo", "--output", str(tmp_path / "MC.md"))  # no champion yet: first version
+    call_command("retraining_demo", "--output", str(tmp_path / "MC.md"))  # now old vs new
+    out = capsys.readouterr().out
+    table = out[out.rindex("(3) Old vs new"):out.rindex("(4) Gate")]
+    for label in ["RMSE ↓", "MAE ↓", "R² ↑", "Recall@10 ↑", "MAP@10 ↑", "NDCG@10 ↑"]:
+        assert label in table
+    assert "popularity" in table and "ease" in table
+    second = TrainingRun.objects.order_by("-id").first()
+    assert f"v{second.model_version.version} {'PROMOTED' if second.status == 'promoted' else 'REJECTED'}" in out
+    assert second.gate["champion_version"] == 1
+    assert "| **v" in (tmp_path / "MC.md").read_text()
+
+
+def test_on_an_empty_database_the_demo_sets_up_a_timeline_first(tmp_path, capsys):
+    fixture = Path(__file__).resolve().parent.parent / "fixtures" / "movielens-csv-mini"
+    call_command("retraining_demo", "--dataset", str(fixture), "--output", str(tmp_path / "MC.md"))
+    out = capsys.readouterr().out
+    assert "set-up: imported" in out and "newer events arrived" in out and "(5) Where everything is" in out
+    assert TrainingRun.objects.count() == 2
