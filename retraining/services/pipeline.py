@@ -25,13 +25,13 @@ from registry.artifacts import artifact_read
 from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_promote, model_version_register, model_version_reject
-from retraining.models import RunStatus, TrainingRun
+from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
 from retraining.services.gate import gate_decide
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import models_score_on_holdout
-from retraining.services.training import TrainingParams, json_safe, training_run_execute
+from retraining.services.training import TrainingParams, TrainingResult, json_safe, training_run_execute
 
 HEARTBEAT_SECONDS = 15
 
@@ -56,10 +56,7 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     policy = policy_active()
     started = time.perf_counter()
     result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line)
-    window = drift_window(end=run.data_until or timezone.now(), days=policy.drift_window_days,
-                          min_events=policy.drift_window_min_events)
-    manifest = {**result.manifest, "drift_reference": drift_reference(profile=drift_profile(window=window))}
-    (workdir / ranking.MANIFEST_FILE).write_text(json.dumps(json_safe(manifest), indent=2, sort_keys=True, allow_nan=False))
+    manifest = drift_reference_attach(result=result, directory=workdir, until=run.data_until, policy=policy)
     training_seconds = time.perf_counter() - started
     training_run_advance(run_id=run.pk, status=RunStatus.EVALUATING, trained_at=timezone.now(),
                          stage_timings=result.timings_s)
@@ -81,14 +78,8 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
         bootstrap_tolerance=policy.gate_bootstrap_tolerance, bootstrap_samples=policy.gate_bootstrap_samples,
     )
     gate = json_safe({**decision.as_dict(), "champion_version": champion.version if champion else None})
-    window_of = manifest.get("training_window", {})
-    version = model_version_register(artifact_dir=workdir, data=VersionInput(
-        metrics=json_safe(result.metrics), baseline_metrics=json_safe(result.baselines), dataset_stats=result.dataset,
-        parameters=manifest.get("params", {}), manifest=json_safe(manifest),
-        training_window_start=_parse(window_of.get("min_event_time")),
-        training_window_end=run.data_until or _parse(window_of.get("max_event_time")),
-        trigger_reason=run.trigger, training_duration_s=training_seconds, training_run_id=run.pk,
-    ))
+    version = candidate_register(result=result, manifest=manifest, directory=workdir, until=run.data_until,
+                                 trigger=run.trigger, training_seconds=training_seconds, run_id=run.pk)
     reason = f"run {run.pk} ({run.trigger}): " + "; ".join(decision.failures or decision.reasons)
     if decision.passed:
         model_version_promote(version=version.version, actor="gate", reason=reason,
@@ -100,6 +91,29 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     log_line.write(f"{version}: {status}; {reason}\n")
     training_run_advance(run_id=run.pk, status=status, evaluated_at=timezone.now(), gate=gate, model_version=version,
                          stage_timings={**result.timings_s, "total": round(time.perf_counter() - started, 3)})
+
+
+def drift_reference_attach(*, result: TrainingResult, directory: Path, until: datetime | None,
+                           policy: RetrainPolicy) -> dict:
+    """Add the drift reference (the event profile of the window before the cut-off) to the manifest."""
+    window = drift_window(end=until or timezone.now(), days=policy.drift_window_days,
+                          min_events=policy.drift_window_min_events)
+    manifest = json_safe({**result.manifest, "drift_reference": drift_reference(profile=drift_profile(window=window))})
+    (directory / ranking.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False))
+    return manifest
+
+
+def candidate_register(*, result: TrainingResult, manifest: dict, directory: Path, until: datetime | None,
+                       trigger: str, training_seconds: float, run_id: int | None = None) -> ModelVersion:
+    """Register a trained model directory as a candidate version."""
+    window_of = manifest.get("training_window", {})
+    return model_version_register(artifact_dir=directory, data=VersionInput(
+        metrics=json_safe(result.metrics), baseline_metrics=json_safe(result.baselines), dataset_stats=result.dataset,
+        parameters=manifest.get("params", {}), manifest=manifest,
+        training_window_start=_parse(window_of.get("min_event_time")),
+        training_window_end=until or _parse(window_of.get("max_event_time")),
+        trigger_reason=trigger, training_duration_s=training_seconds, training_run_id=run_id,
+    ))
 
 
 def _parse(value: str | None) -> datetime | None:

@@ -1,5 +1,6 @@
 import json
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -7,6 +8,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
+from registry.services import model_version_promote
+from retraining.services.pipeline import candidate_register, drift_reference_attach
+from retraining.services.policy import policy_active
 from retraining.services.training import TrainingParams, json_safe, training_run_execute
 from retraining.services.reporting import metrics_table
 
@@ -28,22 +32,39 @@ class Command(BaseCommand):
         parser.add_argument("--output", help="model directory (default: MODEL_STORE/runs/<timestamp>)")
         parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
         parser.add_argument("--threads", type=int, default=TrainingParams.num_threads, help="LightGBM threads")
+        parser.add_argument("--promote", action="store_true",
+                            help="also make the new version the champion (an operator's choice, audited; no gate)")
+        parser.add_argument("--no-register", action="store_true", help="only write the model directory")
 
     def handle(self, *args, **options):
         output = Path(options["output"]) if options["output"] else (
             Path(settings.MODEL_STORE) / "runs" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         )
+        until = parse_until(options["until"])
+        started = time.perf_counter()
         try:
             result = training_run_execute(
-                until=parse_until(options["until"]),
+                until=until,
                 output_dir=output,
                 params=TrainingParams(num_threads=options["threads"]),
                 progress=sys.stderr,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        version = None
+        if not options["no_register"]:
+            manifest = drift_reference_attach(result=result, directory=output, until=until, policy=policy_active())
+            version = candidate_register(result=result, manifest=manifest, directory=output, until=until,
+                                         trigger="manual", training_seconds=time.perf_counter() - started)
+            if options["promote"]:
+                model_version_promote(version=version.version, actor="cli:train --promote",
+                                      reason="operator's choice at training time (no gate)")
         if options["json"]:
-            self.stdout.write(json.dumps(json_safe(result.summary()), allow_nan=False))
+            summary = {**result.summary(), "version": version.version if version else None}
+            self.stdout.write(json.dumps(json_safe(summary), allow_nan=False))
             return
         self.stdout.write(metrics_table(metrics=result.metrics, baselines=result.baselines, dataset=result.dataset))
         self.stdout.write(f"model directory: {output}")
+        if version is not None:
+            state = "promoted to champion" if options["promote"] else "registered as a candidate"
+            self.stdout.write(f"{version}: {state}")
