@@ -11,6 +11,7 @@ VAR_DIR = Path(environ.Env().str("RECSITE_VAR_DIR", default=str(BASE_DIR / "var"
 
 env = environ.Env()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
+(VAR_DIR / "static").mkdir(exist_ok=True)
 
 SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-secret-key-change-me")
 DEBUG = env.bool("DEBUG", default=False)

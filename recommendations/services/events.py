@@ -6,7 +6,8 @@ from typing import Iterable
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.utils import timezone
 
 from recommendations import features
 from recommendations.models import EndUser, Interaction, Item
@@ -36,9 +37,8 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
     """Append `events` and update online features, all or nothing.
 
     An event whose `event_id` is already stored (or repeated in the same batch) is a duplicate and is
-    skipped. If a concurrent request commits the same `event_id` between our check and our insert, the
-    unique constraint fires and the whole batch is retried, now seeing the duplicate; a deadlock with a
-    concurrent batch (rare: rows are locked in key order) is retried the same way."""
+    skipped by the insert itself (ON CONFLICT DO NOTHING), also when a concurrent request writes it; a
+    deadlock with a concurrent batch (rare: rows are locked in key order) is retried."""
     strict = settings.CATALOG_STRICT if catalog_strict is None else catalog_strict
     for attempt in range(1, _ATTEMPTS + 1):
         try:
@@ -65,30 +65,60 @@ def _is_retryable(exc: Exception) -> bool:
 def _ingest(events: list[EventInput], strict: bool) -> IngestResult:
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
-    fresh = _without_duplicates(events)
-    rows = [
-        Interaction(
-            event_id=event.event_id,
-            user_id=users[event.user_id],
-            item_id=items[event.item_id][0],
-            event_type=event.event_type,
-            value=event.value,
-            timestamp=event.timestamp,
-            recommendation_id=event.recommendation_id,
-            context=event.context,
-        )
-        for event in fresh
-    ]
-    Interaction.objects.bulk_create(rows, batch_size=1000)
-    if rows:
+    fresh = _interactions_insert(events, users, items)
+    if fresh:
         online_features_update(
             events=[
-                features.Event(row.user_id, row.item_id, row.event_type, row.value, row.timestamp.timestamp())
-                for row in rows
+                features.Event(users[e.user_id], items[e.item_id][0], e.event_type, e.value, e.timestamp.timestamp())
+                for e in fresh
             ],
             item_categories={pk: categories for pk, categories in items.values()},
         )
-    return IngestResult(accepted=len(rows), duplicates=len(events) - len(rows))
+    return IngestResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
+
+
+_INSERTED_COLUMNS = (
+    "event_id", "user_id", "item_id", "event_type", "value", "timestamp", "recommendation_id", "context", "received_at"
+)
+_INTERACTION_INSERT_SQL = (
+    f"INSERT INTO {Interaction._meta.db_table} ({', '.join(_INSERTED_COLUMNS)}) VALUES {{values}} "
+    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING RETURNING event_id"
+)
+
+
+def _interactions_insert(events, users, items) -> list[EventInput]:
+    """Insert the events in one statement that skips stored (or repeated) event_ids; returns the events
+    written. ON CONFLICT DO NOTHING waits for a concurrent writer of the same event_id and then skips it,
+    so duplicates need neither a SELECT beforehand nor a retry."""
+    fields = [Interaction._meta.get_field(name) for name in ("event_id", "recommendation_id", "context")]
+    event_id_field, recommendation_field, context_field = fields
+    adapt_time = connection.ops.adapt_datetimefield_value
+    now = adapt_time(timezone.now())
+    params: list = []
+    for event in events:
+        params += [
+            event_id_field.get_db_prep_value(event.event_id, connection),
+            users[event.user_id],
+            items[event.item_id][0],
+            event.event_type,
+            event.value,
+            adapt_time(event.timestamp),
+            recommendation_field.get_db_prep_value(event.recommendation_id, connection),
+            context_field.get_db_prep_value(event.context, connection),
+            now,
+        ]
+    row = "(" + ", ".join(["%s"] * len(_INSERTED_COLUMNS)) + ")"
+    with connection.cursor() as cursor:
+        cursor.execute(_INTERACTION_INSERT_SQL.format(values=", ".join([row] * len(events))), params)
+        written = {event_id_field.to_python(event_id) for (event_id,) in cursor.fetchall()}
+    fresh = []
+    for event in events:
+        if event.event_id is None:
+            fresh.append(event)
+        elif event.event_id in written:
+            written.discard(event.event_id)  # a repeat later in the batch is the duplicate
+            fresh.append(event)
+    return fresh
 
 
 def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
@@ -125,16 +155,3 @@ def _users_for(external_ids: Iterable[str]) -> dict[str, int]:
         EndUser.objects.bulk_create([EndUser(external_id=e) for e in sorted(missing)], ignore_conflicts=True)
         found.update(EndUser.objects.filter(external_id__in=missing).values_list("external_id", "pk"))
     return found
-
-
-def _without_duplicates(events: list[EventInput]) -> list[EventInput]:
-    ids = {event.event_id for event in events if event.event_id is not None}
-    stored = set(Interaction.objects.filter(event_id__in=ids).values_list("event_id", flat=True)) if ids else set()
-    fresh = []
-    for event in events:
-        if event.event_id is not None:
-            if event.event_id in stored:
-                continue
-            stored.add(event.event_id)
-        fresh.append(event)
-    return fresh
