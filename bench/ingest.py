@@ -62,7 +62,7 @@ from _common import (  # noqa: E402
     process_group_stop,
 )
 
-DATASET = Path("/work/shared/datasets/ml-latest-small")
+DATASET = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 EVENTS_PATH = "/api/v1/events"
 BATCH_SIZE = 1000
 HOT_ITEM = "356"  # Forrest Gump, the most rated movie of ml-latest-small
