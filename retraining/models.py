@@ -42,7 +42,6 @@ class RetrainPolicy(models.Model):
     gate_guardrail_tolerance = models.FloatField(default=0.05, help_text="relative regression allowed on Recall@10, coverage@10, RMSE")
     gate_bootstrap_tolerance = models.FloatField(default=0.005, help_text="refuse if the CI lower bound of ΔNDCG@10 is below −this")
     gate_bootstrap_samples = models.PositiveIntegerField(default=1000)
-    refit_on_full_data = models.BooleanField(default=False)
     rollout = models.CharField(max_length=8, choices=Rollout.choices, default=Rollout.PROMOTE)
 
     updated_at = models.DateTimeField(auto_now=True)
