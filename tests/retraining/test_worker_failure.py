@@ -33,7 +33,7 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_next_run_can_s
     try:
         run = training_run_request(trigger="volume", data_until=CUTOFF)
         wait_until(lambda: TrainingRun.objects.get(pk=run.pk).status == "training", 60, 0.02, "the run to start training")
-        _kill_tree(trainer.pid)
+        os.killpg(trainer.pid, signal.SIGKILL)  # the worker and its pool child: nothing gets to clean up
         trainer.wait(timeout=10)
     finally:
         stop_process(trainer)
@@ -50,13 +50,3 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_next_run_can_s
     next_run.refresh_from_db()
     assert next_run.status in ("promoted", "rejected")
 
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL the worker and its pool children: nothing gets to clean up, as after a machine crash."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    kids = [int(child) for child in children.read_text().split()] if children.exists() else []
-    for target in [*kids, pid]:
-        try:
-            os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
