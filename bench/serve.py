@@ -228,11 +228,14 @@ def data_facts(url: str) -> dict:
 
 
 def models_train(*, env: dict[str, str], until: datetime, log_dir: Path) -> tuple[Path, Path]:
-    """Two model directories: v1 on the events before `until`, v2 on all of them."""
+    """Two model directories: v1 on the events before `until`, v2 on all of them. Registering them is
+    left to the benchmark (v2 is registered during the hot swap), so `train` only writes them."""
     directories = (log_dir / "model-v1", log_dir / "model-v2")
+    only_write = ["--no-register"] if "--no-register" in manage("train", "--help", env=env).stdout else []
     for directory, cutoff in zip(directories, (until.isoformat(), None), strict=True):
         started = time.perf_counter()
-        arguments = ["train", "--output", str(directory), "--json"] + (["--until", cutoff] if cutoff else [])
+        arguments = ["train", "--output", str(directory), "--json", *only_write]
+        arguments += ["--until", cutoff] if cutoff else []
         summary = json.loads(manage(*arguments, env=env, timeout=3600).stdout.strip().splitlines()[-1])
         step(
             f"trained {directory.name} (until {cutoff or 'the end'}) in {time.perf_counter() - started:.0f} s: "
