@@ -218,16 +218,7 @@ def _lock_rows(model, key: str, ids: list[int], *, whole_table: bool) -> None:
         list(model.objects.select_for_update().filter(**{f"{key}__in": chunk}).order_by(key).values_list(key, flat=True))
 
 
-_ITEM_FIELDS = [
-    "event_count",
-    "positive_count",
-    "rating_count",
-    "rating_sum",
-    "first_event_at",
-    "last_event_at",
-    "log_pop_7d",
-    "log_pop_30d",
-]
+_ITEM_FIELDS = features.ITEM_STATE_COLUMNS  # ItemFeatures has one column per ItemState field
 
 
 def _item_state_to_row(state: features.ItemState, row: ItemFeatures) -> None:
