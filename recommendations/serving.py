@@ -9,6 +9,7 @@ commands) the request path polls synchronously at the same interval.
 """
 
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -23,8 +24,8 @@ from django.db.models import F
 
 from recommendations import features, ranking
 from recommendations.clock import system_now
-from recommendations.models import EndUser, Impression, Interaction, Item, ItemFeatures, UserFeatures
-from recommendations.services.features import item_state_from_row, user_state_from_row
+from recommendations.models import EndUser, Impression, Interaction, Item, ItemFeatures
+from recommendations.services.features import user_state_from_row
 from recommendations.services.impressions import impression_log
 from recsite.errors import NotFoundError
 from registry.artifacts import artifact_read
@@ -135,7 +136,7 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
     user or when there is no champion. Logs the impression."""
     model = champion.current()
     at = system_now()
-    user = EndUser.objects.filter(external_id=user_external_id).first()
+    user = EndUser.objects.select_related("features").filter(external_id=user_external_id).first()
     excluded_pks = set(Item.objects.filter(external_id__in=exclude).values_list("pk", flat=True)) if exclude else set()
     seen = set(Interaction.objects.filter(user=user).values_list("item_id", flat=True).distinct()) if user else set()
     items, strategy = None, "popular"
@@ -170,21 +171,24 @@ def _ranked(model: ServingModel, user: EndUser, seen: set[int], excluded: set[in
         n_popular=model.params["n_popular"],
     )[0]
     pks = collaborative.item_pks[found.codes]
-    rows = {pk: (external_id, categories) for pk, external_id, categories in
-            Item.objects.filter(pk__in=pks.tolist(), active=True).values_list("pk", "external_id", "categories")}
+    rows = {pk: (external_id, categories, state) for pk, external_id, categories, *state in
+            Item.objects.filter(pk__in=pks.tolist(), active=True).values_list("pk", "external_id", "categories", *_ITEM_STATE_FIELDS)}
     keep = np.array([pk in rows and pk not in seen and pk not in excluded
                      and (category is None or category in (rows[pk][1] or [])) for pk in pks.tolist()], dtype=bool)
     if not keep.any():
         return None
     found = ranking.Candidates(found.codes[keep], found.cf_score[keep], found.cf_rank[keep], found.source[keep])
     pks = pks[keep]
-    row = UserFeatures.objects.filter(user=user).first()
+    row = getattr(user, "features", None)  # select_related: None when the user has no row yet
     user_state = user_state_from_row(row) if row else features.UserState()
-    code_of = dict(zip(pks.tolist(), found.codes.tolist()))
-    item_states = {code_of[r.item_id]: item_state_from_row(r) for r in ItemFeatures.objects.filter(item_id__in=pks.tolist())}
-    categories = {code_of[pk]: rows[pk][1] or [] for pk in pks.tolist()}
-    matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user_state, item_states=item_states,
-                                           item_categories=categories, at=at, category_share=model.trained.category_share)
+    names: dict[str, int] = {}
+    kept = [rows[pk] for pk in pks.tolist()]
+    candidate_items = ranking.CandidateItems(
+        columns=np.array([_item_state_row(state) for _, _, state in kept], dtype=np.float64).reshape(-1, len(_ITEM_STATE_FIELDS)),
+        categories=features.category_matrix([categories or [] for _, categories, _ in kept], names), category_names=names,
+    )
+    matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user_state, items=candidate_items, at=at,
+                                           category_share=model.trained.category_share)
     scores = ranking.ranker_scores(model.trained.ranker, matrix)
     order = np.lexsort((found.codes, -scores))[:k]
     explanations = ranking.ranker_explain(model.trained.ranker, matrix[order]) if explain else None
@@ -199,6 +203,19 @@ def _ranked(model: ServingModel, user: EndUser, seen: set[int], excluded: set[in
             }
         items.append(item)
     return items
+
+
+_ITEM_STATE_FIELDS = [f"features__{name}" for name in features.ITEM_STATE_COLUMNS]
+_TIME_COLUMNS = {features.ITEM_STATE_COLUMNS.index(name) for name in ("first_event_at", "last_event_at")}
+_EMPTY_ITEM_STATE = features.item_state_row(features.ItemState())
+
+
+def _item_state_row(values: list) -> tuple[float, ...]:
+    """An ItemFeatures row read through the Item (all None when the item has no row yet) as a row of
+    ITEM_STATE_COLUMNS, without building model instances: what item_state_row(item_state_from_row(row)) gives."""
+    if values[0] is None:
+        return _EMPTY_ITEM_STATE
+    return tuple(math.nan if v is None else v.timestamp() if i in _TIME_COLUMNS else float(v) for i, v in enumerate(values))
 
 
 def _sources(flags: int) -> list[str]:
