@@ -18,7 +18,7 @@ from recommendations.models import Interaction
 from recommendations.services.api_keys import api_key_create
 from recommendations.services.synthetic import synthetic_dataset_write
 from registry.models import DeploymentChange, ModelVersion
-from retraining.models import IN_FLIGHT, TrainingRun
+from retraining.models import IN_FLIGHT, TrainingRun, TriggerEvaluation
 from retraining.services.policy import policy_active
 from retraining.services.replay import replay_run
 from tests.conftest import start_process, stop_process, wait_until
@@ -114,8 +114,13 @@ def test_the_loop_retrains_on_its_own_gates_promotes_and_rolls_back_without_losi
     report = replay_run(path=dataset, start_fraction=0.6, speed=150_000, api_url=url, api_key=key, check_every_s=2)
     # Beat keeps checking after the stream ends (the clock runs on): wait for the loop to settle.
     automatic = TrainingRun.objects.filter(trigger__in=["volume", "drift"]).exclude(status="failed")
-    wait_until(lambda: automatic.filter(status__in=["promoted", "rejected"]).exists()
-               and not TrainingRun.objects.filter(status__in=IN_FLIGHT).exists(), 180, message="an automatic run")
+    try:
+        wait_until(lambda: automatic.filter(status__in=["promoted", "rejected"]).exists()
+                   and not TrainingRun.objects.filter(status__in=IN_FLIGHT).exists(), 180, message="an automatic run")
+    except AssertionError as timeout:
+        recent = list(TriggerEvaluation.objects.values_list("fired", "action")[:5])
+        runs = list(TrainingRun.objects.values_list("pk", "trigger", "status", "error"))
+        raise AssertionError(f"{timeout}; latest trigger evaluations {recent}; runs {runs}")
     time.sleep(2)
     decided = automatic.exclude(gate={}).first()
     assert decided.gate["numbers"]["candidate"]["ndcg@10"] is not None and decided.gate["reasons"]
