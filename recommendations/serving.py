@@ -69,9 +69,10 @@ class ModelHolder:
         self._thread: threading.Thread | None = None
 
     def current(self) -> ServingModel | None:
-        if settings.MODEL_POLL_THREAD:
+        if settings.MODEL_POLL_THREAD and (self._thread is None or not self._thread.is_alive()):
+            self.refresh()  # the process's first request waits for the load rather than serve the fallback
             self.start_polling()
-        if self._thread is None or not self._thread.is_alive():
+        elif self._thread is None or not self._thread.is_alive():
             if time.monotonic() - self._checked_at >= settings.MODEL_POLL_SECONDS:
                 self.refresh()
         return self._current
