@@ -1,6 +1,7 @@
 from django.contrib import admin
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
+from recsite.admin import ReadOnlyAdmin
 from recommendations.models import ApiKey, EndUser, Interaction, Item, ItemFeatures, UserFeatures
 
 
@@ -18,7 +19,7 @@ class EndUserAdmin(admin.ModelAdmin):
 
 
 @admin.register(Interaction)
-class InteractionAdmin(admin.ModelAdmin):
+class InteractionAdmin(ReadOnlyAdmin):
     """Events are append-only: the admin shows them and never edits them."""
 
     list_display = ("timestamp", "user", "item", "event_type", "value", "recommendation_id")
@@ -26,15 +27,6 @@ class InteractionAdmin(admin.ModelAdmin):
     search_fields = ("user__external_id", "item__external_id")
     list_select_related = ("user", "item")
     show_full_result_count = False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_add_permission(self, request):
-        return False
 
 
 @admin.register(UserFeatures)

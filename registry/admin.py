@@ -7,6 +7,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from recsite.admin import ReadOnlyAdmin
 from recsite.errors import ApplicationError
 from registry.models import Deployment, DeploymentChange, ModelVersion
 from registry.selectors import champion_version
@@ -119,32 +120,13 @@ def _fmt(value):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(ReadOnlyAdmin):
     list_display = ["alias", "version", "mode", "traffic_percent", "updated_at"]
-    readonly_fields = ["alias", "version", "mode", "traffic_percent", "updated_at"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(DeploymentChange)
-class DeploymentChangeAdmin(admin.ModelAdmin):
-    """The audit trail: read-only."""
+class DeploymentChangeAdmin(ReadOnlyAdmin):
+    """The audit trail."""
 
     list_display = ["created_at", "alias", "action", "from_version", "to_version", "actor", "reason"]
     list_filter = ["action", "alias"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False

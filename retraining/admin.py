@@ -7,19 +7,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
+from recsite.admin import ReadOnlyAdmin
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
 from retraining.services.runs import RunInFlight, retrain_request
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def pretty_json(value) -> str:
