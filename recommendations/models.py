@@ -124,6 +124,7 @@ class Impression(models.Model):
     strategy = models.CharField(max_length=10, choices=Strategy.choices)
     arm = models.CharField(max_length=12, blank=True, default="champion")
     items = models.JSONField(default=list)
+    scores = models.JSONField(default=list, help_text="the model's scores of the items, for prediction drift")
     served_at = models.DateTimeField(db_index=True)
 
     class Meta:

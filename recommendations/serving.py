@@ -156,7 +156,9 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
     if user is not None:
         impression_log(Impression(recommendation_id=recommendation.recommendation_id, user=user,
                                   model_version=recommendation.model_version, strategy=strategy,
-                                  items=[item["_pk"] for item in items], served_at=at))
+                                  items=[item["_pk"] for item in items],
+                                  scores=[item["score"] for item in items] if strategy == "model" else [],
+                                  served_at=at))
     for rank, item in enumerate(items, start=1):
         item.pop("_pk")
         item["rank"] = rank

@@ -12,7 +12,9 @@ Per-event features (each event contributes one value):
   with), `item_novelty` (whether the item's first-ever event falls inside the window).
 Numeric features: PSI over the reference quantile bins and the Wasserstein distance normalised by the
 reference's interquartile range (a two-sample KS test instead when the window has under 1,000 rows).
-Categorical features: PSI over the categories and the Jensen–Shannon distance."""
+Categorical features: PSI over the categories and the Jensen–Shannon distance.
+Prediction drift: the scores the champion gave in the lists it served in the window, against those of its
+first window of the same length (from the impression log), by the numeric measures above."""
 
 import time
 from collections import Counter
@@ -20,11 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
-from django.db.models import Count
+from django.db.models import Count, Min
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from recommendations.models import Interaction, Item, ItemFeatures
+from recommendations.models import Impression, Interaction, Item, ItemFeatures
 from retraining.models import DriftReport, RetrainPolicy
 from registry.models import ModelVersion
 
@@ -35,6 +37,7 @@ BINS = 10
 SAMPLE = 4000
 EPS = 1e-4
 KS_BELOW = 1000
+MIN_SERVED_LISTS = 50
 
 
 @dataclass
@@ -118,21 +121,9 @@ def drift_compare(*, reference: dict, profile: dict, policy: RetrainPolicy) -> d
     """Scores and verdicts per feature, and the overall verdict."""
     scores = {}
     for name in NUMERIC:
-        ref, current = reference["numeric"].get(name), np.asarray(profile["numeric"].get(name, []), dtype=float)
-        if not ref or not ref["sample"] or not len(current):
-            scores[name] = {"kind": "numeric", "psi": None, "verdict": "no data", "rows": int(len(current))}
-            continue
-        edges = np.asarray(ref["edges"])
-        psi = _psi(np.asarray(ref["shares"]), _bin_shares(current, edges))
-        ref_sample = np.asarray(ref["sample"])
-        spread = float(np.subtract(*np.quantile(ref_sample, [0.75, 0.25]))) or float(np.std(ref_sample)) or 1.0
-        entry = {"kind": "numeric", "psi": psi, "rows": int(profile["rows"].get(name, len(current))),
-                 "wasserstein_normed": float(stats.wasserstein_distance(ref_sample, current) / spread)}
-        if entry["rows"] < KS_BELOW:
-            result = stats.ks_2samp(ref_sample, current)
-            entry.update(ks_statistic=float(result.statistic), ks_pvalue=float(result.pvalue))
-        entry["verdict"] = _verdict(psi, policy, small_sample_pvalue=entry.get("ks_pvalue"))
-        scores[name] = entry
+        current = np.asarray(profile["numeric"].get(name, []), dtype=float)
+        scores[name] = _numeric_score(reference["numeric"].get(name), current,
+                                      int(profile["rows"].get(name, len(current))), policy)
     for name in CATEGORICAL:
         ref, current = reference["categorical"].get(name) or {}, profile["categorical"].get(name) or {}
         if not ref or not current:
@@ -143,8 +134,13 @@ def drift_compare(*, reference: dict, profile: dict, policy: RetrainPolicy) -> d
         psi = _psi(r, c)
         scores[name] = {"kind": "categorical", "psi": psi, "js_distance": float(jensenshannon(r, c, base=2)),
                         "verdict": _verdict(psi, policy)}
-    judged = [s for s in scores.values() if s["verdict"] != "no data"]
-    drifted = [name for name, s in scores.items() if s["verdict"] == "drift"]
+    return drift_overall(features=scores, policy=policy)
+
+
+def drift_overall(*, features: dict, policy: RetrainPolicy) -> dict:
+    """The dataset's verdict from the per-feature ones."""
+    judged = [s for s in features.values() if s["verdict"] != "no data"]
+    drifted = [name for name, s in features.items() if s["verdict"] == "drift"]
     share = len(drifted) / len(judged) if judged else 0.0
     key_drift = sorted(set(drifted) & set(policy.drift_key_features or []))
     if share >= policy.drift_share_threshold or key_drift:
@@ -154,8 +150,48 @@ def drift_compare(*, reference: dict, profile: dict, policy: RetrainPolicy) -> d
     else:
         verdict = DriftReport.Verdict.OK
     psis = [s["psi"] for s in judged if s["psi"] is not None]
-    return {"features": scores, "drifted": drifted, "key_drifted": key_drift, "drifted_share": share,
+    return {"features": features, "drifted": drifted, "key_drifted": key_drift, "drifted_share": share,
             "overall_score": float(np.mean(psis)) if psis else 0.0, "verdict": verdict}
+
+
+def _numeric_score(reference: dict | None, current: np.ndarray, rows: int, policy: RetrainPolicy) -> dict:
+    """PSI over the reference's quantile bins, the Wasserstein distance normalised by the reference's IQR,
+    and a two-sample KS test when there are few rows."""
+    if not reference or not reference["sample"] or not len(current):
+        return {"kind": "numeric", "psi": None, "verdict": "no data", "rows": int(len(current))}
+    psi = _psi(np.asarray(reference["shares"]), _bin_shares(current, np.asarray(reference["edges"])))
+    ref_sample = np.asarray(reference["sample"])
+    spread = float(np.subtract(*np.quantile(ref_sample, [0.75, 0.25]))) or float(np.std(ref_sample)) or 1.0
+    entry = {"kind": "numeric", "psi": psi, "rows": rows,
+             "wasserstein_normed": float(stats.wasserstein_distance(ref_sample, current) / spread)}
+    if rows < KS_BELOW:
+        result = stats.ks_2samp(ref_sample, current)
+        entry.update(ks_statistic=float(result.statistic), ks_pvalue=float(result.pvalue))
+    entry["verdict"] = _verdict(psi, policy, small_sample_pvalue=entry.get("ks_pvalue"))
+    return entry
+
+
+def prediction_drift(*, champion: ModelVersion, window: Window, policy: RetrainPolicy) -> dict:
+    """The champion's served scores in the window against those of its first window of the same length
+    after it started serving (prediction drift). No data until both hold MIN_SERVED_LISTS lists."""
+    served = Impression.objects.filter(model_version=champion.version, strategy=Impression.Strategy.MODEL)
+    first = served.aggregate(first=Min("served_at"))["first"]
+    empty = {"kind": "numeric", "psi": None, "verdict": "no data", "rows": 0}
+    if first is None:
+        return empty
+    baseline_end = first + (window.end - window.start)
+    reference = _served_scores(served.filter(served_at__gte=first, served_at__lt=baseline_end))
+    current = _served_scores(served.filter(served_at__gte=max(window.start, baseline_end), served_at__lt=window.end))
+    if len(reference) < MIN_SERVED_LISTS * 10 or len(current) < MIN_SERVED_LISTS * 10:
+        return {**empty, "rows": int(len(current))}
+    bins = drift_reference(profile={"window": {}, "categorical": {}, "popularity_rank": {},
+                                    "numeric": {"score": reference.tolist()}})["numeric"]["score"]
+    return _numeric_score(bins, current, int(len(current)), policy)
+
+
+def _served_scores(impressions) -> np.ndarray:
+    lists = impressions.order_by("-served_at").values_list("scores", flat=True)[:SAMPLE // 10]
+    return np.array([score for scores in lists for score in scores], dtype=float)
 
 
 def drift_check_run(*, policy: RetrainPolicy, now: datetime, champion: ModelVersion | None) -> DriftReport | None:
@@ -166,12 +202,15 @@ def drift_check_run(*, policy: RetrainPolicy, now: datetime, champion: ModelVers
     started = time.perf_counter()
     window = drift_window(end=now, days=policy.drift_window_days, min_events=policy.drift_window_min_events)
     profile = drift_profile(window=window, popularity_rank=reference.get("popularity_rank", {}))
-    result = drift_compare(reference=reference, profile=profile, policy=policy)
+    features = drift_compare(reference=reference, profile=profile, policy=policy)["features"]
+    features["prediction_score"] = prediction_drift(champion=champion, window=window, policy=policy)
+    result = drift_overall(features=features, policy=policy)
     extra = {name: result["features"][name] for name in ("event_type", "rating_value")}
     return DriftReport.objects.create(
         window_start=window.start, window_end=window.end, events_in_window=window.events,
         sampled_rows=max(profile["rows"].values()), reference_version=champion, feature_scores=result["features"],
         extra_scores={"event_type_mix": extra["event_type"], "label_drift": extra["rating_value"],
+                      "prediction_drift": result["features"]["prediction_score"],
                       "drifted": result["drifted"], "key_drifted": result["key_drifted"]},
         drifted_share=result["drifted_share"], overall_score=result["overall_score"], verdict=result["verdict"],
         duration_s=time.perf_counter() - started,
