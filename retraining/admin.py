@@ -19,9 +19,9 @@ def pretty_json(value) -> str:
 @admin.register(RetrainPolicy)
 class RetrainPolicyAdmin(admin.ModelAdmin):
     list_display = ["name", "active", "time_enabled", "volume_enabled", "performance_enabled", "drift_enabled",
-                    "cooldown_minutes", "rollout", "updated_at"]
+                    "cooldown_minutes", "updated_at"]
     fieldsets = [
-        (None, {"fields": ["name", "active", "check_interval_minutes", "cooldown_minutes", "rollout"]}),
+        (None, {"fields": ["name", "active", "check_interval_minutes", "cooldown_minutes"]}),
         ("Time", {"fields": ["time_enabled", "time_interval_hours"]}),
         ("Volume", {"fields": ["volume_enabled", "volume_min_events"]}),
         ("Online performance", {"fields": ["performance_enabled", "performance_ratio", "performance_window_hours",

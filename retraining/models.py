@@ -10,12 +10,6 @@ from registry.models import ModelVersion
 class RetrainPolicy(models.Model):
     """What makes the system retrain, and what a candidate must show to be promoted. One is active."""
 
-    class Rollout(models.TextChoices):
-        PROMOTE = "promote", "promote directly"
-        SHADOW = "shadow", "start in shadow"
-        AB = "ab", "start an A/B test"
-        CANARY = "canary", "start a gradual rollout"
-
     name = models.CharField(max_length=100, default="default")
     active = models.BooleanField(default=True)
 
@@ -42,7 +36,6 @@ class RetrainPolicy(models.Model):
     gate_guardrail_tolerance = models.FloatField(default=0.05, help_text="relative regression allowed on Recall@10, coverage@10, RMSE")
     gate_bootstrap_tolerance = models.FloatField(default=0.005, help_text="refuse if the CI lower bound of ΔNDCG@10 is below −this")
     gate_bootstrap_samples = models.PositiveIntegerField(default=1000)
-    rollout = models.CharField(max_length=8, choices=Rollout.choices, default=Rollout.PROMOTE)
 
     updated_at = models.DateTimeField(auto_now=True)
 
