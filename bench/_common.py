@@ -383,3 +383,16 @@ class ResultProcess:
     def __exit__(self, *exc) -> None:
         process_group_stop(self.process)
         self._log.close()
+
+
+def benchmark_run(main, load_main=None) -> None:
+    """The entry point of a benchmark script: `main(argv)`, or `load_main(config)` when the script was
+    started as its own load-generator process (`script.py _load '<json>'`). Ctrl-C exits with 130."""
+    if load_main is not None and len(sys.argv) == 3 and sys.argv[1] == "_load":
+        load_main(json.loads(sys.argv[2]))
+        sys.exit(0)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        sys.exit(130)
