@@ -8,6 +8,8 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
+from recsite.errors import ApplicationError
+
 
 class StrictSerializer(serializers.Serializer):
     def to_internal_value(self, data):
@@ -99,3 +101,11 @@ def flatten_errors(errors, index: int | None = None) -> list[dict]:
             for message in (messages if isinstance(messages, list) else [messages])
         ]
     return [{"index": index, "field": "non_field_errors", "message": str(message)} for message in errors]
+
+
+def validated(serializer_class, data, *, many: bool = False, message: str = "The request is invalid."):
+    """The serializer's validated data, or an ApplicationError (400) listing {index, field, message}."""
+    serializer = serializer_class(data=data if data is not None else {}, many=many)
+    if not serializer.is_valid():
+        raise ApplicationError(message, extra={"errors": flatten_errors(serializer.errors)})
+    return serializer.validated_data

@@ -5,7 +5,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from recsite.api import StrictCharField, StrictIntegerField, StrictSerializer
+from recsite.api import StrictCharField, StrictIntegerField, StrictSerializer, validated
 from recsite.errors import ApplicationError
 from registry.models import DeploymentChange, ModelVersion
 from registry.selectors import model_versions_compare
@@ -47,12 +47,6 @@ class _ChangeInput(StrictSerializer):
     expected_current = StrictIntegerField(required=False, allow_null=True, min_value=1)
 
 
-def _validated(serializer_class, data):
-    serializer = serializer_class(data=data if data is not None else {})
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
 class ModelListApi(APIView):
     required_scope = "admin"
 
@@ -77,7 +71,7 @@ class ModelPromoteApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={200: DeploymentChangeOutput}, summary="Make a version the champion")
     def post(self, request, version: int):
-        data = _validated(self.InputSerializer, request.data)
+        data = validated(self.InputSerializer, request.data)
         change = model_version_promote(
             version=version, actor=actor_of(request), reason=data["reason"],
             expected_current=data["expected_current"] if "expected_current" in data else UNSET,
@@ -93,7 +87,7 @@ class ModelRollbackApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={200: DeploymentChangeOutput}, summary="Return to the previous (or a named) champion")
     def post(self, request):
-        data = _validated(self.InputSerializer, request.data)
+        data = validated(self.InputSerializer, request.data)
         change = model_version_rollback(
             actor=actor_of(request), reason=data["reason"], version=data.get("version"),
             expected_current=data["expected_current"] if "expected_current" in data else UNSET,
@@ -113,7 +107,7 @@ class ModelCompareApi(APIView):
         summary="Two versions side by side on the same metrics",
     )
     def get(self, request):
-        query = _validated(self.QuerySerializer, request.query_params)
+        query = validated(self.QuerySerializer, request.query_params)
         if query["a"] == query["b"]:
             raise ApplicationError("Compare two different versions.")
         a, b = model_version_get(version=query["a"]), model_version_get(version=query["b"])

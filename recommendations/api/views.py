@@ -15,7 +15,7 @@ from recsite.api import (
     StrictJSONObjectField,
     StrictSerializer,
     StrictUUIDField,
-    flatten_errors,
+    validated,
 )
 from recommendations.models import EventType
 from recommendations.serving import recommendations_for, similar_items
@@ -24,13 +24,6 @@ from recommendations.services.events import EventInput, event_ingest
 from recsite.errors import ApplicationError
 
 EXTERNAL_ID_MAX = 128
-
-
-def _validated(serializer_class, data, *, many=False, message="The request is invalid."):
-    serializer = serializer_class(data=data, many=many)
-    if not serializer.is_valid():
-        raise ApplicationError(message, extra={"errors": flatten_errors(serializer.errors)})
-    return serializer.validated_data
 
 
 def _batch(data, key: str, limit: int) -> tuple[list, bool]:
@@ -91,9 +84,9 @@ class EventIngestApi(APIView):
     )
     def post(self, request):
         batch, _ = _batch(request.data, "events", settings.MAX_EVENTS_PER_REQUEST)
-        validated = _validated(self.InputSerializer, batch, many=True, message="Some events are invalid; nothing was written.")
+        valid = validated(self.InputSerializer, batch, many=True, message="Some events are invalid; nothing was written.")
         now = timezone.now()
-        result = event_ingest(events=[EventInput(**{"timestamp": now, **event}) for event in validated])
+        result = event_ingest(events=[EventInput(**{"timestamp": now, **event}) for event in valid])
         return Response(self.OutputSerializer(result).data, status=status.HTTP_201_CREATED)
 
 
@@ -119,8 +112,8 @@ class ItemBulkUpsertApi(APIView):
         batch, is_batch = _batch(request.data, "items", settings.MAX_EVENTS_PER_REQUEST)
         if not is_batch:
             raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [_error(None, "items", "This field is required.")]})
-        validated = _validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
-        result = item_upsert(items=[ItemInput(**item) for item in validated])
+        valid = validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
+        result = item_upsert(items=[ItemInput(**item) for item in valid])
         return Response(self.OutputSerializer(result).data)
 
 
@@ -134,8 +127,8 @@ class ItemUpsertApi(APIView):
     def put(self, request, item_id: str):
         if len(item_id) > EXTERNAL_ID_MAX:
             raise ApplicationError("item_id is too long.", extra={"errors": [_error(None, "item_id", f"At most {EXTERNAL_ID_MAX} characters.")]})
-        validated = _validated(self.InputSerializer, request.data, message="The item is invalid; nothing was written.")
-        result = item_upsert(items=[ItemInput(item_id=item_id, **validated)])
+        valid = validated(self.InputSerializer, request.data, message="The item is invalid; nothing was written.")
+        result = item_upsert(items=[ItemInput(item_id=item_id, **valid)])
         return Response(ItemBulkUpsertApi.OutputSerializer(result).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
@@ -178,7 +171,7 @@ class RecommendationsApi(APIView):
 
     @extend_schema(parameters=[QuerySerializer], responses={200: OutputSerializer}, summary="Top-k items for a user")
     def get(self, request, user_id: str):
-        query = _validated(self.QuerySerializer, request.query_params)
+        query = validated(self.QuerySerializer, request.query_params)
         exclude = [part.strip() for part in query.get("exclude", "").split(",") if part.strip()]
         result = recommendations_for(user_external_id=user_id, k=query["k"], category=query.get("category"),
                                      exclude=exclude, explain=query["explain"])
@@ -193,6 +186,6 @@ class SimilarItemsApi(APIView):
 
     @extend_schema(parameters=[QuerySerializer], summary="Items similar to an item (collaborative model)")
     def get(self, request, item_id: str):
-        query = _validated(self.QuerySerializer, request.query_params)
+        query = validated(self.QuerySerializer, request.query_params)
         version, strategy, items = similar_items(item_external_id=item_id, k=query["k"])
         return Response({"item_id": item_id, "model_version": version, "strategy": strategy, "items": items})
