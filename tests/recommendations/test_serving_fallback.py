@@ -4,7 +4,7 @@ import pytest
 
 from recommendations.models import Interaction
 from registry.services import VersionInput, model_version_promote, model_version_register
-from tests.recommendations.test_serving import URL, get, isolated_serving, store_history  # noqa: F401
+from tests.recommendations.test_serving import get, isolated_serving, store_history  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.django_db
 
