@@ -46,13 +46,18 @@ class ServingModel:
         return self.trained.manifest["params"]["training"]
 
 
-def serving_model_load(version: ModelVersion) -> ServingModel:
-    """Verify and load one version's artifact, and warm it up; raises on any problem."""
+def trained_model_of(version: ModelVersion) -> ranking.TrainedModel:
+    """The model of a registered version, after its artifact's size and sha256 are verified."""
     files = artifact_read(path=version.artifact_path, size=version.artifact_size, sha256=version.artifact_sha256)
     with tempfile.TemporaryDirectory(prefix=f"model-v{version.version}-") as folder:
         for name, data in files.items():
             (Path(folder) / Path(name).name).write_bytes(data)
-        trained = ranking.trained_model_load(folder)
+        return ranking.trained_model_load(folder)
+
+
+def serving_model_load(version: ModelVersion) -> ServingModel:
+    """Verify and load one version's artifact, and warm it up; raises on any problem."""
+    trained = trained_model_of(version)
     warm = np.zeros((2, len(ranking.RANKER_FEATURES)), dtype=np.float32)
     ranking.ranker_scores(trained.ranker, warm)
     return ServingModel(version=version.version, trained=trained)

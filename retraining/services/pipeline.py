@@ -21,7 +21,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from recommendations import ranking
-from registry.artifacts import artifact_read
+from recommendations.serving import trained_model_of
 from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_promote, model_version_register, model_version_reject
@@ -67,7 +67,7 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
         log_line.write(f"scoring the candidate and re-scoring the champion {champion} on the same holdout\n")
         scored = models_score_on_holdout(
             until=run.data_until, params=TrainingParams(**manifest["params"]["training"]),
-            models={"candidate": ranking.trained_model_load(workdir), "champion": _load(champion)},
+            models={"candidate": ranking.trained_model_load(workdir), "champion": trained_model_of(champion)},
         )
         candidate_metrics, champion_metrics = scored["candidate"].metrics, scored["champion"].metrics
         candidate_users, champion_users = scored["candidate"].user_ndcg, scored["champion"].user_ndcg
@@ -118,14 +118,6 @@ def candidate_register(*, result: TrainingResult, manifest: dict, directory: Pat
 
 def _parse(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
-
-
-def _load(version: ModelVersion) -> ranking.TrainedModel:
-    files = artifact_read(path=version.artifact_path, size=version.artifact_size, sha256=version.artifact_sha256)
-    with tempfile.TemporaryDirectory(dir=_work_root()) as folder:
-        for name, data in files.items():
-            (Path(folder) / Path(name).name).write_bytes(data)
-        return ranking.trained_model_load(folder)
 
 
 def _work_root() -> Path:
