@@ -111,18 +111,32 @@ class ApiKey(AbstractAPIKey):
 
 
 class Impression(models.Model):
-    """One served list, so that later events carrying its `recommendation_id` can be attributed to the
-    version (and arm) that served it."""
+    """One served list, so that later events carrying its `recommendation_id` (or by the same user on a served
+    item soon after) can be attributed to the version and arm that served it.
+
+    `routed_version` is the version the request was routed to (the champion, or the challenger for a user in
+    its arm), also when a fallback answered; `model_version` is the version whose list was served (None for
+    the popular fallback). A shadow impression is the challenger's list for the request `shadow_of`, never
+    shown to the user."""
 
     class Strategy(models.TextChoices):
         MODEL = "model"
         POPULAR = "popular"
+        ERROR = "error", "error (the routed model failed; a fallback answered)"
+
+    class Arm(models.TextChoices):
+        CHAMPION = "champion"
+        CHALLENGER = "challenger"
+        SHADOW = "shadow"
 
     recommendation_id = models.UUIDField(unique=True)
     user = models.ForeignKey(EndUser, on_delete=models.CASCADE, related_name="impressions")
     model_version = models.PositiveIntegerField(null=True, blank=True, db_index=True)
+    routed_version = models.PositiveIntegerField(null=True, blank=True, db_index=True)
     strategy = models.CharField(max_length=10, choices=Strategy.choices)
-    arm = models.CharField(max_length=12, blank=True, default="champion")
+    arm = models.CharField(max_length=12, choices=Arm.choices, default=Arm.CHAMPION)
+    experiment_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    shadow_of = models.UUIDField(null=True, blank=True)
     items = models.JSONField(default=list)
     scores = models.JSONField(default=list, help_text="the model's scores of the items, for prediction drift")
     served_at = models.DateTimeField(db_index=True)

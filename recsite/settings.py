@@ -177,6 +177,11 @@ MODEL_POLL_THREAD = env.bool("MODEL_POLL_THREAD", default=True)
 MODEL_RETRY_SECONDS = env.float("MODEL_RETRY_SECONDS", default=30.0)
 IMPRESSION_FLUSH_SECONDS = env.float("IMPRESSION_FLUSH_SECONDS", default=0.5)
 MAX_RECOMMENDATIONS = 100
+# An event without a recommendation_id is attributed to the latest list that served its item to its user
+# this many minutes before it at most.
+ATTRIBUTION_WINDOW_MINUTES = env.float("ATTRIBUTION_WINDOW_MINUTES", default=30.0)
+if ATTRIBUTION_WINDOW_MINUTES <= 0:
+    raise ImproperlyConfigured("ATTRIBUTION_WINDOW_MINUTES must be positive.")
 MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
 
 LOGGING = {

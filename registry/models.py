@@ -58,12 +58,14 @@ class DeploymentMode(models.TextChoices):
 
 
 class Deployment(models.Model):
-    """A pointer alias → version. `champion` serves traffic; `challenger` is for shadow / A/B / canary."""
+    """A pointer alias → version. `champion` serves traffic; `challenger` is for shadow / A/B / canary and
+    points at the running experiment, whose id seeds the users' assignment to arms."""
 
     alias = models.CharField(max_length=16, choices=Alias.choices, unique=True)
     version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     mode = models.CharField(max_length=8, choices=DeploymentMode.choices, default=DeploymentMode.NONE)
     traffic_percent = models.PositiveSmallIntegerField(default=0)
+    experiment = models.ForeignKey("Experiment", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -100,3 +102,41 @@ class DeploymentChange(models.Model):
 
     def __str__(self):
         return f"{self.action} {self.alias}: {self.from_version or '—'} → {self.to_version or '—'} by {self.actor}"
+
+
+class Experiment(models.Model):
+    """One challenger deployment from start to end: its mode, traffic, canary schedule and outcome.
+    The bookkeeping only; what to conclude from online metrics is decided in the retraining app."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        PROMOTED = "promoted"
+        ROLLED_BACK = "rolled_back"
+        STOPPED = "stopped"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="experiments")
+    champion = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                 help_text="the champion when the experiment started")
+    mode = models.CharField(max_length=8, choices=DeploymentMode.choices)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    traffic_percent = models.PositiveSmallIntegerField(default=0)
+    steps = models.JSONField(default=list, blank=True, help_text="canary: the traffic percentages, in order")
+    step_index = models.PositiveSmallIntegerField(default=0)
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    min_step_seconds = models.PositiveIntegerField(default=3600)
+    min_impressions = models.PositiveIntegerField(default=1000, help_text="per arm, before the arms are compared")
+    started_by = models.CharField(max_length=150)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome_reason = models.TextField(blank=True, default="")
+    last_report = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=Q(status="running"), name="one_running_experiment"),
+            models.CheckConstraint(condition=Q(traffic_percent__lte=100), name="experiment_traffic_at_most_100"),
+        ]
+
+    def __str__(self):
+        return f"experiment {self.pk}: {self.version} {self.mode} ({self.status})"

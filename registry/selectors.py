@@ -1,6 +1,8 @@
 """Registry reads: the champion, version comparisons, the version history table."""
 
-from registry.models import Alias, Deployment, ModelStatus, ModelVersion
+from dataclasses import dataclass
+
+from registry.models import Alias, Deployment, DeploymentMode, Experiment, ModelStatus, ModelVersion
 
 # (key in metrics, label, higher is better)
 COMPARED_METRICS = [
@@ -25,6 +27,35 @@ def champion_version() -> ModelVersion | None:
 def champion_version_number() -> int | None:
     """The champion's version number, one indexed query (what web workers poll)."""
     return Deployment.objects.filter(alias=Alias.CHAMPION).values_list("version__version", flat=True).first()
+
+
+@dataclass(frozen=True)
+class ServingPointers:
+    """What a web worker needs to route a request: the champion and the challenger with its mode and share."""
+
+    champion: int | None = None
+    challenger: int | None = None
+    mode: str = DeploymentMode.NONE
+    traffic_percent: int = 0
+    experiment_id: int | None = None
+
+
+def serving_pointers() -> ServingPointers:
+    """Both pointers in one indexed query (what web workers poll)."""
+    rows = {alias: rest for alias, *rest in Deployment.objects.values_list("alias", "version__version", "mode", "traffic_percent", "experiment_id")}
+    champion = rows.get(Alias.CHAMPION, [None])[0]
+    challenger = rows.get(Alias.CHALLENGER)
+    if not challenger or challenger[0] is None:
+        return ServingPointers(champion=champion)
+    version, mode, traffic, experiment_id = challenger
+    return ServingPointers(champion=champion, challenger=version, mode=mode, traffic_percent=traffic, experiment_id=experiment_id)
+
+
+def running_experiment(*, lock: bool = False) -> Experiment | None:
+    experiments = Experiment.objects.filter(status=Experiment.Status.RUNNING).select_related("version", "champion")
+    if lock:
+        experiments = experiments.select_for_update(of=("self",))
+    return experiments.first()
 
 
 def model_versions_compare(*, a: ModelVersion, b: ModelVersion) -> list[dict]:

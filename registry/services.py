@@ -8,11 +8,12 @@ from pathlib import Path
 
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from recsite.errors import ApplicationError, ConflictError, NotFoundError
 from registry.artifacts import artifact_store
-from registry.models import Alias, Deployment, DeploymentChange, ModelStatus, ModelVersion
-from registry.selectors import champion_version
+from registry.models import Alias, Deployment, DeploymentChange, DeploymentMode, Experiment, ModelStatus, ModelVersion
+from registry.selectors import champion_version, running_experiment
 
 UNSET = object()
 PROMOTABLE = {ModelStatus.CANDIDATE, ModelStatus.RETIRED, ModelStatus.REJECTED}
@@ -124,9 +125,23 @@ def _champion_flip(target: ModelVersion, action: str, actor: str, reason: str, e
         if current:
             ModelVersion.objects.filter(pk=current.pk).update(status=ModelStatus.RETIRED)
         ModelVersion.objects.filter(pk=target.pk).update(status=ModelStatus.ACTIVE)
-        return DeploymentChange.objects.create(
+        change = DeploymentChange.objects.create(
             alias=Alias.CHAMPION, action=action, from_version=current, to_version=target, actor=actor, reason=reason
         )
+        _experiment_end_on_champion_change(target, actor)
+        return change
+
+
+def _experiment_end_on_champion_change(target: ModelVersion, actor: str) -> None:
+    """A champion change ends the running experiment: it won when its challenger became champion; otherwise
+    its baseline is gone and its comparison means nothing any more."""
+    experiment = running_experiment(lock=True)
+    if experiment is None:
+        return
+    if experiment.version_id == target.pk:
+        _experiment_end(experiment, Experiment.Status.PROMOTED, actor, f"{target} became the champion", at=None)
+    else:
+        _experiment_end(experiment, Experiment.Status.STOPPED, actor, f"the champion changed to {target}", at=None)
 
 
 def model_version_reject(*, version: int, actor: str, reason: str) -> DeploymentChange:
@@ -139,3 +154,131 @@ def model_version_reject(*, version: int, actor: str, reason: str) -> Deployment
         return DeploymentChange.objects.create(
             alias=Alias.CHAMPION, action=DeploymentChange.Action.REJECT, to_version=target, actor=actor, reason=reason
         )
+
+
+@dataclass(frozen=True)
+class ChallengerInput:
+    version: int
+    mode: str
+    traffic_percent: int | None = None  # default: 100 (every request) in shadow, 50 in an A/B test
+    steps: tuple[int, ...] = ()
+    min_step_seconds: int = 3600
+    min_impressions: int = 1000
+
+
+def challenger_start(*, data: ChallengerInput, actor: str, reason: str, at: datetime, replace: bool = False) -> Experiment:
+    """Deploy `data.version` as the challenger in shadow, A/B or canary mode (a canary starts at its first
+    step). One experiment runs at a time: a second start is a conflict unless `replace`, which stops the
+    running one first (audited, as superseded)."""
+    target = model_version_get(version=data.version)
+    _challenger_check(target, data)
+    traffic = _starting_traffic(data)
+    with transaction.atomic():
+        pointer = _challenger_pointer()
+        running = running_experiment(lock=True)
+        if running is not None:
+            if not replace:
+                raise ConflictError(f"{running} is running; stop it first.", extra={"experiment_id": running.pk})
+            _experiment_end(running, Experiment.Status.STOPPED, actor, f"superseded by {target}", at=at)
+        champion = Deployment.objects.select_related("version").filter(alias=Alias.CHAMPION).first()
+        experiment = Experiment.objects.create(
+            version=target, champion=champion.version if champion else None, mode=data.mode, traffic_percent=traffic,
+            steps=list(data.steps), step_started_at=at, min_step_seconds=data.min_step_seconds,
+            min_impressions=data.min_impressions, started_by=actor, started_at=at, outcome_reason="",
+        )
+        pointer.version, pointer.mode, pointer.traffic_percent, pointer.experiment = target, data.mode, traffic, experiment
+        pointer.save()
+        DeploymentChange.objects.create(
+            alias=Alias.CHALLENGER, action=DeploymentChange.Action.CHALLENGER_START, to_version=target, actor=actor,
+            reason=reason, details={"experiment_id": experiment.pk, "mode": data.mode, "traffic_percent": traffic,
+                                    "steps": list(data.steps)},
+        )
+        return experiment
+
+
+def _starting_traffic(data: ChallengerInput) -> int:
+    if data.mode == DeploymentMode.CANARY:
+        return data.steps[0]
+    if data.traffic_percent is None:
+        return 100 if data.mode == DeploymentMode.SHADOW else 50
+    return data.traffic_percent
+
+
+def _challenger_check(target: ModelVersion, data: ChallengerInput) -> None:
+    if target.status not in PROMOTABLE or not target.artifact_sha256:
+        raise ApplicationError(f"{target} is {target.status}; only a candidate, retired or rejected version can be a challenger.")
+    champion = champion_version()
+    if champion is None:
+        raise ApplicationError("There is no champion to compare a challenger with; promote a version first.")
+    if champion.pk == target.pk:
+        raise ApplicationError(f"{target} is the champion.")
+    if data.mode not in (DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY):
+        raise ApplicationError(f"Unknown mode '{data.mode}'; use shadow, ab or canary.")
+    if data.mode == DeploymentMode.CANARY:
+        steps = list(data.steps)
+        if not steps or steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] != 100:
+            raise ApplicationError("Canary steps must be increasing percentages from 1 ending at 100, e.g. [10, 50, 100].")
+    elif data.traffic_percent is not None and not 1 <= data.traffic_percent <= 100:
+        raise ApplicationError("traffic_percent must be between 1 and 100.")
+
+
+def challenger_stop(*, actor: str, reason: str, at: datetime, reject: bool = False,
+                    outcome: str = Experiment.Status.STOPPED, experiment_id: int | None = None) -> Experiment:
+    """End the running experiment and clear the challenger pointer; with `reject`, the challenger's
+    version is also marked rejected. `experiment_id` makes it a compare-and-set on which one runs."""
+    with transaction.atomic():
+        experiment = _running_or_error(experiment_id)
+        _experiment_end(experiment, outcome, actor, reason, at=at)
+        if reject:
+            ModelVersion.objects.filter(pk=experiment.version_id, status=ModelStatus.CANDIDATE).update(status=ModelStatus.REJECTED)
+            DeploymentChange.objects.create(alias=Alias.CHALLENGER, action=DeploymentChange.Action.REJECT,
+                                            to_version_id=experiment.version_id, actor=actor, reason=reason)
+        experiment.refresh_from_db()
+        return experiment
+
+
+def challenger_traffic_advance(*, experiment_id: int, step_index: int, actor: str, reason: str, at: datetime) -> Experiment:
+    """Move a canary from its current step to the next one (a compare-and-set on the step it is at)."""
+    with transaction.atomic():
+        experiment = _running_or_error(experiment_id)
+        if experiment.mode != DeploymentMode.CANARY or experiment.step_index != step_index:
+            raise ConflictError(f"{experiment} is not a canary at step {step_index}.")
+        if step_index + 1 >= len(experiment.steps):
+            raise ApplicationError(f"{experiment} is at its last step.")
+        traffic = experiment.steps[step_index + 1]
+        Experiment.objects.filter(pk=experiment.pk).update(step_index=step_index + 1, step_started_at=at, traffic_percent=traffic)
+        Deployment.objects.filter(alias=Alias.CHALLENGER, experiment=experiment).update(traffic_percent=traffic)
+        DeploymentChange.objects.create(
+            alias=Alias.CHALLENGER, action=DeploymentChange.Action.TRAFFIC, from_version_id=experiment.version_id,
+            to_version_id=experiment.version_id, actor=actor, reason=reason,
+            details={"experiment_id": experiment.pk, "from_percent": experiment.traffic_percent, "to_percent": traffic},
+        )
+        experiment.refresh_from_db()
+        return experiment
+
+
+def challenger_report_save(*, experiment_id: int, report: dict) -> None:
+    Experiment.objects.filter(pk=experiment_id).update(last_report=report)
+
+
+def _running_or_error(experiment_id: int | None) -> Experiment:
+    experiment = running_experiment(lock=True)
+    if experiment is None:
+        raise ApplicationError("No experiment is running.")
+    if experiment_id is not None and experiment.pk != experiment_id:
+        raise ConflictError(f"Experiment {experiment_id} is no longer running; {experiment} is.")
+    return experiment
+
+
+def _challenger_pointer() -> Deployment:
+    Deployment.objects.get_or_create(alias=Alias.CHALLENGER)
+    return Deployment.objects.select_for_update().get(alias=Alias.CHALLENGER)
+
+
+def _experiment_end(experiment: Experiment, outcome: str, actor: str, reason: str, *, at: datetime | None) -> None:
+    Experiment.objects.filter(pk=experiment.pk).update(status=outcome, ended_at=at or timezone.now(), outcome_reason=reason)
+    Deployment.objects.filter(alias=Alias.CHALLENGER).update(version=None, mode=DeploymentMode.NONE, traffic_percent=0, experiment=None)
+    DeploymentChange.objects.create(
+        alias=Alias.CHALLENGER, action=DeploymentChange.Action.CHALLENGER_STOP, from_version_id=experiment.version_id,
+        actor=actor, reason=reason, details={"experiment_id": experiment.pk, "outcome": outcome},
+    )

@@ -1,0 +1,168 @@
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from recommendations.models import EndUser, Impression, Interaction, Item
+from recommendations.selectors import arms_compare, impression_outcomes, online_hit_rate, online_metrics
+
+pytestmark = pytest.mark.django_db
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def catalog():
+    return [Item.objects.create(external_id=f"i{n}") for n in range(15)]
+
+
+def user(name="u1"):
+    return EndUser.objects.get_or_create(external_id=name)[0]
+
+
+def serve(who, items, at, *, version=1, arm="champion", strategy="model", experiment=None, shadow_of=None) -> Impression:
+    return Impression.objects.create(
+        recommendation_id=uuid.uuid4(), user=who, model_version=version if strategy == "model" else None,
+        routed_version=version, strategy=strategy, arm=arm, experiment_id=experiment, shadow_of=shadow_of,
+        items=[item.pk for item in items], served_at=at,
+    )
+
+
+def event(who, item, kind, at, *, rec=None, value=None):
+    return Interaction.objects.create(user=who, item=item, event_type=kind, timestamp=at, value=value,
+                                      recommendation_id=rec.recommendation_id if rec else None)
+
+
+def outcome(impression, **kwargs):
+    rows = impression_outcomes(impressions=Impression.objects.all(), **kwargs).set_index("id")
+    return rows.loc[impression.pk]
+
+
+def test_an_event_carrying_the_recommendation_id_on_a_served_item_is_a_click_and_a_hit(catalog):
+    shown = serve(user(), catalog[:10], T0)
+    event(user(), catalog[3], "click", T0 + timedelta(hours=5), rec=shown)
+    row = outcome(shown)
+    assert row["clicked"] and row["hit"] and row["delay_s"] == 5 * 3600
+
+
+def test_an_event_on_an_item_the_list_did_not_serve_earns_it_nothing(catalog):
+    shown = serve(user(), catalog[:10], T0)
+    event(user(), catalog[12], "click", T0 + timedelta(minutes=1), rec=shown)
+    row = outcome(shown)
+    assert not row["clicked"] and not row["hit"]
+
+
+def test_an_event_without_an_id_is_attributed_within_the_window_only(catalog, settings):
+    settings.ATTRIBUTION_WINDOW_MINUTES = 30
+    early, late = serve(user("a"), catalog[:10], T0), serve(user("b"), catalog[:10], T0)
+    event(user("a"), catalog[1], "view", T0 + timedelta(minutes=29))
+    event(user("b"), catalog[1], "view", T0 + timedelta(minutes=31))
+    event(user("b"), catalog[2], "view", T0 - timedelta(minutes=1))
+    assert outcome(early)["clicked"]
+    assert not outcome(late)["clicked"]
+
+
+def test_the_latest_list_that_served_the_item_takes_the_event(catalog):
+    first = serve(user(), catalog[:10], T0, version=1)
+    second = serve(user(), catalog[:5], T0 + timedelta(minutes=10), version=2)
+    event(user(), catalog[2], "like", T0 + timedelta(minutes=12))
+    rows = impression_outcomes(impressions=Impression.objects.filter(routed_version=1)).set_index("id")
+    assert not rows.loc[first.pk, "hit"], "version 2's later list showed the item, so the like is its"
+    assert outcome(second)["hit"]
+
+
+def test_a_dislike_is_never_a_click_or_a_hit(catalog):
+    shown = serve(user(), catalog[:10], T0)
+    event(user(), catalog[0], "dislike", T0 + timedelta(minutes=1), rec=shown)
+    row = outcome(shown)
+    assert not row["clicked"] and not row["hit"]
+
+
+def test_a_rating_is_a_hit_but_not_a_click_and_feeds_the_mean_rating(catalog):
+    shown = serve(user(), catalog[:10], T0)
+    event(user(), catalog[0], "rating", T0 + timedelta(minutes=1), rec=shown, value=4.0)
+    event(user(), catalog[1], "rating", T0 + timedelta(minutes=2), rec=shown, value=2.0)
+    row = outcome(shown)
+    assert row["hit"] and not row["clicked"]
+    assert row["rating_sum"] / row["rating_count"] == 3.0
+
+
+def test_an_engagement_below_the_top_k_is_a_click_but_not_a_hit(catalog):
+    shown = serve(user(), catalog[:15], T0)
+    event(user(), catalog[12], "click", T0 + timedelta(minutes=1), rec=shown)
+    row = outcome(shown)
+    assert row["clicked"] and not row["hit"]
+
+
+def test_a_shadow_list_earns_what_the_user_did_with_its_items_even_under_the_champions_id(catalog):
+    shown = serve(user(), catalog[:5], T0, version=1)
+    shadow = serve(user(), catalog[3:8], T0, version=2, arm="shadow", shadow_of=shown.recommendation_id)
+    event(user(), catalog[6], "click", T0 + timedelta(minutes=3), rec=shown)
+    assert outcome(shadow)["clicked"], "the shadow list had the item the user clicked"
+    assert not outcome(shown)["clicked"], "the champion's list did not"
+
+
+def test_online_metrics_are_split_by_day_and_arm_with_cold_start_share(catalog):
+    for n in range(4):
+        shown = serve(user(f"u{n}"), catalog[:10], T0 + timedelta(hours=n))
+        if n < 2:
+            event(user(f"u{n}"), catalog[0], "click", T0 + timedelta(hours=n, minutes=1), rec=shown)
+    serve(user("cold"), catalog[:10], T0, strategy="popular")
+    serve(user("next-day"), catalog[:10], T0 + timedelta(days=1))
+    rows = online_metrics(version=1, start=T0 - timedelta(days=1), end=T0 + timedelta(days=2), bucket="day",
+                          now=T0 + timedelta(days=1, hours=1))
+    first, second = rows
+    assert (first["impressions"], first["ctr"], first["cold_start_share"], first["complete"]) == (5, 0.4, 0.2, True)
+    assert (second["impressions"], second["complete"]) == (1, False)
+    assert first["arm"] == second["arm"] == "champion"
+
+
+def test_online_hit_rate_counts_the_lists_a_version_served(catalog):
+    for n in range(4):
+        shown = serve(user(f"u{n}"), catalog[:10], T0 + timedelta(hours=n), version=3)
+        if n == 0:
+            event(user(f"u{n}"), catalog[0], "purchase", T0 + timedelta(hours=n, minutes=1), rec=shown)
+    rate = online_hit_rate(model_version=3, start=T0, end=T0 + timedelta(days=1))
+    assert (rate.impressions, rate.hits) == (4, 1)
+
+
+def simulate_experiment(catalog, *, users, control_rate, treatment_rate, seed=0, arm="challenger"):
+    """Each user sees 3 lists from its arm; a list is clicked with the arm's probability."""
+    rng = np.random.default_rng(seed)
+    for n in range(users):
+        who = user(f"x{n}")
+        treated = n % 2 == 1
+        for k in range(3):
+            at = T0 + timedelta(hours=k)
+            shown = serve(who, catalog[:10], at, version=2 if treated else 1, arm=arm if treated else "champion", experiment=7)
+            if rng.random() < (treatment_rate if treated else control_rate):
+                event(who, catalog[k], "click", at + timedelta(minutes=2), rec=shown)
+
+
+def test_a_clearly_worse_challenger_is_reported_worse_with_an_interval_below_zero(catalog):
+    simulate_experiment(catalog, users=400, control_rate=0.40, treatment_rate=0.15)
+    report = arms_compare(experiment_id=7, treatment_arm="challenger", min_impressions=300)
+    assert report["verdict"] == "challenger_worse"
+    ctr = report["differences"]["ctr"]
+    assert ctr["ci_low"] < ctr["delta"] < ctr["ci_high"] < 0
+    assert report["arms"]["champion"]["impressions"] == report["arms"]["challenger"]["impressions"] == 600
+
+
+def test_equal_arms_show_no_significant_difference(catalog):
+    simulate_experiment(catalog, users=400, control_rate=0.30, treatment_rate=0.30, seed=3)
+    report = arms_compare(experiment_id=7, treatment_arm="challenger", min_impressions=300)
+    assert report["verdict"] == "no_significant_difference", report["differences"]
+
+
+def test_an_experiment_is_not_judged_before_its_minimum_sample(catalog):
+    simulate_experiment(catalog, users=40, control_rate=0.9, treatment_rate=0.0)
+    report = arms_compare(experiment_id=7, treatment_arm="challenger", min_impressions=1000)
+    assert report["verdict"] == "insufficient_sample" and not report["sufficient_sample"]
+
+
+def test_a_shadow_report_measures_the_overlap_of_the_two_lists(catalog):
+    shown = serve(user(), catalog[:10], T0, experiment=7)
+    serve(user(), catalog[5:15], T0, version=2, arm="shadow", experiment=7, shadow_of=shown.recommendation_id)
+    report = arms_compare(experiment_id=7, treatment_arm="shadow", min_impressions=1)
+    assert report["overlap_at_k"] == 0.5
+    assert report["attribution"] == "user, item and time"
