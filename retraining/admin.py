@@ -29,7 +29,7 @@ class RetrainPolicyAdmin(admin.ModelAdmin):
         ("Drift", {"fields": ["drift_enabled", "drift_window_days", "drift_window_min_events", "drift_psi_warning",
                               "drift_psi_threshold", "drift_share_threshold", "drift_key_features"]}),
         ("Evaluation gate", {"fields": ["gate_min_relative_gain", "gate_guardrail_tolerance", "gate_bootstrap_tolerance",
-                                        "gate_bootstrap_samples"]}),
+                                        "gate_bootstrap_samples", "refit_on_full_data"]}),
     ]
 
 

@@ -36,6 +36,11 @@ class RetrainPolicy(models.Model):
     gate_guardrail_tolerance = models.FloatField(default=0.05, help_text="relative regression allowed on Recall@10, coverage@10, RMSE")
     gate_bootstrap_tolerance = models.FloatField(default=0.005, help_text="refuse if the CI lower bound of ΔNDCG@10 is below −this")
     gate_bootstrap_samples = models.PositiveIntegerField(default=1000)
+    refit_on_full_data = models.BooleanField(
+        default=False,
+        help_text="after the gate passes, train the same configuration again on every event up to the cut-off "
+                  "(holdout included) and register that model; its metrics are the gated model's on the holdout",
+    )
 
     updated_at = models.DateTimeField(auto_now=True)
 
