@@ -7,6 +7,17 @@ from django.db.models import Q
 from registry.models import ModelVersion
 
 
+class Rollout(models.TextChoices):
+    PROMOTE = "promote", "promote directly"
+    SHADOW = "shadow", "start in shadow"
+    AB = "ab", "start an A/B test"
+    CANARY = "canary", "start a gradual rollout (canary)"
+
+
+def default_canary_steps() -> list[int]:
+    return [10, 50, 100]
+
+
 class RetrainPolicy(models.Model):
     """What makes the system retrain, and what a candidate must show to be promoted. One is active."""
 
@@ -42,6 +53,20 @@ class RetrainPolicy(models.Model):
                   "(holdout included) and register that model; its metrics are the gated model's on the holdout",
     )
 
+    candidate_rollout = models.CharField(
+        max_length=8, choices=Rollout.choices, default=Rollout.PROMOTE,
+        help_text="what a candidate that passed the gate does next (with no champion yet it is always promoted)",
+    )
+    ab_traffic_percent = models.PositiveSmallIntegerField(default=50, help_text="share of users in the challenger's arm")
+    shadow_traffic_percent = models.PositiveSmallIntegerField(default=100, help_text="share of requests the challenger shadows")
+    canary_steps = models.JSONField(default=default_canary_steps, help_text="traffic percentages, rising to 100")
+    rollout_min_step_minutes = models.FloatField(default=60, help_text="a canary step is held at least this long")
+    rollout_min_impressions = models.PositiveIntegerField(
+        default=1000, help_text="per arm (and per canary step for the challenger) before the arms are judged")
+    rollout_confidence = models.FloatField(default=0.95, help_text="of the intervals that judge the arms")
+    rollout_max_error_increase = models.FloatField(
+        default=0.02, help_text="a canary is rolled back when its error share exceeds the champion's by more")
+
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -58,6 +83,15 @@ class RetrainPolicy(models.Model):
             raise ValidationError({"drift_psi_warning": "Must be positive and at most the drift threshold."})
         if not 0 < self.drift_share_threshold <= 1:
             raise ValidationError({"drift_share_threshold": "Must be in (0, 1]."})
+        steps = self.canary_steps
+        if not (isinstance(steps, list) and steps and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+                and steps == sorted(set(steps)) and steps[0] >= 1 and steps[-1] == 100):
+            raise ValidationError({"canary_steps": "A rising list of whole percentages ending at 100, e.g. [10, 50, 100]."})
+        for name in ("ab_traffic_percent", "shadow_traffic_percent"):
+            if not 1 <= getattr(self, name) <= 100:
+                raise ValidationError({name: "Must be between 1 and 100."})
+        if not 0.5 <= self.rollout_confidence < 1:
+            raise ValidationError({"rollout_confidence": "Must be in [0.5, 1)."})
 
 
 class Trigger(models.TextChoices):
@@ -73,6 +107,7 @@ class RunStatus(models.TextChoices):
     TRAINING = "training"
     EVALUATING = "evaluating"
     PROMOTED = "promoted"
+    CHALLENGER = "challenger", "challenger (passed the gate; rolling out)"
     REJECTED = "rejected"
     FAILED = "failed"
 

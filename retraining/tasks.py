@@ -4,6 +4,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from retraining.services.pipeline import training_run_process
+from retraining.services.rollout import rollout_check
 from retraining.services.runs import training_run_fail
 from retraining.services.triggers import triggers_check
 
@@ -14,6 +15,12 @@ TRAINING_HARD_LIMIT_S = TRAINING_SOFT_LIMIT_S + 600  # both below the broker's v
 @shared_task(name="retraining.check_triggers", ignore_result=True)
 def check_triggers_task() -> int:
     return triggers_check().pk
+
+
+@shared_task(name="retraining.check_rollout", ignore_result=True)
+def check_rollout_task() -> str:
+    check = rollout_check()
+    return check.action if check else "no experiment"
 
 
 def _fail_run(task, exc, task_id, args, kwargs, einfo):

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from recommendations.models import Interaction
 from recommendations.selectors.online import (  # noqa: F401  (the app's read interface)
-    ArmSummary, OnlineHitRate, arms_compare, impression_outcomes, online_hit_rate, online_metrics,
+    ArmSummary, OnlineHitRate, arm_impressions_count, arms_compare, impression_outcomes, online_hit_rate, online_metrics,
 )
 
 

@@ -269,3 +269,7 @@ def _overlap(outcomes: pd.DataFrame) -> float | None:
               for of, items in outcomes.loc[outcomes["arm"] == Impression.Arm.SHADOW, ["shadow_of", "items"]].itertuples(index=False)
               if of in shown.index]
     return float(np.mean(shares)) if shares else None
+
+
+def arm_impressions_count(*, experiment_id: int, arm: str, since: datetime) -> int:
+    return Impression.objects.filter(experiment_id=experiment_id, arm=arm, served_at__gte=since).count()

@@ -3,14 +3,24 @@
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 CHECK_TRIGGERS = "retraining: check triggers"
+CHECK_ROLLOUT = "retraining: check rollout"
+ROLLOUT_CHECK_SECONDS = 60
 
 
-def periodic_tasks_setup(*, check_every_seconds: int) -> PeriodicTask:
-    """Create or update the trigger check; other periodic tasks are left alone (never delete-all)."""
-    schedule, _ = IntervalSchedule.objects.get_or_create(every=check_every_seconds, period=IntervalSchedule.SECONDS)
-    task, _ = PeriodicTask.objects.update_or_create(
-        name=CHECK_TRIGGERS,
-        defaults={"task": "retraining.check_triggers", "interval": schedule, "enabled": True, "queue": "default",
-                  "description": "Evaluate the retraining triggers and start a run when one fires."},
+def periodic_tasks_setup(*, check_every_seconds: int, rollout_every_seconds: int = ROLLOUT_CHECK_SECONDS) -> list[PeriodicTask]:
+    """Create or update the trigger check and the rollout check; other periodic tasks are left alone
+    (never delete-all)."""
+    return [
+        _interval_task(CHECK_TRIGGERS, "retraining.check_triggers", check_every_seconds,
+                       "Evaluate the retraining triggers and start a run when one fires."),
+        _interval_task(CHECK_ROLLOUT, "retraining.check_rollout", rollout_every_seconds,
+                       "Judge the running experiment; advance, promote or roll back a canary."),
+    ]
+
+
+def _interval_task(name: str, task: str, seconds: int, description: str) -> PeriodicTask:
+    schedule, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
+    periodic, _ = PeriodicTask.objects.update_or_create(
+        name=name, defaults={"task": task, "interval": schedule, "enabled": True, "queue": "default", "description": description},
     )
-    return task
+    return periodic

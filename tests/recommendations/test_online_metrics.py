@@ -1,11 +1,10 @@
-import uuid
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pytest
 
-from recommendations.models import EndUser, Impression, Interaction, Item
+from recommendations.models import Impression, Item
 from recommendations.selectors import arms_compare, impression_outcomes, online_hit_rate, online_metrics
+from tests.recommendations.factories import event, experiment_traffic, serve, user
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -14,23 +13,6 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 @pytest.fixture
 def catalog():
     return [Item.objects.create(external_id=f"i{n}") for n in range(15)]
-
-
-def user(name="u1"):
-    return EndUser.objects.get_or_create(external_id=name)[0]
-
-
-def serve(who, items, at, *, version=1, arm="champion", strategy="model", experiment=None, shadow_of=None) -> Impression:
-    return Impression.objects.create(
-        recommendation_id=uuid.uuid4(), user=who, model_version=version if strategy == "model" else None,
-        routed_version=version, strategy=strategy, arm=arm, experiment_id=experiment, shadow_of=shadow_of,
-        items=[item.pk for item in items], served_at=at,
-    )
-
-
-def event(who, item, kind, at, *, rec=None, value=None):
-    return Interaction.objects.create(user=who, item=item, event_type=kind, timestamp=at, value=value,
-                                      recommendation_id=rec.recommendation_id if rec else None)
 
 
 def outcome(impression, **kwargs):
@@ -126,17 +108,9 @@ def test_online_hit_rate_counts_the_lists_a_version_served(catalog):
     assert (rate.impressions, rate.hits) == (4, 1)
 
 
-def simulate_experiment(catalog, *, users, control_rate, treatment_rate, seed=0, arm="challenger"):
-    """Each user sees 3 lists from its arm; a list is clicked with the arm's probability."""
-    rng = np.random.default_rng(seed)
-    for n in range(users):
-        who = user(f"x{n}")
-        treated = n % 2 == 1
-        for k in range(3):
-            at = T0 + timedelta(hours=k)
-            shown = serve(who, catalog[:10], at, version=2 if treated else 1, arm=arm if treated else "champion", experiment=7)
-            if rng.random() < (treatment_rate if treated else control_rate):
-                event(who, catalog[k], "click", at + timedelta(minutes=2), rec=shown)
+def simulate_experiment(catalog, *, users, control_rate, treatment_rate, seed=0):
+    experiment_traffic(experiment=7, items=catalog, users=users, start=T0, control_rate=control_rate,
+                       treatment_rate=treatment_rate, seed=seed)
 
 
 def test_a_clearly_worse_challenger_is_reported_worse_with_an_interval_below_zero(catalog):

@@ -12,5 +12,5 @@ class Command(BaseCommand):
 
     def handle(self, *args, every_seconds, **options):
         seconds = every_seconds or policy_active().check_interval_minutes * 60
-        task = periodic_tasks_setup(check_every_seconds=seconds)
-        self.stdout.write(f"periodic task '{task.name}' every {seconds}s")
+        for task in periodic_tasks_setup(check_every_seconds=seconds):
+            self.stdout.write(f"periodic task '{task.name}' every {task.interval.every}s")

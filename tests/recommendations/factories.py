@@ -1,0 +1,44 @@
+"""Served lists and the events users answer them with, written straight to the database."""
+
+import uuid
+from datetime import timedelta
+
+import numpy as np
+
+from recommendations.models import EndUser, Impression, Interaction
+
+
+def user(name="u1"):
+    return EndUser.objects.get_or_create(external_id=name)[0]
+
+
+def serve(who, items, at, *, version=1, arm="champion", strategy="model", experiment=None, shadow_of=None) -> Impression:
+    return Impression.objects.create(
+        recommendation_id=uuid.uuid4(), user=who, model_version=version if strategy == "model" else None,
+        routed_version=version, strategy=strategy, arm=arm, experiment_id=experiment, shadow_of=shadow_of,
+        items=[item.pk for item in items], served_at=at,
+    )
+
+
+def event(who, item, kind, at, *, rec=None, value=None):
+    return Interaction.objects.create(user=who, item=item, event_type=kind, timestamp=at, value=value,
+                                      recommendation_id=rec.recommendation_id if rec else None)
+
+
+def experiment_traffic(*, experiment: int, items, users: int, start, control_rate: float, treatment_rate: float,
+                       versions=(1, 2), treatment_arm="challenger", treatment_errors: float = 0.0, lists_per_user: int = 3,
+                       seed: int = 0, prefix: str = "x") -> None:
+    """Users alternate between the champion's arm and the treatment arm; each sees `lists_per_user` lists of
+    its arm, and clicks one of a list's items with its arm's probability. A share `treatment_errors` of the
+    treatment's lists are fallbacks after an error."""
+    rng = np.random.default_rng(seed)
+    for n in range(users):
+        who = user(f"{prefix}{n}")
+        treated = n % 2 == 1
+        for k in range(lists_per_user):
+            at = start + timedelta(minutes=10 * k)
+            failed = treated and rng.random() < treatment_errors
+            shown = serve(who, items[:10], at, version=versions[treated], arm=treatment_arm if treated else "champion",
+                          experiment=experiment, strategy="error" if failed else "model")
+            if rng.random() < (treatment_rate if treated else control_rate):
+                event(who, items[k % 10], "click", at + timedelta(minutes=2), rec=shown)
