@@ -1,6 +1,6 @@
 from django.urls import path
 
-from retraining import api
+from retraining import api, rollout_api
 
 urlpatterns = [
     path("retrain", api.RetrainApi.as_view(), name="retrain"),
@@ -9,4 +9,8 @@ urlpatterns = [
     path("trigger-evaluations/latest", api.TriggerEvaluationLatestApi.as_view(), name="trigger-evaluation-latest"),
     path("drift-reports", api.DriftReportApi.as_view(), name="drift-reports"),
     path("drift-reports/latest", api.DriftReportLatestApi.as_view(), name="drift-report-latest"),
+    path("deployments", rollout_api.DeploymentsApi.as_view(), name="deployments"),
+    path("deployments/challenger", rollout_api.ChallengerApi.as_view(), name="deployments-challenger"),
+    path("deployments/challenger/report", rollout_api.ChallengerReportApi.as_view(), name="deployments-challenger-report"),
+    path("models/<int:version>/online-metrics", rollout_api.OnlineMetricsApi.as_view(), name="model-online-metrics"),
 ]

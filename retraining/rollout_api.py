@@ -1,0 +1,128 @@
+"""Deployment and experiment endpoints (scope `admin`): the pointers, start and stop a challenger, the
+per-arm report, and a version's online metrics."""
+
+from datetime import timedelta
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from recommendations.clock import system_now
+from recommendations.selectors import online_metrics
+from recsite.api import StrictBooleanField, StrictCharField, StrictIntegerField, StrictSerializer, validated
+from recsite.errors import ApplicationError, NotFoundError
+from registry.api import actor_of
+from registry.models import Alias, Deployment, DeploymentMode, Experiment
+from registry.selectors import running_experiment
+from registry.services import challenger_stop, model_version_get
+from retraining.services.policy import policy_active
+from retraining.services.rollout import challenger_deploy, challenger_report
+
+
+class ExperimentOutput(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.version")
+    champion = serializers.IntegerField(source="champion.version", allow_null=True, default=None)
+
+    class Meta:
+        model = Experiment
+        fields = ["id", "version", "champion", "mode", "status", "traffic_percent", "steps", "step_index",
+                  "step_started_at", "min_step_seconds", "min_impressions", "started_by", "started_at", "ended_at",
+                  "outcome_reason"]
+
+
+def deployments_state() -> dict:
+    pointers = {d.alias: d for d in Deployment.objects.select_related("version", "experiment__version", "experiment__champion")}
+    champion, challenger = pointers.get(Alias.CHAMPION), pointers.get(Alias.CHALLENGER)
+    serving = challenger is not None and challenger.version_id is not None
+    return {
+        "champion": {"version": champion.version.version if champion and champion.version else None,
+                     "updated_at": champion.updated_at if champion else None},
+        "challenger": {
+            "version": challenger.version.version if serving else None,
+            "mode": challenger.mode if serving else DeploymentMode.NONE,
+            "traffic_percent": challenger.traffic_percent if serving else 0,
+            "experiment": ExperimentOutput(challenger.experiment).data if serving and challenger.experiment else None,
+        },
+    }
+
+
+class DeploymentsApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(summary="The champion and the challenger with its mode, traffic share and experiment")
+    def get(self, request):
+        return Response(deployments_state())
+
+
+class ChallengerApi(APIView):
+    required_scope = "admin"
+
+    class InputSerializer(StrictSerializer):
+        version = StrictIntegerField(min_value=1)
+        mode = serializers.ChoiceField(choices=[DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY])
+        traffic_percent = StrictIntegerField(required=False, min_value=0, max_value=100)
+        steps = serializers.ListField(child=StrictIntegerField(min_value=1, max_value=100), required=False,
+                                      allow_empty=False, max_length=20)
+        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
+        replace = StrictBooleanField(required=False, default=False)
+
+    @extend_schema(request=InputSerializer, responses={201: ExperimentOutput},
+                   summary="Deploy a version as the challenger (shadow, A/B or canary); canary steps default to the policy's")
+    def post(self, request):
+        data = validated(self.InputSerializer, request.data)
+        if data["mode"] != DeploymentMode.CANARY and "steps" in data:
+            raise ApplicationError("steps apply to a canary only.")
+        if data["mode"] == DeploymentMode.CANARY and "traffic_percent" in data:
+            raise ApplicationError("A canary's traffic follows its steps; give steps, not traffic_percent.")
+        if data.get("traffic_percent") == 0:
+            raise ApplicationError("traffic_percent must be between 1 and 100.")
+        model_version_get(version=data["version"])
+        experiment = challenger_deploy(version=data["version"], mode=data["mode"], actor=actor_of(request),
+                                       reason=data["reason"], traffic_percent=data.get("traffic_percent"),
+                                       steps=data.get("steps"), replace=data["replace"])
+        return Response(ExperimentOutput(experiment).data, status=status.HTTP_201_CREATED)
+
+    class StopSerializer(StrictSerializer):
+        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
+        reject = StrictBooleanField(required=False, default=False)
+
+    @extend_schema(request=StopSerializer, responses={200: ExperimentOutput},
+                   summary="Stop the running experiment (all traffic back to the champion); optionally reject the version")
+    def delete(self, request):
+        data = validated(self.StopSerializer, request.data)
+        experiment = challenger_stop(actor=actor_of(request), reason=data["reason"] or "stopped by an operator",
+                                     at=system_now(), reject=data["reject"])
+        return Response(ExperimentOutput(experiment).data)
+
+
+class ChallengerReportApi(APIView):
+    required_scope = "admin"
+
+    @extend_schema(summary="The per-arm comparison of the running experiment (or the last one's final report)")
+    def get(self, request):
+        experiment = running_experiment()
+        if experiment is not None:
+            return Response(challenger_report(experiment=experiment, confidence=policy_active().rollout_confidence))
+        last = Experiment.objects.first()
+        if last is None:
+            raise NotFoundError("No experiment has run yet.")
+        return Response({**last.last_report, "experiment_id": last.pk, "status": last.status,
+                         "outcome_reason": last.outcome_reason})
+
+
+class OnlineMetricsApi(APIView):
+    required_scope = "admin"
+
+    class QuerySerializer(serializers.Serializer):
+        bucket = serializers.ChoiceField(choices=["day", "hour"], default="day")
+        days = serializers.IntegerField(min_value=1, max_value=90, default=7)
+
+    @extend_schema(parameters=[OpenApiParameter("bucket", str, enum=["day", "hour"]), OpenApiParameter("days", int)],
+                   summary="A version's online metrics per day or hour and arm, over the last `days`")
+    def get(self, request, version: int):
+        query = validated(self.QuerySerializer, request.query_params)
+        model_version_get(version=version)
+        now = system_now()
+        rows = online_metrics(version=version, start=now - timedelta(days=query["days"]), end=now, bucket=query["bucket"], now=now)
+        return Response({"version": version, "bucket": query["bucket"], "rows": rows})

@@ -1,0 +1,109 @@
+from datetime import timedelta
+
+import pytest
+
+from recommendations.clock import system_now
+from recommendations.models import Item
+from registry.models import DeploymentChange, Experiment
+from registry.services import model_version_promote
+from tests.recommendations.factories import experiment_traffic
+from tests.registry.factories import registered_version
+
+pytestmark = pytest.mark.django_db
+CHALLENGER = "/api/v1/deployments/challenger"
+
+
+@pytest.fixture(autouse=True)
+def model_store(settings, tmp_path):
+    settings.MODEL_STORE = tmp_path / "store"
+
+
+@pytest.fixture
+def versions(tmp_path):
+    champion, candidate = registered_version(tmp_path), registered_version(tmp_path)
+    model_version_promote(version=champion.version, actor="test")
+    return champion, candidate
+
+
+def test_deployments_show_the_champion_and_no_challenger_at_first(admin_client_api, versions):
+    body = admin_client_api.get("/api/v1/deployments").json()
+    assert body["champion"]["version"] == versions[0].version
+    assert body["challenger"] == {"version": None, "mode": "none", "traffic_percent": 0, "experiment": None}
+
+
+def test_starting_a_canary_takes_the_policys_steps_and_shows_in_deployments(admin_client_api, versions):
+    response = admin_client_api.post(CHALLENGER, {"version": versions[1].version, "mode": "canary", "reason": "try"}, format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["steps"] == [10, 50, 100] and response.json()["traffic_percent"] == 10
+    challenger = admin_client_api.get("/api/v1/deployments").json()["challenger"]
+    assert (challenger["version"], challenger["mode"], challenger["traffic_percent"]) == (versions[1].version, "canary", 10)
+    assert DeploymentChange.objects.filter(action="challenger_start", actor__startswith="api-key:").exists()
+
+
+def test_a_second_challenger_is_a_conflict_unless_it_replaces(admin_client_api, versions, tmp_path):
+    third = registered_version(tmp_path)
+    assert admin_client_api.post(CHALLENGER, {"version": versions[1].version, "mode": "ab", "traffic_percent": 20}, format="json").status_code == 201
+    conflict = admin_client_api.post(CHALLENGER, {"version": third.version, "mode": "shadow"}, format="json")
+    assert conflict.status_code == 409 and conflict.json()["experiment_id"]
+    replaced = admin_client_api.post(CHALLENGER, {"version": third.version, "mode": "shadow", "replace": True}, format="json")
+    assert replaced.status_code == 201 and replaced.json()["traffic_percent"] == 100
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"version": 2, "mode": "blue-green"}, 400),
+    ({"version": 2, "mode": "ab", "steps": [10, 100]}, 400),
+    ({"version": 2, "mode": "canary", "steps": [50, 10]}, 400),
+    ({"version": 2, "mode": "canary", "traffic_percent": 10}, 400),
+    ({"version": 2, "mode": "ab", "traffic_percent": 150}, 400),
+    ({"version": 2, "mode": "ab", "traffic_percent": 0}, 400),
+    ({"version": "2", "mode": "ab"}, 400),
+    ({"version": 2, "mode": "ab", "colour": "red"}, 400),
+    ({"version": 1, "mode": "ab"}, 400),
+    ({"version": 99, "mode": "ab"}, 404),
+    ([1, 2], 400),
+])
+def test_a_bad_challenger_request_is_refused_and_changes_nothing(admin_client_api, versions, body, status):
+    response = admin_client_api.post(CHALLENGER, body, format="json")
+    assert response.status_code == status, response.json()
+    assert not Experiment.objects.exists()
+
+
+def test_stopping_returns_all_traffic_to_the_champion_and_can_reject(admin_client_api, versions):
+    admin_client_api.post(CHALLENGER, {"version": versions[1].version, "mode": "ab"}, format="json")
+    stopped = admin_client_api.delete(CHALLENGER, {"reason": "enough", "reject": True}, format="json")
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    versions[1].refresh_from_db()
+    assert versions[1].status == "rejected"
+    assert admin_client_api.get("/api/v1/deployments").json()["challenger"]["version"] is None
+    again = admin_client_api.delete(CHALLENGER, format="json")
+    assert again.status_code == 400 and "No experiment" in again.json()["message"]
+
+
+def test_the_report_compares_the_arms_of_the_running_experiment(admin_client_api, versions):
+    assert admin_client_api.get(f"{CHALLENGER}/report").status_code == 404
+    experiment = admin_client_api.post(CHALLENGER, {"version": versions[1].version, "mode": "ab"}, format="json").json()
+    items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
+    experiment_traffic(experiment=experiment["id"], items=items, users=40, start=system_now() - timedelta(hours=1),
+                       control_rate=0.5, treatment_rate=0.5, versions=(versions[0].version, versions[1].version))
+    report = admin_client_api.get(f"{CHALLENGER}/report").json()
+    assert report["arms"]["champion"]["impressions"] == report["arms"]["challenger"]["impressions"] == 60
+    assert report["verdict"] == "insufficient_sample" and set(report["differences"]) == {"ctr", "hit_rate"}
+    admin_client_api.delete(CHALLENGER, format="json")
+    final = admin_client_api.get(f"{CHALLENGER}/report").json()
+    assert final["status"] == "stopped" and final["arms"]["challenger"]["impressions"] == 60
+
+
+def test_online_metrics_of_a_version_by_day(admin_client_api, versions):
+    items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
+    experiment_traffic(experiment=None, items=items, users=10, start=system_now() - timedelta(hours=2), control_rate=1.0,
+                       treatment_rate=0.0, versions=(versions[0].version, versions[1].version))
+    body = admin_client_api.get(f"/api/v1/models/{versions[0].version}/online-metrics", {"bucket": "hour", "days": 1}).json()
+    assert sum(row["impressions"] for row in body["rows"]) == 15
+    assert all(row["ctr"] == 1.0 and row["arm"] == "champion" for row in body["rows"])
+    assert admin_client_api.get("/api/v1/models/99/online-metrics").status_code == 404
+    assert admin_client_api.get(f"/api/v1/models/{versions[0].version}/online-metrics", {"bucket": "week"}).status_code == 400
+
+
+def test_the_deployment_endpoints_need_the_admin_scope(serve_client, versions):
+    assert serve_client.get("/api/v1/deployments").status_code == 403
+    assert serve_client.post(CHALLENGER, {"version": 2, "mode": "ab"}, format="json").status_code == 403
