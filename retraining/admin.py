@@ -1,14 +1,23 @@
 import json
+from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
+from recommendations.clock import system_now
+from recommendations.selectors import online_metrics
 from recsite.admin import ReadOnlyAdmin
+from recsite.errors import ApplicationError
+from registry.models import DeploymentMode, Experiment, ModelVersion
+from registry.services import PROMOTABLE, challenger_stop, model_version_promote
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
+from retraining.services.policy import policy_active
+from retraining.services.rollout import challenger_deploy, challenger_report
 from retraining.services.runs import RunInFlight, retrain_request
 
 
@@ -30,6 +39,9 @@ class RetrainPolicyAdmin(admin.ModelAdmin):
                               "drift_psi_threshold", "drift_share_threshold", "drift_key_features"]}),
         ("Evaluation gate", {"fields": ["gate_min_relative_gain", "gate_guardrail_tolerance", "gate_bootstrap_tolerance",
                                         "gate_bootstrap_samples", "refit_on_full_data"]}),
+        ("Rollout of a gated candidate", {"fields": ["candidate_rollout", "ab_traffic_percent", "shadow_traffic_percent",
+                                                     "canary_steps", "rollout_min_step_minutes", "rollout_min_impressions",
+                                                     "rollout_confidence", "rollout_max_error_increase"]}),
     ]
 
 
@@ -115,3 +127,127 @@ class DriftReportAdmin(ReadOnlyAdmin):
     @admin.display(description="event-type mix, label drift")
     def extra_pretty(self, obj):
         return pretty_json(obj.extra_scores)
+
+
+ARM_ROWS = [("impressions", "lists served", "{:,}"), ("users", "users", "{:,}"), ("ctr", "CTR", "{:.2%}"),
+            ("hit_rate", "hit rate@10", "{:.2%}"), ("mean_rating", "mean attributed rating", "{:.2f}"),
+            ("median_delay_s", "median time to interaction (s)", "{:.0f}"),
+            ("cold_start_share", "cold-start fallbacks", "{:.1%}"), ("error_share", "errors (fallback served)", "{:.1%}")]
+
+
+def arms_table(report: dict):
+    """The experiment's arms side by side, then the differences with their confidence intervals."""
+    if not report.get("arms"):
+        return "—"
+    arms = list(report["arms"])
+    header = format_html_join("", "<th>{}</th>", ((arm,) for arm in ["", *arms]))
+    rows = format_html_join("", "<tr><td>{}</td>{}</tr>", (
+        (label, format_html_join("", "<td>{}</td>", ((_shown(report["arms"][arm][key], pattern),) for arm in arms)))
+        for key, label, pattern in ARM_ROWS
+    ))
+    differences = format_html_join("", "<tr><td>Δ {}</td><td colspan='2'>{} (CI {} … {})</td></tr>", (
+        (name, _shown(d["delta"], "{:+.2%}"), _shown(d["ci_low"], "{:+.2%}"), _shown(d["ci_high"], "{:+.2%}"))
+        for name, d in report["differences"].items()
+    ))
+    overlap = report.get("overlap_at_k")
+    verdict = format_html("<p>Verdict: <strong>{}</strong> (confidence {}, at least {} lists per arm){}</p>",
+                          report["verdict"].replace("_", " "), report["confidence"], report["min_impressions"],
+                          format_html("; overlap of the two lists@10: {}", _shown(overlap, "{:.0%}")) if overlap is not None else "")
+    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}{}</tbody></table>{}", header, rows, differences, verdict)
+
+
+def _shown(value, pattern: str) -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(ReadOnlyAdmin):
+    """Challenger experiments: start one, see its arms side by side, stop it, promote its challenger."""
+
+    list_display = ["id", "version", "champion", "mode", "status", "traffic_percent", "started_at", "ended_at", "verdict"]
+    list_filter = ["status", "mode"]
+    readonly_fields = ["version", "champion", "mode", "status", "traffic_percent", "steps", "step_index", "step_started_at",
+                       "min_step_seconds", "min_impressions", "started_by", "started_at", "ended_at", "outcome_reason", "arms"]
+    exclude = ["last_report"]
+    change_form_template = "admin/registry/experiment/change_form.html"
+    change_list_template = "admin/registry/experiment/change_list.html"
+
+    @admin.display(description="verdict")
+    def verdict(self, obj):
+        return (obj.last_report or {}).get("verdict", "—")
+
+    @admin.display(description="arms")
+    def arms(self, obj):
+        report = obj.last_report
+        if obj.status == Experiment.Status.RUNNING:
+            report = challenger_report(experiment=obj, confidence=policy_active().rollout_confidence)
+        return arms_table(report or {})
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("start/", view(self.start_view), name="registry_experiment_start"),
+            path("<int:pk>/stop/", view(require_POST(self.stop_view)), name="registry_experiment_stop"),
+            path("<int:pk>/promote/", view(require_POST(self.promote_view)), name="registry_experiment_promote"),
+            path("online-metrics/<int:version>/", view(self.online_metrics_view), name="registry_modelversion_online_metrics"),
+        ] + super().get_urls()
+
+    def _actor(self, request) -> str:
+        if not request.user.is_staff:
+            raise PermissionDenied
+        return f"admin:{request.user.get_username()}"
+
+    def start_view(self, request):
+        actor = self._actor(request)
+        if request.method == "POST":
+            try:
+                steps = [int(step) for step in request.POST.get("steps", "").replace(",", " ").split()] or None
+                traffic = int(request.POST["traffic_percent"]) if request.POST.get("traffic_percent") else None
+                experiment = challenger_deploy(version=int(request.POST.get("version", "")), mode=request.POST.get("mode", ""),
+                                               actor=actor, reason=request.POST.get("reason", "").strip(),
+                                               traffic_percent=traffic, steps=steps)
+            except (ApplicationError, ValueError) as exc:
+                self.message_user(request, getattr(exc, "message", f"Invalid input: {exc}"), messages.ERROR)
+            else:
+                self.message_user(request, f"{experiment} started.", messages.SUCCESS)
+                return redirect(reverse("admin:registry_experiment_change", args=[experiment.pk]))
+        context = {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Start an experiment",
+            "versions": ModelVersion.objects.filter(status__in=PROMOTABLE).exclude(artifact_sha256=""),
+            "modes": [DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY], "policy": policy_active(),
+        }
+        return TemplateResponse(request, "admin/registry/experiment/start.html", context)
+
+    def stop_view(self, request, pk):
+        actor = self._actor(request)
+        reject = request.POST.get("reject") == "1"
+        try:
+            challenger_stop(actor=actor, reason=request.POST.get("reason", "").strip() or "stopped in the admin",
+                            at=system_now(), reject=reject, experiment_id=pk)
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+        else:
+            self.message_user(request, "Experiment stopped" + (" and its version rejected." if reject else "."), messages.SUCCESS)
+        return redirect(reverse("admin:registry_experiment_change", args=[pk]))
+
+    def promote_view(self, request, pk):
+        actor = self._actor(request)
+        experiment = Experiment.objects.select_related("version", "champion").get(pk=pk)
+        try:
+            model_version_promote(version=experiment.version.version, actor=actor,
+                                  reason=request.POST.get("reason", "").strip() or "promoted from its experiment in the admin",
+                                  expected_current=experiment.champion.version if experiment.champion else None)
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+        else:
+            self.message_user(request, f"{experiment.version} is now the champion.", messages.SUCCESS)
+        return redirect(reverse("admin:registry_experiment_change", args=[pk]))
+
+    def online_metrics_view(self, request, version):
+        self._actor(request)
+        now = system_now()
+        rows = online_metrics(version=version, start=now - timedelta(days=14), end=now, bucket="day", now=now)
+        context = {**self.admin_site.each_context(request), "opts": ModelVersion._meta, "rows": rows,
+                   "title": f"Online metrics of v{version} (last 14 days, per day and arm)",
+                   "version": ModelVersion.objects.filter(version=version).first()}
+        return TemplateResponse(request, "admin/registry/modelversion/online_metrics.html", context)

@@ -31,6 +31,12 @@ def admin_client_api(db):
     return _client_with(["admin"])
 
 
+@pytest.fixture
+def staff_client(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-for-tests"))
+    return client
+
+
 # --- Real Celery processes ----------------------------------------------------------------------
 import os
 import subprocess

@@ -86,13 +86,6 @@ def test_export_model_comparison_writes_the_markdown_table(versions, tmp_path):
     assert "| **v2** |" in text
 
 
-@pytest.fixture
-def staff_client(client):
-    user = User.objects.create_superuser("ops", "ops@example.com", "pw-for-tests")
-    client.force_login(user)
-    return client
-
-
 def test_the_admin_lists_versions_with_metrics_and_promotes_after_confirmation(versions, staff_client):
     listing = staff_client.get("/admin/registry/modelversion/")
     assert listing.status_code == 200 and b"0.1200" in listing.content

@@ -107,3 +107,57 @@ def test_online_metrics_of_a_version_by_day(admin_client_api, versions):
 def test_the_deployment_endpoints_need_the_admin_scope(serve_client, versions):
     assert serve_client.get("/api/v1/deployments").status_code == 403
     assert serve_client.post(CHALLENGER, {"version": 2, "mode": "ab"}, format="json").status_code == 403
+
+
+def test_the_admin_starts_an_experiment_and_shows_its_arms_side_by_side(staff_client, versions):
+    form = staff_client.get("/admin/registry/experiment/start/")
+    assert form.status_code == 200 and b"csrfmiddlewaretoken" in form.content
+    response = staff_client.post("/admin/registry/experiment/start/", {"version": versions[1].version, "mode": "canary",
+                                                                      "steps": "20, 100", "reason": "trial"})
+    experiment = Experiment.objects.get()
+    assert response.status_code == 302 and (experiment.steps, experiment.started_by) == ([20, 100], "admin:ops")
+    page = staff_client.get(f"/admin/registry/experiment/{experiment.pk}/change/").content.decode()
+    assert "lists served" in page and "<th>champion</th><th>challenger</th>" in page and "Stop and reject" in page
+    assert staff_client.get("/admin/registry/experiment/").status_code == 200
+
+
+def test_a_bad_start_in_the_admin_is_an_error_message_not_an_experiment(staff_client, versions):
+    response = staff_client.post("/admin/registry/experiment/start/", {"version": versions[1].version, "mode": "canary",
+                                                                      "steps": "50, 10"}, follow=True)
+    assert b"Canary steps" in response.content and not Experiment.objects.exists()
+
+
+def test_the_admin_stops_and_rejects_or_promotes_the_challenger(staff_client, versions, tmp_path):
+    third = registered_version(tmp_path)
+    experiment = admin_start(staff_client, versions[1])
+    staff_client.post(f"/admin/registry/experiment/{experiment.pk}/stop/", {"reason": "enough", "reject": "1"})
+    experiment.refresh_from_db()
+    versions[1].refresh_from_db()
+    assert experiment.status == "stopped" and versions[1].status == "rejected"
+    second = admin_start(staff_client, third)
+    staff_client.post(f"/admin/registry/experiment/{second.pk}/promote/", {"reason": "looks good"})
+    second.refresh_from_db()
+    assert second.status == "promoted"
+    assert DeploymentChange.objects.filter(action="promote", actor="admin:ops", to_version=third).exists()
+
+
+def admin_start(client, version) -> Experiment:
+    client.post("/admin/registry/experiment/start/", {"version": version.version, "mode": "ab", "traffic_percent": "30"})
+    return Experiment.objects.get(status="running")
+
+
+def test_the_admin_shows_a_versions_online_metrics(staff_client, versions):
+    items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
+    experiment_traffic(experiment=None, items=items, users=6, start=system_now() - timedelta(hours=2), control_rate=1.0,
+                       treatment_rate=0.0, versions=(versions[0].version, versions[1].version))
+    assert b"Online metrics" in staff_client.get(f"/admin/registry/modelversion/{versions[0].pk}/change/").content
+    page = staff_client.get(f"/admin/registry/experiment/online-metrics/{versions[0].version}/").content.decode()
+    assert "<td>champion</td><td>9</td>" in page
+
+
+def test_the_admin_experiment_actions_need_staff_and_post(client, versions, django_user_model):
+    django_user_model.objects.create_user("guest", password="pw")
+    client.login(username="guest", password="pw")
+    response = client.post("/admin/registry/experiment/start/", {"version": versions[1].version, "mode": "ab"})
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    assert not Experiment.objects.exists()
