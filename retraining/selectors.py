@@ -3,7 +3,9 @@
 from datetime import datetime, timezone
 
 from recommendations.selectors import online_hit_rate
-from registry.models import ModelVersion
+from registry.models import Experiment, ModelVersion
+from retraining.services.policy import policy_active
+from retraining.services.rollout import challenger_report
 
 ALL_TIME = (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(9999, 1, 1, tzinfo=timezone.utc))
 
@@ -40,6 +42,42 @@ def version_story_table(rows: list[dict]) -> str:
         lines.append(f"| {r['version']} | {r['trigger']} | {r['window']} | {_f(r['ndcg@10'])} | {_f(r['map@10'])} | "
                      f"{_f(r['rmse'])} | {online} | {r['status']} | {r['why']} |")
     return "\n".join(lines) + "\n"
+
+
+def experiment_rows() -> list[dict]:
+    """One row per experiment, oldest first, with its arms as last judged (a running one is judged now)."""
+    rows = []
+    for experiment in Experiment.objects.order_by("id").select_related("version", "champion"):
+        report = experiment.last_report
+        if experiment.status == Experiment.Status.RUNNING:
+            report = challenger_report(experiment=experiment, confidence=policy_active().rollout_confidence)
+        arms = report.get("arms", {})
+        treatment = "shadow" if experiment.mode == "shadow" else "challenger"
+        rows.append({
+            "experiment": experiment.pk, "mode": experiment.mode, "champion": str(experiment.champion or "—"),
+            "challenger": str(experiment.version), "traffic": experiment.traffic_percent, "status": experiment.status,
+            "control": arms.get("champion", {}), "treatment": arms.get(treatment, {}),
+            "ctr": report.get("differences", {}).get("ctr", {}), "verdict": report.get("verdict", "—"),
+            "why": experiment.outcome_reason,
+        })
+    return rows
+
+
+def experiments_table(rows: list[dict]) -> str:
+    header = ("| # | Mode | Champion arm | Challenger arm | Δ CTR (95% CI) | Verdict | Status | Why |")
+    lines = [header, "|" + "---|" * 8]
+    for r in rows:
+        ctr = r["ctr"]
+        delta = "—" if ctr.get("delta") is None else f"{ctr['delta']:+.3f} ({ctr['ci_low']:+.3f} … {ctr['ci_high']:+.3f})"
+        lines.append(f"| {r['experiment']} | {r['mode']} {r['traffic']}% | {r['champion']}: {_arm(r['control'])} | "
+                     f"{r['challenger']}: {_arm(r['treatment'])} | {delta} | {r['verdict']} | {r['status']} | {r['why'] or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _arm(arm: dict) -> str:
+    if not arm or not arm.get("impressions"):
+        return "no lists"
+    return f"{arm['impressions']:,} lists, CTR {_f(arm['ctr'])}, hit rate {_f(arm['hit_rate'])}"
 
 
 def _day(moment) -> str:

@@ -7,7 +7,9 @@ same services the API calls. Quiet stretches longer than `max_idle_s` of real ti
 the clock forward. Triggers are evaluated by Celery beat and runs trained by the worker on their own:
 nothing here starts a retrain after v1. Before a user's events, the replay asks for that user's
 recommendations (once per simulated session) and sends the events with that list's recommendation_id,
-so the online hit rate of each version is measured."""
+so the online hit rate of each version is measured. With `rollout` (shadow, ab or canary) the policy sends
+each candidate that passes the gate into that kind of experiment instead of promoting it, and beat's
+rollout check judges it on the replayed traffic."""
 
 import json
 import time
@@ -26,6 +28,7 @@ from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.movielens import EVENT_ID_NAMESPACE, movielens_import, movielens_ratings
 from recsite.errors import ApplicationError
 from retraining.services.pipeline import training_run_process
+from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_request
 from retraining.services.schedule import periodic_tasks_setup
 
@@ -96,7 +99,8 @@ def _as_json(event: EventInput) -> dict:
 
 def replay_run(*, path: Path, start_fraction: float, speed: float, api_url: str | None = None,
                api_key: str | None = None, check_every_s: int = 2, max_idle_s: float = 1.0, batch_size: int = 500,
-               out: TextIO | None = None, on_tick: Callable[[ReplayReport], None] | None = None) -> ReplayReport:
+               out: TextIO | None = None, on_tick: Callable[[ReplayReport], None] | None = None,
+               rollout: str | None = None, rollout_min_impressions: int = 200) -> ReplayReport:
     if not 0 < start_fraction < 1:
         raise ApplicationError("start_fraction must be between 0 and 1.")
     if speed <= 0:
@@ -116,10 +120,20 @@ def replay_run(*, path: Path, start_fraction: float, speed: float, api_url: str 
     training_run_process(run_id=run.pk)
     run.refresh_from_db()
     say(f"v1: run {run.pk} {run.status} ({'; '.join(run.gate.get('reasons', []))})")
-    periodic_tasks_setup(check_every_seconds=check_every_s)
+    if rollout:
+        _policy_rollout_set(rollout, rollout_min_impressions)
+        say(f"gated candidates will start as {rollout} challengers (at least {rollout_min_impressions} lists per arm and step)")
+    periodic_tasks_setup(check_every_seconds=check_every_s, rollout_every_seconds=check_every_s)
     clock_set(simulated_now=report.split_time, speed=speed)
     _stream(ratings[split:], _Client(api_url, api_key, report), report, speed, max_idle_s, batch_size, say, on_tick)
     return report
+
+
+def _policy_rollout_set(rollout: str, min_impressions: int) -> None:
+    policy = policy_active()
+    policy.candidate_rollout, policy.rollout_min_impressions = rollout, min_impressions
+    policy.full_clean()
+    policy.save()
 
 
 def _stream(ratings, client: _Client, report: ReplayReport, speed: float, max_idle_s: float, batch_size: int,

@@ -9,6 +9,7 @@ from registry.selectors import serving_pointers
 from registry.services import model_version_promote
 from retraining.models import RunStatus
 from retraining.services.policy import policy_active
+from retraining.selectors import experiment_rows, experiments_table
 from retraining.services.rollout import candidate_deploy, challenger_deploy, rollout_check
 from tests.recommendations.factories import experiment_traffic
 from tests.registry.factories import registered_version
@@ -127,3 +128,13 @@ def test_the_first_model_is_promoted_whatever_the_policy(tmp_path, policy):
     first = registered_version(tmp_path)
     assert candidate_deploy(version=first.version, champion=None, reason="first", policy=policy) == RunStatus.PROMOTED
     assert not Experiment.objects.exists()
+
+
+def test_the_experiments_table_shows_both_arms_and_the_outcome(versions, policy, catalog):
+    experiment = canary(versions, policy)
+    traffic(experiment, catalog, versions, start=T0, control=0.45, treatment=0.10)
+    rollout_check(now=T0 + timedelta(minutes=5))
+    table = experiments_table(experiment_rows())
+    row = table.splitlines()[2]
+    assert row.startswith(f"| {experiment.pk} | canary 10% | v1: 450 lists, CTR 0.4") and "v2: 450 lists" in row
+    assert "challenger_worse | rolled_back | rolled back at 10%: significantly worse online" in row

@@ -5,7 +5,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from retraining.models import IN_FLIGHT, TrainingRun
-from retraining.selectors import version_story_rows, version_story_table
+from registry.models import Experiment
+from retraining.selectors import experiment_rows, experiments_table, version_story_rows, version_story_table
 from retraining.services.replay import replay_run
 from recsite.errors import ApplicationError
 
@@ -25,14 +26,19 @@ class Command(BaseCommand):
         parser.add_argument("--max-idle", type=float, default=1.0, help="skip quiet stretches longer than this (real s)")
         parser.add_argument("--wait-at-end", type=float, default=300, help="seconds to wait for a run in flight")
         parser.add_argument("--output", default="MODEL_COMPARISON.md")
+        parser.add_argument("--rollout", choices=["shadow", "ab", "canary"], default=None,
+                            help="start each gated candidate as this kind of challenger instead of promoting it")
+        parser.add_argument("--rollout-min-impressions", type=int, default=200,
+                            help="lists per arm (and per canary step) before an experiment is judged")
 
     def handle(self, *args, path, start_fraction, speed, via_api, api_key, check_every, max_idle, wait_at_end,
-               output, **options):
+               output, rollout, rollout_min_impressions, **options):
         if via_api and not api_key:
             raise CommandError("--via-api needs --api-key")
         try:
             report = replay_run(path=path, start_fraction=start_fraction, speed=speed, api_url=via_api,
-                                api_key=api_key, check_every_s=check_every, max_idle_s=max_idle, out=self.stdout)
+                                api_key=api_key, check_every_s=check_every, max_idle_s=max_idle, out=self.stdout,
+                                rollout=rollout, rollout_min_impressions=rollout_min_impressions)
         except ApplicationError as exc:
             raise CommandError(exc.message)
         deadline = time.monotonic() + wait_at_end
@@ -45,4 +51,7 @@ class Command(BaseCommand):
             f"stretches, {report.clock_holds} clock holds while sending caught up\n"
         )
         self.stdout.write(version_story_table(version_story_rows()))
+        if Experiment.objects.exists():
+            self.stdout.write("\nExperiments (per arm: lists served, CTR, hit rate@10):\n")
+            self.stdout.write(experiments_table(experiment_rows()))
         call_command("export_model_comparison", "--output", output, stdout=self.stdout)
