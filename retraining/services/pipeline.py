@@ -1,5 +1,6 @@
 """One training run, end to end: train → evaluate the candidate and re-score the champion on the same
-holdout → gate → register → promote or reject. Called by the `training` queue's task with a run id.
+holdout → gate → (if the policy says so and the gate passed: refit on all data) → register → promote or
+reject. Called by the `training` queue's task with a run id.
 
 A crash anywhere leaves the champion untouched: the pointer only moves in the last step, in one
 transaction. The run's heartbeat is refreshed by a thread while the heavy stages run, so a run whose
@@ -27,11 +28,17 @@ from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_promote, model_version_register, model_version_reject
 from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
-from retraining.services.gate import gate_decide
+from retraining.services.gate import GateDecision, gate_decide
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import models_score_on_holdout
-from retraining.services.training import TrainingParams, TrainingResult, json_safe, training_run_execute
+from retraining.services.training import (
+    TrainingParams,
+    TrainingResult,
+    json_safe,
+    training_run_execute,
+    training_run_refit,
+)
 
 HEARTBEAT_SECONDS = 15
 
@@ -62,25 +69,22 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
                          stage_timings=result.timings_s)
 
     champion = champion_version()
-    candidate_metrics, champion_metrics, candidate_users, champion_users = result.metrics, None, None, None
-    if champion is not None:
-        log_line.write(f"scoring the candidate and re-scoring the champion {champion} on the same holdout\n")
-        scored = models_score_on_holdout(
-            until=run.data_until, params=TrainingParams(**manifest["params"]["training"]),
-            models={"candidate": ranking.trained_model_load(workdir), "champion": trained_model_of(champion)},
-        )
-        candidate_metrics, champion_metrics = scored["candidate"].metrics, scored["champion"].metrics
-        candidate_users, champion_users = scored["candidate"].user_ndcg, scored["champion"].user_ndcg
-    decision = gate_decide(
-        candidate=candidate_metrics, popularity=result.baselines["popularity"], champion=champion_metrics,
-        candidate_user_ndcg=candidate_users, champion_user_ndcg=champion_users,
-        min_relative_gain=policy.gate_min_relative_gain, guardrail_tolerance=policy.gate_guardrail_tolerance,
-        bootstrap_tolerance=policy.gate_bootstrap_tolerance, bootstrap_samples=policy.gate_bootstrap_samples,
-    )
-    gate = json_safe({**decision.as_dict(), "champion_version": champion.version if champion else None})
+    decision = _gate_decision(run=run, result=result, manifest=manifest, directory=workdir, champion=champion,
+                              policy=policy, log_line=log_line)
+    refit = decision.passed and policy.refit_on_full_data
+    gate = json_safe({**decision.as_dict(), "champion_version": champion.version if champion else None,
+                      "refit_on_full_data": refit})
+    timings = dict(result.timings_s)
+    reason = f"run {run.pk} ({run.trigger}): " + "; ".join(decision.failures or decision.reasons)
+    if refit:
+        training_run_advance(run_id=run.pk, status=RunStatus.EVALUATING, gate=gate)
+        workdir = workdir / "refit"
+        result, manifest, timings["refit"] = _refit(run=run, gated=result, directory=workdir, policy=policy,
+                                                    log_line=log_line)
+        training_seconds += timings["refit"]
+        reason += "; refit on all data (its metrics are the gated model's on the holdout)"
     version = candidate_register(result=result, manifest=manifest, directory=workdir, until=run.data_until,
                                  trigger=run.trigger, training_seconds=training_seconds, run_id=run.pk)
-    reason = f"run {run.pk} ({run.trigger}): " + "; ".join(decision.failures or decision.reasons)
     if decision.passed:
         model_version_promote(version=version.version, actor="gate", reason=reason,
                               expected_current=champion.version if champion else None)
@@ -90,7 +94,41 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
         status = RunStatus.REJECTED
     log_line.write(f"{version}: {status}; {reason}\n")
     training_run_advance(run_id=run.pk, status=status, evaluated_at=timezone.now(), gate=gate, model_version=version,
-                         stage_timings={**result.timings_s, "total": round(time.perf_counter() - started, 3)})
+                         stage_timings={**timings, "total": round(time.perf_counter() - started, 3)})
+
+
+def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, directory: Path,
+                   champion: ModelVersion | None, policy: RetrainPolicy, log_line: "_RunLog") -> GateDecision:
+    candidate_metrics, champion_metrics, candidate_users, champion_users = result.metrics, None, None, None
+    if champion is not None:
+        log_line.write(f"scoring the candidate and re-scoring the champion {champion} on the same holdout\n")
+        scored = models_score_on_holdout(
+            until=run.data_until, params=TrainingParams(**manifest["params"]["training"]),
+            models={"candidate": ranking.trained_model_load(directory), "champion": trained_model_of(champion)},
+        )
+        candidate_metrics, champion_metrics = scored["candidate"].metrics, scored["champion"].metrics
+        candidate_users, champion_users = scored["candidate"].user_ndcg, scored["champion"].user_ndcg
+    return gate_decide(
+        candidate=candidate_metrics, popularity=result.baselines["popularity"], champion=champion_metrics,
+        candidate_user_ndcg=candidate_users, champion_user_ndcg=champion_users,
+        min_relative_gain=policy.gate_min_relative_gain, guardrail_tolerance=policy.gate_guardrail_tolerance,
+        bootstrap_tolerance=policy.gate_bootstrap_tolerance, bootstrap_samples=policy.gate_bootstrap_samples,
+    )
+
+
+def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: RetrainPolicy,
+           log_line: "_RunLog") -> tuple[TrainingResult, dict, float]:
+    """The gated configuration trained again on every event up to the cut-off, holdout included; with its
+    manifest and the seconds it took. Its failure fails the run: nothing is registered, the champion stays."""
+    log_line.write("gate passed: refitting the candidate on all events up to the cut-off (holdout included)\n")
+    started = time.perf_counter()
+    try:
+        refit = training_run_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line)
+        manifest = drift_reference_attach(result=refit, directory=directory, until=run.data_until, policy=policy)
+    except Exception as exc:
+        raise RuntimeError(f"the refit on all data failed after the gate passed; nothing was registered: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    return refit, manifest, round(time.perf_counter() - started, 3)
 
 
 def drift_reference_attach(*, result: TrainingResult, directory: Path, until: datetime | None,

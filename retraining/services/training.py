@@ -8,6 +8,7 @@ Splits (all per user, by (time, id)):
   model and the features for ranker training come only from the training portion minus the label windows
   (the "fit" portion), at the start of each user's label window. Evaluation mirrors this one level up:
   EASE refitted on the whole training portion, features at the start of each user's holdout.
+A refit on all data (after a gate has passed) has no outer split: every event is in the training portion.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from retraining.services.evaluation import (
 )
 
 CF_NAME = "ease"
+METRICS_FROM_OWN_HOLDOUT = "this model, on the holdout"
+METRICS_FROM_GATED_MODEL = "the gated model before the refit, on the holdout (this model was trained on it)"
 CANDIDATE_BATCH = 1000
 SCORING_BATCH = 500
 
@@ -104,12 +107,13 @@ class Split:
     label_start: np.ndarray  # per user
 
 
-def split_compute(log: EventLog, params: TrainingParams) -> Split:
+def split_compute(log: EventLog, params: TrainingParams, *, holdout: bool = True) -> Split:
+    """`holdout=False` (a refit on all data): nothing is held out, every event is in the training portion."""
     n_users = len(log.user_pks)
     everything = np.ones(len(log), dtype=bool)
     options = dict(user=log.user, ts=log.ts, n_users=n_users, fraction=params.holdout_fraction,
                    min_events=params.min_user_events)
-    outer = holdout_split(mask=everything, **options)
+    outer = holdout_split(mask=everything if holdout else ~everything, **options)
     train = ~outer.holdout
     inner = holdout_split(mask=train, **options)
     return Split(train, outer.holdout, outer.cutoff, train & ~inner.holdout, inner.holdout, inner.cutoff)
@@ -442,15 +446,20 @@ def training_run_execute(
     params: TrainingParams = TrainingParams(),
     progress: TextIO | None = sys.stderr,
     log: EventLog | None = None,
+    refit_of: TrainingResult | None = None,
 ) -> TrainingResult:
     """Build the dataset, train the ranker and the rating model, evaluate them and both baselines on the
-    holdout, and write the model directory to `output_dir` (nothing is written if it is None)."""
+    holdout, and write the model directory to `output_dir` (nothing is written if it is None).
+
+    With `refit_of` (a gated result) nothing is held out, and the metrics are the gated model's on its
+    holdout: a model trained on the holdout cannot be scored on it."""
+    holdout = refit_of is None
     stages = Stages(progress)
     with stages.stage("load_events"):
         log = log if log is not None else event_log_load(until=until)
-        split = split_compute(log, params)
+        split = split_compute(log, params, holdout=holdout)
         category_share = log.category_share()
-    if not split.label.any() or not split.holdout.any():
+    if not split.label.any() or (holdout and not split.holdout.any()):
         raise ValueError("too few events to train: no user has enough events for a holdout")
     with stages.stage("candidates_label_window"):
         inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
@@ -470,10 +479,12 @@ def training_run_execute(
         if len(evaluation.regressor_train_target) >= 2 * params.min_data_in_leaf:
             regressor = regressor_fit(evaluation.regressor_train, evaluation.regressor_train_target, params)
     with stages.stage("metrics"):
-        metrics, baselines = _scores(evaluation, log, params, regressor)
+        metrics, baselines = (
+            _scores(evaluation, log, params, regressor) if holdout else (refit_of.metrics, refit_of.baselines)
+        )
     dataset = dataset_statistics(log, split)
     manifest = _manifest(log, split, params, category_share, examples, ranker, regressor, model, metrics,
-                         baselines, dataset, stages)
+                         baselines, dataset, stages, refit=not holdout)
     if output_dir is not None:
         with stages.stage("artifacts"):
             artifacts.model_directory_write(
@@ -485,6 +496,13 @@ def training_run_execute(
         peak_memory_mb=round(peak_memory_mb(), 1), stage_peak_memory_mb=dict(stages.peak_memory_mb),
         output_dir=Path(output_dir) if output_dir is not None else None, manifest=manifest,
     )
+
+
+def training_run_refit(*, gated: TrainingResult, until: datetime | None, output_dir: Path | None,
+                       progress: TextIO | None = sys.stderr) -> TrainingResult:
+    """The gated model's configuration trained again on every event up to `until`, holdout included."""
+    params = TrainingParams(**gated.manifest["params"]["training"])
+    return training_run_execute(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated)
 
 
 def baselines_evaluate(
@@ -556,7 +574,7 @@ def json_safe(value):
 
 
 def _manifest(log, split, params, category_share, examples, ranker, regressor, model, metrics, baselines,
-              dataset, stages) -> dict:
+              dataset, stages, refit: bool) -> dict:
     return json_safe(
         {
             "format": 1,
@@ -568,6 +586,8 @@ def _manifest(log, split, params, category_share, examples, ranker, regressor, m
                 "ranker_best_iteration": ranker.best_iteration or ranker.current_iteration(),
                 "regressor": json.loads(json.dumps(regressor.params, default=str)) if regressor else None,
                 "collaborative": {"name": CF_NAME, "l2": params.ease_l2, "modelled_items": int(len(model.modelled))},
+                "refit_on_full_data": refit,
+                "metrics_from": METRICS_FROM_GATED_MODEL if refit else METRICS_FROM_OWN_HOLDOUT,
             },
             "training_window": {
                 "min_event_time": _iso(float(log.ts[0])) if len(log) else None,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
+from registry.models import ModelVersion
 from retraining.services.dataset import event_log_load
 from tests.retraining.factories import DAY, START, dataset_store, dataset_with_events, learnable_dataset
 
@@ -42,6 +43,18 @@ def test_train_json_prints_the_contract_as_the_last_line_and_writes_the_model(st
     assert result["dataset"]["events"] == len(stored.events)
     assert result["timings_s"] and isinstance(result["peak_memory_mb"], float)
     assert (tmp_path / "model" / "manifest.json").exists()
+
+
+def test_train_with_refit_keeps_the_model_trained_on_every_event_and_the_evaluated_models_metrics(stored, tmp_path):
+    out = StringIO()
+    call_command("train", "--json", "--refit-on-full-data", "--output", str(tmp_path / "model"), "--threads", "1",
+                 stdout=out, stderr=StringIO())
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert result["dataset"]["holdout_events"] == 0 and result["dataset"]["train_events"] == len(stored.events)
+    assert RANKING_KEYS | {"rmse"} <= result["metrics"].keys()
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["params"]["refit_on_full_data"] is True and manifest["metrics"] == result["metrics"]
+    assert ModelVersion.objects.get(version=result["version"]).parameters["refit_on_full_data"] is True
 
 
 def test_train_without_json_prints_a_table_with_the_lift_over_each_baseline(stored, tmp_path):

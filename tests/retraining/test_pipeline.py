@@ -2,12 +2,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from registry.models import DeploymentChange, ModelStatus
+from recommendations.serving import trained_model_of
+from registry.models import DeploymentChange, ModelStatus, ModelVersion
 from registry.selectors import champion_version
 from retraining.models import TrainingRun
 from retraining.services import pipeline
 from retraining.services.pipeline import training_run_process
+from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_request
+from retraining.services.training import METRICS_FROM_GATED_MODEL, METRICS_FROM_OWN_HOLDOUT
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db
@@ -22,6 +25,13 @@ def model_store(settings, tmp_path):
 @pytest.fixture
 def history():
     dataset_store(learnable_dataset(users=120, items=80, per_user=24))
+
+
+def policy_set(**values):
+    policy = policy_active()
+    for name, value in values.items():
+        setattr(policy, name, value)
+    policy.save()
 
 
 def run_now(trigger="manual"):
@@ -59,17 +69,22 @@ def test_a_candidate_no_better_than_the_champion_is_rejected_and_the_champion_ke
     assert gate["numbers"]["candidate"]["ndcg@10"] == pytest.approx(second.model_version.metrics["ndcg@10"])
 
 
-def test_a_failure_during_training_fails_the_run_and_leaves_the_champion(history, monkeypatch):
-    first = run_now()
+def disk_full(**kwargs):
+    raise RuntimeError("disk full")
 
-    def broken(**kwargs):
-        raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "training_run_execute", broken)
+def run_that_fails():
     run = training_run_request(trigger="drift", data_until=CUTOFF)
     with pytest.raises(RuntimeError):
         training_run_process(run_id=run.pk)
     run.refresh_from_db()
+    return run
+
+
+def test_a_failure_during_training_fails_the_run_and_leaves_the_champion(history, monkeypatch):
+    first = run_now()
+    monkeypatch.setattr(pipeline, "training_run_execute", disk_full)
+    run = run_that_fails()
     assert run.status == "failed" and "disk full" in run.error and run.in_flight is None
     assert champion_version() == first.model_version
 
@@ -79,3 +94,58 @@ def test_processing_a_run_twice_does_nothing_the_second_time(history):
     training_run_process(run_id=run.pk)
     assert TrainingRun.objects.get().status == "promoted"
     assert DeploymentChange.objects.count() == 1
+
+
+def test_by_default_the_registered_model_is_the_gated_one_and_the_record_says_it_was_not_refit(history):
+    run = run_now()
+    version = run.model_version
+    assert version.parameters["refit_on_full_data"] is False and run.gate["refit_on_full_data"] is False
+    assert version.parameters["metrics_from"] == METRICS_FROM_OWN_HOLDOUT
+    assert 0 < version.dataset_stats["holdout_events"] and "refit" not in run.stage_timings
+
+
+def test_with_refit_on_the_promoted_model_was_trained_on_the_holdout_too_and_carries_the_gated_metrics(history):
+    policy_set(refit_on_full_data=True)
+    refit = run_now()
+    assert refit.status == "promoted", refit.gate
+    version = refit.model_version
+    assert champion_version() == version
+    assert version.parameters["refit_on_full_data"] is True and refit.gate["refit_on_full_data"] is True
+    assert version.parameters["metrics_from"] == METRICS_FROM_GATED_MODEL
+    assert version.dataset_stats["holdout_events"] == 0
+    assert version.dataset_stats["train_events"] == version.dataset_stats["events"]
+    window = version.manifest["training_window"]
+    assert window["train_max_event_time"] == window["max_event_time"]
+    assert trained_model_of(version).manifest["params"]["refit_on_full_data"] is True
+    assert refit.stage_timings["refit"] > 0 and any("refitting" in line for line in refit.log)
+    assert version.metrics["ndcg@10"] == pytest.approx(refit.gate["numbers"]["candidate"]["ndcg@10"])
+    assert version.metrics == version.manifest["metrics"]
+
+    # The same data and seed without the refit give the gated model again: fewer training events, same metrics.
+    policy_set(refit_on_full_data=False)
+    gated = run_now().model_version
+    assert gated.dataset_stats["events"] == version.dataset_stats["events"]
+    assert gated.dataset_stats["train_events"] < version.dataset_stats["train_events"]
+    assert gated.metrics == pytest.approx(version.metrics)
+
+
+def test_a_candidate_the_gate_refuses_is_not_refit(history):
+    first = run_now()
+    policy_set(refit_on_full_data=True)
+    second = run_now(trigger="volume")
+    assert second.status == "rejected" and second.gate["refit_on_full_data"] is False
+    assert second.model_version.parameters["refit_on_full_data"] is False and "refit" not in second.stage_timings
+    assert champion_version() == first.model_version
+
+
+def test_a_failed_refit_fails_the_run_registers_nothing_and_leaves_the_champion(history, monkeypatch):
+    first = run_now()
+    policy_set(refit_on_full_data=True, gate_min_relative_gain=-1.0, gate_guardrail_tolerance=1.0,
+               gate_bootstrap_tolerance=1.0)
+    monkeypatch.setattr(pipeline, "training_run_refit", disk_full)
+    run = run_that_fails()
+    assert run.status == "failed" and run.in_flight is None and run.model_version is None
+    assert "refit on all data failed" in run.error and "disk full" in run.error
+    assert run.gate["passed"] and run.gate["refit_on_full_data"] is True
+    assert list(ModelVersion.objects.all()) == [first.model_version]
+    assert champion_version() == first.model_version

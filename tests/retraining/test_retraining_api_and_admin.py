@@ -5,6 +5,7 @@ from django.core.management.base import CommandError
 from django.test import Client
 
 from retraining.models import TrainingRun
+from retraining.services.policy import policy_active
 from retraining.services.triggers import triggers_check
 
 pytestmark = pytest.mark.django_db
@@ -77,6 +78,17 @@ def test_the_admin_shows_policy_evaluations_drift_reports_and_runs(staff, client
     for page in ["retrainpolicy", "triggerevaluation", "driftreport", "trainingrun"]:
         assert client.get(f"/admin/retraining/{page}/").status_code == 200, page
     assert b"volume: quiet" in client.get("/admin/retraining/triggerevaluation/").content
+
+
+def test_the_admin_turns_the_refit_on_full_data_on_for_the_active_policy(staff, client):
+    client.force_login(staff)
+    policy = policy_active()
+    page = f"/admin/retraining/retrainpolicy/{policy.pk}/change/"
+    form = client.get(page).context["adminform"].form
+    data = {name: form[name].value() for name in form.fields} | {"drift_key_features": "[]", "refit_on_full_data": "on"}
+    assert client.post(page, {k: v for k, v in data.items() if v not in (False, None)}).status_code == 302
+    policy.refresh_from_db()
+    assert policy.refit_on_full_data is True
 
 
 def test_non_staff_cannot_press_retrain(client):

@@ -50,3 +50,10 @@ def test_the_label_window_is_taken_from_the_training_portion_only():
     assert not (split.fit & split.label).any()
     assert ((split.fit | split.label) == split.train).all()
     assert (split.train ^ split.holdout).all()
+
+
+def test_a_split_without_holdout_trains_on_every_event_and_still_takes_label_windows():
+    log = event_log_from(learnable_dataset(users=30, per_user=20))
+    split = split_compute(log, TrainingParams(), holdout=False)
+    assert split.train.all() and not split.holdout.any() and np.isnan(split.cutoff).all()
+    assert split.label.any() and ((split.fit | split.label) == split.train).all()

@@ -11,7 +11,7 @@ from django.utils.dateparse import parse_datetime
 from registry.services import model_version_promote
 from retraining.services.pipeline import candidate_register, drift_reference_attach
 from retraining.services.policy import policy_active
-from retraining.services.training import TrainingParams, json_safe, training_run_execute
+from retraining.services.training import TrainingParams, json_safe, training_run_execute, training_run_refit
 from retraining.services.reporting import metrics_table
 
 
@@ -35,6 +35,9 @@ class Command(BaseCommand):
         parser.add_argument("--promote", action="store_true",
                             help="also make the new version the champion (an operator's choice, audited; no gate)")
         parser.add_argument("--no-register", action="store_true", help="only write the model directory")
+        parser.add_argument("--refit-on-full-data", action="store_true",
+                            help="after the evaluation, train again on all events (holdout included) and keep that "
+                                 "model; its recorded metrics are those of the evaluated model on the holdout")
 
     def handle(self, *args, **options):
         output = Path(options["output"]) if options["output"] else (
@@ -42,13 +45,16 @@ class Command(BaseCommand):
         )
         until = parse_until(options["until"])
         started = time.perf_counter()
+        refit = options["refit_on_full_data"]
         try:
             result = training_run_execute(
                 until=until,
-                output_dir=output,
+                output_dir=None if refit else output,
                 params=TrainingParams(num_threads=options["threads"]),
                 progress=sys.stderr,
             )
+            if refit:
+                result = training_run_refit(gated=result, until=until, output_dir=output, progress=sys.stderr)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         version = None
