@@ -25,13 +25,14 @@ from recommendations import ranking
 from recommendations.serving import trained_model_of
 from registry.models import ModelVersion
 from registry.selectors import champion_version
-from registry.services import VersionInput, model_version_promote, model_version_register, model_version_reject
+from registry.services import VersionInput, model_version_register, model_version_reject
 from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
 from retraining.services.gate import GateDecision, gate_decide
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import models_score_on_holdout
+from retraining.services.rollout import candidate_deploy
 from retraining.services.training import (
     TrainingParams,
     TrainingResult,
@@ -86,9 +87,8 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     version = candidate_register(result=result, manifest=manifest, directory=workdir, until=run.data_until,
                                  trigger=run.trigger, training_seconds=training_seconds, run_id=run.pk)
     if decision.passed:
-        model_version_promote(version=version.version, actor="gate", reason=reason,
-                              expected_current=champion.version if champion else None)
-        status = RunStatus.PROMOTED
+        status = candidate_deploy(version=version.version, champion=champion.version if champion else None,
+                                  reason=reason, policy=policy)
     else:
         model_version_reject(version=version.version, actor="gate", reason=reason)
         status = RunStatus.REJECTED

@@ -7,7 +7,7 @@ from django.db.models import Min
 from recommendations.models import Impression
 from recommendations.selectors import events_after, online_hit_rate
 from registry.models import ModelVersion
-from registry.selectors import champion_version
+from registry.selectors import champion_version, running_experiment
 from retraining.models import RetrainPolicy, Trigger, TrainingRun, TriggerEvaluation
 from recommendations.clock import system_now
 from retraining.services.drift import drift_check_run
@@ -34,6 +34,9 @@ def triggers_check(*, now: datetime | None = None) -> TriggerEvaluation:
     notes = [f"failed stale runs {stale}"] if stale else []
     if not fired:
         evaluation.action = "; ".join([*notes, "nothing fired"])
+    elif (experiment := running_experiment()) is not None:
+        # A running experiment is judged on a fixed pair of models; a new candidate would supersede it.
+        evaluation.action = "; ".join([*notes, f"{fired[0]} fired; held while {experiment} runs (stop it to retrain now)"])
     elif (cooling := _cooldown_until(policy, clock)) is not None:
         evaluation.action = "; ".join([*notes, f"{fired[0]} fired; cooling down until {cooling:%Y-%m-%d %H:%M}"])
     else:

@@ -1,12 +1,14 @@
+import dataclasses
 from datetime import datetime, timezone
 
 import pytest
 
 from recommendations.serving import trained_model_of
 from registry.models import DeploymentChange, ModelStatus, ModelVersion
-from registry.selectors import champion_version
+from registry.selectors import champion_version, serving_pointers
 from retraining.models import TrainingRun
 from retraining.services import pipeline
+from retraining.services.gate import gate_decide
 from retraining.services.pipeline import training_run_process
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_request
@@ -149,3 +151,16 @@ def test_a_failed_refit_fails_the_run_registers_nothing_and_leaves_the_champion(
     assert run.gate["passed"] and run.gate["refit_on_full_data"] is True
     assert list(ModelVersion.objects.all()) == [first.model_version]
     assert champion_version() == first.model_version
+
+
+def test_with_a_canary_policy_a_candidate_that_passes_the_gate_starts_as_the_challenger(history, monkeypatch):
+    first = run_now()
+    policy_set(candidate_rollout="canary")
+    passing = lambda **kwargs: dataclasses.replace(gate_decide(**kwargs), passed=True, failures=[])  # noqa: E731
+    monkeypatch.setattr(pipeline, "gate_decide", passing)
+    second = run_now(trigger="volume")
+    assert second.status == "challenger", second.gate
+    assert champion_version() == first.model_version
+    pointers = serving_pointers()
+    assert (pointers.challenger, pointers.mode, pointers.traffic_percent) == (second.model_version.version, "canary", 10)
+    assert second.model_version.experiments.get().started_by == "gate"

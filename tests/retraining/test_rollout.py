@@ -11,6 +11,7 @@ from retraining.models import RunStatus
 from retraining.services.policy import policy_active
 from retraining.selectors import experiment_rows, experiments_table
 from retraining.services.rollout import candidate_deploy, challenger_deploy, rollout_check
+from retraining.services.triggers import triggers_check
 from tests.recommendations.factories import experiment_traffic
 from tests.registry.factories import registered_version
 
@@ -138,3 +139,12 @@ def test_the_experiments_table_shows_both_arms_and_the_outcome(versions, policy,
     row = table.splitlines()[2]
     assert row.startswith(f"| {experiment.pk} | canary 10% | v1: 450 lists, CTR 0.4") and "v2: 450 lists" in row
     assert "challenger_worse | rolled_back | rolled back at 10%: significantly worse online" in row
+
+
+def test_automatic_retraining_is_held_while_an_experiment_runs(versions, policy, catalog):
+    policy.volume_min_events, policy.time_enabled, policy.drift_enabled = 1, False, False
+    policy.save()
+    experiment_traffic(experiment=None, items=catalog, users=4, start=T0, control_rate=1, treatment_rate=1)
+    canary(versions, policy)
+    evaluation = triggers_check(now=T0 + timedelta(days=1))
+    assert evaluation.fired == "volume" and evaluation.run is None and "held while experiment" in evaluation.action
