@@ -1,0 +1,38 @@
+import threading
+
+from recommendations import shadow
+from tests.conftest import wait_until
+
+
+def test_an_inline_shadow_job_that_fails_is_counted_and_never_raises(settings):
+    settings.SHADOW_QUEUE_SIZE = 0
+    before = shadow.stats["failed"]
+
+    def broken():
+        raise RuntimeError("challenger exploded")
+
+    shadow.shadow_submit(broken)
+    assert shadow.stats["failed"] == before + 1
+
+
+def test_queued_jobs_wait_for_an_idle_moment_and_stale_ones_are_dropped(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 10, 0.3
+    monkeypatch.setattr(shadow, "_jobs", None)
+    ran = threading.Event()
+    dropped = shadow.stats["dropped_stale"]
+    with shadow.live_request():
+        shadow.shadow_submit(ran.set)
+        wait_until(lambda: shadow.stats["dropped_stale"] == dropped + 1, timeout=5, message="the stale job dropped")
+    assert not ran.is_set(), "a job must not run while a live request is in progress"
+    shadow.shadow_submit(ran.set)
+    assert ran.wait(5), "once the process is idle the job runs"
+
+
+def test_a_full_queue_drops_the_job_rather_than_block_the_request(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 1, 5
+    monkeypatch.setattr(shadow, "_jobs", None)
+    dropped = shadow.stats["dropped_full"]
+    with shadow.live_request():
+        for _ in range(5):
+            shadow.shadow_submit(lambda: None)
+    assert shadow.stats["dropped_full"] >= dropped + 3
