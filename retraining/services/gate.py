@@ -1,6 +1,8 @@
 """The evaluation gate: may a candidate replace the champion? Decided on the same holdout for both.
 
 Rules (thresholds from the policy):
+- with a champion, at least MIN_COMPARISON_USERS users with a held-out positive to compare on; with fewer
+  the candidate is refused before any other check: no promotion on no evidence;
 - NDCG@10 above the most-popular baseline;
 - with a champion: NDCG@10 >= champion × (1 + min_relative_gain);
 - no guardrail regression beyond tolerance: Recall@10 and coverage@10 not below champion × (1 − tol),
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 GUARDRAILS = [("recall@10", True), ("coverage@10", True), ("rmse", False)]
+MIN_COMPARISON_USERS = 20  # below it one user moves the mean NDCG by over 5%: too little to decide on
 
 
 @dataclass
@@ -58,6 +61,11 @@ def gate_decide(
         reasons.append(reason)
         failures.append(reason)
 
+    compared_users = None if candidate_user_ndcg is None else len(candidate_user_ndcg)
+    if champion is not None and compared_users is not None and compared_users < MIN_COMPARISON_USERS:
+        refuse(f"not enough new holdout data since the champion's cut-off: {compared_users} users with a held-out "
+               f"positive, {MIN_COMPARISON_USERS} needed; a later run will have more")
+        return GateDecision(passed=False, reasons=reasons, numbers=numbers, failures=failures)
     ndcg = candidate.get("ndcg@10")
     if ndcg is None or ndcg <= popularity.get("ndcg@10", 0.0):
         refuse(f"NDCG@10 {_f(ndcg)} is not above most-popular's {_f(popularity.get('ndcg@10'))}")

@@ -1,6 +1,7 @@
-"""One training run, end to end: train → evaluate the candidate and re-score the champion on the same
-holdout → gate → (if the policy says so and the gate passed: refit on all data) → register → promote or
-reject. Called by the `training` queue's task with a run id.
+"""One training run, end to end: train → evaluate the candidate → score it and re-score the champion on the
+same held-out events, those after the champion's training cut-off → gate → (if the policy says so and the
+gate passed: refit on all data) → register → promote or reject. Called by the `training` queue's task with
+a run id.
 
 A crash anywhere leaves the champion untouched: the pointer only moves in the last step, in one
 transaction. The run's heartbeat is refreshed by a thread while the heavy stages run, so a run whose
@@ -31,7 +32,7 @@ from retraining.services.drift import drift_profile, drift_reference, drift_wind
 from retraining.services.gate import GateDecision, gate_decide
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
-from retraining.services.rescoring import models_score_on_holdout
+from retraining.services.rescoring import HoldoutScores, models_score_on_holdout
 from retraining.services.rollout import candidate_deploy
 from retraining.services.training import (
     TrainingParams,
@@ -70,11 +71,11 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
                          stage_timings=result.timings_s)
 
     champion = champion_version()
-    decision = _gate_decision(run=run, result=result, manifest=manifest, directory=workdir, champion=champion,
-                              policy=policy, log_line=log_line)
+    decision, comparison = _gate_decision(run=run, result=result, manifest=manifest, directory=workdir,
+                                          champion=champion, policy=policy, log_line=log_line)
     refit = decision.passed and policy.refit_on_full_data
     gate = json_safe({**decision.as_dict(), "champion_version": champion.version if champion else None,
-                      "refit_on_full_data": refit})
+                      **comparison, "refit_on_full_data": refit})
     timings = dict(result.timings_s)
     reason = f"run {run.pk} ({run.trigger}): " + "; ".join(decision.failures or decision.reasons)
     if refit:
@@ -98,22 +99,41 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
 
 
 def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, directory: Path,
-                   champion: ModelVersion | None, policy: RetrainPolicy, log_line: "_RunLog") -> GateDecision:
-    candidate_metrics, champion_metrics, candidate_users, champion_users = result.metrics, None, None, None
-    if champion is not None:
-        log_line.write(f"scoring the candidate and re-scoring the champion {champion} on the same holdout\n")
-        scored = models_score_on_holdout(
-            until=run.data_until, params=TrainingParams(**manifest["params"]["training"]),
-            models={"candidate": ranking.trained_model_load(directory), "champion": trained_model_of(champion)},
-        )
-        candidate_metrics, champion_metrics = scored["candidate"].metrics, scored["champion"].metrics
-        candidate_users, champion_users = scored["candidate"].user_ndcg, scored["champion"].user_ndcg
-    return gate_decide(
-        candidate=candidate_metrics, popularity=result.baselines["popularity"], champion=champion_metrics,
-        candidate_user_ndcg=candidate_users, champion_user_ndcg=champion_users,
+                   champion: ModelVersion | None, policy: RetrainPolicy,
+                   log_line: "_RunLog") -> tuple[GateDecision, dict]:
+    """The decision, and what the candidate was compared with the champion on (for the run's record)."""
+    thresholds = dict(
         min_relative_gain=policy.gate_min_relative_gain, guardrail_tolerance=policy.gate_guardrail_tolerance,
         bootstrap_tolerance=policy.gate_bootstrap_tolerance, bootstrap_samples=policy.gate_bootstrap_samples,
     )
+    if champion is None:
+        return gate_decide(candidate=result.metrics, popularity=result.baselines["popularity"], champion=None,
+                           candidate_user_ndcg=None, champion_user_ndcg=None, **thresholds), {}
+    scores = _champion_rescore(run=run, manifest=manifest, directory=directory, champion=champion, log_line=log_line)
+    candidate, champion_scored = scores.models["candidate"], scores.models["champion"]
+    decision = gate_decide(
+        candidate=candidate.metrics, popularity=candidate.popularity, champion=champion_scored.metrics,
+        candidate_user_ndcg=candidate.user_ndcg, champion_user_ndcg=champion_scored.user_ndcg, **thresholds,
+    )
+    return decision, {"comparison_holdout_after": scores.after.isoformat() if scores.after else None,
+                      "comparison_users": scores.users, "comparison_events": scores.events}
+
+
+def _champion_rescore(*, run: TrainingRun, manifest: dict, directory: Path, champion: ModelVersion,
+                      log_line: "_RunLog") -> HoldoutScores:
+    """The candidate and the champion scored on the held-out events after the champion's training cut-off:
+    events neither has trained on (a champion refit on all data trained on its whole holdout, and any
+    champion on the earlier part of a later holdout). A champion without a recorded cut-off is compared on
+    the whole holdout: what it may have seen can only favour it, never promote a candidate wrongly."""
+    after = champion.training_window_end
+    scores = models_score_on_holdout(
+        until=run.data_until, after=after, params=TrainingParams(**manifest["params"]["training"]),
+        models={"candidate": ranking.trained_model_load(directory), "champion": trained_model_of(champion)},
+    )
+    since = f"after its training cut-off {after:%Y-%m-%d %H:%M}" if after else "(it records no training cut-off)"
+    log_line.write(f"scored the candidate and re-scored the champion {champion} on the holdout {since}: "
+                   f"{scores.users} users with a held-out positive, {scores.events} held-out events\n")
+    return scores
 
 
 def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: RetrainPolicy,

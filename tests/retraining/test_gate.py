@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from retraining.services.gate import gate_decide, paired_bootstrap_interval
+from retraining.services.gate import MIN_COMPARISON_USERS, gate_decide, paired_bootstrap_interval
 
 POP = {"ndcg@10": 0.08}
 DEFAULTS = dict(min_relative_gain=0.01, guardrail_tolerance=0.05, bootstrap_tolerance=0.005, bootstrap_samples=1000)
@@ -48,6 +48,16 @@ def test_a_gain_within_noise_is_refused_by_the_bootstrap_interval():
     assert not decision.passed
     interval = decision.numbers["ndcg_difference"]
     assert interval["ci95_low"] < -0.005 < interval["ci95_high"]
+
+
+def test_too_few_users_to_compare_on_refuse_even_a_candidate_far_better_than_the_champion():
+    champion_users = np.full(MIN_COMPARISON_USERS - 1, 0.1)
+    decision = decide(metrics(0.5), metrics(0.1), champion_users + 0.4, champion_users)
+    assert not decision.passed
+    assert len(decision.failures) == 1 and decision.failures == decision.reasons
+    assert decision.failures[0].startswith("not enough new holdout data since the champion's cut-off: 19 users")
+    enough = np.full(MIN_COMPARISON_USERS, 0.1)
+    assert decide(metrics(0.5), metrics(0.1), enough + 0.4, enough).passed
 
 
 def test_the_bootstrap_interval_covers_the_mean_and_is_deterministic():

@@ -37,7 +37,8 @@ class Command(BaseCommand):
             stored = ", ".join(f"{k} {champion.metrics[k]:.4f}" for k in ("ndcg@10", "map@10", "recall@10", "rmse")
                                if champion.metrics.get(k) is not None)
             say(f"  {champion} (trained up to {champion.training_window_end:%Y-%m-%d %H:%M}, {champion.trigger_reason}): {stored}")
-            say("  (those are its numbers on its own holdout; below it is re-scored on the new one)")
+            say("  (those are its numbers on its own holdout; below it is re-scored on the new one's held-out events "
+                "after its cut-off)")
         say("\n(2) Training a new version on all data up to now (progress on stderr)")
         run = training_run_request(trigger="manual", requested_by="retraining_demo", data_until=system_now(), enqueue=False)
         training_run_process(run_id=run.pk, echo=sys.stderr)
@@ -62,12 +63,14 @@ class Command(BaseCommand):
             numbers = run.gate.get("numbers", {}).get("candidate", {})
             say("  " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items() if isinstance(v, float)))
         else:
+            say(f"  held-out events after {champion}'s cut-off: {run.gate.get('comparison_events')} events, "
+                f"{run.gate.get('comparison_users')} users with a positive")
             say(f"  {'metric':<12} {str(champion):>9} {str(run.model_version):>9} {'change':>9}")
             for row in demo_comparison_rows(run):
                 mark = {True: "better", False: "worse", None: "same"}[row["better"]]
                 change = "—" if row["change"] is None else f"{row['change']:+.1%}"
                 say(f"  {row['label']:<12} {_f(row['old']):>9} {_f(row['new']):>9} {change:>9}  {mark}")
-        say("  baselines (same holdout):")
+        say("  baselines (the new version's whole holdout):")
         for name, metrics in run.model_version.baseline_metrics.items():
             say(f"    {name:<12} NDCG@10 {_f(metrics.get('ndcg@10'))}  MAP@10 {_f(metrics.get('map@10'))}  "
                 f"Recall@10 {_f(metrics.get('recall@10'))}")
