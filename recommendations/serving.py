@@ -28,8 +28,8 @@ from django.db import close_old_connections
 from recommendations import features, ranking
 from recommendations.clock import system_now
 from recommendations.item_snapshot import ItemSnapshot, item_snapshot_build
-from recommendations.models import EndUser, Impression, Interaction, Item
-from recommendations.services.features import user_state_from_row
+from recommendations.models import Impression, Item
+from recommendations.selectors import inactive_items, served_user
 from recommendations.services.impressions import impression_log
 from recsite.errors import NotFoundError
 from registry.artifacts import artifact_read
@@ -194,13 +194,13 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
     poller.ensure_fresh()
     model, snapshot = champion.current(), items.current()
     at = system_now()
-    user = EndUser.objects.select_related("features").filter(external_id=user_external_id).first()
+    user = served_user(external_id=user_external_id)
     excluded = {snapshot.pk_of_external_id[i] for i in exclude if i in snapshot.pk_of_external_id} if exclude else set()
-    seen = set(Interaction.objects.filter(user=user).values_list("item_id", flat=True).distinct()) if user else set()
+    seen = user.seen if user else set()
     served, strategy = None, "popular"
     if model is not None and user is not None:
-        served = _ranked(model=model, snapshot=snapshot, user=user, seen=seen, excluded=excluded, category=category,
-                         k=k, at=at.timestamp(), explain=explain)
+        served = _ranked(model=model, snapshot=snapshot, user=user.state, seen=seen, excluded=excluded,
+                         category=category, k=k, at=at.timestamp(), explain=explain)
         strategy = "model"
     if served is None:
         served = _popular(snapshot=snapshot, blocked=seen | excluded, category=category, k=k)
@@ -212,7 +212,7 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
         items=served,
     )
     if user is not None:
-        impression_log(Impression(recommendation_id=recommendation.recommendation_id, user=user,
+        impression_log(Impression(recommendation_id=recommendation.recommendation_id, user_id=user.pk,
                                   model_version=recommendation.model_version, strategy=strategy,
                                   items=[item["_pk"] for item in served],
                                   scores=[item["score"] for item in served] if strategy == "model" else [],
@@ -223,7 +223,7 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
     return recommendation
 
 
-def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: EndUser, seen: set[int], excluded: set[int],
+def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int], excluded: set[int],
             category: str | None, k: int, at: float, explain: bool) -> list[dict] | None:
     """The champion's top k of its candidates for the user that the snapshot holds as active (and in
     `category`), neither seen nor excluded; None when no candidate is left."""
@@ -239,12 +239,10 @@ def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: EndUser, seen:
         return None
     found = ranking.Candidates(found.codes[keep], found.cf_score[keep], found.cf_rank[keep], found.source[keep])
     pks, rows = pks[keep], rows[keep]
-    row = getattr(user, "features", None)  # select_related: None when the user has no row yet
     candidate_items = ranking.CandidateItems(columns=snapshot.columns[rows], categories=snapshot.categories[rows],
                                              category_names=snapshot.category_names)
-    matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, at=at,
-                                           user=user_state_from_row(row) if row else features.UserState(),
-                                           items=candidate_items, category_share=model.trained.category_share)
+    matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user, at=at, items=candidate_items,
+                                           category_share=model.trained.category_share)
     scores = ranking.ranker_scores(model.trained.ranker, matrix)
     order = np.lexsort((found.codes, -scores))
     order = order[_first_active(pks[order], k)]
@@ -270,7 +268,7 @@ def _first_active(pks: np.ndarray, k: int) -> list[int]:
     while len(chosen) < k and start < len(pks):
         stop = start + k - len(chosen)
         window = pks[start:stop].tolist()
-        inactive = set(Item.objects.filter(pk__in=window, active=False).values_list("pk", flat=True))
+        inactive = inactive_items(pks=window)
         chosen += [start + offset for offset, pk in enumerate(window) if pk not in inactive]
         start = stop
     return chosen
