@@ -154,7 +154,9 @@ def candidates_generate(
 def _first_unblocked(model: CollaborativeModel, seen: np.ndarray, n: int) -> np.ndarray:
     """The n most popular active items not in `seen` (they are among the first n + len(seen))."""
     head = model.active_popularity_order[: n + len(seen)]
-    return head[~np.isin(head, seen)][:n].astype(np.int64)
+    blocked = np.zeros(len(model.item_pks), dtype=bool)
+    blocked[seen] = True
+    return head[~blocked[head]][:n].astype(np.int64)
 
 
 @dataclass
