@@ -119,7 +119,8 @@ def _state_columns(states: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
     return columns, has_features
 
 
-def _trending_order(pks: np.ndarray, active: np.ndarray, columns: np.ndarray, *, has_features: np.ndarray) -> np.ndarray:
+def _trending_order(pks: np.ndarray, active: np.ndarray, columns: np.ndarray, *,
+                    has_features: np.ndarray) -> np.ndarray:
     """Decayed 7-day popularity first (items without it last), then all-time events, then key."""
     candidates = np.flatnonzero(active & has_features)
     log_pop = columns[candidates, LOG_POP_7D]

@@ -50,7 +50,8 @@ def events_after(*, moment: datetime | None, until: datetime) -> int:
 
 _USER_STATE_FIELDS = [f.name for f in fields(features.UserState)]
 _JSON_FIELDS = {name for name in _USER_STATE_FIELDS if isinstance(UserFeatures._meta.get_field(name), models.JSONField)}
-_TIME_FIELDS = {name for name in _USER_STATE_FIELDS if isinstance(UserFeatures._meta.get_field(name), models.DateTimeField)}
+_TIME_FIELDS = {name for name in _USER_STATE_FIELDS
+                if isinstance(UserFeatures._meta.get_field(name), models.DateTimeField)}
 _USER_SQL = (
     f"SELECT u.id, {', '.join('f.' + UserFeatures._meta.get_field(name).column for name in _USER_STATE_FIELDS)} "
     f"FROM {EndUser._meta.db_table} u LEFT JOIN {UserFeatures._meta.db_table} f ON f.user_id = u.id "

@@ -223,8 +223,8 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
     return recommendation
 
 
-def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int], excluded: set[int],
-            category: str | None, k: int, at: float, explain: bool) -> list[dict] | None:
+def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],
+            excluded: set[int], category: str | None, k: int, at: float, explain: bool) -> list[dict] | None:
     """The champion's top k of its candidates for the user that the snapshot holds as active (and in
     `category`), neither seen nor excluded; None when no candidate is left."""
     collaborative = model.trained.collaborative
@@ -285,8 +285,8 @@ def _popular(*, snapshot: ItemSnapshot, blocked: set[int], category: str | None,
         rows = rows[snapshot.in_category(rows, category)]
     rows = rows[_first_active(snapshot.pks[rows], k)]
     now = system_now().timestamp()
-    return [{"_pk": int(snapshot.pks[row]), "item_id": snapshot.external_ids[row], "score": snapshot.trend_score(row, now)}
-            for row in rows.tolist()]
+    return [{"_pk": int(snapshot.pks[row]), "item_id": snapshot.external_ids[row],
+             "score": snapshot.trend_score(row, now)} for row in rows.tolist()]
 
 
 def similar_items(*, item_external_id: str, k: int) -> tuple[int | None, str, list[dict]]:
