@@ -137,10 +137,6 @@ class ItemSnapshotHolder:
                     raise
                 logger.exception("could not rebuild the item snapshot; still serving the previous one")
 
-    def forget(self) -> None:
-        with self._lock:
-            self._current = None
-
 
 class Poller:
     """One daemon thread per process (started by the first request after a fork) that refreshes what the
