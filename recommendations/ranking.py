@@ -66,6 +66,7 @@ class CollaborativeModel:
         self.popularity_order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))
         self.popularity_rank = np.empty(len(self.popularity), dtype=np.float32)
         self.popularity_rank[self.popularity_order] = np.arange(1, len(self.popularity) + 1)
+        self.active_popularity_order = self.popularity_order[self.active[self.popularity_order]]
         self._code_of_pk = {int(pk): code for code, pk in enumerate(self.item_pks.tolist())}
 
     def codes_of(self, item_pks: Sequence[int]) -> np.ndarray:
@@ -151,15 +152,11 @@ def candidates_generate(
 
 
 def _first_unblocked(model: CollaborativeModel, seen: np.ndarray, n: int) -> np.ndarray:
-    """The n most popular active items not in `seen`."""
-    seen_set = set(seen.tolist())
-    picked = []
-    for code in model.popularity_order.tolist():
-        if model.active[code] and code not in seen_set:
-            picked.append(code)
-            if len(picked) == n:
-                break
-    return np.array(picked, dtype=np.int64)
+    """The n most popular active items not in `seen` (they are among the first n + len(seen))."""
+    head = model.active_popularity_order[: n + len(seen)]
+    blocked = np.zeros(len(model.item_pks), dtype=bool)
+    blocked[seen] = True
+    return head[~blocked[head]][:n].astype(np.int64)
 
 
 @dataclass

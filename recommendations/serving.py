@@ -6,10 +6,14 @@ verifies its sha256, warms it up with a prediction, then swaps one reference. A 
 reference once, so it is answered entirely by one version. A failed load logs, keeps the old model
 serving, and is retried after `MODEL_RETRY_SECONDS`. If the thread is not running (tests, management
 commands) the request path polls synchronously at the same interval.
+
+Items come from the process's item snapshot (recommendations.item_snapshot), rebuilt by the same thread
+every `ITEM_SNAPSHOT_SECONDS`: item features may be that many seconds (plus a poll) stale; the user's
+features and history are read by every request, so the user's own events count in the very next one;
+and the active flag of the items about to be returned is re-read, so an inactive item is never served.
 """
 
 import logging
-import math
 import tempfile
 import threading
 import time
@@ -19,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import close_old_connections, connection
-from django.db.models import F
+from django.db import close_old_connections
 
 from recommendations import features, ranking
 from recommendations.clock import system_now
-from recommendations.models import EndUser, Impression, Interaction, Item, ItemFeatures
-from recommendations.services.features import user_state_from_row
+from recommendations.item_snapshot import ItemSnapshot, item_snapshot_build
+from recommendations.models import Impression, Item
+from recommendations.selectors import inactive_items, served_user
 from recommendations.services.impressions import impression_log
 from recsite.errors import NotFoundError
 from registry.artifacts import artifact_read
@@ -71,16 +75,13 @@ class ModelHolder:
         self._checked_at = float("-inf")
         self._failed: dict[int, float] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def current(self) -> ServingModel | None:
-        if settings.MODEL_POLL_THREAD and (self._thread is None or not self._thread.is_alive()):
-            self.refresh()  # the process's first request waits for the load rather than serve the fallback
-            self.start_polling()
-        elif self._thread is None or not self._thread.is_alive():
-            if time.monotonic() - self._checked_at >= settings.MODEL_POLL_SECONDS:
-                self.refresh()
         return self._current
+
+    def refresh_if_due(self) -> None:
+        if time.monotonic() - self._checked_at >= settings.MODEL_POLL_SECONDS:
+            self.refresh()
 
     def refresh(self) -> None:
         """Load the champion if it changed. Never raises: a failed load keeps the old model."""
@@ -104,27 +105,73 @@ class ModelHolder:
                     self._failed[number] = time.monotonic()
                 logger.exception("could not load the champion; still serving %s", self._current and f"v{self._current.version}")
 
-    def start_polling(self) -> None:
-        """Poll in a daemon thread, one per process (started by the first request after a fork)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
-                self._thread.start()
-
-    def _poll_forever(self) -> None:
-        while True:
-            self.refresh()
-            close_old_connections()
-            time.sleep(settings.MODEL_POLL_SECONDS)
-
     def forget(self) -> None:
         with self._lock:
             self._current, self._checked_at, self._failed = None, float("-inf"), {}
 
 
+class ItemSnapshotHolder:
+    """The item snapshot (recommendations.item_snapshot) this process serves from."""
+
+    def __init__(self):
+        self._current: ItemSnapshot | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> ItemSnapshot:
+        """The snapshot, built on the spot if there is none yet (that may raise, as any query may)."""
+        if self._current is None:
+            self.refresh(keep_going=False)
+        return self._current
+
+    def refresh_if_due(self) -> None:
+        if self._current is None or time.monotonic() - self._current.built_at >= settings.ITEM_SNAPSHOT_SECONDS:
+            self.refresh()
+
+    def refresh(self, *, keep_going: bool = True) -> None:
+        """Rebuild the snapshot. A failure keeps the old one (and is raised only with keep_going=False)."""
+        with self._lock:
+            try:
+                self._current = item_snapshot_build()
+            except Exception:
+                if not keep_going:
+                    raise
+                logger.exception("could not rebuild the item snapshot; still serving the previous one")
+
+
+class Poller:
+    """One daemon thread per process (started by the first request after a fork) that refreshes what the
+    process serves from every MODEL_POLL_SECONDS. Without it (MODEL_POLL_THREAD off: tests, management
+    commands) the request path refreshes whatever is due."""
+
+    def __init__(self, *holders):
+        self._holders = holders
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def ensure_fresh(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._refresh_due()  # the process's first request waits for the load rather than serve the fallback
+        if settings.MODEL_POLL_THREAD:
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._poll_forever, name="serving-poller", daemon=True)
+                    self._thread.start()
+
+    def _refresh_due(self) -> None:
+        for holder in self._holders:
+            holder.refresh_if_due()
+
+    def _poll_forever(self) -> None:
+        while True:
+            self._refresh_due()
+            close_old_connections()
+            time.sleep(settings.MODEL_POLL_SECONDS)
+
+
 champion = ModelHolder()
+items = ItemSnapshotHolder()
+poller = Poller(champion, items)
 
 
 @dataclass
@@ -140,111 +187,102 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
                         exclude: list[str] | None = None, explain: bool = False) -> Recommendation:
     """Top-k unseen, active items for the user from the champion, or the popular fallback for an unknown
     user or when there is no champion. Logs the impression."""
-    model = champion.current()
+    poller.ensure_fresh()
+    model, snapshot = champion.current(), items.current()
     at = system_now()
-    user = EndUser.objects.select_related("features").filter(external_id=user_external_id).first()
-    excluded_pks = set(Item.objects.filter(external_id__in=exclude).values_list("pk", flat=True)) if exclude else set()
-    seen = set(Interaction.objects.filter(user=user).values_list("item_id", flat=True).distinct()) if user else set()
-    items, strategy = None, "popular"
+    user = served_user(external_id=user_external_id)
+    excluded = {snapshot.pk_of_external_id[i] for i in exclude if i in snapshot.pk_of_external_id} if exclude else set()
+    seen = user.seen if user else set()
+    served, strategy = None, "popular"
     if model is not None and user is not None:
-        items = _ranked(model, user, seen, excluded_pks, category, k, at.timestamp(), explain)
+        served = _ranked(model=model, snapshot=snapshot, user=user.state, seen=seen, excluded=excluded,
+                         category=category, k=k, at=at.timestamp(), explain=explain)
         strategy = "model"
-    if items is None:
-        items = _popular(seen | excluded_pks, category, k)
+    if served is None:
+        served = _popular(snapshot=snapshot, blocked=seen | excluded, category=category, k=k)
     recommendation = Recommendation(
         user_id=user_external_id,
         model_version=model.version if strategy == "model" else None,
         strategy=strategy,
         recommendation_id=uuid.uuid4(),
-        items=items,
+        items=served,
     )
     if user is not None:
-        impression_log(Impression(recommendation_id=recommendation.recommendation_id, user=user,
+        impression_log(Impression(recommendation_id=recommendation.recommendation_id, user_id=user.pk,
                                   model_version=recommendation.model_version, strategy=strategy,
-                                  items=[item["_pk"] for item in items],
-                                  scores=[item["score"] for item in items] if strategy == "model" else [],
+                                  items=[item["_pk"] for item in served],
+                                  scores=[item["score"] for item in served] if strategy == "model" else [],
                                   served_at=at))
-    for rank, item in enumerate(items, start=1):
+    for rank, item in enumerate(served, start=1):
         item.pop("_pk")
         item["rank"] = rank
     return recommendation
 
 
-def _ranked(model: ServingModel, user: EndUser, seen: set[int], excluded: set[int], category: str | None,
-            k: int, at: float, explain: bool) -> list[dict] | None:
+def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],
+            excluded: set[int], category: str | None, k: int, at: float, explain: bool) -> list[dict] | None:
+    """The champion's top k of its candidates for the user that the snapshot holds as active (and in
+    `category`), neither seen nor excluded; None when no candidate is left."""
     collaborative = model.trained.collaborative
-    history = collaborative.codes_of(sorted(seen))
     found = ranking.candidates_generate(
-        collaborative, histories=[history], n_collaborative=model.params["n_collaborative"],
-        n_popular=model.params["n_popular"],
+        collaborative, histories=[collaborative.codes_of(sorted(seen))],
+        n_collaborative=model.params["n_collaborative"], n_popular=model.params["n_popular"],
     )[0]
     pks = collaborative.item_pks[found.codes]
-    rows = {pk: (external_id, categories, state) for pk, external_id, categories, *state in
-            Item.objects.filter(pk__in=pks.tolist(), active=True).values_list("pk", "external_id", "categories", *_ITEM_STATE_FIELDS)}
-    keep = np.array([pk in rows and pk not in seen and pk not in excluded
-                     and (category is None or category in (rows[pk][1] or [])) for pk in pks.tolist()], dtype=bool)
+    rows = snapshot.rows_of(pks)
+    keep = snapshot.servable(rows, category=category) & ~np.isin(pks, list(excluded))
     if not keep.any():
         return None
     found = ranking.Candidates(found.codes[keep], found.cf_score[keep], found.cf_rank[keep], found.source[keep])
-    pks = pks[keep]
-    row = getattr(user, "features", None)  # select_related: None when the user has no row yet
-    user_state = user_state_from_row(row) if row else features.UserState()
-    names: dict[str, int] = {}
-    kept = [rows[pk] for pk in pks.tolist()]
-    candidate_items = ranking.CandidateItems(
-        columns=np.array([_item_state_row(state) for _, _, state in kept], dtype=np.float64).reshape(-1, len(_ITEM_STATE_FIELDS)),
-        categories=features.category_matrix([categories or [] for _, categories, _ in kept], names), category_names=names,
-    )
-    matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user_state, items=candidate_items, at=at,
+    pks, rows = pks[keep], rows[keep]
+    candidate_items = ranking.CandidateItems(columns=snapshot.columns[rows], categories=snapshot.categories[rows],
+                                             category_names=snapshot.category_names)
+    matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user, at=at, items=candidate_items,
                                            category_share=model.trained.category_share)
     scores = ranking.ranker_scores(model.trained.ranker, matrix)
-    order = np.lexsort((found.codes, -scores))[:k]
+    order = np.lexsort((found.codes, -scores))
+    order = order[_first_active(pks[order], k)]
     explanations = ranking.ranker_explain(model.trained.ranker, matrix[order]) if explain else None
-    items = []
+    served = []
     for position, index in enumerate(order.tolist()):
-        pk = int(pks[index])
-        item = {"_pk": pk, "item_id": rows[pk][0], "score": float(scores[index])}
+        item = {"_pk": int(pks[index]), "item_id": snapshot.external_ids[rows[index]], "score": float(scores[index])}
         if explanations is not None:
             item["explanation"] = {
                 "sources": _sources(int(found.source[index])),
                 "top_features": [{"feature": name, "contribution": value} for name, value in explanations[position]],
             }
-        items.append(item)
-    return items
+        served.append(item)
+    return served
 
 
-_ITEM_STATE_FIELDS = [f"features__{name}" for name in features.ITEM_STATE_COLUMNS]
-_TIME_COLUMNS = {features.ITEM_STATE_COLUMNS.index(name) for name in ("first_event_at", "last_event_at")}
-_EMPTY_ITEM_STATE = features.item_state_row(features.ItemState())
-
-
-def _item_state_row(values: list) -> tuple[float, ...]:
-    """An ItemFeatures row read through the Item (all None when the item has no row yet) as a row of
-    ITEM_STATE_COLUMNS, without building model instances: what item_state_row(item_state_from_row(row)) gives."""
-    if values[0] is None:
-        return _EMPTY_ITEM_STATE
-    return tuple(math.nan if v is None else v.timestamp() if i in _TIME_COLUMNS else float(v) for i, v in enumerate(values))
+def _first_active(pks: np.ndarray, k: int) -> list[int]:
+    """Positions of the first k of these items that are active now. The snapshot's flags may be seconds
+    old, so the flags of the items about to be served are read again: one query of k keys, and one more
+    for the shortfall each time some of them turn out inactive."""
+    chosen: list[int] = []
+    start = 0
+    while len(chosen) < k and start < len(pks):
+        stop = start + k - len(chosen)
+        window = pks[start:stop].tolist()
+        inactive = inactive_items(pks=window)
+        chosen += [start + offset for offset, pk in enumerate(window) if pk not in inactive]
+        start = stop
+    return chosen
 
 
 def _sources(flags: int) -> list[str]:
     return [name for bit, name in ((ranking.SOURCE_COLLABORATIVE, "collaborative"), (ranking.SOURCE_POPULAR, "popular")) if flags & bit]
 
 
-def _popular(blocked: set[int], category: str | None, k: int) -> list[dict]:
+def _popular(*, snapshot: ItemSnapshot, blocked: set[int], category: str | None, k: int) -> list[dict]:
     """Trending first: decayed 7-day popularity (its order does not depend on the clock), then all-time."""
-    rows = ItemFeatures.objects.filter(item__active=True).exclude(item_id__in=blocked)
-    if category and connection.features.supports_json_field_contains:
-        rows = rows.filter(item__categories__contains=[category])
-    rows = rows.order_by(F("log_pop_7d").desc(nulls_last=True), "-event_count", "item_id")
+    rows = snapshot.trending[~np.isin(snapshot.pks[snapshot.trending], list(blocked))]
+    if category:
+        rows = rows[snapshot.in_category(rows, category)]
+    rows = rows[_first_active(snapshot.pks[rows], k)]
     now = system_now().timestamp()
-    picked = []
-    for pk, external_id, log_pop, categories in rows.values_list("item_id", "item__external_id", "log_pop_7d", "item__categories").iterator(chunk_size=200):
-        if category and category not in (categories or []):
-            continue
-        picked.append({"_pk": pk, "item_id": external_id, "score": features.decayed_count(log_pop, now, 7.0)})
-        if len(picked) == k:
-            break
-    return picked
+    return [{"_pk": int(snapshot.pks[row]), "item_id": snapshot.external_ids[row],
+             "score": snapshot.trend_score(row, now)} for row in rows.tolist()]
 
 
 def similar_items(*, item_external_id: str, k: int) -> tuple[int | None, str, list[dict]]:
@@ -253,6 +291,7 @@ def similar_items(*, item_external_id: str, k: int) -> tuple[int | None, str, li
     item = Item.objects.filter(external_id=item_external_id).first()
     if item is None:
         raise NotFoundError(f"Unknown item '{item_external_id}'.")
+    poller.ensure_fresh()
     model = champion.current()
     if model is not None:
         collaborative = model.trained.collaborative
@@ -266,5 +305,6 @@ def similar_items(*, item_external_id: str, k: int) -> tuple[int | None, str, li
                       for pk, code in zip(pks, neighbours.tolist()) if pk in active][:k]
             return model.version, "collaborative", [{**r, "rank": n} for n, r in enumerate(result, 1)]
     category = (item.categories or [None])[0]
-    popular = [{"item_id": p["item_id"], "score": p["score"], "rank": n} for n, p in enumerate(_popular({item.pk}, category, k), 1)]
-    return None, "popular_in_category" if category else "popular", popular
+    popular = _popular(snapshot=items.current(), blocked={item.pk}, category=category, k=k)
+    ranked = [{"item_id": p["item_id"], "score": p["score"], "rank": n} for n, p in enumerate(popular, 1)]
+    return None, "popular_in_category" if category else "popular", ranked

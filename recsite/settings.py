@@ -175,6 +175,9 @@ DEMO_PORT = env.int("PORT", default=8000)
 MODEL_POLL_SECONDS = env.float("MODEL_POLL_SECONDS", default=1.0)
 MODEL_POLL_THREAD = env.bool("MODEL_POLL_THREAD", default=True)
 MODEL_RETRY_SECONDS = env.float("MODEL_RETRY_SECONDS", default=30.0)
+ITEM_SNAPSHOT_SECONDS = env.float("ITEM_SNAPSHOT_SECONDS", default=5.0)  # how stale serving's item features may be
+if ITEM_SNAPSHOT_SECONDS < 0:
+    raise ImproperlyConfigured(f"ITEM_SNAPSHOT_SECONDS ({ITEM_SNAPSHOT_SECONDS}) must be >= 0")
 IMPRESSION_FLUSH_SECONDS = env.float("IMPRESSION_FLUSH_SECONDS", default=0.5)
 MAX_RECOMMENDATIONS = 100
 # Shadow scoring (recommendations/shadow.py): queued jobs at most, and how long one may wait for an idle moment.

@@ -114,12 +114,13 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def synchronous_serving(settings):
-    """In-process tests poll the champion and write impressions on the request path, not in threads
-    (threads would hold their own connections outside the test's transaction)."""
+    """In-process tests poll the champion, rebuild the item snapshot and write impressions on the request
+    path, not in threads (threads would hold their own connections outside the test's transaction)."""
     from recommendations.clock import clock_forget
 
     settings.MODEL_POLL_THREAD = False
     settings.IMPRESSION_FLUSH_SECONDS = 0
+    settings.ITEM_SNAPSHOT_SECONDS = 0  # each request sees the items as the test left them
     clock_forget()
     yield
     clock_forget()

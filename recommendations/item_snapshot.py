@@ -1,0 +1,129 @@
+"""The item side of serving, held in memory by each web process so that a request does not query items:
+every item's external id, active flag, categories and online feature row, as arrays by Item key.
+
+Freshness: serving rebuilds the snapshot when it is older than `ITEM_SNAPSHOT_SECONDS` (default 5 s), in
+its poll thread (or on the request path when that thread is not running), so item features (popularity,
+counts, mean rating), categories and new items reach recommendations within ITEM_SNAPSHOT_SECONDS +
+MODEL_POLL_SECONDS. The `active` flag here only prunes candidates early: serving re-reads it for the items
+it is about to return, so a deactivated item is never served, however old the snapshot. A user's own
+features and history are never taken from here (each request reads them).
+
+The snapshot does not depend on a model version: it is keyed by Item primary key, and a model maps its
+catalogue codes to rows with `rows_of`. A rebuild is one query over Item and ItemFeatures; it costs the
+process about 6 ms of CPU per 1,000 items (ml-latest-small, 9,742 items: ~55 ms every 5 s, ~1% of a core).
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from django.db.models import TextField
+from django.db.models.functions import Cast
+
+from recommendations import features
+from recommendations.models import Item
+
+_STATE_FIELDS = [f"features__{name}" for name in features.ITEM_STATE_COLUMNS]
+_TIME_COLUMNS = {features.ITEM_STATE_COLUMNS.index(name) for name in ("first_event_at", "last_event_at")}
+_EMPTY_STATE = features.item_state_row(features.ItemState())
+EVENT_COUNT = features.ITEM_STATE_COLUMNS.index("event_count")
+LOG_POP_7D = features.ITEM_STATE_COLUMNS.index("log_pop_7d")
+
+
+@dataclass(frozen=True)
+class ItemSnapshot:
+    pks: np.ndarray  # int64 [n], ascending: row -> Item key
+    external_ids: list[str]
+    active: np.ndarray  # bool [n], as of built_at
+    categories: np.ndarray  # int64 [n, width]: indexes into category_names, -1 pads (features.category_matrix)
+    category_names: dict[str, int]
+    columns: np.ndarray  # float64 [n, len(ITEM_STATE_COLUMNS)]: the ItemFeatures rows (an empty ItemState if none)
+    trending: np.ndarray  # rows of the active items with features, the popular fallback's order
+    built_at: float = field(default_factory=time.monotonic)
+
+    def rows_of(self, pks: np.ndarray) -> np.ndarray:
+        """Rows of these Item keys; -1 for a key the snapshot does not hold (an item created since)."""
+        rows = np.searchsorted(self.pks, pks).clip(max=max(len(self.pks) - 1, 0))
+        held = self.pks[rows] == pks if len(self.pks) else np.zeros(len(pks), dtype=bool)
+        return np.where(held, rows, -1)
+
+    def servable(self, rows: np.ndarray, *, category: str | None = None) -> np.ndarray:
+        """Which of these rows (from rows_of) hold an active item, in `category` when one is given."""
+        held = rows >= 0
+        servable = np.zeros(len(rows), dtype=bool)
+        servable[held] = self.active[rows[held]]
+        if category:
+            servable[held] &= self.in_category(rows[held], category)
+        return servable
+
+    def in_category(self, rows: np.ndarray, category: str) -> np.ndarray:
+        index = self.category_names.get(category)
+        if index is None:
+            return np.zeros(len(rows), dtype=bool)
+        return (self.categories[rows] == index).any(axis=1)
+
+    def trend_score(self, row: int, at: float) -> float:
+        """The popular fallback's score: the decayed 7-day event count at `at`."""
+        log_pop = float(self.columns[row, LOG_POP_7D])
+        half_life = features.POPULARITY_HALF_LIVES_DAYS["7d"]
+        return features.decayed_count(None if math.isnan(log_pop) else log_pop, at, half_life)
+
+    @cached_property
+    def pk_of_external_id(self) -> dict[str, int]:
+        return dict(zip(self.external_ids, self.pks.tolist()))
+
+
+def item_snapshot_build() -> ItemSnapshot:
+    """All items and their online features, read now in one query."""
+    rows = list(Item.objects.order_by("pk").values_list(
+        "pk", "external_id", "active", Cast("categories", TextField()), *_STATE_FIELDS))
+    columns, has_features = _state_columns([row[4:] for row in rows])
+    categories, names = _category_matrix([row[3] for row in rows])
+    pks = np.array([row[0] for row in rows], dtype=np.int64)
+    active = np.array([row[2] for row in rows], dtype=bool)
+    return ItemSnapshot(
+        pks=pks,
+        external_ids=[row[1] for row in rows],
+        active=active,
+        categories=categories,
+        category_names=names,
+        columns=columns,
+        trending=_trending_order(pks, active, columns, has_features=has_features),
+    )
+
+
+def _category_matrix(texts: list[str | None]) -> tuple[np.ndarray, dict[str, int]]:
+    """features.category_matrix of the items' categories, given as JSON text: decoded once per distinct
+    list, as catalogues repeat a few combinations (ml-latest-small: ~950 among 9,742 items)."""
+    distinct: dict[str | None, int] = {}
+    index = np.array([distinct.setdefault(text, len(distinct)) for text in texts], dtype=np.int64)
+    names: dict[str, int] = {}
+    matrix = features.category_matrix([(json.loads(text) or []) if text else [] for text in distinct], names)
+    return matrix[index].reshape(len(texts), matrix.shape[1]), names
+
+
+def _state_columns(states: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """ItemFeatures rows read through their Items (all None for an item without a row yet) as rows of
+    ITEM_STATE_COLUMNS, and which items have a row. The values are item_state_row(item_state_from_row(row)),
+    converted a column at a time (None -> NaN), 10x faster than a row at a time."""
+    columns = np.empty((len(states), len(features.ITEM_STATE_COLUMNS)), dtype=np.float64)
+    for index in range(columns.shape[1]):
+        values = [state[index] for state in states]
+        if index in _TIME_COLUMNS:
+            values = [None if value is None else value.timestamp() for value in values]
+        columns[:, index] = np.array(values, dtype=np.float64)
+    has_features = ~np.isnan(columns[:, EVENT_COUNT])
+    columns[~has_features] = _EMPTY_STATE
+    return columns, has_features
+
+
+def _trending_order(pks: np.ndarray, active: np.ndarray, columns: np.ndarray, *,
+                    has_features: np.ndarray) -> np.ndarray:
+    """Decayed 7-day popularity first (items without it last), then all-time events, then key."""
+    candidates = np.flatnonzero(active & has_features)
+    log_pop = columns[candidates, LOG_POP_7D]
+    popularity_key = np.where(np.isnan(log_pop), np.inf, -log_pop)
+    return candidates[np.lexsort((pks[candidates], -columns[candidates, EVENT_COUNT], popularity_key))]
