@@ -1,9 +1,10 @@
-"""Serving: the champion model held by each web process, hot-reloaded, and the recommendation logic.
+"""Serving: the deployed models held by each web process — the champion and, during an experiment, the
+challenger — hot-reloaded, and the recommendation logic.
 
-Hot reload: a daemon thread per process polls the champion's version number (one indexed query) every
-`MODEL_POLL_SECONDS` (default 1 s, so a new champion is noticed well within 5 s), loads the artifact,
-verifies its sha256, warms it up with a prediction, then swaps one reference. A request reads that
-reference once, so it is answered entirely by one version. A failed load logs, keeps the old model
+Hot reload: a daemon thread per process polls both deployment pointers (one indexed query) every
+`MODEL_POLL_SECONDS` (default 1 s, so a new champion is noticed well within 5 s), loads a new version's
+artifact, verifies its sha256, warms it up with a prediction, then swaps one reference. A request reads that
+reference once, so it is answered entirely by one version (recommendations.routing says which). A failed load logs, keeps the old model
 serving, and is retried after `MODEL_RETRY_SECONDS`. If the thread is not running (tests, management
 commands) the request path polls synchronously at the same interval.
 
@@ -18,7 +19,9 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +32,14 @@ from recommendations import features, ranking
 from recommendations.clock import system_now
 from recommendations.item_snapshot import ItemSnapshot, item_snapshot_build
 from recommendations.models import Impression, Item
-from recommendations.selectors import inactive_items, served_user
+from recommendations.routing import Route, route_for
+from recommendations.selectors import ServedUser, inactive_items, served_user
 from recommendations.services.impressions import impression_log
+from recommendations.shadow import live_request, shadow_submit
 from recsite.errors import NotFoundError
 from registry.artifacts import artifact_read
 from registry.models import ModelVersion
-from registry.selectors import champion_version_number
+from registry.selectors import ServingPointers, serving_pointers
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +72,31 @@ def serving_model_load(version: ModelVersion) -> ServingModel:
     return ServingModel(version=version.version, trained=trained)
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """What this process serves, read once by a request: the pointers and the models they name. The
+    champion pointer is the version actually loaded (a champion that failed to load leaves the previous one
+    here); a challenger that failed to load stays in the pointers without a model, so the requests routed to
+    it are answered by the champion and counted as errors."""
+
+    pointers: ServingPointers = ServingPointers()
+    models: dict = field(default_factory=dict)
+
+    @property
+    def champion(self) -> ServingModel | None:
+        return self.models.get(self.pointers.champion)
+
+
 class ModelHolder:
-    """The champion as this process serves it."""
+    """The champion and, during an experiment, the challenger, as this process serves them."""
 
     def __init__(self):
-        self._current: ServingModel | None = None
+        self._current = Deployed()
         self._checked_at = float("-inf")
         self._failed: dict[int, float] = {}
         self._lock = threading.Lock()
 
-    def current(self) -> ServingModel | None:
+    def current(self) -> Deployed:
         return self._current
 
     def refresh_if_due(self) -> None:
@@ -84,30 +104,43 @@ class ModelHolder:
             self.refresh()
 
     def refresh(self) -> None:
-        """Load the champion if it changed. Never raises: a failed load keeps the old model."""
+        """Load what the pointers name if it changed. Never raises: a failed load keeps the old champion."""
         with self._lock:
             self._checked_at = time.monotonic()
             try:
-                number = champion_version_number()
-                if number is None:
-                    self._current = None
-                    return
-                if self._current is not None and self._current.version == number:
-                    return
-                failed_at = self._failed.get(number)
-                if failed_at is not None and time.monotonic() - failed_at < settings.MODEL_RETRY_SECONDS:
-                    return
-                self._current = serving_model_load(ModelVersion.objects.get(version=number))
-                self._failed.pop(number, None)
-                logger.info("serving model v%s", number)
+                pointers = serving_pointers()
             except Exception:
-                if "number" in locals() and number is not None:
-                    self._failed[number] = time.monotonic()
-                logger.exception("could not load the champion; still serving %s", self._current and f"v{self._current.version}")
+                logger.exception("could not read the deployment pointers; serving as before")
+                return
+            previous = self._current
+            loaded = dict(previous.models)
+            for number in {pointers.champion, pointers.challenger} - {None} - set(loaded):
+                model = self._load(number)
+                if model is not None:
+                    loaded[number] = model
+            champion = pointers.champion
+            if champion is not None and champion not in loaded:
+                champion = previous.pointers.champion  # the new one failed to load: keep serving the old one
+            pointers = replace(pointers, champion=champion)
+            self._current = Deployed(pointers, {v: m for v, m in loaded.items() if v in (champion, pointers.challenger)})
+
+    def _load(self, number: int) -> ServingModel | None:
+        failed_at = self._failed.get(number)
+        if failed_at is not None and time.monotonic() - failed_at < settings.MODEL_RETRY_SECONDS:
+            return None
+        try:
+            model = serving_model_load(ModelVersion.objects.get(version=number))
+        except Exception:
+            self._failed[number] = time.monotonic()
+            logger.exception("could not load v%s; serving %s", number, self._current.pointers)
+            return None
+        self._failed.pop(number, None)
+        logger.info("loaded v%s", number)
+        return model
 
     def forget(self) -> None:
         with self._lock:
-            self._current, self._checked_at, self._failed = None, float("-inf"), {}
+            self._current, self._checked_at, self._failed = Deployed(), float("-inf"), {}
 
 
 class ItemSnapshotHolder:
@@ -169,9 +202,9 @@ class Poller:
             time.sleep(settings.MODEL_POLL_SECONDS)
 
 
-champion = ModelHolder()
+deployed = ModelHolder()
 items = ItemSnapshotHolder()
-poller = Poller(champion, items)
+poller = Poller(deployed, items)
 
 
 @dataclass
@@ -183,40 +216,91 @@ class Recommendation:
     items: list[dict]
 
 
+@dataclass(frozen=True)
+class _Request:
+    snapshot: ItemSnapshot
+    user: ServedUser | None
+    excluded: set[int]
+    category: str | None
+    k: int
+    at: datetime
+
+
 def recommendations_for(*, user_external_id: str, k: int, category: str | None = None,
                         exclude: list[str] | None = None, explain: bool = False) -> Recommendation:
-    """Top-k unseen, active items for the user from the champion, or the popular fallback for an unknown
-    user or when there is no champion. Logs the impression."""
-    poller.ensure_fresh()
-    model, snapshot = champion.current(), items.current()
-    at = system_now()
-    user = served_user(external_id=user_external_id)
-    excluded = {snapshot.pk_of_external_id[i] for i in exclude if i in snapshot.pk_of_external_id} if exclude else set()
-    seen = user.seen if user else set()
-    served, strategy = None, "popular"
-    if model is not None and user is not None:
-        served = _ranked(model=model, snapshot=snapshot, user=user.state, seen=seen, excluded=excluded,
-                         category=category, k=k, at=at.timestamp(), explain=explain)
-        strategy = "model"
-    if served is None:
-        served = _popular(snapshot=snapshot, blocked=seen | excluded, category=category, k=k)
-    recommendation = Recommendation(
-        user_id=user_external_id,
-        model_version=model.version if strategy == "model" else None,
-        strategy=strategy,
-        recommendation_id=uuid.uuid4(),
-        items=served,
-    )
-    if user is not None:
-        impression_log(Impression(recommendation_id=recommendation.recommendation_id, user_id=user.pk,
-                                  model_version=recommendation.model_version, strategy=strategy,
-                                  items=[item["_pk"] for item in served],
-                                  scores=[item["score"] for item in served] if strategy == "model" else [],
-                                  served_at=at))
+    """Top-k unseen, active items for the user from the version the user is routed to (the champion, or
+    the challenger for a user in its A/B or canary arm), or the popular fallback for an unknown user or
+    when there is no champion. A challenger that fails is replaced by the champion for that request (and
+    the impression says so). In shadow mode the challenger also scores the request after the response.
+    Logs the impression."""
+    with live_request():
+        poller.ensure_fresh()
+        current, snapshot = deployed.current(), items.current()
+        user = served_user(external_id=user_external_id)
+        excluded = {snapshot.pk_of_external_id[i] for i in exclude if i in snapshot.pk_of_external_id} if exclude else set()
+        request = _Request(snapshot=snapshot, user=user, excluded=excluded, category=category, k=k, at=system_now())
+        route = route_for(user_external_id, current.pointers)
+        served, model, failed = _answer(current, route, request, explain)
+        recommendation = Recommendation(
+            user_id=user_external_id, model_version=model.version if model else None,
+            strategy="model" if model else "popular", recommendation_id=uuid.uuid4(), items=served,
+        )
+        if user is not None:
+            experiment_id = current.pointers.experiment_id
+            impression_log(_impression(recommendation.recommendation_id, request, served, model, arm=route.arm,
+                                       routed_version=route.version, experiment_id=experiment_id,
+                                       strategy=Impression.Strategy.ERROR if failed else recommendation.strategy))
+            shadow = current.models.get(route.shadow_version)
+            if shadow is not None:
+                shadow_submit(partial(_shadow_score, shadow, request, recommendation.recommendation_id, experiment_id))
     for rank, item in enumerate(served, start=1):
         item.pop("_pk")
         item["rank"] = rank
     return recommendation
+
+
+def _answer(current: Deployed, route: Route, request: _Request, explain: bool) -> tuple[list[dict], ServingModel | None, bool]:
+    """The served items, the model that ranked them (None for the popular fallback), and whether the
+    routed model failed."""
+    model, failed = current.models.get(route.version), False
+    if route.arm == Impression.Arm.CHALLENGER:
+        try:
+            if model is None:
+                raise LookupError(f"v{route.version} is not loaded in this process")
+            return _ranked_or_popular(model, request, explain) + (False,)
+        except Exception:
+            logger.exception("the challenger v%s failed; the champion answers", route.version)
+            model, failed = current.champion, True
+    return _ranked_or_popular(model, request, explain) + (failed,)
+
+
+def _ranked_or_popular(model: ServingModel | None, request: _Request, explain: bool) -> tuple[list[dict], ServingModel | None]:
+    user = request.user
+    if model is not None and user is not None:
+        served = _ranked(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen, excluded=request.excluded,
+                         category=request.category, k=request.k, at=request.at.timestamp(), explain=explain)
+        if served is not None:
+            return served, model
+    blocked = (user.seen if user else set()) | request.excluded
+    return _popular(snapshot=request.snapshot, blocked=blocked, category=request.category, k=request.k), None
+
+
+def _impression(recommendation_id: uuid.UUID, request: _Request, served: list[dict], model: ServingModel | None,
+                **fields) -> Impression:
+    return Impression(recommendation_id=recommendation_id, user_id=request.user.pk, served_at=request.at,
+                      model_version=model.version if model else None, items=[item["_pk"] for item in served],
+                      scores=[item["score"] for item in served] if model else [], **fields)
+
+
+def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, experiment_id: int | None) -> None:
+    """The challenger's list for a request the champion answered, logged as a shadow impression only."""
+    user = request.user
+    served = _ranked(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen, excluded=request.excluded,
+                     category=request.category, k=request.k, at=request.at.timestamp(), explain=False)
+    if served:
+        impression_log(_impression(uuid.uuid4(), request, served, model, arm=Impression.Arm.SHADOW,
+                                   routed_version=model.version, experiment_id=experiment_id, shadow_of=shadow_of,
+                                   strategy=Impression.Strategy.MODEL))
 
 
 def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],
@@ -292,7 +376,7 @@ def similar_items(*, item_external_id: str, k: int) -> tuple[int | None, str, li
     if item is None:
         raise NotFoundError(f"Unknown item '{item_external_id}'.")
     poller.ensure_fresh()
-    model = champion.current()
+    model = deployed.current().champion
     if model is not None:
         collaborative = model.trained.collaborative
         codes = collaborative.codes_of([item.pk])

@@ -5,12 +5,9 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from recommendations.models import Impression, Interaction, Item
-from recommendations.serving import champion
-from recommendations.services.features import online_features_rebuild
-from registry.models import ModelVersion
-from registry.services import VersionInput, model_version_promote, model_version_register
-from retraining.services.training import training_run_execute
-from tests.retraining.factories import dataset_store, learnable_dataset
+from recommendations.serving import deployed
+from registry.services import model_version_promote
+from tests.recommendations.factories import store_history, train_and_register
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/users/{}/recommendations"
@@ -22,21 +19,9 @@ def isolated_serving(settings, tmp_path):
     settings.MODEL_POLL_THREAD = False
     settings.MODEL_POLL_SECONDS = 0
     settings.IMPRESSION_FLUSH_SECONDS = 0
-    champion.forget()
+    deployed.forget()
     yield
-    champion.forget()
-
-
-def train_and_register(tmp_path: Path, name: str = "run") -> ModelVersion:
-    result = training_run_execute(output_dir=tmp_path / name, progress=None)
-    data = VersionInput(metrics=result.metrics, baseline_metrics=result.baselines, dataset_stats=result.dataset,
-                        parameters=result.manifest["params"], manifest=result.manifest)
-    return model_version_register(artifact_dir=tmp_path / name, data=data)
-
-
-def store_history():
-    dataset_store(learnable_dataset(users=80, items=60, per_user=20))
-    online_features_rebuild()
+    deployed.forget()
 
 
 @pytest.fixture(scope="module")
