@@ -12,6 +12,12 @@ library) with --clients concurrent clients:
 
   health     GET /api/v1/health: a DRF APIView without authentication that runs SELECT 1 (the reference)
   recommend  GET /api/v1/users/<one of the MovieLens users at random>/recommendations?k=10 (scope serve)
+  light      like recommend at a load the server sustains: --light-clients clients, each pausing
+             --light-wait seconds between requests (the reference for shadow-light)
+  shadow     like recommend while v2 runs as a shadow challenger on every request (issue 7): the champion
+             answers, v2 scores the request afterwards in the web process when it is idle
+  shadow-light  like light, with the same shadow; shadow scoring must add at most 20% to p99 latency, and
+             the share of requests the shadow actually scored (shadow impressions / lists) is printed
   hotswap    like recommend; --swap-after seconds in, v2 is registered and promoted from another process
              (model_version_register + model_version_promote); every response's model_version is kept
 
@@ -75,6 +81,7 @@ V1_UNTIL_QUANTILE = 0.9
 TARGET_P50_MS = 10
 TARGET_P99_MS = 50
 TARGET_THROUGHPUT_RATIO = 0.40
+TARGET_SHADOW_P99_RATIO = 1.20
 SWAP_WINDOW_S = 10  # after the promotion commits, the span counted as "during the swap"
 
 REGISTER_SNIPPET = """
@@ -88,6 +95,30 @@ version = model_version_register(artifact_dir=directory, data=VersionInput(
     parameters=manifest["params"], manifest=manifest, trigger_reason="bench/serve.py"))
 model_version_promote(version=version.version, actor="bench/serve.py", reason="serving benchmark")
 print("RESULT " + json.dumps({{"version": version.version}}))
+"""
+
+SHADOW_START_SNIPPET = """
+import json
+from pathlib import Path
+from registry.services import VersionInput, model_version_register
+from retraining.services.rollout import challenger_deploy
+directory = Path({directory!r})
+manifest = json.loads((directory / "manifest.json").read_text())
+version = model_version_register(artifact_dir=directory, data=VersionInput(
+    metrics=manifest["metrics"], baseline_metrics=manifest["baselines"], dataset_stats=manifest["dataset"],
+    parameters=manifest["params"], manifest=manifest, trigger_reason="bench/serve.py"))
+experiment = challenger_deploy(version=version.version, mode="shadow", traffic_percent=100, actor="bench/serve.py",
+                               reason="serving benchmark: shadow overhead")
+print("RESULT " + json.dumps({{"version": version.version, "experiment": experiment.pk}}))
+"""
+
+SHADOW_STOP_SNIPPET = """
+import json
+from django.utils import timezone
+from recommendations.models import Impression
+from registry.services import challenger_stop
+challenger_stop(actor="bench/serve.py", reason="serving benchmark done", at=timezone.now())
+print("RESULT " + json.dumps({{"stopped": True}}))
 """
 
 PROFILE_SNIPPET = """
@@ -155,7 +186,7 @@ def load_main(config: dict) -> None:
 
     class ServeClient(FastHttpUser):
         host = config["base_url"]
-        wait_time = constant(0)
+        wait_time = constant(config.get("wait", 0))
         network_timeout = 60.0
         connection_timeout = 30.0
 
@@ -243,6 +274,16 @@ def models_train(*, env: dict[str, str], until: datetime, log_dir: Path) -> tupl
             f"{summary['dataset']['events']} events, NDCG@10 {summary['metrics'].get('ndcg@10', float('nan')):.4f}"
         )
     return directories
+
+
+def shadow_coverage(url: str, *, experiment: int, kind_start: datetime) -> dict:
+    """Lists served to known users during a shadow scenario, and how many of them the shadow scored."""
+    with contextlib.closing(database_connect(url)) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT arm, count(*) FROM recommendations_impression WHERE experiment_id = %s AND served_at >= %s "
+                       "GROUP BY arm", [experiment, kind_start])
+        counts = dict(cursor.fetchall())
+    lists, scored = counts.get("champion", 0), counts.get("shadow", 0)
+    return {"lists": lists, "scored": scored, "share": scored / lists if lists else 0.0}
 
 
 def model_register_and_promote(*, env: dict[str, str], directory: Path) -> int:
@@ -405,6 +446,13 @@ def targets_report(results: dict[str, dict], swap: dict | None, versions: tuple[
         (f"recommend server-side p50 {p50:.1f} ms (<= {TARGET_P50_MS} ms)", p50 <= TARGET_P50_MS),
         (f"recommend server-side p99 {p99:.1f} ms (<= {TARGET_P99_MS} ms)", p99 <= TARGET_P99_MS),
     ]  # fmt: skip
+    for loaded, reference in (("shadow", "recommend"), ("shadow-light", "light")):
+        if loaded in results:
+            with_shadow = percentile(results[loaded]["server_ms"], 0.99)
+            without = percentile(results[reference]["server_ms"], 0.99)
+            ratio = with_shadow / without if without else float("inf")
+            checks.append((f"{loaded}: server-side p99 {with_shadow:.1f} ms = {ratio:.2f}x {reference}'s {without:.1f} ms "
+                           f"(<= {TARGET_SHADOW_P99_RATIO:.2f}x)", ratio <= TARGET_SHADOW_P99_RATIO))
     if swap is not None:
         old, new = versions
         first, last = swap["first_new_after_s"], swap["last_old_after_s"]
@@ -452,6 +500,10 @@ def parse_args(argv):
     )
     parser.add_argument("--dataset", type=Path, default=DATASET, help="an ml-latest-small directory")
     parser.add_argument("--no-hotswap", action="store_true", help="skip the hot-swap scenario")
+    parser.add_argument("--no-shadow", action="store_true", help="skip the light and shadow scenarios")
+    parser.add_argument("--light-clients", type=int, default=10, help="clients of the light scenarios (default 10)")
+    parser.add_argument("--light-wait", type=float, default=0.1,
+                        help="seconds each light client pauses between requests (default 0.1)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile when a target fails")
     parser.add_argument("--profile-requests", type=int, default=300, help="requests profiled (default 300)")
     return parser.parse_args(argv)
@@ -473,7 +525,7 @@ def run(args, log_dir: Path) -> dict:
     access_log = log_dir / "access.log"
     access_log.touch()
     extra = ("--access-logfile", str(access_log), "--access-logformat", ACCESS_LOG_FORMAT)
-    figures: dict = {"results": {}, "swap": None, "versions": (old, None), "facts": facts}
+    figures: dict = {"results": {}, "swap": None, "shadow": None, "versions": (old, None), "facts": facts}
     with GunicornServer(
         env=env, port=args.port, workers=args.workers, log_path=log_dir / "gunicorn.log", extra_args=extra
     ) as server:
@@ -485,6 +537,9 @@ def run(args, log_dir: Path) -> dict:
         try:
             for kind in ("health", "recommend"):
                 figures["results"][kind] = scenario_measure(kind=kind, **measure)
+            if not args.no_shadow:
+                figures["shadow"] = shadow_measure(args=args, env=env, directory=v2_dir, measure=measure,
+                                                   results=figures["results"])
             if not args.no_hotswap:
 
                 def swap() -> dict:
@@ -504,6 +559,25 @@ def run(args, log_dir: Path) -> dict:
             raise
     figures["api_key"], figures["env"] = api_key, env
     return figures
+
+
+def shadow_measure(*, args, env: dict[str, str], directory: Path, measure: dict, results: dict) -> dict:
+    """light (no shadow), then shadow and shadow-light with v2 shadowing every request; the shadow's coverage."""
+    light = {**measure, "config": {**measure["config"], "clients": args.light_clients, "wait": args.light_wait}}
+    results["light"] = scenario_measure(kind="light", **light)
+    started = shell(SHADOW_START_SNIPPET.format(directory=str(directory)), env=env)
+    step(f"v{started['version']} shadows every request (experiment {started['experiment']}); waiting for the pollers")
+    time.sleep(3)
+    coverage = {}
+    for kind, setup in (("shadow", measure), ("shadow-light", light)):
+        since = datetime.now(timezone.utc)
+        results[kind] = scenario_measure(kind=kind, **setup)
+        time.sleep(2)  # the impressions' last flush
+        coverage[kind] = shadow_coverage(measure["url"], experiment=started["experiment"], kind_start=since)
+        step(f"{kind}: the shadow scored {coverage[kind]['scored']} of {coverage[kind]['lists']} lists "
+             f"({coverage[kind]['share']:.0%})")
+    shell(SHADOW_STOP_SNIPPET, env=env)
+    return coverage
 
 
 def main(argv) -> int:
@@ -534,7 +608,10 @@ def main(argv) -> int:
         print(f"Hot swap: promotion took {swap['promote_seconds']:.2f} s (a manage.py process: register + promote); "
               f"client latency from it to {SWAP_WINDOW_S} s after: p99 {swap['p99_ms_during']:.1f} ms, "
               f"max {swap['max_ms_during']:.1f} ms\n")  # fmt: skip
-    print("Targets (issue 4):")
+    if figures["shadow"]:
+        print("Shadow coverage (lists the shadow challenger scored / lists served to known users): " + ", ".join(
+            f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}" for kind, c in figures["shadow"].items()) + "\n")
+    print("Targets (issues 4 and 7):")
     print("\n".join(target_lines))
     if profile is not None:
         print("\n" + "\n".join(profile_report(profile)))
