@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from recommendations.models import Interaction
+from recommendations.models import Impression, Interaction
 from recommendations.services.api_keys import api_key_create
 from recommendations.services.synthetic import synthetic_dataset_write
-from registry.models import DeploymentChange, ModelVersion
+from registry.models import DeploymentChange, Experiment, ModelVersion
 from retraining.models import IN_FLIGHT, TrainingRun, TriggerEvaluation
 from retraining.services.policy import policy_active
 from retraining.services.replay import replay_run
@@ -25,6 +25,7 @@ from tests.conftest import start_process, stop_process, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 BIN = Path(sys.executable).parent
+MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
 
 
 def free_port() -> int:
@@ -149,3 +150,33 @@ def test_the_loop_retrains_on_its_own_gates_promotes_and_rolls_back_without_losi
     call_command("export_model_comparison", "--output", str(folder / "MODEL_COMPARISON.md"))
     rows = [line for line in (folder / "MODEL_COMPARISON.md").read_text().splitlines() if re.match(r"^\| (\*\*)?v\d+", line)]
     assert len(rows) == TrainingRun.objects.exclude(model_version=None).count()
+
+
+@pytest.mark.skipif(not (MOVIELENS / "ratings.csv").exists(), reason=f"needs ml-latest-small at {MOVIELENS}")
+def test_a_replay_with_a_canary_rollout_sends_the_gated_candidate_into_a_judged_canary(live_system):
+    """replay --rollout canary on real processes and the last 10% of ml-latest-small: the gate's candidate
+    starts as a canary instead of being promoted, the web processes route its share of users to it, and
+    beat's rollout check judges it."""
+    url, processes, folder = live_system
+    policy = policy_active()
+    policy.time_enabled, policy.drift_enabled, policy.performance_enabled = False, False, False
+    policy.volume_min_events, policy.cooldown_minutes = 1500, 0
+    policy.gate_min_relative_gain, policy.gate_guardrail_tolerance, policy.gate_bootstrap_tolerance = -1.0, 1.0, 1.0
+    policy.canary_steps, policy.rollout_min_step_minutes = [30, 100], 60
+    policy.save()
+    _, key = api_key_create(name="e2e-canary", scopes=["admin"])
+    report = replay_run(path=MOVIELENS, start_fraction=0.9, speed=60_000, api_url=url, api_key=key, check_every_s=2,
+                        rollout="canary", rollout_min_impressions=50)
+    wait_until(lambda: Experiment.objects.exclude(last_report={}).exists(), 60, message="a judged experiment")
+    experiment = Experiment.objects.order_by("id").first()
+    assert experiment.mode == "canary" and experiment.started_by == "gate"
+    assert TrainingRun.objects.filter(status="challenger", model_version=experiment.version).exists()
+    routed = Impression.objects.filter(experiment_id=experiment.pk, arm="challenger")
+    assert routed.exists(), [(r.pk, r.trigger, r.status, str(r.data_until), r.created_at.strftime("%H:%M:%S"),
+                              r.finished_at and r.finished_at.strftime("%H:%M:%S"), (r.gate.get("failures") or [""])[0][:80])
+                             for r in TrainingRun.objects.order_by("pk")]
+    assert set(routed.values_list("routed_version", flat=True)) == {experiment.version.version}
+    assert set(experiment.last_report["arms"]) == {"champion", "challenger"}
+    assert report.acknowledged_events == report.sent_events and report.failed_requests == 0
+    status, deployments = get_json(f"{url}/api/v1/deployments", key)
+    assert status == 200 and deployments["champion"]["version"] is not None
