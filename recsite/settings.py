@@ -179,6 +179,17 @@ IMPRESSION_FLUSH_SECONDS = env.float("IMPRESSION_FLUSH_SECONDS", default=0.5)
 MAX_RECOMMENDATIONS = 100
 MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
 
+
+def _seconds(name: str, default: float) -> float:
+    value = env.float(name, default=default)
+    if value < 0:
+        raise ImproperlyConfigured(f"{name} must be >= 0 seconds, got {value}")
+    return value
+
+
+# How long a web process trusts a verified API key without reading it again: the revocation delay.
+API_KEY_CACHE_SECONDS = _seconds("API_KEY_CACHE_SECONDS", 5.0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
