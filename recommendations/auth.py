@@ -49,7 +49,7 @@ def _verified(key: str) -> ApiKey:
     except ApiKey.DoesNotExist:
         verified_keys.discard([digest])
         raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
-    verified_keys.put(digest, api_key)
+    verified_keys.update({digest: api_key})
     return api_key
 
 

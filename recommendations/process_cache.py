@@ -8,7 +8,7 @@ goes to the database, the source of truth. Eviction drops the entries read longe
 
 import threading
 import time
-from typing import Any, Hashable, Iterable
+from typing import Any, Hashable, Iterable, Mapping
 
 
 class ProcessCache:
@@ -24,10 +24,12 @@ class ProcessCache:
             return None
         return entry[0]
 
-    def put(self, key: Hashable, value: Any) -> None:
+    def update(self, entries: Mapping[Hashable, Any]) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._entries.pop(key, None)  # re-inserted last: the dict's order is the order of reads
-            self._entries[key] = (value, time.monotonic())
+            for key, value in entries.items():
+                self._entries.pop(key, None)  # re-inserted last: the dict's order is the order of reads
+                self._entries[key] = (value, now)
             while len(self._entries) > self._max_entries:
                 del self._entries[next(iter(self._entries))]
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from recommendations import features
 from recommendations.models import EndUser, Interaction, Item
+from recommendations.process_cache import ProcessCache
 from recommendations.services.features import online_features_update
 from recsite.errors import ApplicationError, ConflictError
 
@@ -45,6 +46,7 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
             with transaction.atomic():
                 return _ingest(events, strict)
         except (IntegrityError, OperationalError) as exc:
+            known_items.discard(event.item_id for event in events)  # a cached item may have been deleted since
             if attempt == _ATTEMPTS or not _is_retryable(exc):
                 if isinstance(exc, IntegrityError):
                     raise ConflictError("A concurrent request wrote the same events; retry the request.")
@@ -121,8 +123,27 @@ def _interactions_insert(events, users, items) -> list[EventInput]:
     return fresh
 
 
+known_items = ProcessCache(max_entries=100_000)
+
+
 def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
+    """(pk, categories) of each event's item: from this process's cache when it read the item less than
+    ITEM_CACHE_SECONDS ago (a change of categories reaches features within that time), else from the
+    database, creating unknown items unless the catalog is strict. Items read are cached once the ingest
+    commits, so an item created by a request that rolls back is never remembered."""
     wanted = {event.item_id for event in events}
+    ttl = settings.ITEM_CACHE_SECONDS
+    cached = ((external_id, known_items.get(external_id, ttl=ttl)) for external_id in wanted)
+    found = {external_id: item for external_id, item in cached if item is not None}
+    unread = wanted - found.keys()
+    if unread:
+        read = _items_read(unread, events, strict)
+        transaction.on_commit(lambda: known_items.update(read))
+        found.update(read)
+    return found
+
+
+def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
     found = _item_lookup(wanted)
     missing = wanted - found.keys()
     if missing and strict:
