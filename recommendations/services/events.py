@@ -160,19 +160,59 @@ def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dic
 
 
 def _item_lookup(external_ids: set[str]) -> dict[str, tuple[int, list[str]]]:
-    return {
-        external_id: (pk, categories or [])
-        for pk, external_id, categories in Item.objects.filter(external_id__in=external_ids).values_list(
-            "pk", "external_id", "categories"
+    categories_field = Item._meta.get_field("categories")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, external_id, categories FROM {Item._meta.db_table} WHERE external_id IN ({_placeholders(external_ids)})",
+            list(external_ids),
         )
+        rows = cursor.fetchall()
+    return {
+        external_id: (pk, categories_field.from_db_value(categories, None, connection) or [])
+        for pk, external_id, categories in rows
     }
 
 
 def _users_for(external_ids: Iterable[str]) -> dict[str, int]:
+    """The pk of each user, creating the users seen for the first time (in raw SQL: for one event, the
+    ORM's query compilation cost more than the statements)."""
     wanted = set(external_ids)
-    found = dict(EndUser.objects.filter(external_id__in=wanted).values_list("external_id", "pk"))
-    missing = wanted - found.keys()
+    found = _user_lookup(wanted)
+    missing = sorted(wanted - found.keys())
     if missing:
-        EndUser.objects.bulk_create([EndUser(external_id=e) for e in sorted(missing)], ignore_conflicts=True)
-        found.update(EndUser.objects.filter(external_id__in=missing).values_list("external_id", "pk"))
+        found.update(_users_insert(missing))
+        raced = wanted - found.keys()  # created by a concurrent request: the insert skipped them
+        if raced:
+            found.update(_user_lookup(raced))
     return found
+
+
+_USER_TABLE = EndUser._meta.db_table
+
+
+def _user_lookup(external_ids: set[str]) -> dict[str, int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT external_id, id FROM {_USER_TABLE} WHERE external_id IN ({_placeholders(external_ids)})",
+            list(external_ids),
+        )
+        return dict(cursor.fetchall())
+
+
+def _users_insert(external_ids: list[str]) -> dict[str, int]:
+    """Insert users in key order (so concurrent batches lock in the same order); returns those written."""
+    attributes = EndUser._meta.get_field("attributes").get_db_prep_save({}, connection)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    params = [value for external_id in external_ids for value in (external_id, attributes, now)]
+    values = ", ".join(["(%s, %s, %s)"] * len(external_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_USER_TABLE} (external_id, attributes, created_at) VALUES {values} "
+            "ON CONFLICT (external_id) DO NOTHING RETURNING external_id, id",
+            params,
+        )
+        return dict(cursor.fetchall())
+
+
+def _placeholders(values) -> str:
+    return ", ".join(["%s"] * len(values))
