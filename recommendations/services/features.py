@@ -116,15 +116,16 @@ _USER_TABLE = UserFeatures._meta.db_table
 
 def _user_rows_locked(user_ids: list[int]) -> dict[int, UserFeatures]:
     """The feature rows of `user_ids` that exist, locked in id order, decoded as the ORM decodes them."""
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    db = transaction.get_connection()  # resolved once: each attribute of django.db.connection is a lookup
+    lock = " FOR UPDATE" if db.features.has_select_for_update else ""
     columns = ", ".join(field.column for field in _USER_COLUMNS)
     placeholders = ", ".join(["%s"] * len(user_ids))
     converters = [
         (index, convert, field.cached_col)
         for index, field in enumerate(_USER_COLUMNS)
-        for convert in [*connection.ops.get_db_converters(field.cached_col), *field.get_db_converters(connection)]
+        for convert in [*db.ops.get_db_converters(field.cached_col), *field.get_db_converters(db)]
     ]
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(
             f"SELECT {columns} FROM {_USER_TABLE} WHERE user_id IN ({placeholders}) ORDER BY user_id{lock}", user_ids
         )
@@ -132,23 +133,24 @@ def _user_rows_locked(user_ids: list[int]) -> dict[int, UserFeatures]:
     rows = {}
     for values in map(list, fetched):
         for index, convert, column in converters:
-            values[index] = convert(values[index], column, connection)
-        row = UserFeatures.from_db(connection.alias, None, values)
+            values[index] = convert(values[index], column, db)
+        row = UserFeatures.from_db(db.alias, None, values)
         rows[row.user_id] = row
     return rows
 
 
 def _user_rows_write(rows: list[UserFeatures]) -> None:
     """An upsert over rows locked by _user_rows_locked, so it never overwrites another transaction's fold."""
+    db = transaction.get_connection()
     now = datetime.now(timezone.utc)
     params: list = []
     for row in rows:
         row.updated_at = now
-        params += [field.get_db_prep_save(getattr(row, field.attname), connection) for field in _USER_COLUMNS]
+        params += [field.get_db_prep_save(getattr(row, field.attname), db) for field in _USER_COLUMNS]
     columns = [field.column for field in _USER_COLUMNS]
     values = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
     updates = ", ".join(f"{column} = excluded.{column}" for column in columns if column != "user_id")
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {_USER_TABLE} ({', '.join(columns)}) VALUES {values} ON CONFLICT (user_id) DO UPDATE SET {updates}",
             params,
