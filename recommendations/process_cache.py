@@ -1,5 +1,5 @@
 """A per-process cache of rows that every request would otherwise read although they rarely change
-(verified API keys, item ids with their categories).
+(verified API keys; user ids, item ids and categories for ingestion).
 
 Each web process keeps its own copy and nothing else reads it: an entry is trusted for at most `ttl`
 seconds after it was read from the database, which bounds how stale a process can be, and a miss always
@@ -23,6 +23,10 @@ class ProcessCache:
         if entry is None or time.monotonic() - entry[1] >= ttl:
             return None
         return entry[0]
+
+    def get_many(self, keys: Iterable[Hashable], *, ttl: float) -> dict[Hashable, Any]:
+        cached = ((key, self.get(key, ttl=ttl)) for key in keys)
+        return {key: value for key, value in cached if value is not None}
 
     def update(self, entries: Mapping[Hashable, Any]) -> None:
         now = time.monotonic()

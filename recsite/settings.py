@@ -189,9 +189,9 @@ def _seconds(name: str, default: float) -> float:
 
 # How long a web process trusts a verified API key without reading it again: the revocation delay.
 API_KEY_CACHE_SECONDS = _seconds("API_KEY_CACHE_SECONDS", 5.0)
-# How long a web process trusts an item's id and categories read for ingestion: a category change reaches
-# the user features folded from new events within that time (unknown items are always read again).
-ITEM_CACHE_SECONDS = _seconds("ITEM_CACHE_SECONDS", 30.0)
+# How long a web process trusts the user ids, item ids and item categories it read for ingestion: a change of
+# categories reaches the user features folded from new events within that time (unknown ids are always read).
+INGEST_CACHE_SECONDS = _seconds("INGEST_CACHE_SECONDS", 30.0)
 
 LOGGING = {
     "version": 1,

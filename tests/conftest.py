@@ -123,7 +123,8 @@ def synchronous_serving(settings):
 def empty_process_caches():
     """A web process's caches would outlive the rows a test rolls back: every test starts without them."""
     from recommendations.auth import verified_keys
-    from recommendations.services.events import known_items
+    from recommendations.services.events import known_items, known_users
 
     verified_keys.clear()
     known_items.clear()
+    known_users.clear()

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
+from typing import Callable, Iterable
 from uuid import UUID
 
 from django.conf import settings
@@ -46,7 +46,9 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
             with transaction.atomic():
                 return _ingest(events, strict)
         except (IntegrityError, OperationalError) as exc:
-            known_items.discard(event.item_id for event in events)  # a cached item may have been deleted since
+            # A cached user or item may have been deleted since (the foreign key fails at commit): read them again.
+            known_users.discard(event.user_id for event in events)
+            known_items.discard(event.item_id for event in events)
             if attempt == _ATTEMPTS or not _is_retryable(exc):
                 if isinstance(exc, IntegrityError):
                     raise ConflictError("A concurrent request wrote the same events; retry the request.")
@@ -123,24 +125,28 @@ def _interactions_insert(events, users, items) -> list[EventInput]:
     return fresh
 
 
+known_users = ProcessCache(max_entries=100_000)
 known_items = ProcessCache(max_entries=100_000)
 
 
-def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
-    """(pk, categories) of each event's item: from this process's cache when it read the item less than
-    ITEM_CACHE_SECONDS ago (a change of categories reaches features within that time), else from the
-    database, creating unknown items unless the catalog is strict. Items read are cached once the ingest
-    commits, so an item created by a request that rolls back is never remembered."""
-    wanted = {event.item_id for event in events}
-    ttl = settings.ITEM_CACHE_SECONDS
-    cached = ((external_id, known_items.get(external_id, ttl=ttl)) for external_id in wanted)
-    found = {external_id: item for external_id, item in cached if item is not None}
-    unread = wanted - found.keys()
+def _read_through(cache: ProcessCache, keys: set[str], read: Callable[[set[str]], dict]) -> dict:
+    """What `cache` holds of `keys` from less than INGEST_CACHE_SECONDS ago, and `read(the others)`. What
+    was read is cached once the ingest commits, so that rows created by a transaction that rolls back are
+    never remembered."""
+    found = cache.get_many(keys, ttl=settings.INGEST_CACHE_SECONDS)
+    unread = keys - found.keys()
     if unread:
-        read = _items_read(unread, events, strict)
-        transaction.on_commit(lambda: known_items.update(read))
-        found.update(read)
+        fresh = read(unread)
+        transaction.on_commit(lambda: cache.update(fresh))
+        found.update(fresh)
     return found
+
+
+def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
+    """(pk, categories) of each event's item, creating unknown items unless the catalog is strict. Cached
+    categories may be INGEST_CACHE_SECONDS old: a change of categories reaches features within that time."""
+    wanted = {event.item_id for event in events}
+    return _read_through(known_items, wanted, lambda unread: _items_read(unread, events, strict))
 
 
 def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
@@ -174,9 +180,11 @@ def _item_lookup(external_ids: set[str]) -> dict[str, tuple[int, list[str]]]:
 
 
 def _users_for(external_ids: Iterable[str]) -> dict[str, int]:
-    """The pk of each user, creating the users seen for the first time (in raw SQL: for one event, the
-    ORM's query compilation cost more than the statements)."""
-    wanted = set(external_ids)
+    """The pk of each user, creating the users seen for the first time."""
+    return _read_through(known_users, set(external_ids), _users_read)
+
+
+def _users_read(wanted: set[str]) -> dict[str, int]:
     found = _user_lookup(wanted)
     missing = sorted(wanted - found.keys())
     if missing:
