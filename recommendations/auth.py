@@ -1,15 +1,26 @@
 """API-key authentication with scopes, on djangorestframework-api-key (keys stored hashed, revocable).
 
 A missing, unknown, revoked or expired key is a 401; a valid key without the view's scope is a 403.
-The `admin` scope includes the others."""
+The `admin` scope includes the others.
 
+A verified key is remembered by each web process for API_KEY_CACHE_SECONDS (keyed by a SHA-256 of the
+presented key, never the key itself), so that a request does not query and hash it again: revoking a
+key, or changing its scopes or expiry date, takes effect within that time. A key's own expiry date is
+checked on every request, cached or not."""
+
+import hashlib
+
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions, permissions
 from rest_framework_api_key.permissions import KeyParser
 
 from .models import ApiKey
+from .process_cache import ProcessCache
 
 SCOPES = ("ingest", "serve", "admin")
+
+verified_keys = ProcessCache(max_entries=1000)
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -19,16 +30,27 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         key = KeyParser().get_from_authorization(request)
         if not key:
             return None
-        try:
-            api_key = ApiKey.objects.get_from_key(key)
-        except ApiKey.DoesNotExist:
-            raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
+        api_key = _verified(key)
         if api_key.has_expired:
             raise exceptions.AuthenticationFailed("This API key has expired.")
         return AnonymousUser(), api_key
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+def _verified(key: str) -> ApiKey:
+    digest = hashlib.sha256(key.encode()).digest()
+    api_key = verified_keys.get(digest, ttl=settings.API_KEY_CACHE_SECONDS)
+    if api_key is not None:
+        return api_key
+    try:
+        api_key = ApiKey.objects.get_from_key(key)
+    except ApiKey.DoesNotExist:
+        verified_keys.discard([digest])
+        raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
+    verified_keys.update({digest: api_key})
+    return api_key
 
 
 class HasScope(permissions.BasePermission):

@@ -190,6 +190,20 @@ if ATTRIBUTION_WINDOW_MINUTES <= 0:
     raise ImproperlyConfigured("ATTRIBUTION_WINDOW_MINUTES must be positive.")
 MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
 
+
+def _seconds(name: str, default: float) -> float:
+    value = env.float(name, default=default)
+    if value < 0:
+        raise ImproperlyConfigured(f"{name} must be >= 0 seconds, got {value}")
+    return value
+
+
+# How long a web process trusts a verified API key without reading it again: the revocation delay.
+API_KEY_CACHE_SECONDS = _seconds("API_KEY_CACHE_SECONDS", 5.0)
+# How long a web process trusts the user ids, item ids and item categories it read for ingestion: a change of
+# categories reaches the user features folded from new events within that time (unknown ids are always read).
+INGEST_CACHE_SECONDS = _seconds("INGEST_CACHE_SECONDS", 30.0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

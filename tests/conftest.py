@@ -124,3 +124,14 @@ def synchronous_serving(settings):
     clock_forget()
     yield
     clock_forget()
+
+
+@pytest.fixture(autouse=True)
+def empty_process_caches():
+    """A web process's caches would outlive the rows a test rolls back: every test starts without them."""
+    from recommendations.auth import verified_keys
+    from recommendations.services.events import known_items, known_users
+
+    verified_keys.clear()
+    known_items.clear()
+    known_users.clear()

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
+from typing import Callable, Iterable
 from uuid import UUID
 
 from django.conf import settings
@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from recommendations import features
 from recommendations.models import EndUser, Interaction, Item
+from recommendations.process_cache import ProcessCache
 from recommendations.services.features import online_features_update
 from recsite.errors import ApplicationError, ConflictError
 
@@ -45,6 +46,9 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
             with transaction.atomic():
                 return _ingest(events, strict)
         except (IntegrityError, OperationalError) as exc:
+            # A cached user or item may have been deleted since (the foreign key fails at commit): read them again.
+            known_users.discard(event.user_id for event in events)
+            known_items.discard(event.item_id for event in events)
             if attempt == _ATTEMPTS or not _is_retryable(exc):
                 if isinstance(exc, IntegrityError):
                     raise ConflictError("A concurrent request wrote the same events; retry the request.")
@@ -121,8 +125,31 @@ def _interactions_insert(events, users, items) -> list[EventInput]:
     return fresh
 
 
+known_users = ProcessCache(max_entries=100_000)
+known_items = ProcessCache(max_entries=100_000)
+
+
+def _read_through(cache: ProcessCache, keys: set[str], read: Callable[[set[str]], dict]) -> dict:
+    """What `cache` holds of `keys` from less than INGEST_CACHE_SECONDS ago, and `read(the others)`. What
+    was read is cached once the ingest commits, so that rows created by a transaction that rolls back are
+    never remembered."""
+    found = cache.get_many(keys, ttl=settings.INGEST_CACHE_SECONDS)
+    unread = keys - found.keys()
+    if unread:
+        fresh = read(unread)
+        transaction.on_commit(lambda: cache.update(fresh))
+        found.update(fresh)
+    return found
+
+
 def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
+    """(pk, categories) of each event's item, creating unknown items unless the catalog is strict. Cached
+    categories may be INGEST_CACHE_SECONDS old: a change of categories reaches features within that time."""
     wanted = {event.item_id for event in events}
+    return _read_through(known_items, wanted, lambda unread: _items_read(unread, events, strict))
+
+
+def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
     found = _item_lookup(wanted)
     missing = wanted - found.keys()
     if missing and strict:
@@ -139,19 +166,64 @@ def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, l
 
 
 def _item_lookup(external_ids: set[str]) -> dict[str, tuple[int, list[str]]]:
-    return {
-        external_id: (pk, categories or [])
-        for pk, external_id, categories in Item.objects.filter(external_id__in=external_ids).values_list(
-            "pk", "external_id", "categories"
+    categories_field = Item._meta.get_field("categories")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, external_id, categories FROM {_ITEM_TABLE} WHERE external_id IN ({_placeholders(external_ids)})",
+            list(external_ids),
         )
+        rows = cursor.fetchall()
+    return {
+        external_id: (pk, categories_field.from_db_value(categories, None, connection) or [])
+        for pk, external_id, categories in rows
     }
 
 
 def _users_for(external_ids: Iterable[str]) -> dict[str, int]:
-    wanted = set(external_ids)
-    found = dict(EndUser.objects.filter(external_id__in=wanted).values_list("external_id", "pk"))
-    missing = wanted - found.keys()
+    """The pk of each user, creating the users seen for the first time."""
+    return _read_through(known_users, set(external_ids), _users_read)
+
+
+def _users_read(wanted: set[str]) -> dict[str, int]:
+    found = _user_lookup(wanted)
+    missing = sorted(wanted - found.keys())
     if missing:
-        EndUser.objects.bulk_create([EndUser(external_id=e) for e in sorted(missing)], ignore_conflicts=True)
-        found.update(EndUser.objects.filter(external_id__in=missing).values_list("external_id", "pk"))
+        found.update(_users_insert(missing))
+        raced = wanted - found.keys()  # created by a concurrent request: the insert skipped them
+        if raced:
+            found.update(_user_lookup(raced))
     return found
+
+
+# Users and items are read and written in raw SQL: for one event, compiling the ORM's queries cost more CPU
+# than the statements themselves.
+_USER_TABLE = EndUser._meta.db_table
+_ITEM_TABLE = Item._meta.db_table
+
+
+def _user_lookup(external_ids: set[str]) -> dict[str, int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT external_id, id FROM {_USER_TABLE} WHERE external_id IN ({_placeholders(external_ids)})",
+            list(external_ids),
+        )
+        return dict(cursor.fetchall())
+
+
+def _users_insert(external_ids: list[str]) -> dict[str, int]:
+    """Insert users in key order (so concurrent batches lock in the same order); returns those written."""
+    attributes = EndUser._meta.get_field("attributes").get_db_prep_save({}, connection)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    params = [value for external_id in external_ids for value in (external_id, attributes, now)]
+    values = ", ".join(["(%s, %s, %s)"] * len(external_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_USER_TABLE} (external_id, attributes, created_at) VALUES {values} "
+            "ON CONFLICT (external_id) DO NOTHING RETURNING external_id, id",
+            params,
+        )
+        return dict(cursor.fetchall())
+
+
+def _placeholders(values) -> str:
+    return ", ".join(["%s"] * len(values))

@@ -1,5 +1,9 @@
+import time
+from datetime import timedelta
+
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from recommendations.models import ApiKey
 
@@ -22,6 +26,39 @@ def test_an_unknown_key_gets_a_401(api_client):
 def test_a_revoked_key_gets_a_401(ingest_client):
     ApiKey.objects.update(revoked=True)
     assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 401
+
+
+def test_a_key_revoked_while_cached_is_accepted_until_the_cache_time_has_passed(ingest_client, settings):
+    settings.API_KEY_CACHE_SECONDS = 60
+    assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201
+    ApiKey.objects.update(revoked=True)
+    assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201
+
+
+def test_a_revoked_key_is_refused_once_the_cache_time_has_passed(ingest_client, settings):
+    settings.API_KEY_CACHE_SECONDS = 0.3
+    assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201
+    ApiKey.objects.update(revoked=True)
+    time.sleep(0.35)
+    assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 401
+
+
+def test_without_a_cache_time_a_revocation_takes_effect_at_once(ingest_client, settings):
+    settings.API_KEY_CACHE_SECONDS = 0
+    assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201
+    ApiKey.objects.update(revoked=True)
+    assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 401
+
+
+def test_a_cached_key_is_refused_from_its_expiry_date_on(ingest_client, settings, monkeypatch):
+    settings.API_KEY_CACHE_SECONDS = 3600
+    now = timezone.now()
+    ApiKey.objects.update(expiry_date=now + timedelta(minutes=1))
+    assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201
+    monkeypatch.setattr(timezone, "now", lambda: now + timedelta(minutes=2))
+    response = ingest_client.post("/api/v1/events", EVENT, format="json")
+    assert response.status_code == 401
+    assert response.json()["message"] == "This API key has expired."
 
 
 def test_a_key_without_the_scope_gets_a_403(serve_client):

@@ -1,0 +1,47 @@
+"""A per-process cache of rows that every request would otherwise read although they rarely change
+(verified API keys; user ids, item ids and categories for ingestion).
+
+Each web process keeps its own copy and nothing else reads it: an entry is trusted for at most `ttl`
+seconds after it was read from the database, which bounds how stale a process can be, and a miss always
+goes to the database, the source of truth. Eviction drops the entries read longest ago once
+`max_entries` is reached, so memory stays bounded whatever the catalogue size."""
+
+import threading
+import time
+from typing import Any, Hashable, Iterable, Mapping
+
+
+class ProcessCache:
+    def __init__(self, *, max_entries: int):
+        self._entries: dict[Hashable, tuple[Any, float]] = {}
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, *, ttl: float) -> Any | None:
+        """The value stored under `key` less than `ttl` seconds ago, else None."""
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() - entry[1] >= ttl:
+            return None
+        return entry[0]
+
+    def get_many(self, keys: Iterable[Hashable], *, ttl: float) -> dict[Hashable, Any]:
+        cached = ((key, self.get(key, ttl=ttl)) for key in keys)
+        return {key: value for key, value in cached if value is not None}
+
+    def update(self, entries: Mapping[Hashable, Any]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key, value in entries.items():
+                self._entries.pop(key, None)  # re-inserted last: the dict's order is the order of reads
+                self._entries[key] = (value, now)
+            while len(self._entries) > self._max_entries:
+                del self._entries[next(iter(self._entries))]
+
+    def discard(self, keys: Iterable[Hashable]) -> None:
+        with self._lock:
+            for key in keys:
+                self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
