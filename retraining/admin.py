@@ -14,10 +14,10 @@ from recommendations.selectors import online_metrics
 from recsite.admin import ReadOnlyAdmin
 from recsite.errors import ApplicationError
 from registry.models import DeploymentMode, Experiment, ModelVersion
-from registry.services import PROMOTABLE, challenger_stop, model_version_promote
+from registry.services import PROMOTABLE
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
 from retraining.services.policy import policy_active
-from retraining.services.rollout import challenger_deploy, challenger_report
+from retraining.services.rollout import challenger_deploy, challenger_report, experiment_promote, experiment_stop
 from retraining.services.runs import RunInFlight, retrain_request
 
 
@@ -222,8 +222,8 @@ class ExperimentAdmin(ReadOnlyAdmin):
         actor = self._actor(request)
         reject = request.POST.get("reject") == "1"
         try:
-            challenger_stop(actor=actor, reason=request.POST.get("reason", "").strip() or "stopped in the admin",
-                            at=system_now(), reject=reject, experiment_id=pk)
+            experiment_stop(actor=actor, reason=request.POST.get("reason", "").strip() or "stopped in the admin",
+                            reject=reject, experiment_id=pk)
         except ApplicationError as exc:
             self.message_user(request, exc.message, messages.ERROR)
         else:
@@ -234,9 +234,8 @@ class ExperimentAdmin(ReadOnlyAdmin):
         actor = self._actor(request)
         experiment = Experiment.objects.select_related("version", "champion").get(pk=pk)
         try:
-            model_version_promote(version=experiment.version.version, actor=actor,
-                                  reason=request.POST.get("reason", "").strip() or "promoted from its experiment in the admin",
-                                  expected_current=experiment.champion.version if experiment.champion else None)
+            experiment_promote(experiment=experiment, actor=actor,
+                               reason=request.POST.get("reason", "").strip() or "promoted from its experiment in the admin")
         except ApplicationError as exc:
             self.message_user(request, exc.message, messages.ERROR)
         else:

@@ -15,9 +15,9 @@ from recsite.errors import ApplicationError, NotFoundError
 from registry.api import actor_of
 from registry.models import Alias, Deployment, DeploymentMode, Experiment
 from registry.selectors import running_experiment
-from registry.services import challenger_stop, model_version_get
+from registry.services import model_version_get
 from retraining.services.policy import policy_active
-from retraining.services.rollout import challenger_deploy, challenger_report
+from retraining.services.rollout import challenger_deploy, challenger_report, experiment_stop
 
 
 class ExperimentOutput(serializers.ModelSerializer):
@@ -91,8 +91,8 @@ class ChallengerApi(APIView):
                    summary="Stop the running experiment (all traffic back to the champion); optionally reject the version")
     def delete(self, request):
         data = validated(self.StopSerializer, request.data)
-        experiment = challenger_stop(actor=actor_of(request), reason=data["reason"] or "stopped by an operator",
-                                     at=system_now(), reject=data["reject"])
+        experiment = experiment_stop(actor=actor_of(request), reason=data["reason"] or "stopped by an operator",
+                                     reject=data["reject"])
         return Response(ExperimentOutput(experiment).data)
 
 

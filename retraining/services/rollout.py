@@ -53,8 +53,9 @@ def challenger_deploy(*, version: int, mode: str, actor: str, reason: str, polic
     return challenger_start(data=data, actor=actor, reason=reason, at=system_now(), replace=replace)
 
 
-def challenger_report(*, experiment: Experiment, confidence: float) -> dict:
-    """The per-arm comparison of `experiment` with its bookkeeping, saved on the experiment."""
+def challenger_report(*, experiment: Experiment, confidence: float, save: bool = False) -> dict:
+    """The per-arm comparison of `experiment` with its bookkeeping; `save` keeps it as the experiment's
+    last judgement (what the rollout check does)."""
     treatment = Impression.Arm.SHADOW if experiment.mode == DeploymentMode.SHADOW else Impression.Arm.CHALLENGER
     report = {
         "experiment_id": experiment.pk, "mode": experiment.mode, "status": experiment.status,
@@ -65,8 +66,24 @@ def challenger_report(*, experiment: Experiment, confidence: float) -> dict:
         **arms_compare(experiment_id=experiment.pk, treatment_arm=treatment, min_impressions=experiment.min_impressions,
                        confidence=confidence),
     }
-    challenger_report_save(experiment_id=experiment.pk, report=report)
+    if save:
+        challenger_report_save(experiment_id=experiment.pk, report=report)
     return report
+
+
+def experiment_stop(*, actor: str, reason: str, reject: bool = False, experiment_id: int | None = None) -> Experiment:
+    """Stop the running experiment by an operator's decision, keeping its final per-arm report."""
+    experiment = running_experiment()
+    if experiment is not None:
+        challenger_report(experiment=experiment, confidence=policy_active().rollout_confidence, save=True)
+    return challenger_stop(actor=actor, reason=reason, at=system_now(), reject=reject, experiment_id=experiment_id)
+
+
+def experiment_promote(*, experiment: Experiment, actor: str, reason: str) -> None:
+    """Make the experiment's challenger the champion by an operator's decision, keeping its final report."""
+    challenger_report(experiment=experiment, confidence=policy_active().rollout_confidence, save=True)
+    model_version_promote(version=experiment.version.version, actor=actor, reason=reason,
+                          expected_current=experiment.champion.version if experiment.champion else None)
 
 
 @dataclass(frozen=True)
@@ -83,7 +100,7 @@ def rollout_check(*, now: datetime | None = None) -> RolloutCheck | None:
     if experiment is None:
         return None
     policy, now = policy_active(), now or system_now()
-    report = challenger_report(experiment=experiment, confidence=policy.rollout_confidence)
+    report = challenger_report(experiment=experiment, confidence=policy.rollout_confidence, save=True)
     if experiment.mode != DeploymentMode.CANARY:
         return RolloutCheck(experiment.pk, "reported", report["verdict"], report)
     failure = canary_failure(report=report, policy=policy)
