@@ -15,8 +15,7 @@ library) with --clients concurrent clients:
   light      like recommend at a load the server sustains: --light-clients clients, each pausing
              --light-wait seconds between requests (the reference for shadow-light)
   shadow     like recommend while v2 runs as a shadow challenger on every request (issue 7): the champion
-             answers and publishes the request to the `shadow` queue (Redis, --redis-url); a niced
-             `celery worker --queues shadow` process scores it with v2
+             answers, v2 scores the request afterwards in the web process when it is idle
   shadow-light  like light, with the same shadow; shadow scoring must add at most 20% to p99 latency, and
              the share of requests the shadow actually scored (shadow impressions / lists) is printed
   hotswap    like recommend; --swap-after seconds in, v2 is registered and promoted from another process
@@ -42,15 +41,12 @@ import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -86,7 +82,6 @@ TARGET_P50_MS = 10
 TARGET_P99_MS = 50
 TARGET_THROUGHPUT_RATIO = 0.40
 TARGET_SHADOW_P99_RATIO = 1.20
-SHADOW_DRAIN_S = 12  # > SHADOW_MAX_DELAY_SECONDS (10), after which an unscored job expires
 SWAP_WINDOW_S = 10  # after the promotion commits, the span counted as "during the swap"
 
 REGISTER_SNIPPET = """
@@ -503,7 +498,6 @@ def parse_args(argv):
         "--database-url", default="postgres://postgres@127.0.0.1:5432/bench_serve", help="dropped and recreated"
     )
     parser.add_argument("--dataset", type=Path, default=DATASET, help="an ml-latest-small directory")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15", help="the broker (its database is flushed)")
     parser.add_argument("--no-hotswap", action="store_true", help="skip the hot-swap scenario")
     parser.add_argument("--no-shadow", action="store_true", help="skip the light and shadow scenarios")
     parser.add_argument("--light-clients", type=int, default=10, help="clients of the light scenarios (default 10)")
@@ -516,7 +510,7 @@ def parse_args(argv):
 
 def run(args, log_dir: Path) -> dict:
     url = args.database_url
-    env = django_env(database_url=url, var_dir=log_dir / "var", REDIS_URL=args.redis_url)
+    env = django_env(database_url=url, var_dir=log_dir / "var")
     step(f"recreating {url}, migrating, importing {args.dataset}")
     database_recreate(url)
     manage("migrate", "--noinput", env=env)
@@ -571,55 +565,18 @@ def shadow_measure(*, args, env: dict[str, str], directory: Path, measure: dict,
     light = {**measure, "config": {**measure["config"], "clients": args.light_clients, "wait": args.light_wait}}
     results["light"] = scenario_measure(kind="light", **light)
     started = shell(SHADOW_START_SNIPPET.format(directory=str(directory)), env=env)
-    step(f"v{started['version']} shadows every request (experiment {started['experiment']}); starting the shadow worker")
+    step(f"v{started['version']} shadows every request (experiment {started['experiment']}); waiting for the pollers")
+    time.sleep(3)
     coverage = {}
-    with ShadowWorker(env=env, log_path=measure["log_dir"] / "shadow-worker.log"):
-        time.sleep(3)  # the web pollers notice the experiment
-        for kind, setup in (("shadow", measure), ("shadow-light", light)):
-            since = datetime.now(timezone.utc)
-            results[kind] = scenario_measure(kind=kind, **setup)
-            time.sleep(SHADOW_DRAIN_S)  # jobs still queued are scored or expire; then the impressions' last flush
-            coverage[kind] = shadow_coverage(measure["url"], experiment=started["experiment"], kind_start=since)
-            step(f"{kind}: the shadow scored {coverage[kind]['scored']} of {coverage[kind]['lists']} lists "
-                 f"({coverage[kind]['share']:.0%})")
+    for kind, setup in (("shadow", measure), ("shadow-light", light)):
+        since = datetime.now(timezone.utc)
+        results[kind] = scenario_measure(kind=kind, **setup)
+        time.sleep(2)  # the impressions' last flush
+        coverage[kind] = shadow_coverage(measure["url"], experiment=started["experiment"], kind_start=since)
+        step(f"{kind}: the shadow scored {coverage[kind]['scored']} of {coverage[kind]['lists']} lists "
+             f"({coverage[kind]['share']:.0%})")
     shell(SHADOW_STOP_SNIPPET, env=env)
     return coverage
-
-
-class ShadowWorker:
-    """`nice -n 10 celery worker --queues shadow` as the Procfile runs it, for the shadow scenarios."""
-
-    def __init__(self, *, env: dict[str, str], log_path: Path):
-        self.env, self.log_path, self.process = env, log_path, None
-
-    def __enter__(self):
-        redis_flush(self.env["REDIS_URL"])
-        celery = str(Path(PYTHON).with_name("celery"))
-        command = ["nice", "-n", "10", celery, "-A", "recsite", "worker", "--queues", "shadow", "--concurrency", "1",
-                   "--loglevel", "INFO", "--hostname", "bench-shadow@%h", "--without-gossip", "--without-mingle"]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log_path.open("wb"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while b"ready" not in self.log_path.read_bytes():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the shadow worker did not start:\n{self.log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        return self
-
-    def __exit__(self, *exc):
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        return False
-
-
-def redis_flush(url: str) -> None:
-    parts = urlsplit(url)
-    database = parts.path.lstrip("/") or "0"
-    subprocess.run(["redis-cli", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379), "-n", database,
-                    "flushdb"], check=True, capture_output=True)
 
 
 def main(argv) -> int:

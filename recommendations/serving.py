@@ -19,8 +19,9 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from recommendations.models import Impression, Item
 from recommendations.routing import Route, route_for
 from recommendations.selectors import ServedUser, inactive_items, served_user
 from recommendations.services.impressions import impression_log
-from recommendations.shadow import shadow_enqueue
+from recommendations.shadow import live_request, shadow_submit
 from recsite.errors import NotFoundError
 from registry.artifacts import artifact_read
 from registry.models import ModelVersion
@@ -230,27 +231,28 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
     """Top-k unseen, active items for the user from the version the user is routed to (the champion, or
     the challenger for a user in its A/B or canary arm), or the popular fallback for an unknown user or
     when there is no champion. A challenger that fails is replaced by the champion for that request (and
-    the impression says so). In shadow mode the request's inputs go to the shadow worker, which scores
-    them with the challenger (recommendations.shadow). Logs the impression."""
-    poller.ensure_fresh()
-    current, snapshot = deployed.current(), items.current()
-    user = served_user(external_id=user_external_id)
-    excluded = {snapshot.pk_of_external_id[i] for i in exclude if i in snapshot.pk_of_external_id} if exclude else set()
-    request = _Request(snapshot=snapshot, user=user, excluded=excluded, category=category, k=k, at=system_now())
-    route = route_for(user_external_id, current.pointers)
-    served, model, failed = _answer(current, route, request, explain)
-    recommendation = Recommendation(
-        user_id=user_external_id, model_version=model.version if model else None,
-        strategy="model" if model else "popular", recommendation_id=uuid.uuid4(), items=served,
-    )
-    if user is not None:
-        experiment_id = current.pointers.experiment_id
-        impression_log(_impression(recommendation.recommendation_id, request, served, model, arm=route.arm,
-                                   routed_version=route.version, experiment_id=experiment_id,
-                                   strategy=Impression.Strategy.ERROR if failed else recommendation.strategy))
-        if route.shadow_version is not None:
-            shadow_enqueue(_shadow_payload(route.shadow_version, request, recommendation.recommendation_id,
-                                           experiment_id))
+    the impression says so). In shadow mode the challenger also scores the request after the response.
+    Logs the impression."""
+    with live_request():
+        poller.ensure_fresh()
+        current, snapshot = deployed.current(), items.current()
+        user = served_user(external_id=user_external_id)
+        excluded = {snapshot.pk_of_external_id[i] for i in exclude if i in snapshot.pk_of_external_id} if exclude else set()
+        request = _Request(snapshot=snapshot, user=user, excluded=excluded, category=category, k=k, at=system_now())
+        route = route_for(user_external_id, current.pointers)
+        served, model, failed = _answer(current, route, request, explain)
+        recommendation = Recommendation(
+            user_id=user_external_id, model_version=model.version if model else None,
+            strategy="model" if model else "popular", recommendation_id=uuid.uuid4(), items=served,
+        )
+        if user is not None:
+            experiment_id = current.pointers.experiment_id
+            impression_log(_impression(recommendation.recommendation_id, request, served, model, arm=route.arm,
+                                       routed_version=route.version, experiment_id=experiment_id,
+                                       strategy=Impression.Strategy.ERROR if failed else recommendation.strategy))
+            shadow = current.models.get(route.shadow_version)
+            if shadow is not None:
+                shadow_submit(partial(_shadow_score, shadow, request, recommendation.recommendation_id, experiment_id))
     for rank, item in enumerate(served, start=1):
         item.pop("_pk")
         item["rank"] = rank
@@ -290,32 +292,15 @@ def _impression(recommendation_id: uuid.UUID, request: _Request, served: list[di
                       scores=[item["score"] for item in served] if model else [], **fields)
 
 
-def _shadow_payload(version: int, request: _Request, shadow_of: uuid.UUID, experiment_id: int | None) -> dict:
-    """The request's inputs as the champion saw them, for the shadow worker (JSON)."""
+def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, experiment_id: int | None) -> None:
+    """The challenger's list for a request the champion answered, logged as a shadow impression only."""
     user = request.user
-    return {"version": version, "experiment_id": experiment_id, "shadow_of": str(shadow_of), "user": user.pk,
-            "state": asdict(user.state), "seen": sorted(user.seen), "excluded": sorted(request.excluded),
-            "category": request.category, "k": request.k, "at": request.at.isoformat()}
-
-
-def shadow_score(*, payload: dict) -> str:
-    """The challenger's list for a request the champion answered, logged as a shadow impression only
-    (run by the shadow worker)."""
-    poller.ensure_fresh()
-    model = deployed.current().models.get(payload["version"])
-    if model is None:
-        return f"v{payload['version']} is not deployed here any more"
-    user = ServedUser(pk=payload["user"], state=features.UserState(**payload["state"]), seen=set(payload["seen"]))
-    request = _Request(snapshot=items.current(), user=user, excluded=set(payload["excluded"]), category=payload["category"],
-                       k=payload["k"], at=datetime.fromisoformat(payload["at"]))
     served = _ranked(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen, excluded=request.excluded,
                      category=request.category, k=request.k, at=request.at.timestamp(), explain=False)
-    if not served:
-        return "no candidate"
-    impression_log(_impression(uuid.uuid4(), request, served, model, arm=Impression.Arm.SHADOW,
-                               routed_version=model.version, experiment_id=payload["experiment_id"],
-                               shadow_of=uuid.UUID(payload["shadow_of"]), strategy=Impression.Strategy.MODEL))
-    return f"scored {len(served)} items"
+    if served:
+        impression_log(_impression(uuid.uuid4(), request, served, model, arm=Impression.Arm.SHADOW,
+                                   routed_version=model.version, experiment_id=experiment_id, shadow_of=shadow_of,
+                                   strategy=Impression.Strategy.MODEL))
 
 
 def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],

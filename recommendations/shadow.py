@@ -1,32 +1,108 @@
-"""Shadow scoring in another process, after the response.
+"""Shadow scoring off the response path.
 
-For a shadowed request the web process only publishes a small JSON job — the request's inputs: the user's
-online features and seen items as they were read, the filters, the clock — to the `shadow` queue, once the
-champion's list is built, without retrying. A `shadow` Celery worker (Procfile and docker-compose run one,
-niced, so that on a shared host it yields the CPU to the web processes) scores it with the challenger and
-logs the shadow impression. The web process pays for the publish only, not for a second model; a job older
-than SHADOW_MAX_DELAY_SECONDS is discarded by the worker rather than scored late; a failed publish is logged
-and counted. Nothing a shadow does reaches a response. SHADOW_INLINE (the tests) scores in-process."""
+A shadowed request's challenger list is computed by a daemon thread of the web process after the champion's
+response is on its way, and only once this process has answered no recommendation request for IDLE_SECONDS
+and has spent at most SHADOW_MAX_UTILIZATION of the last second answering them, so that the shadow competes
+with live requests for the interpreter as little as possible and sheds its work when the process is loaded.
+While a job runs, the interpreter's switch interval is cut to JOB_SWITCH_INTERVAL_SECONDS so that a request
+arriving mid-job gets the interpreter back quickly. (A separate, niced Celery shadow worker was tried and
+measured worse on a 2-core host: publishing each request cost the web process more than the idle-time
+scoring does.) Jobs wait in a bounded queue;
+a job that finds the queue full, or has waited longer than SHADOW_MAX_DELAY_SECONDS for an idle moment, is
+dropped and counted: under saturation the shadow samples fewer requests rather than slow the live ones. A
+job's failure is logged and counted and never reaches a response. SHADOW_QUEUE_SIZE 0 runs jobs inline
+(tests)."""
 
 import logging
-from collections import Counter
+import queue
+import sys
+import threading
+import time
+from collections import Counter, deque
+from contextlib import contextmanager
+from typing import Callable
 
 from django.conf import settings
+from django.db import close_old_connections
 
 logger = logging.getLogger(__name__)
 stats: Counter = Counter()
+_jobs: "queue.Queue[tuple[float, Callable[[], None]]] | None" = None
+_busy = 0
+_last_end = 0.0
+_recent: deque = deque(maxlen=2000)  # (end, seconds) of the latest live requests
+_lock = threading.Lock()
+IDLE_SECONDS = 0.005
+JOB_SWITCH_INTERVAL_SECONDS = 0.0005
+UTILIZATION_WINDOW_SECONDS = 1.0
 
 
-def shadow_enqueue(payload: dict) -> None:
-    from recommendations.tasks import shadow_score_task  # the task module imports serving, which imports this
-
-    stats["submitted"] += 1
+@contextmanager
+def live_request():
+    """Marks a live request in progress; shadow jobs wait while any is."""
+    global _busy, _last_end
+    started = time.monotonic()
+    with _lock:
+        _busy += 1
     try:
-        if settings.SHADOW_INLINE:
-            shadow_score_task(payload)
-        else:
-            shadow_score_task.apply_async(args=[payload], queue="shadow", expires=settings.SHADOW_MAX_DELAY_SECONDS,
-                                          retry=False)
+        yield
+    finally:
+        with _lock:
+            _busy -= 1
+            _last_end = time.monotonic()
+            _recent.append((_last_end, _last_end - started))
+
+
+def shadow_submit(job: Callable[[], None]) -> None:
+    stats["submitted"] += 1
+    if settings.SHADOW_QUEUE_SIZE <= 0:
+        _run(job)
+        return
+    try:
+        _queue().put_nowait((time.monotonic(), job))
+    except queue.Full:
+        stats["dropped_full"] += 1
+
+
+def _queue() -> "queue.Queue":
+    global _jobs
+    if _jobs is None:
+        with _lock:
+            if _jobs is None:
+                _jobs = queue.Queue(maxsize=settings.SHADOW_QUEUE_SIZE)
+                threading.Thread(target=_work_forever, args=(_jobs,), name="shadow-scorer", daemon=True).start()
+    return _jobs
+
+
+def _work_forever(jobs: "queue.Queue") -> None:
+    while True:
+        queued_at, job = jobs.get()
+        while not _idle() and time.monotonic() - queued_at < settings.SHADOW_MAX_DELAY_SECONDS:
+            time.sleep(0.002)
+        if not _idle():
+            stats["dropped_stale"] += 1
+            continue
+        _run(job)
+        close_old_connections()
+
+
+def _idle() -> bool:
+    now = time.monotonic()
+    if _busy or now - _last_end < IDLE_SECONDS:
+        return False
+    since = now - UTILIZATION_WINDOW_SECONDS
+    busy = sum(seconds for end, seconds in list(_recent) if end > since)
+    return busy / UTILIZATION_WINDOW_SECONDS <= settings.SHADOW_MAX_UTILIZATION
+
+
+def _run(job: Callable[[], None]) -> None:
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(JOB_SWITCH_INTERVAL_SECONDS)
+    try:
+        job()
+        stats["completed"] += 1
     except Exception:
         stats["failed"] += 1
-        logger.exception("shadow scoring failed (the response is not affected)")
+        logger.exception("shadow scoring failed (the response was not affected)")
+    finally:
+        sys.setswitchinterval(switch_interval)

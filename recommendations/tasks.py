@@ -7,11 +7,3 @@ from recommendations.services.features import online_features_rebuild
 def online_features_rebuild_task(user_ids: list[int] | None = None, item_ids: list[int] | None = None) -> dict:
     """Repair: recompute online feature rows from the event log (idempotent, safe to run twice)."""
     return online_features_rebuild(user_ids=user_ids, item_ids=item_ids)
-
-
-@shared_task(name="recommendations.shadow_score", ignore_result=True)
-def shadow_score_task(payload: dict) -> str:
-    """Score a request the champion answered with the shadow challenger (queue `shadow`)."""
-    from recommendations.serving import shadow_score
-
-    return shadow_score(payload=payload)

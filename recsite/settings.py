@@ -180,9 +180,10 @@ if ITEM_SNAPSHOT_SECONDS < 0:
     raise ImproperlyConfigured(f"ITEM_SNAPSHOT_SECONDS ({ITEM_SNAPSHOT_SECONDS}) must be >= 0")
 IMPRESSION_FLUSH_SECONDS = env.float("IMPRESSION_FLUSH_SECONDS", default=0.5)
 MAX_RECOMMENDATIONS = 100
-# Shadow scoring (recommendations/shadow.py): a job not scored within this is discarded; inline for tests.
-SHADOW_MAX_DELAY_SECONDS = env.float("SHADOW_MAX_DELAY_SECONDS", default=10.0)
-SHADOW_INLINE = env.bool("SHADOW_INLINE", default=False)
+# Shadow scoring (recommendations/shadow.py): queued jobs at most, and how long one may wait for an idle moment.
+SHADOW_QUEUE_SIZE = env.int("SHADOW_QUEUE_SIZE", default=200)
+SHADOW_MAX_DELAY_SECONDS = env.float("SHADOW_MAX_DELAY_SECONDS", default=2.0)
+SHADOW_MAX_UTILIZATION = env.float("SHADOW_MAX_UTILIZATION", default=0.7)
 # An event without a recommendation_id is attributed to the latest list that served its item to its user
 # this many minutes before it at most.
 ATTRIBUTION_WINDOW_MINUTES = env.float("ATTRIBUTION_WINDOW_MINUTES", default=30.0)

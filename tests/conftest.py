@@ -95,11 +95,11 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, message:
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
     """A real `celery worker` process on the configured broker (Redis in CI) and the test database. It serves
-    the `default` and `shadow` queues: tests that train start trainers of their own."""
+    the `default` queue only: tests that train start trainers of their own."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     celery = str(Path(sys.executable).with_name("celery"))
     process = start_process(
-        [celery, "-A", "recsite", "worker", "--loglevel", "INFO", "--queues", "default,shadow",
+        [celery, "-A", "recsite", "worker", "--loglevel", "INFO", "--queues", "default",
          "--concurrency", "1", "--hostname", f"test-worker-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
         log,
     )
@@ -121,7 +121,6 @@ def synchronous_serving(settings):
     settings.MODEL_POLL_THREAD = False
     settings.IMPRESSION_FLUSH_SECONDS = 0
     settings.ITEM_SNAPSHOT_SECONDS = 0  # each request sees the items as the test left them
-    settings.SHADOW_INLINE = True
     clock_forget()
     yield
     clock_forget()

@@ -31,7 +31,6 @@ def test_the_web_service_runs_gunicorn_on_the_projects_wsgi_application():
 def test_workers_and_beat_run_the_projects_celery_app():
     assert command("worker").startswith("celery -A recsite worker")
     assert "--queues training" in command("trainer") and "--max-tasks-per-child 1" in command("trainer")
-    assert command("shadow").startswith("nice -n 10 celery -A recsite worker") and "--queues shadow" in command("shadow")
     assert command("beat").startswith("celery -A recsite beat")
     assert "django_celery_beat.schedulers:DatabaseScheduler" in command("beat")
     from recsite.celery import app
@@ -40,7 +39,7 @@ def test_workers_and_beat_run_the_projects_celery_app():
 
 
 def test_the_app_services_use_postgres_and_redis_and_wait_for_them():
-    for name in ["web", "worker", "trainer", "shadow", "beat"]:
+    for name in ["web", "worker", "trainer", "beat"]:
         env = SERVICES[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://") and env["REDIS_URL"].startswith("redis://")
     assert SERVICES["migrate"]["command"] == ["python", "manage.py", "migrate", "--noinput"]
@@ -53,11 +52,3 @@ def test_the_image_installs_the_pinned_requirements():
     for line in (REPO / "requirements.txt").read_text().splitlines():
         if line and not line.startswith("#"):
             assert "==" in line, f"unpinned requirement: {line}"
-
-
-def test_the_procfile_runs_every_queue_make_run_needs():
-    processes = dict(line.split(": ", 1) for line in (REPO / "Procfile").read_text().splitlines() if line.strip())
-    assert set(processes) == {"web", "worker", "trainer", "shadow", "beat"}
-    queues = " ".join(command for name, command in processes.items() if "--queues" in command)
-    for queue in ("default", "training", "shadow"):
-        assert f"--queues {queue}" in queues, queue

@@ -61,9 +61,3 @@ def experiment_traffic(*, experiment: int, items, users: int, start, control_rat
                           experiment=experiment, strategy="error" if failed else "model")
             if rng.random() < (treatment_rate if treated else control_rate):
                 event(who, items[k % 10], "click", at + timedelta(minutes=2), rec=shown)
-
-
-def same_version_data(version: ModelVersion) -> VersionInput:
-    """What registering `version`'s artifact again needs: a second version with the very same model."""
-    return VersionInput(metrics=version.metrics, baseline_metrics=version.baseline_metrics,
-                        dataset_stats=version.dataset_stats, parameters=version.parameters, manifest=version.manifest)

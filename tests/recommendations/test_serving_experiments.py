@@ -16,10 +16,10 @@ from recommendations.routing import route_for
 from recommendations.serving import deployed
 from registry.models import ModelStatus
 from registry.selectors import serving_pointers
-from registry.services import model_version_promote, model_version_register
+from registry.services import VersionInput, model_version_promote, model_version_register
 from retraining.services.policy import policy_active
 from retraining.services.rollout import challenger_deploy, rollout_check
-from tests.recommendations.factories import same_version_data, store_history, train_and_register
+from tests.recommendations.factories import store_history, train_and_register
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/users/{}/recommendations"
@@ -35,16 +35,22 @@ def two_versions(django_db_setup, django_db_blocker, tmp_path_factory):
     with django_db_blocker.unblock(), override_settings(MODEL_STORE=folder / "store"):
         store_history()
         first = train_and_register(folder)
-        second = model_version_register(artifact_dir=folder / "run", data=same_version_data(first))
+        second = model_version_register(artifact_dir=folder / "run", data=_same_data(first))
         model_version_promote(version=first.version, actor="test")
         yield first, second
         call_command("flush", interactive=False, verbosity=0)
+
+
+def _same_data(version):
+    return VersionInput(metrics=version.metrics, baseline_metrics=version.baseline_metrics,
+                        dataset_stats=version.dataset_stats, parameters=version.parameters, manifest=version.manifest)
 
 
 @pytest.fixture
 def versions(two_versions, settings):
     settings.MODEL_STORE = Path(two_versions[0].artifact_path).parent
     settings.MODEL_POLL_THREAD, settings.MODEL_POLL_SECONDS, settings.IMPRESSION_FLUSH_SECONDS = False, 0, 0
+    settings.SHADOW_QUEUE_SIZE = 0
     deployed.forget()
     clock_set(simulated_now=T0, speed=0.0)
     yield two_versions
@@ -85,7 +91,7 @@ def test_a_shadow_that_fails_never_reaches_the_response(versions, serve_client, 
     start(versions[1], "shadow")
     expected = serve_client.get(URL.format("user-3"), {"k": 10}).json()["items"]
     failed = shadow.stats["failed"]
-    monkeypatch.setattr("recommendations.serving.shadow_score", _explode)
+    monkeypatch.setattr("recommendations.serving._shadow_score", _explode)
     response = serve_client.get(URL.format("user-3"), {"k": 10})
     assert response.status_code == 200 and response.json()["items"] == expected
     assert shadow.stats["failed"] == failed + 1
@@ -108,7 +114,7 @@ def _broken_version(like, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "ranker.txt").write_text("not a model")
-    return model_version_register(artifact_dir=folder, data=same_version_data(like))
+    return model_version_register(artifact_dir=folder, data=_same_data(like))
 
 
 def serve_round(client, *, click_rate: dict, rng, at):

@@ -1,55 +1,60 @@
-"""Shadow scoring leaves the response alone whatever happens to it, and a real shadow worker scores what
-the web process published."""
-
-import pytest
+import sys
+import threading
+import time
+from collections import deque
 
 from recommendations import shadow
-from recommendations.models import Impression
-from recommendations.serving import deployed
-from registry.services import model_version_promote, model_version_register
-from retraining.services.rollout import challenger_deploy
 from tests.conftest import wait_until
-from tests.recommendations.factories import same_version_data, store_history, train_and_register
-
-URL = "/api/v1/users/{}/recommendations"
 
 
-def test_a_failed_publish_is_counted_and_never_raises(settings, monkeypatch):
-    settings.SHADOW_INLINE = False
-    from recommendations.tasks import shadow_score_task
+def test_an_inline_shadow_job_that_fails_is_counted_and_never_raises(settings):
+    settings.SHADOW_QUEUE_SIZE = 0
+    before = shadow.stats["failed"]
 
-    def broker_down(*args, **kwargs):
-        raise ConnectionError("the broker is down")
+    def broken():
+        raise RuntimeError("challenger exploded")
 
-    monkeypatch.setattr(shadow_score_task, "apply_async", broker_down)
-    failed = shadow.stats["failed"]
-    shadow.shadow_enqueue({"version": 1})
-    assert shadow.stats["failed"] == failed + 1
+    shadow.shadow_submit(broken)
+    assert shadow.stats["failed"] == before + 1
 
 
-def test_an_inline_job_that_fails_is_counted_and_never_raises(monkeypatch):
-    def exploding(**kwargs):
-        raise RuntimeError("the challenger exploded")
+def test_queued_jobs_wait_for_an_idle_moment_and_stale_ones_are_dropped(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 10, 0.3
+    monkeypatch.setattr(shadow, "_jobs", None)
+    ran = threading.Event()
+    dropped = shadow.stats["dropped_stale"]
+    with shadow.live_request():
+        shadow.shadow_submit(ran.set)
+        wait_until(lambda: shadow.stats["dropped_stale"] > dropped, timeout=5, message="the stale job dropped")
+    assert not ran.is_set(), "a job must not run while a live request is in progress"
+    shadow.shadow_submit(ran.set)
+    assert ran.wait(5), "once the process is idle the job runs"
 
-    monkeypatch.setattr("recommendations.serving.shadow_score", exploding)
-    failed = shadow.stats["failed"]
-    shadow.shadow_enqueue({"version": 1})
-    assert shadow.stats["failed"] == failed + 1
+
+def test_a_full_queue_drops_the_job_rather_than_block_the_request(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 1, 5
+    monkeypatch.setattr(shadow, "_jobs", None)
+    dropped = shadow.stats["dropped_full"]
+    with shadow.live_request():
+        for _ in range(5):
+            shadow.shadow_submit(lambda: None)
+    assert shadow.stats["dropped_full"] >= dropped + 3
 
 
-@pytest.mark.worker
-@pytest.mark.django_db(transaction=True)
-def test_a_real_shadow_worker_scores_the_requests_the_champion_answered(celery_worker_process, settings, tmp_path,
-                                                                         serve_client):
-    settings.SHADOW_INLINE, settings.MODEL_STORE = False, tmp_path / "store"
-    store_history()
-    champion = train_and_register(tmp_path)
-    challenger = model_version_register(artifact_dir=tmp_path / "run", data=same_version_data(champion))
-    model_version_promote(version=champion.version, actor="test")
-    challenger_deploy(version=challenger.version, mode="shadow", actor="test", reason="")
-    deployed.forget()
-    answers = [serve_client.get(URL.format(f"user-{n}"), {"k": 5}).json() for n in range(5)]
-    assert {answer["model_version"] for answer in answers} == {champion.version}
-    shadowed = Impression.objects.filter(arm="shadow", shadow_of__in=[a["recommendation_id"] for a in answers])
-    wait_until(lambda: shadowed.count() == 5, 60, message="the shadow worker's impressions")
-    assert set(shadowed.values_list("routed_version", flat=True)) == {challenger.version}
+def test_a_loaded_process_sheds_shadow_work(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS, settings.SHADOW_MAX_UTILIZATION = 10, 0.3, 0.5
+    monkeypatch.setattr(shadow, "_jobs", None)
+    monkeypatch.setattr(shadow, "_recent", deque([(time.monotonic() - 0.05, 0.8)]))  # 80% of the last second busy
+    ran = threading.Event()
+    dropped = shadow.stats["dropped_stale"]
+    shadow.shadow_submit(ran.set)
+    wait_until(lambda: shadow.stats["dropped_stale"] > dropped, timeout=5, message="the job shed")
+    time.sleep(0.1)
+    assert not ran.is_set()
+
+
+def test_the_interpreter_switch_interval_is_restored_after_a_job(settings):
+    settings.SHADOW_QUEUE_SIZE = 0
+    before, during = sys.getswitchinterval(), []
+    shadow.shadow_submit(lambda: during.append(sys.getswitchinterval()))
+    assert during == [shadow.JOB_SWITCH_INTERVAL_SECONDS] and sys.getswitchinterval() == before
