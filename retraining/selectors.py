@@ -57,21 +57,27 @@ def experiment_rows() -> list[dict]:
             "experiment": experiment.pk, "mode": experiment.mode, "champion": str(experiment.champion or "—"),
             "challenger": str(experiment.version), "traffic": experiment.traffic_percent, "status": experiment.status,
             "control": arms.get("champion", {}), "treatment": arms.get(treatment, {}),
-            "ctr": report.get("differences", {}).get("ctr", {}), "verdict": report.get("verdict", "—"),
+            "ctr": report.get("differences", {}).get("ctr", {}),
+            "hit_rate": report.get("differences", {}).get("hit_rate", {}), "verdict": report.get("verdict", "—"),
             "why": experiment.outcome_reason,
         })
     return rows
 
 
 def experiments_table(rows: list[dict]) -> str:
-    header = ("| # | Mode | Champion arm | Challenger arm | Δ CTR (95% CI) | Verdict | Status | Why |")
-    lines = [header, "|" + "---|" * 8]
+    header = "| # | Mode | Champion arm | Challenger arm | Δ CTR (95% CI) | Δ hit rate (95% CI) | Verdict | Status | Why |"
+    lines = [header, "|" + "---|" * 9]
     for r in rows:
-        ctr = r["ctr"]
-        delta = "—" if ctr.get("delta") is None else f"{ctr['delta']:+.3f} ({ctr['ci_low']:+.3f} … {ctr['ci_high']:+.3f})"
         lines.append(f"| {r['experiment']} | {r['mode']} {r['traffic']}% | {r['champion']}: {_arm(r['control'])} | "
-                     f"{r['challenger']}: {_arm(r['treatment'])} | {delta} | {r['verdict']} | {r['status']} | {r['why'] or '—'} |")
+                     f"{r['challenger']}: {_arm(r['treatment'])} | {_delta(r['ctr'])} | {_delta(r['hit_rate'])} | "
+                     f"{r['verdict']} | {r['status']} | {r['why'] or '—'} |")
     return "\n".join(lines) + "\n"
+
+
+def _delta(difference: dict) -> str:
+    if difference.get("delta") is None:
+        return "—"
+    return f"{difference['delta']:+.3f} ({difference['ci_low']:+.3f} … {difference['ci_high']:+.3f})"
 
 
 def _arm(arm: dict) -> str:
