@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from django.conf import settings
@@ -35,7 +36,7 @@ from recommendations.models import Impression, Item
 from recommendations.routing import Route, route_for
 from recommendations.selectors import ServedUser, inactive_items, served_user
 from recommendations.services.impressions import impression_log
-from recommendations.shadow import live_request, shadow_submit
+from recommendations.shadow import live_request, shadow_checkpoint, shadow_submit
 from recsite.errors import NotFoundError
 from registry.artifacts import artifact_read
 from registry.models import ModelVersion
@@ -296,7 +297,8 @@ def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, 
     """The challenger's list for a request the champion answered, logged as a shadow impression only."""
     user = request.user
     served = _ranked(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen, excluded=request.excluded,
-                     category=request.category, k=request.k, at=request.at.timestamp(), explain=False)
+                     category=request.category, k=request.k, at=request.at.timestamp(), explain=False,
+                     checkpoint=shadow_checkpoint)
     if served:
         impression_log(_impression(uuid.uuid4(), request, served, model, arm=Impression.Arm.SHADOW,
                                    routed_version=model.version, experiment_id=experiment_id, shadow_of=shadow_of,
@@ -304,14 +306,17 @@ def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, 
 
 
 def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],
-            excluded: set[int], category: str | None, k: int, at: float, explain: bool) -> list[dict] | None:
+            excluded: set[int], category: str | None, k: int, at: float, explain: bool,
+            checkpoint: Callable[[], None] = lambda: None) -> list[dict] | None:
     """The champion's top k of its candidates for the user that the snapshot holds as active (and in
-    `category`), neither seen nor excluded; None when no candidate is left."""
+    `category`), neither seen nor excluded; None when no candidate is left. `checkpoint` is called between
+    the stages (a shadow job uses it to give way to a live request)."""
     collaborative = model.trained.collaborative
     found = ranking.candidates_generate(
         collaborative, histories=[collaborative.codes_of(sorted(seen))],
         n_collaborative=model.params["n_collaborative"], n_popular=model.params["n_popular"],
     )[0]
+    checkpoint()
     pks = collaborative.item_pks[found.codes]
     rows = snapshot.rows_of(pks)
     keep = snapshot.servable(rows, category=category) & ~np.isin(pks, list(excluded))
@@ -323,7 +328,9 @@ def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserS
                                              category_names=snapshot.category_names)
     matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user, at=at, items=candidate_items,
                                            category_share=model.trained.category_share)
+    checkpoint()
     scores = ranking.ranker_scores(model.trained.ranker, matrix)
+    checkpoint()
     order = np.lexsort((found.codes, -scores))
     order = order[_first_active(pks[order], k)]
     explanations = ranking.ranker_explain(model.trained.ranker, matrix[order]) if explain else None

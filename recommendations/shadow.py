@@ -5,7 +5,8 @@ response is on its way, and only once this process has answered no recommendatio
 and has spent at most SHADOW_MAX_UTILIZATION of the last second answering them, so that the shadow competes
 with live requests for the interpreter as little as possible and sheds its work when the process is loaded.
 While a job runs, the interpreter's switch interval is cut to JOB_SWITCH_INTERVAL_SECONDS so that a request
-arriving mid-job gets the interpreter back quickly. (A separate, niced Celery shadow worker was tried and
+arriving mid-job gets the interpreter back quickly, and at each checkpoint between its stages a job that finds
+a live request in progress gives up (counted as preempted) rather than compete with it. (A separate, niced Celery shadow worker was tried and
 measured worse on a 2-core host: publishing each request cost the web process more than the idle-time
 scoring does.) Jobs wait in a bounded queue;
 a job that finds the queue full, or has waited longer than SHADOW_MAX_DELAY_SECONDS for an idle moment, is
@@ -51,6 +52,15 @@ def live_request():
             _busy -= 1
             _last_end = time.monotonic()
             _recent.append((_last_end, _last_end - started))
+
+
+class Preempted(Exception):
+    """A live request started while a shadow job ran: the job gives way."""
+
+
+def shadow_checkpoint() -> None:
+    if _busy and threading.current_thread().name == "shadow-scorer":
+        raise Preempted
 
 
 def shadow_submit(job: Callable[[], None]) -> None:
@@ -101,6 +111,8 @@ def _run(job: Callable[[], None]) -> None:
     try:
         job()
         stats["completed"] += 1
+    except Preempted:
+        stats["preempted"] += 1
     except Exception:
         stats["failed"] += 1
         logger.exception("shadow scoring failed (the response was not affected)")

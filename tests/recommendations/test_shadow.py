@@ -58,3 +58,25 @@ def test_the_interpreter_switch_interval_is_restored_after_a_job(settings):
     before, during = sys.getswitchinterval(), []
     shadow.shadow_submit(lambda: during.append(sys.getswitchinterval()))
     assert during == [shadow.JOB_SWITCH_INTERVAL_SECONDS] and sys.getswitchinterval() == before
+
+
+def test_a_job_gives_way_to_a_live_request_at_its_next_checkpoint(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_UTILIZATION = 10, 1.0
+    monkeypatch.setattr(shadow, "_jobs", None)
+    monkeypatch.setattr(shadow, "_recent", deque())
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def job():
+        started.set()
+        release.wait(5)
+        shadow.shadow_checkpoint()
+        finished.set()
+
+    preempted = shadow.stats["preempted"]
+    time.sleep(shadow.IDLE_SECONDS * 2)
+    shadow.shadow_submit(job)
+    assert started.wait(5)
+    with shadow.live_request():
+        release.set()
+        wait_until(lambda: shadow.stats["preempted"] > preempted, timeout=5, message="the job preempted")
+    assert not finished.is_set()
