@@ -84,29 +84,24 @@ TARGET_THROUGHPUT_RATIO = 0.40
 TARGET_SHADOW_P99_RATIO = 1.20
 SWAP_WINDOW_S = 10  # after the promotion commits, the span counted as "during the swap"
 
-REGISTER_SNIPPET = """
+_REGISTER_CODE = """
 import json
 from pathlib import Path
 from registry.services import VersionInput, model_version_promote, model_version_register
-directory = Path({directory!r})
-manifest = json.loads((directory / "manifest.json").read_text())
-version = model_version_register(artifact_dir=directory, data=VersionInput(
-    metrics=manifest["metrics"], baseline_metrics=manifest["baselines"], dataset_stats=manifest["dataset"],
-    parameters=manifest["params"], manifest=manifest, trigger_reason="bench/serve.py"))
-model_version_promote(version=version.version, actor="bench/serve.py", reason="serving benchmark")
-print("RESULT " + json.dumps({{"version": version.version}}))
-"""
-
-SHADOW_START_SNIPPET = """
-import json
-from pathlib import Path
-from registry.services import VersionInput, model_version_register
 from retraining.services.rollout import challenger_deploy
 directory = Path({directory!r})
 manifest = json.loads((directory / "manifest.json").read_text())
 version = model_version_register(artifact_dir=directory, data=VersionInput(
     metrics=manifest["metrics"], baseline_metrics=manifest["baselines"], dataset_stats=manifest["dataset"],
     parameters=manifest["params"], manifest=manifest, trigger_reason="bench/serve.py"))
+"""
+
+REGISTER_SNIPPET = _REGISTER_CODE + """
+model_version_promote(version=version.version, actor="bench/serve.py", reason="serving benchmark")
+print("RESULT " + json.dumps({{"version": version.version}}))
+"""
+
+SHADOW_START_SNIPPET = _REGISTER_CODE + """
 experiment = challenger_deploy(version=version.version, mode="shadow", traffic_percent=100, actor="bench/serve.py",
                                reason="serving benchmark: shadow overhead")
 print("RESULT " + json.dumps({{"version": version.version, "experiment": experiment.pk}}))

@@ -24,11 +24,6 @@ def champion_version() -> ModelVersion | None:
     return pointer.version if pointer else None
 
 
-def champion_version_number() -> int | None:
-    """The champion's version number, one indexed query (what web workers poll)."""
-    return Deployment.objects.filter(alias=Alias.CHAMPION).values_list("version__version", flat=True).first()
-
-
 @dataclass(frozen=True)
 class ServingPointers:
     """What a web worker needs to route a request: the champion and the challenger with its mode and share."""

@@ -60,11 +60,14 @@ def _attributed(frame: pd.DataFrame, *, by_recommendation_id: bool, competitors:
         pool = pd.concat([frame, _visible_impressions_of(users, start - window, end)]).drop_duplicates("id")
     served = _served_items(pool)
     matched = []
+    engagements = Interaction.objects.filter(event_type__in=ENGAGEMENT_TYPES)
     if by_recommendation_id:
-        direct = _events(recommendation_id__in=frame["recommendation_id"].tolist())
+        direct = _events(engagements, field="recommendation_id", values=frame["recommendation_id"].tolist())
         matched.append(direct.merge(served, on=["recommendation_id", "item_id"], suffixes=("", "_served")))
+        engagements = engagements.filter(recommendation_id__isnull=True)
+    nearby = engagements.filter(timestamp__gte=start, timestamp__lte=end)
     nearest = pd.merge_asof(
-        _events(user_id__in=users, timestamp__gte=start, timestamp__lte=end, without_id=by_recommendation_id).sort_values("timestamp"),
+        _events(nearby, field="user_id", values=users).sort_values("timestamp"),
         served.drop(columns=["recommendation_id"]).sort_values("served_at"),
         left_on="timestamp", right_on="served_at", by=["user_id", "item_id"], direction="backward", tolerance=window,
     )
@@ -73,17 +76,17 @@ def _attributed(frame: pd.DataFrame, *, by_recommendation_id: bool, competitors:
     return pairs[pairs["id"].isin(frame["id"])]
 
 
-def _events(*, without_id: bool = False, **lookup) -> pd.DataFrame:
-    """Engagement events matching `lookup`, whose one `__in` list is queried in chunks."""
-    (key, values), = ((key, value) for key, value in lookup.items() if key.endswith("__in"))
-    bounds = {name: value for name, value in lookup.items() if name != key}
-    events = Interaction.objects.filter(event_type__in=ENGAGEMENT_TYPES, **bounds)
-    if without_id:
-        events = events.filter(recommendation_id__isnull=True)
-    rows = []
+def _rows_in_chunks(rows: QuerySet, *, field: str, values: list, columns: list[str]) -> list[tuple]:
+    """`rows` whose `field` is one of `values`, queried _CHUNK values at a time."""
+    found = []
     for offset in range(0, len(values), _CHUNK):
-        rows += events.filter(**{key: values[offset:offset + _CHUNK]}).values_list(*_EVENT_COLUMNS)
-    frame = pd.DataFrame.from_records(rows, columns=_EVENT_COLUMNS)
+        found += rows.filter(**{f"{field}__in": values[offset:offset + _CHUNK]}).values_list(*columns)
+    return found
+
+
+def _events(events: QuerySet, *, field: str, values: list) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(_rows_in_chunks(events, field=field, values=values, columns=_EVENT_COLUMNS),
+                                      columns=_EVENT_COLUMNS)
     frame["timestamp"] = _utc(frame["timestamp"])
     frame["user_id"] = frame["user_id"].astype("int64")
     frame["item_id"] = frame["item_id"].astype("int64")
@@ -91,11 +94,9 @@ def _events(*, without_id: bool = False, **lookup) -> pd.DataFrame:
 
 
 def _visible_impressions_of(users: list[int], start: datetime, end: datetime) -> pd.DataFrame:
-    rows = []
-    for offset in range(0, len(users), _CHUNK):
-        rows += (Impression.objects.filter(user_id__in=users[offset:offset + _CHUNK], served_at__gte=start, served_at__lte=end)
-                 .exclude(arm=Impression.Arm.SHADOW).values_list(*_IMPRESSION_COLUMNS))
-    frame = pd.DataFrame.from_records(rows, columns=_IMPRESSION_COLUMNS)
+    visible = Impression.objects.filter(served_at__gte=start, served_at__lte=end).exclude(arm=Impression.Arm.SHADOW)
+    frame = pd.DataFrame.from_records(_rows_in_chunks(visible, field="user_id", values=users, columns=_IMPRESSION_COLUMNS),
+                                      columns=_IMPRESSION_COLUMNS)
     frame["served_at"] = _utc(frame["served_at"])
     return frame
 
