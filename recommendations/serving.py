@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 class ServingModel:
     version: int
     trained: ranking.TrainedModel
+    scores: Callable[[np.ndarray], np.ndarray]  # the ranker's scores of a feature matrix
     loaded_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -58,19 +60,32 @@ class ServingModel:
 
 def trained_model_of(version: ModelVersion) -> ranking.TrainedModel:
     """The model of a registered version, after its artifact's size and sha256 are verified."""
+    with _artifact_unpacked(version) as folder:
+        return ranking.trained_model_load(folder)
+
+
+@contextmanager
+def _artifact_unpacked(version: ModelVersion):
     files = artifact_read(path=version.artifact_path, size=version.artifact_size, sha256=version.artifact_sha256)
     with tempfile.TemporaryDirectory(prefix=f"model-v{version.version}-") as folder:
         for name, data in files.items():
             (Path(folder) / Path(name).name).write_bytes(data)
-        return ranking.trained_model_load(folder)
+        yield Path(folder)
 
 
 def serving_model_load(version: ModelVersion) -> ServingModel:
-    """Verify and load one version's artifact, and warm it up; raises on any problem."""
-    trained = trained_model_of(version)
-    warm = np.zeros((2, len(ranking.RANKER_FEATURES)), dtype=np.float32)
-    ranking.ranker_scores(trained.ranker, warm)
-    return ServingModel(version=version.version, trained=trained)
+    """Verify and load one version's artifact, compile its ranker (RANKER_COMPILED; LightGBM's own
+    predictor if that fails), and warm it up; raises on any other problem."""
+    with _artifact_unpacked(version) as folder:
+        trained = ranking.trained_model_load(folder)
+        scores = partial(ranking.ranker_scores, trained.ranker)
+        if settings.RANKER_COMPILED:
+            try:
+                scores = ranking.CompiledRanker(folder / ranking.RANKER_FILE, cache_dir=Path(settings.MODEL_STORE) / "compiled").scores
+            except Exception:
+                logger.exception("could not compile v%s's ranker; scoring with LightGBM's predictor", version.version)
+    scores(np.zeros((2, len(ranking.RANKER_FEATURES)), dtype=np.float32))
+    return ServingModel(version=version.version, trained=trained, scores=scores)
 
 
 @dataclass(frozen=True)
@@ -329,7 +344,7 @@ def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserS
     matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user, at=at, items=candidate_items,
                                            category_share=model.trained.category_share)
     checkpoint()
-    scores = ranking.ranker_scores(model.trained.ranker, matrix)
+    scores = model.scores(matrix)
     checkpoint()
     order = np.lexsort((found.codes, -scores))
     order = order[_first_active(pks[order], k)]

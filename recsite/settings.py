@@ -178,6 +178,9 @@ MODEL_RETRY_SECONDS = env.float("MODEL_RETRY_SECONDS", default=30.0)
 ITEM_SNAPSHOT_SECONDS = env.float("ITEM_SNAPSHOT_SECONDS", default=5.0)  # how stale serving's item features may be
 if ITEM_SNAPSHOT_SECONDS < 0:
     raise ImproperlyConfigured(f"ITEM_SNAPSHOT_SECONDS ({ITEM_SNAPSHOT_SECONDS}) must be >= 0")
+# Serving scores candidates with the ranker compiled to native code by lleaves (same scores, ~5x faster than
+# LightGBM's predictor); off, or if compiling fails, LightGBM's predictor is used.
+RANKER_COMPILED = env.bool("RANKER_COMPILED", default=True)
 IMPRESSION_FLUSH_SECONDS = env.float("IMPRESSION_FLUSH_SECONDS", default=0.5)
 MAX_RECOMMENDATIONS = 100
 # Shadow scoring (recommendations/shadow.py): queued jobs at most, and how long one may wait for an idle moment.
