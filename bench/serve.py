@@ -19,7 +19,8 @@ library) with --clients concurrent clients:
   shadow-light  like light, with the same shadow; shadow scoring must add at most 20% to p99 latency, and
              the share of requests the shadow actually scored (shadow impressions / lists) is printed
   hotswap    like recommend; --swap-after seconds in, v2 is registered and promoted from another process
-             (model_version_register + model_version_promote); every response's model_version is kept
+             (model_version_register + model_version_promote); every response's model_version is kept. The
+             compiled-ranker cache is emptied first, so the workers compile the new ranker during the swap
 
 Server-side latency is read from gunicorn's access log: from the worker reading the request to the
 response written, queueing for a worker excluded. Client-side latency (queueing included) is measured by
@@ -41,6 +42,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -538,6 +540,9 @@ def run(args, log_dir: Path) -> dict:
 
                 def swap() -> dict:
                     time.sleep(args.swap_after)
+                    # v2's ranker was compiled for the shadow scenarios: empty the cache so that the workers
+                    # compile it again, as they would a newly trained model's
+                    shutil.rmtree(log_dir / "var" / "models" / "compiled", ignore_errors=True)
                     started = time.monotonic()
                     version = model_register_and_promote(env=env, directory=v2_dir)
                     finished = time.monotonic()

@@ -4,8 +4,10 @@ every item's external id, active flag, categories and online feature row, as arr
 Freshness: serving rebuilds the snapshot when it is older than `ITEM_SNAPSHOT_SECONDS` (default 5 s), in
 its poll thread (or on the request path when that thread is not running), so item features (popularity,
 counts, mean rating), categories and new items reach recommendations within ITEM_SNAPSHOT_SECONDS +
-MODEL_POLL_SECONDS. The `active` flag here only prunes candidates early: serving re-reads it for the items
-it is about to return, so a deactivated item is never served, however old the snapshot. A user's own
+MODEL_POLL_SECONDS. The `active` flag here only prunes candidates early: a deactivated item is never served,
+however old the snapshot, because serving re-reads the flags of the items it is about to return unless the
+catalogue's deactivation count (models.CatalogState, kept by a trigger) is still the one read with the
+snapshot — then no item it holds as active can have been deactivated since. A user's own
 features and history are never taken from here (each request reads them).
 
 The snapshot does not depend on a model version: it is keyed by Item primary key, and a model maps its
@@ -25,6 +27,7 @@ from django.db.models.functions import Cast
 
 from recommendations import features
 from recommendations.models import Item
+from recommendations.selectors.serving import catalog_deactivations
 
 _STATE_FIELDS = [f"features__{name}" for name in features.ITEM_STATE_COLUMNS]
 _TIME_COLUMNS = {features.ITEM_STATE_COLUMNS.index(name) for name in ("first_event_at", "last_event_at")}
@@ -42,6 +45,7 @@ class ItemSnapshot:
     category_names: dict[str, int]
     columns: np.ndarray  # float64 [n, len(ITEM_STATE_COLUMNS)]: the ItemFeatures rows (an empty ItemState if none)
     trending: np.ndarray  # rows of the active items with features, the popular fallback's order
+    deactivations: int | None = None  # CatalogState.deactivations, read before the items
     built_at: float = field(default_factory=time.monotonic)
 
     def rows_of(self, pks: np.ndarray) -> np.ndarray:
@@ -77,7 +81,9 @@ class ItemSnapshot:
 
 
 def item_snapshot_build() -> ItemSnapshot:
-    """All items and their online features, read now in one query."""
+    """All items and their online features, read now in one query. The catalogue's deactivation count is
+    read before it: a deactivation committed in between is then seen twice (harmless), never missed."""
+    deactivations = catalog_deactivations()
     rows = list(Item.objects.order_by("pk").values_list(
         "pk", "external_id", "active", Cast("categories", TextField()), *_STATE_FIELDS))
     columns, has_features = _state_columns([row[4:] for row in rows])
@@ -92,6 +98,7 @@ def item_snapshot_build() -> ItemSnapshot:
         category_names=names,
         columns=columns,
         trending=_trending_order(pks, active, columns, has_features=has_features),
+        deactivations=deactivations,
     )
 
 

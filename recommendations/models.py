@@ -145,6 +145,20 @@ class Impression(models.Model):
         indexes = [models.Index(fields=["user", "served_at"])]
 
 
+class CatalogState(models.Model):
+    """How many items were ever deactivated, counted by a database trigger (migration 0005) whatever made
+    the change: the API, the admin, a queryset update or plain SQL. Serving reads it with each request's
+    user row and compares it with the count its item snapshot was built with: unchanged, no item the
+    snapshot holds as active has been deactivated since, and the re-read of the served items' flags is
+    skipped. One row (none on a database without the trigger: serving then always re-reads)."""
+
+    singleton = models.BooleanField(default=True, unique=True, editable=False)
+    deactivations = models.BigIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.deactivations} item deactivations"
+
+
 class SystemClock(models.Model):
     """The clock that triggers and training cut-offs follow. Normally real time; a replay anchors it to
     the replayed timeline: now = simulated_anchor + (real now − real_anchor) × speed. One row at most."""

@@ -11,7 +11,9 @@ commands) the request path polls synchronously at the same interval.
 Items come from the process's item snapshot (recommendations.item_snapshot), rebuilt by the same thread
 every `ITEM_SNAPSHOT_SECONDS`: item features may be that many seconds (plus a poll) stale; the user's
 features and history are read by every request, so the user's own events count in the very next one;
-and the active flag of the items about to be returned is re-read, so an inactive item is never served.
+and an inactive item is never served: the active flags of the items about to be returned are re-read,
+unless the catalogue's deactivation count, read in the same statement as the user, shows that no item was
+deactivated since the snapshot was built (recommendations.item_snapshot).
 """
 
 import logging
@@ -241,6 +243,13 @@ class _Request:
     k: int
     at: datetime
 
+    @property
+    def recheck_active(self) -> bool:
+        """Whether the served items' active flags must be re-read: unless the catalogue's deactivation
+        count read with the user is the snapshot's (then nothing the snapshot holds active was deactivated)."""
+        counted = self.user.catalog_deactivations if self.user else None
+        return counted is None or counted != self.snapshot.deactivations
+
 
 def recommendations_for(*, user_external_id: str, k: int, category: str | None = None,
                         exclude: list[str] | None = None, explain: bool = False) -> Recommendation:
@@ -294,11 +303,13 @@ def _ranked_or_popular(model: ServingModel | None, request: _Request, explain: b
     user = request.user
     if model is not None and user is not None:
         served = _ranked(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen, excluded=request.excluded,
-                         category=request.category, k=request.k, at=request.at.timestamp(), explain=explain)
+                         category=request.category, k=request.k, at=request.at.timestamp(), explain=explain,
+                         recheck_active=request.recheck_active)
         if served is not None:
             return served, model
     blocked = (user.seen if user else set()) | request.excluded
-    return _popular(snapshot=request.snapshot, blocked=blocked, category=request.category, k=request.k), None
+    return _popular(snapshot=request.snapshot, blocked=blocked, category=request.category, k=request.k,
+                    recheck_active=request.recheck_active), None
 
 
 def _impression(recommendation_id: uuid.UUID, request: _Request, served: list[dict], model: ServingModel | None,
@@ -313,7 +324,7 @@ def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, 
     user = request.user
     served = _ranked(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen, excluded=request.excluded,
                      category=request.category, k=request.k, at=request.at.timestamp(), explain=False,
-                     checkpoint=shadow_checkpoint)
+                     recheck_active=request.recheck_active, checkpoint=shadow_checkpoint)
     if served:
         impression_log(_impression(uuid.uuid4(), request, served, model, arm=Impression.Arm.SHADOW,
                                    routed_version=model.version, experiment_id=experiment_id, shadow_of=shadow_of,
@@ -321,7 +332,7 @@ def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, 
 
 
 def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],
-            excluded: set[int], category: str | None, k: int, at: float, explain: bool,
+            excluded: set[int], category: str | None, k: int, at: float, explain: bool, recheck_active: bool = True,
             checkpoint: Callable[[], None] = lambda: None) -> list[dict] | None:
     """The champion's top k of its candidates for the user that the snapshot holds as active (and in
     `category`), neither seen nor excluded; None when no candidate is left. `checkpoint` is called between
@@ -347,7 +358,7 @@ def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserS
     scores = model.scores(matrix)
     checkpoint()
     order = np.lexsort((found.codes, -scores))
-    order = order[_first_active(pks[order], k)]
+    order = order[_first_active(pks[order], k)] if recheck_active else order[:k]
     explanations = ranking.ranker_explain(model.trained.ranker, matrix[order]) if explain else None
     served = []
     for position, index in enumerate(order.tolist()):
@@ -380,12 +391,13 @@ def _sources(flags: int) -> list[str]:
     return [name for bit, name in ((ranking.SOURCE_COLLABORATIVE, "collaborative"), (ranking.SOURCE_POPULAR, "popular")) if flags & bit]
 
 
-def _popular(*, snapshot: ItemSnapshot, blocked: set[int], category: str | None, k: int) -> list[dict]:
+def _popular(*, snapshot: ItemSnapshot, blocked: set[int], category: str | None, k: int,
+             recheck_active: bool = True) -> list[dict]:
     """Trending first: decayed 7-day popularity (its order does not depend on the clock), then all-time."""
     rows = snapshot.trending[~np.isin(snapshot.pks[snapshot.trending], list(blocked))]
     if category:
         rows = rows[snapshot.in_category(rows, category)]
-    rows = rows[_first_active(snapshot.pks[rows], k)]
+    rows = rows[_first_active(snapshot.pks[rows], k)] if recheck_active else rows[:k]
     now = system_now().timestamp()
     return [{"_pk": int(snapshot.pks[row]), "item_id": snapshot.external_ids[row],
              "score": snapshot.trend_score(row, now)} for row in rows.tolist()]

@@ -114,7 +114,8 @@ class ItemBulkUpsertApi(APIView):
             raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [_error(None, "items", "This field is required.")]})
         valid = validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
         result = item_upsert(items=[ItemInput(**item) for item in valid])
-        return Response(self.OutputSerializer(result).data)
+        return Response({"user_id": result.user_id, "model_version": result.model_version, "strategy": result.strategy,
+                         "recommendation_id": str(result.recommendation_id), "items": result.items})
 
 
 class ItemUpsertApi(APIView):
@@ -168,7 +169,7 @@ class RecommendationsApi(APIView):
         exclude = serializers.CharField(required=False, max_length=10_000)
         explain = serializers.BooleanField(required=False, default=False)
 
-    class OutputSerializer(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer):  # the schema; the view builds the same fields directly
         user_id = serializers.CharField()
         model_version = serializers.IntegerField(allow_null=True)
         strategy = serializers.CharField()
@@ -181,7 +182,8 @@ class RecommendationsApi(APIView):
         exclude = [part.strip() for part in query.get("exclude", "").split(",") if part.strip()]
         result = recommendations_for(user_external_id=user_id, k=query["k"], category=query.get("category"),
                                      exclude=exclude, explain=query["explain"])
-        return Response(self.OutputSerializer(result).data)
+        return Response({"user_id": result.user_id, "model_version": result.model_version, "strategy": result.strategy,
+                         "recommendation_id": str(result.recommendation_id), "items": result.items})
 
 
 class SimilarItemsApi(APIView):

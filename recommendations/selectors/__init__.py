@@ -7,7 +7,9 @@ from recommendations.models import Interaction
 from recommendations.selectors.online import (  # noqa: F401  (the app's read interface)
     ArmSummary, OnlineHitRate, arm_impressions_count, arms_compare, impression_outcomes, online_hit_rate, online_metrics,
 )
-from recommendations.selectors.serving import ServedUser, inactive_items, served_user  # noqa: F401
+from recommendations.selectors.serving import (  # noqa: F401
+    ServedUser, catalog_deactivations, inactive_items, served_user,
+)
 
 
 def events_after(*, moment: datetime | None, until: datetime) -> int:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from django.db import connection, models
 
 from recommendations import features
-from recommendations.models import EndUser, Interaction, Item, UserFeatures
+from recommendations.models import CatalogState, EndUser, Interaction, Item, UserFeatures
 
 _USER_STATE_FIELDS = [f.name for f in fields(features.UserState)]
 _JSON_FIELDS = {name for name in _USER_STATE_FIELDS if isinstance(UserFeatures._meta.get_field(name), models.JSONField)}
@@ -21,7 +21,8 @@ _SEEN_AGGREGATE = {  # every Item key of the user's events, in the same statemen
     "sqlite": "(SELECT json_group_array(DISTINCT i.item_id) FROM {table} i WHERE i.user_id = u.id)",
 }
 _USER_SQL = (
-    f"SELECT u.id, {{seen}}, {', '.join('f.' + UserFeatures._meta.get_field(name).column for name in _USER_STATE_FIELDS)} "
+    f"SELECT u.id, {{seen}}, (SELECT c.deactivations FROM {CatalogState._meta.db_table} c), "
+    f"{', '.join('f.' + UserFeatures._meta.get_field(name).column for name in _USER_STATE_FIELDS)} "
     f"FROM {EndUser._meta.db_table} u LEFT JOIN {UserFeatures._meta.db_table} f ON f.user_id = u.id "
     f"WHERE u.external_id = %s"
 )
@@ -33,18 +34,20 @@ class ServedUser:
     pk: int
     state: features.UserState  # the online features as of now (empty for a user without a row yet)
     seen: set[int]  # every Item key the user has an event with
+    catalog_deactivations: int | None  # CatalogState.deactivations, read in the same statement
 
 
 def served_user(*, external_id: str) -> ServedUser | None:
-    """The user's online features and seen items, read now in one statement (so the user's last event
-    counts); None for an unknown user."""
+    """The user's online features and seen items (so the user's last event counts) and the catalogue's
+    deactivation count, read now in one statement; None for an unknown user."""
     with connection.cursor() as cursor:
         cursor.execute(_user_sql(connection.vendor), [external_id])
         row = cursor.fetchone()
     if row is None:
         return None
     seen = json.loads(row[1]) if isinstance(row[1], str) else row[1]
-    return ServedUser(pk=row[0], state=_user_state(dict(zip(_USER_STATE_FIELDS, row[2:]))), seen=set(seen))
+    return ServedUser(pk=row[0], state=_user_state(dict(zip(_USER_STATE_FIELDS, row[3:]))), seen=set(seen),
+                      catalog_deactivations=row[2])
 
 
 @functools.cache
@@ -67,6 +70,11 @@ def _timestamp(moment: datetime | None) -> float | None:
     if moment is None:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def catalog_deactivations() -> int | None:
+    """CatalogState.deactivations now; None on a database without its trigger."""
+    return CatalogState.objects.values_list("deactivations", flat=True).first()
 
 
 def inactive_items(*, pks: list[int]) -> set[int]:

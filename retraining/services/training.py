@@ -53,8 +53,11 @@ class TrainingParams:
     min_user_events: int = 5
     ease_items: int = 3000
     ease_l2: float = 250.0
-    n_collaborative: int = 200
-    n_popular: int = 50
+    # Candidates per user: the top EASE items and the most popular ones. 100 + 30 scored as well as 200 + 50
+    # offline (NDCG@10 on ml-latest-small 0.132/0.131 vs 0.128/0.126 over two seeds; synthetic 300k events
+    # 0.162 vs 0.163) with half the rows for serving to build and score.
+    n_collaborative: int = 100
+    n_popular: int = 30
     num_threads: int = 2
     seed: int = 42
     learning_rate: float = 0.05

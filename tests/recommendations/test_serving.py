@@ -2,10 +2,13 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
 
-from recommendations.models import Impression, Interaction, Item
-from recommendations.serving import deployed
+from recommendations import serving
+from recommendations.models import CatalogState, Impression, Interaction, Item
+from recommendations.serving import deployed, items
+from recommendations.services.catalog import ItemInput, item_upsert
 from registry.services import model_version_promote
 from tests.recommendations.factories import store_history, train_and_register
 
@@ -148,3 +151,64 @@ def test_a_category_change_reaches_recommendations_when_the_snapshot_is_rebuilt(
     settings.ITEM_SNAPSHOT_SECONDS = 0
     body = get(serve_client, "user-5", k=10, category="brand-new").json()
     assert [item["item_id"] for item in body["items"]] == [top]
+
+
+@pytest.fixture
+def counted_catalog(served, settings):
+    """The CatalogState row (a flush by an earlier module may have removed it) and a snapshot built now
+    that stays for the test."""
+    CatalogState.objects.get_or_create(singleton=True)
+    settings.ITEM_SNAPSHOT_SECONDS = 3600
+    items.refresh(keep_going=False)
+
+
+@pytest.fixture
+def flag_reads(monkeypatch):
+    """How many times serving re-read items' active flags."""
+    reads = []
+    original = serving.inactive_items
+    monkeypatch.setattr(serving, "inactive_items", lambda *, pks: reads.append(pks) or original(pks=pks))
+    return reads
+
+
+def _deactivate_by_update(external_id):
+    Item.objects.filter(external_id=external_id).update(active=False)
+
+
+def _deactivate_by_sql(external_id):
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {Item._meta.db_table} SET active = %s WHERE external_id = %s", [False, external_id])
+
+
+def _deactivate_by_upsert(external_id):
+    item_upsert(items=[ItemInput(item_id=external_id, title="retired", active=False)])
+
+
+@pytest.mark.parametrize("deactivate", [_deactivate_by_update, _deactivate_by_sql, _deactivate_by_upsert])
+def test_any_deactivation_is_counted_and_makes_serving_re_read_the_flags(counted_catalog, flag_reads, serve_client,
+                                                                        deactivate):
+    first = [item["item_id"] for item in get(serve_client, "user-3", k=10).json()["items"]]
+    assert flag_reads == [], "nothing was deactivated since the snapshot: the flags are not re-read"
+    before = CatalogState.objects.get().deactivations
+    deactivate(first[0])
+    assert CatalogState.objects.get().deactivations == before + 1
+    again = [item["item_id"] for item in get(serve_client, "user-3", k=10).json()["items"]]
+    assert flag_reads and first[0] not in again and len(again) == 10
+
+
+def test_reactivating_or_editing_an_item_is_not_counted(counted_catalog, serve_client):
+    item = Item.objects.order_by("pk").first()
+    before = CatalogState.objects.get().deactivations
+    Item.objects.filter(pk=item.pk).update(title="renamed")
+    Item.objects.filter(pk=item.pk).update(active=False)
+    Item.objects.filter(pk=item.pk).update(active=False)  # already inactive: not a deactivation
+    Item.objects.filter(pk=item.pk).update(active=True)
+    assert CatalogState.objects.get().deactivations == before + 1
+
+
+def test_without_the_counter_serving_always_re_reads_the_flags(counted_catalog, flag_reads, serve_client):
+    CatalogState.objects.all().delete()
+    items.refresh(keep_going=False)
+    get(serve_client, "user-3", k=10)
+    get(serve_client, "never-seen", k=5)
+    assert len(flag_reads) == 2
