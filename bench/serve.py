@@ -19,8 +19,9 @@ library) with --clients concurrent clients:
   shadow-light  like light, with the same shadow; shadow scoring must add at most 20% to p99 latency, and
              the share of requests the shadow actually scored (shadow impressions / lists) is printed
   hotswap    like recommend; --swap-after seconds in, v2 is registered and promoted from another process
-             (model_version_register + model_version_promote); every response's model_version is kept. The
-             compiled-ranker cache is emptied first, so the workers compile the new ranker during the swap
+             (ranker_precompile + model_version_register + model_version_promote, as a training run would);
+             every response's model_version is kept. The compiled-ranker cache is emptied first, so the ranker
+             is compiled again as part of the swap
 
 Server-side latency is read from gunicorn's access log: from the worker reading the request to the
 response written, queueing for a worker excluded. Client-side latency (queueing included) is measured by
@@ -90,9 +91,11 @@ _REGISTER_CODE = """
 import json
 from pathlib import Path
 from registry.services import VersionInput, model_version_promote, model_version_register
+from recommendations.serving import ranker_precompile
 from retraining.services.rollout import challenger_deploy
 directory = Path({directory!r})
 manifest = json.loads((directory / "manifest.json").read_text())
+ranker_precompile(directory)  # as a training run registers a version (retraining.services.pipeline)
 version = model_version_register(artifact_dir=directory, data=VersionInput(
     metrics=manifest["metrics"], baseline_metrics=manifest["baselines"], dataset_stats=manifest["dataset"],
     parameters=manifest["params"], manifest=manifest, trigger_reason="bench/serve.py"))
@@ -540,8 +543,8 @@ def run(args, log_dir: Path) -> dict:
 
                 def swap() -> dict:
                     time.sleep(args.swap_after)
-                    # v2's ranker was compiled for the shadow scenarios: empty the cache so that the workers
-                    # compile it again, as they would a newly trained model's
+                    # v2's ranker was compiled for the shadow scenarios: empty the cache so that it is
+                    # compiled again, as a newly trained model's would be
                     shutil.rmtree(log_dir / "var" / "models" / "compiled", ignore_errors=True)
                     started = time.monotonic()
                     version = model_register_and_promote(env=env, directory=v2_dir)

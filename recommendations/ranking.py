@@ -69,12 +69,17 @@ class CollaborativeModel:
         self.popularity_rank = np.empty(len(self.popularity), dtype=np.float32)
         self.popularity_rank[self.popularity_order] = np.arange(1, len(self.popularity) + 1)
         self.active_popularity_order = self.popularity_order[self.active[self.popularity_order]]
-        self._code_of_pk = {int(pk): code for code, pk in enumerate(self.item_pks.tolist())}
+        self._code_order = np.argsort(self.item_pks, kind="stable")  # codes by ascending Item key
+        self._ordered_pks = self.item_pks[self._code_order]
 
-    def codes_of(self, item_pks: Sequence[int]) -> np.ndarray:
-        """Catalogue codes of the given Item primary keys; items unknown to the model are dropped."""
-        codes = [self._code_of_pk.get(int(pk), -1) for pk in item_pks]
-        return np.array([c for c in codes if c >= 0], dtype=np.int64)
+    def codes_of(self, item_pks: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Catalogue codes of the given Item primary keys, in their order; items unknown to the model are
+        dropped."""
+        pks = np.asarray(item_pks, dtype=np.int64).reshape(-1)
+        if not len(pks) or not len(self._ordered_pks):
+            return np.empty(0, dtype=np.int64)
+        at = np.searchsorted(self._ordered_pks, pks).clip(max=len(self._ordered_pks) - 1)
+        return self._code_order[at[self._ordered_pks[at] == pks]].astype(np.int64)
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """EASE scores [len(histories), M] for users given by the catalogue codes they interacted with."""

@@ -75,6 +75,23 @@ def _artifact_unpacked(version: ModelVersion):
         yield Path(folder)
 
 
+def ranker_cache_dir() -> Path:
+    """Where compiled rankers are kept (recommendations.ranking.CompiledRanker)."""
+    return Path(settings.MODEL_STORE) / "compiled"
+
+
+def ranker_precompile(model_dir: Path) -> None:
+    """Compile a newly registered model's ranker into the cache, so that web processes load it in
+    milliseconds when it is deployed instead of compiling it under traffic. Best effort: a failure is
+    logged, and serving then compiles it (or falls back to LightGBM) itself."""
+    if not settings.RANKER_COMPILED:
+        return
+    try:
+        ranking.CompiledRanker(Path(model_dir) / ranking.RANKER_FILE, cache_dir=ranker_cache_dir())
+    except Exception:
+        logger.exception("could not compile the ranker of %s ahead of serving", model_dir)
+
+
 def serving_model_load(version: ModelVersion) -> ServingModel:
     """Verify and load one version's artifact, compile its ranker (RANKER_COMPILED; LightGBM's own
     predictor if that fails), and warm it up; raises on any other problem."""
@@ -83,7 +100,7 @@ def serving_model_load(version: ModelVersion) -> ServingModel:
         scores = partial(ranking.ranker_scores, trained.ranker)
         if settings.RANKER_COMPILED:
             try:
-                scores = ranking.CompiledRanker(folder / ranking.RANKER_FILE, cache_dir=Path(settings.MODEL_STORE) / "compiled").scores
+                scores = ranking.CompiledRanker(folder / ranking.RANKER_FILE, cache_dir=ranker_cache_dir()).scores
             except Exception:
                 logger.exception("could not compile v%s's ranker; scoring with LightGBM's predictor", version.version)
     scores(np.zeros((2, len(ranking.RANKER_FEATURES)), dtype=np.float32))
@@ -339,7 +356,7 @@ def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserS
     the stages (a shadow job uses it to give way to a live request)."""
     collaborative = model.trained.collaborative
     found = ranking.candidates_generate(
-        collaborative, histories=[collaborative.codes_of(sorted(seen))],
+        collaborative, histories=[collaborative.codes_of(np.fromiter(seen, dtype=np.int64, count=len(seen)))],
         n_collaborative=model.params["n_collaborative"], n_popular=model.params["n_popular"],
     )[0]
     checkpoint()

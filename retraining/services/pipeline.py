@@ -23,7 +23,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from recommendations import ranking
-from recommendations.serving import trained_model_of
+from recommendations.serving import ranker_precompile, trained_model_of
 from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_register, model_version_reject
@@ -163,8 +163,9 @@ def drift_reference_attach(*, result: TrainingResult, directory: Path, until: da
 
 def candidate_register(*, result: TrainingResult, manifest: dict, directory: Path, until: datetime | None,
                        trigger: str, training_seconds: float, run_id: int | None = None) -> ModelVersion:
-    """Register a trained model directory as a candidate version."""
+    """Register a trained model directory as a candidate version, its ranker compiled for serving."""
     window_of = manifest.get("training_window", {})
+    ranker_precompile(directory)
     return model_version_register(artifact_dir=directory, data=VersionInput(
         metrics=json_safe(result.metrics), baseline_metrics=json_safe(result.baselines), dataset_stats=result.dataset,
         parameters=manifest.get("params", {}), manifest=manifest,

@@ -75,3 +75,16 @@ def test_serving_scores_with_the_compiled_ranker_or_falls_back_to_lightgbm(tmp_p
     monkeypatch.setattr(ranking, "CompiledRanker", broken)
     fallback = serving.serving_model_load(version)
     np.testing.assert_array_equal(fallback.scores(matrix), expected)
+
+
+@pytest.mark.django_db
+def test_a_precompiled_ranker_is_loaded_from_the_cache(tmp_path, settings):
+    settings.MODEL_STORE, settings.RANKER_COMPILED = tmp_path / "store", True
+    store_history()
+    version = train_and_register(tmp_path)
+    serving.ranker_precompile(tmp_path / "run")
+    [cached] = serving.ranker_cache_dir().glob("ranker-*.o")
+    stamp = cached.stat().st_mtime_ns
+    serving.serving_model_load(version)
+    assert [path.name for path in serving.ranker_cache_dir().glob("ranker-*.o")] == [cached.name]
+    assert cached.stat().st_mtime_ns == stamp
