@@ -114,8 +114,7 @@ class ItemBulkUpsertApi(APIView):
             raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [_error(None, "items", "This field is required.")]})
         valid = validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
         result = item_upsert(items=[ItemInput(**item) for item in valid])
-        return Response({"user_id": result.user_id, "model_version": result.model_version, "strategy": result.strategy,
-                         "recommendation_id": str(result.recommendation_id), "items": result.items})
+        return Response(self.OutputSerializer(result).data)
 
 
 class ItemUpsertApi(APIView):
