@@ -17,7 +17,9 @@ library) with --clients concurrent clients:
   shadow     like recommend while v2 runs as a shadow challenger on every request (issue 7): the champion
              answers, v2 scores the request afterwards in the web process when it is idle
   shadow-light  like light, with the same shadow; shadow scoring must add at most 20% to p99 latency, and
-             the share of requests the shadow actually scored (shadow impressions / lists) is printed
+             the share of requests the shadow actually scored (shadow impressions / lists) is printed.
+             light and shadow-light alternate for --shadow-rounds rounds (3) and are compared pooled, so
+             that the machine's drift during the run weighs on both alike; per-round ratios are printed
   hotswap    like recommend; --swap-after seconds in, v2 is registered and promoted from another process
              (ranker_precompile + model_version_register + model_version_promote, as a training run would);
              every response's model_version is kept. The compiled-ranker cache is emptied first, so the ranker
@@ -503,6 +505,8 @@ def parse_args(argv):
     parser.add_argument("--light-clients", type=int, default=10, help="clients of the light scenarios (default 10)")
     parser.add_argument("--light-wait", type=float, default=0.1,
                         help="seconds each light client pauses between requests (default 0.1)")
+    parser.add_argument("--shadow-rounds", type=int, default=3,
+                        help="rounds of light then shadow-light, pooled (default 3)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile when a target fails")
     parser.add_argument("--profile-requests", type=int, default=300, help="requests profiled (default 300)")
     return parser.parse_args(argv)
@@ -564,22 +568,57 @@ def run(args, log_dir: Path) -> dict:
 
 
 def shadow_measure(*, args, env: dict[str, str], directory: Path, measure: dict, results: dict) -> dict:
-    """light (no shadow), then shadow and shadow-light with v2 shadowing every request; the shadow's coverage."""
+    """--shadow-rounds rounds of: light (no shadow), then v2 shadowing every request: shadow (first round
+    only) and shadow-light. light and shadow-light are pooled over the rounds (their p99 compared on every
+    request of every round, so the machine's drift weighs on both alike); the per-round ratios and the
+    shadow's coverage are kept."""
     light = {**measure, "config": {**measure["config"], "clients": args.light_clients, "wait": args.light_wait}}
-    results["light"] = scenario_measure(kind="light", **light)
-    started = shell(SHADOW_START_SNIPPET.format(directory=str(directory)), env=env)
-    step(f"v{started['version']} shadows every request (experiment {started['experiment']}); waiting for the pollers")
-    time.sleep(3)
-    coverage = {}
-    for kind, setup in (("shadow", measure), ("shadow-light", light)):
-        since = datetime.now(timezone.utc)
-        results[kind] = scenario_measure(kind=kind, **setup)
-        time.sleep(2)  # the impressions' last flush
-        coverage[kind] = shadow_coverage(measure["url"], experiment=started["experiment"], kind_start=since)
-        step(f"{kind}: the shadow scored {coverage[kind]['scored']} of {coverage[kind]['lists']} lists "
-             f"({coverage[kind]['share']:.0%})")
-    shell(SHADOW_STOP_SNIPPET, env=env)
+    coverage, rounds = {}, {"light": [], "shadow-light": []}
+    for number in range(1, args.shadow_rounds + 1):
+        rounds["light"].append(scenario_measure(kind="light", **light))
+        started = shell(SHADOW_START_SNIPPET.format(directory=str(directory)), env=env)
+        step(f"round {number}: v{started['version']} shadows every request (experiment {started['experiment']}); "
+             f"waiting for the pollers")
+        time.sleep(3)
+        kinds = (("shadow", measure), ("shadow-light", light)) if number == 1 else (("shadow-light", light),)
+        for kind, setup in kinds:
+            since = datetime.now(timezone.utc)
+            result = scenario_measure(kind=kind, **setup)
+            if kind == "shadow":
+                results["shadow"] = result
+            else:
+                rounds[kind].append(result)
+            time.sleep(2)  # the impressions' last flush
+            scored = shadow_coverage(measure["url"], experiment=started["experiment"], kind_start=since)
+            for key in ("scored", "lists"):
+                coverage.setdefault(kind, {"scored": 0, "lists": 0})[key] += scored[key]
+            step(f"{kind}: the shadow scored {scored['scored']} of {scored['lists']} lists ({scored['share']:.0%})")
+        shell(SHADOW_STOP_SNIPPET, env=env)
+    for kind, value in coverage.items():
+        value["share"] = value["scored"] / value["lists"] if value["lists"] else 0.0
+    results["light"], results["shadow-light"] = _pooled(rounds["light"]), _pooled(rounds["shadow-light"])
+    coverage["round_ratios"] = [
+        percentile(loaded["server_ms"], 0.99) / percentile(alone["server_ms"], 0.99)
+        for alone, loaded in zip(rounds["light"], rounds["shadow-light"])
+    ]
     return coverage
+
+
+def _pooled(results: list[dict]) -> dict:
+    """Several runs of one scenario as one: requests, latencies and CPU together; locust's own percentiles
+    (which cannot be pooled) are the rounds' median."""
+    if len(results) == 1:
+        return results[0]
+    pooled = {"kind": results[0]["kind"], "side": None, "samples": [s for r in results for s in r["samples"]]}
+    for key in ("seconds", "requests", "ok", "failed", "server_requests", "server_errors", "loadgen_cpu_seconds"):
+        pooled[key] = sum(r[key] for r in results)
+    for key in ("client_ms", "server_ms"):
+        pooled[key] = sorted(ms for r in results for ms in r[key])
+    for key in ("locust_p50_ms", "locust_p99_ms"):
+        pooled[key] = sorted(r[key] for r in results)[len(results) // 2]
+    pooled["cpu"] = {key: sum(r["cpu"][key] for r in results) for key in results[0]["cpu"]}
+    pooled["req_per_s"] = pooled["ok"] / pooled["seconds"] if pooled["seconds"] else 0.0
+    return pooled
 
 
 def main(argv) -> int:
@@ -611,8 +650,12 @@ def main(argv) -> int:
               f"client latency from it to {SWAP_WINDOW_S} s after: p99 {swap['p99_ms_during']:.1f} ms, "
               f"max {swap['max_ms_during']:.1f} ms\n")  # fmt: skip
     if figures["shadow"]:
+        shadow = dict(figures["shadow"])
+        ratios = shadow.pop("round_ratios")
         print("Shadow coverage (lists the shadow challenger scored / lists served to known users): " + ", ".join(
-            f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}" for kind, c in figures["shadow"].items()) + "\n")
+            f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}" for kind, c in shadow.items()))
+        print(f"light and shadow-light are pooled over {len(ratios)} alternating rounds; shadow-light's p99 over "
+              f"light's, round by round: {', '.join(f'{r:.2f}x' for r in ratios)}\n")
     print("Targets (issues 4 and 7):")
     print("\n".join(target_lines))
     if profile is not None:

@@ -39,7 +39,7 @@ from recommendations.models import Impression, Item
 from recommendations.routing import Route, route_for
 from recommendations.selectors import ServedUser, inactive_items, served_user
 from recommendations.services.impressions import impression_log
-from recommendations.shadow import shadow_submit
+from recommendations.shadow import shadow_checkpoint, shadow_submit
 from recsite.errors import NotFoundError
 from registry.artifacts import artifact_read
 from registry.models import ModelVersion
@@ -291,10 +291,9 @@ def recommendations_for(*, user_external_id: str, k: int, category: str | None =
         impression_log(_impression(recommendation.recommendation_id, request, served, model, arm=route.arm,
                                    routed_version=route.version, experiment_id=experiment_id,
                                    strategy=Impression.Strategy.ERROR if failed else recommendation.strategy))
-        if route.shadow_version in current.models:  # loadable: this process loaded it
-            shadow_submit(ShadowScoring(version=route.shadow_version, user=user, excluded=excluded, category=category,
-                                        k=k, at=request.at, shadow_of=recommendation.recommendation_id,
-                                        experiment_id=experiment_id))
+        shadow = current.models.get(route.shadow_version)
+        if shadow is not None:
+            shadow_submit(partial(_shadow_score, shadow, request, recommendation.recommendation_id, experiment_id))
     for rank, item in enumerate(served, start=1):
         item.pop("_pk")
         item["rank"] = rank
@@ -336,50 +335,12 @@ def _impression(recommendation_id: uuid.UUID, request: _Request, served: list[di
                       scores=[item["score"] for item in served] if model else [], **fields)
 
 
-@dataclass(frozen=True)
-class ShadowScoring:
-    """A request the champion answered, for the challenger to score in shadow (recommendations.shadow):
-    picklable, as it crosses to the shadow helper process, which holds its own models and item snapshot."""
-
-    version: int
-    user: ServedUser
-    excluded: set[int]
-    category: str | None
-    k: int
-    at: datetime
-    shadow_of: uuid.UUID
-    experiment_id: int | None
-
-    def run(self) -> None:
-        model = deployed.current().models.get(self.version) or _shadow_models.get(self.version)
-        items.refresh_if_due()
-        request = _Request(snapshot=items.current(), user=self.user, excluded=self.excluded, category=self.category,
-                           k=self.k, at=self.at)
-        _shadow_score(model, request, self.shadow_of, self.experiment_id)
-
-
-class _ShadowModels:
-    """The shadow helper's challenger: loaded on its first job, replaced when another version comes."""
-
-    def __init__(self):
-        self._model: ServingModel | None = None
-
-    def get(self, version: int) -> ServingModel:
-        if self._model is None or self._model.version != version:
-            self._model = None
-            self._model = serving_model_load(ModelVersion.objects.get(version=version))
-        return self._model
-
-
-_shadow_models = _ShadowModels()
-
-
 def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, experiment_id: int | None) -> None:
     """The challenger's list for a request the champion answered, logged as a shadow impression only."""
     user = request.user
     served = _ranked(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen, excluded=request.excluded,
                      category=request.category, k=request.k, at=request.at.timestamp(), explain=False,
-                     recheck_active=request.recheck_active)
+                     recheck_active=request.recheck_active, checkpoint=shadow_checkpoint)
     if served:
         impression_log(_impression(uuid.uuid4(), request, served, model, arm=Impression.Arm.SHADOW,
                                    routed_version=model.version, experiment_id=experiment_id, shadow_of=shadow_of,
@@ -387,16 +348,17 @@ def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, 
 
 
 def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],
-            excluded: set[int], category: str | None, k: int, at: float, explain: bool,
-            recheck_active: bool = True) -> list[dict] | None:
+            excluded: set[int], category: str | None, k: int, at: float, explain: bool, recheck_active: bool = True,
+            checkpoint: Callable[[], None] = lambda: None) -> list[dict] | None:
     """The champion's top k of its candidates for the user that the snapshot holds as active (and in
-    `category`), neither seen nor excluded; None when no candidate is left. Unless `recheck_active` is
-    off, the active flags of the items about to be returned are read again (_first_active)."""
+    `category`), neither seen nor excluded; None when no candidate is left. `checkpoint` is called between
+    the stages (a shadow job uses it to give way to a live request)."""
     collaborative = model.trained.collaborative
     found = ranking.candidates_generate(
         collaborative, histories=[collaborative.codes_of(np.fromiter(seen, dtype=np.int64, count=len(seen)))],
         n_collaborative=model.params["n_collaborative"], n_popular=model.params["n_popular"],
     )[0]
+    checkpoint()
     pks = collaborative.item_pks[found.codes]
     rows = snapshot.rows_of(pks)
     keep = snapshot.servable(rows, category=category) & ~np.isin(pks, list(excluded))
@@ -408,7 +370,9 @@ def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserS
                                              category_names=snapshot.category_names)
     matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user, at=at, items=candidate_items,
                                            category_share=model.trained.category_share)
+    checkpoint()
     scores = model.scores(matrix)
+    checkpoint()
     order = np.lexsort((found.codes, -scores))
     order = order[_first_active(pks[order], k)] if recheck_active else order[:k]
     explanations = ranking.ranker_explain(model.trained.ranker, matrix[order]) if explain else None

@@ -1,160 +1,133 @@
-"""Shadow scoring in a helper process, at the lowest CPU priority.
+"""Shadow scoring off the response path.
 
-A shadowed request's job (a small picklable object with a `run()` method: the challenger's version and the
-request as the champion saw it) is put on a bounded queue by the web process and the response goes on its
-way. A sender thread forwards each job over a pipe to a helper process that the web process starts on first
-use (multiprocessing, spawn). The helper runs with SCHED_IDLE (else nice 19), so it only gets CPU time that
-the web processes, PostgreSQL and everything else leave idle, and it never holds the web process's
-interpreter: on an idle core it scores every request; on a loaded machine it falls behind, the pipe and the
-queue fill up and jobs are dropped (counted), and the live requests do not wait for it. Jobs older than
-SHADOW_MAX_DELAY_SECONDS are dropped too. The helper loads the challenger itself (from the registry and the
-compiled-ranker cache), keeps its own item snapshot, scores exactly as serving does and logs the shadow
-impression; its failures are logged there and never reach a response. It exits when the web process's end
-of the pipe closes. SHADOW_QUEUE_SIZE 0 runs jobs inline in the web process (tests).
-
-(Two designs were measured and dropped: a niced Celery worker — publishing each request cost the web
-process more than scoring it, and across sessions the scheduler's autogroups ignore nice — and scoring in
-the web process's idle time, which shared the interpreter with live requests and showed in the tail.)"""
+A shadowed request's challenger list is computed by a daemon thread of the web process after the champion's
+response is on its way, and only once this process has answered no recommendation request for IDLE_SECONDS
+and has spent at most SHADOW_MAX_UTILIZATION of the last second answering them, so that the shadow competes
+with live requests for the interpreter as little as possible and sheds its work when the process is loaded.
+Every request counts as live from the top of the middleware stack (LiveRequestMiddleware).
+While a job runs, the interpreter's switch interval is cut to JOB_SWITCH_INTERVAL_SECONDS so that a request
+arriving mid-job gets the interpreter back quickly, and at each checkpoint between its stages a job that finds
+a live request in progress gives up (counted as preempted) rather than compete with it. (A separate, niced Celery shadow worker was tried and
+measured worse on a 2-core host: publishing each request cost the web process more than the idle-time
+scoring does.) Jobs wait in a bounded queue;
+a job that finds the queue full, or has waited longer than SHADOW_MAX_DELAY_SECONDS for an idle moment, is
+dropped and counted: under saturation the shadow samples fewer requests rather than slow the live ones. A
+job's failure is logged and counted and never reaches a response. SHADOW_QUEUE_SIZE 0 runs jobs inline
+(tests)."""
 
 import logging
-import multiprocessing
-import os
 import queue
+import sys
 import threading
 import time
-from collections import Counter
-from pathlib import Path
-from typing import Protocol
+from collections import Counter, deque
+from contextlib import contextmanager
+from typing import Callable
 
 from django.conf import settings
-from django.db import connection
+from django.db import close_old_connections
 
 logger = logging.getLogger(__name__)
-stats: Counter = Counter()  # this process's: submitted, dropped_full, dropped_stale, sent, failed, completed, helpers_started
-_jobs: "queue.Queue | None" = None
-_helper: "_Helper | None" = None
+stats: Counter = Counter()
+_jobs: "queue.Queue[tuple[float, Callable[[], None]]] | None" = None
+_busy = 0
+_last_end = 0.0
+_recent: deque = deque(maxlen=2000)  # (end, seconds) of the latest live requests
 _lock = threading.Lock()
+IDLE_SECONDS = 0.005
+JOB_SWITCH_INTERVAL_SECONDS = 0.0005
+UTILIZATION_WINDOW_SECONDS = 1.0
 
 
-class ShadowJob(Protocol):
-    def run(self) -> None: ...
+@contextmanager
+def live_request():
+    """Marks a live request in progress; shadow jobs wait while any is."""
+    global _busy, _last_end
+    started = time.monotonic()
+    with _lock:
+        _busy += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _busy -= 1
+            _last_end = time.monotonic()
+            _recent.append((_last_end, _last_end - started))
 
 
-def shadow_submit(job: ShadowJob) -> None:
-    """Hand a job to the helper (never blocks: a full queue drops it), or run it now when SHADOW_QUEUE_SIZE
-    is 0. Never raises."""
+class LiveRequestMiddleware:
+    """Marks each request this process handles as live from the top of the middleware stack, so that a
+    shadow job neither starts nor goes past its next checkpoint while any request is being answered."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        with live_request():
+            return self.get_response(request)
+
+
+class Preempted(Exception):
+    """A live request started while a shadow job ran: the job gives way."""
+
+
+def shadow_checkpoint() -> None:
+    if _busy and threading.current_thread().name == "shadow-scorer":
+        raise Preempted
+
+
+def shadow_submit(job: Callable[[], None]) -> None:
     stats["submitted"] += 1
     if settings.SHADOW_QUEUE_SIZE <= 0:
         _run(job)
         return
     try:
-        _queue().put_nowait((time.time(), job))
+        _queue().put_nowait((time.monotonic(), job))
     except queue.Full:
         stats["dropped_full"] += 1
 
 
-def _run(job: ShadowJob) -> None:
-    try:
-        job.run()
-        stats["completed"] += 1
-    except Exception:
-        stats["failed"] += 1
-        logger.exception("shadow scoring failed (the response was not affected)")
-
-
-def _queue() -> queue.Queue:
+def _queue() -> "queue.Queue":
     global _jobs
     if _jobs is None:
         with _lock:
             if _jobs is None:
                 _jobs = queue.Queue(maxsize=settings.SHADOW_QUEUE_SIZE)
-                threading.Thread(target=_send_forever, args=(_jobs,), name="shadow-sender", daemon=True).start()
+                threading.Thread(target=_work_forever, args=(_jobs,), name="shadow-scorer", daemon=True).start()
     return _jobs
 
 
-def _send_forever(jobs: queue.Queue) -> None:
+def _work_forever(jobs: "queue.Queue") -> None:
     while True:
-        submitted, job = jobs.get()
-        if time.time() - submitted > settings.SHADOW_MAX_DELAY_SECONDS:
-            stats["dropped_stale"] += 1
-            continue
-        try:
-            _helper_running().send((submitted, job))  # blocks while the helper's pipe is full
-            stats["sent"] += 1
-        except Exception:
-            stats["failed"] += 1
-            logger.exception("could not hand a job to the shadow helper; it is restarted for the next one")
-            _helper_stop()
-
-
-class _Helper:
-    def __init__(self):
-        context = multiprocessing.get_context("spawn")
-        reader, self._writer = context.Pipe(duplex=False)
-        self.process = context.Process(
-            target=helper_main, name="shadow-helper", daemon=True,
-            args=(reader, connection.settings_dict["NAME"], str(settings.MODEL_STORE)),
-        )
-        self.process.start()
-        reader.close()  # the helper holds the only reader: it sees EOF when this process goes
-        stats["helpers_started"] += 1
-
-    def send(self, message) -> None:
-        if not self.process.is_alive():
-            raise RuntimeError(f"the shadow helper exited with code {self.process.exitcode}")
-        self._writer.send(message)
-
-    def stop(self) -> None:
-        self._writer.close()
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
-
-
-def _helper_running() -> _Helper:
-    global _helper
-    if _helper is None:
-        _helper = _Helper()
-    return _helper
-
-
-def _helper_stop() -> None:
-    global _helper
-    helper, _helper = _helper, None
-    if helper is not None:
-        try:
-            helper.stop()
-        except Exception:
-            logger.exception("could not stop the shadow helper")
-
-
-def helper_main(reader, database_name: str, model_store: str) -> None:
-    """The helper process: idle priority, the web process's database and model store, then jobs until
-    the pipe closes."""
-    _lowest_priority()
-    import django
-
-    django.setup()
-    from django.conf import settings as helper_settings
-
-    helper_settings.DATABASES["default"]["NAME"] = database_name  # before the first query (a test's database too)
-    helper_settings.MODEL_STORE = Path(model_store)
-    from recommendations.services.impressions import impressions_flush
-
-    while True:
-        try:
-            submitted, job = reader.recv()
-        except (EOFError, OSError):
-            break
-        if time.time() - submitted > helper_settings.SHADOW_MAX_DELAY_SECONDS:
+        queued_at, job = jobs.get()
+        while not _idle() and time.monotonic() - queued_at < settings.SHADOW_MAX_DELAY_SECONDS:
+            time.sleep(0.002)
+        if not _idle():
             stats["dropped_stale"] += 1
             continue
         _run(job)
-    impressions_flush()
+        close_old_connections()
 
 
-def _lowest_priority() -> None:
+def _idle() -> bool:
+    now = time.monotonic()
+    if _busy or now - _last_end < IDLE_SECONDS:
+        return False
+    since = now - UTILIZATION_WINDOW_SECONDS
+    busy = sum(seconds for end, seconds in list(_recent) if end > since)
+    return busy / UTILIZATION_WINDOW_SECONDS <= settings.SHADOW_MAX_UTILIZATION
+
+
+def _run(job: Callable[[], None]) -> None:
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(JOB_SWITCH_INTERVAL_SECONDS)
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
+        job()
+        stats["completed"] += 1
+    except Preempted:
+        stats["preempted"] += 1
+    except Exception:
+        stats["failed"] += 1
+        logger.exception("shadow scoring failed (the response was not affected)")
+    finally:
+        sys.setswitchinterval(switch_interval)

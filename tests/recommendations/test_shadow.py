@@ -1,128 +1,92 @@
-"""Shadow scoring off the response path: the bounded queue, the helper process at idle priority that scores
-real requests into shadow impressions, and its lifecycle."""
-
-import multiprocessing
-import os
+import sys
 import threading
 import time
-from pathlib import Path
-
-import pytest
-from django.core.management import call_command
-from django.db import connection
+from collections import deque
 
 from recommendations import shadow
-from recommendations.models import Impression
-from recommendations.serving import deployed
-from registry.services import VersionInput, model_version_promote, model_version_register
-from retraining.services.rollout import challenger_deploy
 from tests.conftest import wait_until
-from tests.recommendations.factories import store_history, train_and_register
-
-
-class _Recorded:
-    """A job that records that it ran (in this process only)."""
-
-    ran = threading.Event()
-
-    def run(self):
-        _Recorded.ran.set()
-
-
-class _Broken:
-    def run(self):
-        raise RuntimeError("challenger exploded")
-
-
-@pytest.fixture
-def fresh_shadow(monkeypatch):
-    """No queue, sender or helper left from another test; the helper stopped afterwards."""
-    monkeypatch.setattr(shadow, "_jobs", None)
-    monkeypatch.setattr(shadow, "_helper", None)
-    yield
-    shadow._helper_stop()
 
 
 def test_an_inline_shadow_job_that_fails_is_counted_and_never_raises(settings):
     settings.SHADOW_QUEUE_SIZE = 0
     before = shadow.stats["failed"]
-    shadow.shadow_submit(_Broken())
+
+    def broken():
+        raise RuntimeError("challenger exploded")
+
+    shadow.shadow_submit(broken)
     assert shadow.stats["failed"] == before + 1
 
 
-def test_a_full_queue_drops_the_job_rather_than_block_the_request(settings, fresh_shadow, monkeypatch):
+def test_queued_jobs_wait_for_an_idle_moment_and_stale_ones_are_dropped(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 10, 0.3
+    monkeypatch.setattr(shadow, "_jobs", None)
+    ran = threading.Event()
+    dropped = shadow.stats["dropped_stale"]
+    with shadow.live_request():
+        shadow.shadow_submit(ran.set)
+        wait_until(lambda: shadow.stats["dropped_stale"] > dropped, timeout=5, message="the stale job dropped")
+    assert not ran.is_set(), "a job must not run while a live request is in progress"
+    shadow.shadow_submit(ran.set)
+    assert ran.wait(5), "once the process is idle the job runs"
+
+
+def test_a_full_queue_drops_the_job_rather_than_block_the_request(settings, monkeypatch):
     settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 1, 5
-    release = threading.Event()
-    monkeypatch.setattr(shadow, "_helper_running", lambda: release.wait(10) and None)  # a helper that is stuck
+    monkeypatch.setattr(shadow, "_jobs", None)
     dropped = shadow.stats["dropped_full"]
-    started = time.monotonic()
-    for _ in range(6):
-        shadow.shadow_submit(_Recorded())
-    assert time.monotonic() - started < 1, "submitting never waits for the helper"
-    assert shadow.stats["dropped_full"] >= dropped + 4
-    release.set()
+    with shadow.live_request():
+        for _ in range(5):
+            shadow.shadow_submit(lambda: None)
+    assert shadow.stats["dropped_full"] >= dropped + 3
 
 
-def test_a_job_that_waited_too_long_is_dropped_not_sent(settings, fresh_shadow, monkeypatch):
-    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 10, 0.2
-    sent = []
-    monkeypatch.setattr(shadow, "_helper_running", lambda: type("Helper", (), {"send": sent.append})())
-    stale = shadow.stats["dropped_stale"]
-    shadow._queue().put((time.time() - 1.0, _Recorded()))
-    wait_until(lambda: shadow.stats["dropped_stale"] > stale, timeout=5, message="the stale job dropped")
-    shadow.shadow_submit(_Recorded())
-    wait_until(lambda: len(sent) == 1, timeout=5, message="a fresh job sent to the helper")
+def test_a_loaded_process_sheds_shadow_work(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS, settings.SHADOW_MAX_UTILIZATION = 10, 0.3, 0.5
+    monkeypatch.setattr(shadow, "_jobs", None)
+    monkeypatch.setattr(shadow, "_recent", deque([(time.monotonic() - 0.05, 0.8)]))  # 80% of the last second busy
+    ran = threading.Event()
+    dropped = shadow.stats["dropped_stale"]
+    shadow.shadow_submit(ran.set)
+    wait_until(lambda: shadow.stats["dropped_stale"] > dropped, timeout=5, message="the job shed")
+    time.sleep(0.1)
+    assert not ran.is_set()
 
 
-def test_the_helper_runs_at_idle_priority_and_exits_when_the_web_process_goes(settings, fresh_shadow):
-    helper = shadow._helper_running()
-    pid = helper.process.pid
-    wait_until(lambda: os.sched_getscheduler(pid) == os.SCHED_IDLE or _nice(pid) == 19, timeout=30,
-               message="the helper lowered its priority")
-    helper._writer.close()  # as when the web process exits or is killed
-    helper.process.join(timeout=30)
-    assert helper.process.exitcode == 0
+def test_the_interpreter_switch_interval_is_restored_after_a_job(settings):
+    settings.SHADOW_QUEUE_SIZE = 0
+    before, during = sys.getswitchinterval(), []
+    shadow.shadow_submit(lambda: during.append(sys.getswitchinterval()))
+    assert during == [shadow.JOB_SWITCH_INTERVAL_SECONDS] and sys.getswitchinterval() == before
 
 
-def _nice(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+def test_a_job_gives_way_to_a_live_request_at_its_next_checkpoint(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_UTILIZATION = 10, 1.0
+    monkeypatch.setattr(shadow, "_jobs", None)
+    monkeypatch.setattr(shadow, "_recent", deque())
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def job():
+        started.set()
+        release.wait(5)
+        shadow.shadow_checkpoint()
+        finished.set()
+
+    preempted = shadow.stats["preempted"]
+    time.sleep(shadow.IDLE_SECONDS * 2)
+    shadow.shadow_submit(job)
+    assert started.wait(5)
+    with shadow.live_request():
+        release.set()
+        wait_until(lambda: shadow.stats["preempted"] > preempted, timeout=5, message="the job preempted")
+    assert not finished.is_set()
 
 
-@pytest.fixture
-def committed_versions(django_db_blocker, tmp_path, settings):
-    """History, v1 champion and v2 as a shadow challenger, committed (the helper process reads them over its
-    own connection), and removed afterwards."""
-    settings.MODEL_STORE = tmp_path / "store"
-    settings.MODEL_POLL_THREAD, settings.MODEL_POLL_SECONDS, settings.IMPRESSION_FLUSH_SECONDS = False, 0, 0
-    deployed.forget()
-    with django_db_blocker.unblock():
-        store_history()
-        first = train_and_register(tmp_path)
-        second = model_version_register(artifact_dir=tmp_path / "run", data=VersionInput(
-            metrics=first.metrics, baseline_metrics=first.baseline_metrics, dataset_stats=first.dataset_stats,
-            parameters=first.parameters, manifest=first.manifest))
-        model_version_promote(version=first.version, actor="test")
-        experiment = challenger_deploy(version=second.version, mode="shadow", traffic_percent=100, actor="test",
-                                       reason="shadow helper test")
-        yield first, second, experiment
-        deployed.forget()
-        call_command("flush", interactive=False, verbosity=0)
+def test_every_request_is_live_from_the_top_of_the_middleware_stack():
+    from django.conf import settings as django_settings
 
-
-@pytest.mark.django_db(transaction=True)
-def test_the_helper_process_scores_shadowed_requests_into_shadow_impressions(committed_versions, serve_client,
-                                                                            settings, fresh_shadow):
-    first, second, experiment = committed_versions
-    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 50, 60
-    bodies = [serve_client.get(f"/api/v1/users/user-{n}/recommendations", {"k": 10}).json() for n in range(5)]
-    assert {body["model_version"] for body in bodies} == {first.version}
-    wait_until(lambda: Impression.objects.filter(arm="shadow").count() == 5, timeout=60,
-               message="the helper scored every shadowed request")
-    assert shadow._helper.process.pid != os.getpid() and shadow._helper.process.is_alive()
-    for body in bodies:
-        mirrored = Impression.objects.get(shadow_of=body["recommendation_id"])
-        shown = Impression.objects.get(recommendation_id=body["recommendation_id"])
-        assert (mirrored.routed_version, mirrored.experiment_id) == (second.version, experiment.pk)
-        assert mirrored.items == shown.items, "the same trained model, the same request: the same list"
-    assert connection.settings_dict["NAME"].startswith("test")
-    assert multiprocessing.current_process().name == "MainProcess"
+    assert django_settings.MIDDLEWARE[0] == "recommendations.shadow.LiveRequestMiddleware"
+    seen = []
+    middleware = shadow.LiveRequestMiddleware(lambda request: seen.append(shadow._busy) or "response")
+    assert middleware(object()) == "response"
+    assert seen and seen[0] >= 1 and shadow._busy == 0
