@@ -4,6 +4,7 @@ PostgreSQL and SQLite (the one difference: how the seen items are aggregated int
 
 import functools
 import json
+import weakref
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
@@ -41,13 +42,31 @@ def served_user(*, external_id: str) -> ServedUser | None:
     """The user's online features and seen items (so the user's last event counts) and the catalogue's
     deactivation count, read now in one statement; None for an unknown user."""
     with connection.cursor() as cursor:
-        cursor.execute(_user_sql(connection.vendor), [external_id])
-        row = cursor.fetchone()
+        row = _user_row(cursor, external_id)
     if row is None:
         return None
     seen = json.loads(row[1]) if isinstance(row[1], str) else row[1]
     return ServedUser(pk=row[0], state=_user_state(dict(zip(_USER_STATE_FIELDS, row[3:]))), seen=set(seen),
                       catalog_deactivations=row[2])
+
+
+def _user_row(cursor, external_id: str) -> tuple | None:
+    """On PostgreSQL the statement is prepared once per connection (planning it cost a third of its time:
+    0.40 against 0.26 ms a call on ml-latest-small), which assumes a session per connection, as Django's
+    own connections are (not a transaction-mode pooler)."""
+    if connection.vendor != "postgresql":
+        cursor.execute(_user_sql(connection.vendor), [external_id])
+        return cursor.fetchone()
+    session = connection.connection
+    if session not in _prepared:
+        cursor.execute(f"PREPARE {_PREPARED_NAME}(text) AS {_user_sql(connection.vendor).replace('%s', '$1')}")
+        _prepared[session] = True
+    cursor.execute(f"EXECUTE {_PREPARED_NAME}(%s)", [external_id])
+    return cursor.fetchone()
+
+
+_PREPARED_NAME = "recsite_served_user"
+_prepared: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # DB-API connections that prepared it
 
 
 @functools.cache

@@ -33,3 +33,25 @@ def test_inactive_items_names_only_the_inactive_ones(history):
     Item.objects.filter(pk=second.pk).update(active=False)
     assert inactive_items(pks=[first.pk, second.pk]) == {second.pk}
     assert inactive_items(pks=[]) == set()
+
+
+def test_the_user_statement_is_prepared_once_per_connection_on_postgresql(history):
+    from django.db import connection
+
+    from recommendations.selectors import serving as selectors
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared once per connection on PostgreSQL only")
+    external_id = EndUser.objects.order_by("pk").first().external_id
+    expected = served_user(external_id=external_id)
+    statements = []
+    with connection.execute_wrapper(lambda execute, sql, *args: statements.append(sql) or execute(sql, *args)):
+        assert served_user(external_id=external_id) == expected
+        assert served_user(external_id="nobody") is None
+    assert [sql.split()[0] for sql in statements] == ["EXECUTE", "EXECUTE"], "prepared by the first call already"
+    with connection.cursor() as cursor:  # as for a new connection
+        cursor.execute(f"DEALLOCATE {selectors._PREPARED_NAME}")
+    selectors._prepared.clear()
+    with connection.execute_wrapper(lambda execute, sql, *args: statements.append(sql) or execute(sql, *args)):
+        assert served_user(external_id=external_id) == expected
+    assert [sql.split()[0] for sql in statements[2:]] == ["PREPARE", "EXECUTE"]
