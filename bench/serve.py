@@ -109,7 +109,7 @@ print("RESULT " + json.dumps({{"version": version.version}}))
 """
 
 SHADOW_START_SNIPPET = _REGISTER_CODE + """
-experiment = challenger_deploy(version=version.version, mode="shadow", traffic_percent=100, actor="bench/serve.py",
+experiment = challenger_deploy(version=version.version, mode="shadow", traffic_percent={percent}, actor="bench/serve.py",
                                reason="serving benchmark: shadow overhead")
 print("RESULT " + json.dumps({{"version": version.version, "experiment": experiment.pk}}))
 """
@@ -505,6 +505,8 @@ def parse_args(argv):
     parser.add_argument("--light-clients", type=int, default=10, help="clients of the light scenarios (default 10)")
     parser.add_argument("--light-wait", type=float, default=0.1,
                         help="seconds each light client pauses between requests (default 0.1)")
+    parser.add_argument("--shadow-percent", type=int, default=100,
+                        help="share of requests the shadow challenger scores (default 100)")
     parser.add_argument("--shadow-rounds", type=int, default=3,
                         help="rounds of light then shadow-light, pooled (default 3)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile when a target fails")
@@ -576,9 +578,9 @@ def shadow_measure(*, args, env: dict[str, str], directory: Path, measure: dict,
     coverage, rounds = {}, {"light": [], "shadow-light": []}
     for number in range(1, args.shadow_rounds + 1):
         rounds["light"].append(scenario_measure(kind="light", **light))
-        started = shell(SHADOW_START_SNIPPET.format(directory=str(directory)), env=env)
-        step(f"round {number}: v{started['version']} shadows every request (experiment {started['experiment']}); "
-             f"waiting for the pollers")
+        started = shell(SHADOW_START_SNIPPET.format(directory=str(directory), percent=args.shadow_percent), env=env)
+        step(f"round {number}: v{started['version']} shadows {args.shadow_percent}% of the requests "
+             f"(experiment {started['experiment']}); waiting for the pollers")
         time.sleep(3)
         kinds = (("shadow", measure), ("shadow-light", light)) if number == 1 else (("shadow-light", light),)
         for kind, setup in kinds:

@@ -10,8 +10,9 @@ arriving mid-job gets the interpreter back quickly, and at each checkpoint betwe
 a live request in progress gives up (counted as preempted) rather than compete with it. (A separate, niced Celery shadow worker was tried and
 measured worse on a 2-core host: publishing each request cost the web process more than the idle-time
 scoring does.) Jobs wait in a bounded queue;
-a job that finds the queue full, or has waited longer than SHADOW_MAX_DELAY_SECONDS for an idle moment, is
-dropped and counted: under saturation the shadow samples fewer requests rather than slow the live ones. A
+a job submitted while the process is over SHADOW_MAX_UTILIZATION is dropped at once (so that a saturated
+process does not even wake the scorer), and one that finds the queue full, or has waited longer than
+SHADOW_MAX_DELAY_SECONDS for an idle moment, is dropped and counted: under saturation the shadow samples fewer requests rather than slow the live ones. A
 job's failure is logged and counted and never reaches a response. SHADOW_QUEUE_SIZE 0 runs jobs inline
 (tests)."""
 
@@ -32,7 +33,8 @@ stats: Counter = Counter()
 _jobs: "queue.Queue[tuple[float, Callable[[], None]]] | None" = None
 _busy = 0
 _last_end = 0.0
-_recent: deque = deque(maxlen=2000)  # (end, seconds) of the latest live requests
+_recent: deque = deque()  # (end, seconds) of the live requests of the last UTILIZATION_WINDOW_SECONDS
+_recent_seconds = 0.0  # their sum
 _lock = threading.Lock()
 IDLE_SECONDS = 0.005
 JOB_SWITCH_INTERVAL_SECONDS = 0.0005
@@ -42,7 +44,7 @@ UTILIZATION_WINDOW_SECONDS = 1.0
 @contextmanager
 def live_request():
     """Marks a live request in progress; shadow jobs wait while any is."""
-    global _busy, _last_end
+    global _busy, _last_end, _recent_seconds
     started = time.monotonic()
     with _lock:
         _busy += 1
@@ -53,6 +55,21 @@ def live_request():
             _busy -= 1
             _last_end = time.monotonic()
             _recent.append((_last_end, _last_end - started))
+            _recent_seconds += _last_end - started
+            _forget_before(_last_end - UTILIZATION_WINDOW_SECONDS)
+
+
+def _forget_before(moment: float) -> None:
+    global _recent_seconds
+    while _recent and _recent[0][0] <= moment:
+        _recent_seconds -= _recent.popleft()[1]
+
+
+def _utilization() -> float:
+    """The share of the last UTILIZATION_WINDOW_SECONDS this process spent on live requests."""
+    with _lock:
+        _forget_before(time.monotonic() - UTILIZATION_WINDOW_SECONDS)
+        return max(0.0, _recent_seconds) / UTILIZATION_WINDOW_SECONDS
 
 
 class LiveRequestMiddleware:
@@ -80,6 +97,9 @@ def shadow_submit(job: Callable[[], None]) -> None:
     stats["submitted"] += 1
     if settings.SHADOW_QUEUE_SIZE <= 0:
         _run(job)
+        return
+    if _utilization() > settings.SHADOW_MAX_UTILIZATION:  # loaded: shed now rather than wake the scorer
+        stats["dropped_loaded"] += 1
         return
     try:
         _queue().put_nowait((time.monotonic(), job))
@@ -110,12 +130,9 @@ def _work_forever(jobs: "queue.Queue") -> None:
 
 
 def _idle() -> bool:
-    now = time.monotonic()
-    if _busy or now - _last_end < IDLE_SECONDS:
+    if _busy or time.monotonic() - _last_end < IDLE_SECONDS:
         return False
-    since = now - UTILIZATION_WINDOW_SECONDS
-    busy = sum(seconds for end, seconds in list(_recent) if end > since)
-    return busy / UTILIZATION_WINDOW_SECONDS <= settings.SHADOW_MAX_UTILIZATION
+    return _utilization() <= settings.SHADOW_MAX_UTILIZATION
 
 
 def _run(job: Callable[[], None]) -> None:

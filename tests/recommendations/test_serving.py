@@ -212,3 +212,22 @@ def test_without_the_counter_serving_always_re_reads_the_flags(counted_catalog, 
     get(serve_client, "user-3", k=10)
     get(serve_client, "never-seen", k=5)
     assert len(flag_reads) == 2
+
+
+@pytest.mark.parametrize("query", ["", "k=1", "k=10", "k=100", "k=007", "k=101", "k=0", "k=-1", "k=", "k=1.0",
+                                   "k= 5", "k=\u0665", "k=5&k=7", "k=5&explain=true", "explain=false", "category=a",
+                                   "k=5&exclude=x,y", "k=99999999999999999999"])
+def test_the_direct_reading_of_k_agrees_with_the_serializer(query):
+    from django.http import QueryDict
+
+    from recommendations.api.views import RecommendationsApi
+    from recsite.api import validated
+    from recsite.errors import ApplicationError
+
+    def outcome(read):
+        try:
+            return dict(read(QueryDict(query)))
+        except ApplicationError as error:
+            return ("error", str(error), error.extra)
+
+    assert outcome(RecommendationsApi.query_of) == outcome(lambda q: validated(RecommendationsApi.QuerySerializer, q))

@@ -19,7 +19,7 @@ def test_an_inline_shadow_job_that_fails_is_counted_and_never_raises(settings):
 
 
 def test_queued_jobs_wait_for_an_idle_moment_and_stale_ones_are_dropped(settings, monkeypatch):
-    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 10, 0.3
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS, settings.SHADOW_MAX_UTILIZATION = 10, 0.3, 1.0
     monkeypatch.setattr(shadow, "_jobs", None)
     ran = threading.Event()
     dropped = shadow.stats["dropped_stale"]
@@ -32,7 +32,7 @@ def test_queued_jobs_wait_for_an_idle_moment_and_stale_ones_are_dropped(settings
 
 
 def test_a_full_queue_drops_the_job_rather_than_block_the_request(settings, monkeypatch):
-    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS = 1, 5
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS, settings.SHADOW_MAX_UTILIZATION = 1, 5, 1.0
     monkeypatch.setattr(shadow, "_jobs", None)
     dropped = shadow.stats["dropped_full"]
     with shadow.live_request():
@@ -41,16 +41,28 @@ def test_a_full_queue_drops_the_job_rather_than_block_the_request(settings, monk
     assert shadow.stats["dropped_full"] >= dropped + 3
 
 
-def test_a_loaded_process_sheds_shadow_work(settings, monkeypatch):
+def test_a_loaded_process_sheds_shadow_work_at_once(settings, monkeypatch):
     settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS, settings.SHADOW_MAX_UTILIZATION = 10, 0.3, 0.5
     monkeypatch.setattr(shadow, "_jobs", None)
     monkeypatch.setattr(shadow, "_recent", deque([(time.monotonic() - 0.05, 0.8)]))  # 80% of the last second busy
+    monkeypatch.setattr(shadow, "_recent_seconds", 0.8)
     ran = threading.Event()
-    dropped = shadow.stats["dropped_stale"]
+    dropped = shadow.stats["dropped_loaded"]
     shadow.shadow_submit(ran.set)
-    wait_until(lambda: shadow.stats["dropped_stale"] > dropped, timeout=5, message="the job shed")
+    assert shadow.stats["dropped_loaded"] == dropped + 1 and shadow._jobs is None, "not even queued"
     time.sleep(0.1)
     assert not ran.is_set()
+
+
+def test_utilization_counts_only_the_last_second(monkeypatch):
+    monkeypatch.setattr(shadow, "_recent", deque())
+    monkeypatch.setattr(shadow, "_recent_seconds", 0.0)
+    with shadow.live_request():
+        time.sleep(0.05)
+    assert 0.04 <= shadow._utilization() <= 0.5
+    monkeypatch.setattr(shadow, "_recent", deque([(time.monotonic() - 2.0, 0.9)]))
+    monkeypatch.setattr(shadow, "_recent_seconds", 0.9)
+    assert shadow._utilization() == 0.0 and not shadow._recent
 
 
 def test_the_interpreter_switch_interval_is_restored_after_a_job(settings):
@@ -64,6 +76,7 @@ def test_a_job_gives_way_to_a_live_request_at_its_next_checkpoint(settings, monk
     settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_UTILIZATION = 10, 1.0
     monkeypatch.setattr(shadow, "_jobs", None)
     monkeypatch.setattr(shadow, "_recent", deque())
+    monkeypatch.setattr(shadow, "_recent_seconds", 0.0)
     started, release, finished = threading.Event(), threading.Event(), threading.Event()
 
     def job():
