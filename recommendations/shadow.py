@@ -120,13 +120,17 @@ def _queue() -> "queue.Queue":
 def _work_forever(jobs: "queue.Queue") -> None:
     while True:
         queued_at, job = jobs.get()
-        while not _idle() and time.monotonic() - queued_at < settings.SHADOW_MAX_DELAY_SECONDS:
+        while not _idle():
+            if _utilization() > settings.SHADOW_MAX_UTILIZATION:  # became loaded: shed, do not keep polling
+                stats["dropped_loaded"] += 1
+                break
+            if time.monotonic() - queued_at >= settings.SHADOW_MAX_DELAY_SECONDS:
+                stats["dropped_stale"] += 1
+                break
             time.sleep(0.002)
-        if not _idle():
-            stats["dropped_stale"] += 1
-            continue
-        _run(job)
-        close_old_connections()
+        else:
+            _run(job)
+            close_old_connections()
 
 
 def _idle() -> bool:

@@ -103,3 +103,17 @@ def test_every_request_is_live_from_the_top_of_the_middleware_stack():
     middleware = shadow.LiveRequestMiddleware(lambda request: seen.append(shadow._busy) or "response")
     assert middleware(object()) == "response"
     assert seen and seen[0] >= 1 and shadow._busy == 0
+
+
+def test_a_queued_job_is_shed_when_the_process_becomes_loaded(settings, monkeypatch):
+    settings.SHADOW_QUEUE_SIZE, settings.SHADOW_MAX_DELAY_SECONDS, settings.SHADOW_MAX_UTILIZATION = 10, 30, 0.5
+    monkeypatch.setattr(shadow, "_jobs", None)
+    monkeypatch.setattr(shadow, "_recent", deque())
+    monkeypatch.setattr(shadow, "_recent_seconds", 0.0)
+    ran = threading.Event()
+    dropped = shadow.stats["dropped_loaded"]
+    with shadow.live_request():
+        shadow.shadow_submit(ran.set)  # queued: the process was not loaded yet
+        time.sleep(0.7)  # now it is: 70% of the last second in this request
+    wait_until(lambda: shadow.stats["dropped_loaded"] > dropped, timeout=5, message="the queued job shed")
+    assert not ran.is_set()
