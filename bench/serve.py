@@ -8,7 +8,9 @@ two models with `manage.py train --output DIR` (v1 on the events before the 90th
 all of them, as a retraining would), register v1 and promote it, create a `serve` API key, start
 `gunicorn --workers 2` with an access log recording each request's duration (%(D)s, microseconds), then
 run each scenario for --duration seconds from a separate locust process (FastHttpUser, headless, as a
-library) with --clients concurrent clients:
+library) with --clients concurrent clients. All but hotswap run in --rounds rounds (3: health, recommend,
+light, shadow, shadow-light in turn) and are pooled, so that the machine's drift during the run weighs on
+what is compared alike; the per-round ratios are printed too.
 
   health     GET /api/v1/health: a DRF APIView without authentication that runs SELECT 1 (the reference)
   recommend  GET /api/v1/users/<one of the MovieLens users at random>/recommendations?k=10 (scope serve)
@@ -17,9 +19,7 @@ library) with --clients concurrent clients:
   shadow     like recommend while v2 runs as a shadow challenger on every request (issue 7): the champion
              answers, v2 scores the request afterwards in the web process when it is idle
   shadow-light  like light, with the same shadow; shadow scoring must add at most 20% to p99 latency, and
-             the share of requests the shadow actually scored (shadow impressions / lists) is printed.
-             light and shadow-light alternate for --shadow-rounds rounds (3) and are compared pooled, so
-             that the machine's drift during the run weighs on both alike; per-round ratios are printed
+             the share of requests the shadow actually scored (shadow impressions / lists) is printed
   hotswap    like recommend; --swap-after seconds in, v2 is registered and promoted from another process
              (ranker_precompile + model_version_register + model_version_promote, as a training run would);
              every response's model_version is kept. The compiled-ranker cache is emptied first, so the ranker
@@ -507,8 +507,7 @@ def parse_args(argv):
                         help="seconds each light client pauses between requests (default 0.1)")
     parser.add_argument("--shadow-percent", type=int, default=100,
                         help="share of requests the shadow challenger scores (default 100)")
-    parser.add_argument("--shadow-rounds", type=int, default=3,
-                        help="rounds of light then shadow-light, pooled (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the pooled scenarios (default 3)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile when a target fails")
     parser.add_argument("--profile-requests", type=int, default=300, help="requests profiled (default 300)")
     return parser.parse_args(argv)
@@ -530,7 +529,7 @@ def run(args, log_dir: Path) -> dict:
     access_log = log_dir / "access.log"
     access_log.touch()
     extra = ("--access-logfile", str(access_log), "--access-logformat", ACCESS_LOG_FORMAT)
-    figures: dict = {"results": {}, "swap": None, "shadow": None, "versions": (old, None), "facts": facts}
+    figures: dict = {"results": {}, "swap": None, "rounds": None, "versions": (old, None), "facts": facts}
     with GunicornServer(
         env=env, port=args.port, workers=args.workers, log_path=log_dir / "gunicorn.log", extra_args=extra
     ) as server:
@@ -540,11 +539,8 @@ def run(args, log_dir: Path) -> dict:
                   "clients": args.clients, "duration": args.duration, "seed": 7}  # fmt: skip
         measure = dict(server=server, access_log=access_log, url=url, config=config, log_dir=log_dir)
         try:
-            for kind in ("health", "recommend"):
-                figures["results"][kind] = scenario_measure(kind=kind, **measure)
-            if not args.no_shadow:
-                figures["shadow"] = shadow_measure(args=args, env=env, directory=v2_dir, measure=measure,
-                                                   results=figures["results"])
+            pooled, figures["rounds"] = rounds_measure(args=args, env=env, directory=v2_dir, measure=measure)
+            figures["results"].update(pooled)
             if not args.no_hotswap:
 
                 def swap() -> dict:
@@ -569,41 +565,45 @@ def run(args, log_dir: Path) -> dict:
     return figures
 
 
-def shadow_measure(*, args, env: dict[str, str], directory: Path, measure: dict, results: dict) -> dict:
-    """--shadow-rounds rounds of: light (no shadow), then v2 shadowing every request: shadow (first round
-    only) and shadow-light. light and shadow-light are pooled over the rounds (their p99 compared on every
-    request of every round, so the machine's drift weighs on both alike); the per-round ratios and the
-    shadow's coverage are kept."""
+def rounds_measure(*, args, env: dict[str, str], directory: Path, measure: dict) -> tuple[dict, dict]:
+    """--rounds rounds of: health, recommend, light, then with v2 shadowing --shadow-percent of the requests,
+    shadow and shadow-light. Each scenario is pooled over the rounds, so that the machine's drift during
+    the run (and the database growing with impressions) weighs on what is compared alike; the per-round
+    ratios and the shadow's coverage are kept."""
     light = {**measure, "config": {**measure["config"], "clients": args.light_clients, "wait": args.light_wait}}
-    coverage, rounds = {}, {"light": [], "shadow-light": []}
-    for number in range(1, args.shadow_rounds + 1):
-        rounds["light"].append(scenario_measure(kind="light", **light))
+    runs: dict[str, list] = {kind: [] for kind in ("health", "recommend", "light", "shadow", "shadow-light")}
+    coverage: dict = {}
+    for number in range(1, args.rounds + 1):
+        step(f"round {number} of {args.rounds}")
+        alone = (("health", measure), ("recommend", measure)) + ((("light", light),) if not args.no_shadow else ())
+        for kind, setup in alone:
+            runs[kind].append(scenario_measure(kind=kind, **setup))
+        if args.no_shadow:
+            continue
         started = shell(SHADOW_START_SNIPPET.format(directory=str(directory), percent=args.shadow_percent), env=env)
-        step(f"round {number}: v{started['version']} shadows {args.shadow_percent}% of the requests "
-             f"(experiment {started['experiment']}); waiting for the pollers")
+        step(f"v{started['version']} shadows {args.shadow_percent}% of the requests (experiment "
+             f"{started['experiment']}); waiting for the pollers")
         time.sleep(3)
-        kinds = (("shadow", measure), ("shadow-light", light)) if number == 1 else (("shadow-light", light),)
-        for kind, setup in kinds:
+        for kind, setup in (("shadow", measure), ("shadow-light", light)):
             since = datetime.now(timezone.utc)
-            result = scenario_measure(kind=kind, **setup)
-            if kind == "shadow":
-                results["shadow"] = result
-            else:
-                rounds[kind].append(result)
+            runs[kind].append(scenario_measure(kind=kind, **setup))
             time.sleep(2)  # the impressions' last flush
             scored = shadow_coverage(measure["url"], experiment=started["experiment"], kind_start=since)
             for key in ("scored", "lists"):
                 coverage.setdefault(kind, {"scored": 0, "lists": 0})[key] += scored[key]
             step(f"{kind}: the shadow scored {scored['scored']} of {scored['lists']} lists ({scored['share']:.0%})")
         shell(SHADOW_STOP_SNIPPET, env=env)
-    for kind, value in coverage.items():
+    for value in coverage.values():
         value["share"] = value["scored"] / value["lists"] if value["lists"] else 0.0
-    results["light"], results["shadow-light"] = _pooled(rounds["light"]), _pooled(rounds["shadow-light"])
-    coverage["round_ratios"] = [
-        percentile(loaded["server_ms"], 0.99) / percentile(alone["server_ms"], 0.99)
-        for alone, loaded in zip(rounds["light"], rounds["shadow-light"])
-    ]
-    return coverage
+
+    def p99(result):
+        return percentile(result["server_ms"], 0.99)
+
+    ratios = {"throughput": [r["req_per_s"] / h["req_per_s"] for h, r in zip(runs["health"], runs["recommend"])]}
+    if not args.no_shadow:
+        ratios["shadow"] = [p99(s) / p99(r) for r, s in zip(runs["recommend"], runs["shadow"])]
+        ratios["shadow-light"] = [p99(s) / p99(r) for r, s in zip(runs["light"], runs["shadow-light"])]
+    return {kind: _pooled(found) for kind, found in runs.items() if found}, {"coverage": coverage, "ratios": ratios}
 
 
 def _pooled(results: list[dict]) -> dict:
@@ -651,13 +651,16 @@ def main(argv) -> int:
         print(f"Hot swap: promotion took {swap['promote_seconds']:.2f} s (a manage.py process: register + promote); "
               f"client latency from it to {SWAP_WINDOW_S} s after: p99 {swap['p99_ms_during']:.1f} ms, "
               f"max {swap['max_ms_during']:.1f} ms\n")  # fmt: skip
-    if figures["shadow"]:
-        shadow = dict(figures["shadow"])
-        ratios = shadow.pop("round_ratios")
+    rounds = figures["rounds"]
+    if rounds["coverage"]:
         print("Shadow coverage (lists the shadow challenger scored / lists served to known users): " + ", ".join(
-            f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}" for kind, c in shadow.items()))
-        print(f"light and shadow-light are pooled over {len(ratios)} alternating rounds; shadow-light's p99 over "
-              f"light's, round by round: {', '.join(f'{r:.2f}x' for r in ratios)}\n")
+            f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}" for kind, c in rounds["coverage"].items()))
+    print(f"Every scenario but hotswap is pooled over {args.rounds} rounds (health, recommend, light, shadow, "
+          f"shadow-light in turn); round by round:")
+    for name, values in rounds["ratios"].items():
+        what = "recommend/health throughput" if name == "throughput" else f"{name} p99 over its reference's"
+        print(f"  {what}: {', '.join(f'{v:.2f}' for v in values)}")
+    print()
     print("Targets (issues 4 and 7):")
     print("\n".join(target_lines))
     if profile is not None:
