@@ -16,7 +16,8 @@ what is compared alike; the per-round ratios are printed too.
   recommend  GET /api/v1/users/<one of the MovieLens users at random>/recommendations?k=10 (scope serve)
   light      like recommend at a load the server sustains: --light-clients clients, each pausing
              --light-wait seconds between requests (the reference for shadow-light)
-  shadow     like recommend while v2 runs as a shadow challenger on every request (issue 7): the champion
+  shadow     like recommend while v2 runs as a shadow challenger (issue 7) on --shadow-percent of the requests
+             (default: the retraining policy's shadow_traffic_percent, 25): the champion
              answers, v2 scores the request afterwards in the web process when it is idle
   shadow-light  like light, with the same shadow; shadow scoring must add at most 20% to p99 latency, and
              the share of requests the shadow actually scored (shadow impressions / lists) is printed
@@ -111,7 +112,8 @@ print("RESULT " + json.dumps({{"version": version.version}}))
 SHADOW_START_SNIPPET = _REGISTER_CODE + """
 experiment = challenger_deploy(version=version.version, mode="shadow", traffic_percent={percent}, actor="bench/serve.py",
                                reason="serving benchmark: shadow overhead")
-print("RESULT " + json.dumps({{"version": version.version, "experiment": experiment.pk}}))
+print("RESULT " + json.dumps({{"version": version.version, "experiment": experiment.pk,
+                              "percent": experiment.traffic_percent}}))
 """
 
 SHADOW_STOP_SNIPPET = """
@@ -505,8 +507,8 @@ def parse_args(argv):
     parser.add_argument("--light-clients", type=int, default=10, help="clients of the light scenarios (default 10)")
     parser.add_argument("--light-wait", type=float, default=0.1,
                         help="seconds each light client pauses between requests (default 0.1)")
-    parser.add_argument("--shadow-percent", type=int, default=100,
-                        help="share of requests the shadow challenger scores (default 100)")
+    parser.add_argument("--shadow-percent", type=int, default=None,
+                        help="share of requests the shadow challenger scores (default: the retraining policy's)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the pooled scenarios (default 3)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile when a target fails")
     parser.add_argument("--profile-requests", type=int, default=300, help="requests profiled (default 300)")
@@ -581,8 +583,9 @@ def rounds_measure(*, args, env: dict[str, str], directory: Path, measure: dict)
         if args.no_shadow:
             continue
         started = shell(SHADOW_START_SNIPPET.format(directory=str(directory), percent=args.shadow_percent), env=env)
-        step(f"v{started['version']} shadows {args.shadow_percent}% of the requests (experiment "
+        step(f"v{started['version']} shadows {started['percent']}% of the requests (experiment "
              f"{started['experiment']}); waiting for the pollers")
+        coverage["percent"] = started["percent"]
         time.sleep(3)
         for kind, setup in (("shadow", measure), ("shadow-light", light)):
             since = datetime.now(timezone.utc)
@@ -593,8 +596,9 @@ def rounds_measure(*, args, env: dict[str, str], directory: Path, measure: dict)
                 coverage.setdefault(kind, {"scored": 0, "lists": 0})[key] += scored[key]
             step(f"{kind}: the shadow scored {scored['scored']} of {scored['lists']} lists ({scored['share']:.0%})")
         shell(SHADOW_STOP_SNIPPET, env=env)
-    for value in coverage.values():
-        value["share"] = value["scored"] / value["lists"] if value["lists"] else 0.0
+    for kind in ("shadow", "shadow-light"):
+        if kind in coverage:
+            coverage[kind]["share"] = coverage[kind]["scored"] / coverage[kind]["lists"] if coverage[kind]["lists"] else 0.0
 
     def p99(result):
         return percentile(result["server_ms"], 0.99)
@@ -653,8 +657,11 @@ def main(argv) -> int:
               f"max {swap['max_ms_during']:.1f} ms\n")  # fmt: skip
     rounds = figures["rounds"]
     if rounds["coverage"]:
-        print("Shadow coverage (lists the shadow challenger scored / lists served to known users): " + ", ".join(
-            f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}" for kind, c in rounds["coverage"].items()))
+        coverage = dict(rounds["coverage"])
+        percent = coverage.pop("percent")
+        print(f"Shadow coverage at a {percent}% shadow share (lists the shadow challenger scored / lists served to "
+              f"known users): " + ", ".join(f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}"
+                                            for kind, c in coverage.items()))
     print(f"Every scenario but hotswap is pooled over {args.rounds} rounds (health, recommend, light, shadow, "
           f"shadow-light in turn); round by round:")
     for name, values in rounds["ratios"].items():

@@ -58,7 +58,8 @@ class RetrainPolicy(models.Model):
         help_text="what a candidate that passed the gate does next (with no champion yet it is always promoted)",
     )
     ab_traffic_percent = models.PositiveSmallIntegerField(default=50, help_text="share of users in the challenger's arm")
-    shadow_traffic_percent = models.PositiveSmallIntegerField(default=100, help_text="share of requests the challenger shadows")
+    shadow_traffic_percent = models.PositiveSmallIntegerField(
+        default=25, help_text="share of requests the challenger shadows (each costs the web process a second scoring)")
     canary_steps = models.JSONField(default=default_canary_steps, help_text="traffic percentages, rising to 100")
     rollout_min_step_minutes = models.FloatField(default=60, help_text="a canary step is held at least this long")
     rollout_min_impressions = models.PositiveIntegerField(

@@ -88,7 +88,7 @@ def test_shadow_never_changes_the_response_and_logs_the_challengers_list(version
 
 
 def test_a_shadow_that_fails_never_reaches_the_response(versions, serve_client, monkeypatch):
-    start(versions[1], "shadow")
+    start(versions[1], "shadow", traffic_percent=100)
     expected = serve_client.get(URL.format("user-3"), {"k": 10}).json()["items"]
     failed = shadow.stats["failed"]
     monkeypatch.setattr("recommendations.serving._shadow_score", _explode)

@@ -6,6 +6,7 @@ from recommendations.clock import system_now
 from recommendations.models import Item
 from registry.models import DeploymentChange, Experiment
 from registry.services import model_version_promote
+from retraining.services.policy import policy_active
 from tests.recommendations.factories import experiment_traffic
 from tests.registry.factories import registered_version
 
@@ -46,7 +47,7 @@ def test_a_second_challenger_is_a_conflict_unless_it_replaces(admin_client_api, 
     conflict = admin_client_api.post(CHALLENGER, {"version": third.version, "mode": "shadow"}, format="json")
     assert conflict.status_code == 409 and conflict.json()["experiment_id"]
     replaced = admin_client_api.post(CHALLENGER, {"version": third.version, "mode": "shadow", "replace": True}, format="json")
-    assert replaced.status_code == 201 and replaced.json()["traffic_percent"] == 100
+    assert replaced.status_code == 201 and replaced.json()["traffic_percent"] == policy_active().shadow_traffic_percent == 25
 
 
 @pytest.mark.parametrize("body, status", [
