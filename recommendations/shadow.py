@@ -1,20 +1,22 @@
 """Shadow scoring off the response path.
 
 A shadowed request's challenger list is computed by a daemon thread of the web process after the champion's
-response is on its way, and only once this process has answered no recommendation request for IDLE_SECONDS
-and has spent at most SHADOW_MAX_UTILIZATION of the last second answering them, so that the shadow competes
-with live requests for the interpreter as little as possible and sheds its work when the process is loaded.
-Every request counts as live from the top of the middleware stack (LiveRequestMiddleware).
-While a job runs, the interpreter's switch interval is cut to JOB_SWITCH_INTERVAL_SECONDS so that a request
-arriving mid-job gets the interpreter back quickly, and at each checkpoint between its stages a job that finds
-a live request in progress gives up (counted as preempted) rather than compete with it. (A separate, niced Celery shadow worker was tried and
-measured worse on a 2-core host: publishing each request cost the web process more than the idle-time
-scoring does.) Jobs wait in a bounded queue;
-a job submitted while the process is over SHADOW_MAX_UTILIZATION is dropped at once (so that a saturated
-process does not even wake the scorer), and one that finds the queue full, or has waited longer than
-SHADOW_MAX_DELAY_SECONDS for an idle moment, is dropped and counted: under saturation the shadow samples fewer requests rather than slow the live ones. A
-job's failure is logged and counted and never reaches a response. SHADOW_QUEUE_SIZE 0 runs jobs inline
-(tests)."""
+response is on its way, and only once this process has answered no request for IDLE_SECONDS and has spent at
+most SHADOW_MAX_UTILIZATION of the last second answering them, so that the shadow competes with live
+requests for the interpreter as little as possible. Every request counts as live from the top of the
+middleware stack (LiveRequestMiddleware). While a job runs, the interpreter's switch interval is cut to
+JOB_SWITCH_INTERVAL_SECONDS so that a request arriving mid-job gets the interpreter back quickly, and at each
+checkpoint between its stages a job that finds a live request in progress gives up (counted as preempted).
+
+Jobs wait in a bounded queue. A job submitted while the process is over SHADOW_MAX_UTILIZATION is dropped at
+once (a saturated process does not even wake the scorer), and one that finds the queue full, finds the
+process loaded while it waits, or has waited longer than SHADOW_MAX_DELAY_SECONDS for an idle moment is
+dropped; all are counted. Under load the shadow scores fewer requests rather than slow the live ones. A job's
+failure is logged and counted and never reaches a response. SHADOW_QUEUE_SIZE 0 runs jobs inline (tests).
+
+Measured and dropped on a 2-core host (README, "Measured figures"): a niced Celery shadow worker (publishing
+each request cost the web process more than the scoring) and a helper process per web process at idle CPU
+priority (its work still evicted the live requests' caches: worse p99 at light load and at saturation)."""
 
 import logging
 import queue
