@@ -110,7 +110,8 @@ print("RESULT " + json.dumps({{"version": version.version}}))
 """
 
 SHADOW_START_SNIPPET = _REGISTER_CODE + """
-experiment = challenger_deploy(version=version.version, mode="shadow", traffic_percent={percent}, actor="bench/serve.py",
+experiment = challenger_deploy(version=version.version, mode="shadow", traffic_percent={percent},
+                               actor="bench/serve.py",
                                reason="serving benchmark: shadow overhead")
 print("RESULT " + json.dumps({{"version": version.version, "experiment": experiment.pk,
                               "percent": experiment.traffic_percent}}))
@@ -598,7 +599,8 @@ def rounds_measure(*, args, env: dict[str, str], directory: Path, measure: dict)
         shell(SHADOW_STOP_SNIPPET, env=env)
     for kind in ("shadow", "shadow-light"):
         if kind in coverage:
-            coverage[kind]["share"] = coverage[kind]["scored"] / coverage[kind]["lists"] if coverage[kind]["lists"] else 0.0
+            scored, lists = coverage[kind]["scored"], coverage[kind]["lists"]
+            coverage[kind]["share"] = scored / lists if lists else 0.0
 
     def p99(result):
         return percentile(result["server_ms"], 0.99)

@@ -323,7 +323,8 @@ class CompiledRanker:
         import llvmlite.binding as llvm
 
         versions = f"lleaves {metadata.version('lleaves')}, llvmlite {metadata.version('llvmlite')}"
-        key = hashlib.sha256(Path(model_file).read_bytes() + f"|{versions}|{llvm.get_host_cpu_name()}".encode()).hexdigest()
+        identity = f"|{versions}|{llvm.get_host_cpu_name()}".encode()
+        key = hashlib.sha256(Path(model_file).read_bytes() + identity).hexdigest()
         cache_dir.mkdir(parents=True, exist_ok=True)
         cached, sidecar = cache_dir / f"ranker-{key}.o", cache_dir / f"ranker-{key}.o.sha256"
         self._model = lleaves.Model(model_file=str(model_file))

@@ -37,7 +37,8 @@ def test_compiled_scores_equal_lightgbm_scores(model_file, tmp_path):
     compiled = ranking.CompiledRanker(model_file, cache_dir=tmp_path)
     for seed in range(3):
         matrix = _probe(seed)
-        np.testing.assert_allclose(compiled.scores(matrix), ranking.ranker_scores(booster, matrix), rtol=1e-12, atol=1e-12)
+        expected = ranking.ranker_scores(booster, matrix)
+        np.testing.assert_allclose(compiled.scores(matrix), expected, rtol=1e-12, atol=1e-12)
     assert compiled.scores(np.empty((0, len(ranking.RANKER_FEATURES)), dtype=np.float32)).shape == (0,)
 
 

@@ -47,7 +47,8 @@ def test_a_second_challenger_is_a_conflict_unless_it_replaces(admin_client_api, 
     conflict = admin_client_api.post(CHALLENGER, {"version": third.version, "mode": "shadow"}, format="json")
     assert conflict.status_code == 409 and conflict.json()["experiment_id"]
     replaced = admin_client_api.post(CHALLENGER, {"version": third.version, "mode": "shadow", "replace": True}, format="json")
-    assert replaced.status_code == 201 and replaced.json()["traffic_percent"] == policy_active().shadow_traffic_percent == 25
+    assert replaced.status_code == 201
+    assert replaced.json()["traffic_percent"] == policy_active().shadow_traffic_percent == 25
 
 
 @pytest.mark.parametrize("body, status", [
