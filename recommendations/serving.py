@@ -348,7 +348,7 @@ def _shadow_score(model: ServingModel, request: _Request, shadow_of: uuid.UUID, 
 
 
 def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],
-            excluded: set[int], category: str | None, k: int, at: float, explain: bool, recheck_active: bool = True,
+            excluded: set[int], category: str | None, k: int, at: float, explain: bool, recheck_active: bool,
             checkpoint: Callable[[], None] = lambda: None) -> list[dict] | None:
     """The champion's top k of its candidates for the user that the snapshot holds as active (and in
     `category`), neither seen nor excluded; None when no candidate is left. `checkpoint` is called between
@@ -374,7 +374,7 @@ def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserS
     scores = model.scores(matrix)
     checkpoint()
     order = np.lexsort((found.codes, -scores))
-    order = order[_first_active(pks[order], k)] if recheck_active else order[:k]
+    order = order[_first_active(pks[order], k, recheck=recheck_active)]
     explanations = ranking.ranker_explain(model.trained.ranker, matrix[order]) if explain else None
     served = []
     for position, index in enumerate(order.tolist()):
@@ -388,10 +388,13 @@ def _ranked(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserS
     return served
 
 
-def _first_active(pks: np.ndarray, k: int) -> list[int]:
-    """Positions of the first k of these items that are active now. The snapshot's flags may be seconds
-    old, so the flags of the items about to be served are read again: one query of k keys, and one more
-    for the shortfall each time some of them turn out inactive."""
+def _first_active(pks: np.ndarray, k: int, *, recheck: bool) -> list[int]:
+    """Positions of the first k of these items (all active in the snapshot) that are active now. Without
+    `recheck` (nothing deactivated since the snapshot) those are the first k. Otherwise the snapshot's flags
+    may be stale, so the flags of the items about to be served are read again: one query of k keys, and one
+    more for the shortfall each time some of them turn out inactive."""
+    if not recheck:
+        return list(range(min(k, len(pks))))
     chosen: list[int] = []
     start = 0
     while len(chosen) < k and start < len(pks):
@@ -413,7 +416,7 @@ def _popular(*, snapshot: ItemSnapshot, blocked: set[int], category: str | None,
     rows = snapshot.trending[~np.isin(snapshot.pks[snapshot.trending], list(blocked))]
     if category:
         rows = rows[snapshot.in_category(rows, category)]
-    rows = rows[_first_active(snapshot.pks[rows], k)] if recheck_active else rows[:k]
+    rows = rows[_first_active(snapshot.pks[rows], k, recheck=recheck_active)]
     now = system_now().timestamp()
     return [{"_pk": int(snapshot.pks[row]), "item_id": snapshot.external_ids[row],
              "score": snapshot.trend_score(row, now)} for row in rows.tolist()]

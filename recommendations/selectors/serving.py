@@ -60,13 +60,13 @@ def _user_row(cursor, external_id: str) -> tuple | None:
     session = connection.connection
     if session not in _prepared:
         cursor.execute(f"PREPARE {_PREPARED_NAME}(text) AS {_user_sql(connection.vendor).replace('%s', '$1')}")
-        _prepared[session] = True
+        _prepared.add(session)
     cursor.execute(f"EXECUTE {_PREPARED_NAME}(%s)", [external_id])
     return cursor.fetchone()
 
 
 _PREPARED_NAME = "recsite_served_user"
-_prepared: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # DB-API connections that prepared it
+_prepared: "weakref.WeakSet" = weakref.WeakSet()  # the DB-API connections that prepared it
 
 
 @functools.cache
