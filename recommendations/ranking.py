@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +38,8 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from recommendations import features
+
+logger = logging.getLogger(__name__)
 
 CANDIDATE_FEATURES = [
     "cf_score",
@@ -308,46 +312,66 @@ def ranker_scores(ranker: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
     return ranker.predict(matrix, num_threads=1) if len(matrix) else np.empty(0)
 
 
+def compiled_ranker_key(model_file: Path) -> str:
+    """What names a compiled ranker: the sha256 of the model text, the lleaves/llvmlite versions and the host
+    CPU (the object code differs for each)."""
+    import llvmlite.binding as llvm  # here, not at the top: training and commands never load LLVM
+
+    versions = f"lleaves {metadata.version('lleaves')}, llvmlite {metadata.version('llvmlite')}"
+    identity = f"|{versions}|{llvm.get_host_cpu_name()}".encode()
+    return hashlib.sha256(Path(model_file).read_bytes() + identity).hexdigest()
+
+
 class CompiledRanker:
     """The ranker's trees compiled to native code by lleaves (LLVM): the same scores as LightGBM's own
     predictor (held equal by tests/recommendations/test_compiled_ranker.py) at a fraction of the cost —
     0.13 ms against 0.61 ms for ml-latest-small's ~220 candidates of a user, 95 trees.
 
-    Compiling takes ~2 s (mostly outside the GIL), so the object code is kept in `cache_dir`, named by
-    the sha256 of the model text, the lleaves/llvmlite versions and the host CPU, with a sha256 sidecar
-    that is checked before the file is loaded; it is published by rename, so concurrent processes
-    compiling the same model never see half a file."""
+    Compiling takes ~2 s (mostly outside the GIL), so the object code is kept in `cache_dir` as
+    `ranker-<compiled_ranker_key>.o`, published by rename (concurrent processes compiling the same model never
+    see half a file). The folder is writable, so native code from it is trusted only through `trusted_sha256`,
+    the digest the registry recorded: the file's bytes are read once, checked, and loaded from a private copy.
+    Without a digest, or on a mismatch (logged), the model is compiled again and the cache file replaced.
+    `sha256` is the digest of the object code this instance runs."""
 
-    def __init__(self, model_file: Path, cache_dir: Path):
+    def __init__(self, model_file: Path, cache_dir: Path, *, trusted_sha256: str | None = None):
         import lleaves  # here, not at the top: training and commands never load LLVM
-        import llvmlite.binding as llvm
 
-        versions = f"lleaves {metadata.version('lleaves')}, llvmlite {metadata.version('llvmlite')}"
-        identity = f"|{versions}|{llvm.get_host_cpu_name()}".encode()
-        key = hashlib.sha256(Path(model_file).read_bytes() + identity).hexdigest()
+        self.key = compiled_ranker_key(model_file)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cached, sidecar = cache_dir / f"ranker-{key}.o", cache_dir / f"ranker-{key}.o.sha256"
+        cached = cache_dir / f"ranker-{self.key}.o"
         self._model = lleaves.Model(model_file=str(model_file))
-        if cached.exists() and sidecar.exists() and _sha256_of(cached) == sidecar.read_text().strip():
-            self._model.compile(cache=str(cached))
-            return
-        scratch = cache_dir / f".ranker-{key}-{os.getpid()}-{id(self)}.o"
+        if trusted_sha256 and cached.exists():
+            code = cached.read_bytes()
+            if hashlib.sha256(code).hexdigest() == trusted_sha256:
+                self._load(code)
+                self.sha256 = trusted_sha256
+                return
+            logger.error("compiled ranker %s does not match its recorded sha256: compiling it again", cached.name)
+        self.sha256 = self._compile(cache_dir, cached)
+
+    def _load(self, code: bytes) -> None:
+        with tempfile.TemporaryDirectory(prefix="ranker-") as private:
+            copy = Path(private) / "ranker.o"
+            copy.write_bytes(code)
+            self._model.compile(cache=str(copy))  # lleaves reads the object file here, once
+
+    def _compile(self, cache_dir: Path, cached: Path) -> str:
+        """Compile in a private folder (the digest is of the code this process runs, not of a shared file),
+        then publish the object code to the cache by rename."""
+        with tempfile.TemporaryDirectory(prefix="ranker-") as private:
+            self._model.compile(cache=str(Path(private) / "ranker.o"))
+            code = (Path(private) / "ranker.o").read_bytes()
+        scratch = cache_dir / f".ranker-{self.key}-{os.getpid()}-{id(self)}.o"
         try:
-            self._model.compile(cache=str(scratch))
-            digest = _sha256_of(scratch)
-            scratch_sidecar = scratch.with_name(scratch.name + ".sha256")
-            scratch_sidecar.write_text(digest)
-            os.replace(scratch_sidecar, sidecar)
+            scratch.write_bytes(code)
             os.replace(scratch, cached)
         finally:
             scratch.unlink(missing_ok=True)
+        return hashlib.sha256(code).hexdigest()
 
     def scores(self, matrix: np.ndarray) -> np.ndarray:
         return self._model.predict(matrix, n_jobs=1) if len(matrix) else np.empty(0)
-
-
-def _sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def ranker_explain(ranker: lgb.Booster, matrix: np.ndarray, top: int = 3) -> list[list[tuple[str, float]]]:

@@ -41,9 +41,10 @@ from recommendations.selectors import ServedUser, inactive_items, served_user
 from recommendations.services.impressions import impression_log
 from recommendations.shadow import shadow_checkpoint, shadow_submit
 from recsite.errors import NotFoundError
-from registry.artifacts import artifact_read
+from registry.artifacts import ArtifactError, artifact_read
 from registry.models import ModelVersion
 from registry.selectors import ServingPointers, serving_pointers
+from registry.services import model_version_compiled_record
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +70,25 @@ def trained_model_of(version: ModelVersion) -> ranking.TrainedModel:
 @contextmanager
 def _artifact_unpacked(version: ModelVersion):
     files = artifact_read(path=version.artifact_path, size=version.artifact_size, sha256=version.artifact_sha256)
-    with tempfile.TemporaryDirectory(prefix=f"model-v{version.version}-") as folder:
+    with _files_unpacked(files, prefix=f"model-v{version.version}-") as folder:
+        yield folder
+
+
+@contextmanager
+def _files_unpacked(files: dict[str, bytes], *, prefix: str):
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
         for name, data in files.items():
             (Path(folder) / Path(name).name).write_bytes(data)
         yield Path(folder)
+
+
+def artifact_models_check(*, files: dict[str, bytes]) -> None:
+    """The registry's check that an artifact's models load (settings.REGISTRY_ARTIFACT_VERIFIER): the
+    ranker, the rating regressor and the collaborative model, as serving loads them. Raises if one does not."""
+    with _files_unpacked(files, prefix="model-check-") as folder:
+        trained = ranking.trained_model_load(folder)
+    if trained.regressor is None:
+        raise ValueError(f"the rating regressor ({ranking.REGRESSOR_FILE}) is missing")
 
 
 def ranker_cache_dir() -> Path:
@@ -80,16 +96,19 @@ def ranker_cache_dir() -> Path:
     return Path(settings.MODEL_STORE) / "compiled"
 
 
-def ranker_precompile(model_dir: Path) -> None:
+def ranker_precompile(model_dir: Path) -> dict[str, str]:
     """Compile a newly registered model's ranker into the cache, so that web processes load it in
-    milliseconds when it is deployed instead of compiling it under traffic. Best effort: a failure is
-    logged, and serving then compiles it (or falls back to LightGBM) itself."""
+    milliseconds when it is deployed instead of compiling it under traffic; returns the checksums to register
+    with the version ({compilation key: sha256}), which web processes trust. Best effort: a failure is
+    logged (and no checksum returned), and serving then compiles it (or falls back to LightGBM) itself."""
     if not settings.RANKER_COMPILED:
-        return
+        return {}
     try:
-        ranking.CompiledRanker(Path(model_dir) / ranking.RANKER_FILE, cache_dir=ranker_cache_dir())
+        compiled = ranking.CompiledRanker(Path(model_dir) / ranking.RANKER_FILE, cache_dir=ranker_cache_dir())
     except Exception:
         logger.exception("could not compile the ranker of %s ahead of serving", model_dir)
+        return {}
+    return {compiled.key: compiled.sha256}
 
 
 def serving_model_load(version: ModelVersion) -> ServingModel:
@@ -100,11 +119,22 @@ def serving_model_load(version: ModelVersion) -> ServingModel:
         scores = partial(ranking.ranker_scores, trained.ranker)
         if settings.RANKER_COMPILED:
             try:
-                scores = ranking.CompiledRanker(folder / ranking.RANKER_FILE, cache_dir=ranker_cache_dir()).scores
+                scores = _compiled_ranker(version, folder / ranking.RANKER_FILE).scores
             except Exception:
                 logger.exception("could not compile v%s's ranker; scoring with LightGBM's predictor", version.version)
     scores(np.zeros((2, len(ranking.RANKER_FEATURES)), dtype=np.float32))
     return ServingModel(version=version.version, trained=trained, scores=scores)
+
+
+def _compiled_ranker(version: ModelVersion, model_file: Path) -> ranking.CompiledRanker:
+    """The compiled ranker, from the cache only if it has the digest the registry recorded; compiled here
+    from the verified artifact otherwise, which is a trusted compile whose digest is recorded if none was."""
+    key = ranking.compiled_ranker_key(model_file)
+    trusted = version.compiled_checksums.get(key)
+    compiled = ranking.CompiledRanker(model_file, cache_dir=ranker_cache_dir(), trusted_sha256=trusted)
+    if trusted is None:
+        model_version_compiled_record(version=version.version, key=key, sha256=compiled.sha256)
+    return compiled
 
 
 @dataclass(frozen=True)
@@ -122,17 +152,39 @@ class Deployed:
         return self.models.get(self.pointers.champion)
 
 
+@dataclass(frozen=True)
+class ServingHealth:
+    """Whether this process serves the champion the pointer names: the version it serves, the one it should,
+    and a short reason fit for unauthenticated callers when they differ (the details are in the log)."""
+
+    serving: int | None
+    expected: int | None
+    error: str = ""
+
+    @property
+    def degraded(self) -> bool:
+        return self.serving != self.expected
+
+
 class ModelHolder:
     """The champion and, during an experiment, the challenger, as this process serves them."""
 
     def __init__(self):
         self._current = Deployed()
+        self._expected: int | None = None
         self._checked_at = float("-inf")
-        self._failed: dict[int, float] = {}
+        self._failed: dict[int, tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     def current(self) -> Deployed:
         return self._current
+
+    def health(self) -> ServingHealth:
+        serving, expected = self._current.pointers.champion, self._expected
+        if serving == expected:
+            return ServingHealth(serving, expected)
+        failed = self._failed.get(expected)
+        return ServingHealth(serving, expected, failed[1] if failed else f"v{expected} is not loaded yet")
 
     def refresh_if_due(self) -> None:
         if time.monotonic() - self._checked_at >= settings.MODEL_POLL_SECONDS:
@@ -147,6 +199,7 @@ class ModelHolder:
             except Exception:
                 logger.exception("could not read the deployment pointers; serving as before")
                 return
+            self._expected = pointers.champion
             previous = self._current
             loaded = dict(previous.models)
             for number in {pointers.champion, pointers.challenger} - {None} - set(loaded):
@@ -160,13 +213,14 @@ class ModelHolder:
             self._current = Deployed(pointers, {v: m for v, m in loaded.items() if v in (champion, pointers.challenger)})
 
     def _load(self, number: int) -> ServingModel | None:
-        failed_at = self._failed.get(number)
-        if failed_at is not None and time.monotonic() - failed_at < settings.MODEL_RETRY_SECONDS:
+        failed = self._failed.get(number)
+        if failed is not None and time.monotonic() - failed[0] < settings.MODEL_RETRY_SECONDS:
             return None
         try:
             model = serving_model_load(ModelVersion.objects.get(version=number))
-        except Exception:
-            self._failed[number] = time.monotonic()
+        except Exception as exc:
+            kind = "its artifact fails verification" if isinstance(exc, ArtifactError) else "its models do not load"
+            self._failed[number] = (time.monotonic(), f"v{number} could not be loaded: {kind}")
             logger.exception("could not load v%s; serving %s", number, self._current.pointers)
             return None
         self._failed.pop(number, None)
@@ -175,7 +229,7 @@ class ModelHolder:
 
     def forget(self) -> None:
         with self._lock:
-            self._current, self._checked_at, self._failed = Deployed(), float("-inf"), {}
+            self._current, self._expected, self._checked_at, self._failed = Deployed(), None, float("-inf"), {}
 
 
 class ItemSnapshotHolder:
@@ -240,6 +294,13 @@ class Poller:
 deployed = ModelHolder()
 items = ItemSnapshotHolder()
 poller = Poller(deployed, items)
+
+
+def serving_health() -> ServingHealth:
+    """Whether this process serves the champion the pointer names, after loading what is due (a fresh
+    process's first health check loads the champion, as its first request would)."""
+    poller.ensure_fresh()
+    return deployed.health()
 
 
 @dataclass

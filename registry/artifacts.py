@@ -17,6 +17,7 @@ from django.conf import settings
 from recsite.errors import ApplicationError
 
 CHUNK = 1 << 20
+MANIFEST_FILE = "manifest.json"  # the JSON manifest every artifact holds (ARCHITECTURE.md)
 
 
 class ArtifactError(ApplicationError):

@@ -33,9 +33,16 @@ class ModelVersion(models.Model):
     training_duration_s = models.FloatField(null=True, blank=True)
     # The retraining app's TrainingRun id; a plain integer because the registry imports no other app.
     training_run_id = models.BigIntegerField(null=True, blank=True)
+    # The sha256 of the ranker compiled to native code, per compilation key (model text, compiler, CPU): a
+    # cached object file is loaded only if it has the digest recorded here by a trusted compile.
+    compiled_checksums = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-version"]
+        constraints = [
+            # One champion, always: whatever code runs, the database holds at most one active version.
+            models.UniqueConstraint(fields=["status"], condition=Q(status="active"), name="one_active_version"),
+        ]
 
     def __str__(self):
         return f"v{self.version}"
@@ -87,6 +94,7 @@ class DeploymentChange(models.Model):
         CHALLENGER_START = "challenger_start"
         CHALLENGER_STOP = "challenger_stop"
         TRAFFIC = "traffic"
+        REFUSE = "refuse", "Refused (artifact invalid)"
 
     alias = models.CharField(max_length=16, choices=Alias.choices)
     action = models.CharField(max_length=20, choices=Action.choices)

@@ -1,19 +1,29 @@
 """Registry writes: register a version, promote it, roll back. Every pointer flip happens in one
-transaction with a compare-and-set on the expected current version and leaves an audit row."""
+transaction with a compare-and-set on the expected current version and leaves an audit row.
 
+No pointer moves to a version whose artifact fails verification (`model_version_verify`): the refusal is
+an audit row of its own (action `refuse`), committed although nothing flipped. Verifying means loading the
+models, which takes time, so it happens before the flip's transaction and outside the pointer's lock."""
+
+import json
+import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from recsite.errors import ApplicationError, ConflictError, NotFoundError
-from registry.artifacts import artifact_store
+from registry.artifacts import MANIFEST_FILE, ArtifactError, artifact_read, artifact_store
 from registry.models import Alias, Deployment, DeploymentChange, DeploymentMode, Experiment, ModelStatus, ModelVersion
 from registry.selectors import champion_version, running_experiment
+
+logger = logging.getLogger(__name__)
 
 UNSET = object()
 PROMOTABLE = {ModelStatus.CANDIDATE, ModelStatus.RETIRED, ModelStatus.REJECTED}
@@ -31,6 +41,7 @@ class VersionInput:
     trigger_reason: str = ""
     training_duration_s: float | None = None
     training_run_id: int | None = None
+    compiled_checksums: dict = field(default_factory=dict)  # from a compile of this very model (ranker_precompile)
 
 
 def model_version_register(*, artifact_dir: Path, data: VersionInput, status: str = ModelStatus.CANDIDATE) -> ModelVersion:
@@ -65,6 +76,47 @@ def model_version_get(*, version: int) -> ModelVersion:
         raise NotFoundError(f"Model version v{version} does not exist.")
 
 
+def model_version_verify(*, version: ModelVersion, refused: str, alias: str, actor: str) -> None:
+    """Check that `version` can serve before a pointer moves to it: its file is present with the size and
+    sha256 of its row, the tar reads, the manifest parses and the models load (settings.
+    REGISTRY_ARTIFACT_VERIFIER, a function of the members' bytes that the serving app provides, because the
+    registry holds no ML). A failure writes a `refuse` audit row for the `refused` action and raises a 422."""
+    try:
+        files = artifact_read(path=version.artifact_path, size=version.artifact_size, sha256=version.artifact_sha256)
+        _manifest_parse(files)
+        import_string(settings.REGISTRY_ARTIFACT_VERIFIER)(files=files)
+    except Exception as exc:
+        logger.warning("refusing to %s %s: its artifact fails verification", refused, version, exc_info=True)
+        problem = exc.message if isinstance(exc, ArtifactError) else f"its models do not load ({type(exc).__name__}: {exc})"
+        message = f"{version} cannot be deployed: {problem}"[:500]
+        DeploymentChange.objects.create(alias=alias, action=DeploymentChange.Action.REFUSE, to_version=version,
+                                        actor=actor, reason=message, details={"refused": refused})
+        raise ArtifactError(message, extra={"version": version.version}) from exc
+
+
+def _manifest_parse(files: dict[str, bytes]) -> dict:
+    try:
+        manifest = json.loads(files[MANIFEST_FILE])
+    except KeyError:
+        raise ArtifactError(f"the artifact has no {MANIFEST_FILE}")
+    except ValueError as exc:
+        raise ArtifactError(f"its {MANIFEST_FILE} is not JSON ({exc})")
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"its {MANIFEST_FILE} is not a JSON object")
+    return manifest
+
+
+def model_version_compiled_record(*, version: int, key: str, sha256: str) -> str:
+    """Record the digest of a version's compiled ranker for compilation `key`, unless one is recorded;
+    returns the recorded digest. Callers compiled it themselves from the verified artifact."""
+    with transaction.atomic():
+        row = ModelVersion.objects.select_for_update().get(version=version)
+        recorded = row.compiled_checksums.setdefault(key, sha256)
+        if recorded == sha256:
+            row.save(update_fields=["compiled_checksums"])
+        return recorded
+
+
 def model_version_promote(*, version: int, actor: str, reason: str = "", expected_current=UNSET) -> DeploymentChange:
     """Point `champion` at `version`. The flip is a compare-and-set on `expected_current` (a version
     number or None; by default the champion as read when the call starts), so of two racing changes
@@ -72,6 +124,7 @@ def model_version_promote(*, version: int, actor: str, reason: str = "", expecte
     target = model_version_get(version=version)
     if target.status not in PROMOTABLE:
         raise ApplicationError(f"v{version} is {target.status}; only a candidate, retired or rejected version can be promoted.")
+    model_version_verify(version=target, refused=DeploymentChange.Action.PROMOTE, alias=Alias.CHAMPION, actor=actor)
     if expected_current is UNSET:
         current = champion_version()
         expected_current = current.version if current else None
@@ -93,6 +146,7 @@ def model_version_rollback(*, actor: str, reason: str = "", version: int | None 
             raise ApplicationError(f"v{version} is {target.status} and cannot serve.")
     if target.pk == current.pk:
         raise ApplicationError(f"{target} is already the champion.")
+    model_version_verify(version=target, refused=DeploymentChange.Action.ROLLBACK, alias=Alias.CHAMPION, actor=actor)
     if expected_current is UNSET:
         expected_current = current.version
     return _champion_flip(target, DeploymentChange.Action.ROLLBACK, actor, reason, expected_current)
@@ -108,28 +162,39 @@ def _previous_champion(current: ModelVersion) -> ModelVersion | None:
 
 
 def _champion_flip(target: ModelVersion, action: str, actor: str, reason: str, expected_current) -> DeploymentChange:
-    with transaction.atomic():
-        Deployment.objects.get_or_create(alias=Alias.CHAMPION)
-        pointer = Deployment.objects.select_for_update(of=("self",)).select_related("version").get(alias=Alias.CHAMPION)
-        current = pointer.version
-        if (current.version if current else None) != expected_current:
-            expected = f"v{expected_current}" if expected_current else "no champion"
-            raise ConflictError(
-                f"The champion is {current or 'unset'}, not {expected}: another change won; reload and retry.",
-                extra={"current_version": current.version if current else None},
-            )
-        if current and current.pk == target.pk:
-            raise ApplicationError(f"{target} is already the champion.")
-        pointer.version = target
-        pointer.save(update_fields=["version", "updated_at"])
-        if current:
-            ModelVersion.objects.filter(pk=current.pk).update(status=ModelStatus.RETIRED)
-        ModelVersion.objects.filter(pk=target.pk).update(status=ModelStatus.ACTIVE)
-        change = DeploymentChange.objects.create(
-            alias=Alias.CHAMPION, action=action, from_version=current, to_version=target, actor=actor, reason=reason
+    """The compare-and-set. A racing flip that slipped past it would still hit the database's one-active-
+    version constraint: that is a conflict too, never a 500."""
+    try:
+        return _champion_flip_locked(target, action, actor, reason, expected_current)
+    except IntegrityError:
+        raise ConflictError(f"Another change of the champion won while {target} was being promoted; reload and retry.")
+
+
+@transaction.atomic
+def _champion_flip_locked(target: ModelVersion, action: str, actor: str, reason: str, expected_current) -> DeploymentChange:
+    Deployment.objects.get_or_create(alias=Alias.CHAMPION)
+    pointer = Deployment.objects.select_for_update().get(alias=Alias.CHAMPION)
+    # Read after the lock, in a statement of its own: a join in the locking query would read the version
+    # row as of that statement's snapshot, before the flip this one waited for (then `current` is stale).
+    current = ModelVersion.objects.filter(pk=pointer.version_id).first() if pointer.version_id else None
+    if (current.version if current else None) != expected_current:
+        expected = f"v{expected_current}" if expected_current else "no champion"
+        raise ConflictError(
+            f"The champion is {current or 'unset'}, not {expected}: another change won; reload and retry.",
+            extra={"current_version": current.version if current else None},
         )
-        _experiment_end_on_champion_change(target, actor)
-        return change
+    if current and current.pk == target.pk:
+        raise ApplicationError(f"{target} is already the champion.")
+    pointer.version = target
+    pointer.save(update_fields=["version", "updated_at"])
+    if current:
+        ModelVersion.objects.filter(pk=current.pk).update(status=ModelStatus.RETIRED)
+    ModelVersion.objects.filter(pk=target.pk).update(status=ModelStatus.ACTIVE)
+    change = DeploymentChange.objects.create(
+        alias=Alias.CHAMPION, action=action, from_version=current, to_version=target, actor=actor, reason=reason
+    )
+    _experiment_end_on_champion_change(target, actor)
+    return change
 
 
 def _experiment_end_on_champion_change(target: ModelVersion, actor: str) -> None:
@@ -172,6 +237,8 @@ def challenger_start(*, data: ChallengerInput, actor: str, reason: str, at: date
     running one first (audited, as superseded)."""
     target = model_version_get(version=data.version)
     _challenger_check(target, data)
+    model_version_verify(version=target, refused=DeploymentChange.Action.CHALLENGER_START, alias=Alias.CHALLENGER,
+                         actor=actor)
     traffic = _starting_traffic(data)
     with transaction.atomic():
         pointer = _challenger_pointer()
@@ -238,7 +305,12 @@ def challenger_stop(*, actor: str, reason: str, at: datetime, reject: bool = Fal
 
 
 def challenger_traffic_advance(*, experiment_id: int, step_index: int, actor: str, reason: str, at: datetime) -> Experiment:
-    """Move a canary from its current step to the next one (a compare-and-set on the step it is at)."""
+    """Move a canary from its current step to the next one (a compare-and-set on the step it is at), once its
+    version's artifact is verified again (more traffic goes to it)."""
+    experiment = running_experiment()
+    if experiment is not None and experiment.pk == experiment_id:
+        model_version_verify(version=experiment.version, refused=DeploymentChange.Action.TRAFFIC,
+                             alias=Alias.CHALLENGER, actor=actor)
     with transaction.atomic():
         experiment = _running_or_error(experiment_id)
         if experiment.mode != DeploymentMode.CANARY or experiment.step_index != step_index:

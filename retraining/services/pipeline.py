@@ -165,13 +165,13 @@ def candidate_register(*, result: TrainingResult, manifest: dict, directory: Pat
                        trigger: str, training_seconds: float, run_id: int | None = None) -> ModelVersion:
     """Register a trained model directory as a candidate version, its ranker compiled for serving."""
     window_of = manifest.get("training_window", {})
-    ranker_precompile(directory)
+    compiled = ranker_precompile(directory)
     return model_version_register(artifact_dir=directory, data=VersionInput(
         metrics=json_safe(result.metrics), baseline_metrics=json_safe(result.baselines), dataset_stats=result.dataset,
         parameters=manifest.get("params", {}), manifest=manifest,
         training_window_start=_parse(window_of.get("min_event_time")),
         training_window_end=until or _parse(window_of.get("max_event_time")),
-        trigger_reason=trigger, training_duration_s=training_seconds, training_run_id=run_id,
+        trigger_reason=trigger, training_duration_s=training_seconds, training_run_id=run_id, compiled_checksums=compiled,
     ))
 
 

@@ -1,11 +1,14 @@
 """The compiled ranker (lleaves) scores exactly what LightGBM's predictor scores, its object-code cache is
 checked before it is loaded, and serving falls back to LightGBM when compiling fails."""
 
+import hashlib
+
 import lightgbm as lgb
 import numpy as np
 import pytest
 
 from recommendations import ranking, serving
+from registry.models import ModelVersion
 from tests.recommendations.factories import store_history, train_and_register
 
 
@@ -42,20 +45,20 @@ def test_compiled_scores_equal_lightgbm_scores(model_file, tmp_path):
     assert compiled.scores(np.empty((0, len(ranking.RANKER_FEATURES)), dtype=np.float32)).shape == (0,)
 
 
-def test_the_object_code_is_cached_and_a_tampered_cache_is_compiled_again(model_file, tmp_path):
+def test_the_object_code_is_cached_and_loaded_only_with_its_trusted_digest(model_file, tmp_path):
     first = ranking.CompiledRanker(model_file, cache_dir=tmp_path)
     [cached] = tmp_path.glob("ranker-*.o")
-    assert (tmp_path / (cached.name + ".sha256")).read_text() == ranking._sha256_of(cached)
-    assert not list(tmp_path.glob(".ranker-*")), "no scratch file is left behind"
+    assert first.sha256 == hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert not list(tmp_path.glob(".ranker-*")) and not list(tmp_path.glob("*.sha256")), "no scratch, no sidecar"
     stamp = cached.stat().st_mtime_ns
-    second = ranking.CompiledRanker(model_file, cache_dir=tmp_path)
+    second = ranking.CompiledRanker(model_file, cache_dir=tmp_path, trusted_sha256=first.sha256)
     assert cached.stat().st_mtime_ns == stamp, "loaded from the cache, not compiled again"
     np.testing.assert_array_equal(second.scores(_probe(7)), first.scores(_probe(7)))
 
     cached.write_bytes(b"not object code")  # a corrupted cache is never loaded: it is compiled again
-    third = ranking.CompiledRanker(model_file, cache_dir=tmp_path)
+    third = ranking.CompiledRanker(model_file, cache_dir=tmp_path, trusted_sha256=first.sha256)
     np.testing.assert_array_equal(third.scores(_probe(7)), first.scores(_probe(7)))
-    assert (tmp_path / (cached.name + ".sha256")).read_text() == ranking._sha256_of(cached)
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == third.sha256
 
 
 @pytest.mark.django_db
@@ -83,7 +86,9 @@ def test_a_precompiled_ranker_is_loaded_from_the_cache(tmp_path, settings):
     settings.MODEL_STORE, settings.RANKER_COMPILED = tmp_path / "store", True
     store_history()
     version = train_and_register(tmp_path)
-    serving.ranker_precompile(tmp_path / "run")
+    checksums = serving.ranker_precompile(tmp_path / "run")
+    ModelVersion.objects.filter(pk=version.pk).update(compiled_checksums=checksums)  # as registration records them
+    version.refresh_from_db()
     [cached] = serving.ranker_cache_dir().glob("ranker-*.o")
     stamp = cached.stat().st_mtime_ns
     serving.serving_model_load(version)

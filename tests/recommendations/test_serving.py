@@ -120,8 +120,8 @@ def test_a_new_champion_is_served_and_a_failed_load_keeps_the_old(served, serve_
     model_version_promote(version=second.version, actor="test")
     assert get(serve_client, "user-3").json()["model_version"] == second.version
     third = train_and_register(tmp_path, "third")
-    Path(third.artifact_path).write_bytes(b"tampered")
     model_version_promote(version=third.version, actor="test")
+    Path(third.artifact_path).write_bytes(b"tampered")  # after the registry verified it, before this process loads it
     response = get(serve_client, "user-3")
     assert response.status_code == 200 and response.json()["model_version"] == second.version
 

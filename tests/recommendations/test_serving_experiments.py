@@ -14,6 +14,7 @@ from recommendations.clock import clock_set
 from recommendations.models import Impression, Interaction, Item
 from recommendations.routing import route_for
 from recommendations.serving import deployed
+from registry.artifacts import artifact_read
 from registry.models import ModelStatus
 from registry.selectors import serving_pointers
 from registry.services import VersionInput, model_version_promote, model_version_register
@@ -104,6 +105,7 @@ def _explode(*args, **kwargs):
 def test_a_challenger_that_cannot_load_is_replaced_by_the_champion_and_counted_as_errors(versions, serve_client, tmp_path):
     broken = _broken_version(versions[0], tmp_path)
     start(broken, "ab", traffic_percent=100)
+    Path(broken.artifact_path).write_bytes(b"damaged after the registry verified it")
     body = serve_client.get(URL.format("user-5"), {"k": 5})
     assert body.status_code == 200 and body.json()["model_version"] == versions[0].version
     impression = Impression.objects.get(recommendation_id=body.json()["recommendation_id"])
@@ -111,9 +113,11 @@ def test_a_challenger_that_cannot_load_is_replaced_by_the_champion_and_counted_a
 
 
 def _broken_version(like, tmp_path):
+    """A version whose artifact is whole when registered (the registry deploys nothing else); the test breaks it."""
     folder = tmp_path / "broken"
     folder.mkdir()
-    (folder / "ranker.txt").write_text("not a model")
+    for name, data in artifact_read(path=like.artifact_path, size=like.artifact_size, sha256=like.artifact_sha256).items():
+        (folder / name).write_bytes(data)
     return model_version_register(artifact_dir=folder, data=_same_data(like))
 
 

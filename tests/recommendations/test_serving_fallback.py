@@ -3,6 +3,8 @@ import json
 import pytest
 
 from recommendations.models import Interaction
+from registry.artifacts import ArtifactError
+from registry.models import Deployment
 from registry.services import VersionInput, model_version_promote, model_version_register
 from tests.recommendations.test_serving import get, isolated_serving, store_history  # noqa: F401 (autouse fixture)
 
@@ -26,6 +28,8 @@ def test_an_artifact_that_is_not_a_model_is_never_served(catalog_with_history, s
     folder.mkdir()
     (folder / "manifest.json").write_text(json.dumps({"features": {}}))
     version = model_version_register(artifact_dir=folder, data=VersionInput({}, {}, {}, {}, {}))
-    model_version_promote(version=version.version, actor="test")
+    with pytest.raises(ArtifactError):
+        model_version_promote(version=version.version, actor="test")
+    Deployment.objects.update_or_create(alias="champion", defaults={"version": version})  # past the registry
     body = get(serve_client, "user-3").json()
     assert body["strategy"] == "popular" and body["model_version"] is None

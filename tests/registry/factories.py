@@ -1,15 +1,43 @@
 import json
+from functools import lru_cache
 from pathlib import Path
 
+import lightgbm as lgb
+import numpy as np
+
+from recommendations import ranking
 from registry.models import ModelVersion
 from registry.services import VersionInput, model_version_register
 
 
-def artifact_dir(tmp_path: Path, marker: str = "a") -> Path:
+@lru_cache(maxsize=4)
+def _tiny_boosters(seed: int) -> tuple[str, str]:
+    """A ranker and a rating regressor over this code's features, trained on noise in milliseconds: enough
+    for an artifact that loads (the registry refuses to deploy one that does not)."""
+    rng = np.random.default_rng(seed)
+    params = {"verbose": -1, "num_leaves": 4, "min_data_in_leaf": 5, "num_threads": 1}
+    ranker_x = rng.normal(size=(60, len(ranking.RANKER_FEATURES)))
+    ranker = lgb.train({**params, "objective": "lambdarank"}, num_boost_round=2, train_set=lgb.Dataset(
+        ranker_x, rng.integers(0, 2, 60), group=[10] * 6, feature_name=ranking.RANKER_FEATURES))
+    regressor_x = rng.normal(size=(60, len(ranking.REGRESSOR_FEATURES)))
+    regressor = lgb.train({**params, "objective": "regression"}, num_boost_round=2, train_set=lgb.Dataset(
+        regressor_x, rng.uniform(1, 5, 60), feature_name=ranking.REGRESSOR_FEATURES))
+    return ranker.model_to_string(), regressor.model_to_string()
+
+
+def artifact_dir(tmp_path: Path, marker: str = "a", *, seed: int = 0) -> Path:
+    """A loadable model directory; `marker` makes its bytes (and so its checksum) its own, `seed` its models."""
     folder = tmp_path / f"artifact-{marker}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ranker.txt").write_text(f"tree\nmarker={marker}\n")
-    (folder / "manifest.json").write_text(json.dumps({"marker": marker}))
+    ranker, regressor = _tiny_boosters(seed)
+    (folder / ranking.RANKER_FILE).write_text(ranker)
+    (folder / ranking.REGRESSOR_FILE).write_text(regressor)
+    np.savez(folder / ranking.COLLABORATIVE_FILE, item_pks=np.arange(1, 4, dtype=np.int64), active=np.ones(3, dtype=bool),
+             modelled=np.arange(3, dtype=np.int32), weights=np.zeros((3, 3), dtype=np.float32),
+             popularity=np.ones(3))
+    (folder / ranking.ID_MAPS_FILE).write_text(json.dumps({"item_external_ids": ["i1", "i2", "i3"]}))
+    (folder / ranking.MANIFEST_FILE).write_text(json.dumps({"marker": marker, "features": {"ranker": ranking.RANKER_FEATURES}}))
+    (folder / "marker.txt").write_text(f"marker={marker}\n")
     return folder
 
 
