@@ -83,18 +83,19 @@ def model_version_verify(*, version: ModelVersion, refused: str, alias: str, act
     registry holds no ML). A failure writes a `refuse` audit row for the `refused` action and raises a 422."""
     try:
         files = artifact_read(path=version.artifact_path, size=version.artifact_size, sha256=version.artifact_sha256)
-        _manifest_parse(files)
+        _manifest_check(files)
         import_string(settings.REGISTRY_ARTIFACT_VERIFIER)(files=files)
     except Exception as exc:
         logger.warning("refusing to %s %s: its artifact fails verification", refused, version, exc_info=True)
-        problem = exc.message if isinstance(exc, ArtifactError) else f"its models do not load ({type(exc).__name__}: {exc})"
+        loading = f"its models do not load ({type(exc).__name__}: {exc})"
+        problem = exc.message if isinstance(exc, ArtifactError) else loading
         message = f"{version} cannot be deployed: {problem}"[:500]
         DeploymentChange.objects.create(alias=alias, action=DeploymentChange.Action.REFUSE, to_version=version,
                                         actor=actor, reason=message, details={"refused": refused})
         raise ArtifactError(message, extra={"version": version.version}) from exc
 
 
-def _manifest_parse(files: dict[str, bytes]) -> dict:
+def _manifest_check(files: dict[str, bytes]) -> None:
     try:
         manifest = json.loads(files[MANIFEST_FILE])
     except KeyError:
@@ -103,18 +104,16 @@ def _manifest_parse(files: dict[str, bytes]) -> dict:
         raise ArtifactError(f"its {MANIFEST_FILE} is not JSON ({exc})")
     if not isinstance(manifest, dict):
         raise ArtifactError(f"its {MANIFEST_FILE} is not a JSON object")
-    return manifest
 
 
-def model_version_compiled_record(*, version: int, key: str, sha256: str) -> str:
-    """Record the digest of a version's compiled ranker for compilation `key`, unless one is recorded;
-    returns the recorded digest. Callers compiled it themselves from the verified artifact."""
+def model_version_compiled_record(*, version: int, key: str, sha256: str) -> None:
+    """Record the digest of a version's compiled ranker for compilation `key`, unless one is recorded (the
+    first trusted compile wins). Callers compiled it themselves from the verified artifact."""
     with transaction.atomic():
         row = ModelVersion.objects.select_for_update().get(version=version)
-        recorded = row.compiled_checksums.setdefault(key, sha256)
-        if recorded == sha256:
+        if key not in row.compiled_checksums:
+            row.compiled_checksums[key] = sha256
             row.save(update_fields=["compiled_checksums"])
-        return recorded
 
 
 def model_version_promote(*, version: int, actor: str, reason: str = "", expected_current=UNSET) -> DeploymentChange:
@@ -171,7 +170,8 @@ def _champion_flip(target: ModelVersion, action: str, actor: str, reason: str, e
 
 
 @transaction.atomic
-def _champion_flip_locked(target: ModelVersion, action: str, actor: str, reason: str, expected_current) -> DeploymentChange:
+def _champion_flip_locked(target: ModelVersion, action: str, actor: str, reason: str,
+                          expected_current) -> DeploymentChange:
     Deployment.objects.get_or_create(alias=Alias.CHAMPION)
     pointer = Deployment.objects.select_for_update().get(alias=Alias.CHAMPION)
     # Read after the lock, in a statement of its own: a join in the locking query would read the version

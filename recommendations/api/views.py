@@ -154,8 +154,8 @@ class HealthApi(APIView):
                 cursor.execute("SELECT 1")
         except Exception:  # any database failure means "not healthy", never a 500
             logger.exception("health check: the database is unreachable")
-            return Response({"status": "unavailable", "database": "unreachable", "message": "The database is unreachable."},
-                            status=status.HTTP_503_SERVICE_UNAVAILABLE)
+            body = {"status": "unavailable", "database": "unreachable", "message": "The database is unreachable."}
+            return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         health = serving_health()
         if not health.degraded:
             return Response({"status": "ok", "database": "ok"})

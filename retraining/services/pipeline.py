@@ -171,7 +171,8 @@ def candidate_register(*, result: TrainingResult, manifest: dict, directory: Pat
         parameters=manifest.get("params", {}), manifest=manifest,
         training_window_start=_parse(window_of.get("min_event_time")),
         training_window_end=until or _parse(window_of.get("max_event_time")),
-        trigger_reason=trigger, training_duration_s=training_seconds, training_run_id=run_id, compiled_checksums=compiled,
+        trigger_reason=trigger, training_duration_s=training_seconds, training_run_id=run_id,
+        compiled_checksums=compiled,
     ))
 
 

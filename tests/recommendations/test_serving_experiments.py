@@ -116,7 +116,8 @@ def _broken_version(like, tmp_path):
     """A version whose artifact is whole when registered (the registry deploys nothing else); the test breaks it."""
     folder = tmp_path / "broken"
     folder.mkdir()
-    for name, data in artifact_read(path=like.artifact_path, size=like.artifact_size, sha256=like.artifact_sha256).items():
+    files = artifact_read(path=like.artifact_path, size=like.artifact_size, sha256=like.artifact_sha256)
+    for name, data in files.items():
         (folder / name).write_bytes(data)
     return model_version_register(artifact_dir=folder, data=_same_data(like))
 

@@ -32,11 +32,12 @@ def artifact_dir(tmp_path: Path, marker: str = "a", *, seed: int = 0) -> Path:
     ranker, regressor = _tiny_boosters(seed)
     (folder / ranking.RANKER_FILE).write_text(ranker)
     (folder / ranking.REGRESSOR_FILE).write_text(regressor)
-    np.savez(folder / ranking.COLLABORATIVE_FILE, item_pks=np.arange(1, 4, dtype=np.int64), active=np.ones(3, dtype=bool),
-             modelled=np.arange(3, dtype=np.int32), weights=np.zeros((3, 3), dtype=np.float32),
-             popularity=np.ones(3))
+    np.savez(folder / ranking.COLLABORATIVE_FILE, item_pks=np.arange(1, 4, dtype=np.int64),
+             active=np.ones(3, dtype=bool), modelled=np.arange(3, dtype=np.int32),
+             weights=np.zeros((3, 3), dtype=np.float32), popularity=np.ones(3))
     (folder / ranking.ID_MAPS_FILE).write_text(json.dumps({"item_external_ids": ["i1", "i2", "i3"]}))
-    (folder / ranking.MANIFEST_FILE).write_text(json.dumps({"marker": marker, "features": {"ranker": ranking.RANKER_FEATURES}}))
+    manifest = {"marker": marker, "features": {"ranker": ranking.RANKER_FEATURES}}
+    (folder / ranking.MANIFEST_FILE).write_text(json.dumps(manifest))
     (folder / "marker.txt").write_text(f"marker={marker}\n")
     return folder
 

@@ -64,15 +64,14 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _members(folder: Path, **replaced) -> dict[str, bytes]:
+def _rebuilt(folder: Path, path: Path, name: str, data: bytes | None) -> ModelVersion:
+    """The model directory's tar with member `name` replaced by `data` (or left out), registered as is."""
     files = {p.name: p.read_bytes() for p in folder.iterdir()}
-    for name, data in replaced.items():
-        name = name.replace("_", ".")
-        if data is None:
-            files.pop(name)
-        else:
-            files[name] = data
-    return files
+    if data is None:
+        del files[name]
+    else:
+        files[name] = data
+    return _register_as_is(path, _tar_of(files))
 
 
 def _assert_refused(champion: ModelVersion, refused: ModelVersion, action: str, alias: str = "champion") -> None:
@@ -91,7 +90,8 @@ def test_promoting_a_version_with_flipped_bytes_is_a_422_that_moves_nothing_and_
     response = admin_client_api.post(f"/api/v1/models/{candidate.version}/promote", {}, format="json")
     assert response.status_code == 422 and response["Content-Type"] == "application/json"
     body = response.json()
-    assert body["error"] == "artifact_invalid" and f"v{candidate.version}" in body["message"] and "sha256" in body["message"]
+    assert body["error"] == "artifact_invalid"
+    assert f"v{candidate.version}" in body["message"] and "sha256" in body["message"]
     _assert_refused(champion, candidate, "promote")  # transaction=True: the refusal row was committed
 
 
@@ -109,10 +109,10 @@ def test_the_promote_and_rollback_commands_exit_non_zero_on_a_truncated_artifact
 @pytest.mark.parametrize("damage, problem", [
     (lambda folder, path: path.unlink(), "missing"),
     (lambda folder, path: _register_as_is(path, b"not a tar archive " * 600), "not a readable archive"),
-    (lambda folder, path: _register_as_is(path, _tar_of(_members(folder, manifest_json=None))), "no manifest.json"),
-    (lambda folder, path: _register_as_is(path, _tar_of(_members(folder, manifest_json=b"{not json"))), "not JSON"),
-    (lambda folder, path: _register_as_is(path, _tar_of(_members(folder, ranker_txt=b"tree\nnonsense"))), "models do not load"),
-    (lambda folder, path: _register_as_is(path, _tar_of(_members(folder, regressor_txt=None))), "regressor"),
+    (lambda folder, path: _rebuilt(folder, path, "manifest.json", None), "no manifest.json"),
+    (lambda folder, path: _rebuilt(folder, path, "manifest.json", b"{not json"), "not JSON"),
+    (lambda folder, path: _rebuilt(folder, path, "ranker.txt", b"tree\nnonsense"), "models do not load"),
+    (lambda folder, path: _rebuilt(folder, path, "regressor.txt", None), "regressor"),
 ])
 def test_any_damage_to_an_artifact_is_refused_with_what_failed(champion_and_candidate, tmp_path, damage, problem):
     champion, candidate = champion_and_candidate
@@ -139,7 +139,8 @@ def test_the_gates_automatic_promotion_is_refused_for_a_damaged_candidate(champi
     champion, candidate = champion_and_candidate
     _truncate(Path(candidate.artifact_path))
     with pytest.raises(ArtifactError):
-        candidate_deploy(version=candidate.version, champion=champion.version, reason="gate passed", policy=policy_active())
+        candidate_deploy(version=candidate.version, champion=champion.version, reason="gate passed",
+                         policy=policy_active())
     _assert_refused(champion, candidate, "promote")
 
 
@@ -153,7 +154,8 @@ def test_a_damaged_challenger_is_not_started_and_a_canary_damaged_later_neither_
     with pytest.raises(ArtifactError):
         challenger_start(data=data, actor="op", reason="try", at=T0)
     assert serving_pointers().challenger is None and running_experiment() is None
-    assert DeploymentChange.objects.filter(action="refuse", alias="challenger", details__refused="challenger_start").exists()
+    refusals = DeploymentChange.objects.filter(action="refuse", alias="challenger")
+    assert refusals.filter(details__refused="challenger_start").exists()
 
     Path(candidate.artifact_path).write_bytes(original)
     experiment = challenger_start(data=data, actor="op", reason="try", at=T0)
@@ -161,7 +163,7 @@ def test_a_damaged_challenger_is_not_started_and_a_canary_damaged_later_neither_
     with pytest.raises(ArtifactError):
         challenger_traffic_advance(experiment_id=experiment.pk, step_index=0, actor="rollout", reason="held", at=T0)
     assert serving_pointers().traffic_percent == 10
-    assert DeploymentChange.objects.filter(action="refuse", alias="challenger", details__refused="traffic").exists()
+    assert refusals.filter(details__refused="traffic").exists()
     with pytest.raises(ArtifactError):  # the canary's last step is a promotion (retraining.services.rollout)
         model_version_promote(version=candidate.version, actor="rollout", expected_current=champion.version)
     assert serving_pointers().champion == champion.version

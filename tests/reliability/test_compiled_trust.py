@@ -77,8 +77,8 @@ def test_an_untrusted_cached_object_is_compiled_again_and_the_first_trusted_comp
 
     loaded = serving.serving_model_load(version)
     probe = _probe()
-    np.testing.assert_allclose(loaded.scores(probe), lgb.Booster(model_file=str(folder / ranking.RANKER_FILE)).predict(probe),
-                               rtol=1e-9, atol=1e-9)
+    expected = lgb.Booster(model_file=str(folder / ranking.RANKER_FILE)).predict(probe)
+    np.testing.assert_allclose(loaded.scores(probe), expected, rtol=1e-9, atol=1e-9)
     version.refresh_from_db()
     assert version.compiled_checksums == {key: hashlib.sha256((cache / f"ranker-{key}.o").read_bytes()).hexdigest()}
 

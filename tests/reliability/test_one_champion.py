@@ -4,6 +4,7 @@ the last enforced by the database itself."""
 
 import random
 import threading
+from functools import partial
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -35,16 +36,17 @@ def _champion() -> int:
 
 
 def _flips(current: int, first: int, second: int, round_number: int) -> list:
-    """Two changes that both start from `current` (or from no champion), of the kinds the service makes:
-    an operator's promote with expected_current given, or null, or absent; a rollback; the gate's promotion."""
-    given = lambda target: lambda: model_version_promote(version=target, actor="op", expected_current=current)  # noqa: E731
-    kinds = [
-        lambda target: lambda: model_version_promote(version=target, actor="op", expected_current=None),
-        lambda target: lambda: model_version_rollback(version=target, actor="op", expected_current=current),
-        lambda target: lambda: candidate_deploy(version=target, champion=current, reason="gate", policy=policy_active()),
-        given,
+    """Two changes that both start from `current` (or from no champion): an operator's promote with
+    expected_current given, raced by one of the other kinds of flip, in turn: a promote with expected_current
+    null, a rollback, the gate's promotion (retraining), another promote with expected_current given."""
+    others = [
+        partial(model_version_promote, version=second, actor="op", expected_current=None),
+        partial(model_version_rollback, version=second, actor="op", expected_current=current),
+        partial(candidate_deploy, version=second, champion=current, reason="gate", policy=policy_active()),
+        partial(model_version_promote, version=second, actor="op", expected_current=current),
     ]
-    return [given(first), kinds[round_number % len(kinds)](second)]
+    return [partial(model_version_promote, version=first, actor="op", expected_current=current),
+            others[round_number % len(others)]]
 
 
 def _race(calls: list) -> list:
@@ -77,7 +79,8 @@ def _assert_one_champion(previous: int) -> DeploymentChange:
     return change
 
 
-def test_of_two_concurrent_flips_from_the_same_champion_exactly_one_wins_and_the_audit_names_the_true_predecessor(versions):
+def test_of_two_concurrent_flips_from_one_champion_exactly_one_wins_and_the_audit_names_the_true_predecessor(
+        versions):
     rng = random.Random(7)
     for round_number in range(ROUNDS):
         current = _champion()
@@ -99,7 +102,7 @@ def test_concurrent_promotes_that_read_the_champion_themselves_chain_their_audit
     for round_number in range(ROUNDS):
         current = _champion()
         first, second = rng.sample([v for v in versions if v != current], 2)
-        outcomes = _race([lambda t=t: model_version_promote(version=t, actor="op") for t in (first, second)])
+        outcomes = _race([partial(model_version_promote, version=t, actor="op") for t in (first, second)])
         won = outcomes.count("won")
         assert won in (1, 2) and all(o == "won" or isinstance(o, ConflictError) for o in outcomes), outcomes
         rows = list(DeploymentChange.objects.filter(action="promote").order_by("-id")[:won])[::-1]
