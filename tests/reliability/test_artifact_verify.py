@@ -4,6 +4,8 @@ and the problem, leaves the pointer where it was, and is an audit row of its own
 
 import hashlib
 import io
+import subprocess
+import sys
 import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +21,7 @@ from registry.services import (
 )
 from retraining.services.policy import policy_active
 from retraining.services.rollout import candidate_deploy
+from tests.conftest import REPO, process_env
 from tests.registry.factories import artifact_dir, registered_version
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -93,6 +96,18 @@ def test_promoting_a_version_with_flipped_bytes_is_a_422_that_moves_nothing_and_
     assert body["error"] == "artifact_invalid"
     assert f"v{candidate.version}" in body["message"] and "sha256" in body["message"]
     _assert_refused(champion, candidate, "promote")  # transaction=True: the refusal row was committed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_manage_py_promote_of_a_truncated_artifact_exits_non_zero_with_the_message(champion_and_candidate, settings):
+    champion, candidate = champion_and_candidate
+    _truncate(Path(candidate.artifact_path))
+    finished = subprocess.run([sys.executable, "manage.py", "promote", str(candidate.version)], cwd=REPO,
+                              env=process_env(MODEL_STORE=str(settings.MODEL_STORE)), capture_output=True, text=True,
+                              timeout=120)
+    assert finished.returncode != 0
+    assert f"v{candidate.version} cannot be deployed" in finished.stderr and "truncated" in finished.stderr
+    _assert_refused(champion, candidate, "promote")
 
 
 @pytest.mark.django_db
