@@ -71,6 +71,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="a database server to be unreachable")
 def test_with_the_database_down_health_is_unavailable_with_a_fixed_message_and_no_connection_details(api_client,
                                                                                                       caplog):
     port, saved = _closed_port(), dict(connection.settings_dict)
