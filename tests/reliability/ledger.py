@@ -73,12 +73,13 @@ class Ledger:
         self.random = random.Random(self.prefix)
 
     def new_event(self) -> dict:
-        with self.lock:
-            user, item, rated = self.random.randrange(self.users), self.random.randrange(self.items), self.random.random()
-        event = {"event_id": str(uuid.uuid4()), "user_id": f"{self.prefix}-u{user}", "item_id": f"{self.prefix}-i{item}"}
-        if rated < 0.5:
+        with self.lock:  # random.Random is not thread-safe
+            user, item, kind = self.random.randrange(self.users), self.random.randrange(self.items), self.random.random()
+        event = {"event_id": str(uuid.uuid4()), "user_id": f"{self.prefix}-u{user}",
+                 "item_id": f"{self.prefix}-i{item}"}
+        if kind < 0.5:
             return {**event, "event_type": "rating", "value": float(1 + item % 5)}
-        return {**event, "event_type": "click" if rated < 0.8 else "view"}
+        return {**event, "event_type": "click" if kind < 0.8 else "view"}
 
     def acknowledge(self, events: list[dict]) -> None:
         with self.lock:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
+import redis
 
 from tests.conftest import REPO, free_port, start_process, stop_process, wait_until
 from tests.reliability.ledger import http_json
@@ -22,8 +23,9 @@ BIN = Path(sys.executable).parent
 
 def missing_binaries() -> list[str]:
     """The server programs these tests need that this machine lacks (the tests skip, naming them)."""
-    wanted = [PG_BIN / "initdb", PG_BIN / "pg_ctl", PG_BIN / "postgres", Path(shutil.which("redis-server") or "redis-server")]
-    return [str(path) for path in wanted if not path.exists()]
+    wanted = [PG_BIN / "initdb", PG_BIN / "pg_ctl", PG_BIN / "postgres"]
+    missing = [str(path) for path in wanted if not path.exists()]
+    return missing if shutil.which("redis-server") else [*missing, "redis-server"]
 
 
 def _as_owner(args: list[str]) -> list[str]:
@@ -68,7 +70,7 @@ class PrivatePostgres:
         """A new cluster whose data directory is a copy of a stopped `template` (faster than initdb + migrate)."""
         assert not template.running, "copy a stopped cluster only"
         server = cls(_owned_tmpdir("recsite-pg-"))
-        subprocess.run(["cp", "-a", str(template.data), str(server.data)], check=True)
+        _checked(["cp", "-a", str(template.data), str(server.data)])  # as root: keeps the owner and modes
         server.api_key = template.api_key
         return server
 
@@ -111,10 +113,9 @@ class PrivatePostgres:
         key with the admin scope (which includes the others) in it: `self.api_key`, also valid in copies."""
         url = self.create_database(name)
         # One process for both: Django's start-up is most of the time of either.
-        self.api_key = subprocess.run(
-            [sys.executable, "manage.py", "shell", "--command", _MIGRATE_AND_CREATE_KEY], cwd=REPO, check=True,
-            env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]
+        output = _checked([sys.executable, "manage.py", "shell", "--command", _MIGRATE_AND_CREATE_KEY], cwd=REPO,
+                          env={**os.environ, "DATABASE_URL": url})
+        self.api_key = output.strip().splitlines()[-1]
 
     @contextmanager
     def cursor(self, database: str = "recsite"):
@@ -135,7 +136,16 @@ class PrivatePostgres:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _run(self, *args) -> None:
-        subprocess.run(_as_owner([str(arg) for arg in args]), check=True, capture_output=True, cwd=self.folder)
+        _checked(_as_owner([str(arg) for arg in args]), cwd=self.folder)
+
+
+def _checked(args: list[str], **kwargs) -> str:
+    """The command's output; an error showing its output if it fails (CalledProcessError hides it)."""
+    result = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(args)} exited with {result.returncode}:\n{result.stdout[-2000:]}"
+                           f"{result.stderr[-2000:]}")
+    return result.stdout
 
 
 @contextmanager
@@ -168,8 +178,6 @@ class PrivateRedis:
         wait_until(self.answers, 15, message="redis-server")
 
     def answers(self) -> bool:
-        import redis
-
         try:
             return redis.Redis(port=self.port, socket_timeout=1).ping()
         except redis.ConnectionError:
@@ -205,7 +213,7 @@ class Gunicorn:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = folder / f"gunicorn-{self.port}.log"
-        extra = {"DATABASE_URL": database_url, "DEBUG": "false", "WEB_CONCURRENCY": str(workers), **env}
+        extra = {"DATABASE_URL": database_url, "DEBUG": "false", **env}
         if redis_url is not None:
             extra["REDIS_URL"] = redis_url
         args = [str(BIN / "gunicorn"), "recsite.wsgi:application", "--bind", f"127.0.0.1:{self.port}",

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.reliability
 LOAD_BEFORE_S = 2.0  # ingest load before the fault, so that requests are in flight when it strikes
 DOWN_S = 2.0  # how long the database stays down
 LOAD_AFTER_S = 3.0  # load after the first success, to show the web processes keep serving
-GRACE_S = 1.0  # requests already in flight when the first one succeeded may still fail
+GRACE_S = 2.0  # requests already in flight when the first one succeeded may still fail
 
 
 @dataclass
