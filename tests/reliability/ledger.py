@@ -49,11 +49,13 @@ class LedgerReport:
     stored: int
     duplicates: int  # stored rows beyond the first of an event id (must be 0)
     resent: int  # acknowledged batches sent again on purpose, each answered "all duplicates"
+    answers_lost: int  # batches committed whose answer the client never got: its retry found duplicates
     abandoned: int  # events whose batch was never acknowledged before the client gave up
 
     def __str__(self):
         return (f"{self.acknowledged} acknowledged, {self.stored} stored, {self.duplicates} duplicates, "
-                f"{self.resent} batches re-sent, {self.abandoned} abandoned")
+                f"{self.resent} batches re-sent on purpose, {self.answers_lost} committed batches whose answer was "
+                f"lost, {self.abandoned} abandoned")
 
 
 @dataclass
@@ -66,7 +68,8 @@ class Ledger:
     acknowledged: dict = field(default_factory=dict)  # event_id -> the event as sent
     abandoned: list = field(default_factory=list)
     resent: int = 0
-    wrong_answers: list = field(default_factory=list)  # 2xx answers whose counts contradict what was stored before
+    answers_lost: int = 0
+    wrong_answers: list = field(default_factory=list)  # 2xx answers whose counts contradict what was sent before
 
     def __post_init__(self):
         self.lock = threading.Lock()
@@ -97,7 +100,7 @@ class Ledger:
         assert not missing, f"{len(missing)} acknowledged events are not stored, e.g. {missing[:3]}"
         return LedgerReport(acknowledged=len(self.acknowledged), stored=len(counts),
                             duplicates=sum(count - 1 for count in counts.values()), resent=self.resent,
-                            abandoned=len(self.abandoned))
+                            answers_lost=self.answers_lost, abandoned=len(self.abandoned))
 
     def assert_features_add_up(self, cursor) -> None:
         """The online features of the ledger's users and items sum to what their stored events say."""
@@ -148,10 +151,18 @@ class IngestLoad:
         acknowledged_batches = 0
         while not self.stopping.is_set():
             events = [self.ledger.new_event() for _ in range(self.batch)]
-            if self._send_until_acknowledged(events) is None:
+            body = self._send_until_acknowledged(events)
+            if body is None:
                 with self.ledger.lock:
                     self.ledger.abandoned.extend(events)
                 continue
+            # Only a retry can find duplicates: an earlier attempt was committed. A batch is all or nothing, so
+            # finding some of its events but not all would mean a partial commit.
+            if body.get("duplicates"):
+                with self.ledger.lock:
+                    self.ledger.answers_lost += 1
+                    if body["duplicates"] != len(events):
+                        self.ledger.wrong_answers.append(body)
             self.ledger.acknowledge(events)
             acknowledged_batches += 1
             if acknowledged_batches % self.resend_every == 0:

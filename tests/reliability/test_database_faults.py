@@ -16,6 +16,7 @@ pytestmark = pytest.mark.reliability
 LOAD_BEFORE_S = 2.0  # ingest load before the fault, so that requests are in flight when it strikes
 DOWN_S = 2.0  # how long the database stays down
 LOAD_AFTER_S = 3.0  # load after the first success, to show the web processes keep serving
+SOAK_CRASHES = 5
 GRACE_S = 2.0  # requests already in flight when the first one succeeded may still fail
 
 
@@ -33,17 +34,23 @@ class Outage:
     health_after: int
 
 
+def database_down_and_back(server: PrivatePostgres, load: IngestLoad, mode: str, down_s: float = DOWN_S):
+    """(when the database went down, when it answered again), once the load has had a batch acknowledged since."""
+    time.sleep(LOAD_BEFORE_S)
+    down = time.monotonic()
+    server.stop("fast" if mode == "restart" else "immediate")
+    time.sleep(down_s)
+    server.start()
+    up = time.monotonic()
+    wait_until(lambda: load.first_success_after(up), 30, message="an acknowledged batch after the restart")
+    return down, up
+
+
 def outage_under_load(web, server: PrivatePostgres, key: str, mode: str) -> Outage:
     ledger = Ledger(prefix=f"db-{mode}")
     workers = web.worker_pids
     with IngestLoad(web.base, key, ledger) as load:
-        time.sleep(LOAD_BEFORE_S)
-        down = time.monotonic()
-        server.stop("fast" if mode == "restart" else "immediate")
-        time.sleep(DOWN_S)
-        server.start()
-        up = time.monotonic()
-        wait_until(lambda: load.first_success_after(up), 30, message="an acknowledged batch after the restart")
+        down, up = database_down_and_back(server, load, mode)
         time.sleep(LOAD_AFTER_S)
     return Outage(mode=mode, server=server, ledger=ledger, load=load, down=down, up=up,
                   recovered_s=load.first_success_after(up) - up, workers_before=workers,
@@ -105,3 +112,24 @@ def test_no_valid_batch_is_refused_with_a_4xx_during_the_outage(outage):
                    "(django.db.OperationalError), so Django answers its HTML 'Server Error (500)' page")
 def test_the_outage_is_answered_in_json_never_with_an_html_page(outage):
     assert outage.load.html_answers() == []
+
+
+@pytest.mark.slow
+def test_repeated_crashes_under_heavier_load_lose_no_acknowledged_event(private_postgres, start_gunicorn):
+    web = start_gunicorn(database_url=private_postgres.url())
+    workers = web.worker_pids
+    ledger = Ledger(prefix="soak", users=60, items=100)
+    started = time.monotonic()
+    with IngestLoad(web.base, private_postgres.api_key, ledger, threads=6, batch=10) as load:
+        recoveries = []
+        for _ in range(SOAK_CRASHES):
+            _, up = database_down_and_back(private_postgres, load, "crash", down_s=1.0)
+            recoveries.append(load.first_success_after(up) - up)
+        time.sleep(LOAD_AFTER_S)
+    with private_postgres.cursor() as cursor:
+        report = ledger.report(cursor)
+        ledger.assert_features_add_up(cursor)
+    print(f"\n{SOAK_CRASHES} postgres crashes in {time.monotonic() - started:.0f}s: {report}; first acknowledged "
+          f"batch after each restart: {', '.join(f'{seconds:.2f}s' for seconds in recoveries)}")
+    assert report.duplicates == 0 and report.abandoned == 0 and not ledger.wrong_answers
+    assert not load.client_errors() and web.worker_pids == workers
