@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import wait_until
-from tests.reliability.ledger import IngestLoad, Ledger, http_json
+from tests.reliability.ledger import NO_ANSWER, IngestLoad, Ledger, http_json
 from tests.reliability.servers import PrivatePostgres, gunicorn_running, postgres_copy
 
 pytestmark = pytest.mark.reliability
@@ -17,6 +17,7 @@ LOAD_BEFORE_S = 2.0  # ingest load before the fault, so that requests are in fli
 DOWN_S = 2.0  # how long the database stays down
 LOAD_AFTER_S = 3.0  # load after the first success, to show the web processes keep serving
 SOAK_CRASHES = 5
+LOST_ANSWERS = 20
 GRACE_S = 2.0  # requests already in flight when the first one succeeded may still fail
 
 
@@ -112,6 +113,27 @@ def test_no_valid_batch_is_refused_with_a_4xx_during_the_outage(outage):
                    "(django.db.OperationalError), so Django answers its HTML 'Server Error (500)' page")
 def test_the_outage_is_answered_in_json_never_with_an_html_page(outage):
     assert outage.load.html_answers() == []
+
+
+def test_a_batch_whose_answer_the_client_never_got_is_found_as_duplicates_on_retry(web_on_private_postgres):
+    """The client hangs up before the answer (a timeout shorter than the request), then retries the same batch."""
+    web, server = web_on_private_postgres
+    ledger = Ledger(prefix="hang-up")
+    answers = set()
+    for _ in range(LOST_ANSWERS):
+        batch = {"events": [ledger.new_event() for _ in range(4)]}
+        hung_up, _ = http_json(f"{web.base}/api/v1/events", server.api_key, "POST", batch, timeout=0.002)
+        status, body = http_json(f"{web.base}/api/v1/events", server.api_key, "POST", batch)
+        assert status == 201, body
+        ledger.acknowledge(batch["events"])
+        ledger.answers_lost += hung_up == NO_ANSWER and body["duplicates"] > 0
+        answers.add((body["accepted"], body["duplicates"]))
+    with server.cursor() as cursor:
+        report = ledger.report(cursor)
+        ledger.assert_features_add_up(cursor)
+    print(f"\nclient hang-ups, {LOST_ANSWERS} batches: {report}")
+    assert answers <= {(4, 0), (0, 4)}
+    assert report.duplicates == 0 and report.answers_lost > 0
 
 
 @pytest.mark.slow
