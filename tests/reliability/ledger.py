@@ -76,8 +76,9 @@ class Ledger:
         self.random = random.Random(self.prefix)
 
     def new_event(self) -> dict:
-        with self.lock:  # random.Random is not thread-safe
-            user, item, kind = self.random.randrange(self.users), self.random.randrange(self.items), self.random.random()
+        with self.lock:  # the load's threads share one seeded generator
+            user, item = self.random.randrange(self.users), self.random.randrange(self.items)
+            kind = self.random.random()
         event = {"event_id": str(uuid.uuid4()), "user_id": f"{self.prefix}-u{user}",
                  "item_id": f"{self.prefix}-i{item}"}
         if kind < 0.5:
