@@ -39,6 +39,7 @@ def staff_client(client, django_user_model):
 
 # --- Real Celery processes ----------------------------------------------------------------------
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -80,6 +81,13 @@ def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):
