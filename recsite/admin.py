@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth.decorators import permission_required
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -12,3 +13,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def admin_action_view(admin_site: admin.AdminSite, view, *, permission: str):
+    """An admin view that changes what is served or what runs: staff status alone is not enough, the user needs
+    `permission` (superusers have every one). Anonymous users go to the login page, staff without it get a 403."""
+    return admin_site.admin_view(permission_required(permission, raise_exception=True)(view))
