@@ -83,7 +83,8 @@ def test_starting_an_experiment_in_the_admin_needs_the_start_permission(client, 
 @pytest.mark.parametrize("reject", ["", "1"])
 def test_stopping_an_experiment_in_the_admin_needs_the_stop_permission(client, operator, experiment, reject):
     grant(operator, "registry.view_experiment", "registry.start_experiment", "registry.promote_modelversion")
-    stop, page = f"/admin/registry/experiment/{experiment.pk}/stop/", f"/admin/registry/experiment/{experiment.pk}/change/"
+    stop, page = (f"/admin/registry/experiment/{experiment.pk}/stop/",
+                  f"/admin/registry/experiment/{experiment.pk}/change/")
     assert "Stop and reject" not in client.get(page).content.decode()
     assert client.post(stop, {"reason": "enough", "reject": reject}).status_code == 403
     experiment.refresh_from_db()
