@@ -40,8 +40,9 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", defa
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_HTTPS)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_HTTPS)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_HTTPS)
-if env.bool("BEHIND_TLS_PROXY", default=False):
-    # Only behind a proxy that sets X-Forwarded-Proto itself, or any client could claim https.
+# Only behind a proxy that sets X-Forwarded-Proto and appends to X-Forwarded-For itself: clients could forge both.
+BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # `check --deploy` also runs drf-spectacular's schema check: its warnings are about the OpenAPI document's component
 # names, not about deployment. A schema that fails to generate (drf_spectacular.E001) still fails the check.
@@ -141,6 +142,7 @@ AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "recsite.admin.login_client_ip"  # the client behind the TLS proxy, not the proxy
 if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME <= timedelta(0):
     raise ImproperlyConfigured("AXES_FAILURE_LIMIT must be >= 1 and AXES_COOLOFF_MINUTES positive")
 

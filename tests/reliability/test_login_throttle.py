@@ -14,8 +14,9 @@ def ops(db):
     return User.objects.create_superuser("ops", "ops@example.com", "the-right-password")
 
 
-def log_in(client, password: str, ip: str = "10.0.0.1"):
-    return client.post(LOGIN, {"username": "ops", "password": password}, REMOTE_ADDR=ip)
+def log_in(client, password: str, ip: str = "10.0.0.1", forwarded: str | None = None):
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    return client.post(LOGIN, {"username": "ops", "password": password}, REMOTE_ADDR=ip, headers=headers)
 
 
 def logged_in(client) -> bool:
@@ -54,3 +55,11 @@ def test_a_successful_login_resets_the_failure_count(client, ops, settings):
     client.logout()
     assert log_in(client, "wrong-again").status_code == 200
     assert log_in(client, "the-right-password").status_code == 302 and logged_in(client)
+
+
+def test_behind_the_tls_proxy_the_lockout_counts_the_address_the_proxy_forwarded(client, ops, settings):
+    settings.BEHIND_TLS_PROXY = True
+    for n in range(settings.AXES_FAILURE_LIMIT):  # all through the proxy at 10.0.0.1, from 203.0.113.7
+        log_in(client, f"wrong-{n}", forwarded="spoofed-by-the-client, 203.0.113.7")
+    assert log_in(client, "the-right-password", forwarded="203.0.113.7").status_code == 429
+    assert log_in(client, "the-right-password", forwarded="198.51.100.2").status_code == 302 and logged_in(client)
