@@ -98,10 +98,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
             actor = f"admin:{request.user.get_username()}"
             try:
                 expected_current = int(expected) if expected else None
-                if action == "promote":
-                    model_version_promote(version=version.version, actor=actor, reason=reason, expected_current=expected_current)
-                else:
-                    model_version_rollback(version=version.version, actor=actor, reason=reason, expected_current=expected_current)
+                change = model_version_promote if action == "promote" else model_version_rollback
+                change(version=version.version, actor=actor, reason=reason, expected_current=expected_current)
             except (ApplicationError, ValueError) as exc:
                 self.message_user(request, getattr(exc, "message", str(exc)), messages.ERROR)
             else:
