@@ -14,7 +14,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-migrate: install
+# The secret key of `make run`, `make migrate` and `make demo` unless SECRET_KEY is set: generated once, readable by
+# its owner only, kept out of git (var/ is ignored) and reused, so that sessions survive a restart.
+KEY_FILE := var/secret_key
+$(KEY_FILE):
+	mkdir -p $(@D)
+	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@.tmp && mv $@.tmp $@
+run migrate demo: export SECRET_KEY ?= $(shell cat $(KEY_FILE) 2>/dev/null)
+
+migrate: install $(KEY_FILE)
 	$(PY) manage.py migrate --noinput
 
 run: migrate
@@ -26,7 +34,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The lifecycle demo on a database of its own, fresh each time (DEMO_ARGS="--dataset PATH" for MovieLens).
-demo: install
+demo: install $(KEY_FILE)
 	rm -f var/demo.sqlite3*
 	DATABASE_URL=sqlite:///$(CURDIR)/var/demo.sqlite3 $(PY) manage.py migrate --noinput --verbosity 0
 	DATABASE_URL=sqlite:///$(CURDIR)/var/demo.sqlite3 $(PY) manage.py retraining_demo $(DEMO_ARGS)

@@ -22,6 +22,7 @@ from psycopg2 import sql
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
+BENCH_SECRET_KEY = "bench-only-secret-key-for-throwaway-databases"
 
 
 def database_url(base_url: str, name: str) -> str:
@@ -80,6 +81,7 @@ def django_env(*, database_url: str, var_dir: Path, **extra: str) -> dict[str, s
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
+    env.setdefault("SECRET_KEY", BENCH_SECRET_KEY)  # DEBUG off needs one; a benchmark signs nothing that matters
     env.pop("REDIS_URL", None)
     env.pop("CELERY_BROKER_URL", None)
     env.update(extra)

@@ -24,9 +24,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _common import BENCH_SECRET_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+os.environ.setdefault("SECRET_KEY", BENCH_SECRET_KEY)  # here and in the manage.py processes started below
 MOVIELENS_SMALL = Path(os.environ.get("MOVIELENS_SMALL", ROOT.parent / "shared" / "datasets" / "ml-latest-small"))
 DATASETS = {
     "ml-latest-small": {"kind": "movielens", "path": MOVIELENS_SMALL},

@@ -1,6 +1,7 @@
 """Settings, all from the environment (12-factor). One module; the defaults are the embedded shape
 (SQLite in WAL mode and a filesystem broker), and DATABASE_URL / REDIS_URL switch to PostgreSQL and Redis."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -13,10 +14,39 @@ env = environ.Env()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 (VAR_DIR / "static").mkdir(exist_ok=True)
 
-SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-secret-key-change-me")
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- Secrets and HTTPS ----------------------------------------------------------------------------
+# No built-in key outside DEBUG: sessions and password-reset tokens signed with a key from the source are forgeable.
+# `make run` and `make demo` generate one into var/secret_key; pytest uses recsite/settings_test.py.
+SECRET_KEY = env.str("SECRET_KEY", default="django-insecure-debug-only-key" if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set and DEBUG is off: set SECRET_KEY to a long random value, e.g. the output of "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
+# DEPLOYMENT=production (behind HTTPS) turns on HSTS, the HTTPS redirect and secure cookies; each can still be set
+# on its own. The default, local, keeps plain http on localhost working.
+DEPLOYMENT = env.str("DEPLOYMENT", default="local")
+if DEPLOYMENT not in ("local", "production"):
+    raise ImproperlyConfigured(f"DEPLOYMENT must be local or production, got {DEPLOYMENT!r}")
+_HTTPS = DEPLOYMENT == "production"
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]  # the orchestrator's health check speaks plain http inside
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if _HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_HTTPS)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_HTTPS)
+# Only behind a proxy that sets X-Forwarded-Proto and appends to X-Forwarded-For itself: clients could forge both.
+BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# `check --deploy` also runs drf-spectacular's schema check: its warnings are about the OpenAPI document's component
+# names, not about deployment. A schema that fails to generate (drf_spectacular.E001) still fails the check.
+SILENCED_SYSTEM_CHECKS = ["drf_spectacular.W001", "drf_spectacular.W002"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -29,6 +59,7 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "django_celery_beat",
+    "axes",  # admin login throttling, see AXES_* below
     "recommendations",
     "retraining",
     "registry",
@@ -44,6 +75,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into its 429 response
 ]
 
 ROOT_URLCONF = "recsite.urls"
@@ -100,6 +132,19 @@ else:
             "LOCATION": str(VAR_DIR / "cache"),
         }
     }
+
+# --- Admin login throttling (django-axes) -----------------------------------------------------------
+# After AXES_FAILURE_LIMIT wrong passwords for one username from one IP address, that pair is refused (429), even
+# with the right password, until AXES_COOLOFF_MINUTES pass without another attempt. Kept in the database, so every
+# web process sees the same count. `manage.py axes_reset` lifts all lockouts.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "recsite.admin.login_client_ip"  # the client behind the TLS proxy, not the proxy
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME <= timedelta(0):
+    raise ImproperlyConfigured("AXES_FAILURE_LIMIT must be >= 1 and AXES_COOLOFF_MINUTES positive")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

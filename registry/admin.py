@@ -1,17 +1,20 @@
 import json
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from recsite.admin import ReadOnlyAdmin
+from recsite.admin import ReadOnlyAdmin, admin_action_view
 from recsite.errors import ApplicationError
 from registry.models import Deployment, DeploymentChange, ModelVersion
 from registry.selectors import champion_version
 from registry.services import PROMOTABLE as _PROMOTABLE, model_version_promote, model_version_rollback
+
+
+PROMOTE = "registry.promote_modelversion"
+ROLLBACK = "registry.rollback_modelversion"
 
 
 def _metric(key):
@@ -61,8 +64,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         return [
-            path("<int:pk>/promote/", self.admin_site.admin_view(self.promote_view), name="registry_modelversion_promote"),
-            path("<int:pk>/rollback/", self.admin_site.admin_view(self.rollback_view), name="registry_modelversion_rollback"),
+            path("<int:pk>/promote/", admin_action_view(self.admin_site, self.promote_view, permission=PROMOTE),
+                 name="registry_modelversion_promote"),
+            path("<int:pk>/rollback/", admin_action_view(self.admin_site, self.rollback_view, permission=ROLLBACK),
+                 name="registry_modelversion_rollback"),
         ] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -72,8 +77,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
         servable = obj is not None and obj.status in _PROMOTABLE and not is_champion
         extra = {
             "champion": champion,
-            "can_promote": servable,
-            "can_roll_back": servable and champion is not None and obj.version < champion.version,
+            "can_promote": servable and request.user.has_perm(PROMOTE),
+            "can_roll_back": servable and champion is not None and obj.version < champion.version
+            and request.user.has_perm(ROLLBACK),
         }
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
@@ -84,8 +90,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return self._pointer_view(request, pk, "rollback")
 
     def _pointer_view(self, request, pk, action):
-        if not request.user.is_staff or not self.has_change_permission(request):
-            raise PermissionDenied
         version = get_object_or_404(ModelVersion, pk=pk)
         champion = champion_version()
         if request.method == "POST":
@@ -94,10 +98,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
             actor = f"admin:{request.user.get_username()}"
             try:
                 expected_current = int(expected) if expected else None
-                if action == "promote":
-                    model_version_promote(version=version.version, actor=actor, reason=reason, expected_current=expected_current)
-                else:
-                    model_version_rollback(version=version.version, actor=actor, reason=reason, expected_current=expected_current)
+                change = model_version_promote if action == "promote" else model_version_rollback
+                change(version=version.version, actor=actor, reason=reason, expected_current=expected_current)
             except (ApplicationError, ValueError) as exc:
                 self.message_user(request, getattr(exc, "message", str(exc)), messages.ERROR)
             else:

@@ -43,6 +43,9 @@ class ModelVersion(models.Model):
             # One champion, always: whatever code runs, the database holds at most one active version.
             models.UniqueConstraint(fields=["status"], condition=Q(status="active"), name="one_active_version"),
         ]
+        # Changing what is served is not plain CRUD: the admin's pointer views each need their own permission.
+        permissions = [("promote_modelversion", "Can promote a model version to champion"),
+                       ("rollback_modelversion", "Can roll the champion back to an earlier version")]
 
     def __str__(self):
         return f"v{self.version}"
@@ -141,6 +144,8 @@ class Experiment(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        permissions = [("start_experiment", "Can start an experiment"),
+                       ("stop_experiment", "Can stop an experiment (and reject its challenger)")]
         constraints = [
             models.UniqueConstraint(fields=["status"], condition=Q(status="running"), name="one_running_experiment"),
             models.CheckConstraint(condition=Q(traffic_percent__lte=100), name="experiment_traffic_at_most_100"),

@@ -2,8 +2,7 @@ import json
 from datetime import timedelta
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -11,8 +10,9 @@ from django.views.decorators.http import require_POST
 
 from recommendations.clock import system_now
 from recommendations.selectors import online_metrics
-from recsite.admin import ReadOnlyAdmin
+from recsite.admin import ReadOnlyAdmin, admin_action_view
 from recsite.errors import ApplicationError
+from registry.admin import PROMOTE
 from registry.models import DeploymentMode, Experiment, ModelVersion
 from registry.services import PROMOTABLE
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
@@ -78,15 +78,17 @@ class TrainingRunAdmin(ReadOnlyAdmin):
         return format_html("<pre>{}</pre>", "\n".join(obj.log))
 
     def get_urls(self):
-        return [path("retrain/", self.admin_site.admin_view(require_POST(self.retrain_view)), name="retraining_retrain")] + super().get_urls()
+        retrain = admin_action_view(self.admin_site, require_POST(self.retrain_view),
+                                    permission="retraining.start_trainingrun")
+        return [path("retrain/", retrain, name="retraining_retrain")] + super().get_urls()
 
     def retrain_view(self, request):
-        if not request.user.is_staff:
-            raise PermissionDenied
         try:
             run = retrain_request(requested_by=f"admin:{request.user.get_username()}")
         except RunInFlight as exc:
             self.message_user(request, f"Not started: {exc.message}", messages.WARNING)
+        except ApplicationError as exc:  # e.g. the broker is down: nothing was queued
+            self.message_user(request, f"Not started: {exc.message}", messages.ERROR)
         else:
             self.message_user(request, f"Training run {run.pk} queued.", messages.SUCCESS)
         return redirect(reverse("admin:retraining_trainingrun_changelist"))
@@ -184,17 +186,20 @@ class ExperimentAdmin(ReadOnlyAdmin):
         return arms_table(report or {})
 
     def get_urls(self):
-        view = self.admin_site.admin_view
+        def guarded(view, permission):
+            return admin_action_view(self.admin_site, view, permission=permission)
+
         return [
-            path("start/", view(self.start_view), name="registry_experiment_start"),
-            path("<int:pk>/stop/", view(require_POST(self.stop_view)), name="registry_experiment_stop"),
-            path("<int:pk>/promote/", view(require_POST(self.promote_view)), name="registry_experiment_promote"),
-            path("online-metrics/<int:version>/", view(self.online_metrics_view), name="registry_modelversion_online_metrics"),
+            path("start/", guarded(self.start_view, "registry.start_experiment"), name="registry_experiment_start"),
+            path("<int:pk>/stop/", guarded(require_POST(self.stop_view), "registry.stop_experiment"),
+                 name="registry_experiment_stop"),
+            path("<int:pk>/promote/", guarded(require_POST(self.promote_view), PROMOTE),
+                 name="registry_experiment_promote"),
+            path("online-metrics/<int:version>/", guarded(self.online_metrics_view, "registry.view_modelversion"),
+                 name="registry_modelversion_online_metrics"),
         ] + super().get_urls()
 
     def _actor(self, request) -> str:
-        if not request.user.is_staff:
-            raise PermissionDenied
         return f"admin:{request.user.get_username()}"
 
     def start_view(self, request):
@@ -232,7 +237,7 @@ class ExperimentAdmin(ReadOnlyAdmin):
 
     def promote_view(self, request, pk):
         actor = self._actor(request)
-        experiment = Experiment.objects.select_related("version", "champion").get(pk=pk)
+        experiment = get_object_or_404(Experiment.objects.select_related("version", "champion"), pk=pk)
         try:
             experiment_promote(experiment=experiment, actor=actor,
                                reason=request.POST.get("reason", "").strip() or "promoted from its experiment in the admin")
@@ -243,7 +248,6 @@ class ExperimentAdmin(ReadOnlyAdmin):
         return redirect(reverse("admin:registry_experiment_change", args=[pk]))
 
     def online_metrics_view(self, request, version):
-        self._actor(request)
         now = system_now()
         rows = online_metrics(version=version, start=now - timedelta(days=14), end=now, bucket="day", now=now)
         context = {**self.admin_site.each_context(request), "opts": ModelVersion._meta, "rows": rows,

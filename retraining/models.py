@@ -141,6 +141,7 @@ class TrainingRun(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("start_trainingrun", "Can start a training run")]
         constraints = [
             models.UniqueConstraint(fields=["in_flight"], name="one_training_run_in_flight"),
             models.CheckConstraint(

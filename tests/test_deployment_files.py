@@ -46,6 +46,16 @@ def test_the_app_services_use_postgres_and_redis_and_wait_for_them():
     assert SERVICES["web"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
+def test_the_app_services_carry_no_default_secret_and_run_the_production_settings():
+    env = COMPOSE["x-app"]["environment"]
+    assert env["SECRET_KEY"].startswith("${SECRET_KEY:?"), "compose must stop when SECRET_KEY is not set"
+    assert env["DEBUG"] == "false" and env["DEPLOYMENT"] == "${DEPLOYMENT:-production}"
+    for name in ["web", "worker", "trainer", "beat", "migrate"]:
+        assert SERVICES[name]["environment"]["SECRET_KEY"] == env["SECRET_KEY"], name
+    assert "SECRET_KEY" not in "".join(line for line in (REPO / "Dockerfile").read_text().splitlines()
+                                       if line.startswith("ENV")), "the image must not carry a key"
+
+
 def test_the_image_installs_the_pinned_requirements():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "pip install -r requirements.txt" in dockerfile

@@ -108,8 +108,7 @@ def test_the_admin_rolls_back_to_an_earlier_version(versions, staff_client):
 
 
 def test_the_admin_pointer_views_refuse_non_staff(versions, client):
-    User.objects.create_user("guest", password="pw")
-    client.login(username="guest", password="pw")
+    client.force_login(User.objects.create_user("guest", password="pw"))
     response = client.post(f"/admin/registry/modelversion/{versions[0].pk}/promote/", {"reason": "x"})
     assert response.status_code == 302 and "/login/" in response["Location"]
     assert champion_version() is None

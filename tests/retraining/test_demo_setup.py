@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
+from django.test import RequestFactory
 from django_celery_beat.models import PeriodicTask
 
 from recommendations.models import ApiKey, Interaction
@@ -16,7 +17,8 @@ FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "movielens-csv-m
 def test_demo_setup_loads_data_once_and_issues_a_login_and_a_key():
     first = demo_setup(dataset=FIXTURE)
     assert first.loaded_events == Interaction.objects.count() > 0
-    assert authenticate(username="admin", password=first.admin_password).is_superuser
+    login = RequestFactory().post("/admin/login/")  # the login throttle needs the request
+    assert authenticate(login, username="admin", password=first.admin_password).is_superuser
     assert TrainingRun.objects.get().pk == first.training_run_id
     assert PeriodicTask.objects.filter(task="retraining.check_triggers", enabled=True).count() == 1
     second = demo_setup(dataset=FIXTURE)

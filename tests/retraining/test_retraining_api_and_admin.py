@@ -92,8 +92,7 @@ def test_the_admin_turns_the_refit_on_full_data_on_for_the_active_policy(staff, 
 
 
 def test_non_staff_cannot_press_retrain(client):
-    User.objects.create_user("guest", password="pw")
-    client.login(username="guest", password="pw")
+    client.force_login(User.objects.create_user("guest", password="pw"))
     response = client.post("/admin/retraining/trainingrun/retrain/")
     assert response.status_code == 302
     assert not TrainingRun.objects.exists()

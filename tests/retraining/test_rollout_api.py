@@ -158,8 +158,7 @@ def test_the_admin_shows_a_versions_online_metrics(staff_client, versions):
 
 
 def test_the_admin_experiment_actions_need_staff_and_post(client, versions, django_user_model):
-    django_user_model.objects.create_user("guest", password="pw")
-    client.login(username="guest", password="pw")
+    client.force_login(django_user_model.objects.create_user("guest", password="pw"))
     response = client.post("/admin/registry/experiment/start/", {"version": versions[1].version, "mode": "ab"})
     assert response.status_code == 302 and "/login/" in response["Location"]
     assert not Experiment.objects.exists()
