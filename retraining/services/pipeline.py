@@ -4,10 +4,12 @@ gate passed: refit on all data) → register → promote or reject. Called by th
 a run id.
 
 A crash anywhere leaves the champion untouched: the pointer only moves in the last step, in one
-transaction. The run's heartbeat is refreshed by a thread while the heavy stages run, so a run whose
-worker died is recognised as stale by the next trigger check."""
+transaction. The run's heartbeat is refreshed by a thread while the heavy stages run (LightGBM's and lleaves'
+native calls release the GIL, so it keeps beating through them), so a run whose worker died is recognised as
+stale once its lease passes without a beat."""
 
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -42,7 +44,7 @@ from retraining.services.training import (
     training_run_refit,
 )
 
-HEARTBEAT_SECONDS = 15
+logger = logging.getLogger(__name__)
 
 
 def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
@@ -52,7 +54,7 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
     run = TrainingRun.objects.get(pk=run_id)
     workdir = Path(tempfile.mkdtemp(prefix=f"run-{run_id}-", dir=_work_root()))
     try:
-        with _heartbeat(run_id):
+        with training_run_heartbeats(run_id=run_id):
             _process(run, workdir, _RunLog(run_id, echo))
     except Exception as exc:
         training_run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
@@ -203,12 +205,18 @@ class _RunLog:
 
 
 @contextmanager
-def _heartbeat(run_id: int):
+def training_run_heartbeats(*, run_id: int):
+    """Refresh the run's heartbeat every TRAINING_HEARTBEAT_SECONDS while the block runs. A failed beat (a database
+    hiccup) is logged and the next one tried: a silent thread would let a live run go stale."""
     stop = threading.Event()
 
     def beat():
-        while not stop.wait(HEARTBEAT_SECONDS):
-            training_run_heartbeat(run_id=run_id)
+        while not stop.wait(settings.TRAINING_HEARTBEAT_SECONDS):
+            try:
+                training_run_heartbeat(run_id=run_id)
+            except Exception:
+                logger.exception("heartbeat of run %s failed", run_id)
+                close_old_connections()
         close_old_connections()
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
