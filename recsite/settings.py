@@ -179,13 +179,14 @@ TRAINING_RECONCILE_SECONDS = env.float("TRAINING_RECONCILE_SECONDS", default=15.
 TRAINING_SOFT_TIME_LIMIT = env.int("TRAINING_SOFT_TIME_LIMIT", default=3 * 3600)
 TRAINING_TIME_LIMIT = env.int("TRAINING_TIME_LIMIT", default=TRAINING_SOFT_TIME_LIMIT + 600)
 if not 0 < 3 * TRAINING_HEARTBEAT_SECONDS <= TRAINING_LEASE_SECONDS:
-    raise ImproperlyConfigured("TRAINING_HEARTBEAT_SECONDS must be positive and at most a third of TRAINING_LEASE_SECONDS")
+    raise ImproperlyConfigured("TRAINING_HEARTBEAT_SECONDS must be positive and at most a third of "
+                               "TRAINING_LEASE_SECONDS")
 if TRAINING_RECONCILE_SECONDS <= 0:
     raise ImproperlyConfigured("TRAINING_RECONCILE_SECONDS must be positive")
 _visibility = CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", float("inf"))
 if not 0 < TRAINING_SOFT_TIME_LIMIT < TRAINING_TIME_LIMIT < _visibility:
-    raise ImproperlyConfigured(f"Training time limits must satisfy 0 < TRAINING_SOFT_TIME_LIMIT ({TRAINING_SOFT_TIME_LIMIT})"
-                               f" < TRAINING_TIME_LIMIT ({TRAINING_TIME_LIMIT}) < the broker's visibility timeout "
+    raise ImproperlyConfigured(f"Training time limits must satisfy 0 < TRAINING_SOFT_TIME_LIMIT "
+                               f"({TRAINING_SOFT_TIME_LIMIT}) < TRAINING_TIME_LIMIT ({TRAINING_TIME_LIMIT}) < the broker's visibility timeout "
                                f"({_visibility})")
 
 # --- The product's own settings -----------------------------------------------------------------

@@ -47,7 +47,8 @@ def triggers_check(*, now: datetime | None = None) -> TriggerEvaluation:
         except RunInFlight as exc:
             evaluation.action = "; ".join([*notes, f"{fired[0]} fired; run {exc.extra.get('run_id')} already in flight"])
         except BrokerUnavailable as exc:
-            evaluation.action = "; ".join([*notes, f"{fired[0]} fired; run {exc.extra['run_id']} failed: {exc.message}"])
+            failed = f"{fired[0]} fired; run {exc.extra['run_id']} failed: {exc.message}"
+            evaluation.action = "; ".join([*notes, failed])
     evaluation.save()
     return evaluation
 
