@@ -186,8 +186,8 @@ if TRAINING_RECONCILE_SECONDS <= 0:
 _visibility = CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", float("inf"))
 if not 0 < TRAINING_SOFT_TIME_LIMIT < TRAINING_TIME_LIMIT < _visibility:
     raise ImproperlyConfigured(f"Training time limits must satisfy 0 < TRAINING_SOFT_TIME_LIMIT "
-                               f"({TRAINING_SOFT_TIME_LIMIT}) < TRAINING_TIME_LIMIT ({TRAINING_TIME_LIMIT}) < the broker's visibility timeout "
-                               f"({_visibility})")
+                               f"({TRAINING_SOFT_TIME_LIMIT}) < TRAINING_TIME_LIMIT ({TRAINING_TIME_LIMIT}) < "
+                               f"the broker's visibility timeout ({_visibility})")
 
 # --- The product's own settings -----------------------------------------------------------------
 RATING_MIN = env.float("RATING_MIN", default=0.5)
