@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from recommendations import ranking
@@ -217,7 +217,7 @@ def training_run_heartbeats(*, run_id: int):
             except Exception:
                 logger.exception("heartbeat of run %s failed", run_id)
                 close_old_connections()
-        close_old_connections()
+        connection.close()  # the thread ends: nothing can reuse its connection, which would stay open otherwise
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
     thread.start()

@@ -8,7 +8,8 @@ import signal
 import socket
 import subprocess
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 import redis
@@ -18,8 +19,11 @@ from django.utils import timezone
 
 from recsite.celery import app
 from retraining.models import TrainingRun
+from retraining.services.policy import policy_active
 from retraining.services.runs import TRAINING_QUEUE, training_runs_reconcile
+from retraining.services.triggers import triggers_check
 from tests.conftest import wait_until
+from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db(transaction=True)
 FAST_SECONDS = 3.0
@@ -51,7 +55,8 @@ class PrivateRedis:
 
     def training_messages(self) -> list[int]:
         """The run ids of the training messages waiting in the broker."""
-        bodies = [json.loads(base64.b64decode(json.loads(raw)["body"])) for raw in self.client().lrange(TRAINING_QUEUE, 0, -1)]
+        waiting = self.client().lrange(TRAINING_QUEUE, 0, -1)
+        bodies = [json.loads(base64.b64decode(json.loads(raw)["body"])) for raw in waiting]
         return [args[0] for args, _kwargs, _embed in bodies]
 
     def _answers(self) -> bool:
@@ -117,6 +122,17 @@ def test_the_retrain_command_with_the_broker_down_fails_with_the_reason_and_leav
     broker.kill()
     with pytest.raises(CommandError, match="broker is unavailable"):
         call_command("retrain")
+    assert _in_flight() == []
+
+
+def test_a_trigger_that_fires_with_the_broker_down_records_why_and_leaves_nothing_in_flight(broker):
+    dataset_store(learnable_dataset(users=10, items=20, per_user=5))
+    policy = policy_active()
+    policy.volume_min_events = 1
+    policy.save()
+    broker.kill()
+    evaluation = triggers_check(now=datetime(2030, 1, 1, tzinfo=dt_timezone.utc))
+    assert evaluation.fired == "volume" and "broker is unavailable" in evaluation.action
     assert _in_flight() == []
 
 

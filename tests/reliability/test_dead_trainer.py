@@ -13,6 +13,7 @@ import lightgbm
 import numpy as np
 import psutil
 import pytest
+from django_celery_beat.models import PeriodicTask
 from django.conf import settings as django_settings
 from django.utils import timezone as django_timezone
 
@@ -20,6 +21,7 @@ from recsite.celery import app
 from registry.models import ModelVersion
 from retraining.models import TrainingRun
 from retraining.services import pipeline
+from retraining.services.schedule import periodic_tasks_setup
 from retraining.services.runs import TRAINING_TASK, training_run_claim, training_run_fail, training_run_request
 from retraining.tasks import training_run_execute_task
 from tests.conftest import start_process, stop_process, wait_until
@@ -33,6 +35,13 @@ def test_the_lease_heartbeat_and_checks_notice_a_dead_trainer_in_about_a_minute(
     assert django_settings.TRAINING_LEASE_SECONDS <= 60
     assert 3 * django_settings.TRAINING_HEARTBEAT_SECONDS <= django_settings.TRAINING_LEASE_SECONDS
     assert django_settings.TRAINING_RECONCILE_SECONDS <= 15
+
+
+@pytest.mark.django_db
+def test_the_beat_schedule_reconciles_training_runs_every_minute():
+    periodic_tasks_setup(check_every_seconds=300)
+    reconcile = PeriodicTask.objects.get(task="retraining.reconcile_runs")
+    assert reconcile.enabled and reconcile.interval.every == 60 and reconcile.interval.period == "seconds"
 
 
 @pytest.mark.skipif(not django_settings.CELERY_BROKER_URL.startswith("redis"), reason="visibility timeouts are Redis's")
