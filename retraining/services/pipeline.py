@@ -71,6 +71,7 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     training_seconds = time.perf_counter() - started
     training_run_advance(run_id=run.pk, status=RunStatus.EVALUATING, trained_at=timezone.now(),
                          stage_timings=result.timings_s)
+    _ensure_in_flight(run.pk)
 
     champion = champion_version()
     decision, comparison = _gate_decision(run=run, result=result, manifest=manifest, directory=workdir,
@@ -87,6 +88,7 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
                                                     log_line=log_line)
         training_seconds += timings["refit"]
         reason += "; refit on all data (its metrics are the gated model's on the holdout)"
+    _ensure_in_flight(run.pk)
     version = candidate_register(result=result, manifest=manifest, directory=workdir, until=run.data_until,
                                  trigger=run.trigger, training_seconds=training_seconds, run_id=run.pk)
     if decision.passed:
@@ -98,6 +100,13 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     log_line.write(f"{version}: {status}; {reason}\n")
     training_run_advance(run_id=run.pk, status=status, evaluated_at=timezone.now(), gate=gate, model_version=version,
                          stage_timings={**timings, "total": round(time.perf_counter() - started, 3)})
+
+
+def _ensure_in_flight(run_id: int) -> None:
+    """A run failed meanwhile (declared stale when its heartbeats stopped reaching the database for a lease) may
+    already have a successor in flight: it must not go on to register or promote anything."""
+    if not TrainingRun.objects.filter(pk=run_id, in_flight=True).exists():
+        raise RuntimeError(f"run {run_id} is no longer in flight (failed meanwhile); nothing was registered")
 
 
 def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, directory: Path,

@@ -158,3 +158,23 @@ def test_a_pool_child_killed_mid_run_has_its_run_failed_at_once_by_the_worker_th
         stop_process(trainer)
     run.refresh_from_db()
     assert "the training worker died" in run.error  # failed on the spot, long before its 60 s lease ran out
+
+
+@pytest.mark.django_db
+def test_a_run_declared_stale_while_still_training_registers_and_promotes_nothing(settings, tmp_path, monkeypatch):
+    settings.MODEL_STORE = tmp_path / "models"
+    dataset_store(learnable_dataset(users=160, items=120, per_user=30))
+    run = training_run_request(trigger="manual", data_until=CUTOFF, enqueue=False)
+    train = pipeline.training_run_execute
+
+    def train_then_go_stale(**kwargs):
+        result = train(**kwargs)
+        training_run_fail(run_id=run.pk, error="stale: no heartbeat")  # what the reconciler does meanwhile
+        return result
+
+    monkeypatch.setattr(pipeline, "training_run_execute", train_then_go_stale)
+    with pytest.raises(RuntimeError, match="no longer in flight"):
+        pipeline.training_run_process(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error == "stale: no heartbeat"
+    assert not ModelVersion.objects.exists()
