@@ -4,13 +4,14 @@ the reconciler that fails stale runs (their worker died) and re-sends runs commi
 import logging
 import threading
 import time
+from contextlib import suppress
 from datetime import datetime, timedelta
 
 from celery import current_app
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
-from rest_framework import status
+from rest_framework.status import HTTP_503_SERVICE_UNAVAILABLE
 
 from recsite.errors import ApplicationError, ConflictError
 from recommendations.clock import system_now
@@ -29,7 +30,7 @@ class RunInFlight(ConflictError):
 
 
 class BrokerUnavailable(ApplicationError):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    status_code = HTTP_503_SERVICE_UNAVAILABLE
     code = "broker_unavailable"
 
 
@@ -46,9 +47,8 @@ def training_run_request(*, trigger: str, evidence: dict | None = None, requeste
     try:
         return _training_run_create(fields=fields, enqueue=enqueue)
     except RunInFlight:
-        if not training_runs_fail_stale():
-            raise
-    return _training_run_create(fields=fields, enqueue=enqueue)
+        training_runs_fail_stale()
+    return _training_run_create(fields=fields, enqueue=enqueue)  # RunInFlight again names the run in flight now
 
 
 def _training_run_create(*, fields: dict, enqueue: bool) -> TrainingRun:
@@ -174,7 +174,8 @@ def training_runs_reconciler_start(*, every_seconds: float) -> threading.Thread:
             except Exception:
                 logger.exception("training run reconciliation failed; retrying in %ss", every_seconds)
             finally:
-                connection.close()
+                with suppress(DatabaseError):
+                    connection.close()
 
     thread = threading.Thread(target=loop, name="training-run-reconciler", daemon=True)
     thread.start()
