@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightgbm
 import numpy as np
-import psutil
 import pytest
 from django_celery_beat.models import PeriodicTask
 from django.conf import settings as django_settings
@@ -151,8 +150,8 @@ def test_a_pool_child_killed_mid_run_has_its_run_failed_at_once_by_the_worker_th
     trainer = _worker("training", tmp_path / "trainer.log", MODEL_STORE=store)
     try:
         run = _training_run_started(settings, tmp_path, lease_seconds=60)
-        (child,) = psutil.Process(trainer.pid).children()
-        os.kill(child.pid, signal.SIGKILL)
+        (child,) = Path(f"/proc/{trainer.pid}/task/{trainer.pid}/children").read_text().split()  # the pool child
+        os.kill(int(child), signal.SIGKILL)
         wait_until(lambda: TrainingRun.objects.get(pk=run.pk).status == "failed", 20, 0.1, "the run to be failed")
     finally:
         stop_process(trainer)
