@@ -195,8 +195,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
-    # Longer than any task's hard time limit, so a running training task is never redelivered under it.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=4 * 3600)}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Longer than any task's hard time limit, so a running training task is never redelivered under it.
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=4 * 3600),
+        # A Redis that is gone or hung fails a publish in seconds rather than hanging the request that enqueues.
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -208,6 +213,26 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
+# Broker outages: a publish is retried briefly (about 0.4 s), then fails, so retrain answers 503 at once.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+
+# --- Training runs: lease, heartbeat, reconciler and time limits (a dead trainer is noticed in about a minute) ---
+TRAINING_LEASE_SECONDS = env.int("TRAINING_LEASE_SECONDS", default=60)
+TRAINING_HEARTBEAT_SECONDS = env.float("TRAINING_HEARTBEAT_SECONDS", default=10.0)
+TRAINING_RECONCILE_SECONDS = env.float("TRAINING_RECONCILE_SECONDS", default=15.0)
+TRAINING_SOFT_TIME_LIMIT = env.int("TRAINING_SOFT_TIME_LIMIT", default=3 * 3600)
+TRAINING_TIME_LIMIT = env.int("TRAINING_TIME_LIMIT", default=TRAINING_SOFT_TIME_LIMIT + 600)
+if not 0 < 3 * TRAINING_HEARTBEAT_SECONDS <= TRAINING_LEASE_SECONDS:
+    raise ImproperlyConfigured("TRAINING_HEARTBEAT_SECONDS must be positive and at most a third of "
+                               "TRAINING_LEASE_SECONDS")
+if TRAINING_RECONCILE_SECONDS <= 0:
+    raise ImproperlyConfigured("TRAINING_RECONCILE_SECONDS must be positive")
+_visibility = CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", float("inf"))
+if not 0 < TRAINING_SOFT_TIME_LIMIT < TRAINING_TIME_LIMIT < _visibility:
+    raise ImproperlyConfigured(f"Training time limits must satisfy 0 < TRAINING_SOFT_TIME_LIMIT "
+                               f"({TRAINING_SOFT_TIME_LIMIT}) < TRAINING_TIME_LIMIT ({TRAINING_TIME_LIMIT}) < "
+                               f"the broker's visibility timeout ({_visibility})")
 
 # --- The product's own settings -----------------------------------------------------------------
 RATING_MIN = env.float("RATING_MIN", default=0.5)

@@ -18,7 +18,7 @@ from registry.services import PROMOTABLE
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
 from retraining.services.policy import policy_active
 from retraining.services.rollout import challenger_deploy, challenger_report, experiment_promote, experiment_stop
-from retraining.services.runs import RunInFlight, retrain_request
+from retraining.services.runs import retrain_request
 
 
 def pretty_json(value) -> str:
@@ -85,7 +85,7 @@ class TrainingRunAdmin(ReadOnlyAdmin):
     def retrain_view(self, request):
         try:
             run = retrain_request(requested_by=f"admin:{request.user.get_username()}")
-        except RunInFlight as exc:
+        except ApplicationError as exc:
             self.message_user(request, f"Not started: {exc.message}", messages.WARNING)
         except ApplicationError as exc:  # e.g. the broker is down: nothing was queued
             self.message_user(request, f"Not started: {exc.message}", messages.ERROR)

@@ -11,7 +11,7 @@ from registry.selectors import champion_version
 from retraining.models import DriftReport, TrainingRun, TriggerEvaluation
 from retraining.services.drift import drift_check_run
 from retraining.services.policy import policy_active
-from retraining.services.runs import RunInFlight, retrain_request
+from retraining.services.runs import retrain_request
 from recommendations.clock import system_now
 
 
@@ -55,13 +55,14 @@ class RetrainApi(APIView):
         run_id = serializers.IntegerField()
         status = serializers.CharField()
 
-    @extend_schema(request=None, responses={202: OutputSerializer, 409: OpenApiResponse(description="A run is in flight; its id is returned.")},
-                   summary="Start a training run now (manual trigger)")
+    @extend_schema(request=None, responses={
+        202: OutputSerializer,
+        409: OpenApiResponse(description="A run is in flight; its id is returned."),
+        503: OpenApiResponse(description="The task broker is unavailable; the run was not started (nothing is left "
+                                         "in flight)."),
+    }, summary="Start a training run now (manual trigger)")
     def post(self, request):
-        try:
-            run = retrain_request(requested_by=actor_of(request))
-        except RunInFlight as exc:
-            return Response({"error": exc.code, "message": exc.message, **exc.extra}, status=status.HTTP_409_CONFLICT)
+        run = retrain_request(requested_by=actor_of(request))
         return Response({"run_id": run.pk, "status": run.status}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -1,5 +1,6 @@
 """Retraining state as rows: the policy, each trigger evaluation, each drift report, each training run."""
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
@@ -116,6 +117,10 @@ class RunStatus(models.TextChoices):
 IN_FLIGHT = (RunStatus.QUEUED, RunStatus.TRAINING, RunStatus.EVALUATING)
 
 
+def lease_seconds_default() -> int:
+    return settings.TRAINING_LEASE_SECONDS
+
+
 class TrainingRun(models.Model):
     """One training run. At most one is in flight: `in_flight` is True exactly while the run is queued,
     training or evaluating (NULL after), and it is unique, so the database refuses a second one."""
@@ -131,7 +136,10 @@ class TrainingRun(models.Model):
     evaluated_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    lease_seconds = models.PositiveIntegerField(default=600)
+    lease_seconds = models.PositiveIntegerField(
+        default=lease_seconds_default, help_text="silence (no heartbeat, or not claimed) after which the run is stale")
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="when it was sent to the trainer (or taken in-process); empty: never sent")
     data_until = models.DateTimeField(null=True, blank=True, help_text="training cut-off (the system clock at the trigger)")
     stage_timings = models.JSONField(default=dict, blank=True)
     log = models.JSONField(default=list, blank=True)

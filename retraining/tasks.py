@@ -1,15 +1,15 @@
 """Celery tasks: thin interfaces (ids in, state re-read, a service called). JSON only."""
 
+from billiard.exceptions import WorkerLostError
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_failure
+from django.conf import settings
 
 from retraining.services.pipeline import training_run_process
 from retraining.services.rollout import rollout_check
-from retraining.services.runs import training_run_fail
+from retraining.services.runs import TRAINING_TASK, training_run_fail, training_runs_reconcile
 from retraining.services.triggers import triggers_check
-
-TRAINING_SOFT_LIMIT_S = 3 * 3600
-TRAINING_HARD_LIMIT_S = TRAINING_SOFT_LIMIT_S + 600  # both below the broker's visibility timeout (4 h)
 
 
 @shared_task(name="retraining.check_triggers", ignore_result=True)
@@ -23,24 +23,40 @@ def check_rollout_task() -> str:
     return check.action if check else "no experiment"
 
 
+@shared_task(name="retraining.reconcile_runs", ignore_result=True)
+def reconcile_runs_task() -> dict:
+    return training_runs_reconcile()
+
+
 def _fail_run(task, exc, task_id, args, kwargs, einfo):
     if args:
         training_run_fail(run_id=args[0], error=f"{type(exc).__name__}: {exc}")
 
 
 @shared_task(
-    name="retraining.training_run_execute",
+    name=TRAINING_TASK,
     acks_late=True,
-    soft_time_limit=TRAINING_SOFT_LIMIT_S,
-    time_limit=TRAINING_HARD_LIMIT_S,
+    # A pool child killed mid-run (OOM, kill -9) acks the message and fails the run (below) rather than requeue
+    # it: a requeued message could only find the run already claimed, and do nothing.
+    reject_on_worker_lost=False,
+    soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT,
+    time_limit=settings.TRAINING_TIME_LIMIT,  # both below the broker's visibility timeout (checked by settings)
     on_failure=_fail_run,
     ignore_result=True,
 )
 def training_run_execute_task(run_id: int) -> None:
-    """Run one training run end to end. A redelivered or duplicate message finds the run already claimed
-    and does nothing."""
+    """Run one training run end to end. A redelivered or duplicate message finds the run already claimed (or
+    finished, or failed) and does nothing."""
     try:
         training_run_process(run_id=run_id)
     except SoftTimeLimitExceeded:
         training_run_fail(run_id=run_id, error="soft time limit exceeded")
         raise
+
+
+@task_failure.connect
+def _fail_run_of_lost_worker(sender=None, exception=None, args=None, **kwargs):
+    """The worker's main process reports a pool child that died mid-task (the child could not run on_failure):
+    its run is failed at once instead of waiting for its lease to expire."""
+    if getattr(sender, "name", None) == TRAINING_TASK and isinstance(exception, WorkerLostError) and args:
+        training_run_fail(run_id=args[0], error=f"the training worker died: {exception}")

@@ -4,10 +4,12 @@ gate passed: refit on all data) → register → promote or reject. Called by th
 a run id.
 
 A crash anywhere leaves the champion untouched: the pointer only moves in the last step, in one
-transaction. The run's heartbeat is refreshed by a thread while the heavy stages run, so a run whose
-worker died is recognised as stale by the next trigger check."""
+transaction. The run's heartbeat is refreshed by a thread while the heavy stages run (LightGBM's and lleaves'
+native calls release the GIL, so it keeps beating through them), so a run whose worker died is recognised as
+stale once its lease passes without a beat."""
 
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from recommendations import ranking
@@ -42,7 +44,7 @@ from retraining.services.training import (
     training_run_refit,
 )
 
-HEARTBEAT_SECONDS = 15
+logger = logging.getLogger(__name__)
 
 
 def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
@@ -52,7 +54,7 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
     run = TrainingRun.objects.get(pk=run_id)
     workdir = Path(tempfile.mkdtemp(prefix=f"run-{run_id}-", dir=_work_root()))
     try:
-        with _heartbeat(run_id):
+        with training_run_heartbeats(run_id=run_id):
             _process(run, workdir, _RunLog(run_id, echo))
     except Exception as exc:
         training_run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
@@ -69,6 +71,7 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     training_seconds = time.perf_counter() - started
     training_run_advance(run_id=run.pk, status=RunStatus.EVALUATING, trained_at=timezone.now(),
                          stage_timings=result.timings_s)
+    _ensure_in_flight(run.pk)
 
     champion = champion_version()
     decision, comparison = _gate_decision(run=run, result=result, manifest=manifest, directory=workdir,
@@ -85,6 +88,7 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
                                                     log_line=log_line)
         training_seconds += timings["refit"]
         reason += "; refit on all data (its metrics are the gated model's on the holdout)"
+    _ensure_in_flight(run.pk)
     version = candidate_register(result=result, manifest=manifest, directory=workdir, until=run.data_until,
                                  trigger=run.trigger, training_seconds=training_seconds, run_id=run.pk)
     if decision.passed:
@@ -96,6 +100,13 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     log_line.write(f"{version}: {status}; {reason}\n")
     training_run_advance(run_id=run.pk, status=status, evaluated_at=timezone.now(), gate=gate, model_version=version,
                          stage_timings={**timings, "total": round(time.perf_counter() - started, 3)})
+
+
+def _ensure_in_flight(run_id: int) -> None:
+    """A run failed meanwhile (declared stale when its heartbeats stopped reaching the database for a lease) may
+    already have a successor in flight: it must not go on to register or promote anything."""
+    if not TrainingRun.objects.filter(pk=run_id, in_flight=True).exists():
+        raise RuntimeError(f"run {run_id} is no longer in flight (failed meanwhile); nothing was registered")
 
 
 def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, directory: Path,
@@ -204,13 +215,19 @@ class _RunLog:
 
 
 @contextmanager
-def _heartbeat(run_id: int):
+def training_run_heartbeats(*, run_id: int):
+    """Refresh the run's heartbeat every TRAINING_HEARTBEAT_SECONDS while the block runs. A failed beat (a database
+    hiccup) is logged and the next one tried: a silent thread would let a live run go stale."""
     stop = threading.Event()
 
     def beat():
-        while not stop.wait(HEARTBEAT_SECONDS):
-            training_run_heartbeat(run_id=run_id)
-        close_old_connections()
+        while not stop.wait(settings.TRAINING_HEARTBEAT_SECONDS):
+            try:
+                training_run_heartbeat(run_id=run_id)
+            except Exception:
+                logger.exception("heartbeat of run %s failed", run_id)
+                close_old_connections()
+        connection.close()  # the thread ends: nothing can reuse its connection, which would stay open otherwise
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
     thread.start()

@@ -1,34 +1,60 @@
-"""Training runs: request (single flight, enforced by the database), claim, heartbeat, finish, fail,
-and the detection of stale runs whose worker died."""
+"""Training runs: request (single flight, enforced by the database), send, claim, heartbeat, finish, fail, and
+the reconciler that fails stale runs (their worker died) and re-sends runs committed but never sent."""
 
+import logging
+import threading
+import time
+from contextlib import suppress
 from datetime import datetime, timedelta
 
 from celery import current_app
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+from rest_framework.status import HTTP_503_SERVICE_UNAVAILABLE
 
-from recsite.errors import ConflictError
+from recsite.errors import ApplicationError, ConflictError
 from recommendations.clock import system_now
 from retraining.models import IN_FLIGHT, RunStatus, Trigger, TrainingRun
 
+logger = logging.getLogger(__name__)
+
 TRAINING_TASK = "retraining.training_run_execute"
 TRAINING_QUEUE = "training"
+# A queued run unsent for this long was lost between commit and send (its process died): the reconciler re-sends it.
+RESEND_AFTER = timedelta(seconds=10)
 
 
 class RunInFlight(ConflictError):
     code = "run_in_flight"
 
 
+class BrokerUnavailable(ApplicationError):
+    status_code = HTTP_503_SERVICE_UNAVAILABLE
+    code = "broker_unavailable"
+
+
 def training_run_request(*, trigger: str, evidence: dict | None = None, requested_by: str = "",
                          data_until: datetime | None = None, enqueue: bool = True) -> TrainingRun:
-    """Create a queued run and enqueue it once committed (`enqueue=False`: the caller processes it
+    """Create a queued run and send it to the trainer once committed (`enqueue=False`: the caller processes it
     in-process). If a run is already in flight the database's unique constraint refuses the new row and
-    RunInFlight carries the existing run's id."""
+    RunInFlight carries the existing run's id, unless that run is stale: then it is failed and the new run
+    takes its place, so a dead trainer never blocks the next request even with no beat and no worker running.
+    If the broker cannot take the message, BrokerUnavailable is raised after the commit (see
+    training_run_enqueue)."""
+    fields = dict(trigger=trigger, evidence=evidence or {}, requested_by=requested_by, data_until=data_until,
+                  dispatched_at=None if enqueue else timezone.now())
+    try:
+        return _training_run_create(fields=fields, enqueue=enqueue)
+    except RunInFlight:
+        training_runs_fail_stale()
+    return _training_run_create(fields=fields, enqueue=enqueue)  # RunInFlight again names the run in flight now
+
+
+def _training_run_create(*, fields: dict, enqueue: bool) -> TrainingRun:
     try:
         with transaction.atomic():
-            run = TrainingRun.objects.create(
-                trigger=trigger, evidence=evidence or {}, requested_by=requested_by, data_until=data_until
-            )
+            run = TrainingRun.objects.create(**fields)
             if enqueue:
                 transaction.on_commit(lambda: training_run_enqueue(run_id=run.pk))
     except IntegrityError:
@@ -43,7 +69,22 @@ def training_run_request(*, trigger: str, evidence: dict | None = None, requeste
 
 
 def training_run_enqueue(*, run_id: int) -> None:
+    """Send a committed run to the trainer. If the broker cannot take it (after Celery's bounded publish retries)
+    the run is failed at once, freeing the single-flight slot for the request that follows, and the caller gets
+    BrokerUnavailable (a JSON 503 through the API)."""
+    try:
+        _training_run_send(run_id=run_id)
+    except BrokerError as exc:
+        training_run_fail(run_id=run_id, error=f"not started: the broker is unavailable ({exc})")
+        raise BrokerUnavailable(
+            "The task broker is unavailable, so the training run could not be started; retry later.",
+            extra={"run_id": run_id},
+        ) from exc
+
+
+def _training_run_send(*, run_id: int) -> None:
     current_app.send_task(TRAINING_TASK, args=[run_id], queue=TRAINING_QUEUE)
+    TrainingRun.objects.filter(pk=run_id, dispatched_at=None).update(dispatched_at=timezone.now())
 
 
 def training_run_claim(*, run_id: int) -> bool:
@@ -87,17 +128,58 @@ def training_run_fail(*, run_id: int, error: str) -> bool:
 
 
 def training_runs_fail_stale(*, now: datetime | None = None) -> list[int]:
-    """Fail in-flight runs whose last sign of life (heartbeat, or creation for a queued run) is older
+    """Fail in-flight runs whose last sign of life (heartbeat; for a queued run, its sending or creation) is older
     than their lease: their worker died or their message was lost. The champion is untouched."""
     now = now or timezone.now()
     stale = []
     for run in TrainingRun.objects.filter(in_flight=True):
-        last_seen = run.heartbeat_at or run.created_at
+        last_seen = run.heartbeat_at or run.dispatched_at or run.created_at
         if last_seen < now - timedelta(seconds=run.lease_seconds):
             message = f"stale: no heartbeat since {last_seen:%Y-%m-%d %H:%M:%S} (lease {run.lease_seconds}s)"
             if training_run_fail(run_id=run.pk, error=message):
                 stale.append(run.pk)
     return stale
+
+
+def training_runs_reconcile(*, now: datetime | None = None) -> dict:
+    """Fail stale runs, then re-send queued runs that were committed but never sent. Re-sending is safe: claiming
+    is a conditional update, so of several messages for one run only the first does anything. While the broker
+    is still down the runs stay unsent for the next pass (or go stale)."""
+    now = now or timezone.now()
+    failed = training_runs_fail_stale(now=now)
+    unsent = TrainingRun.objects.filter(status=RunStatus.QUEUED, dispatched_at=None, created_at__lt=now - RESEND_AFTER)
+    resent = []
+    for run_id in unsent.values_list("pk", flat=True):
+        try:
+            _training_run_send(run_id=run_id)
+        except BrokerError as exc:
+            logger.warning("run %s not re-sent, the broker is unavailable: %s", run_id, exc)
+            break
+        resent.append(run_id)
+    return {"failed_stale": failed, "resent": resent}
+
+
+def training_runs_reconciler_start(*, every_seconds: float) -> threading.Thread:
+    """Reconcile runs every `every_seconds` in a daemon thread of a worker's main process, so that stale runs are
+    released and unsent runs re-sent even while beat is not running. The thread closes its database connection
+    after each pass: a pool child forked meanwhile must not inherit a connection in use."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(every_seconds)
+            try:
+                outcome = training_runs_reconcile()
+                if outcome["failed_stale"] or outcome["resent"]:
+                    logger.warning("training runs reconciled: %s", outcome)
+            except Exception:
+                logger.exception("training run reconciliation failed; retrying in %ss", every_seconds)
+            finally:
+                with suppress(DatabaseError):
+                    connection.close()
+
+    thread = threading.Thread(target=loop, name="training-run-reconciler", daemon=True)
+    thread.start()
+    return thread
 
 
 def retrain_request(*, requested_by: str) -> TrainingRun:

@@ -4,17 +4,21 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 CHECK_TRIGGERS = "retraining: check triggers"
 CHECK_ROLLOUT = "retraining: check rollout"
+RECONCILE_RUNS = "retraining: reconcile training runs"
 ROLLOUT_CHECK_SECONDS = 60
+RECONCILE_RUNS_SECONDS = 60
 
 
 def periodic_tasks_setup(*, check_every_seconds: int, rollout_every_seconds: int = ROLLOUT_CHECK_SECONDS) -> list[PeriodicTask]:
-    """Create or update the trigger check and the rollout check; other periodic tasks are left alone
-    (never delete-all)."""
+    """Create or update the trigger check, the rollout check and the training-run reconciler; other periodic tasks
+    are left alone (never delete-all)."""
     return [
         _interval_task(CHECK_TRIGGERS, "retraining.check_triggers", check_every_seconds,
                        "Evaluate the retraining triggers and start a run when one fires."),
         _interval_task(CHECK_ROLLOUT, "retraining.check_rollout", rollout_every_seconds,
                        "Judge the running experiment; advance, promote or roll back a canary."),
+        _interval_task(RECONCILE_RUNS, "retraining.reconcile_runs", RECONCILE_RUNS_SECONDS,
+                       "Fail training runs whose trainer died; re-send runs committed but never sent."),
     ]
 
 

@@ -12,7 +12,7 @@ from retraining.models import RetrainPolicy, Trigger, TrainingRun, TriggerEvalua
 from recommendations.clock import system_now
 from retraining.services.drift import drift_check_run
 from retraining.services.policy import policy_active
-from retraining.services.runs import RunInFlight, training_run_request, training_runs_fail_stale
+from retraining.services.runs import BrokerUnavailable, RunInFlight, training_run_request, training_runs_fail_stale
 
 # When several fire at once, the run is attributed to the first; the others are kept as evidence.
 PRIORITY = [Trigger.DRIFT, Trigger.PERFORMANCE, Trigger.VOLUME, Trigger.TIME]
@@ -46,6 +46,9 @@ def triggers_check(*, now: datetime | None = None) -> TriggerEvaluation:
             evaluation.action = "; ".join([*notes, f"started run {evaluation.run.pk}"])
         except RunInFlight as exc:
             evaluation.action = "; ".join([*notes, f"{fired[0]} fired; run {exc.extra.get('run_id')} already in flight"])
+        except BrokerUnavailable as exc:
+            failed = f"{fired[0]} fired; run {exc.extra['run_id']} failed: {exc.message}"
+            evaluation.action = "; ".join([*notes, failed])
     evaluation.save()
     return evaluation
 

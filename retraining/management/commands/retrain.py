@@ -2,8 +2,9 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from recsite.errors import ApplicationError
 from retraining.models import IN_FLIGHT
-from retraining.services.runs import RunInFlight, retrain_request
+from retraining.services.runs import retrain_request
 
 
 class Command(BaseCommand):
@@ -17,7 +18,7 @@ class Command(BaseCommand):
     def handle(self, *args, wait, timeout, actor, **options):
         try:
             run = retrain_request(requested_by=actor)
-        except RunInFlight as exc:
+        except ApplicationError as exc:  # a run in flight, or the broker down
             raise CommandError(f"{exc.message} (run {exc.extra.get('run_id')})")
         self.stdout.write(f"run {run.pk} queued")
         if not wait:
