@@ -85,10 +85,9 @@ class TrainingRunAdmin(ReadOnlyAdmin):
     def retrain_view(self, request):
         try:
             run = retrain_request(requested_by=f"admin:{request.user.get_username()}")
-        except ApplicationError as exc:
-            self.message_user(request, f"Not started: {exc.message}", messages.WARNING)
-        except ApplicationError as exc:  # e.g. the broker is down: nothing was queued
-            self.message_user(request, f"Not started: {exc.message}", messages.ERROR)
+        except ApplicationError as exc:  # a run in flight (a warning), or e.g. the broker down (an error)
+            level = messages.ERROR if exc.status_code >= 500 else messages.WARNING
+            self.message_user(request, f"Not started: {exc.message}", level)
         else:
             self.message_user(request, f"Training run {run.pk} queued.", messages.SUCCESS)
         return redirect(reverse("admin:retraining_trainingrun_changelist"))

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('retraining', '0004_shadow_share_default'),
+        ('retraining', '0005_admin_action_permissions'),
     ]
 
     operations = [
