@@ -24,6 +24,11 @@ from recommendations.services.events import EventInput, event_ingest
 from recsite.errors import ApplicationError
 
 EXTERNAL_ID_MAX = 128
+# Limits that keep one event or item small, so that a full batch fits DATA_UPLOAD_MAX_MEMORY_SIZE.
+CONTEXT_MAX_KEYS = 32
+CONTEXT_MAX_BYTES = 4096
+CATEGORIES_MAX = 32
+CATEGORY_MAX_LENGTH = 100
 
 
 def _batch(data, key: str, limit: int) -> tuple[list, bool]:
@@ -61,7 +66,9 @@ class EventIngestApi(APIView):
         value = StrictFloatField(required=False, allow_null=True)
         timestamp = PastDateTimeField(required=False)
         recommendation_id = StrictUUIDField(required=False, allow_null=True)
-        context = StrictJSONObjectField(required=False, allow_null=True)
+        context = StrictJSONObjectField(
+            required=False, allow_null=True, max_keys=CONTEXT_MAX_KEYS, max_bytes=CONTEXT_MAX_BYTES
+        )
 
         def validate(self, attrs):
             value = attrs.get("value")
@@ -92,7 +99,9 @@ class EventIngestApi(APIView):
 
 class _ItemFields(StrictSerializer):
     title = StrictCharField(max_length=500, required=False, allow_blank=True, default="")
-    categories = serializers.ListField(child=StrictCharField(max_length=100), required=False, default=list)
+    categories = serializers.ListField(
+        child=StrictCharField(max_length=CATEGORY_MAX_LENGTH), max_length=CATEGORIES_MAX, required=False, default=list
+    )
     attributes = StrictJSONObjectField(required=False, default=dict)
     active = StrictBooleanField(required=False, default=True)
 
@@ -164,7 +173,7 @@ class RecommendationsApi(APIView):
 
     class QuerySerializer(serializers.Serializer):
         k = serializers.IntegerField(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=10)
-        category = serializers.CharField(required=False, max_length=100)
+        category = serializers.CharField(required=False, max_length=CATEGORY_MAX_LENGTH)
         exclude = serializers.CharField(required=False, max_length=10_000)
         explain = serializers.BooleanField(required=False, default=False)
 
