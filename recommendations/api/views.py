@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -58,6 +58,7 @@ def _error(index, field, message):
 class EventIngestApi(APIView):
     required_scope = "ingest"
 
+    @extend_schema_serializer(component_name="EventInput")
     class InputSerializer(StrictSerializer):
         event_id = StrictUUIDField(required=False, allow_null=True)
         user_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
@@ -80,6 +81,7 @@ class EventIngestApi(APIView):
                     raise serializers.ValidationError({"value": f"A rating must be between {low:g} and {high:g}."})
             return attrs
 
+    @extend_schema_serializer(component_name="EventIngestResult")
     class OutputSerializer(serializers.Serializer):
         accepted = serializers.IntegerField()
         duplicates = serializers.IntegerField()
@@ -109,9 +111,11 @@ class _ItemFields(StrictSerializer):
 class ItemBulkUpsertApi(APIView):
     required_scope = "ingest"
 
+    @extend_schema_serializer(component_name="ItemInput")
     class InputSerializer(_ItemFields):
         item_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
 
+    @extend_schema_serializer(component_name="ItemUpsertResult")
     class OutputSerializer(serializers.Serializer):
         created = serializers.IntegerField()
         updated = serializers.IntegerField()
@@ -129,6 +133,7 @@ class ItemBulkUpsertApi(APIView):
 class ItemUpsertApi(APIView):
     required_scope = "ingest"
 
+    @extend_schema_serializer(component_name="ItemFields")
     class InputSerializer(_ItemFields):
         pass
 
@@ -177,6 +182,7 @@ class RecommendationsApi(APIView):
         exclude = serializers.CharField(required=False, max_length=10_000)
         explain = serializers.BooleanField(required=False, default=False)
 
+    @extend_schema_serializer(component_name="Recommendations")
     class OutputSerializer(serializers.Serializer):  # the schema; the view builds the same fields directly
         user_id = serializers.CharField()
         model_version = serializers.IntegerField(allow_null=True)
