@@ -21,7 +21,7 @@ from recommendations.models import EventType
 from recommendations.serving import recommendations_for, similar_items
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
-from recsite.errors import ApplicationError
+from recsite.errors import ApplicationError, located
 
 EXTERNAL_ID_MAX = 128
 # Limits that keep one event or item small, so that a full batch fits DATA_UPLOAD_MAX_MEMORY_SIZE.
@@ -34,25 +34,21 @@ CATEGORY_MAX_LENGTH = 100
 def _batch(data, key: str, limit: int) -> tuple[list, bool]:
     """The list under `key`, or the body itself as a batch of one; refuses empty and oversize batches."""
     if not isinstance(data, dict):
-        raise ApplicationError("The body must be a JSON object.", extra={"errors": [_error(None, "body", "Expected a JSON object.")]})
+        raise ApplicationError("The body must be a JSON object.", extra={"errors": [located("body", "Expected a JSON object.")]})
     if key not in data:
         return [data], False
     batch = data[key]
     if set(data) != {key}:
         extra = sorted(set(data) - {key})
-        raise ApplicationError("Unknown fields beside the batch.", extra={"errors": [_error(None, f, "Unknown field.") for f in extra]})
+        raise ApplicationError("Unknown fields beside the batch.", extra={"errors": [located(f, "Unknown field.") for f in extra]})
     if not isinstance(batch, list) or not batch:
-        raise ApplicationError(f"'{key}' must be a non-empty list.", extra={"errors": [_error(None, key, "Expected a non-empty list.")]})
+        raise ApplicationError(f"'{key}' must be a non-empty list.", extra={"errors": [located(key, "Expected a non-empty list.")]})
     if len(batch) > limit:
         raise ApplicationError(
             f"At most {limit} {key} per request.",
-            extra={"errors": [_error(None, key, f"Got {len(batch)}, the limit is {limit}.")]},
+            extra={"errors": [located(key, f"Got {len(batch)}, the limit is {limit}.")]},
         )
     return batch, True
-
-
-def _error(index, field, message):
-    return {"index": index, "field": field, "message": message}
 
 
 class EventIngestApi(APIView):
@@ -124,7 +120,7 @@ class ItemBulkUpsertApi(APIView):
     def post(self, request):
         batch, is_batch = _batch(request.data, "items", settings.MAX_EVENTS_PER_REQUEST)
         if not is_batch:
-            raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [_error(None, "items", "This field is required.")]})
+            raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [located("items", "This field is required.")]})
         valid = validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
         result = item_upsert(items=[ItemInput(**item) for item in valid])
         return Response(self.OutputSerializer(result).data)
@@ -140,7 +136,7 @@ class ItemUpsertApi(APIView):
     @extend_schema(request=InputSerializer, responses={200: ItemBulkUpsertApi.OutputSerializer}, summary="Create or replace one item")
     def put(self, request, item_id: str):
         if len(item_id) > EXTERNAL_ID_MAX:
-            raise ApplicationError("item_id is too long.", extra={"errors": [_error(None, "item_id", f"At most {EXTERNAL_ID_MAX} characters.")]})
+            raise ApplicationError("item_id is too long.", extra={"errors": [located("item_id", f"At most {EXTERNAL_ID_MAX} characters.")]})
         valid = validated(self.InputSerializer, request.data, message="The item is invalid; nothing was written.")
         result = item_upsert(items=[ItemInput(item_id=item_id, **valid)])
         return Response(ItemBulkUpsertApi.OutputSerializer(result).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)

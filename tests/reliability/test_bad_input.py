@@ -136,7 +136,7 @@ def test_brackets_inside_strings_do_not_count_as_nesting(ingest_client):
     assert ingest_client.post(EVENTS, event(context={"q": "[" * 1000}), format="json").status_code == 201
 
 
-def test_a_ten_megabyte_body_is_a_json_413(ingest_client, settings):
+def test_a_ten_megabyte_body_is_a_json_413(ingest_client):
     body = json.dumps({"events": [event(context={"pad": "x" * 3000}) for _ in range(3400)]})
     assert len(body) > 10_000_000
     response = post_raw(ingest_client, body)

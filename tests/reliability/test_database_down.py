@@ -2,12 +2,13 @@
 HTML page, and answers normally again once it is back.
 
 The outage is simulated in-process: the default connection is closed and pointed at a local port that nothing
-listens on, so each request's connect really fails (connection refused), as it does when PostgreSQL is down."""
+listens on, so each request's connect really fails (connection refused), as it does when PostgreSQL is down; and
+an open connection is terminated by the server (pg_terminate_backend), as a restart or failover does."""
 
 import socket
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from recommendations.auth import verified_keys
 from recommendations.models import Interaction, Item
@@ -82,3 +83,21 @@ def test_every_kind_of_endpoint_answers_a_json_503_during_an_outage(admin_client
     assert_database_unavailable(getattr(admin_client_api, method)(path, body, format="json"))
     database_down.restore()
     assert not Item.objects.exists()
+
+
+def test_a_request_on_a_connection_the_database_terminated_gets_a_503_and_the_next_one_reconnects(ingest_client,
+                                                                                                 transactional_db):
+    assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201  # the key is cached now
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    assert_database_unavailable(ingest_client.post("/api/v1/events", {**EVENT, "user_id": "u2"}, format="json"))
+    # Django closes the broken connection as that request ends; the next request connects anew.
+    assert ingest_client.post("/api/v1/events", {**EVENT, "user_id": "u3"}, format="json").status_code == 201
+    assert sorted(Interaction.objects.values_list("user__external_id", flat=True)) == ["u1", "u3"]
