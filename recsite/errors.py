@@ -78,6 +78,9 @@ _DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
 def api_exception_handler(exc, context):
+    if isinstance(exc, RequestDataTooBig):  # raised by Django as DRF reads a body over DATA_UPLOAD_MAX_MEMORY_SIZE
+        message = f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+        exc = PayloadTooLargeError(message, extra={"errors": [located("body", message)]})
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.code, exc.message, **exc.extra), status=exc.status_code)
     if isinstance(exc, Http404):
@@ -115,8 +118,6 @@ def _server_error(request, exc: BaseException | None) -> tuple[int, dict]:
 def bad_request(request, exception):
     if not request.path.startswith(API_PREFIX):
         return defaults.bad_request(request, exception)
-    if isinstance(exception, RequestDataTooBig):
-        return payload_too_large()
     return JsonResponse(error_body("invalid_request", "The request is malformed."), status=status.HTTP_400_BAD_REQUEST)
 
 
@@ -138,8 +139,3 @@ def server_error(request):
     status_code, body = _server_error(request, sys.exc_info()[1])  # Django calls this inside its `except`
     return JsonResponse(body, status=status_code)
 
-
-def payload_too_large() -> JsonResponse:
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    message = f"The body is larger than {limit} bytes."
-    return JsonResponse(error_body(PayloadTooLargeError.code, message, [located("body", message)]), status=413)

@@ -1,14 +1,13 @@
-"""Checks that must run before any view or parser reads an /api/ request, and the request id every response
-carries (X-Request-ID) so that a caller can quote it and an operator find the request's log lines."""
+"""The request id every response carries (X-Request-ID), so that a caller can quote it and an operator find the
+request's log lines; and, on /api/ paths, the refusal of NUL characters before anything reads the request."""
 
 import re
 import uuid
 from urllib.parse import unquote
 
-from django.conf import settings
 from django.http import JsonResponse
 
-from recsite.errors import API_PREFIX, error_body, located, payload_too_large
+from recsite.errors import API_PREFIX, error_body, located
 
 # A caller's own id (e.g. from a proxy) is kept when it is short and plain, so it cannot forge log lines.
 _CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -28,11 +27,8 @@ class ApiRequestMiddleware:
 
 
 def _refusal(request) -> JsonResponse | None:
-    """A 413 for a body over DATA_UPLOAD_MAX_MEMORY_SIZE, a 400 for a NUL character in the path, the query or a
-    header (PostgreSQL cannot store one in text, and no id or parameter has one): before anything reads them."""
-    if request.META.get("CONTENT_LENGTH", "").isdigit():
-        if int(request.META["CONTENT_LENGTH"]) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            return payload_too_large()
+    """A 400 for a NUL character in the path, the query or a header: PostgreSQL cannot store one in text, and no
+    id or parameter has one."""
     where = _nul_in(request)
     if where is None:
         return None

@@ -36,7 +36,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "recommendations.shadow.LiveRequestMiddleware",  # first: shadow scoring gives way to any live request
-    # Request id on every response; refuses oversize bodies and NUL characters before anything reads them.
+    # A request id on every response; NUL characters in an /api/ path, query or header refused before any view.
     "recsite.middleware.ApiRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -211,7 +211,7 @@ API_KEY_CACHE_SECONDS = _seconds("API_KEY_CACHE_SECONDS", 5.0)
 # categories reaches the user features folded from new events within that time (unknown ids are always read).
 INGEST_CACHE_SECONDS = _seconds("INGEST_CACHE_SECONDS", 30.0)
 
-# --- Input limits (recsite/middleware.py, recsite/parsers.py): bad input is a JSON 4xx, never a 5xx ---------------
+# --- Input limits (recsite/parsers.py, recsite/errors.py): bad input is a JSON 4xx, never a 5xx -----------------
 # A body may hold a full batch whose every record is near its limits (8 KiB each); a larger one is a 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=MAX_EVENTS_PER_REQUEST * 8192)
 JSON_MAX_DEPTH = 32  # a request body nested deeper is a 400

@@ -196,6 +196,10 @@ def test_an_unknown_api_path_is_a_json_404(serve_client):
     assert_error_shape(serve_client.get("/api/v1/no-such-thing"), 404)
 
 
+def test_a_request_django_refuses_before_any_view_is_a_json_400_on_an_api_path(db):
+    assert_error_shape(APIClient().get("/api/v1/health", HTTP_HOST="evil.example"), 400)
+
+
 def test_a_missing_api_key_is_a_json_401_in_the_same_shape(db):
     assert_error_shape(APIClient().get("/api/v1/users/u1/recommendations"), 401)
 
