@@ -1,6 +1,6 @@
 """One error type for the domain, mapped to JSON by one handler. Every error body has one shape,
 `{"error", "message", "errors": [{"index", "field", "message"}]}`; `errors` locates what was wrong with the input
-and is empty when nothing in the input was (401, 403, 404, 405, 5xx). Anything unexpected is a JSON 500 — or a
+and is empty when there is no part of it to point at (401, 403, 404, 405, 5xx). Anything unexpected is a JSON 500 — or a
 503 while the database is unreachable — logged with the request id it returns, never an HTML page or a stack."""
 
 import logging
@@ -115,22 +115,18 @@ def _server_error(request, exc: BaseException | None) -> tuple[int, dict]:
 
 # Django's error handlers (recsite/urls.py), for what fails outside DRF: JSON on /api/ paths, Django's pages elsewhere.
 
-def bad_request(request, exception):
-    if not request.path.startswith(API_PREFIX):
-        return defaults.bad_request(request, exception)
-    return JsonResponse(error_body("invalid_request", "The request is malformed."), status=status.HTTP_400_BAD_REQUEST)
+def _json_on_api_paths(default_view, code: str, message: str, status_code: int):
+    def handler(request, exception):
+        if not request.path.startswith(API_PREFIX):
+            return default_view(request, exception)
+        return JsonResponse(error_body(code, message), status=status_code)
+
+    return handler
 
 
-def permission_denied(request, exception):
-    if not request.path.startswith(API_PREFIX):
-        return defaults.permission_denied(request, exception)
-    return JsonResponse(error_body("permission_denied", "Not allowed."), status=status.HTTP_403_FORBIDDEN)
-
-
-def page_not_found(request, exception):
-    if not request.path.startswith(API_PREFIX):
-        return defaults.page_not_found(request, exception)
-    return JsonResponse(error_body("not_found", "No such endpoint."), status=status.HTTP_404_NOT_FOUND)
+bad_request = _json_on_api_paths(defaults.bad_request, "invalid_request", "The request is malformed.", 400)
+permission_denied = _json_on_api_paths(defaults.permission_denied, "permission_denied", "Not allowed.", 403)
+page_not_found = _json_on_api_paths(defaults.page_not_found, "not_found", "No such endpoint.", 404)
 
 
 def server_error(request):
