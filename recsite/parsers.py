@@ -3,15 +3,14 @@
 import json
 import math
 import re
-from itertools import accumulate
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 _INT64_MAX = 2**63 - 1
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")  # one kind, so that one round removes one level exactly
 # Only a string written with one of these escapes can hold a NUL or a lone surrogate (raw control characters are
 # invalid JSON, and valid UTF-8 has no surrogates): the common body is never walked.
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|d[89a-f])", re.IGNORECASE)
@@ -26,7 +25,7 @@ class StrictJSONParser(JSONParser):
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             text = stream.read().decode(encoding) if stream is not None else ""
-            _check_depth(text, settings.JSON_MAX_DEPTH)
+            _check_depth(text.encode(), settings.JSON_MAX_DEPTH)
             data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
             if _SUSPECT_ESCAPE.search(text):
                 _check_strings(data)
@@ -35,10 +34,17 @@ class StrictJSONParser(JSONParser):
         return data
 
 
-def _check_depth(text: str, limit: int) -> None:
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    depth = max(accumulate(1 if bracket in "[{" else -1 for bracket in brackets), default=0)
-    if depth > limit:
+def _check_depth(raw: bytes, limit: int) -> None:
+    """Refuses JSON nested deeper than `limit`, in time linear in its size and without recursing: the brackets
+    outside strings, less `limit` rounds of their innermost pairs, still hold a pair only if nested deeper."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.split(b'"')[::2]).translate(_BRACES_AS_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        innermost_removed = brackets.replace(b"[]", b"")
+        if innermost_removed == brackets:
+            return
+        brackets = innermost_removed
+    if b"[]" in brackets:
         raise ValueError(f"nested more than {limit} deep")
 
 
