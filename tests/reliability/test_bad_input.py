@@ -132,6 +132,14 @@ def test_nesting_up_to_the_documented_limit_of_32_is_accepted(ingest_client):
     assert_error_shape(ingest_client.post(EVENTS, event(user_id="u2", context=nested(32)), format="json"), 400)
 
 
+def test_objects_and_lists_alternating_deeper_than_32_are_a_400(ingest_client):
+    context: dict | list = {"a": 1}
+    for level in range(33):
+        context = [context] if level % 2 else {"a": context}
+    body = assert_refused(ingest_client.post(EVENTS, event(context=context), format="json"))
+    assert body["errors"][0]["field"] == "body" and "nested more than 32 deep" in body["message"]
+
+
 def test_brackets_inside_strings_do_not_count_as_nesting(ingest_client):
     assert ingest_client.post(EVENTS, event(context={"q": "[" * 1000}), format="json").status_code == 201
 
