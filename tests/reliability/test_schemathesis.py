@@ -31,6 +31,8 @@ def admin_headers(db):
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: CI explores the same inputs each run, so a red run is a regression, not a lucky draw.
+@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=True, database=None)
 def test_no_generated_request_makes_the_api_answer_a_server_error(case, admin_headers):
     case.call_and_validate(headers=admin_headers, checks=[not_a_server_error])
