@@ -8,7 +8,9 @@ an open connection is terminated by the server (pg_terminate_backend), as a rest
 import socket
 
 import pytest
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
+from django.middleware.common import CommonMiddleware
+from rest_framework.test import APIClient
 
 from recommendations.auth import verified_keys
 from recommendations.models import Interaction, Item
@@ -101,3 +103,11 @@ def test_a_request_on_a_connection_the_database_terminated_gets_a_503_and_the_ne
     # Django closes the broken connection as that request ends; the next request connects anew.
     assert ingest_client.post("/api/v1/events", {**EVENT, "user_id": "u3"}, format="json").status_code == 201
     assert sorted(Interaction.objects.values_list("user__external_id", flat=True)) == ["u1", "u3"]
+
+
+def test_a_database_error_outside_drf_on_an_api_path_is_a_json_503(db, monkeypatch):
+    def unreachable(self, request):
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(CommonMiddleware, "process_request", unreachable)
+    assert_database_unavailable(APIClient(raise_request_exception=False).get("/api/v1/health"))
