@@ -117,7 +117,7 @@ def _server_error(request, exc: BaseException | None) -> tuple[int, dict]:
 
 def _json_on_api_paths(default_view, code: str, message: str, status_code: int):
     def handler(request, exception):
-        if not request.path.startswith(API_PREFIX):
+        if not request.path_info.startswith(API_PREFIX):
             return default_view(request, exception)
         return JsonResponse(error_body(code, message), status=status_code)
 
@@ -130,7 +130,7 @@ page_not_found = _json_on_api_paths(defaults.page_not_found, "not_found", "No su
 
 
 def server_error(request):
-    if not request.path.startswith(API_PREFIX):
+    if not request.path_info.startswith(API_PREFIX):
         return defaults.server_error(request)
     status_code, body = _server_error(request, sys.exc_info()[1])  # Django calls this inside its `except`
     return JsonResponse(body, status=status_code)

@@ -20,7 +20,7 @@ class ApiRequestMiddleware:
     def __call__(self, request):
         caller_id = request.META.get("HTTP_X_REQUEST_ID", "")
         request.request_id = caller_id if _CALLER_REQUEST_ID.fullmatch(caller_id) else uuid.uuid4().hex
-        refusal = _refusal(request) if request.path.startswith(API_PREFIX) else None
+        refusal = _refusal(request) if request.path_info.startswith(API_PREFIX) else None
         response = refusal or self.get_response(request)
         response["X-Request-ID"] = request.request_id
         return response
