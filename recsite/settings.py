@@ -67,6 +67,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "recommendations.shadow.LiveRequestMiddleware",  # first: shadow scoring gives way to any live request
+    # A request id on every response; NUL characters in an /api/ path, query or header refused before any view.
+    "recsite.middleware.ApiRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -166,7 +168,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["recommendations.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["recommendations.auth.HasScope"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["recsite.parsers.StrictJSONParser"],  # refuses deep nesting, NULs, overflows
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "recsite.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -282,6 +284,11 @@ API_KEY_CACHE_SECONDS = _seconds("API_KEY_CACHE_SECONDS", 5.0)
 # How long a web process trusts the user ids, item ids and item categories it read for ingestion: a change of
 # categories reaches the user features folded from new events within that time (unknown ids are always read).
 INGEST_CACHE_SECONDS = _seconds("INGEST_CACHE_SECONDS", 30.0)
+
+# --- Input limits (recsite/parsers.py, recsite/errors.py): bad input is a JSON 4xx, never a 5xx -----------------
+# A body may hold a full batch whose every record is near its limits (8 KiB each); a larger one is a 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=MAX_EVENTS_PER_REQUEST * 8192)
+JSON_MAX_DEPTH = 32  # a request body nested deeper is a 400
 
 LOGGING = {
     "version": 1,

@@ -10,3 +10,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
+
+# JSON on /api/ paths for what fails outside DRF (unknown path, oversize body, an error in a middleware).
+handler400 = "recsite.errors.bad_request"
+handler403 = "recsite.errors.permission_denied"
+handler404 = "recsite.errors.page_not_found"
+handler500 = "recsite.errors.server_error"

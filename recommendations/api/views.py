@@ -3,7 +3,7 @@ import logging
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -24,39 +24,41 @@ from recommendations.serving import recommendations_for, similar_items
 from recommendations.serving import serving_health  # HealthApi
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
-from recsite.errors import ApplicationError
+from recsite.errors import ApplicationError, located
 
 logger = logging.getLogger(__name__)  # HealthApi's database failures
 EXTERNAL_ID_MAX = 128
+# Limits that keep one event or item small, so that a full batch fits DATA_UPLOAD_MAX_MEMORY_SIZE.
+CONTEXT_MAX_KEYS = 32
+CONTEXT_MAX_BYTES = 4096
+CATEGORIES_MAX = 32
+CATEGORY_MAX_LENGTH = 100
 
 
 def _batch(data, key: str, limit: int) -> tuple[list, bool]:
     """The list under `key`, or the body itself as a batch of one; refuses empty and oversize batches."""
     if not isinstance(data, dict):
-        raise ApplicationError("The body must be a JSON object.", extra={"errors": [_error(None, "body", "Expected a JSON object.")]})
+        raise ApplicationError("The body must be a JSON object.", extra={"errors": [located("body", "Expected a JSON object.")]})
     if key not in data:
         return [data], False
     batch = data[key]
     if set(data) != {key}:
         extra = sorted(set(data) - {key})
-        raise ApplicationError("Unknown fields beside the batch.", extra={"errors": [_error(None, f, "Unknown field.") for f in extra]})
+        raise ApplicationError("Unknown fields beside the batch.", extra={"errors": [located(f, "Unknown field.") for f in extra]})
     if not isinstance(batch, list) or not batch:
-        raise ApplicationError(f"'{key}' must be a non-empty list.", extra={"errors": [_error(None, key, "Expected a non-empty list.")]})
+        raise ApplicationError(f"'{key}' must be a non-empty list.", extra={"errors": [located(key, "Expected a non-empty list.")]})
     if len(batch) > limit:
         raise ApplicationError(
             f"At most {limit} {key} per request.",
-            extra={"errors": [_error(None, key, f"Got {len(batch)}, the limit is {limit}.")]},
+            extra={"errors": [located(key, f"Got {len(batch)}, the limit is {limit}.")]},
         )
     return batch, True
-
-
-def _error(index, field, message):
-    return {"index": index, "field": field, "message": message}
 
 
 class EventIngestApi(APIView):
     required_scope = "ingest"
 
+    @extend_schema_serializer(component_name="EventInput")
     class InputSerializer(StrictSerializer):
         event_id = StrictUUIDField(required=False, allow_null=True)
         user_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
@@ -65,7 +67,9 @@ class EventIngestApi(APIView):
         value = StrictFloatField(required=False, allow_null=True)
         timestamp = PastDateTimeField(required=False)
         recommendation_id = StrictUUIDField(required=False, allow_null=True)
-        context = StrictJSONObjectField(required=False, allow_null=True)
+        context = StrictJSONObjectField(
+            required=False, allow_null=True, max_keys=CONTEXT_MAX_KEYS, max_bytes=CONTEXT_MAX_BYTES
+        )
 
         def validate(self, attrs):
             value = attrs.get("value")
@@ -77,6 +81,7 @@ class EventIngestApi(APIView):
                     raise serializers.ValidationError({"value": f"A rating must be between {low:g} and {high:g}."})
             return attrs
 
+    @extend_schema_serializer(component_name="EventIngestResult")
     class OutputSerializer(serializers.Serializer):
         accepted = serializers.IntegerField()
         duplicates = serializers.IntegerField()
@@ -96,7 +101,9 @@ class EventIngestApi(APIView):
 
 class _ItemFields(StrictSerializer):
     title = StrictCharField(max_length=500, required=False, allow_blank=True, default="")
-    categories = serializers.ListField(child=StrictCharField(max_length=100), required=False, default=list)
+    categories = serializers.ListField(
+        child=StrictCharField(max_length=CATEGORY_MAX_LENGTH), max_length=CATEGORIES_MAX, required=False, default=list
+    )
     attributes = StrictJSONObjectField(required=False, default=dict)
     active = StrictBooleanField(required=False, default=True)
 
@@ -104,9 +111,11 @@ class _ItemFields(StrictSerializer):
 class ItemBulkUpsertApi(APIView):
     required_scope = "ingest"
 
+    @extend_schema_serializer(component_name="ItemInput")
     class InputSerializer(_ItemFields):
         item_id = StrictCharField(max_length=EXTERNAL_ID_MAX)
 
+    @extend_schema_serializer(component_name="ItemUpsertResult")
     class OutputSerializer(serializers.Serializer):
         created = serializers.IntegerField()
         updated = serializers.IntegerField()
@@ -115,7 +124,7 @@ class ItemBulkUpsertApi(APIView):
     def post(self, request):
         batch, is_batch = _batch(request.data, "items", settings.MAX_EVENTS_PER_REQUEST)
         if not is_batch:
-            raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [_error(None, "items", "This field is required.")]})
+            raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [located("items", "This field is required.")]})
         valid = validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
         result = item_upsert(items=[ItemInput(**item) for item in valid])
         return Response(self.OutputSerializer(result).data)
@@ -124,13 +133,14 @@ class ItemBulkUpsertApi(APIView):
 class ItemUpsertApi(APIView):
     required_scope = "ingest"
 
+    @extend_schema_serializer(component_name="ItemFields")
     class InputSerializer(_ItemFields):
         pass
 
     @extend_schema(request=InputSerializer, responses={200: ItemBulkUpsertApi.OutputSerializer}, summary="Create or replace one item")
     def put(self, request, item_id: str):
         if len(item_id) > EXTERNAL_ID_MAX:
-            raise ApplicationError("item_id is too long.", extra={"errors": [_error(None, "item_id", f"At most {EXTERNAL_ID_MAX} characters.")]})
+            raise ApplicationError("item_id is too long.", extra={"errors": [located("item_id", f"At most {EXTERNAL_ID_MAX} characters.")]})
         valid = validated(self.InputSerializer, request.data, message="The item is invalid; nothing was written.")
         result = item_upsert(items=[ItemInput(item_id=item_id, **valid)])
         return Response(ItemBulkUpsertApi.OutputSerializer(result).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
@@ -182,10 +192,11 @@ class RecommendationsApi(APIView):
 
     class QuerySerializer(serializers.Serializer):
         k = serializers.IntegerField(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=10)
-        category = serializers.CharField(required=False, max_length=100)
+        category = serializers.CharField(required=False, max_length=CATEGORY_MAX_LENGTH)
         exclude = serializers.CharField(required=False, max_length=10_000)
         explain = serializers.BooleanField(required=False, default=False)
 
+    @extend_schema_serializer(component_name="Recommendations")
     class OutputSerializer(serializers.Serializer):  # the schema; the view builds the same fields directly
         user_id = serializers.CharField()
         model_version = serializers.IntegerField(allow_null=True)
