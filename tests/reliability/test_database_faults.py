@@ -110,8 +110,6 @@ def test_no_valid_batch_is_refused_with_a_4xx_during_the_outage(outage):
     assert outage.load.client_errors() == []
 
 
-@pytest.mark.xfail(strict=True, reason="recsite.errors.api_exception_handler returns None for a database error "
-                   "(django.db.OperationalError), so Django answers its HTML 'Server Error (500)' page")
 def test_the_outage_is_answered_in_json_never_with_an_html_page(outage):
     assert outage.load.html_answers() == []
 
