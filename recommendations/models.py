@@ -95,6 +95,8 @@ class ItemFeatures(models.Model):
     last_event_at = models.DateTimeField(null=True)
     log_pop_7d = models.FloatField(null=True)
     log_pop_30d = models.FloatField(null=True)
+    user_count = models.IntegerField(default=0, help_text="distinct users with an event on the item")
+    log_users_7d = models.FloatField(null=True, help_text="distinct users, decayed from each one's first event")
 
     class Meta:
         indexes = [models.Index(fields=["-log_pop_7d"], name="ix_itemfeatures_trending")]
