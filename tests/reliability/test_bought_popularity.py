@@ -4,6 +4,7 @@ only because an event named it is not served until the catalogue defines it."""
 import threading
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from django.db import connection, connections
 from django.test import override_settings
@@ -15,7 +16,9 @@ from recommendations.serving import deployed
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.features import item_state_from_row, online_features_rebuild
+from retraining.services.candidates import collaborative_fit
 from tests.recommendations.test_online_features import assert_online_equals_replay
+from tests.retraining.factories import DAY, START, RawEvent, dataset_with_events, event_log_from, learnable_dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -162,3 +165,18 @@ def test_the_distinct_user_popularity_decays_from_each_users_first_event():
     features.item_apply(state, features.Event(2, 7, "view", None, at), first_of_user=True)
     assert state.user_count == 2 and state.event_count == 3
     assert features.decayed_count(state.log_users_7d, at, 7.0) == pytest.approx(1.5)
+
+
+def test_repeating_an_event_does_not_move_an_item_up_the_trained_popularity():
+    """The most-popular baseline and the ranker's popularity candidates come from the trained model's
+    popularity: one user's 1,000 likes weigh what one like weighs."""
+    base = learnable_dataset(users=30, items=20, per_user=8)
+    like = RawEvent(user=0, item=19, event_type="like", value=None, ts=START + 130 * DAY)
+
+    def popularity(repeats: int) -> np.ndarray:
+        log = event_log_from(dataset_with_events(base, base.events + [like] * repeats))
+        return collaborative_fit(log=log, mask=np.ones(len(log), bool), n_modelled=20, l2=10.0).popularity
+
+    once, bought = popularity(1), popularity(1000)
+    np.testing.assert_array_equal(bought, once)
+    assert np.argmax(bought) != 19
