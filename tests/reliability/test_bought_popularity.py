@@ -3,6 +3,7 @@ only because an event named it is not served until the catalogue defines it."""
 
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,15 @@ def test_items_imported_from_movielens_or_generated_are_defined_and_served(serve
     movielens_import(path=tmp_path / "synthetic", progress=False)
     assert not Item.objects.filter(active=False).exists()
     assert len(cold_start_list(serve_client, k=10)) == 10
+
+
+@pytest.mark.parametrize("layout", ["movielens-100k-mini", "movielens-1m-mini", "movielens-csv-mini"])
+def test_a_movie_that_only_ratings_name_is_imported_inactive(layout):
+    from recommendations.services.movielens import movielens_import
+
+    movielens_import(path=Path(__file__).resolve().parent.parent / "fixtures" / layout, progress=False)
+    inactive = Item.objects.filter(active=False).values_list("external_id", flat=True)
+    assert list(inactive) == ["11"] and Item.objects.filter(active=True).count() == 10  # the movies file lists 1-10
 
 
 def test_the_distinct_user_popularity_decays_from_each_users_first_event():
