@@ -56,6 +56,8 @@ class Interaction(models.Model):
         indexes = [
             models.Index(fields=["user", "timestamp"]),
             models.Index(fields=["item", "timestamp"]),
+            # Ingestion asks whether an event is its user's first with the item (services.features.first_interactions)
+            models.Index(fields=["user", "item"], name="ix_interaction_user_item"),
             models.Index(fields=["timestamp"]),
             models.Index(fields=["recommendation_id"], condition=Q(recommendation_id__isnull=False), name="ix_rec_id"),
         ]

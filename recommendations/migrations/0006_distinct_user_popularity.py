@@ -40,5 +40,9 @@ class Migration(migrations.Migration):
             name="user_count",
             field=models.IntegerField(default=0, help_text="distinct users with an event on the item"),
         ),
+        migrations.AddIndex(
+            model_name="interaction",
+            index=models.Index(fields=["user", "item"], name="ix_interaction_user_item"),
+        ),
         migrations.RunPython(distinct_users_backfill, migrations.RunPython.noop),
     ]
