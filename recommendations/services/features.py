@@ -7,8 +7,13 @@ request issued after the 201 sees them (0 s lag).
 Contention: a hot item must not serialize ingestion. Item rows are updated with one additive
 `INSERT ... ON CONFLICT DO UPDATE` for the whole batch (deltas pre-aggregated per item, rows in id order),
 run as the last statement before commit, so a hot row is locked for one statement plus the commit.
-User rows are read-modify-written under SELECT ... FOR UPDATE in id order; they are not contended
-(a user's events come from that user's sessions). bench/ingest.py measures both cases.
+User rows are read-modify-written under SELECT ... FOR UPDATE in id order, locked before the events are
+stored; they are not contended (a user's events come from that user's sessions). bench/ingest.py measures
+both cases.
+
+Distinct users: an item counts a user once, at the user's first stored event with it (features.ItemState).
+first_interactions finds those events with one index probe each; the user's row lock makes the answer
+exact when two batches of the same user and item race (tests/reliability/test_bought_popularity.py).
 """
 
 from collections import defaultdict

@@ -127,7 +127,8 @@ def test_concurrent_batches_of_one_user_on_one_item_count_the_user_once():
 
 def test_an_item_named_only_by_an_event_is_not_served_until_the_catalogue_defines_it(
         catalogue, ingest_client, serve_client):
-    post_events(ingest_client, [view(f"fan-{n}", "undefined") for n in range(10)] + [view("fan-0", "i1"), view("fan-1", "i2")])
+    fans = [view(f"fan-{n}", "undefined") for n in range(10)]
+    post_events(ingest_client, fans + [view("fan-0", "i1"), view("fan-1", "i2")])
     stored = Item.objects.get(external_id="undefined")
     assert not stored.active and distinct_users("undefined") == 10  # kept: no acknowledged event is lost
     assert "undefined" not in {item["item_id"] for item in cold_start_list(serve_client)}
@@ -190,3 +191,19 @@ def test_repeating_an_event_does_not_move_an_item_up_the_trained_popularity():
     once, bought = popularity(1), popularity(1000)
     np.testing.assert_array_equal(bought, once)
     assert np.argmax(bought) != 19
+
+
+def test_the_migration_backfills_the_distinct_users_that_ingestion_counts(catalogue):
+    import importlib
+
+    from django.apps import apps
+
+    for n in range(40):
+        event_ingest(events=[EventInput(f"u{n % 6}", f"i{n % 4}", "view", timezone.now() - timedelta(hours=n))] * 3)
+    live = sorted(ItemFeatures.objects.values_list("item_id", "user_count", "log_users_7d"))
+    ItemFeatures.objects.update(user_count=0, log_users_7d=None)
+    migration = importlib.import_module("recommendations.migrations.0006_distinct_user_popularity")
+    migration.distinct_users_backfill(apps, None)
+    backfilled = sorted(ItemFeatures.objects.values_list("item_id", "user_count", "log_users_7d"))
+    assert [row[:2] for row in backfilled] == [row[:2] for row in live] and live[0][1] == 3
+    assert [row[2] for row in backfilled] == pytest.approx([row[2] for row in live], rel=1e-12)
