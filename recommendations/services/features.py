@@ -119,8 +119,8 @@ def online_features_update(*, events: list[features.Event], arrivals: list[featu
 
 
 def _users_update(events: list[features.Event], item_categories: dict[int, list[str]],
-                  rows: dict[int, UserFeatures]) -> None:
-    rows = {event.user_id: rows[event.user_id] for event in events}
+                  locked: dict[int, UserFeatures]) -> None:
+    rows = {event.user_id: locked[event.user_id] for event in events}  # users with only duplicates are left alone
     states = {uid: user_state_from_row(row) for uid, row in rows.items()}
     for event in events:
         features.user_apply(states[event.user_id], event, item_categories.get(event.item_id, ()))
@@ -141,8 +141,10 @@ def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
     """Those of these stored events that are the first (lowest key) of their user with their item.
 
     Exact under concurrency when the users' rows were locked (user_features_lock) before the events were
-    stored: then every other event of these users is committed, and visible here, or waits for this
-    transaction. The cost is a scan of the users' own events (the (user, timestamp) index)."""
+    stored: then every other event of these users is committed, and visible here (read committed: each
+    statement sees what was committed before it), or waits for this transaction. (The MovieLens import writes
+    events without these locks and then rebuilds the features of what it touched.) One probe of the
+    (user, item) index per event."""
     if not event_pks:
         return []
     with connection.cursor() as cursor:
