@@ -73,13 +73,21 @@ class ItemState:
     last_event_at: float | None = None
     log_pop_7d: float | None = None
     log_pop_30d: float | None = None
+    # Distinct users: each (user, item) pair counts once, at its first stored event (the lowest Interaction
+    # key), so that one user repeating events cannot buy popularity. Online, that event is the one that
+    # finds no earlier event of the pair (services.features.first_interactions).
+    user_count: int = 0
+    log_users_7d: float | None = None  # decayed distinct users, a log-mass like log_pop_7d
 
 
-def item_delta(events: Iterable[Event]) -> ItemState:
-    """The contribution of some events of one item, as a state to merge (see item_merge)."""
+def item_delta(events: Iterable[Event], arrivals: Iterable[Event] = ()) -> ItemState:
+    """The contribution of some events of one item, as a state to merge (see item_merge); `arrivals` are
+    those of them that are their user's first event with the item."""
     delta = ItemState()
     for event in events:
         item_merge(delta, _single_event_item_state(event))
+    for event in arrivals:
+        item_merge(delta, _arrival_item_state(event))
     return delta
 
 
@@ -97,6 +105,10 @@ def _single_event_item_state(event: Event) -> ItemState:
     )
 
 
+def _arrival_item_state(event: Event) -> ItemState:
+    return ItemState(user_count=1, log_users_7d=log_decay_mass(event.ts, POPULARITY_HALF_LIVES_DAYS["7d"]))
+
+
 def item_merge(state: ItemState, delta: ItemState) -> ItemState:
     """Fold `delta` into `state` in place. The SQL upsert in services.features does the same arithmetic."""
     state.event_count += delta.event_count
@@ -107,11 +119,15 @@ def item_merge(state: ItemState, delta: ItemState) -> ItemState:
     state.last_event_at = _max(state.last_event_at, delta.last_event_at)
     state.log_pop_7d = log_add(state.log_pop_7d, delta.log_pop_7d)
     state.log_pop_30d = log_add(state.log_pop_30d, delta.log_pop_30d)
+    state.user_count += delta.user_count
+    state.log_users_7d = log_add(state.log_users_7d, delta.log_users_7d)
     return state
 
 
-def item_apply(state: ItemState, event: Event) -> ItemState:
-    return item_merge(state, _single_event_item_state(event))
+def item_apply(state: ItemState, event: Event, *, first_of_user: bool) -> ItemState:
+    """Fold one event into `state`; `first_of_user`: it is its user's first stored event with the item."""
+    item_merge(state, _single_event_item_state(event))
+    return item_merge(state, _arrival_item_state(event)) if first_of_user else state
 
 
 ITEM_FEATURES = [
@@ -284,7 +300,8 @@ def item_features_batch(columns: "np.ndarray", at: float) -> "np.ndarray":
     """item_features for each row of `columns` (ITEM_STATE_COLUMNS), as an [n, len(ITEM_FEATURES)] array."""
     import numpy as np
 
-    events, positives, ratings, rating_sum, first, last, pop7, pop30 = columns.T
+    # The distinct-user columns after these are not ranker features (the popular fallback orders by them).
+    events, positives, ratings, rating_sum, first, last, pop7, pop30, *_ = columns.T
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.column_stack(
             [

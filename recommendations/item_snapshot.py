@@ -33,7 +33,8 @@ _STATE_FIELDS = [f"features__{name}" for name in features.ITEM_STATE_COLUMNS]
 _TIME_COLUMNS = {features.ITEM_STATE_COLUMNS.index(name) for name in ("first_event_at", "last_event_at")}
 _EMPTY_STATE = features.item_state_row(features.ItemState())
 EVENT_COUNT = features.ITEM_STATE_COLUMNS.index("event_count")
-LOG_POP_7D = features.ITEM_STATE_COLUMNS.index("log_pop_7d")
+USER_COUNT = features.ITEM_STATE_COLUMNS.index("user_count")
+LOG_USERS_7D = features.ITEM_STATE_COLUMNS.index("log_users_7d")
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ class ItemSnapshot:
         return (self.categories[rows] == index).any(axis=1)
 
     def trend_score(self, row: int, at: float) -> float:
-        """The popular fallback's score: the decayed 7-day event count at `at`."""
-        log_pop = float(self.columns[row, LOG_POP_7D])
+        """The popular fallback's score: the distinct users at `at`, decayed with a 7-day half-life."""
+        log_pop = float(self.columns[row, LOG_USERS_7D])
         half_life = features.POPULARITY_HALF_LIVES_DAYS["7d"]
         return features.decayed_count(None if math.isnan(log_pop) else log_pop, at, half_life)
 
@@ -129,8 +130,10 @@ def _state_columns(states: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
 
 def _trending_order(pks: np.ndarray, active: np.ndarray, columns: np.ndarray, *,
                     has_features: np.ndarray) -> np.ndarray:
-    """Decayed 7-day popularity first (items without it last), then all-time events, then key."""
+    """Decayed distinct users first (items without any last), then all-time distinct users, then all-time
+    events, then key. Counting users, not events, so that one client repeating events cannot lead the list."""
     candidates = np.flatnonzero(active & has_features)
-    log_pop = columns[candidates, LOG_POP_7D]
-    popularity_key = np.where(np.isnan(log_pop), np.inf, -log_pop)
-    return candidates[np.lexsort((pks[candidates], -columns[candidates, EVENT_COUNT], popularity_key))]
+    log_users = columns[candidates, LOG_USERS_7D]
+    popularity_key = np.where(np.isnan(log_users), np.inf, -log_users)
+    by_events, by_users = -columns[candidates, EVENT_COUNT], -columns[candidates, USER_COUNT]
+    return candidates[np.lexsort((pks[candidates], by_events, by_users, popularity_key))]

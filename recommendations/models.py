@@ -56,6 +56,8 @@ class Interaction(models.Model):
         indexes = [
             models.Index(fields=["user", "timestamp"]),
             models.Index(fields=["item", "timestamp"]),
+            # Ingestion asks whether an event is its user's first with the item (services.features.first_interactions)
+            models.Index(fields=["user", "item"], name="ix_interaction_user_item"),
             models.Index(fields=["timestamp"]),
             models.Index(fields=["recommendation_id"], condition=Q(recommendation_id__isnull=False), name="ix_rec_id"),
         ]
@@ -95,6 +97,8 @@ class ItemFeatures(models.Model):
     last_event_at = models.DateTimeField(null=True)
     log_pop_7d = models.FloatField(null=True)
     log_pop_30d = models.FloatField(null=True)
+    user_count = models.IntegerField(default=0, help_text="distinct users with an event on the item")
+    log_users_7d = models.FloatField(null=True, help_text="distinct users, decayed from each one's first event")
 
     class Meta:
         indexes = [models.Index(fields=["-log_pop_7d"], name="ix_itemfeatures_trending")]

@@ -64,7 +64,7 @@ class CollaborativeModel:
     active: np.ndarray  # bool [N]
     modelled: np.ndarray  # int32 [M]: EASE position -> catalogue code
     weights: np.ndarray  # float32 [M, M]: B, score_i = sum_j x_j B[j, i]
-    popularity: np.ndarray  # float64 [N]: positives, ties broken by events, in the fitting window
+    popularity: np.ndarray  # float64 [N]: users with a positive, ties broken by users, in the fitting window
 
     def __post_init__(self) -> None:
         self.position = np.full(len(self.item_pks), -1, dtype=np.int64)

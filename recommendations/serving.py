@@ -473,7 +473,7 @@ def _sources(flags: int) -> list[str]:
 
 def _popular(*, snapshot: ItemSnapshot, blocked: set[int], category: str | None, k: int,
              recheck_active: bool = True) -> list[dict]:
-    """Trending first: decayed 7-day popularity (its order does not depend on the clock), then all-time."""
+    """Trending first: decayed 7-day distinct users (its order does not depend on the clock), then all-time."""
     rows = snapshot.trending[~np.isin(snapshot.pks[snapshot.trending], list(blocked))]
     if category:
         rows = rows[snapshot.in_category(rows, category)]

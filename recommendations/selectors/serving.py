@@ -80,11 +80,11 @@ def _user_state(values: dict) -> features.UserState:
     for name in _JSON_FIELDS:
         values[name] = json.loads(values[name]) if isinstance(values[name], str) else values[name]
     for name in _TIME_FIELDS:
-        values[name] = _timestamp(values[name])
+        values[name] = cursor_timestamp(values[name])
     return features.UserState(**values)
 
 
-def _timestamp(moment: datetime | None) -> float | None:
+def cursor_timestamp(moment: datetime | None) -> float | None:
     """UNIX seconds of a datetime column read by a cursor: aware on PostgreSQL, naive UTC on SQLite."""
     if moment is None:
         return None

@@ -12,7 +12,7 @@ from django.utils import timezone
 from recommendations import features
 from recommendations.models import EndUser, Interaction, Item
 from recommendations.process_cache import ProcessCache
-from recommendations.services.features import online_features_update
+from recommendations.services.features import first_interactions, online_features_update, user_features_lock
 from recsite.errors import ApplicationError, ConflictError
 
 
@@ -69,14 +69,18 @@ def _is_retryable(exc: Exception) -> bool:
 def _ingest(events: list[EventInput], strict: bool) -> IngestResult:
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
-    fresh = _interactions_insert(events, users, items)
+    # Locked before the events are stored, so that first_interactions sees a concurrent batch of the same user.
+    user_rows = user_features_lock(user_ids=users.values())
+    fresh, fresh_pks = _interactions_insert(events, users, items)
     if fresh:
         online_features_update(
             events=[
                 features.Event(users[e.user_id], items[e.item_id][0], e.event_type, e.value, e.timestamp.timestamp())
                 for e in fresh
             ],
+            arrivals=first_interactions(event_pks=fresh_pks),
             item_categories={pk: categories for pk, categories in items.values()},
+            user_rows=user_rows,
         )
     return IngestResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
 
@@ -86,14 +90,14 @@ _INSERTED_COLUMNS = (
 )
 _INTERACTION_INSERT_SQL = (
     f"INSERT INTO {Interaction._meta.db_table} ({', '.join(_INSERTED_COLUMNS)}) VALUES {{values}} "
-    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING RETURNING event_id"
+    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING RETURNING id, event_id"
 )
 
 
-def _interactions_insert(events, users, items) -> list[EventInput]:
+def _interactions_insert(events, users, items) -> tuple[list[EventInput], list[int]]:
     """Insert the events in one statement that skips stored (or repeated) event_ids; returns the events
-    written. ON CONFLICT DO NOTHING waits for a concurrent writer of the same event_id and then skips it,
-    so duplicates need neither a SELECT beforehand nor a retry."""
+    written and their keys. ON CONFLICT DO NOTHING waits for a concurrent writer of the same event_id and
+    then skips it, so duplicates need neither a SELECT beforehand nor a retry."""
     fields = [Interaction._meta.get_field(name) for name in ("event_id", "recommendation_id", "context")]
     event_id_field, recommendation_field, context_field = fields
     adapt_time = connection.ops.adapt_datetimefield_value
@@ -114,7 +118,8 @@ def _interactions_insert(events, users, items) -> list[EventInput]:
     row = "(" + ", ".join(["%s"] * len(_INSERTED_COLUMNS)) + ")"
     with connection.cursor() as cursor:
         cursor.execute(_INTERACTION_INSERT_SQL.format(values=", ".join([row] * len(events))), params)
-        written = {event_id_field.to_python(event_id) for (event_id,) in cursor.fetchall()}
+        returned = cursor.fetchall()
+    written = {event_id_field.to_python(event_id) for _, event_id in returned}
     fresh = []
     for event in events:
         if event.event_id is None:
@@ -122,7 +127,7 @@ def _interactions_insert(events, users, items) -> list[EventInput]:
         elif event.event_id in written:
             written.discard(event.event_id)  # a repeat later in the batch is the duplicate
             fresh.append(event)
-    return fresh
+    return fresh, [pk for pk, _ in returned]
 
 
 known_users = ProcessCache(max_entries=100_000)
@@ -143,7 +148,7 @@ def _read_through(cache: ProcessCache, keys: set[str], read: Callable[[set[str]]
 
 
 def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
-    """(pk, categories) of each event's item, creating unknown items unless the catalog is strict. Cached
+    """(pk, categories) of each event's item, creating unknown items (inactive) unless the catalog is strict. Cached
     categories may be INGEST_CACHE_SECONDS old: a change of categories reaches features within that time."""
     wanted = {event.item_id for event in events}
     return _read_through(known_items, wanted, lambda unread: _items_read(unread, events, strict))
@@ -160,7 +165,11 @@ def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dic
         ]
         raise ApplicationError("Some events refer to unknown items.", extra={"errors": errors}, code="unknown_item")
     if missing:
-        Item.objects.bulk_create([Item(external_id=external_id) for external_id in sorted(missing)], ignore_conflicts=True)
+        # Stored so that no event is lost, but inactive, so never served, until the catalogue defines the item
+        # (item_upsert, the admin or an import): an event must not put an item in front of users.
+        Item.objects.bulk_create(
+            [Item(external_id=external_id, active=False) for external_id in sorted(missing)], ignore_conflicts=True
+        )
         found.update(_item_lookup(missing))
     return found
 

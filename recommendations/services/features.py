@@ -7,18 +7,25 @@ request issued after the 201 sees them (0 s lag).
 Contention: a hot item must not serialize ingestion. Item rows are updated with one additive
 `INSERT ... ON CONFLICT DO UPDATE` for the whole batch (deltas pre-aggregated per item, rows in id order),
 run as the last statement before commit, so a hot row is locked for one statement plus the commit.
-User rows are read-modify-written under SELECT ... FOR UPDATE in id order; they are not contended
-(a user's events come from that user's sessions). bench/ingest.py measures both cases.
+User rows are read-modify-written under SELECT ... FOR UPDATE in id order, locked before the events are
+stored; they are not contended (a user's events come from that user's sessions). bench/ingest.py measures
+both cases.
+
+Distinct users: an item counts a user once, at the user's first stored event with it (features.ItemState).
+first_interactions finds those events with one index probe each; the user's row lock makes the answer
+exact when two batches of the same user and item race (tests/reliability/test_bought_popularity.py).
 """
 
 from collections import defaultdict
 from datetime import datetime, timezone
+from typing import Iterable
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Min, Q
 
 from recommendations import features
 from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
+from recommendations.selectors.serving import cursor_timestamp
 
 _ITEM_TABLE = ItemFeatures._meta.db_table
 
@@ -69,6 +76,8 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
         last_event_at=row.last_event_at and to_ts(row.last_event_at),
         log_pop_7d=row.log_pop_7d,
         log_pop_30d=row.log_pop_30d,
+        user_count=row.user_count,
+        log_users_7d=row.log_users_7d,
     )
 
 
@@ -86,25 +95,63 @@ _USER_FIELDS = [
 ]
 
 
-def online_features_update(*, events: list[features.Event], item_categories: dict[int, list[str]]) -> None:
-    """Fold `events` (already written, in the caller's transaction) into the online feature rows."""
-    _users_update(events, item_categories)
-    _items_update(events)
+def user_features_lock(*, user_ids: Iterable[int]) -> dict[int, UserFeatures]:
+    """The feature rows of these users, created when missing, locked in id order until the transaction ends.
 
-
-def _users_update(events: list[features.Event], item_categories: dict[int, list[str]]) -> None:
-    user_ids = sorted({event.user_id for event in events})
-    rows = _user_rows_locked(user_ids)
-    missing = [uid for uid in user_ids if uid not in rows]
+    Ingestion takes these locks before it stores the events, so that a user's concurrent batches store and
+    fold one after the other: the later one sees the earlier one's events in first_interactions."""
+    ids = sorted(set(user_ids))
+    rows = _user_rows_locked(ids)
+    missing = [uid for uid in ids if uid not in rows]
     if missing:  # first events of these users
         UserFeatures.objects.bulk_create([UserFeatures(user_id=uid) for uid in missing], ignore_conflicts=True)
         rows.update(_user_rows_locked(missing))
+    return rows
+
+
+def online_features_update(*, events: list[features.Event], arrivals: list[features.Event],
+                           item_categories: dict[int, list[str]], user_rows: dict[int, UserFeatures]) -> None:
+    """Fold `events` (already written, in the caller's transaction) into the online feature rows.
+    `arrivals`: those that are their user's first with the item (first_interactions); `user_rows`: the
+    rows user_features_lock locked, one per user of `events`."""
+    _users_update(events, item_categories, user_rows)
+    _items_update(events, arrivals)
+
+
+def _users_update(events: list[features.Event], item_categories: dict[int, list[str]],
+                  locked: dict[int, UserFeatures]) -> None:
+    rows = {event.user_id: locked[event.user_id] for event in events}  # users with only duplicates are left alone
     states = {uid: user_state_from_row(row) for uid, row in rows.items()}
     for event in events:
         features.user_apply(states[event.user_id], event, item_categories.get(event.item_id, ()))
     for uid, row in rows.items():
         _user_state_to_row(states[uid], row)
     _user_rows_write(list(rows.values()))
+
+
+_INTERACTION_TABLE = Interaction._meta.db_table
+_FIRST_SQL = (
+    f"SELECT f.user_id, f.item_id, f.event_type, f.value, f.timestamp FROM {_INTERACTION_TABLE} f "
+    f"WHERE f.id IN ({{keys}}) AND NOT EXISTS (SELECT 1 FROM {_INTERACTION_TABLE} o "
+    "WHERE o.user_id = f.user_id AND o.item_id = f.item_id AND o.id < f.id)"
+)
+
+
+def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
+    """Those of these stored events that are the first (lowest key) of their user with their item.
+
+    Exact under concurrency when the users' rows were locked (user_features_lock) before the events were
+    stored: then every other event of these users is committed, and visible here (read committed: each
+    statement sees what was committed before it), or waits for this transaction. (The MovieLens import writes
+    events without these locks and then rebuilds the features of what it touched.) One probe of the
+    (user, item) index per event."""
+    if not event_pks:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_FIRST_SQL.format(keys=", ".join(["%s"] * len(event_pks))), event_pks)
+        rows = cursor.fetchall()
+    return [features.Event(user_id, item_id, event_type, value, cursor_timestamp(timestamp))
+            for user_id, item_id, event_type, value, timestamp in rows]
 
 
 # The feature rows of one request are read and written in raw SQL: compiling the ORM's queries cost more
@@ -157,11 +204,14 @@ def _user_rows_write(rows: list[UserFeatures]) -> None:
         )
 
 
-def _items_update(events: list[features.Event]) -> None:
+def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:
     by_item: dict[int, list[features.Event]] = defaultdict(list)
     for event in events:
         by_item[event.item_id].append(event)
-    deltas = [(item_id, features.item_delta(by_item[item_id])) for item_id in sorted(by_item)]
+    arrivals_by_item: dict[int, list[features.Event]] = defaultdict(list)
+    for event in arrivals:
+        arrivals_by_item[event.item_id].append(event)
+    deltas = [(item, features.item_delta(by_item[item], arrivals_by_item[item])) for item in sorted(by_item)]
     adapt = connection.ops.adapt_datetimefield_value
     params: list = []
     for item_id, delta in deltas:
@@ -175,8 +225,10 @@ def _items_update(events: list[features.Event]) -> None:
             adapt(from_ts(delta.last_event_at)),
             delta.log_pop_7d,
             delta.log_pop_30d,
+            delta.user_count,
+            delta.log_users_7d,
         ]
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(deltas))
+    values = ", ".join(["(" + ", ".join(["%s"] * 11) + ")"] * len(deltas))
     with connection.cursor() as cursor:
         cursor.execute(_ITEM_UPSERT_SQL.format(values=values), params)
 
@@ -187,7 +239,7 @@ def _log_add_sql(column: str) -> str:
     # Beyond a gap of 700 the smaller term is below double precision (and EXP would underflow on
     # PostgreSQL): the larger one is the sum, as math.exp's 0.0 makes it in features.log_add.
     return (
-        f"{column} = CASE WHEN {old} IS NULL THEN {new} "
+        f"{column} = CASE WHEN {old} IS NULL THEN {new} WHEN {new} IS NULL THEN {old} "
         f"WHEN {old} >= {new} + 700 THEN {old} WHEN {new} >= {old} + 700 THEN {new} "
         f"WHEN {old} >= {new} THEN {old} + LN(1 + EXP({new} - {old})) "
         f"ELSE {new} + LN(1 + EXP({old} - {new})) END"
@@ -201,12 +253,13 @@ def _extreme_sql(column: str, comparison: str) -> str:
 
 _ITEM_UPSERT_SQL = (
     f"INSERT INTO {_ITEM_TABLE} (item_id, event_count, positive_count, rating_count, rating_sum, "
-    "first_event_at, last_event_at, log_pop_7d, log_pop_30d) VALUES {values} "
+    "first_event_at, last_event_at, log_pop_7d, log_pop_30d, user_count, log_users_7d) VALUES {values} "
     "ON CONFLICT (item_id) DO UPDATE SET "
     + ", ".join(
-        [f"{c} = {_ITEM_TABLE}.{c} + excluded.{c}" for c in ("event_count", "positive_count", "rating_count", "rating_sum")]
+        [f"{c} = {_ITEM_TABLE}.{c} + excluded.{c}"
+         for c in ("event_count", "positive_count", "rating_count", "rating_sum", "user_count")]
         + [_extreme_sql("first_event_at", "<"), _extreme_sql("last_event_at", ">")]
-        + [_log_add_sql("log_pop_7d"), _log_add_sql("log_pop_30d")]
+        + [_log_add_sql(c) for c in ("log_pop_7d", "log_pop_30d", "log_users_7d")]
     )
 )
 
@@ -230,13 +283,17 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         events = Interaction.objects.all()
         if len(users) + len(items) <= _IN_LIST_LIMIT and (user_ids is not None or item_ids is not None):
             events = events.filter(Q(user_id__in=users) | Q(item_id__in=items))
-        events = events.order_by("timestamp", "pk").values_list("user_id", "item_id", "event_type", "value", "timestamp")
-        for user_id, item_id, event_type, value, timestamp in events.iterator(chunk_size=20000):
+        # Each (user, item) pair's first (lowest key) event: the one that counts its user (features.ItemState).
+        first = set(events.order_by().values("user_id", "item_id").annotate(first=Min("pk"))
+                    .values_list("first", flat=True))
+        events = events.order_by("timestamp", "pk").values_list(
+            "pk", "user_id", "item_id", "event_type", "value", "timestamp")
+        for pk, user_id, item_id, event_type, value, timestamp in events.iterator(chunk_size=20000):
             event = features.Event(user_id, item_id, event_type, value, timestamp.timestamp())
             if user_id in user_states:
                 features.user_apply(user_states[user_id], event, categories.get(item_id) or ())
             if item_id in item_states:
-                features.item_apply(item_states[item_id], event)
+                features.item_apply(item_states[item_id], event, first_of_user=pk in first)
         user_rows = [UserFeatures(user_id=u) for u in users]
         for row in user_rows:
             _user_state_to_row(user_states[row.user_id], row)

@@ -299,22 +299,26 @@ def _ratings_import(
         for chunk in _chunks(ratings, CHUNK_SIZE):
             with transaction.atomic():
                 report.users_created += _pks_resolve(EndUser, {r.user_id for r in chunk}, users)
-                report.items_created += _pks_resolve(Item, {r.movie_id for r in chunk}, items)
+                # A movie that only ratings name is stored inactive, as ingestion stores an item only events
+                # name: not served until the catalogue defines it.
+                report.items_created += _pks_resolve(Item, {r.movie_id for r in chunk}, items, active=False)
                 imported = _ratings_store(chunk, users, items)
             report.events_imported += imported
             report.duplicates_skipped += len(chunk) - imported
     return users, items
 
 
-def _pks_resolve(model: type[models.Model], external_ids: set[str], known: dict[str, int]) -> int:
-    """Add the primary keys of `external_ids` to `known`, creating bare rows for unknown ids; returns how many."""
+def _pks_resolve(model: type[models.Model], external_ids: set[str], known: dict[str, int], **bare) -> int:
+    """Add the primary keys of `external_ids` to `known`, creating bare rows (with the fields `bare`) for unknown
+    ids; returns how many."""
     wanted = external_ids - known.keys()
     if not wanted:
         return 0
     known.update(model.objects.filter(external_id__in=wanted).values_list("external_id", "pk"))
     missing = wanted - known.keys()
     if missing:
-        model.objects.bulk_create([model(external_id=external_id) for external_id in missing], ignore_conflicts=True)
+        model.objects.bulk_create([model(external_id=external_id, **bare) for external_id in missing],
+                                  ignore_conflicts=True)
         known.update(model.objects.filter(external_id__in=missing).values_list("external_id", "pk"))
     return len(missing)
 

@@ -16,14 +16,18 @@ from retraining.services.dataset import EventLog
 
 def collaborative_fit(*, log: EventLog, mask: np.ndarray, n_modelled: int, l2: float) -> CollaborativeModel:
     """EASE (B = I - P / diag(P), P = (X'X + l2 I)^-1, zero diagonal) on the binary user x item matrix of
-    the events in `mask`, restricted to the `n_modelled` active items with the most events."""
+    the events in `mask`, restricted to the `n_modelled` active items with the most users.
+
+    Popularity and the modelled items count distinct users, not events: a user repeating events on an item
+    counts once, so that one client cannot make an item the most popular (the most-popular baseline and the
+    popularity candidates)."""
     n_items = len(log.item_pks)
     users, items = log.user[mask], log.item[mask]
-    events = np.bincount(items, minlength=n_items).astype(np.float64)
-    positives = np.bincount(items, weights=log.positive()[mask], minlength=n_items)
-    popularity = positives + events / (events.max(initial=0.0) + 1.0)
-    eligible = np.flatnonzero(log.item_active & (events > 0))
-    modelled = eligible[np.lexsort((eligible, -events[eligible]))[:n_modelled]].astype(np.int32)
+    reach = _distinct_users(users, items, n_items)
+    positive = log.positive()[mask]
+    popularity = _distinct_users(users[positive], items[positive], n_items) + reach / (reach.max(initial=0.0) + 1.0)
+    eligible = np.flatnonzero(log.item_active & (reach > 0))
+    modelled = eligible[np.lexsort((eligible, -reach[eligible]))[:n_modelled]].astype(np.int32)
     return CollaborativeModel(
         item_pks=log.item_pks,
         active=log.item_active,
@@ -31,6 +35,12 @@ def collaborative_fit(*, log: EventLog, mask: np.ndarray, n_modelled: int, l2: f
         weights=_ease_weights(users, items, modelled, n_items, len(log.user_pks), l2),
         popularity=popularity,
     )
+
+
+def _distinct_users(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """How many distinct users each item has among these (user, item) events."""
+    pairs = np.unique(users.astype(np.int64) * n_items + items)
+    return np.bincount(pairs % n_items, minlength=n_items).astype(np.float64)
 
 
 def _ease_weights(users, items, modelled, n_items, n_users, l2) -> np.ndarray:

@@ -49,6 +49,17 @@ class EventLog:
         liked = np.isin(self.event_type, [_TYPE_CODE["like"], _TYPE_CODE["purchase"]])
         return (rating & (self.value >= features.POSITIVE_RATING)) | liked
 
+    def first_of_pair(self) -> np.ndarray:
+        """Whether each event is the first (lowest key) of its user with its item: the one that counts the
+        user in the item's distinct users (features.ItemState)."""
+        pair = self.user.astype(np.int64) * len(self.item_pks) + self.item
+        order = np.lexsort((self.event_pk, pair))
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = pair[order][1:] != pair[order][:-1]
+        first = np.zeros(len(order), dtype=bool)
+        first[order[starts]] = True
+        return first
+
     def is_rating(self) -> np.ndarray:
         return (self.event_type == _TYPE_CODE["rating"]) & ~np.isnan(self.value)
 
@@ -169,7 +180,9 @@ class StateReplay:
     def run(self, query_times: np.ndarray, on_query: Callable[[int], None]) -> None:
         order = np.argsort(query_times, kind="stable")
         bounds = np.searchsorted(self.log.ts, query_times[order], side="left")
-        user, item, value, ts = (a.tolist() for a in (self.log.user, self.log.item, self.log.value, self.log.ts))
+        user, item, value, ts, first = (
+            a.tolist() for a in (self.log.user, self.log.item, self.log.value, self.log.ts, self.log.first_of_pair())
+        )
         kind = [EVENT_TYPES[k] for k in self.log.event_type.tolist()]
         item_pks, categories = self.log.item_pks.tolist(), self.log.item_categories
         user_states, item_states, changed = self.user_states, self.item_states, self._changed
@@ -186,7 +199,7 @@ class StateReplay:
                     state = user_states.setdefault(u, features.UserState())
                     features.user_apply(state, event, categories[it])
                     del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
-                features.item_apply(item_states.setdefault(it, features.ItemState()), event)
+                features.item_apply(item_states.setdefault(it, features.ItemState()), event, first_of_user=first[i])
                 changed.add(it)
             position = max(position, bound)
             on_query(query)

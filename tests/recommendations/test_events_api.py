@@ -199,9 +199,9 @@ def test_an_unknown_item_is_refused_when_the_catalog_is_strict(ingest_client):
     assert nothing_written()
 
 
-def test_an_unknown_item_is_created_when_the_catalog_is_open(ingest_client):
+def test_an_unknown_item_is_stored_inactive_when_the_catalog_is_open(ingest_client):
     assert post(ingest_client, event(item_id="brand-new")).status_code == 201
-    assert Item.objects.filter(external_id="brand-new", active=True).exists()
+    assert Item.objects.filter(external_id="brand-new", active=False).exists()
 
 
 def test_events_are_visible_in_online_features_right_after_the_response(ingest_client):

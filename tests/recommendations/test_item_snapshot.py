@@ -26,7 +26,8 @@ def test_the_snapshot_holds_every_item_with_its_online_feature_row(catalogue):
         expected = features.item_state_row(item_state_from_row(row))
         np.testing.assert_array_equal(snapshot.columns[position], np.array(expected))
     fresh = snapshot.rows_of(np.array([Item.objects.get(external_id="no-events-yet").pk]))
-    assert np.isnan(snapshot.columns[fresh[0], 4:]).all() and snapshot.in_category(fresh, "genre-1").all()
+    np.testing.assert_array_equal(snapshot.columns[fresh[0]], features.item_state_row(features.ItemState()))
+    assert snapshot.in_category(fresh, "genre-1").all()
 
 
 def test_an_item_created_after_the_snapshot_is_not_servable_from_it(catalogue):
@@ -36,11 +37,11 @@ def test_an_item_created_after_the_snapshot_is_not_servable_from_it(catalogue):
     assert not snapshot.servable(snapshot.rows_of(np.array([late.pk]))).any()
 
 
-def test_the_trending_order_is_decayed_popularity_then_events_and_only_active_items(catalogue):
+def test_the_trending_order_is_decayed_distinct_users_then_users_then_events_and_only_active_items(catalogue):
     Item.objects.filter(pk=Item.objects.order_by("pk").first().pk).update(active=False)
     snapshot = item_snapshot.item_snapshot_build()
-    expected = ItemFeatures.objects.filter(item__active=True).order_by(F("log_pop_7d").desc(nulls_last=True),
-                                                                        "-event_count", "item_id")
+    expected = ItemFeatures.objects.filter(item__active=True).order_by(F("log_users_7d").desc(nulls_last=True),
+                                                                        "-user_count", "-event_count", "item_id")
     assert snapshot.pks[snapshot.trending].tolist() == list(expected.values_list("item_id", flat=True))
 
 

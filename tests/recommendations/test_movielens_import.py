@@ -14,6 +14,7 @@ from recommendations.services import movielens
 from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.features import item_state_from_row, user_state_from_row
 from recommendations.services.movielens import movielens_import
+from tests.recommendations.test_online_features import first_event_of_each_pair
 
 pytestmark = pytest.mark.django_db
 
@@ -40,12 +41,13 @@ def _replayed_states() -> tuple[dict[int, features.UserState], dict[int, feature
     users: dict[int, features.UserState] = defaultdict(features.UserState)
     items: dict[int, features.ItemState] = defaultdict(features.ItemState)
     events = Interaction.objects.order_by("timestamp", "pk").values_list(
-        "user_id", "item_id", "event_type", "value", "timestamp"
+        "pk", "user_id", "item_id", "event_type", "value", "timestamp"
     )
-    for user_id, item_id, event_type, value, timestamp in events:
+    first = first_event_of_each_pair()
+    for pk, user_id, item_id, event_type, value, timestamp in events:
         event = features.Event(user_id, item_id, event_type, value, timestamp.timestamp())
         features.user_apply(users[user_id], event, categories[item_id])
-        features.item_apply(items[item_id], event)
+        features.item_apply(items[item_id], event, first_of_user=pk in first)
     return dict(users), dict(items)
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from django.db import connection, connections
+from django.db.models import Min
 
 from recommendations import features
 from recommendations.models import Interaction, Item, ItemFeatures, UserFeatures
@@ -46,11 +47,18 @@ def replayed_states():
     """The reference: every stored event, in time order, through the pure definitions."""
     users, items = {}, {}
     categories = dict(Item.objects.values_list("pk", "categories"))
+    first = first_event_of_each_pair()
     for row in Interaction.objects.order_by("timestamp", "pk"):
         event = features.Event(row.user_id, row.item_id, row.event_type, row.value, row.timestamp.timestamp())
         features.user_apply(users.setdefault(row.user_id, features.UserState()), event, categories[row.item_id])
-        features.item_apply(items.setdefault(row.item_id, features.ItemState()), event)
+        features.item_apply(items.setdefault(row.item_id, features.ItemState()), event, first_of_user=row.pk in first)
     return users, items
+
+
+def first_event_of_each_pair():
+    """The key of each (user, item) pair's first stored event: the one that counts the user for the item."""
+    pairs = Interaction.objects.values("user_id", "item_id").annotate(first=Min("pk"))
+    return set(pairs.values_list("first", flat=True))
 
 
 def assert_states_equal(actual, expected):

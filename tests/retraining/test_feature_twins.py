@@ -18,13 +18,15 @@ def _random_history(rng, n_users=5, n_items=30, n_events=400):
         list(rng.choice(CATEGORIES, size=rng.integers(0, 3), replace=True)) for _ in range(n_items)
     ]
     start = 1.2e9
+    seen = set()
     for _ in range(n_events):
         kind = str(rng.choice(["view", "click", "rating", "like", "purchase", "dislike"]))
         value = float(rng.choice([0.5, 2.0, 3.5, 4.0, 5.0])) if kind == "rating" else None
         u, i = int(rng.integers(n_users)), int(rng.integers(n_items // 2))  # half the items stay unseen
         event = features.Event(u, i, kind, value, start + float(rng.uniform(0, 4e8)))
         features.user_apply(users[u], event, item_categories[i])
-        features.item_apply(items[i], event)
+        features.item_apply(items[i], event, first_of_user=(u, i) not in seen)
+        seen.add((u, i))
     return users, items, item_categories, start + 4.5e8
 
 

@@ -139,11 +139,14 @@ def test_a_replay_of_some_users_gives_them_the_online_states_and_every_item_its_
     at = float(np.median(log.ts))
     online_users = {u: features.UserState() for u in tracked.tolist()}
     online_items = [features.ItemState() for _ in log.item_pks]
+    first: dict[tuple[int, int], int] = {}  # (user, item) -> the key of its first stored event
+    for key, pair in zip(log.event_pk.tolist(), zip(log.user.tolist(), log.item.tolist())):
+        first[pair] = min(key, first.get(pair, key))
     for i in np.flatnonzero(log.ts < at).tolist():
         u, item = int(log.user[i]), int(log.item[i])
         value = None if np.isnan(log.value[i]) else float(log.value[i])
         event = features.Event(u, int(log.item_pks[item]), EVENT_TYPES[log.event_type[i]], value, float(log.ts[i]))
-        features.item_apply(online_items[item], event)
+        features.item_apply(online_items[item], event, first_of_user=first[u, item] == log.event_pk[i])
         if u in online_users:
             features.user_apply(online_users[u], event, log.item_categories[item])
     replay = StateReplay(log, users=tracked)
