@@ -1,6 +1,7 @@
 """Settings, all from the environment (12-factor). One module; the defaults are the embedded shape
 (SQLite in WAL mode and a filesystem broker), and DATABASE_URL / REDIS_URL switch to PostgreSQL and Redis."""
 
+import re
 from pathlib import Path
 
 import environ
@@ -208,6 +209,31 @@ API_KEY_CACHE_SECONDS = _seconds("API_KEY_CACHE_SECONDS", 5.0)
 # How long a web process trusts the user ids, item ids and item categories it read for ingestion: a change of
 # categories reaches the user features folded from new events within that time (unknown ids are always read).
 INGEST_CACHE_SECONDS = _seconds("INGEST_CACHE_SECONDS", 30.0)
+
+# --- Throttling and load shedding (recommendations/throttling.py, recsite/shedding.py, gunicorn.conf.py) ------
+# THROTTLE_RATES="ingest=N/m,serve=N/s,..." overrides some of these: per API key and scope (`admin` for the
+# admin API), and `auth_failure` per client address. The defaults are far above what the benches send.
+THROTTLE_RATE_DEFAULTS = {"ingest": "100000/min", "serve": "100000/min", "admin": "6000/min", "auth_failure": "30/min"}
+
+
+def _throttle_rates(text: str) -> dict[str, str]:
+    rates = dict(THROTTLE_RATE_DEFAULTS)
+    for part in filter(None, (part.strip() for part in text.split(","))):
+        scope, _, rate = (side.strip() for side in part.partition("="))
+        if scope not in rates or not re.fullmatch(r"\d+/(s|sec|m|min|h|hour|d|day)", rate):
+            raise ImproperlyConfigured(
+                f"THROTTLE_RATES: expected scope=N/period (scopes {', '.join(rates)}; period s, m, h or d), got {part!r}"
+            )
+        rates[scope] = rate
+    return rates
+
+
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["recommendations.throttling.ApiKeyRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = _throttle_rates(env.str("THROTTLE_RATES", default=""))
+if REDIS_URL:  # a cache that does not answer must not hold requests: throttling fails open past this
+    CACHES["default"]["OPTIONS"] = {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}
+# A request that waited longer than this for a gunicorn thread is answered 503 at once (0: never shed).
+SHED_QUEUE_SECONDS = _seconds("SHED_QUEUE_SECONDS", 0.5)
 
 LOGGING = {
     "version": 1,
