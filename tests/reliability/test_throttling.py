@@ -83,6 +83,18 @@ def test_one_keys_limit_does_not_touch_another_key(rates):
     assert [post_event(second).status_code for _ in range(2)] == [201, 201]
 
 
+def test_web_processes_share_a_keys_count_through_the_cache(rates, monkeypatch):
+    rates(ingest="4/min")
+    monkeypatch.setattr(throttling, "SYNC_SECONDS", 0.0)
+    api = client("ingest")
+    processes = [throttling._LocalCounts(), throttling._LocalCounts()]
+    statuses = []
+    for n in range(6):
+        monkeypatch.setattr(throttling, "local_counts", processes[n % 2])
+        statuses.append(post_event(api).status_code)
+    assert statuses == [201, 201, 201, 201, 429, 429]
+
+
 def test_endpoints_without_a_scope_are_not_limited(rates):
     rates(ingest="1/min", serve="1/min", admin="1/min")
     api = APIClient()
