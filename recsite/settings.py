@@ -37,6 +37,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "recommendations.shadow.LiveRequestMiddleware",  # first: shadow scoring gives way to any live request
+    "recsite.shedding.LoadSheddingMiddleware",  # second: a request that queued too long is refused before any work
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
