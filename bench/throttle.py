@@ -3,9 +3,9 @@
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python bench/throttle.py [--calls 20000]
 
 Times, in this process, ApiKeyRateThrottle.allow_request for one key (the per-request cost on every scoped
-endpoint: counted in the process, added to the cache every 0.1 s), the failed-authentication check (paid only when a key is not in the
-process's verified-key cache), and the load-shedding middleware's check, each against a loop doing nothing.
-Without REDIS_URL the cache is Django's file cache (the embedded shape), much slower per call."""
+endpoint: counted in the process, added to the cache every 0.1 s), the failed-authentication check (paid
+only when a key is not in the process's verified-key cache), and the load-shedding middleware's check,
+each against a loop doing nothing. Without REDIS_URL the cache is Django's file cache (the embedded shape)."""
 
 import argparse
 import os
@@ -55,7 +55,9 @@ def main(argv) -> int:
     shedding = LoadSheddingMiddleware(lambda request: response)
     rows = {
         "nothing (loop)": per_call_us(lambda: None, calls),
-        "ApiKeyRateThrottle.allow_request": per_call_us(lambda: ApiKeyRateThrottle().allow_request(request, view), calls),
+        "ApiKeyRateThrottle.allow_request": per_call_us(
+            lambda: ApiKeyRateThrottle().allow_request(request, view), calls
+        ),
         "AuthFailureThrottle check (key not cached)": per_call_us(
             lambda: AuthFailureThrottle().refuse_if_over(request), calls
         ),

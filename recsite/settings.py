@@ -223,7 +223,8 @@ def _throttle_rates(text: str) -> dict[str, str]:
         scope, _, rate = (side.strip() for side in part.partition("="))
         if scope not in rates or not re.fullmatch(r"\d+/(s|sec|m|min|h|hour|d|day)", rate):
             raise ImproperlyConfigured(
-                f"THROTTLE_RATES: expected scope=N/period (scopes {', '.join(rates)}; period s, m, h or d), got {part!r}"
+                f"THROTTLE_RATES: expected scope=N/period (scopes {', '.join(rates)}; period s, m, h or d), "
+                f"got {part!r}"
             )
         rates[scope] = rate
     return rates

@@ -101,7 +101,9 @@ def test_endpoints_without_a_scope_are_not_limited(rates):
     assert [api.get("/api/v1/health").status_code for _ in range(3)] == [200, 200, 200]
 
 
-def test_many_failed_authentications_from_one_address_get_a_429_before_the_key_is_checked(rates, django_assert_num_queries):
+def test_many_failed_authentications_from_one_address_get_a_429_before_the_key_is_checked(
+    rates, django_assert_num_queries
+):
     rates(auth_failure="5/min")
     address = unique_address()
     guesser = APIClient(REMOTE_ADDR=address, HTTP_AUTHORIZATION="Api-Key abcdefgh.notarealsecret")
