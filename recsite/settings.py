@@ -232,6 +232,9 @@ def _throttle_rates(text: str) -> dict[str, str]:
 
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["recommendations.throttling.ApiKeyRateThrottle"]
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = _throttle_rates(env.str("THROTTLE_RATES", default=""))
+# Proxies in front that append to X-Forwarded-For; with 0 the header is ignored, so a client cannot forge its
+# address to escape the auth_failure limit (behind one load balancer, set 1).
+REST_FRAMEWORK["NUM_PROXIES"] = env.int("NUM_PROXIES", default=0)
 if REDIS_URL:  # a cache that does not answer must not hold requests: throttling fails open past this
     CACHES["default"]["OPTIONS"] = {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}
 # A request that waited longer than this for a gunicorn thread is answered 503 at once (0: never shed).

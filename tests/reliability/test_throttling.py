@@ -139,6 +139,17 @@ def test_behind_a_proxy_failures_are_counted_per_forwarded_address(rates, settin
     assert guess(second).status_code == 401
 
 
+def test_without_proxies_a_forged_forwarded_address_does_not_escape_the_limit(rates):
+    rates(auth_failure="2/min")
+    address = unique_address()
+
+    def guess():
+        return APIClient(REMOTE_ADDR=address, HTTP_X_FORWARDED_FOR=unique_address(),
+                         HTTP_AUTHORIZATION="Api-Key abcdefgh.notarealsecret").post(EVENTS, {}, format="json")
+
+    assert [guess().status_code for _ in range(3)] == [401, 401, 429]
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
