@@ -87,8 +87,8 @@ def _count(key: str, *, add: int, timeout: float) -> int | None:
 
 
 class _LocalCounts:
-    """Per process and key: the window's count as last read from the cache, the requests counted here since,
-    and when that was; the counts of past windows are dropped as keys move on to the next."""
+    """Per process, one entry per key and scope: the window's count as last read from the cache, the requests
+    counted here since, and when that was; an entry is replaced when its key's window moves on."""
 
     def __init__(self):
         self._counts: dict[str, list] = {}  # who -> [window key, shared count, unsynced requests, synced at]
@@ -104,7 +104,7 @@ class _LocalCounts:
             entry[2] += 1
             estimate = entry[1] + entry[2]
             if entry[1] >= limit or (estimate < limit and now - entry[3] < SYNC_SECONDS):
-                return estimate  # refused without asking (counts only grow in a window), or far below the limit
+                return estimate  # refused without asking (counts only grow in a window), or below and synced lately
             unsynced, entry[2], entry[3] = entry[2], 0, now
         shared = _count(key, add=unsynced, timeout=timeout)
         if shared is None:

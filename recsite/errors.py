@@ -50,5 +50,6 @@ def api_exception_handler(exc, context):
         response.data = {"error": "invalid_request", "message": "The request is invalid.", "errors": response.data}
     elif isinstance(response.data, dict) and "detail" in response.data:
         detail = response.data.pop("detail")
-        response.data = {"error": getattr(detail, "code", "error"), "message": str(detail), "errors": [], **response.data}
+        code = getattr(detail, "code", "error")
+        response.data = {"error": code, "message": str(detail), "errors": [], **response.data}
     return response
