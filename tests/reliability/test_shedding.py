@@ -4,8 +4,6 @@ is lost or stored twice. The burst runs against gunicorn started from the Procfi
 
 import http.client
 import json
-import os
-import shlex
 import socket
 import threading
 import time
