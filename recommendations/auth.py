@@ -6,7 +6,11 @@ The `admin` scope includes the others.
 A verified key is remembered by each web process for API_KEY_CACHE_SECONDS (keyed by a SHA-256 of the
 presented key, never the key itself), so that a request does not query and hash it again: revoking a
 key, or changing its scopes or expiry date, takes effect within that time. A key's own expiry date is
-checked on every request, cached or not."""
+checked on every request, cached or not.
+
+A key that is not remembered is checked only if the client's address has not failed authentication too
+often lately (recommendations.throttling.AuthFailureThrottle): guessing keys gets a 429 before it costs a
+query and a hash, and a remembered key costs no throttle check at all."""
 
 import hashlib
 
@@ -17,6 +21,7 @@ from rest_framework_api_key.permissions import KeyParser
 
 from .models import ApiKey
 from .process_cache import ProcessCache
+from .throttling import AuthFailureThrottle
 
 SCOPES = ("ingest", "serve", "admin")
 
@@ -30,7 +35,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         key = KeyParser().get_from_authorization(request)
         if not key:
             return None
-        api_key = _verified(key)
+        api_key = _verified(key, request)
         if api_key.has_expired:
             raise exceptions.AuthenticationFailed("This API key has expired.")
         return AnonymousUser(), api_key
@@ -39,15 +44,18 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return self.keyword
 
 
-def _verified(key: str) -> ApiKey:
+def _verified(key: str, request) -> ApiKey:
     digest = hashlib.sha256(key.encode()).digest()
     api_key = verified_keys.get(digest, ttl=settings.API_KEY_CACHE_SECONDS)
     if api_key is not None:
         return api_key
+    failures = AuthFailureThrottle()
+    failures.refuse_if_over(request)
     try:
         api_key = ApiKey.objects.get_from_key(key)
     except ApiKey.DoesNotExist:
         verified_keys.discard([digest])
+        failures.record_failure(request)
         raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
     verified_keys.update({digest: api_key})
     return api_key

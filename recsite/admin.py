@@ -23,8 +23,9 @@ def admin_action_view(admin_site: admin.AdminSite, view, *, permission: str):
 
 
 def login_client_ip(request) -> str | None:
-    """The address the login throttle counts failures by. Behind the TLS proxy every request comes from the proxy,
-    which would lock a username out for everyone: there it is the last X-Forwarded-For entry, the one the proxy
-    appended (the ones before it are whatever the client sent)."""
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "") if settings.BEHIND_TLS_PROXY else ""
-    return forwarded.rsplit(",", 1)[-1].strip() or request.META.get("REMOTE_ADDR")
+    """The address the login throttle counts failures by. Behind proxies every request comes from a proxy, which
+    would lock a username out for everyone: there it is the X-Forwarded-For entry the outermost of the NUM_PROXIES
+    proxies appended (the ones before it are whatever the client sent) — the rule DRF's throttles use too."""
+    proxies = settings.REST_FRAMEWORK["NUM_PROXIES"]
+    forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")] if proxies else []
+    return forwarded[-min(proxies, len(forwarded))] if forwarded and forwarded[-1] else request.META.get("REMOTE_ADDR")

@@ -1,6 +1,7 @@
 """Settings, all from the environment (12-factor). One module; the defaults are the embedded shape
 (SQLite in WAL mode and a filesystem broker), and DATABASE_URL / REDIS_URL switch to PostgreSQL and Redis."""
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -67,6 +68,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "recommendations.shadow.LiveRequestMiddleware",  # first: shadow scoring gives way to any live request
+    "recsite.shedding.LoadSheddingMiddleware",  # second: a request that queued too long is refused before any work
     # A request id on every response; NUL characters in an /api/ path, query or header refused before any view.
     "recsite.middleware.ApiRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -289,6 +291,35 @@ INGEST_CACHE_SECONDS = _seconds("INGEST_CACHE_SECONDS", 30.0)
 # A body may hold a full batch whose every record is near its limits (8 KiB each); a larger one is a 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=MAX_EVENTS_PER_REQUEST * 8192)
 JSON_MAX_DEPTH = 32  # a request body nested deeper is a 400
+
+# --- Throttling and load shedding (recommendations/throttling.py, recsite/shedding.py, gunicorn.conf.py) ------
+# THROTTLE_RATES="ingest=N/m,serve=N/s,..." overrides some of these: per API key and scope (`admin` for the
+# admin API), and `auth_failure` per client address. The defaults are far above what the benches send.
+THROTTLE_RATE_DEFAULTS = {"ingest": "100000/min", "serve": "100000/min", "admin": "6000/min", "auth_failure": "30/min"}
+
+
+def _throttle_rates(text: str) -> dict[str, str]:
+    rates = dict(THROTTLE_RATE_DEFAULTS)
+    for part in filter(None, (part.strip() for part in text.split(","))):
+        scope, _, rate = (side.strip() for side in part.partition("="))
+        if scope not in rates or not re.fullmatch(r"\d+/(s|sec|m|min|h|hour|d|day)", rate):
+            raise ImproperlyConfigured(
+                f"THROTTLE_RATES: expected scope=N/period (scopes {', '.join(rates)}; period s, m, h or d), "
+                f"got {part!r}"
+            )
+        rates[scope] = rate
+    return rates
+
+
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["recommendations.throttling.ApiKeyRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = _throttle_rates(env.str("THROTTLE_RATES", default=""))
+# Proxies in front that append to X-Forwarded-For (1 behind the TLS proxy, else 0); with 0 the header is ignored, so
+# a client cannot forge its address to escape the auth_failure limit or the admin login lockout.
+REST_FRAMEWORK["NUM_PROXIES"] = env.int("NUM_PROXIES", default=1 if BEHIND_TLS_PROXY else 0)
+if REDIS_URL:  # a cache that does not answer must not hold requests: throttling fails open past this
+    CACHES["default"]["OPTIONS"] = {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}
+# A request that waited longer than this for a gunicorn thread is answered 503 at once (0: never shed).
+SHED_QUEUE_SECONDS = _seconds("SHED_QUEUE_SECONDS", 0.5)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,20 @@
+"""gunicorn's settings for the web service; gunicorn reads ./gunicorn.conf.py by itself, so Procfile,
+docker-compose.yml, the Dockerfile and the benches all run with it (flags on a command line still win).
+
+A gthread worker, not a sync one: a sync worker leaves the requests it cannot take yet in the kernel's accept
+queue, invisible to the application, where under saturation they waited for seconds (p99 1.76 s at 64
+connections). A gthread worker accepts every connection at once and queues its requests for its threads;
+recsite.gunicorn_worker notes when, and recsite.shedding answers 503 to a request that waited longer than
+SHED_QUEUE_SECONDS.
+
+One thread per worker by default: a process still answers one request at a time, as the serving code's
+measurements assume (the shadow scorer waits for moments with no live request, and counts the time spent on
+them). More threads (WEB_THREADS) overlap database waits: ingestion at 64 connections answered 20-60% more
+events per second with 4, but in a serving run the shadow scorer then found no idle moment (README,
+"Throttling and load shedding"). Each thread holds its own database connection."""
+
+import os
+
+workers = int(os.environ.get("WEB_CONCURRENCY", 2))
+worker_class = "recsite.gunicorn_worker.QueueTimedThreadWorker"
+threads = int(os.environ.get("WEB_THREADS", 1))

@@ -1,0 +1,36 @@
+"""Load shedding: a request that waited longer than SHED_QUEUE_SECONDS for a web thread is answered
+503 with Retry-After before any work is done for it, so that under a load the workers cannot keep up
+with, answered requests stay fast and the others learn at once to come back, instead of every request
+queueing for seconds. The wait is measured by recsite.gunicorn_worker (gunicorn.conf.py runs it); under
+any other server the environ has no such time and nothing is shed. Health checks are never shed: an
+overloaded process is alive, and a load balancer must not restart it for being busy."""
+
+import time
+
+from django.conf import settings
+from django.http import JsonResponse
+
+from recsite.gunicorn_worker import QUEUED_AT
+
+HEALTH_PATH = "/api/v1/health"
+RETRY_AFTER_SECONDS = 1
+
+
+class LoadSheddingMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        queued_at = request.META.get(QUEUED_AT)
+        if queued_at is None or not settings.SHED_QUEUE_SECONDS or request.path == HEALTH_PATH:
+            return self.get_response(request)
+        waited = time.monotonic() - queued_at
+        if waited <= settings.SHED_QUEUE_SECONDS:
+            return self.get_response(request)
+        message = f"The service is overloaded (this request waited {waited:.2f} s for a worker); retry later."
+        response = JsonResponse({"error": "overloaded", "message": message, "errors": []}, status=503,
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        # Not logged by Django as an error, one line per refused request, just when the process has least time
+        # for it: gunicorn's access log records each 503.
+        response._has_been_logged = True
+        return response
