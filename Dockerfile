@@ -8,4 +8,4 @@ COPY . .
 # collectstatic signs nothing: a throwaway key for this step only, the image carries none (compose passes the real one).
 RUN mkdir -p /var/lib/recsite && SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --verbosity 0
 EXPOSE 8000
-CMD ["gunicorn", "recsite.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2"]
+CMD ["gunicorn", "recsite.wsgi:application", "--config", "gunicorn.conf.py", "--bind", "0.0.0.0:8000"]

@@ -22,7 +22,7 @@ def test_compose_runs_postgres_redis_web_worker_and_beat_each_with_a_health_chec
 
 
 def test_the_web_service_runs_gunicorn_on_the_projects_wsgi_application():
-    assert command("web").startswith("gunicorn recsite.wsgi:application")
+    assert command("web").startswith("gunicorn recsite.wsgi:application --config gunicorn.conf.py")
     module, attribute = "recsite.wsgi", "application"
     assert hasattr(importlib.import_module(module), attribute)
     assert "/api/v1/health" in " ".join(SERVICES["web"]["healthcheck"]["test"])
