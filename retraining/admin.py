@@ -1,4 +1,3 @@
-import json
 from datetime import timedelta
 
 from django.contrib import admin, messages
@@ -10,19 +9,16 @@ from django.views.decorators.http import require_POST
 
 from recommendations.clock import system_now
 from recommendations.selectors import online_metrics
-from recsite.admin import ReadOnlyAdmin, admin_action_view
+from recsite.admin import ReadOnlyAdmin, admin_action_view, data_html, gate_html, table_html
 from recsite.errors import ApplicationError
+from recsite.formatting import duration, number
 from registry.admin import PROMOTE
-from registry.models import DeploymentMode, Experiment, ModelVersion
+from registry.models import DeploymentMode, Experiment, ModelStatus, ModelVersion
 from registry.services import PROMOTABLE
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
 from retraining.services.policy import policy_active
 from retraining.services.rollout import challenger_deploy, challenger_report, experiment_promote, experiment_stop
 from retraining.services.runs import retrain_request
-
-
-def pretty_json(value) -> str:
-    return format_html("<pre style='max-height:40em;overflow:auto'>{}</pre>", json.dumps(value, indent=2, default=str))
 
 
 @admin.register(RetrainPolicy)
@@ -63,15 +59,16 @@ class TrainingRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="evidence")
     def evidence_pretty(self, obj):
-        return pretty_json(obj.evidence)
+        return data_html(obj.evidence)
 
     @admin.display(description="gate decision")
     def gate_pretty(self, obj):
-        return pretty_json(obj.gate)
+        return gate_html(obj.gate)
 
-    @admin.display(description="stage timings (s)")
+    @admin.display(description="stage timings")
     def stage_timings_pretty(self, obj):
-        return pretty_json(obj.stage_timings)
+        return table_html(["stage", "duration"], [[stage, duration(s)] for stage, s in obj.stage_timings.items()]) \
+            if obj.stage_timings else "—"
 
     @admin.display(description="log")
     def log_pretty(self, obj):
@@ -106,28 +103,42 @@ class TriggerEvaluationAdmin(ReadOnlyAdmin):
 
     @admin.display(description="results")
     def results_pretty(self, obj):
-        return pretty_json(obj.results)
+        return data_html(obj.results)
 
 
 @admin.register(DriftReport)
 class DriftReportAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "verdict", "drifted_share", "overall_score", "events_in_window", "reference_version", "duration_s"]
+    list_display = ["created_at", "verdict", "drifted_share_shown", "overall_score_shown", "events_in_window",
+                    "reference_version", "duration_shown"]
     list_filter = ["verdict"]
     readonly_fields = ["created_at", "window_start", "window_end", "events_in_window", "sampled_rows", "reference_version",
-                       "verdict", "drifted_share", "overall_score", "duration_s", "scores_table", "extra_pretty"]
-    exclude = ["feature_scores", "extra_scores"]
+                       "verdict", "drifted_share_shown", "overall_score_shown", "duration_shown", "scores_table",
+                       "extra_pretty"]
+    fields = readonly_fields
+
+    @admin.display(description="drifted share")
+    def drifted_share_shown(self, obj):
+        return number(obj.drifted_share)
+
+    @admin.display(description="overall score")
+    def overall_score_shown(self, obj):
+        return number(obj.overall_score)
+
+    @admin.display(description="duration")
+    def duration_shown(self, obj):
+        return duration(obj.duration_s)
 
     @admin.display(description="per-feature scores")
     def scores_table(self, obj):
         rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
-            (name, s.get("kind"), "—" if s.get("psi") is None else f"{s['psi']:.4f}", s.get("verdict"))
+            (name, s.get("kind"), number(s.get("psi")), s.get("verdict"))
             for name, s in obj.feature_scores.items()
         ))
         return format_html("<table><tr><th>feature</th><th>kind</th><th>PSI</th><th>verdict</th></tr>{}</table>", rows)
 
     @admin.display(description="event-type mix, label drift")
     def extra_pretty(self, obj):
-        return pretty_json(obj.extra_scores)
+        return data_html(obj.extra_scores)
 
 
 ARM_ROWS = [("impressions", "lists served", "{:,}"), ("users", "users", "{:,}"), ("ctr", "CTR", "{:.2%}"),
@@ -218,6 +229,8 @@ class ExperimentAdmin(ReadOnlyAdmin):
         context = {
             **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Start an experiment",
             "versions": ModelVersion.objects.filter(status__in=PROMOTABLE).exclude(artifact_sha256=""),
+            "default_version": ModelVersion.objects.filter(status=ModelStatus.CANDIDATE).exclude(artifact_sha256="")
+            .order_by("-version").values_list("version", flat=True).first(),
             "modes": [DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY], "policy": policy_active(),
         }
         return TemplateResponse(request, "admin/registry/experiment/start.html", context)
