@@ -4,11 +4,13 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
 from recommendations.auth import SCOPES
-from recsite.admin import ReadOnlyAdmin
+from recsite.admin import ReadOnlyAdmin, data_field
 from recommendations.models import ApiKey, EndUser, Interaction, Item, ItemFeatures, UserFeatures
 
 # The library's own key model is unused (ours, ApiKey, adds scopes): one "API keys" entry, not two.
 admin.site.unregister(APIKey)
+
+JSON_FEATURES = ["counts_by_type", "recent_items", "category_counts", "category_last_seen"]
 
 
 @admin.register(Item)
@@ -38,6 +40,8 @@ class InteractionAdmin(ReadOnlyAdmin):
 @admin.register(UserFeatures)
 class UserFeaturesAdmin(ReadOnlyAdmin):
     list_display = ("user", "event_count", "rating_count", "last_seen")
+    readonly_fields = [data_field(name) for name in JSON_FEATURES]
+    exclude = JSON_FEATURES
 
 
 @admin.register(ItemFeatures)

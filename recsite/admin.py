@@ -54,6 +54,18 @@ def data_html(value):
     return number(value)
 
 
+def data_field(name: str):
+    """A read-only admin field showing the JSON field `name` through data_html (list it in readonly_fields and
+    its field in exclude)."""
+
+    @admin.display(description=_label(name))
+    def shown(obj):
+        return data_html(getattr(obj, name))
+
+    shown.__name__ = f"{name}_shown"
+    return shown
+
+
 def table_html(header: list, rows: list[list]):
     """A table of `rows` under `header`; every cell through data_html."""
     head = format_html_join("", "<th>{}</th>", ((_label(name),) for name in header))

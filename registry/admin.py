@@ -4,7 +4,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from recsite.admin import ReadOnlyAdmin, admin_action_view, data_html, gate_html, table_html
+from recsite.admin import ReadOnlyAdmin, admin_action_view, data_field, gate_html, table_html
 from recsite.errors import ApplicationError
 from recsite.formatting import duration, number, size
 from registry.models import Deployment, DeploymentChange, ModelStatus, ModelVersion
@@ -30,9 +30,10 @@ class ModelVersionAdmin(ReadOnlyAdmin):
                     _metric("map@10"), _metric("rmse"), _metric("mae"), _metric("r2")]
     list_filter = ["status", "trigger_reason"]
     ordering = ["-version"]
-    readonly_fields = ["version", "status", "created_at", "training_window_start", "training_window_end", "trigger_reason",
-                       "training_run", "training_duration", "artifact_path", "artifact_size_shown", "artifact_sha256",
-                       "metrics_table", "gate_decision", "dataset_stats_shown", "parameters_shown", "manifest_shown"]
+    readonly_fields = ["version", "status", "created_at", "training_window_start", "training_window_end",
+                       "trigger_reason", "training_run", "training_duration", "artifact_path", "artifact_size_shown",
+                       "artifact_sha256", "metrics_table", "gate_decision", data_field("dataset_stats"),
+                       data_field("parameters"), data_field("manifest")]
     fields = readonly_fields
     change_form_template = "admin/registry/modelversion/change_form.html"
 
@@ -54,18 +55,6 @@ class ModelVersionAdmin(ReadOnlyAdmin):
     @admin.display(description="gate decision (from its training run)")
     def gate_decision(self, obj):
         return gate_html(_producing_gate(obj))
-
-    @admin.display(description="dataset stats")
-    def dataset_stats_shown(self, obj):
-        return data_html(obj.dataset_stats)
-
-    @admin.display(description="parameters")
-    def parameters_shown(self, obj):
-        return data_html(obj.parameters)
-
-    @admin.display(description="manifest")
-    def manifest_shown(self, obj):
-        return data_html(obj.manifest)
 
     @admin.display(description="Metrics (model and baselines)")
     def metrics_table(self, obj):
@@ -158,3 +147,5 @@ class DeploymentChangeAdmin(ReadOnlyAdmin):
 
     list_display = ["created_at", "alias", "action", "from_version", "to_version", "actor", "reason"]
     list_filter = ["action", "alias"]
+    readonly_fields = [data_field("details")]
+    exclude = ["details"]

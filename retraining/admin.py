@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 
 from recommendations.clock import system_now
 from recommendations.selectors import online_metrics
-from recsite.admin import ReadOnlyAdmin, admin_action_view, data_html, gate_html, table_html
+from recsite.admin import ReadOnlyAdmin, admin_action_view, data_field, gate_html, table_html
 from recsite.errors import ApplicationError
 from recsite.formatting import duration, number
 from registry.admin import PROMOTE
@@ -47,7 +47,7 @@ class TrainingRunAdmin(ReadOnlyAdmin):
     list_filter = ["status", "trigger"]
     change_list_template = "admin/retraining/trainingrun/change_list.html"
     readonly_fields = ["trigger", "status", "requested_by", "created_at", "started_at", "trained_at", "evaluated_at",
-                       "finished_at", "heartbeat_at", "data_until", "model_version", "error", "evidence_pretty",
+                       "finished_at", "heartbeat_at", "data_until", "model_version", "error", data_field("evidence"),
                        "gate_pretty", "stage_timings_pretty", "log_pretty"]
     exclude = ["evidence", "gate", "stage_timings", "log"]
 
@@ -56,10 +56,6 @@ class TrainingRunAdmin(ReadOnlyAdmin):
         if not obj.gate:
             return "—"
         return ("passed: " if obj.gate.get("passed") else "refused: ") + (obj.gate.get("reasons") or [""])[-1]
-
-    @admin.display(description="evidence")
-    def evidence_pretty(self, obj):
-        return data_html(obj.evidence)
 
     @admin.display(description="gate decision")
     def gate_pretty(self, obj):
@@ -94,16 +90,12 @@ class TrainingRunAdmin(ReadOnlyAdmin):
 class TriggerEvaluationAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "clock", "fired", "action", "verdicts"]
     list_filter = ["fired"]
-    readonly_fields = ["created_at", "clock", "fired", "action", "run", "results_pretty"]
+    readonly_fields = ["created_at", "clock", "fired", "action", "run", data_field("results")]
     exclude = ["results"]
 
     @admin.display(description="verdicts")
     def verdicts(self, obj):
         return ", ".join(f"{name}: {result.get('verdict')}" for name, result in obj.results.items())
-
-    @admin.display(description="results")
-    def results_pretty(self, obj):
-        return data_html(obj.results)
 
 
 @admin.register(DriftReport)
@@ -111,9 +103,9 @@ class DriftReportAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "verdict", "drifted_share_shown", "overall_score_shown", "events_in_window",
                     "reference_version", "duration_shown"]
     list_filter = ["verdict"]
-    readonly_fields = ["created_at", "window_start", "window_end", "events_in_window", "sampled_rows", "reference_version",
-                       "verdict", "drifted_share_shown", "overall_score_shown", "duration_shown", "scores_table",
-                       "extra_pretty"]
+    readonly_fields = ["created_at", "window_start", "window_end", "events_in_window", "sampled_rows",
+                       "reference_version", "verdict", "drifted_share_shown", "overall_score_shown", "duration_shown",
+                       "scores_table", data_field("extra_scores")]
     fields = readonly_fields
 
     @admin.display(description="drifted share")
@@ -135,10 +127,6 @@ class DriftReportAdmin(ReadOnlyAdmin):
             for name, s in obj.feature_scores.items()
         ))
         return format_html("<table><tr><th>feature</th><th>kind</th><th>PSI</th><th>verdict</th></tr>{}</table>", rows)
-
-    @admin.display(description="event-type mix, label drift")
-    def extra_pretty(self, obj):
-        return data_html(obj.extra_scores)
 
 
 ARM_ROWS = [("impressions", "lists served", "{:,}"), ("users", "users", "{:,}"), ("ctr", "CTR", "{:.2%}"),

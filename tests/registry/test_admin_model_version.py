@@ -5,7 +5,7 @@ from html import escape
 
 import pytest
 
-from registry.models import ModelVersion
+from registry.models import DeploymentChange, ModelVersion
 from registry.services import model_version_reject
 from retraining.models import RunStatus, TrainingRun
 from tests.registry.factories import registered_version
@@ -81,3 +81,10 @@ def test_view_site_leads_to_the_api_docs(staff_client, rejected):
     html = page(staff_client, rejected[0])
     assert '<a href="/api/docs/">View site</a>' in html
     assert staff_client.get("/api/docs/").status_code == 200
+
+
+def test_an_audit_entrys_details_are_a_definition_list(staff_client, rejected):
+    change = DeploymentChange.objects.create(alias="champion", action="promote", actor="ops",
+                                             details={"ndcg@10": 0.123456})
+    html = staff_client.get(f"/admin/registry/deploymentchange/{change.pk}/change/").content.decode()
+    assert "<dt>ndcg@10</dt><dd>0.1235</dd>" in html
