@@ -111,7 +111,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
             "opts": self.model._meta,
             "title": f"{'Promote' if action == 'promote' else 'Roll back to'} {version}?",
             "version": version,
-            "ndcg": version.metrics.get("ndcg@10"),
+            "ndcg": number(version.metrics.get("ndcg@10")),
             "champion": champion,
             "action": action,
         }

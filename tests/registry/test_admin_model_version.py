@@ -88,3 +88,9 @@ def test_an_audit_entrys_details_are_a_definition_list(staff_client, rejected):
                                              details={"ndcg@10": 0.123456})
     html = staff_client.get(f"/admin/registry/deploymentchange/{change.pk}/change/").content.decode()
     assert "<dt>ndcg@10</dt><dd>0.1235</dd>" in html
+
+
+def test_the_promote_confirmation_shows_ndcg_rounded(staff_client, tmp_path):
+    version = registered_version(tmp_path, ndcg=0.123456789)
+    html = staff_client.get(f"/admin/registry/modelversion/{version.pk}/promote/").content.decode()
+    assert "NDCG@10 0.1235" in html and "0.123456789" not in html
