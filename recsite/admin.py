@@ -40,17 +40,20 @@ admin.site.site_url = reverse_lazy("docs")
 
 
 def data_html(value):
-    """A JSON value as people read it: objects as definition lists, lists of objects with the same keys as
-    tables, other lists comma-separated, numbers rounded (recsite.formatting.number)."""
+    """A JSON value as people read it: objects as definition lists (keys as they are: they are names, e.g. of
+    parameters), lists of objects with the same keys as tables, other lists comma-separated, numbers rounded
+    (recsite.formatting.number), booleans as yes/no."""
     if isinstance(value, dict):
         if not value:
             return "—"
         return format_html("<dl class='data'>{}</dl>", format_html_join(
-            "", "<dt>{}</dt><dd>{}</dd>", ((_label(key), data_html(item)) for key, item in value.items())))
+            "", "<dt>{}</dt><dd>{}</dd>", ((key, data_html(item)) for key, item in value.items())))
     if isinstance(value, list):
         if value and all(isinstance(row, dict) for row in value) and len({tuple(row) for row in value}) == 1:
             return table_html(list(value[0]), [[row[key] for key in value[0]] for row in value])
         return ", ".join(number(item) for item in value) if value else "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return number(value)
 
 
@@ -58,7 +61,7 @@ def data_field(name: str):
     """A read-only admin field showing the JSON field `name` through data_html (list it in readonly_fields and
     its field in exclude)."""
 
-    @admin.display(description=_label(name))
+    @admin.display(description=name.replace("_", " "))
     def shown(obj):
         return data_html(getattr(obj, name))
 
@@ -68,7 +71,7 @@ def data_field(name: str):
 
 def table_html(header: list, rows: list[list]):
     """A table of `rows` under `header`; every cell through data_html."""
-    head = format_html_join("", "<th>{}</th>", ((_label(name),) for name in header))
+    head = format_html_join("", "<th>{}</th>", ((name,) for name in header))
     body = format_html_join("", "<tr>{}</tr>", (
         (format_html_join("", "<td>{}</td>", ((data_html(cell),) for cell in row)),) for row in rows))
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
@@ -92,6 +95,3 @@ def gate_html(gate: dict):
         table_html(["metric", *scored], [[key, *(values.get(key) for values in scored.values())] for key in metrics])
         if scored else "", data_html({**numbers, **rest}) if numbers or rest else "")
 
-
-def _label(key) -> str:
-    return str(key).replace("_", " ")

@@ -29,7 +29,7 @@ def test_a_training_runs_gate_and_timings_read_without_raw_json(staff_client):
     html = staff_client.get(f"/admin/retraining/trainingrun/{run.pk}/change/").content.decode()
     assert "Refused" in html and "Δ below −0.01" in html and "\\u" not in html
     assert "0.1235" in html and "0.123456789" not in html
-    assert "4.8 s" in html and "<dt>events since</dt><dd>1,200</dd>" in html
+    assert "4.8 s" in html and "<dt>events_since</dt><dd>1,200</dd>" in html
     assert 'name="_save"' not in html
 
 
