@@ -166,9 +166,10 @@ class ExperimentAdmin(ReadOnlyAdmin):
 
     list_display = ["id", "version", "champion", "mode", "status", "traffic_percent", "started_at", "ended_at", "verdict"]
     list_filter = ["status", "mode"]
-    readonly_fields = ["version", "champion", "mode", "status", "traffic_percent", "steps", "step_index", "step_started_at",
-                       "min_step_seconds", "min_impressions", "started_by", "started_at", "ended_at", "outcome_reason", "arms"]
-    exclude = ["last_report"]
+    readonly_fields = ["version", "champion", "mode", "status", "traffic_percent", data_field("steps"), "step_index",
+                       "step_started_at", "min_step_seconds", "min_impressions", "started_by", "started_at", "ended_at",
+                       "outcome_reason", "arms"]
+    exclude = ["last_report", "steps"]
     change_form_template = "admin/registry/experiment/change_form.html"
     change_list_template = "admin/registry/experiment/change_list.html"
 

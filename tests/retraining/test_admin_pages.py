@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from registry.models import ModelStatus, ModelVersion
+from registry.models import Experiment, ModelStatus, ModelVersion
 from retraining.models import DriftReport, RunStatus, TrainingRun, TriggerEvaluation
 from tests.registry.factories import registered_version
 
@@ -60,6 +60,14 @@ def test_the_experiment_form_defaults_to_the_newest_candidate_never_a_rejected_v
     ModelVersion.objects.filter(pk=rejected.pk).update(status=ModelStatus.REJECTED)
     html = staff_client.get("/admin/registry/experiment/start/").content.decode()
     assert re.findall(r'<option value="(\d+)" selected>', html) == [str(candidate.version)]
+
+
+def test_an_experiments_canary_steps_read_as_a_list(staff_client, tmp_path):
+    version = registered_version(tmp_path)
+    experiment = Experiment.objects.create(version=version, mode="canary", steps=[10, 50, 100], started_by="ops",
+                                           started_at=CLOCK)
+    html = staff_client.get(f"/admin/registry/experiment/{experiment.pk}/change/").content.decode()
+    assert "10, 50, 100" in html and "[10, 50, 100]" not in html
 
 
 def test_without_a_candidate_the_experiment_form_preselects_no_version(staff_client, tmp_path):
