@@ -81,9 +81,12 @@ def _demo_admin_ensure(stored_password: str | None) -> tuple[str, list[str]]:
     password = secrets.token_urlsafe(9)
     user.set_password(password)
     user.save()
-    if created:
-        return password, []
-    why = "the kept one no longer logs in" if stored_password else f"{demo_credentials_path()} did not hold it"
+    if created and not stored_password:
+        return password, []  # the first run: nothing was replaced
+    if not stored_password:
+        why = f"{demo_credentials_path()} did not hold it"
+    else:
+        why = "the database had no demo admin any more" if created else "the kept one no longer logs in"
     return password, [f"The demo admin password was replaced: {why}."]
 
 

@@ -84,3 +84,14 @@ def test_a_changed_admin_password_is_replaced_and_the_run_says_so(capsys, django
     assert login_line(second) != login_line(first)
     assert any("The demo admin password was replaced: the kept one no longer logs in." in line for line in second)
     assert second[-1] == first[-1]
+
+
+def test_a_fresh_database_with_kept_credentials_gets_new_ones_and_the_run_says_so(capsys, django_user_model):
+    first = bootstrap(capsys)
+    django_user_model.objects.filter(username="admin").delete()
+    ApiKey.objects.all().delete()
+    second = bootstrap(capsys)
+    assert login_line(second) != login_line(first) and second[-1] != first[-1]
+    assert any("the database had no demo admin any more" in line for line in second)
+    assert any("A new demo API key was issued" in line for line in second)
+    assert not any("Reusing" in line for line in second)
