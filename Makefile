@@ -25,6 +25,8 @@ run migrate demo: export SECRET_KEY ?= $(shell cat $(KEY_FILE) 2>/dev/null)
 migrate: install $(KEY_FILE)
 	$(PY) manage.py migrate --noinput
 
+# bootstrap_demo reuses the demo login and API key it kept in var/demo_credentials.json (owner-only), or says
+# plainly what it replaced (a changed password, a revoked key).
 run: migrate
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py bootstrap_demo

@@ -1,8 +1,16 @@
+from django import forms
 from django.contrib import admin
 from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey
 
-from recsite.admin import ReadOnlyAdmin
+from recommendations.auth import SCOPES
+from recsite.admin import ReadOnlyAdmin, data_field
 from recommendations.models import ApiKey, EndUser, Interaction, Item, ItemFeatures, UserFeatures
+
+# The library's own key model is unused (ours, ApiKey, adds scopes): one "API keys" entry, not two.
+admin.site.unregister(APIKey)
+
+JSON_FEATURES = ["counts_by_type", "recent_items", "category_counts", "category_last_seen"]
 
 
 @admin.register(Item)
@@ -30,17 +38,31 @@ class InteractionAdmin(ReadOnlyAdmin):
 
 
 @admin.register(UserFeatures)
-class UserFeaturesAdmin(admin.ModelAdmin):
+class UserFeaturesAdmin(ReadOnlyAdmin):
     list_display = ("user", "event_count", "rating_count", "last_seen")
-    readonly_fields = [f.name for f in UserFeatures._meta.fields]
+    readonly_fields = [data_field(name) for name in JSON_FEATURES]
+    exclude = JSON_FEATURES
 
 
 @admin.register(ItemFeatures)
-class ItemFeaturesAdmin(admin.ModelAdmin):
+class ItemFeaturesAdmin(ReadOnlyAdmin):
     list_display = ("item", "event_count", "positive_count", "rating_count", "last_event_at")
-    readonly_fields = [f.name for f in ItemFeatures._meta.fields]
+
+
+class ApiKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(choices=[(scope, scope) for scope in SCOPES],
+                                       widget=forms.CheckboxSelectMultiple, help_text="admin includes the others")
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "scopes", "expiry_date", "revoked"]
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(APIKeyModelAdmin):
-    list_display = [*APIKeyModelAdmin.list_display, "scopes"]
+    list_display = [*APIKeyModelAdmin.list_display, "scopes_shown"]
+    form = ApiKeyForm
+
+    @admin.display(description="scopes")
+    def scopes_shown(self, obj):
+        return ", ".join(obj.scopes)

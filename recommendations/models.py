@@ -83,6 +83,12 @@ class UserFeatures(models.Model):
     category_last_seen = models.JSONField(default=dict)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        verbose_name = verbose_name_plural = "user features"
+
+    def __str__(self):
+        return f"features of user {self.user_id}"
+
 
 class ItemFeatures(models.Model):
     """Online features of one item. Updated by an additive upsert (see services.features) so that a hot
@@ -101,7 +107,11 @@ class ItemFeatures(models.Model):
     log_users_7d = models.FloatField(null=True, help_text="distinct users, decayed from each one's first event")
 
     class Meta:
+        verbose_name = verbose_name_plural = "item features"
         indexes = [models.Index(fields=["-log_pop_7d"], name="ix_itemfeatures_trending")]
+
+    def __str__(self):
+        return f"features of item {self.item_id}"
 
 
 class ApiKey(AbstractAPIKey):
@@ -147,6 +157,9 @@ class Impression(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["user", "served_at"])]
+
+    def __str__(self):
+        return f"list {self.recommendation_id} ({self.arm}, {self.strategy})"
 
 
 class CatalogState(models.Model):

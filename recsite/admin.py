@@ -1,6 +1,10 @@
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
+from django.urls import reverse_lazy
+from django.utils.html import format_html, format_html_join
+
+from recsite.formatting import number
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -29,3 +33,65 @@ def login_client_ip(request) -> str | None:
     proxies = settings.REST_FRAMEWORK["NUM_PROXIES"]
     forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")] if proxies else []
     return forwarded[-min(proxies, len(forwarded))] if forwarded and forwarded[-1] else request.META.get("REMOTE_ADDR")
+
+
+# "View site" goes to the API documentation: the service has no public site of its own.
+admin.site.site_url = reverse_lazy("docs")
+
+
+def data_html(value):
+    """A JSON value as people read it: objects as definition lists (keys as they are: they are names, e.g. of
+    parameters), lists of objects with the same keys as tables, other lists comma-separated, numbers rounded
+    (recsite.formatting.number), booleans as yes/no."""
+    if isinstance(value, dict):
+        if not value:
+            return "—"
+        return format_html("<dl class='data'>{}</dl>", format_html_join(
+            "", "<dt>{}</dt><dd>{}</dd>", ((key, data_html(item)) for key, item in value.items())))
+    if isinstance(value, list):
+        if value and all(isinstance(row, dict) for row in value) and len({tuple(row) for row in value}) == 1:
+            return table_html(list(value[0]), [[row[key] for key in value[0]] for row in value])
+        return ", ".join(number(item) for item in value) if value else "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return number(value)
+
+
+def data_field(name: str):
+    """A read-only admin field showing the JSON field `name` through data_html (list it in readonly_fields and
+    its field in exclude)."""
+
+    @admin.display(description=name.replace("_", " "))
+    def shown(obj):
+        return data_html(getattr(obj, name))
+
+    shown.__name__ = f"{name}_shown"
+    return shown
+
+
+def table_html(header: list, rows: list[list]):
+    """A table of `rows` under `header`; every cell through data_html."""
+    head = format_html_join("", "<th>{}</th>", ((name,) for name in header))
+    body = format_html_join("", "<tr>{}</tr>", (
+        (format_html_join("", "<td>{}</td>", ((data_html(cell),) for cell in row)),) for row in rows))
+    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+
+def gate_html(gate: dict):
+    """A gate decision (retraining.services.gate): the verdict and each check as a sentence, the metrics of the
+    candidate, champion and most-popular side by side, then the other numbers that decided."""
+    if not gate:
+        return "—"
+    failures = set(gate.get("failures") or [])
+    checks = format_html_join("", "<li>{} {}</li>", (
+        ("✗" if reason in failures else "✓", reason) for reason in gate.get("reasons") or []))
+    numbers = dict(gate.get("numbers") or {})
+    scored = {name: numbers.pop(name) for name in ("candidate", "champion", "popularity") if numbers.get(name)}
+    metrics = sorted({key for values in scored.values() for key in values})
+    rest = {key: value for key, value in gate.items() if key not in {"passed", "reasons", "failures", "numbers"}}
+    return format_html(
+        "<p><strong>{}</strong></p><ul>{}</ul>{}{}", "Passed: the candidate may replace the champion."
+        if gate.get("passed") else "Refused: the candidate may not replace the champion.", checks,
+        table_html(["metric", *scored], [[key, *(values.get(key) for values in scored.values())] for key in metrics])
+        if scored else "", data_html({**numbers, **rest}) if numbers or rest else "")
+

@@ -1,14 +1,13 @@
-import json
-
 from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 
-from recsite.admin import ReadOnlyAdmin, admin_action_view
+from recsite.admin import ReadOnlyAdmin, admin_action_view, data_field, gate_html, table_html
 from recsite.errors import ApplicationError
-from registry.models import Deployment, DeploymentChange, ModelVersion
+from recsite.formatting import duration, number, size
+from registry.models import Deployment, DeploymentChange, ModelStatus, ModelVersion
 from registry.selectors import champion_version
 from registry.services import PROMOTABLE as _PROMOTABLE, model_version_promote, model_version_rollback
 
@@ -19,48 +18,49 @@ ROLLBACK = "registry.rollback_modelversion"
 
 def _metric(key):
     def column(obj):
-        value = obj.metrics.get(key)
-        return "—" if value is None else f"{value:.4f}"
+        return number(obj.metrics.get(key))
 
     column.short_description = key.upper()
     return column
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(ReadOnlyAdmin):
     list_display = ["label", "status", "created_at", "trigger_reason", _metric("ndcg@10"), _metric("recall@10"),
                     _metric("map@10"), _metric("rmse"), _metric("mae"), _metric("r2")]
     list_filter = ["status", "trigger_reason"]
     ordering = ["-version"]
-    readonly_fields = ["version", "status", "created_at", "training_window_start", "training_window_end", "trigger_reason",
-                       "training_run_id", "training_duration_s", "artifact_path", "artifact_size", "artifact_sha256",
-                       "metrics_table", "dataset_stats", "parameters", "manifest_pretty"]
-    exclude = ["metrics", "baseline_metrics", "manifest"]
+    readonly_fields = ["version", "status", "created_at", "training_window_start", "training_window_end",
+                       "trigger_reason", "training_run", "training_duration", "artifact_path", "artifact_size_shown",
+                       "artifact_sha256", "metrics_table", "gate_decision", data_field("dataset_stats"),
+                       data_field("parameters"), data_field("manifest")]
+    fields = readonly_fields
     change_form_template = "admin/registry/modelversion/change_form.html"
 
-    def has_add_permission(self, request):
-        return False
+    @admin.display(description="training run")
+    def training_run(self, obj):
+        if obj.training_run_id is None:
+            return "—"
+        url = reverse("admin:retraining_trainingrun_change", args=[obj.training_run_id])
+        return format_html("<a href='{}'>run {}</a>", url, obj.training_run_id)
 
-    def has_delete_permission(self, request, obj=None):
-        return False
+    @admin.display(description="training duration")
+    def training_duration(self, obj):
+        return duration(obj.training_duration_s)
+
+    @admin.display(description="artifact size")
+    def artifact_size_shown(self, obj):
+        return size(obj.artifact_size)
+
+    @admin.display(description="gate decision (from its training run)")
+    def gate_decision(self, obj):
+        return gate_html(_producing_gate(obj))
 
     @admin.display(description="Metrics (model and baselines)")
     def metrics_table(self, obj):
         baselines = obj.baseline_metrics or {}
-        header = format_html_join("", "<th>{}</th>", ((name,) for name in ["metric", "model", *baselines]))
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td>{}</tr>",
-            (
-                (key, _fmt(obj.metrics.get(key)), format_html_join("", "<td>{}</td>", ((_fmt(b.get(key)),) for b in baselines.values())))
-                for key in sorted(obj.metrics)
-            ),
-        )
-        return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", header, rows)
-
-    @admin.display(description="Manifest")
-    def manifest_pretty(self, obj):
-        return format_html("<pre style='max-height:40em;overflow:auto'>{}</pre>", json.dumps(obj.manifest, indent=2)[:200_000])
+        rows = [[key, obj.metrics[key], *(b.get(key) for b in baselines.values())] for key in sorted(obj.metrics)]
+        return table_html(["metric", "model", *baselines], rows)
 
     def get_urls(self):
         return [
@@ -77,6 +77,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         servable = obj is not None and obj.status in _PROMOTABLE and not is_champion
         extra = {
             "champion": champion,
+            "rejection_reasons": _rejection_reasons(obj),
             "can_promote": servable and request.user.has_perm(PROMOTE),
             "can_roll_back": servable and champion is not None and obj.version < champion.version
             and request.user.has_perm(ROLLBACK),
@@ -110,15 +111,29 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "title": f"{'Promote' if action == 'promote' else 'Roll back to'} {version}?",
             "version": version,
-            "ndcg": version.metrics.get("ndcg@10"),
+            "ndcg": number(version.metrics.get("ndcg@10")),
             "champion": champion,
             "action": action,
         }
         return TemplateResponse(request, "admin/registry/modelversion/confirm_pointer_change.html", context)
 
 
-def _fmt(value):
-    return "—" if value is None else f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+def _producing_gate(version: ModelVersion) -> dict:
+    """The gate decision of the training run that registered `version` (read through the reverse relation:
+    the registry imports no other app)."""
+    run = version.training_runs.order_by("-id").first()
+    return run.gate if run is not None else {}
+
+
+def _rejection_reasons(version: ModelVersion | None) -> list[str]:
+    """Why a rejected version was rejected: the gate's failed checks, else the audit trail's reason."""
+    if version is None or version.status != ModelStatus.REJECTED:
+        return []
+    gate = _producing_gate(version)
+    if gate.get("failures"):
+        return gate["failures"]
+    change = DeploymentChange.objects.filter(action=DeploymentChange.Action.REJECT, to_version=version).first()
+    return [change.reason] if change is not None and change.reason else ["no reason was recorded"]
 
 
 @admin.register(Deployment)
@@ -132,3 +147,5 @@ class DeploymentChangeAdmin(ReadOnlyAdmin):
 
     list_display = ["created_at", "alias", "action", "from_version", "to_version", "actor", "reason"]
     list_filter = ["action", "alias"]
+    readonly_fields = [data_field("details")]
+    exclude = ["details"]

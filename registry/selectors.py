@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from recsite.formatting import number
 from registry.models import Alias, Deployment, DeploymentMode, Experiment, ModelStatus, ModelVersion
 
 # (key in metrics, label, higher is better)
@@ -73,12 +74,8 @@ def model_history_markdown() -> str:
     header = "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Status |"
     lines = [header, "|" + "---|" * 9]
     for version in ModelVersion.objects.order_by("-version"):
-        cells = [_fmt(version.metrics.get(key)) for key in HISTORY_METRICS]
+        cells = [number(version.metrics.get(key)) for key in HISTORY_METRICS]
         status = "**active** ✅" if version.status == ModelStatus.ACTIVE else version.status
         name = f"**{version.label}**" if version.status == ModelStatus.ACTIVE else version.label
         lines.append(f"| {name} | {version.created_at:%Y-%m-%d %H:%M} | " + " | ".join(cells) + f" | {status} |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value) -> str:
-    return "—" if value is None else f"{value:.4f}"

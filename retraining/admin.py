@@ -1,4 +1,3 @@
-import json
 from datetime import timedelta
 
 from django.contrib import admin, messages
@@ -10,19 +9,16 @@ from django.views.decorators.http import require_POST
 
 from recommendations.clock import system_now
 from recommendations.selectors import online_metrics
-from recsite.admin import ReadOnlyAdmin, admin_action_view
+from recsite.admin import ReadOnlyAdmin, admin_action_view, data_field, gate_html, table_html
 from recsite.errors import ApplicationError
+from recsite.formatting import duration, number
 from registry.admin import PROMOTE
-from registry.models import DeploymentMode, Experiment, ModelVersion
+from registry.models import DeploymentMode, Experiment, ModelStatus, ModelVersion
 from registry.services import PROMOTABLE
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
 from retraining.services.policy import policy_active
 from retraining.services.rollout import challenger_deploy, challenger_report, experiment_promote, experiment_stop
 from retraining.services.runs import retrain_request
-
-
-def pretty_json(value) -> str:
-    return format_html("<pre style='max-height:40em;overflow:auto'>{}</pre>", json.dumps(value, indent=2, default=str))
 
 
 @admin.register(RetrainPolicy)
@@ -51,7 +47,7 @@ class TrainingRunAdmin(ReadOnlyAdmin):
     list_filter = ["status", "trigger"]
     change_list_template = "admin/retraining/trainingrun/change_list.html"
     readonly_fields = ["trigger", "status", "requested_by", "created_at", "started_at", "trained_at", "evaluated_at",
-                       "finished_at", "heartbeat_at", "data_until", "model_version", "error", "evidence_pretty",
+                       "finished_at", "heartbeat_at", "data_until", "model_version", "error", data_field("evidence"),
                        "gate_pretty", "stage_timings_pretty", "log_pretty"]
     exclude = ["evidence", "gate", "stage_timings", "log"]
 
@@ -61,17 +57,14 @@ class TrainingRunAdmin(ReadOnlyAdmin):
             return "—"
         return ("passed: " if obj.gate.get("passed") else "refused: ") + (obj.gate.get("reasons") or [""])[-1]
 
-    @admin.display(description="evidence")
-    def evidence_pretty(self, obj):
-        return pretty_json(obj.evidence)
-
     @admin.display(description="gate decision")
     def gate_pretty(self, obj):
-        return pretty_json(obj.gate)
+        return gate_html(obj.gate)
 
-    @admin.display(description="stage timings (s)")
+    @admin.display(description="stage timings")
     def stage_timings_pretty(self, obj):
-        return pretty_json(obj.stage_timings)
+        return table_html(["stage", "duration"], [[stage, duration(s)] for stage, s in obj.stage_timings.items()]) \
+            if obj.stage_timings else "—"
 
     @admin.display(description="log")
     def log_pretty(self, obj):
@@ -97,37 +90,43 @@ class TrainingRunAdmin(ReadOnlyAdmin):
 class TriggerEvaluationAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "clock", "fired", "action", "verdicts"]
     list_filter = ["fired"]
-    readonly_fields = ["created_at", "clock", "fired", "action", "run", "results_pretty"]
+    readonly_fields = ["created_at", "clock", "fired", "action", "run", data_field("results")]
     exclude = ["results"]
 
     @admin.display(description="verdicts")
     def verdicts(self, obj):
         return ", ".join(f"{name}: {result.get('verdict')}" for name, result in obj.results.items())
 
-    @admin.display(description="results")
-    def results_pretty(self, obj):
-        return pretty_json(obj.results)
-
 
 @admin.register(DriftReport)
 class DriftReportAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "verdict", "drifted_share", "overall_score", "events_in_window", "reference_version", "duration_s"]
+    list_display = ["created_at", "verdict", "drifted_share_shown", "overall_score_shown", "events_in_window",
+                    "reference_version", "duration_shown"]
     list_filter = ["verdict"]
-    readonly_fields = ["created_at", "window_start", "window_end", "events_in_window", "sampled_rows", "reference_version",
-                       "verdict", "drifted_share", "overall_score", "duration_s", "scores_table", "extra_pretty"]
-    exclude = ["feature_scores", "extra_scores"]
+    readonly_fields = ["created_at", "window_start", "window_end", "events_in_window", "sampled_rows",
+                       "reference_version", "verdict", "drifted_share_shown", "overall_score_shown", "duration_shown",
+                       "scores_table", data_field("extra_scores")]
+    fields = readonly_fields
+
+    @admin.display(description="drifted share")
+    def drifted_share_shown(self, obj):
+        return number(obj.drifted_share)
+
+    @admin.display(description="overall score")
+    def overall_score_shown(self, obj):
+        return number(obj.overall_score)
+
+    @admin.display(description="duration")
+    def duration_shown(self, obj):
+        return duration(obj.duration_s)
 
     @admin.display(description="per-feature scores")
     def scores_table(self, obj):
         rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
-            (name, s.get("kind"), "—" if s.get("psi") is None else f"{s['psi']:.4f}", s.get("verdict"))
+            (name, s.get("kind"), number(s.get("psi")), s.get("verdict"))
             for name, s in obj.feature_scores.items()
         ))
         return format_html("<table><tr><th>feature</th><th>kind</th><th>PSI</th><th>verdict</th></tr>{}</table>", rows)
-
-    @admin.display(description="event-type mix, label drift")
-    def extra_pretty(self, obj):
-        return pretty_json(obj.extra_scores)
 
 
 ARM_ROWS = [("impressions", "lists served", "{:,}"), ("users", "users", "{:,}"), ("ctr", "CTR", "{:.2%}"),
@@ -167,9 +166,10 @@ class ExperimentAdmin(ReadOnlyAdmin):
 
     list_display = ["id", "version", "champion", "mode", "status", "traffic_percent", "started_at", "ended_at", "verdict"]
     list_filter = ["status", "mode"]
-    readonly_fields = ["version", "champion", "mode", "status", "traffic_percent", "steps", "step_index", "step_started_at",
-                       "min_step_seconds", "min_impressions", "started_by", "started_at", "ended_at", "outcome_reason", "arms"]
-    exclude = ["last_report"]
+    readonly_fields = ["version", "champion", "mode", "status", "traffic_percent", data_field("steps"), "step_index",
+                       "step_started_at", "min_step_seconds", "min_impressions", "started_by", "started_at", "ended_at",
+                       "outcome_reason", "arms"]
+    exclude = ["last_report", "steps"]
     change_form_template = "admin/registry/experiment/change_form.html"
     change_list_template = "admin/registry/experiment/change_list.html"
 
@@ -218,6 +218,8 @@ class ExperimentAdmin(ReadOnlyAdmin):
         context = {
             **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Start an experiment",
             "versions": ModelVersion.objects.filter(status__in=PROMOTABLE).exclude(artifact_sha256=""),
+            "default_version": ModelVersion.objects.filter(status=ModelStatus.CANDIDATE).exclude(artifact_sha256="")
+            .order_by("-version").values_list("version", flat=True).first(),
             "modes": [DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY], "policy": policy_active(),
         }
         return TemplateResponse(request, "admin/registry/experiment/start.html", context)

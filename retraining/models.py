@@ -175,6 +175,10 @@ class TriggerEvaluation(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
 
+    def __str__(self):
+        outcome = f"{self.fired} fired" if self.fired else "nothing fired"
+        return f"trigger check at {self.clock:%Y-%m-%d %H:%M}: {outcome}"
+
 
 class DriftReport(models.Model):
     class Verdict(models.TextChoices):
@@ -197,4 +201,7 @@ class DriftReport(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"drift report {self.pk} ({self.verdict})"
 

@@ -3,6 +3,7 @@
 from datetime import datetime, timezone
 
 from recommendations.selectors import online_hit_rate
+from recsite.formatting import number
 from registry.models import Experiment, ModelVersion
 from retraining.services.policy import policy_active
 from retraining.services.rollout import challenger_report
@@ -39,8 +40,8 @@ def version_story_table(rows: list[dict]) -> str:
     lines = [header, "|" + "---|" * 9]
     for r in rows:
         online = "—" if r["online_hit_rate"] is None else f"{r['online_hit_rate']:.3f} ({r['impressions']})"
-        lines.append(f"| {r['version']} | {r['trigger']} | {r['window']} | {_f(r['ndcg@10'])} | {_f(r['map@10'])} | "
-                     f"{_f(r['rmse'])} | {online} | {r['status']} | {r['why']} |")
+        lines.append(f"| {r['version']} | {r['trigger']} | {r['window']} | {number(r['ndcg@10'])} | "
+                     f"{number(r['map@10'])} | {number(r['rmse'])} | {online} | {r['status']} | {r['why']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -83,12 +84,8 @@ def _delta(difference: dict) -> str:
 def _arm(arm: dict) -> str:
     if not arm or not arm.get("impressions"):
         return "no lists"
-    return f"{arm['impressions']:,} lists, CTR {_f(arm['ctr'])}, hit rate {_f(arm['hit_rate'])}"
+    return f"{arm['impressions']:,} lists, CTR {number(arm['ctr'])}, hit rate {number(arm['hit_rate'])}"
 
 
 def _day(moment) -> str:
     return moment.strftime("%Y-%m-%d") if moment else "—"
-
-
-def _f(value) -> str:
-    return "—" if value is None else f"{value:.4f}"

@@ -1,9 +1,11 @@
 """Setting up a fresh installation for a demo: a synthetic catalogue and history, an admin login, an
 API key, the beat schedule, and a first training run for the worker to pick up."""
 
+import json
+import os
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from retraining.services.runs import RunInFlight, retrain_request, training_run_
 from retraining.services.schedule import periodic_tasks_setup
 
 DEMO_KEY_NAME = "demo"
+DEMO_USERNAME = "admin"
+DEMO_SCOPES = ["admin", "ingest", "serve"]
 
 
 @dataclass
@@ -30,6 +34,13 @@ class DemoSetup:
     admin_password: str
     api_key: str
     training_run_id: int | None
+    replaced: list[str] = field(default_factory=list)  # what a re-run could not reuse, and why, said plainly
+    reused: bool = False  # the login and key are the ones an earlier run kept
+
+
+def demo_credentials_path() -> Path:
+    """Where `make run` keeps the demo login and key between runs: under var/ (untracked), owner-only."""
+    return settings.VAR_DIR / "demo_credentials.json"
 
 
 def demo_dataset_load(*, dataset: Path | None = None, users: int = 300, items: int = 500, events: int = 30_000,
@@ -43,22 +54,77 @@ def demo_dataset_load(*, dataset: Path | None = None, users: int = 300, items: i
 
 
 def demo_setup(*, dataset: Path | None = None, train: bool = True) -> DemoSetup:
+    """Idempotent: a second run reuses the login and key it kept in demo_credentials_path() while they still
+    work, and replaces (and reports) only what no longer does."""
     loaded = 0 if Interaction.objects.exists() else demo_dataset_load(dataset=dataset)
     periodic_tasks_setup(check_every_seconds=policy_active().check_interval_minutes * 60)
-    username, password = "admin", secrets.token_urlsafe(9)
-    user, _ = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": True, "is_superuser": True})
-    user.set_password(password)
-    user.is_staff = user.is_superuser = True
-    user.save()
-    ApiKey.objects.filter(name=DEMO_KEY_NAME, revoked=False).update(revoked=True)
-    _, key = api_key_create(name=DEMO_KEY_NAME, scopes=["ingest", "serve", "admin"])
+    stored = _demo_credentials_read()
+    password, replaced = _demo_admin_ensure(stored.get("admin_password"))
+    key, key_replaced = _demo_key_ensure(stored.get("api_key"))
+    _demo_credentials_write({"admin_username": DEMO_USERNAME, "admin_password": password, "api_key": key})
     run_id = None
     if train and champion_version() is None and not TrainingRun.objects.exists():
         try:
             run_id = retrain_request(requested_by="bootstrap").pk
         except RunInFlight as exc:
             run_id = exc.extra.get("run_id")
-    return DemoSetup(loaded, username, password, key, run_id)
+    replaced += key_replaced
+    return DemoSetup(loaded, DEMO_USERNAME, password, key, run_id, replaced, reused=bool(stored) and not replaced)
+
+
+def _demo_admin_ensure(stored_password: str | None) -> tuple[str, list[str]]:
+    user, created = get_user_model().objects.get_or_create(username=DEMO_USERNAME)
+    user.is_staff = user.is_superuser = True
+    if stored_password and user.check_password(stored_password):
+        user.save()
+        return stored_password, []
+    password = secrets.token_urlsafe(9)
+    user.set_password(password)
+    user.save()
+    if created and not stored_password:
+        return password, []  # the first run: nothing was replaced
+    if not stored_password:
+        why = f"{demo_credentials_path()} did not hold it"
+    else:
+        why = "the database had no demo admin any more" if created else "the kept one no longer logs in"
+    return password, [f"The demo admin password was replaced: {why}."]
+
+
+def _demo_key_ensure(stored_key: str | None) -> tuple[str, list[str]]:
+    if stored_key and _demo_key_usable(stored_key):
+        return stored_key, []
+    revoked = ApiKey.objects.filter(name=DEMO_KEY_NAME, revoked=False).update(revoked=True)
+    _, key = api_key_create(name=DEMO_KEY_NAME, scopes=DEMO_SCOPES)
+    if not stored_key and not revoked:
+        return key, []
+    why = "the kept one was revoked or has expired" if stored_key else f"{demo_credentials_path()} did not hold it"
+    return key, [f"A new demo API key was issued ({why}); {revoked} earlier demo key(s) revoked."]
+
+
+def _demo_key_usable(key: str) -> bool:
+    try:
+        found = ApiKey.objects.get_from_key(key)  # unknown, revoked or not matching: DoesNotExist
+    except ApiKey.DoesNotExist:
+        return False
+    return found.name == DEMO_KEY_NAME and not found.has_expired
+
+
+def _demo_credentials_read() -> dict:
+    try:
+        return json.loads(demo_credentials_path().read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _demo_credentials_write(credentials: dict) -> None:
+    """Written to a temporary file created owner-only, then renamed: never readable by others, never half written."""
+    path = demo_credentials_path()
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an existing temporary file keeps its mode otherwise
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(credentials, handle)
+    os.replace(temporary, path)
 
 
 # --- The retraining demo ------------------------------------------------------------------------

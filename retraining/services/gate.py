@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from recsite.formatting import number
+
 GUARDRAILS = [("recall@10", True), ("coverage@10", True), ("rmse", False)]
 MIN_COMPARISON_USERS = 20  # below it one user moves the mean NDCG by over 5%: too little to decide on
 
@@ -68,19 +70,20 @@ def gate_decide(
         return GateDecision(passed=False, reasons=reasons, numbers=numbers, failures=failures)
     ndcg = candidate.get("ndcg@10")
     if ndcg is None or ndcg <= popularity.get("ndcg@10", 0.0):
-        refuse(f"NDCG@10 {_f(ndcg)} is not above most-popular's {_f(popularity.get('ndcg@10'))}")
+        refuse(f"NDCG@10 {number(ndcg)} is not above most-popular's {number(popularity.get('ndcg@10'))}")
     else:
-        reasons.append(f"NDCG@10 {_f(ndcg)} beats most-popular's {_f(popularity.get('ndcg@10'))}")
+        reasons.append(f"NDCG@10 {number(ndcg)} beats most-popular's {number(popularity.get('ndcg@10'))}")
     if champion is None:
         reasons.append("no champion: the first candidate only has to beat the baseline")
         return GateDecision(passed=not failures, reasons=reasons, numbers=numbers, failures=failures)
 
     required = champion["ndcg@10"] * (1 + min_relative_gain)
     numbers["required_ndcg@10"] = required
+    bar = f"champion {number(champion['ndcg@10'])} × (1 + {min_relative_gain:g}) = {number(required)}"
     if ndcg is None or ndcg < required:
-        refuse(f"NDCG@10 {_f(ndcg)} < champion {_f(champion['ndcg@10'])} × (1 + {min_relative_gain:g}) = {_f(required)}")
+        refuse(f"NDCG@10 {number(ndcg)} < {bar}")
     else:
-        reasons.append(f"NDCG@10 {_f(ndcg)} ≥ champion {_f(champion['ndcg@10'])} × (1 + {min_relative_gain:g}) = {_f(required)}")
+        reasons.append(f"NDCG@10 {number(ndcg)} ≥ {bar}")
     for key, higher_is_better in GUARDRAILS:
         new, old = candidate.get(key), champion.get(key)
         if new is None or old is None:
@@ -88,7 +91,8 @@ def gate_decide(
         limit = old * (1 - guardrail_tolerance) if higher_is_better else old * (1 + guardrail_tolerance)
         regressed = new < limit if higher_is_better else new > limit
         if regressed:
-            refuse(f"guardrail {key}: {_f(new)} vs champion {_f(old)} is beyond the {guardrail_tolerance:.0%} tolerance")
+            refuse(f"guardrail {key}: {number(new)} vs champion {number(old)} "
+                   f"is beyond the {guardrail_tolerance:.0%} tolerance")
     if candidate_user_ndcg is not None and champion_user_ndcg is not None:
         mean, low, high = paired_bootstrap_interval(
             np.asarray(candidate_user_ndcg) - np.asarray(champion_user_ndcg), samples=bootstrap_samples
@@ -100,7 +104,3 @@ def gate_decide(
         else:
             reasons.append(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] stays above −{bootstrap_tolerance:g}")
     return GateDecision(passed=not failures, reasons=reasons, numbers=numbers, failures=failures)
-
-
-def _f(value) -> str:
-    return "—" if value is None else f"{value:.4f}"

@@ -11,6 +11,7 @@ from retraining.services.demo import demo_comparison_rows, demo_timeline_prepare
 from retraining.services.pipeline import training_run_process
 from retraining.services.runs import training_run_request
 from recommendations.clock import system_now
+from recsite.formatting import number
 
 
 class Command(BaseCommand):
@@ -69,12 +70,8 @@ class Command(BaseCommand):
             for row in demo_comparison_rows(run):
                 mark = {True: "better", False: "worse", None: "same"}[row["better"]]
                 change = "—" if row["change"] is None else f"{row['change']:+.1%}"
-                say(f"  {row['label']:<12} {_f(row['old']):>9} {_f(row['new']):>9} {change:>9}  {mark}")
+                say(f"  {row['label']:<12} {number(row['old']):>9} {number(row['new']):>9} {change:>9}  {mark}")
         say("  baselines (the new version's whole holdout):")
         for name, metrics in run.model_version.baseline_metrics.items():
-            say(f"    {name:<12} NDCG@10 {_f(metrics.get('ndcg@10'))}  MAP@10 {_f(metrics.get('map@10'))}  "
-                f"Recall@10 {_f(metrics.get('recall@10'))}")
-
-
-def _f(value) -> str:
-    return "—" if value is None else f"{value:.4f}"
+            say(f"    {name:<12} NDCG@10 {number(metrics.get('ndcg@10'))}  MAP@10 {number(metrics.get('map@10'))}  "
+                f"Recall@10 {number(metrics.get('recall@10'))}")
