@@ -144,8 +144,13 @@ class ChallengerApi(APIView):
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
         reject = StrictBooleanField(required=False, default=False)
 
-    @extend_schema(request=StopSerializer, responses={200: ExperimentOutput},
-                   summary="Stop the running experiment (all traffic back to the champion); optionally reject the version")
+    # OpenAPI 3.0 gives DELETE no request body, so the optional body is described in words.
+    @extend_schema(request=None, responses={
+        200: ExperimentOutput,
+        400: OpenApiResponse(description="No experiment is running, or the optional body is invalid."),
+    }, summary="Stop the running experiment (all traffic back to the champion); optionally reject the version",
+        description="An optional JSON body: `reason` (a string, at most 2000 characters) and `reject` (a boolean: "
+                    "also mark the challenger's version rejected).")
     def delete(self, request):
         data = validated(self.StopSerializer, request.data)
         experiment = experiment_stop(actor=actor_of(request), reason=data["reason"] or "stopped by an operator",
