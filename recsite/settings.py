@@ -187,6 +187,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},  # no badge fetched from swagger.io
     "ENUM_NAME_OVERRIDES": {
         "ModelStatusEnum": "registry.models.ModelStatus",
         "RunStatusEnum": "retraining.models.RunStatus",
