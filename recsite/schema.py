@@ -2,7 +2,7 @@
 Api-Key security scheme, the one error body documented for every status an operation can fail with, and
 component names that stay unique although many views nest an `InputSerializer` or an `OutputSerializer`."""
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerFieldExtension
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
 
@@ -19,6 +19,18 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
             "description": "`Authorization: Api-Key <key>`. A key carries scopes (`ingest`, `serve`, `admin`; "
                            "`admin` includes the others); an endpoint needs one of them.",
         }
+
+
+class JSONObjectFieldScheme(OpenApiSerializerFieldExtension):
+    """recsite.api.StrictJSONObjectField takes a JSON object only, of at most `max_keys` keys."""
+
+    target_class = "recsite.api.StrictJSONObjectField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        schema = {"type": "object", "additionalProperties": True}
+        if self.target.max_keys is not None:
+            schema["maxProperties"] = self.target.max_keys
+        return schema
 
 
 class ErrorLocationSerializer(serializers.Serializer):
@@ -77,11 +89,8 @@ class ApiAutoSchema(AutoSchema):
             failures |= _KEYED
         return failures
 
-    def _get_serializer_name(self, serializer, direction, bypass_extensions=False) -> str:
+    def get_serializer_name(self, serializer, direction) -> str:
         """A serializer nested in a view is named after the view: `ModelPromoteApi.InputSerializer` is
         `ModelPromoteInput`, not an `Input` that every other view's input would collide with."""
-        name = super()._get_serializer_name(serializer, direction, bypass_extensions)
-        owner, _, own_name = type(serializer).__qualname__.rpartition(".")
-        if owner and name == own_name.removesuffix("Serializer"):
-            return owner.removesuffix("Api") + name
-        return name
+        owner, _, name = type(serializer).__qualname__.rpartition(".")
+        return owner.removesuffix("Api") + name

@@ -97,7 +97,7 @@ class EventIngestApi(APIView):
         request=PolymorphicProxySerializer(
             component_name="EventIngestBody",
             serializers=[InputSerializer, inline_serializer("EventBatch", fields={
-                "events": InputSerializer(many=True, allow_empty=False, max_length=settings.MAX_EVENTS_PER_REQUEST),
+                "events": serializers.ListField(child=InputSerializer(), min_length=1, max_length=settings.MAX_EVENTS_PER_REQUEST),
             })],
             resource_type_field_name=None,
         ),
@@ -135,7 +135,7 @@ class ItemBulkUpsertApi(APIView):
 
     @extend_schema(
         request=inline_serializer("ItemBatch", fields={
-            "items": InputSerializer(many=True, allow_empty=False, max_length=settings.MAX_EVENTS_PER_REQUEST),
+            "items": serializers.ListField(child=InputSerializer(), min_length=1, max_length=settings.MAX_EVENTS_PER_REQUEST),
         }),
         responses={200: OutputSerializer, 400: OpenApiResponse(description="Invalid items; nothing was written.")},
         summary="Create or replace items, as {\"items\": [...]} (all or nothing)",
