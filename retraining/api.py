@@ -89,7 +89,8 @@ class TrainingRunDetailApi(APIView):
 class TriggerEvaluationLatestApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: TriggerEvaluationOutput, 404: OpenApiResponse(description="No trigger evaluation yet.")},
+    @extend_schema(responses={200: TriggerEvaluationOutput,
+                              404: OpenApiResponse(description="No trigger evaluation yet.")},
                    summary="The latest trigger evaluation")
     def get(self, request):
         evaluation = TriggerEvaluation.objects.select_related("run").first()
@@ -102,7 +103,8 @@ class DriftReportApi(APIView):
     required_scope = "admin"
 
     @extend_schema(request=None, responses={
-        201: DriftReportOutput, 404: OpenApiResponse(description="No champion with a drift reference to compare against."),
+        201: DriftReportOutput,
+        404: OpenApiResponse(description="No champion with a drift reference to compare against."),
     }, summary="Run a drift check now")
     def post(self, request):
         report = drift_check_run(policy=policy_active(), now=system_now(), champion=champion_version())

@@ -62,6 +62,12 @@ def _batch(data, key: str, limit: int) -> tuple[list, bool]:
     return batch, True
 
 
+def _batch_schema(name: str, key: str, child: type[serializers.Serializer]) -> serializers.Serializer:
+    """The schema of a batch body as `_batch` takes it: {key: [child, ...]}."""
+    batch = serializers.ListField(child=child(), min_length=1, max_length=settings.MAX_EVENTS_PER_REQUEST)
+    return inline_serializer(name, fields={key: batch})
+
+
 class EventIngestApi(APIView):
     required_scope = "ingest"
 
@@ -96,9 +102,7 @@ class EventIngestApi(APIView):
     @extend_schema(
         request=PolymorphicProxySerializer(
             component_name="EventIngestBody",
-            serializers=[InputSerializer, inline_serializer("EventBatch", fields={
-                "events": serializers.ListField(child=InputSerializer(), min_length=1, max_length=settings.MAX_EVENTS_PER_REQUEST),
-            })],
+            serializers=[InputSerializer, _batch_schema("EventBatch", "events", InputSerializer)],
             resource_type_field_name=None,
         ),
         responses={201: OutputSerializer, 400: OpenApiResponse(description="Invalid events; nothing was written.")},
@@ -134,9 +138,7 @@ class ItemBulkUpsertApi(APIView):
         updated = serializers.IntegerField()
 
     @extend_schema(
-        request=inline_serializer("ItemBatch", fields={
-            "items": serializers.ListField(child=InputSerializer(), min_length=1, max_length=settings.MAX_EVENTS_PER_REQUEST),
-        }),
+        request=_batch_schema("ItemBatch", "items", InputSerializer),
         responses={200: OutputSerializer, 400: OpenApiResponse(description="Invalid items; nothing was written.")},
         summary="Create or replace items, as {\"items\": [...]} (all or nothing)",
     )
@@ -156,7 +158,8 @@ class ItemUpsertApi(APIView):
     class InputSerializer(_ItemFields):
         pass
 
-    @extend_schema(request=InputSerializer, responses={200: ItemBulkUpsertApi.OutputSerializer, 201: ItemBulkUpsertApi.OutputSerializer},
+    @extend_schema(request=InputSerializer,
+                   responses={200: ItemBulkUpsertApi.OutputSerializer, 201: ItemBulkUpsertApi.OutputSerializer},
                    summary="Create (201) or replace (200) one item")
     def put(self, request, item_id: str):
         if len(item_id) > EXTERNAL_ID_MAX:
