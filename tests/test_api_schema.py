@@ -1,14 +1,23 @@
 """The OpenAPI schema: it validates without a warning, documents every operation's request, answer and failures
 (in the one error shape the API sends), names the Api-Key scheme, and its docs pages need no internet."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import requests
+import schemathesis
+from schemathesis.core.transport import Response
 from django.contrib.staticfiles import finders
 from django.core import checks
 from django.core.management import call_command
 from django.test import Client
+
+from recommendations.services.catalog import ItemInput, item_upsert
+from registry.services import model_version_promote
+from retraining.services.rollout import challenger_deploy
+from tests.registry.factories import registered_version
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_REF = "#/components/schemas/"
@@ -174,3 +183,46 @@ def test_swagger_ui_asks_no_online_validator_about_the_schema():
 def test_ci_validates_the_schema_and_fails_on_a_warning():
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"manage\.py spectacular --validate --fail-on-warn", ci)
+
+
+@pytest.fixture
+def running_experiment(db, tmp_path):
+    """v1 the champion, v2 in an A/B test against it, and an item: the endpoints answer with full bodies."""
+    first, second = registered_version(tmp_path), registered_version(tmp_path)
+    model_version_promote(version=first.version, actor="test")
+    challenger_deploy(version=second.version, mode="ab", actor="test", reason="")
+    item_upsert(items=[ItemInput(item_id="i1", title="One", categories=["drama"])])
+
+
+def test_the_answers_of_a_live_service_match_the_schema(running_experiment, admin_client_api):
+    """Each answer below is checked against its operation's documented status, content type and body."""
+    openapi = schemathesis.openapi.from_dict(Client().get("/api/schema/", HTTP_ACCEPT="application/json").json())
+    calls = [
+        ("GET", "/api/v1/deployments", {}),
+        ("GET", "/api/v1/deployments/challenger/report", {}),
+        ("GET", "/api/v1/items/i1/similar", {}),
+        ("GET", "/api/v1/models/compare?a=1&b=2", {}),
+        ("GET", "/api/v1/models/2/online-metrics?bucket=hour", {}),
+        ("GET", "/api/v1/health", {}),
+        ("POST", "/api/v1/models/2/promote", {"expected_current": 5}),  # 409: the champion is v1
+        ("DELETE", "/api/v1/deployments/challenger", {}),
+        ("GET", "/api/v1/deployments/challenger/report", {}),  # the stopped experiment's final report
+        ("DELETE", "/api/v1/deployments/challenger", {}),  # 400: nothing is running
+    ]
+    statuses = []
+    for method, url, body in calls:
+        response = admin_client_api.generic(method, url, json.dumps(body), content_type="application/json")
+        path = url.split("?")[0]
+        templates = [p for p in openapi.raw_schema["paths"] if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", p), path)]
+        template = path if path in templates else templates[0]
+        openapi[template][method].validate_response(_as_checked_response(response, method, url))
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 200, 200, 200, 200, 409, 200, 200, 400]
+
+
+def _as_checked_response(response, method: str, url: str) -> Response:
+    return Response(
+        status_code=response.status_code, headers={name: [value] for name, value in response.headers.items()},
+        content=response.content, request=requests.Request(method, "http://testserver" + url).prepare(),
+        elapsed=0.0, verify=True,
+    )
