@@ -64,12 +64,18 @@ def flatten_errors(errors, index: int | None = None) -> list[dict]:
     if isinstance(errors, dict) and errors and all(isinstance(key, int) for key in errors):
         return [flat for position, entry in errors.items() for flat in flatten_errors(entry, position)]
     if isinstance(errors, dict):
-        return [
-            located(name, str(message), index)
-            for name, messages in errors.items()
-            for message in (messages if isinstance(messages, list) else [messages])
-        ]
+        return [flat for name, messages in errors.items() for flat in _located_messages(name, messages, index)]
     return [located("non_field_errors", str(message), index) for message in errors]
+
+
+def _located_messages(field: str, messages, index: int | None) -> list[dict]:
+    if isinstance(messages, dict):  # a list field's errors by position (`categories[0]`), a nested object's by name
+        return [
+            flat
+            for key, entry in messages.items()
+            for flat in _located_messages(f"{field}[{key}]" if isinstance(key, int) else f"{field}.{key}", entry, index)
+        ]
+    return [located(field, str(message), index) for message in (messages if isinstance(messages, list) else [messages])]
 
 
 # The part of the request that a DRF error other than a validation error is about.

@@ -1,6 +1,6 @@
 """Registry endpoints (scope `admin`). One view per operation: validate, call a service or selector, serialize."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -47,6 +47,14 @@ class _ChangeInput(StrictSerializer):
     expected_current = StrictIntegerField(required=False, allow_null=True, min_value=1)
 
 
+# A pointer change's failures beyond bad input (the views document them; recsite.schema gives them the error body).
+CHANGE_FAILURES = {
+    409: OpenApiResponse(description="Another change of the champion won (or `expected_current` did not match); "
+                                     "the body's `current_version` is the champion now."),
+    422: OpenApiResponse(description="The version's artifact does not load or fails its checksum; nothing changed."),
+}
+
+
 class ModelListApi(APIView):
     required_scope = "admin"
 
@@ -69,7 +77,8 @@ class ModelPromoteApi(APIView):
     class InputSerializer(_ChangeInput):
         pass
 
-    @extend_schema(request=InputSerializer, responses={200: DeploymentChangeOutput}, summary="Make a version the champion")
+    @extend_schema(request=InputSerializer, responses={200: DeploymentChangeOutput, **CHANGE_FAILURES},
+                   summary="Make a version the champion")
     def post(self, request, version: int):
         data = validated(self.InputSerializer, request.data)
         change = model_version_promote(
@@ -85,7 +94,11 @@ class ModelRollbackApi(APIView):
     class InputSerializer(_ChangeInput):
         version = StrictIntegerField(required=False, allow_null=True, min_value=1)
 
-    @extend_schema(request=InputSerializer, responses={200: DeploymentChangeOutput}, summary="Return to the previous (or a named) champion")
+    @extend_schema(request=InputSerializer, responses={
+        200: DeploymentChangeOutput,
+        404: OpenApiResponse(description="No such version, or no earlier champion to return to."),
+        **CHANGE_FAILURES,
+    }, summary="Return to the previous (or a named) champion")
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
         change = model_version_rollback(
@@ -102,8 +115,21 @@ class ModelCompareApi(APIView):
         a = serializers.IntegerField(min_value=1)
         b = serializers.IntegerField(min_value=1)
 
+    class MetricSerializer(serializers.Serializer):
+        metric = serializers.CharField()
+        label = serializers.CharField()
+        higher_is_better = serializers.BooleanField()
+        a = serializers.FloatField(allow_null=True)
+        b = serializers.FloatField(allow_null=True)
+        delta = serializers.FloatField(allow_null=True, help_text="b - a")
+        relative_change = serializers.FloatField(allow_null=True, help_text="(b - a) / |a|; null when a is 0")
+        better = serializers.ChoiceField(choices=["a", "b", "equal"], allow_null=True)
+
     @extend_schema(
-        parameters=[OpenApiParameter("a", int, required=True), OpenApiParameter("b", int, required=True)],
+        parameters=[QuerySerializer],
+        responses={200: inline_serializer("ModelComparison", fields={
+            "a": serializers.IntegerField(), "b": serializers.IntegerField(), "metrics": MetricSerializer(many=True),
+        }), 404: OpenApiResponse(description="No such version.")},
         summary="Two versions side by side on the same metrics",
     )
     def get(self, request):

@@ -57,7 +57,7 @@ class RetrainApi(APIView):
 
     @extend_schema(request=None, responses={
         202: OutputSerializer,
-        409: OpenApiResponse(description="A run is in flight; its id is returned."),
+        409: OpenApiResponse(description="A run is in flight; the body's `run_id` and `status` are that run's."),
         503: OpenApiResponse(description="The task broker is unavailable; the run was not started (nothing is left "
                                          "in flight)."),
     }, summary="Start a training run now (manual trigger)")
@@ -89,7 +89,9 @@ class TrainingRunDetailApi(APIView):
 class TriggerEvaluationLatestApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: TriggerEvaluationOutput}, summary="The latest trigger evaluation")
+    @extend_schema(responses={200: TriggerEvaluationOutput,
+                              404: OpenApiResponse(description="No trigger evaluation yet.")},
+                   summary="The latest trigger evaluation")
     def get(self, request):
         evaluation = TriggerEvaluation.objects.select_related("run").first()
         if evaluation is None:
@@ -100,7 +102,10 @@ class TriggerEvaluationLatestApi(APIView):
 class DriftReportApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(request=None, responses={201: DriftReportOutput}, summary="Run a drift check now")
+    @extend_schema(request=None, responses={
+        201: DriftReportOutput,
+        404: OpenApiResponse(description="No champion with a drift reference to compare against."),
+    }, summary="Run a drift check now")
     def post(self, request):
         report = drift_check_run(policy=policy_active(), now=system_now(), champion=champion_version())
         if report is None:
@@ -111,7 +116,8 @@ class DriftReportApi(APIView):
 class DriftReportLatestApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: DriftReportOutput}, summary="The latest drift report")
+    @extend_schema(responses={200: DriftReportOutput, 404: OpenApiResponse(description="No drift report yet.")},
+                   summary="The latest drift report")
     def get(self, request):
         report = DriftReport.objects.select_related("reference_version").first()
         if report is None:

@@ -36,7 +36,7 @@ def test_bulk_upsert_creates_and_updates_in_one_request(ingest_client):
     "bad, field",
     [
         ({"categories": "Comedy"}, "categories"),
-        ({"categories": [1]}, "categories"),
+        ({"categories": [1]}, "categories[0]"),
         ({"attributes": [1]}, "attributes"),
         ({"active": "yes"}, "active"),
         ({"title": 5}, "title"),
@@ -49,6 +49,12 @@ def test_a_bad_item_in_a_batch_gets_a_400_and_nothing_is_written(ingest_client, 
     assert response.status_code == 400
     assert [(e["index"], e["field"]) for e in response.json()["errors"]] == [(1, field)]
     assert not Item.objects.exists()
+
+
+def test_a_bad_category_is_located_by_its_position_with_a_readable_message(ingest_client):
+    response = ingest_client.put("/api/v1/items/6", {"categories": ["Drama", 7]}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"index": None, "field": "categories[1]", "message": "Not a valid string."}]
 
 
 @pytest.mark.parametrize("raw", ["[]", '{"item_id": "x"}', '{"items": []}', '{"items": [{"title": "no id"}]}', "nope"])
