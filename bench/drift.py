@@ -52,10 +52,10 @@ from django.db import connection
 from django.db.models import Max, Min
 from recommendations.models import Interaction
 from registry.models import ModelStatus, ModelVersion
+from retraining.ml.manifest import json_safe
 from retraining.models import DriftReport
 from retraining.services import drift
 from retraining.services.policy import policy_active
-from retraining.services.training import json_safe
 
 config = json.loads({config!r})
 bounds = Interaction.objects.aggregate(first=Min("timestamp"), last=Max("timestamp"))

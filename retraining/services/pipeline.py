@@ -29,6 +29,8 @@ from recommendations.serving import ranker_precompile, trained_model_of
 from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_register, model_version_reject
+from retraining.ml.manifest import json_safe
+from retraining.ml.params import TrainingParams
 from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
 from retraining.services.gate import GateDecision, gate_decide
@@ -36,13 +38,7 @@ from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import HoldoutScores, models_score_on_holdout
 from retraining.services.rollout import candidate_deploy
-from retraining.services.training import (
-    TrainingParams,
-    TrainingResult,
-    json_safe,
-    training_run_execute,
-    training_run_refit,
-)
+from retraining.services.training import TrainingResult, training_run_execute, training_run_refit
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Plain-text tables for the commands."""
 
-from retraining.services.evaluation import RANKING_METRICS
+from retraining.ml.metrics import RANKING_METRICS
 
 
 def metrics_table(*, metrics: dict | None, baselines: dict, dataset: dict, k: int = 10) -> str:

@@ -17,7 +17,7 @@ from recommendations.serving import deployed
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.features import item_state_from_row, online_features_rebuild
-from retraining.services.candidates import collaborative_fit
+from retraining.ml.candidates import collaborative_fit
 from tests.recommendations.test_online_features import assert_online_equals_replay
 from tests.retraining.factories import DAY, START, RawEvent, dataset_with_events, event_log_from, learnable_dataset
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from recommendations.models import EndUser, Interaction, Item
-from retraining.services.dataset import EVENT_TYPES, EventLog
+from retraining.ml.events import EVENT_TYPES, EventLog
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp()
 DAY = 86400.0

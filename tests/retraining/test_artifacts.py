@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 
 from recommendations import ranking
-from retraining.services.evaluation import metric_keys, ranking_metrics
-from retraining.services.training import TrainingParams, evaluation_run, split_compute, training_run_execute
+from retraining.ml.metrics import metric_keys, ranking_metrics
+from retraining.ml.params import TrainingParams
+from retraining.ml.replay import evaluation_run
+from retraining.ml.split import split_compute
+from retraining.services.training import training_run_execute
 from tests.retraining.factories import event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)

@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 
 from recommendations import features, ranking
-from retraining.services.candidates import collaborative_fit
-from retraining.services.dataset import EVENT_TYPES, StateReplay
-from retraining.services.training import TrainingParams, evaluation_run, split_compute, training_run_execute
+from retraining.ml.candidates import collaborative_fit
+from retraining.ml.events import EVENT_TYPES, StateReplay
+from retraining.ml.params import TrainingParams
+from retraining.ml.replay import evaluation_run
+from retraining.ml.split import split_compute
+from retraining.services.training import training_run_execute
 from tests.retraining.factories import DAY, RawEvent, dataset_with_events, event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)

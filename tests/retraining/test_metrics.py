@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from retraining.services.evaluation import ranking_metrics, rating_metrics
+from retraining.ml.metrics import ranking_metrics, rating_metrics
 
 
 def test_ranking_metrics_match_a_hand_computed_case():
@@ -45,3 +45,8 @@ def test_rating_metrics_match_a_hand_computed_case():
     assert result["rmse"] == pytest.approx(math.sqrt(2 / 3))
     assert result["mae"] == pytest.approx(2 / 3)
     assert result["r2"] == pytest.approx(1 - 2 / 2)
+
+
+def test_r2_is_undefined_when_every_held_out_rating_is_the_same():
+    result = rating_metrics(actual=np.array([4.0, 4.0]), predicted=np.array([3.0, 5.0]))
+    assert math.isnan(result["r2"]) and result["rmse"] == pytest.approx(1.0) and result["mae"] == pytest.approx(1.0)

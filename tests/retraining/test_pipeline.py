@@ -6,6 +6,9 @@ import pytest
 from recommendations.serving import trained_model_of
 from registry.models import DeploymentChange, ModelStatus, ModelVersion
 from registry.selectors import champion_version, serving_pointers
+from retraining.ml.manifest import METRICS_FROM_GATED_MODEL, METRICS_FROM_OWN_HOLDOUT
+from retraining.ml.params import TrainingParams
+from retraining.ml.split import split_compute
 from retraining.models import TrainingRun
 from retraining.services import pipeline
 from retraining.services.dataset import event_log_load
@@ -13,12 +16,6 @@ from retraining.services.gate import MIN_COMPARISON_USERS, gate_decide
 from retraining.services.pipeline import training_run_process
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_request
-from retraining.services.training import (
-    METRICS_FROM_GATED_MODEL,
-    METRICS_FROM_OWN_HOLDOUT,
-    TrainingParams,
-    split_compute,
-)
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from retraining.services.dataset import event_log_load
-from retraining.services.training import TrainingParams, training_run_execute
+from retraining.ml.params import TrainingParams
+from retraining.services.training import training_run_execute
 from tests.retraining.factories import event_log_from, learnable_dataset
 
 MOVIELENS_SMALL = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "ml-latest-small"

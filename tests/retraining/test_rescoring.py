@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from recommendations import ranking
-from retraining.services.rescoring import holdout_after, models_score_on_holdout
-from retraining.services.training import TrainingParams, split_compute, training_run_execute
+from retraining.ml.params import TrainingParams
+from retraining.ml.split import holdout_after, split_compute
+from retraining.services.rescoring import models_score_on_holdout
+from retraining.services.training import training_run_execute
 from tests.retraining.factories import DAY, START, RawDataset, RawEvent, event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)

@@ -1,7 +1,7 @@
 import numpy as np
 
-from retraining.services.evaluation import holdout_split
-from retraining.services.training import TrainingParams, split_compute
+from retraining.ml.params import TrainingParams
+from retraining.ml.split import holdout_split, split_compute
 from tests.retraining.factories import RawDataset, RawEvent, START, event_log_from, learnable_dataset
 
 

@@ -5,7 +5,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from retraining.management.commands.train import parse_until
 from retraining.services.reporting import metrics_table
-from retraining.services.training import baselines_evaluate, json_safe
+from retraining.ml.manifest import json_safe
+from retraining.services.training import baselines_evaluate
 
 
 class Command(BaseCommand):

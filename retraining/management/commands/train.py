@@ -9,9 +9,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
 from registry.services import model_version_promote
+from retraining.ml.manifest import json_safe
+from retraining.ml.params import TrainingParams
 from retraining.services.pipeline import candidate_register, drift_reference_attach
 from retraining.services.policy import policy_active
-from retraining.services.training import TrainingParams, json_safe, training_run_execute, training_run_refit
+from retraining.services.training import training_run_execute, training_run_refit
 from retraining.services.reporting import metrics_table
 
 

@@ -1,41 +1,21 @@
-"""The evaluation protocol (docs/ARCHITECTURE.md): temporal holdout per user, ranking metrics at K over all
-unseen active items, rating metrics, and the two baselines scored on the same split."""
+"""The evaluation protocol's metrics (docs/ARCHITECTURE.md): ranking metrics at K over all unseen active
+items, rating metrics, and the two baselines' lists from the same candidates.
+
+Rating metrics come from sklearn.metrics. The ranking metrics stay here: sklearn's ndcg_score and
+average_precision_score score every item of a row, while the protocol scores a top-k list against the
+held-out positives with the ideal DCG and MAP's denominator capped at min(k, |P|)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import numpy as np
+from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
 from recommendations.ranking import SOURCE_COLLABORATIVE, SOURCE_POPULAR, Candidates
 
 RANKING_METRICS = ["ndcg", "recall", "precision", "map", "hit_rate", "coverage"]
-
-
-@dataclass
-class HoldoutSplit:
-    holdout: np.ndarray  # bool per event of the log
-    cutoff: np.ndarray  # float64 per user code: time of the user's first held-out event, NaN if none
-
-
-def holdout_split(
-    *, user: np.ndarray, ts: np.ndarray, mask: np.ndarray, n_users: int, fraction: float = 0.2, min_events: int = 5
-) -> HoldoutSplit:
-    """Among the events in `mask` (a log sorted by (time, id)), each user with at least `min_events`
-    events holds out their last `fraction` (at least one event)."""
-    index = np.flatnonzero(mask)
-    by_user = index[np.argsort(user[index], kind="stable")]
-    counts = np.bincount(user[index], minlength=n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    held = np.where(counts >= min_events, np.maximum(1, np.floor(counts * fraction + 0.5)), 0).astype(np.int64)
-    rank_in_user = np.arange(len(by_user)) - starts[user[by_user]]
-    is_held = rank_in_user >= (counts - held)[user[by_user]]
-    holdout = np.zeros(len(user), dtype=bool)
-    holdout[by_user[is_held]] = True
-    cutoff = np.full(n_users, np.nan)
-    first_held = by_user[is_held & (rank_in_user == (counts - held)[user[by_user]])]
-    cutoff[user[first_held]] = ts[first_held]
-    return HoldoutSplit(holdout=holdout, cutoff=cutoff)
+CF_NAME = "ease"
 
 
 def ranking_metrics(
@@ -72,14 +52,14 @@ def ranking_metrics(
 
 
 def rating_metrics(*, actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R² (NaN on constant ratings, where R² is undefined: sklearn would report 0 or 1)."""
     if not len(actual):
-        return {"rmse": float("nan"), "mae": float("nan"), "r2": float("nan"), "ratings": 0}
-    error = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
-    spread = float(np.sum((actual - np.mean(actual)) ** 2))
+        return {"rmse": math.nan, "mae": math.nan, "r2": math.nan, "ratings": 0}
+    actual, predicted = np.asarray(actual, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
     return {
-        "rmse": float(np.sqrt(np.mean(error**2))),
-        "mae": float(np.mean(np.abs(error))),
-        "r2": 1.0 - float(np.sum(error**2)) / spread if spread else float("nan"),
+        "rmse": float(root_mean_squared_error(actual, predicted)),
+        "mae": float(mean_absolute_error(actual, predicted)),
+        "r2": float(r2_score(actual, predicted)) if np.ptp(actual) else math.nan,
         "ratings": int(len(actual)),
     }
 
@@ -90,9 +70,17 @@ def baseline_lists(candidates: Candidates, *, popularity_rank: np.ndarray, k: in
     popular = candidates.source & SOURCE_POPULAR > 0
     cf_codes = candidates.codes[cf][np.argsort(candidates.cf_rank[cf], kind="stable")][:k]
     pop_codes = candidates.codes[popular][np.argsort(popularity_rank[candidates.codes[popular]], kind="stable")][:k]
-    return {"popularity": pop_codes, "ease": cf_codes}
+    return {"popularity": pop_codes, CF_NAME: cf_codes}
 
 
 def metric_keys(metrics: dict[str, float], k: int) -> dict[str, float]:
     """{"ndcg": ...} -> {"ndcg@10": ...}, the report's names."""
     return {f"{name}@{k}": float(metrics[name]) for name in RANKING_METRICS}
+
+
+def ranking_metrics_at(*, recommended: list[np.ndarray], positives: list[np.ndarray], k: int,
+                       n_active_items: int) -> dict[str, float]:
+    """ranking_metrics under the report's names ("ndcg@10", ...)."""
+    return metric_keys(
+        ranking_metrics(recommended=recommended, positives=positives, k=k, n_active_items=n_active_items), k
+    )

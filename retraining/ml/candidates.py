@@ -1,4 +1,4 @@
-"""Fitting the candidate stage: EASE over the most active items and popularity over the whole catalogue.
+"""The candidate stage: fitting EASE over the most active items and popularity over the whole catalogue.
 
 Memory and time depend on M = `n_modelled` (the EASE items), not on the catalogue size: the Gram matrix,
 its inverse and B are M x M (3 x 8 x M^2 bytes: M=3000 -> ~220 MB, ~3 s to invert on 2 cores); the
@@ -10,8 +10,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recommendations import ranking
 from recommendations.ranking import CollaborativeModel
-from retraining.services.dataset import EventLog
+from retraining.ml.events import EventLog
+from retraining.ml.params import TrainingParams
+
+CANDIDATE_BATCH = 1000
 
 
 def collaborative_fit(*, log: EventLog, mask: np.ndarray, n_modelled: int, l2: float) -> CollaborativeModel:
@@ -59,3 +63,36 @@ def _ease_weights(users, items, modelled, n_items, n_users, l2) -> np.ndarray:
     weights = inverse / -np.diag(inverse)
     weights[np.diag_indices_from(weights)] = 0.0
     return weights.astype(np.float32)
+
+
+def candidates_for(model: CollaborativeModel, histories: list[np.ndarray], users: np.ndarray,
+                   params: TrainingParams) -> list[ranking.Candidates]:
+    """Each user's candidates (serving's own candidates_generate), computed in batches of users."""
+    result = []
+    for start in range(0, len(users), CANDIDATE_BATCH):
+        batch = users[start : start + CANDIDATE_BATCH]
+        result += ranking.candidates_generate(
+            model,
+            histories=[histories[u] for u in batch],
+            n_collaborative=params.n_collaborative,
+            n_popular=params.n_popular,
+        )
+    return result
+
+
+def collaborative_reindex(model: CollaborativeModel, *, item_pks: np.ndarray, active: np.ndarray) -> CollaborativeModel:
+    """The same collaborative model expressed in another catalogue's codes (by Item primary key)."""
+    code_of = {int(pk): code for code, pk in enumerate(item_pks.tolist())}
+    modelled_pks = model.item_pks[model.modelled].tolist()
+    keep = [position for position, pk in enumerate(modelled_pks) if int(pk) in code_of]
+    popularity = np.zeros(len(item_pks), dtype=np.float64)
+    for old_code, pk in enumerate(model.item_pks.tolist()):
+        if int(pk) in code_of:
+            popularity[code_of[int(pk)]] = model.popularity[old_code]
+    return CollaborativeModel(
+        item_pks=np.asarray(item_pks, dtype=np.int64),
+        active=np.asarray(active, dtype=bool),
+        modelled=np.array([code_of[int(modelled_pks[p])] for p in keep], dtype=np.int32),
+        weights=model.weights[np.ix_(keep, keep)],
+        popularity=popularity,
+    )

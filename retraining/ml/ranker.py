@@ -1,0 +1,136 @@
+"""The ranker: examples at the start of each user's label window, LightGBM lambdarank, and the early
+stopping (with a minimum model size) that the rating model shares."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+
+from recommendations import features, ranking
+from retraining.ml.candidates import candidates_for
+from retraining.ml.events import EventLog, StateReplay
+from retraining.ml.params import TrainingParams
+from retraining.ml.split import Split, histories_by_user
+
+
+def grades(log: EventLog) -> np.ndarray:
+    """Graded relevance per event: rating 5 -> 2; other positives (rating >= 4, like, purchase) -> 1; else 0."""
+    top = log.is_rating() & (log.value >= 5.0)
+    return np.where(top, 2, np.where(log.positive(), 1, 0)).astype(np.int8)
+
+
+@dataclass
+class RankerExamples:
+    matrix: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray  # rows per user, in order
+
+
+def ranker_examples_build(
+    log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel
+) -> RankerExamples:
+    """Candidates and features at the start of each user's label window, from the fit portion only."""
+    grade = grades(log)
+    labelled = split.label & (grade > 0)
+    users = np.unique(log.user[labelled])
+    if len(users) > params.max_ranker_users:
+        users = np.sort(np.random.default_rng(params.seed).choice(users, params.max_ranker_users, replace=False))
+    wanted: dict[tuple[int, int], int] = {}
+    for u, it, g in zip(log.user[split.label].tolist(), log.item[split.label].tolist(), grade[split.label].tolist()):
+        wanted[(u, it)] = max(g, wanted.get((u, it), 0))
+    candidates = candidates_for(model, histories_by_user(log, split.fit), users, params)
+    blocks: list[np.ndarray | None] = [None] * len(users)
+    labels: list[np.ndarray | None] = [None] * len(users)
+    replay = StateReplay(log.subset(split.fit), users=users)
+
+    def on_query(index: int) -> None:
+        u, found = int(users[index]), candidates[index]
+        labels[index] = np.array([wanted.get((u, c), 0) for c in found.codes.tolist()], dtype=np.int8)
+        blocks[index] = ranking.ranker_feature_matrix(
+            model,
+            candidates=found,
+            user=replay.user_states.get(u, features.UserState()),
+            items=replay.candidate_items(found.codes),
+            at=float(split.label_start[u]),
+            category_share=category_share,
+        )
+
+    replay.run(split.label_start[users], on_query)
+    keep = [i for i in range(len(users)) if labels[i].any()]
+    return RankerExamples(
+        matrix=np.concatenate([blocks[i] for i in keep]) if keep else np.empty((0, len(ranking.RANKER_FEATURES))),
+        labels=np.concatenate([labels[i] for i in keep]) if keep else np.empty(0, dtype=np.int8),
+        groups=np.array([len(labels[i]) for i in keep], dtype=np.int64),
+    )
+
+
+def lgb_params(params: TrainingParams, **overrides) -> dict:
+    return {
+        "learning_rate": params.learning_rate,
+        "num_leaves": params.num_leaves,
+        "min_data_in_leaf": params.min_data_in_leaf,
+        "feature_fraction": 0.9,
+        "lambda_l2": 1.0,
+        "num_threads": params.num_threads,
+        "seed": params.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+        **overrides,
+    }
+
+
+class EarlyStoppingAfter:
+    """A LightGBM callback: early stopping on the first validation metric that only considers models of at
+    least `min_rounds` trees: on a few hundred validation users NDCG is noisy enough that its peak can fall
+    on the 2nd tree. `best_iteration` is the number of trees of the best model."""
+
+    def __init__(self, *, min_rounds: int, patience: int):
+        self.order = 30  # LightGBM sorts callbacks by it (read from the instance), as its own early stopping
+        self.min_rounds, self.patience = min_rounds, patience
+        self.best_score, self.best_iteration = -math.inf, min_rounds
+
+    def __call__(self, env) -> None:
+        trees = env.iteration + 1
+        if trees < self.min_rounds or not env.evaluation_result_list:
+            return
+        _, _, score, higher_is_better = env.evaluation_result_list[0][:4]
+        score = score if higher_is_better else -score
+        if score > self.best_score:
+            self.best_score, self.best_iteration = score, trees
+        elif trees - self.best_iteration >= self.patience:
+            raise lgb.callback.EarlyStopException(self.best_iteration - 1, env.evaluation_result_list)
+
+
+def booster_train(options: dict, train: lgb.Dataset, valid: lgb.Dataset, params: TrainingParams) -> lgb.Booster:
+    stopping = EarlyStoppingAfter(min_rounds=params.min_rounds, patience=params.early_stopping_rounds)
+    booster = lgb.train(options, train, num_boost_round=params.max_rounds, valid_sets=[valid], callbacks=[stopping])
+    booster.best_iteration = stopping.best_iteration
+    return booster
+
+
+def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
+    """LightGBM lambdarank; early stopping on NDCG@k of a held-aside share of the users."""
+    labels = examples.labels
+    if params.shuffle_labels:
+        labels = np.random.default_rng(params.seed).permutation(labels)
+    n_groups = len(examples.groups)
+    rng = np.random.default_rng(params.seed)
+    validation = rng.random(n_groups) < params.validation_fraction if n_groups >= 20 else np.zeros(n_groups, bool)
+    row_group = np.repeat(np.arange(n_groups), examples.groups)
+    rows_valid = validation[row_group]
+    options = lgb_params(params, objective="lambdarank", metric="ndcg", eval_at=[params.k])
+
+    def dataset(rows, groups, reference=None):
+        return lgb.Dataset(
+            examples.matrix[rows], labels[rows], group=groups, feature_name=ranking.RANKER_FEATURES,
+            reference=reference, free_raw_data=True,
+        )
+
+    train = dataset(~rows_valid, examples.groups[~validation])
+    if not validation.any():
+        return lgb.train(options, train, num_boost_round=params.min_rounds)
+    return booster_train(options, train, dataset(rows_valid, examples.groups[validation], reference=train), params)

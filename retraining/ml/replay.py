@@ -1,0 +1,154 @@
+"""The evaluation replay: one pass over the training portion that ranks every evaluated user at the start
+of their holdout (the model and both baselines) and builds the rating model's rows, each strictly before
+its time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+
+from recommendations import features, ranking
+from retraining.ml.candidates import candidates_for
+from retraining.ml.events import EventLog, StateReplay
+from retraining.ml.metrics import CF_NAME, baseline_lists
+from retraining.ml.params import TrainingParams
+from retraining.ml.split import Split, histories_by_user
+
+SCORING_BATCH = 500
+
+
+@dataclass
+class Evaluation:
+    users: np.ndarray  # the evaluated users (codes): those with a positive held-out event on an unseen item
+    ranked: dict[str, list[np.ndarray]]  # "ranker", "popularity", "ease" -> top-k per evaluated user
+    positives: list[np.ndarray]
+    regressor_train: np.ndarray
+    regressor_train_target: np.ndarray
+    regressor_holdout: np.ndarray
+    regressor_holdout_target: np.ndarray
+
+
+class EvaluationReplay:
+    """One replay of the training portion answers three kinds of query, each strictly before its time:
+    every evaluated user at the start of their holdout (ranking and held-out ratings), and every training
+    rating event at its own time (the regressor's training rows). Without a ranker only the baselines are
+    ranked; without `with_regressor` no rating rows are built."""
+
+    def __init__(self, log: EventLog, split: Split, params: TrainingParams, *, category_share: dict,
+                 model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool):
+        self.log, self.split, self.params = log, split, params
+        self.category_share, self.model, self.ranker = category_share, model, ranker
+        histories = histories_by_user(log, split.train)
+        positive_holdout = split.holdout & log.positive() & log.item_active[log.item]
+        self.held_users = np.flatnonzero(~np.isnan(split.cutoff))
+        self.positives = _positives_by_user(log, positive_holdout, histories)
+        self.ranked_users = np.array([u for u in self.held_users.tolist() if len(self.positives[u])], dtype=np.int64)
+        self.candidates = dict(zip(self.ranked_users.tolist(),
+                                   candidates_for(model, histories, self.ranked_users, params)))
+        self.train_ratings = self._train_ratings() if with_regressor else np.empty(0, dtype=np.int64)
+        self.holdout_ratings = _events_by_user(log, split.holdout & log.is_rating()) if with_regressor else {}
+        n_holdout_rows = sum(len(v) for v in self.holdout_ratings.values())
+        width = len(ranking.REGRESSOR_FEATURES)
+        self.regressor_train = np.empty((len(self.train_ratings), width), dtype=np.float32)
+        self.regressor_holdout = np.empty((n_holdout_rows, width), dtype=np.float32)
+        self.holdout_target = np.empty(n_holdout_rows, dtype=np.float32)
+        self.holdout_filled = 0
+        self.ranked: dict[str, dict[int, np.ndarray]] = {"ranker": {}, "popularity": {}, CF_NAME: {}}
+        self.pending: list[tuple[int, np.ndarray]] = []  # (user, feature matrix) awaiting one batched predict
+        self.replay = StateReplay(log.subset(split.train))
+        self.categories = dict(enumerate(log.item_categories))
+
+    def run(self) -> Evaluation:
+        log, n_users = self.log, len(self.held_users)
+        times = np.concatenate([self.split.cutoff[self.held_users], log.ts[self.train_ratings]])
+        self.replay.run(times, lambda q: self._on_user(int(self.held_users[q])) if q < n_users
+                        else self._on_rating(q - n_users))
+        self._score_pending()
+        order = self.ranked_users.tolist()
+        return Evaluation(
+            users=self.ranked_users,
+            ranked={name: [lists[u] for u in order] for name, lists in self.ranked.items() if lists},
+            positives=[self.positives[u] for u in order],
+            regressor_train=self.regressor_train,
+            regressor_train_target=log.value[self.train_ratings].astype(np.float32),
+            regressor_holdout=self.regressor_holdout,
+            regressor_holdout_target=self.holdout_target,
+        )
+
+    def _train_ratings(self) -> np.ndarray:
+        """The training portion's rating events, sampled down to max_regressor_examples."""
+        events = np.flatnonzero(self.split.train & self.log.is_rating())
+        if len(events) > self.params.max_regressor_examples:
+            rng = np.random.default_rng(self.params.seed)
+            events = np.sort(rng.choice(events, self.params.max_regressor_examples, replace=False))
+        return events
+
+    def _regressor_row(self, u: int, item: int, at: float) -> np.ndarray:
+        return ranking.regressor_feature_row(
+            user=self.replay.user_states.get(u, features.UserState()),
+            item=self.replay.item_states.get(item, features.ItemState()), categories=self.categories[item],
+            at=at, category_share=self.category_share,
+        )
+
+    def _on_user(self, u: int) -> None:
+        at = float(self.split.cutoff[u])
+        for event in self.holdout_ratings.get(u, ()):
+            self.regressor_holdout[self.holdout_filled] = self._regressor_row(u, int(self.log.item[event]), at)
+            self.holdout_target[self.holdout_filled] = self.log.value[event]
+            self.holdout_filled += 1
+        if u not in self.candidates:
+            return
+        found = self.candidates[u]
+        for name, codes in baseline_lists(found, popularity_rank=self.model.popularity_rank, k=self.params.k).items():
+            self.ranked[name][u] = codes
+        if self.ranker is not None:
+            self.pending.append((u, ranking.ranker_feature_matrix(
+                self.model, candidates=found, user=self.replay.user_states.get(u, features.UserState()),
+                items=self.replay.candidate_items(found.codes), at=at, category_share=self.category_share,
+            )))
+            if len(self.pending) == SCORING_BATCH:
+                self._score_pending()
+
+    def _score_pending(self) -> None:
+        """One predict call for many users: LightGBM's per-call overhead would dominate 250-row calls."""
+        if not self.pending:
+            return
+        scores = ranking.ranker_scores(self.ranker, np.concatenate([matrix for _, matrix in self.pending]))
+        start = 0
+        for u, _ in self.pending:
+            codes = self.candidates[u].codes
+            self.ranked["ranker"][u] = ranking.top_k(codes, scores[start : start + len(codes)], self.params.k)
+            start += len(codes)
+        self.pending.clear()
+
+    def _on_rating(self, row: int) -> None:
+        event = self.train_ratings[row]
+        self.regressor_train[row] = self._regressor_row(
+            int(self.log.user[event]), int(self.log.item[event]), float(self.log.ts[event])
+        )
+
+
+def evaluation_run(log: EventLog, split: Split, params: TrainingParams, category_share: dict,
+                   model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool) -> Evaluation:
+    """EvaluationReplay in one call."""
+    return EvaluationReplay(log, split, params, category_share=category_share, model=model, ranker=ranker,
+                            with_regressor=with_regressor).run()
+
+
+def _events_by_user(log: EventLog, mask: np.ndarray) -> dict[int, list[int]]:
+    result: dict[int, list[int]] = {}
+    for event, u in zip(np.flatnonzero(mask).tolist(), log.user[mask].tolist()):
+        result.setdefault(u, []).append(event)
+    return result
+
+
+def _positives_by_user(log: EventLog, mask: np.ndarray, histories: list[np.ndarray]) -> list[np.ndarray]:
+    """Per user, the distinct items with a positive held-out event that the user had not seen in training
+    (only those can be recommended: the protocol ranks unseen items)."""
+    result = [np.empty(0, dtype=np.int64) for _ in range(len(log.user_pks))]
+    for u, events in _events_by_user(log, mask).items():
+        items = np.unique(log.item[events]).astype(np.int64)
+        result[u] = items[~np.isin(items, histories[u])]
+    return result
