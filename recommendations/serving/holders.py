@@ -164,7 +164,7 @@ class Poller:
         self._stop = threading.Event()
 
     def ensure_fresh(self) -> None:
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             self._refresh_due()
 
     def start(self) -> None:
