@@ -1,5 +1,6 @@
-"""gunicorn's settings for the web service; gunicorn reads ./gunicorn.conf.py by itself, so Procfile,
-docker-compose.yml, the Dockerfile and the benches all run with it (flags on a command line still win).
+"""gunicorn's settings for the web service, and the hooks that start and stop each worker's runtime
+(recommendations.runtime); gunicorn reads ./gunicorn.conf.py by itself, so Procfile, docker-compose.yml, the
+Dockerfile and the benches all run with it (flags on a command line still win).
 
 A gthread worker, not a sync one: a sync worker leaves the requests it cannot take yet in the kernel's accept
 queue, invisible to the application, where under saturation they waited for seconds (p99 1.76 s at 64
@@ -18,3 +19,18 @@ import os
 workers = int(os.environ.get("WEB_CONCURRENCY", 2))
 worker_class = "recsite.gunicorn_worker.QueueTimedThreadWorker"
 threads = int(os.environ.get("WEB_THREADS", 1))
+
+
+def post_worker_init(worker):
+    """Each worker starts its own runtime's threads (poller, impression flusher, shadow scorer) once it has
+    loaded the application, after the fork: threads do not survive a fork, and a worker never shares them."""
+    from recommendations.runtime import process_runtime
+
+    process_runtime().start()
+
+
+def worker_exit(server, worker):
+    """Stop them on the way out, writing the buffered impressions."""
+    from recommendations.runtime import process_runtime
+
+    process_runtime().stop()

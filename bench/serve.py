@@ -94,7 +94,7 @@ _REGISTER_CODE = """
 import json
 from pathlib import Path
 from registry.services import VersionInput, model_version_promote, model_version_register
-from recommendations.serving import ranker_precompile
+from recommendations.serving.loading import ranker_precompile
 from retraining.services.rollout import challenger_deploy
 directory = Path({directory!r})
 manifest = json.loads((directory / "manifest.json").read_text())

@@ -20,12 +20,10 @@ from rest_framework import authentication, exceptions, permissions
 from rest_framework_api_key.permissions import KeyParser
 
 from .models import ApiKey
-from .process_cache import ProcessCache
+from .runtime import process_runtime
 from .throttling import AuthFailureThrottle
 
 SCOPES = ("ingest", "serve", "admin")
-
-verified_keys = ProcessCache(max_entries=1000)
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -46,6 +44,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
 def _verified(key: str, request) -> ApiKey:
     digest = hashlib.sha256(key.encode()).digest()
+    verified_keys = process_runtime().verified_keys
     api_key = verified_keys.get(digest, ttl=settings.API_KEY_CACHE_SECONDS)
     if api_key is not None:
         return api_key

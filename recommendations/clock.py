@@ -1,5 +1,5 @@
 """The system clock for serving, triggers and cut-offs: real time, or the replayed timeline during a
-replay. The row is re-read at most once a second per process."""
+replay. Each process's runtime holds one ProcessClock, which re-reads the row at most once a second."""
 
 import threading
 import time
@@ -8,26 +8,40 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from recommendations.models import SystemClock
+from recommendations.runtime import process_runtime
 
-_REFRESH_SECONDS = 1.0
-_cache = {"row": None, "read_at": float("-inf")}
-_lock = threading.Lock()
+REFRESH_SECONDS = 1.0
+
+
+class ProcessClock:
+    def __init__(self):
+        self._row: SystemClock | None = None
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        clock = self._clock_row()
+        real = timezone.now()
+        if clock is None:
+            return real
+        return clock.simulated_anchor + timedelta(seconds=(real - clock.real_anchor).total_seconds() * clock.speed)
+
+    def _clock_row(self) -> SystemClock | None:
+        with self._lock:
+            if time.monotonic() - self._read_at > REFRESH_SECONDS:
+                self._row = SystemClock.objects.first()
+                self._read_at = time.monotonic()
+            return self._row
+
+    def forget(self) -> None:
+        """Drop the cached row (after this process changes the clock)."""
+        with self._lock:
+            self._read_at = float("-inf")
 
 
 def system_now() -> datetime:
-    clock = _clock_row()
-    real = timezone.now()
-    if clock is None:
-        return real
-    return clock.simulated_anchor + timedelta(seconds=(real - clock.real_anchor).total_seconds() * clock.speed)
-
-
-def _clock_row() -> SystemClock | None:
-    with _lock:
-        if time.monotonic() - _cache["read_at"] > _REFRESH_SECONDS:
-            _cache["row"] = SystemClock.objects.first()
-            _cache["read_at"] = time.monotonic()
-        return _cache["row"]
+    """Now, by the clock of this process's runtime."""
+    return process_runtime().clock.now()
 
 
 def clock_set(*, simulated_now: datetime, speed: float) -> SystemClock:
@@ -44,6 +58,4 @@ def clock_reset() -> None:
 
 
 def clock_forget() -> None:
-    """Drop the cached row (tests, and after this process changes the clock)."""
-    with _lock:
-        _cache["read_at"] = float("-inf")
+    process_runtime().clock.forget()

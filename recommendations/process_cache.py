@@ -42,6 +42,9 @@ class ProcessCache:
             for key in keys:
                 self._entries.pop(key, None)
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

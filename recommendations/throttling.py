@@ -27,13 +27,15 @@ from rest_framework import exceptions
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
+from recommendations.runtime import process_runtime
+
 logger = logging.getLogger(__name__)
 AUTH_FAILURE_SCOPE = "auth_failure"
 OUTAGE_SECONDS = 5.0
 SYNC_SECONDS = 0.1
 
 
-class _CacheBreaker:
+class CacheBreaker:
     """Skips the cache for OUTAGE_SECONDS after it failed, per process."""
 
     def __init__(self):
@@ -49,9 +51,6 @@ class _CacheBreaker:
                 return
             self._failed_at = time.monotonic()
         logger.warning("Throttling is off for %gs: the cache failed (%r)", OUTAGE_SECONDS, error)
-
-
-breaker = _CacheBreaker()
 
 
 class _Window:
@@ -70,6 +69,7 @@ class _Window:
 
 def _count(key: str, *, add: int, timeout: float) -> int | None:
     """The counter under `key` after adding `add` (0 reads it), or None when the cache failed."""
+    breaker = process_runtime().throttle_breaker
     if breaker.is_open():
         return None
     try:
@@ -86,7 +86,7 @@ def _count(key: str, *, add: int, timeout: float) -> int | None:
         return None
 
 
-class _LocalCounts:
+class LocalCounts:
     """Per process, one entry per key and scope: the window's count as last read from the cache, the requests
     counted here since, and when that was; an entry is replaced when its key's window moves on."""
 
@@ -114,9 +114,6 @@ class _LocalCounts:
         return shared
 
 
-local_counts = _LocalCounts()
-
-
 class ApiKeyRateThrottle(BaseThrottle):
     """Limits each API key to the rate of the view's `required_scope` (views without one are not limited)."""
 
@@ -126,8 +123,9 @@ class ApiKeyRateThrottle(BaseThrottle):
             return True
         self.window = _Window(scope)
         who = f"{scope}:{request.auth.prefix}"
-        count = local_counts.count(who, self.window.key(scope, request.auth.prefix), limit=self.window.limit,
-                                   timeout=self.window.remaining)
+        key = self.window.key(scope, request.auth.prefix)
+        count = process_runtime().throttle_counts.count(who, key, limit=self.window.limit,
+                                                        timeout=self.window.remaining)
         return count is None or count <= self.window.limit
 
     def wait(self) -> float:

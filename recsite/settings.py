@@ -285,7 +285,7 @@ MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
 
 # Registry integrity: the function that checks a version's models load before any pointer moves to it. The
 # registry holds no ML (ARCHITECTURE.md), so the serving app provides it; named here, not registered at run time.
-REGISTRY_ARTIFACT_VERIFIER = "recommendations.serving.artifact_models_check"
+REGISTRY_ARTIFACT_VERIFIER = "recommendations.serving.loading.artifact_models_check"
 
 
 def _seconds(name: str, default: float) -> float:

@@ -121,25 +121,19 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def synchronous_serving(settings):
-    """In-process tests poll the champion, rebuild the item snapshot and write impressions on the request
-    path, not in threads (threads would hold their own connections outside the test's transaction)."""
-    from recommendations.clock import clock_forget
+def runtime(settings):
+    """Every test gets a fresh process runtime (recommendations.runtime): no models, snapshot, caches or clock
+    left by another test, whose rows may have been rolled back. It is not started: in-process tests poll the
+    champion, rebuild the item snapshot, write impressions and score shadows on the request path, not in threads
+    (threads would hold their own connections outside the test's transaction); a test that wants a thread
+    starts it (e.g. `runtime.shadow.start()`), and it is stopped afterwards."""
+    from recommendations.runtime import ServingRuntime, process_runtime_replace
 
     settings.MODEL_POLL_THREAD = False
     settings.IMPRESSION_FLUSH_SECONDS = 0
     settings.ITEM_SNAPSHOT_SECONDS = 0  # each request sees the items as the test left them
-    clock_forget()
-    yield
-    clock_forget()
-
-
-@pytest.fixture(autouse=True)
-def empty_process_caches():
-    """A web process's caches would outlive the rows a test rolls back: every test starts without them."""
-    from recommendations.auth import verified_keys
-    from recommendations.services.events import known_items, known_users
-
-    verified_keys.clear()
-    known_items.clear()
-    known_users.clear()
+    fresh = ServingRuntime()
+    previous = process_runtime_replace(fresh)
+    yield fresh
+    fresh.stop()
+    process_runtime_replace(previous)

@@ -27,8 +27,8 @@ from recsite.api import (
     validated,
 )
 from recommendations.models import EventType
-from recommendations.serving import recommendations_for, similar_items
-from recommendations.serving import serving_health  # HealthApi
+from recommendations.runtime import process_runtime
+from recommendations.serving.recommend import recommendations_for, serving_health, similar_items
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
 from recsite.errors import ApplicationError, located
@@ -203,7 +203,7 @@ class HealthApi(APIView):
             logger.exception("health check: the database is unreachable")
             body = {"status": "unavailable", "database": "unreachable", "message": "The database is unreachable."}
             return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        health = serving_health()
+        health = serving_health(runtime=process_runtime())
         if not health.degraded:
             return Response({"status": "ok", "database": "ok"})
         model = {"serving_version": health.serving, "expected_version": health.expected, "error": health.error}
@@ -245,8 +245,8 @@ class RecommendationsApi(APIView):
     def get(self, request, user_id: str):
         query = self.query_of(request.query_params)
         exclude = [part.strip() for part in query.get("exclude", "").split(",") if part.strip()]
-        result = recommendations_for(user_external_id=user_id, k=query["k"], category=query.get("category"),
-                                     exclude=exclude, explain=query["explain"])
+        result = recommendations_for(runtime=process_runtime(), user_external_id=user_id, k=query["k"],
+                                     category=query.get("category"), exclude=exclude, explain=query["explain"])
         return Response({"user_id": result.user_id, "model_version": result.model_version, "strategy": result.strategy,
                          "recommendation_id": str(result.recommendation_id), "items": result.items})
 
@@ -277,5 +277,6 @@ class SimilarItemsApi(APIView):
                    summary="Items similar to an item (collaborative model)")
     def get(self, request, item_id: str):
         query = validated(self.QuerySerializer, request.query_params)
-        version, strategy, items = similar_items(item_external_id=item_id, k=query["k"])
+        version, strategy, items = similar_items(runtime=process_runtime(), item_external_id=item_id,
+                                                 k=query["k"])
         return Response({"item_id": item_id, "model_version": version, "strategy": strategy, "items": items})

@@ -12,6 +12,7 @@ from django.utils import timezone
 from recommendations import features
 from recommendations.models import EndUser, Interaction, Item
 from recommendations.process_cache import ProcessCache
+from recommendations.runtime import process_runtime
 from recommendations.services.features import first_interactions, online_features_update, user_features_lock
 from recsite.errors import ApplicationError, ConflictError
 
@@ -47,8 +48,9 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
                 return _ingest(events, strict)
         except (IntegrityError, OperationalError) as exc:
             # A cached user or item may have been deleted since (the foreign key fails at commit): read them again.
-            known_users.discard(event.user_id for event in events)
-            known_items.discard(event.item_id for event in events)
+            runtime = process_runtime()
+            runtime.known_users.discard(event.user_id for event in events)
+            runtime.known_items.discard(event.item_id for event in events)
             if attempt == _ATTEMPTS or not _is_retryable(exc):
                 if isinstance(exc, IntegrityError):
                     raise ConflictError("A concurrent request wrote the same events; retry the request.")
@@ -130,10 +132,6 @@ def _interactions_insert(events, users, items) -> tuple[list[EventInput], list[i
     return fresh, [pk for pk, _ in returned]
 
 
-known_users = ProcessCache(max_entries=100_000)
-known_items = ProcessCache(max_entries=100_000)
-
-
 def _read_through(cache: ProcessCache, keys: set[str], read: Callable[[set[str]], dict]) -> dict:
     """What `cache` holds of `keys` from less than INGEST_CACHE_SECONDS ago, and `read(the others)`. What
     was read is cached once the ingest commits, so that rows created by a transaction that rolls back are
@@ -151,7 +149,7 @@ def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, l
     """(pk, categories) of each event's item, creating unknown items (inactive) unless the catalog is strict. Cached
     categories may be INGEST_CACHE_SECONDS old: a change of categories reaches features within that time."""
     wanted = {event.item_id for event in events}
-    return _read_through(known_items, wanted, lambda unread: _items_read(unread, events, strict))
+    return _read_through(process_runtime().known_items, wanted, lambda unread: _items_read(unread, events, strict))
 
 
 def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
@@ -190,7 +188,7 @@ def _item_lookup(external_ids: set[str]) -> dict[str, tuple[int, list[str]]]:
 
 def _users_for(external_ids: Iterable[str]) -> dict[str, int]:
     """The pk of each user, creating the users seen for the first time."""
-    return _read_through(known_users, set(external_ids), _users_read)
+    return _read_through(process_runtime().known_users, set(external_ids), _users_read)
 
 
 def _users_read(wanted: set[str]) -> dict[str, int]:

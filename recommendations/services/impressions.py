@@ -1,12 +1,13 @@
 """Impression logging off the response path: served lists are buffered in the process and written in
-batches by a daemon thread every IMPRESSION_FLUSH_SECONDS (0 writes synchronously, as the tests do).
+batches by a daemon thread every IMPRESSION_FLUSH_SECONDS. The buffer belongs to the process's runtime,
+which starts the thread in web workers; without it (IMPRESSION_FLUSH_SECONDS 0 as in the tests, management
+commands, Celery) each impression is written at once.
 
 An impression is telemetry, not an acknowledged write: a process killed between two flushes loses at
 most that interval's impressions, which only makes attribution slightly incomplete."""
 
 import logging
 import threading
-import time
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -15,50 +16,64 @@ from recommendations.models import Impression
 
 logger = logging.getLogger(__name__)
 MAX_BUFFERED = 100_000
-_buffer: list[Impression] = []
-_lock = threading.Lock()
-_thread: threading.Thread | None = None
 
 
-def impression_log(impression: Impression) -> None:
-    if settings.IMPRESSION_FLUSH_SECONDS <= 0:
-        Impression.objects.bulk_create([impression])
-        return
-    with _lock:
-        _buffer.append(impression)
-    _ensure_flusher()
+class ImpressionBuffer:
+    def __init__(self):
+        self._buffer: list[Impression] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.written = 0  # counters
+        self.flush_failures = 0
 
+    def log(self, impression: Impression) -> None:
+        if self._thread is None:
+            Impression.objects.bulk_create([impression])
+            self.written += 1
+            return
+        with self._lock:
+            self._buffer.append(impression)
 
-def impressions_flush() -> int:
-    with _lock:
-        pending = _buffer[:]
-        _buffer.clear()
-    if pending:
-        try:
-            Impression.objects.bulk_create(pending, batch_size=500, ignore_conflicts=True)
-        except Exception:
-            with _lock:  # keep them for the next flush, within a bound
-                _buffer[:0] = pending[-MAX_BUFFERED:]
-            raise
-    return len(pending)
+    def buffered(self) -> int:
+        return len(self._buffer)
 
+    def flush(self) -> int:
+        with self._lock:
+            pending = self._buffer[:]
+            self._buffer.clear()
+        if pending:
+            try:
+                Impression.objects.bulk_create(pending, batch_size=500, ignore_conflicts=True)
+            except Exception:
+                with self._lock:  # keep them for the next flush, within a bound
+                    self._buffer[:0] = pending[-MAX_BUFFERED:]
+                raise
+        self.written += len(pending)
+        return len(pending)
 
-def _ensure_flusher() -> None:
-    global _thread
-    if _thread is not None and _thread.is_alive():
-        return
-    with _lock:
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_flush_forever, name="impression-flusher", daemon=True)
-            _thread.start()
+    def start(self) -> None:
+        """Buffer from now on, flushed every IMPRESSION_FLUSH_SECONDS (0 keeps writing each one at once)."""
+        if settings.IMPRESSION_FLUSH_SECONDS <= 0:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._flush_forever, name="impression-flusher", daemon=True)
+        self._thread.start()
 
+    def stop(self) -> None:
+        """Write what is buffered and go back to writing each impression at once."""
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None:
+            thread.join(timeout=5)
+            self.flush()
 
-def _flush_forever() -> None:
-    while True:
-        time.sleep(settings.IMPRESSION_FLUSH_SECONDS)
-        try:
-            impressions_flush()
-        except Exception:
-            logger.exception("impression flush failed; will retry")
-        finally:
-            close_old_connections()
+    def _flush_forever(self) -> None:
+        while not self._stop.wait(settings.IMPRESSION_FLUSH_SECONDS):
+            try:
+                self.flush()
+            except Exception:
+                self.flush_failures += 1
+                logger.exception("impression flush failed; will retry")
+            finally:
+                close_old_connections()

@@ -25,7 +25,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from recommendations import ranking
-from recommendations.serving import ranker_precompile, trained_model_of
+from recommendations.serving.loading import ranker_precompile, trained_model_of
 from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_register, model_version_reject

@@ -23,7 +23,8 @@ from typing import Callable, TextIO
 
 from recommendations.clock import clock_set, system_now
 from recommendations.models import Interaction
-from recommendations.serving import recommendations_for
+from recommendations.runtime import process_runtime
+from recommendations.serving.recommend import recommendations_for
 from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.movielens import EVENT_ID_NAMESPACE, movielens_import, movielens_ratings
 from recsite.errors import ApplicationError
@@ -59,7 +60,7 @@ class _Client:
     def recommend(self, user_id: str) -> tuple[str | None, int | None]:
         self.report.recommendation_requests += 1
         if not self.api_url:
-            result = recommendations_for(user_external_id=user_id, k=10)
+            result = recommendations_for(runtime=process_runtime(), user_external_id=user_id, k=10)
             return str(result.recommendation_id), result.model_version
         body = self._call("GET", f"/api/v1/users/{urllib.request.quote(user_id)}/recommendations?k=10")
         return (body["recommendation_id"], body["model_version"]) if body else (None, None)

@@ -7,7 +7,8 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from recommendations import ranking, serving
+from recommendations import ranking
+from recommendations.serving import loading
 from registry.models import ModelVersion
 from tests.recommendations.factories import store_history, train_and_register
 
@@ -67,9 +68,9 @@ def test_serving_scores_with_the_compiled_ranker_or_falls_back_to_lightgbm(tmp_p
     store_history()
     version = train_and_register(tmp_path)
     matrix = _probe(11, rows=50)
-    expected = ranking.ranker_scores(serving.trained_model_of(version).ranker, matrix)
+    expected = ranking.ranker_scores(loading.trained_model_of(version).ranker, matrix)
 
-    compiled = serving.serving_model_load(version)
+    compiled = loading.serving_model_load(version)
     assert list((tmp_path / "store" / "compiled").glob("ranker-*.o"))
     np.testing.assert_allclose(compiled.scores(matrix), expected, rtol=1e-12, atol=1e-12)
 
@@ -77,7 +78,7 @@ def test_serving_scores_with_the_compiled_ranker_or_falls_back_to_lightgbm(tmp_p
         raise OSError("no LLVM here")
 
     monkeypatch.setattr(ranking, "CompiledRanker", broken)
-    fallback = serving.serving_model_load(version)
+    fallback = loading.serving_model_load(version)
     np.testing.assert_array_equal(fallback.scores(matrix), expected)
 
 
@@ -86,11 +87,11 @@ def test_a_precompiled_ranker_is_loaded_from_the_cache(tmp_path, settings):
     settings.MODEL_STORE, settings.RANKER_COMPILED = tmp_path / "store", True
     store_history()
     version = train_and_register(tmp_path)
-    checksums = serving.ranker_precompile(tmp_path / "run")
+    checksums = loading.ranker_precompile(tmp_path / "run")
     ModelVersion.objects.filter(pk=version.pk).update(compiled_checksums=checksums)  # as registration records them
     version.refresh_from_db()
-    [cached] = serving.ranker_cache_dir().glob("ranker-*.o")
+    [cached] = loading.ranker_cache_dir().glob("ranker-*.o")
     stamp = cached.stat().st_mtime_ns
-    serving.serving_model_load(version)
-    assert [path.name for path in serving.ranker_cache_dir().glob("ranker-*.o")] == [cached.name]
+    loading.serving_model_load(version)
+    assert [path.name for path in loading.ranker_cache_dir().glob("ranker-*.o")] == [cached.name]
     assert cached.stat().st_mtime_ns == stamp

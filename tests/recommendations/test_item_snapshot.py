@@ -4,7 +4,7 @@ from django.db.models import F
 
 from recommendations import features, item_snapshot
 from recommendations.models import Item, ItemFeatures
-from recommendations.serving import ItemSnapshotHolder
+from recommendations.serving.holders import ItemSnapshotHolder
 from recommendations.services.features import item_state_from_row, online_features_rebuild
 from tests.retraining.factories import dataset_store, learnable_dataset
 
@@ -52,6 +52,6 @@ def test_a_failed_rebuild_keeps_the_previous_snapshot(catalogue, monkeypatch):
     def broken():
         raise RuntimeError("database unreachable")
 
-    monkeypatch.setattr("recommendations.serving.item_snapshot_build", broken)
+    monkeypatch.setattr("recommendations.serving.holders.item_snapshot_build", broken)
     holder.refresh()
     assert holder.current() is before

@@ -51,7 +51,7 @@ def test_the_user_statement_is_prepared_once_per_connection_on_postgresql(histor
     assert [sql.split()[0] for sql in statements] == ["EXECUTE", "EXECUTE"], "prepared by the first call already"
     with connection.cursor() as cursor:  # as for a new connection
         cursor.execute(f"DEALLOCATE {selectors._PREPARED_NAME}")
-    selectors._prepared.clear()
+    delattr(connection, selectors._PREPARED_ON)
     with connection.execute_wrapper(lambda execute, sql, *args: statements.append(sql) or execute(sql, *args)):
         assert served_user(external_id=external_id) == expected
     assert [sql.split()[0] for sql in statements[2:]] == ["PREPARE", "EXECUTE"]

@@ -5,9 +5,8 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
 
-from recommendations import serving
+from recommendations.serving import recommend
 from recommendations.models import CatalogState, Impression, Interaction, Item
-from recommendations.serving import deployed, items
 from recommendations.services.catalog import ItemInput, item_upsert
 from registry.services import model_version_promote
 from tests.recommendations.factories import store_history, train_and_register
@@ -19,12 +18,7 @@ URL = "/api/v1/users/{}/recommendations"
 @pytest.fixture(autouse=True)
 def isolated_serving(settings, tmp_path):
     settings.MODEL_STORE = tmp_path / "store"
-    settings.MODEL_POLL_THREAD = False
     settings.MODEL_POLL_SECONDS = 0
-    settings.IMPRESSION_FLUSH_SECONDS = 0
-    deployed.forget()
-    yield
-    deployed.forget()
 
 
 @pytest.fixture(scope="module")
@@ -154,20 +148,20 @@ def test_a_category_change_reaches_recommendations_when_the_snapshot_is_rebuilt(
 
 
 @pytest.fixture
-def counted_catalog(served, settings):
+def counted_catalog(served, settings, runtime):
     """The CatalogState row (a flush by an earlier module may have removed it) and a snapshot built now
     that stays for the test."""
     CatalogState.objects.get_or_create(singleton=True)
     settings.ITEM_SNAPSHOT_SECONDS = 3600
-    items.refresh(keep_going=False)
+    runtime.items.refresh(keep_going=False)
 
 
 @pytest.fixture
 def flag_reads(monkeypatch):
     """How many times serving re-read items' active flags."""
     reads = []
-    original = serving.inactive_items
-    monkeypatch.setattr(serving, "inactive_items", lambda *, pks: reads.append(pks) or original(pks=pks))
+    original = recommend.inactive_items
+    monkeypatch.setattr(recommend, "inactive_items", lambda *, pks: reads.append(pks) or original(pks=pks))
     return reads
 
 
@@ -206,9 +200,9 @@ def test_reactivating_or_editing_an_item_is_not_counted(counted_catalog, serve_c
     assert CatalogState.objects.get().deactivations == before + 1
 
 
-def test_without_the_counter_serving_always_re_reads_the_flags(counted_catalog, flag_reads, serve_client):
+def test_without_the_counter_serving_always_re_reads_the_flags(counted_catalog, flag_reads, serve_client, runtime):
     CatalogState.objects.all().delete()
-    items.refresh(keep_going=False)
+    runtime.items.refresh(keep_going=False)
     get(serve_client, "user-3", k=10)
     get(serve_client, "never-seen", k=5)
     assert len(flag_reads) == 2

@@ -9,11 +9,9 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
-from recommendations import shadow
 from recommendations.clock import clock_set
 from recommendations.models import Impression, Interaction, Item
 from recommendations.routing import route_for
-from recommendations.serving import deployed
 from registry.artifacts import artifact_read
 from registry.models import ModelStatus
 from registry.selectors import serving_pointers
@@ -52,10 +50,8 @@ def versions(two_versions, settings):
     settings.MODEL_STORE = Path(two_versions[0].artifact_path).parent
     settings.MODEL_POLL_THREAD, settings.MODEL_POLL_SECONDS, settings.IMPRESSION_FLUSH_SECONDS = False, 0, 0
     settings.SHADOW_QUEUE_SIZE = 0
-    deployed.forget()
     clock_set(simulated_now=T0, speed=0.0)
-    yield two_versions
-    deployed.forget()
+    return two_versions
 
 
 def start(version, mode, **kwargs):
@@ -88,14 +84,14 @@ def test_shadow_never_changes_the_response_and_logs_the_challengers_list(version
         assert mirrored.items == shown.items, "the same model scored the same request"
 
 
-def test_a_shadow_that_fails_never_reaches_the_response(versions, serve_client, monkeypatch):
+def test_a_shadow_that_fails_never_reaches_the_response(versions, serve_client, monkeypatch, runtime):
     start(versions[1], "shadow", traffic_percent=100)
     expected = serve_client.get(URL.format("user-3"), {"k": 10}).json()["items"]
-    failed = shadow.stats["failed"]
-    monkeypatch.setattr("recommendations.serving._shadow_score", _explode)
+    failed = runtime.shadow.stats["failed"]
+    monkeypatch.setattr("recommendations.serving.recommend._shadow_score", _explode)
     response = serve_client.get(URL.format("user-3"), {"k": 10})
     assert response.status_code == 200 and response.json()["items"] == expected
-    assert shadow.stats["failed"] == failed + 1
+    assert runtime.shadow.stats["failed"] == failed + 1
 
 
 def _explode(*args, **kwargs):

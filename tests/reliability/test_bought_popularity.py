@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from recommendations import features
 from recommendations.models import EndUser, Interaction, Item, ItemFeatures
-from recommendations.serving import deployed
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.features import item_state_from_row, online_features_rebuild
@@ -29,13 +28,7 @@ EVENTS, RECOMMENDATIONS = "/api/v1/events", "/api/v1/users/{}/recommendations"
 @pytest.fixture(autouse=True)
 def isolated_serving(settings, tmp_path):
     settings.MODEL_STORE = tmp_path / "store"
-    settings.MODEL_POLL_THREAD = False
     settings.MODEL_POLL_SECONDS = 0
-    settings.ITEM_SNAPSHOT_SECONDS = 0
-    settings.IMPRESSION_FLUSH_SECONDS = 0
-    deployed.forget()
-    yield
-    deployed.forget()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from django.db import OperationalError, connection, connections
 from django.middleware.common import CommonMiddleware
 from rest_framework.test import APIClient
 
-from recommendations.auth import verified_keys
 from recommendations.models import Interaction, Item
 
 EVENT = {"user_id": "u1", "item_id": "i1", "event_type": "view", "timestamp": "2024-05-01T12:00:00Z"}
@@ -61,8 +60,9 @@ def test_an_event_posted_during_an_outage_gets_a_json_503_and_succeeds_once_the_
     assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201
 
 
-def test_an_api_key_that_cannot_be_checked_during_an_outage_gets_a_503_not_a_401(ingest_client, database_down):
-    verified_keys.clear()
+def test_an_api_key_that_cannot_be_checked_during_an_outage_gets_a_503_not_a_401(ingest_client, database_down,
+                                                                                 runtime):
+    runtime.verified_keys.clear()
     database_down()
     assert_database_unavailable(ingest_client.post("/api/v1/events", EVENT, format="json"))
 

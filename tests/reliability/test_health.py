@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from recommendations.serving import deployed
 from registry.services import model_version_promote
 from tests.registry.factories import registered_version
 
@@ -18,9 +17,6 @@ URL = "/api/v1/health"
 def fresh_process(settings, tmp_path):
     settings.MODEL_STORE, settings.RANKER_COMPILED = tmp_path / "store", False
     settings.MODEL_POLL_SECONDS, settings.MODEL_RETRY_SECONDS = 0, 0
-    deployed.forget()
-    yield
-    deployed.forget()
 
 
 def _damage(version) -> None:
@@ -28,12 +24,12 @@ def _damage(version) -> None:
 
 
 @pytest.mark.django_db
-def test_a_process_serving_the_champion_is_ok(api_client, tmp_path):
+def test_a_process_serving_the_champion_is_ok(api_client, tmp_path, runtime):
     version = registered_version(tmp_path)
     model_version_promote(version=version.version, actor="test")
     response = api_client.get(URL)
     assert (response.status_code, response.json()) == (200, {"status": "ok", "database": "ok"})
-    assert deployed.current().pointers.champion == version.version, "the health check loaded the champion"
+    assert runtime.models.current().pointers.champion == version.version, "the health check loaded the champion"
 
 
 @pytest.mark.django_db

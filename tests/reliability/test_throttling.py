@@ -20,12 +20,6 @@ pytestmark = pytest.mark.django_db
 EVENTS = "/api/v1/events"
 
 
-@pytest.fixture(autouse=True)
-def fresh_breaker(monkeypatch):
-    """Each test starts with the cache trusted again, whatever an earlier test did to it."""
-    monkeypatch.setattr(throttling, "breaker", throttling._CacheBreaker())
-
-
 @pytest.fixture
 def rates(settings):
     def set_rates(**scoped):
@@ -83,14 +77,14 @@ def test_one_keys_limit_does_not_touch_another_key(rates):
     assert [post_event(second).status_code for _ in range(2)] == [201, 201]
 
 
-def test_web_processes_share_a_keys_count_through_the_cache(rates, monkeypatch):
+def test_web_processes_share_a_keys_count_through_the_cache(rates, monkeypatch, runtime):
     rates(ingest="4/min")
     monkeypatch.setattr(throttling, "SYNC_SECONDS", 0.0)
     api = client("ingest")
-    processes = [throttling._LocalCounts(), throttling._LocalCounts()]
+    processes = [throttling.LocalCounts(), throttling.LocalCounts()]
     statuses = []
     for n in range(6):
-        monkeypatch.setattr(throttling, "local_counts", processes[n % 2])
+        monkeypatch.setattr(runtime, "throttle_counts", processes[n % 2])
         statuses.append(post_event(api).status_code)
     assert statuses == [201, 201, 201, 201, 429, 429]
 

@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from recommendations.serving import trained_model_of
+from recommendations.serving.loading import trained_model_of
 from registry.models import DeploymentChange, ModelStatus, ModelVersion
 from registry.selectors import champion_version, serving_pointers
 from retraining.ml.manifest import METRICS_FROM_GATED_MODEL, METRICS_FROM_OWN_HOLDOUT
