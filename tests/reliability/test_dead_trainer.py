@@ -91,9 +91,15 @@ def test_the_heartbeat_keeps_beating_through_a_long_lightgbm_native_call(setting
     monkeypatch.setattr(pipeline, "training_run_heartbeat", lambda *, run_id: beats.append(time.monotonic()))
     settings.TRAINING_HEARTBEAT_SECONDS = 0.05
 
+    # Sized so that the one call lasts about 1.5 s on this machine, however fast it is right now.
+    probe_started = time.monotonic()
+    booster.predict(rng.random((2_000, 10)), num_threads=1)
+    rows = int(2_000 * 1.5 / max(time.monotonic() - probe_started, 1e-3))
+    matrix = rng.random((min(max(rows, 10_000), 2_000_000), 10))
+
     with pipeline.training_run_heartbeats(run_id=0):
         started = time.monotonic()
-        booster.predict(rng.random((10_000, 10)), num_threads=1)  # one C call: LGBM_BoosterPredictForMat
+        booster.predict(matrix, num_threads=1)  # one C call: LGBM_BoosterPredictForMat
         ended = time.monotonic()
 
     during = [beat for beat in beats if started <= beat <= ended]
