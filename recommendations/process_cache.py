@@ -8,7 +8,9 @@ goes to the database, the source of truth. Eviction drops the entries read longe
 
 import threading
 import time
-from typing import Any, Hashable, Iterable, Mapping
+from typing import Any, Callable, Hashable, Iterable, Mapping
+
+from django.db import close_old_connections
 
 
 class ProcessCache:
@@ -48,3 +50,42 @@ class ProcessCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class PeriodicThread:
+    """A daemon thread that calls `tick` every `seconds()` between start() and stop() (the process runtime's
+    poller and impression flusher), closing the thread's stale database connections after each call."""
+
+    def __init__(self, *, name: str, seconds: Callable[[], float], tick: Callable[[], None]):
+        self._name, self._seconds, self._tick = name, seconds, tick
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> bool:
+        """Stop the thread and wait for it (5 s at most); True if it was running."""
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is None:
+            return False
+        thread.join(timeout=5)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._seconds()):
+            try:
+                self._tick()
+            finally:
+                close_old_connections()

@@ -10,9 +10,8 @@ import logging
 import threading
 
 from django.conf import settings
-from django.db import close_old_connections
-
 from recommendations.models import Impression
+from recommendations.process_cache import PeriodicThread
 
 logger = logging.getLogger(__name__)
 MAX_BUFFERED = 100_000
@@ -22,13 +21,13 @@ class ImpressionBuffer:
     def __init__(self):
         self._buffer: list[Impression] = []
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._flusher = PeriodicThread(name="impression-flusher", seconds=lambda: settings.IMPRESSION_FLUSH_SECONDS,
+                                       tick=self._flush_logged)
         self.written = 0  # counters
         self.flush_failures = 0
 
     def log(self, impression: Impression) -> None:
-        if self._thread is None:
+        if not self._flusher.started:
             Impression.objects.bulk_create([impression])
             self.written += 1
             return
@@ -54,26 +53,17 @@ class ImpressionBuffer:
 
     def start(self) -> None:
         """Buffer from now on, flushed every IMPRESSION_FLUSH_SECONDS (0 keeps writing each one at once)."""
-        if settings.IMPRESSION_FLUSH_SECONDS <= 0:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._flush_forever, name="impression-flusher", daemon=True)
-        self._thread.start()
+        if settings.IMPRESSION_FLUSH_SECONDS > 0:
+            self._flusher.start()
 
     def stop(self) -> None:
         """Write what is buffered and go back to writing each impression at once."""
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        if thread is not None:
-            thread.join(timeout=5)
+        if self._flusher.stop():
             self.flush()
 
-    def _flush_forever(self) -> None:
-        while not self._stop.wait(settings.IMPRESSION_FLUSH_SECONDS):
-            try:
-                self.flush()
-            except Exception:
-                self.flush_failures += 1
-                logger.exception("impression flush failed; will retry")
-            finally:
-                close_old_connections()
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            self.flush_failures += 1
+            logger.exception("impression flush failed; will retry")

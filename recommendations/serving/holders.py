@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field, replace
 
 from django.conf import settings
-from django.db import close_old_connections
 
 from recommendations.item_snapshot import ItemSnapshot, item_snapshot_build
+from recommendations.process_cache import PeriodicThread
 from recommendations.serving.loading import ServingModel, serving_model_load
 from registry.artifacts import ArtifactError
 from registry.models import ModelVersion
@@ -160,31 +160,22 @@ class Poller:
 
     def __init__(self, *holders):
         self._holders = holders
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._thread = PeriodicThread(name="serving-poller", seconds=lambda: settings.MODEL_POLL_SECONDS,
+                                      tick=self._refresh_due)
 
     def ensure_fresh(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        if not self._thread.alive:
             self._refresh_due()
 
     def start(self) -> None:
         """Refresh now (a worker's first request then finds the champion loaded), then keep polling."""
         self._refresh_due()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll_forever, name="serving-poller", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        if thread is not None:
-            thread.join(timeout=5)
+        self._thread.stop()
 
     def _refresh_due(self) -> None:
         for holder in self._holders:
             holder.refresh_if_due()
 
-    def _poll_forever(self) -> None:
-        while not self._stop.wait(settings.MODEL_POLL_SECONDS):
-            self._refresh_due()
-            close_old_connections()
