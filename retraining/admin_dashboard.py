@@ -13,12 +13,12 @@ from retraining.timeline import TIMELINE_MAX_LIMIT, user_timeline
 
 # (name, title, what it shows): the order of the charts on the page.
 CHARTS = [
-    ("offline", "Offline NDCG@10 per version", "Each version on its own holdout, with most-popular and the "
-     "collaborative model scored on the same holdout (dashed). ▲ became champion, ✕ rejected by the gate."),
-    ("online", "Online CTR and hit rate per version per day", "Shown lists of the last 14 days (shadow lists "
-     "excluded); solid CTR, dashed hit rate@10. Today's values grow while events are still attributed."),
-    ("drift", "PSI per feature, recent drift reports", "Grey dotted lines: 0.1 (moderate shift) and 0.25 "
-     "(significant shift), and the policy's own threshold when it differs."),
+    ("offline", "Offline NDCG@10 per version", ("Each version on its own holdout, with most-popular and the "
+     "collaborative model scored on the same holdout (dashed). ▲ became champion, ✕ rejected by the gate.")),
+    ("online", "Online CTR and hit rate per version per day", ("Shown lists of the last 14 days (shadow lists "
+     "excluded); solid CTR, dashed hit rate@10. Today's values grow while events are still attributed.")),
+    ("drift", "PSI per feature, recent drift reports", ("Grey dotted lines: 0.1 (moderate shift) and 0.25 "
+     "(significant shift), and the policy's own threshold when it differs.")),
     ("experiment", "Experiment arms over time", "CTR (solid) and hit rate@10 (dashed) of each arm."),
     ("training", "Training duration and model size per version", "Bars: seconds to train; line: artifact size."),
     ("triggers", "Trigger timeline", "Training runs started per day over the last 30 days, by trigger."),

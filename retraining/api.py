@@ -9,8 +9,8 @@ from rest_framework.views import APIView
 from recommendations.models import Impression
 from recsite.api import validated
 from recsite.errors import NotFoundError
-from registry.models import Alias, DeploymentChange
 from registry.api import actor_of
+from registry.models import Alias, DeploymentChange
 from registry.selectors import champion_version
 from retraining.models import DriftReport, TrainingRun, TriggerEvaluation
 from retraining.services.drift import drift_check_run
