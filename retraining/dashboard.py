@@ -28,6 +28,7 @@ TRIGGER_DAYS = 30
 # Conventional PSI bands: below 0.1 stable, 0.1-0.25 a moderate shift, above 0.25 a significant one.
 PSI_BANDS = (0.1, 0.25)
 PROMOTED = (ModelStatus.ACTIVE, ModelStatus.RETIRED)
+PROMOTED_COLOR, REJECTED_COLOR = "#3c9a5f", "#b33c3c"
 # django-celery-beat's scheduler writes last_run_at to the database only when it syncs (every 3 minutes).
 BEAT_SYNC = timedelta(minutes=3)
 
@@ -123,11 +124,12 @@ def offline_metrics_chart(*, versions: list[ModelVersion]) -> dict | None:
     scored = [v for v in versions if v.metrics.get(OFFLINE_METRIC) is not None]
     if not scored:
         return None
-    marks = [("triangle", 9) if v.status in PROMOTED else ("crossRot", 9) if v.status == ModelStatus.REJECTED
-             else ("circle", 4) for v in scored]
+    marks = [("triangle", 9, PROMOTED_COLOR) if v.status in PROMOTED else ("crossRot", 9, REJECTED_COLOR)
+             if v.status == ModelStatus.REJECTED else ("circle", 4, _color(0)) for v in scored]
     model = _line(f"model {OFFLINE_METRIC.upper()}", [_rounded(v.metrics[OFFLINE_METRIC]) for v in scored], 0,
-                  pointStyle=[style for style, _ in marks], pointRadius=[radius for _, radius in marks],
-                  status=[v.status for v in scored])
+                  pointStyle=[style for style, _, _ in marks], pointRadius=[radius for _, radius, _ in marks],
+                  pointBorderColor=[color for _, _, color in marks], pointBackgroundColor=[c for _, _, c in marks],
+                  pointBorderWidth=2, status=[v.status for v in scored])
     baselines = sorted({name for v in scored for name in (v.baseline_metrics or {})})
     lines = [_line(f"{name} baseline", [_rounded((v.baseline_metrics.get(name) or {}).get(OFFLINE_METRIC))
                                         for v in scored], n + 1, borderDash=[6, 4], pointRadius=0)
