@@ -85,8 +85,8 @@ def dashboard_health() -> list[Heartbeat]:
     worker's the latest trigger check (a task on the `default` queue); the trainer's the latest heartbeat of a
     training run (none unless a run was trained); beat's the latest last_run_at of its periodic tasks."""
     check = PeriodicTask.objects.filter(name=CHECK_TRIGGERS, enabled=True).select_related("interval").first()
-    check_every = timedelta(seconds=check.interval.every) if check and check.interval and \
-        check.interval.period == "seconds" else timedelta(minutes=policy_active().check_interval_minutes)
+    check_every = check.interval.schedule.run_every if check and check.interval else \
+        timedelta(minutes=policy_active().check_interval_minutes)
     running = TrainingRun.objects.filter(in_flight=True).first()
     beat_tasks = PeriodicTask.objects.filter(enabled=True)
     return [
@@ -95,7 +95,8 @@ def dashboard_health() -> list[Heartbeat]:
         Heartbeat("worker", "last trigger check (retraining.check_triggers)",
                   TriggerEvaluation.objects.aggregate(at=Max("created_at"))["at"], late_after=3 * check_every),
         Heartbeat("trainer", "last training-run heartbeat", TrainingRun.objects.aggregate(at=Max("heartbeat_at"))["at"],
-                  late_after=timedelta(seconds=running.lease_seconds) if running else None,
+                  # Only a claimed run beats; a queued one waits for a trainer and has no heartbeat of its own yet.
+                  late_after=timedelta(seconds=running.lease_seconds) if running and running.heartbeat_at else None,
                   detail=f"run {running.pk} is {running.status}" if running else "no run in flight"),
         Heartbeat("beat", "last periodic task sent (django-celery-beat)",
                   beat_tasks.aggregate(at=Max("last_run_at"))["at"],

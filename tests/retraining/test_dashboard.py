@@ -8,7 +8,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from recommendations.models import Impression
 from retraining.dashboard import dashboard_charts, dashboard_health
-from retraining.models import TriggerEvaluation
+from retraining.models import TrainingRun, TriggerEvaluation
 from retraining.services.schedule import CHECK_TRIGGERS
 from tests.retraining.dashboard_factories import dashboard_history
 
@@ -128,3 +128,14 @@ def test_shadow_lists_do_not_count_in_the_online_chart(history):
     Impression.objects.filter(routed_version=history.v3.version).update(arm="shadow")
     labels = {d["label"] for d in dashboard_charts(now=history.now)["online"]["data"]["datasets"]}
     assert labels == {"v1 CTR", "v1 hit rate@10"}
+
+
+def test_the_trainer_is_late_only_when_its_claimed_run_stops_beating(db):
+    now = timezone.now()
+    TrainingRun.objects.create(trigger="manual", status="promoted", in_flight=None, heartbeat_at=now - timedelta(days=1))
+    queued = TrainingRun.objects.create(trigger="manual")
+    trainer = {beat.process: beat for beat in dashboard_health()}["trainer"]
+    assert not trainer.late(now=now) and trainer.detail == f"run {queued.pk} is queued"
+    TrainingRun.objects.filter(pk=queued.pk).update(status="training", heartbeat_at=now - timedelta(minutes=5))
+    trainer = {beat.process: beat for beat in dashboard_health()}["trainer"]
+    assert trainer.late(now=now)  # five minutes of silence against a 60 s lease
