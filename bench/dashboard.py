@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import benchmark_run, database_recreate, django_env, manage, step  # noqa: E402
+from _common import benchmark_run, database_recreate, django_env, manage, step
 
 SNIPPET = """
 import json, random, time, uuid
