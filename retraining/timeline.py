@@ -34,7 +34,8 @@ class TimelinePage:
 
 def user_timeline(*, external_id: str, limit: int = 20, offset: int = 0) -> TimelinePage:
     """The user's served lists, newest first, `limit` (at most TIMELINE_MAX_LIMIT) from `offset`."""
-    user = EndUser.objects.filter(external_id=external_id).first()
+    # PostgreSQL refuses NUL in a string, and no stored id holds one (ingestion refuses it).
+    user = EndUser.objects.filter(external_id=external_id).first() if "\x00" not in external_id else None
     if user is None:
         raise NotFoundError(f"User {external_id!r} does not exist.")
     limit = max(1, min(limit, TIMELINE_MAX_LIMIT))

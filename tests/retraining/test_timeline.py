@@ -114,3 +114,9 @@ def test_the_admin_page_pages_through_a_long_history(staff_client, history):
     second = staff_client.get("/admin/dashboard/timeline/?user=busy&page=2").content.decode()
     assert "50 shown from number 1" in first and "page=2" in first
     assert "10 shown from number 51" in second and "page=3" not in second
+
+
+@pytest.mark.parametrize("query", ["user=%00", "user=a%00b", f"user={'x' * 500}", "user=u&page=0", "user=u&page=x"])
+def test_no_user_id_or_page_number_makes_the_admin_page_fail(staff_client, db, query):
+    page = staff_client.get(f"/admin/dashboard/timeline/?{query}")
+    assert page.status_code == 404 and b"does not exist" in page.content
