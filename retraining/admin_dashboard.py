@@ -1,14 +1,17 @@
 """The operator dashboard and the "which model served this user" page, in the admin (recsite/urls.py mounts them
 under /admin/dashboard/). Thin views: the reads are retraining.dashboard and retraining.timeline."""
 
+from datetime import datetime
+
 from django.contrib import admin
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 
 from recommendations.clock import system_now
 from recsite.admin import admin_action_view
 from recsite.errors import NotFoundError
-from retraining.dashboard import CHARTJS, dashboard_charts, dashboard_health, dashboard_pointers
+from retraining.dashboard import CHARTJS, Heartbeat, dashboard_charts, dashboard_health, dashboard_pointers
 from retraining.timeline import TIMELINE_MAX_LIMIT, user_timeline
 
 # (name, title, what it shows): the order of the charts on the page.
@@ -33,12 +36,18 @@ def dashboard_view(request):
         "title": "Dashboard",
         "now": now,
         "pointers": dashboard_pointers(),
-        "health": [(beat, beat.late(now=now)) for beat in dashboard_health()],
+        "health": [_health_row(beat, system=now, real=timezone.now()) for beat in dashboard_health()],
         "charts": [{"name": name, "title": title, "caption": caption, "config": charts[name],
                     "data_id": f"chart-data-{name}"} for name, title, caption in CHARTS],
         "chartjs": CHARTJS,
     }
     return TemplateResponse(request, "admin/retraining/dashboard.html", context)
+
+
+def _health_row(beat: Heartbeat, *, system: datetime, real: datetime) -> dict:
+    """The heartbeat, its age against the clock it was stamped with, and whether it is late."""
+    now = system if beat.system_clock else real
+    return {"beat": beat, "now": now, "late": beat.late(now=now)}
 
 
 def timeline_view(request):

@@ -63,6 +63,8 @@ class Heartbeat:
     at: datetime | None
     late_after: timedelta | None = None
     detail: str = ""
+    # Lists are stamped by the system clock (simulated during a replay); the other rows by the real one.
+    system_clock: bool = False
 
     def late(self, *, now: datetime) -> bool:
         return self.at is not None and self.late_after is not None and now - self.at > self.late_after
@@ -91,7 +93,7 @@ def dashboard_health() -> list[Heartbeat]:
     beat_tasks = PeriodicTask.objects.filter(enabled=True)
     return [
         Heartbeat("web", "last list served (impression log)",
-                  Impression.objects.aggregate(at=Max("served_at"))["at"]),
+                  Impression.objects.aggregate(at=Max("served_at"))["at"], system_clock=True),
         Heartbeat("worker", "last trigger check (retraining.check_triggers)",
                   TriggerEvaluation.objects.aggregate(at=Max("created_at"))["at"], late_after=3 * check_every),
         Heartbeat("trainer", "last training-run heartbeat", TrainingRun.objects.aggregate(at=Max("heartbeat_at"))["at"],

@@ -6,10 +6,12 @@ from django.contrib.auth.models import Permission
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from recommendations.clock import clock_set
 from recommendations.models import Impression
 from retraining.dashboard import dashboard_charts, dashboard_health
 from retraining.models import TrainingRun, TriggerEvaluation
 from retraining.services.schedule import CHECK_TRIGGERS
+from tests.recommendations.factories import serve, user
 from tests.retraining.dashboard_factories import dashboard_history
 
 pytestmark = pytest.mark.django_db
@@ -139,3 +141,15 @@ def test_the_trainer_is_late_only_when_its_claimed_run_stops_beating(db):
     TrainingRun.objects.filter(pk=queued.pk).update(status="training", heartbeat_at=now - timedelta(minutes=5))
     trainer = {beat.process: beat for beat in dashboard_health()}["trainer"]
     assert trainer.late(now=now)  # five minutes of silence against a 60 s lease
+
+
+def test_during_a_replay_each_heartbeat_is_aged_by_the_clock_that_stamped_it(staff_client, db):
+    """A replay runs the system clock ahead: lists carry that clock, trigger checks the real one."""
+    now = timezone.now()
+    clock_set(simulated_now=now + timedelta(days=400), speed=1.0)
+    TriggerEvaluation.objects.create(clock=now)
+    serve(user("replayed"), [], now + timedelta(days=400) - timedelta(hours=2), version=1)
+    rows = staff_client.get("/admin/dashboard/").content.decode().split('<table class="dash-health">')[1]
+    web, worker = rows.split("<td>web</td>")[1], rows.split("<td>worker</td>")[1]
+    assert web.split("</td>")[0].endswith("2\xa0hours ago</span>")
+    assert worker.split("</td>")[0].endswith("0\xa0minutes ago</span>")
