@@ -29,7 +29,7 @@ class ObjectStore:
     def environment(self) -> dict[str, str]:
         """What a process the test starts needs to use this store as its artifact storage (recsite/settings.py)."""
         return {"ARTIFACT_STORAGE": "s3", "ARTIFACT_S3_BUCKET": self.bucket, "ARTIFACT_S3_ENDPOINT_URL": self.endpoint,
-                "ARTIFACT_S3_PREFIX": PREFIX, **CREDENTIALS}
+                "ARTIFACT_S3_PREFIX": PREFIX, "ARTIFACT_S3_REGION": "us-east-1", **CREDENTIALS}
 
     def storage(self) -> dict:
         """The STORAGES["artifacts"] entry recsite/settings.py builds from environment()."""

@@ -2,7 +2,10 @@
 store (moto's server, over HTTP) holds artifacts that the registry verifies, promotes, and web processes load
 through a local cache keyed by sha256 — refusing a corrupted object exactly as a corrupted file."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ import pytest
 from registry.artifacts import ArtifactError, artifact_cache_dir, artifact_read, artifact_store
 from registry.models import Deployment, DeploymentChange
 from registry.services import model_version_promote
-from tests.object_store import s3_server
+from tests.conftest import REPO
+from tests.object_store import ObjectStore, s3_server
 from tests.recommendations.factories import store_history, train_and_register
 from tests.registry.factories import artifact_dir, registered_version
 
@@ -130,3 +134,31 @@ def test_a_model_trained_registered_and_promoted_in_s3_is_served_from_the_local_
     body = serve_client.get("/api/v1/users/user-3/recommendations", {"k": 5}).json()
     assert body["model_version"] == version.version and body["strategy"] == "model" and len(body["items"]) == 5
     assert [p.name for p in artifact_cache_dir().glob("*.tar")] == [f"{version.artifact_sha256}.tar"]
+
+
+def _settings_of(**env) -> subprocess.CompletedProcess:
+    script = ("import django, json; django.setup(); from django.conf import settings; "
+              "print(json.dumps(settings.STORAGES['artifacts']))")
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "recsite.settings_test", **env}
+    return subprocess.run([sys.executable, "-c", script], check=False, cwd=REPO, env=environment, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ARTIFACT_STORAGE": "s3", "ARTIFACT_S3_BUCKET": ""}, "ARTIFACT_STORAGE=s3 needs ARTIFACT_S3_BUCKET"),
+    ({"ARTIFACT_STORAGE": "gcs"}, "ARTIFACT_STORAGE must be 'local' or 's3', got 'gcs'"),
+    ({"ARTIFACT_CACHE_KEEP": "1"}, "ARTIFACT_CACHE_KEEP must be >= 2"),
+])
+def test_a_bad_artifact_storage_setting_stops_the_service_with_its_reason(env, message):
+    done = _settings_of(**env)
+    assert done.returncode != 0 and f"ImproperlyConfigured: {message}" in done.stderr
+
+
+def test_the_s3_settings_come_from_the_environment():
+    store = ObjectStore(endpoint="http://127.0.0.1:9", bucket="models")
+    done = _settings_of(**store.environment())
+    assert done.returncode == 0, done.stderr
+    expected = store.storage()
+    for credential in ("access_key", "secret_key"):  # from AWS_* in the environment, read by django-storages
+        del expected["OPTIONS"][credential]
+    assert json.loads(done.stdout.splitlines()[-1]) == expected
