@@ -57,7 +57,9 @@ def artifact_store(*, source_dir: Path, name: str) -> StoredArtifact:
     storage, target = artifact_storage(), f"{name}.tar"
     if storage.exists(target):
         raise ArtifactError(f"Artifact {target} already exists; artifacts are never overwritten.")
-    with tempfile.TemporaryFile() as handle:
+    scratch = Path(settings.MODEL_STORE)  # this host's disk for models, not /tmp (possibly a small tmpfs)
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=scratch) as handle:
         _pack(Path(source_dir), handle)
         size, digest = _digest(handle)
         try:
