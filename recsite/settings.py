@@ -313,7 +313,9 @@ else:
 ARTIFACT_CACHE_DIR = env.str("ARTIFACT_CACHE_DIR", default="") or None
 ARTIFACT_CACHE_KEEP = env.int("ARTIFACT_CACHE_KEEP", default=8)
 if ARTIFACT_CACHE_KEEP < 2:
-    raise ImproperlyConfigured(f"ARTIFACT_CACHE_KEEP must be >= 2 (a champion and a challenger), got {ARTIFACT_CACHE_KEEP}")
+    raise ImproperlyConfigured(
+        f"ARTIFACT_CACHE_KEEP must be >= 2 (a champion and a challenger), got {ARTIFACT_CACHE_KEEP}"
+    )
 
 # Registry integrity: the function that checks a version's models load before any pointer moves to it. The
 # registry holds no ML (ARCHITECTURE.md), so the serving app provides it; named here, not registered at run time.
