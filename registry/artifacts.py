@@ -81,7 +81,7 @@ def artifact_read(*, path: str, size: int | None, sha256: str) -> dict[str, byte
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
             return {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
     except tarfile.TarError as exc:
-        raise ArtifactError(f"Artifact {name} is not a readable archive: {exc}")
+        raise ArtifactError(f"Artifact {name} is not a readable archive: {exc}") from exc
 
 
 def _pack(source_dir: Path, handle) -> None:
@@ -149,10 +149,12 @@ def _download(name: str) -> bytes:
     try:
         with artifact_storage().open(name, "rb") as handle:
             return handle.read()
-    except FileNotFoundError:
-        raise ArtifactError(f"Artifact {name} is missing from the artifact store.")
-    except Exception as exc:  # noqa: BLE001 - the backend's own errors: network, credentials, permissions
-        raise ArtifactError(f"Artifact {name} could not be read from the artifact store ({type(exc).__name__}: {exc}).")
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"Artifact {name} is missing from the artifact store.") from exc
+    except Exception as exc:  # the backend's own errors: network, credentials, permissions
+        raise ArtifactError(
+            f"Artifact {name} could not be read from the artifact store ({type(exc).__name__}: {exc})."
+        ) from exc
 
 
 def artifact_cache_dir() -> Path:

@@ -11,7 +11,8 @@ from moto.server import ThreadedMotoServer
 
 from tests.conftest import free_port
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
 PREFIX = "artifacts"
 
 
