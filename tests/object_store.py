@@ -56,11 +56,15 @@ def s3_server():
     is reset when the server stops (a later server in the same test session starts empty)."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
     try:
-        host, port = server.get_host_and_port()
-        store = ObjectStore(endpoint=f"http://{host}:{port}", bucket=f"recsite-{uuid.uuid4().hex[:12]}")
+        store = ObjectStore(endpoint=endpoint, bucket=f"recsite-{uuid.uuid4().hex[:12]}")
         store.client.create_bucket(Bucket=store.bucket)
         yield store
     finally:
-        urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
-        server.stop()
+        try:
+            reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+            urllib.request.urlopen(reset, timeout=10).close()
+        finally:
+            server.stop()

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from botocore.config import Config
 
 from registry.artifacts import ArtifactError, artifact_cache_dir, artifact_read, artifact_store
 from registry.models import Deployment, DeploymentChange
 from registry.services import model_version_promote
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.object_store import ObjectStore, s3_server
 from tests.recommendations.factories import store_history, train_and_register
 from tests.registry.factories import artifact_dir, registered_version
@@ -162,3 +163,17 @@ def test_the_s3_settings_come_from_the_environment():
     for credential in ("access_key", "secret_key"):  # from AWS_* in the environment, read by django-storages
         del expected["OPTIONS"][credential]
     assert json.loads(done.stdout.splitlines()[-1]) == expected
+
+
+@pytest.mark.django_db
+def test_with_the_store_unreachable_a_promotion_is_refused_and_a_cached_copy_still_loads(s3, tmp_path, settings):
+    champion, candidate = registered_version(tmp_path, marker="c1"), registered_version(tmp_path, marker="c2")
+    model_version_promote(version=champion.version, actor="test")  # verified: now in this host's cache
+    unreachable = ObjectStore(endpoint=f"http://127.0.0.1:{free_port()}", bucket=s3.bucket).storage()
+    unreachable["OPTIONS"]["client_config"] = Config(connect_timeout=1, retries={"max_attempts": 1})
+    settings.STORAGES = {**settings.STORAGES, "artifacts": unreachable}
+    with pytest.raises(ArtifactError, match="could not be read from the artifact store"):
+        model_version_promote(version=candidate.version, actor="test")
+    assert Deployment.objects.get(alias="champion").version_id == champion.pk
+    files = artifact_read(path=champion.artifact_path, size=champion.artifact_size, sha256=champion.artifact_sha256)
+    assert files["marker.txt"] == b"marker=c1\n"
