@@ -283,6 +283,40 @@ if ATTRIBUTION_WINDOW_MINUTES <= 0:
     raise ImproperlyConfigured("ATTRIBUTION_WINDOW_MINUTES must be positive.")
 MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
 
+# --- Artifact store: where model versions' files live (registry/artifacts.py) ---------------------------------
+# local: the folder MODEL_STORE. s3: an S3-compatible bucket shared by every host (AWS S3, MinIO, ...); credentials
+# come from boto3's usual sources (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, an instance role, ~/.aws).
+ARTIFACT_STORAGE = env.str("ARTIFACT_STORAGE", default="local")
+if ARTIFACT_STORAGE == "local":
+    STORAGES["artifacts"] = {"BACKEND": "registry.storage.LocalArtifactStorage"}
+elif ARTIFACT_STORAGE == "s3":
+    if not env.str("ARTIFACT_S3_BUCKET", default=""):
+        raise ImproperlyConfigured("ARTIFACT_STORAGE=s3 needs ARTIFACT_S3_BUCKET, the bucket that holds the artifacts")
+    _endpoint = env.str("ARTIFACT_S3_ENDPOINT_URL", default="") or None
+    STORAGES["artifacts"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("ARTIFACT_S3_BUCKET"),
+            "endpoint_url": _endpoint,
+            "region_name": env.str("ARTIFACT_S3_REGION", default="") or None,
+            "location": env.str("ARTIFACT_S3_PREFIX", default="artifacts"),
+            # MinIO and most self-hosted stores want path-style URLs; AWS itself takes either.
+            "addressing_style": env.str("ARTIFACT_S3_ADDRESSING_STYLE", default="path" if _endpoint else "") or None,
+            "file_overwrite": False,  # versions are immutable: a taken name is refused (registry/artifacts.py)
+            "default_acl": None,
+            "querystring_auth": False,
+        },
+    }
+else:
+    raise ImproperlyConfigured(f"ARTIFACT_STORAGE must be 'local' or 's3', got {ARTIFACT_STORAGE!r}")
+# This host's verified copies of remote artifacts, keyed by sha256 (default MODEL_STORE/cache), and how many it keeps.
+ARTIFACT_CACHE_DIR = env.str("ARTIFACT_CACHE_DIR", default="") or None
+ARTIFACT_CACHE_KEEP = env.int("ARTIFACT_CACHE_KEEP", default=8)
+if ARTIFACT_CACHE_KEEP < 2:
+    raise ImproperlyConfigured(
+        f"ARTIFACT_CACHE_KEEP must be >= 2 (a champion and a challenger), got {ARTIFACT_CACHE_KEEP}"
+    )
+
 # Registry integrity: the function that checks a version's models load before any pointer moves to it. The
 # registry holds no ML (ARCHITECTURE.md), so the serving app provides it; named here, not registered at run time.
 REGISTRY_ARTIFACT_VERIFIER = "recommendations.serving.loading.artifact_models_check"

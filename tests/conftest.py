@@ -1,4 +1,5 @@
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -83,10 +84,18 @@ def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on now, for a server a test starts."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port nothing listens on now, for a server a test starts: any, or one in TEST_PORTS ("18800-18899")
+    where a shared machine gives tests a range of their own."""
+    first, _, last = os.environ.get("TEST_PORTS", "0-0").partition("-")
+    candidates = random.sample(range(int(first), int(last) + 1), int(last) - int(first) + 1)
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise RuntimeError(f"no free port in TEST_PORTS={os.environ['TEST_PORTS']}")
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):

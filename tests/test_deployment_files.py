@@ -62,3 +62,21 @@ def test_the_image_installs_the_pinned_requirements():
     for line in (REPO / "requirements.txt").read_text().splitlines():
         if line and not line.startswith("#"):
             assert "==" in line, f"unpinned requirement: {line}"
+
+
+def test_the_optional_s3_profile_runs_a_pinned_minio_that_the_app_services_can_use_as_their_artifact_store():
+    env = COMPOSE["x-app"]["environment"]
+    assert env["ARTIFACT_STORAGE"] == "${ARTIFACT_STORAGE:-local}", "one host keeps the local store by default"
+    assert env["ARTIFACT_S3_ENDPOINT_URL"] == "${ARTIFACT_S3_ENDPOINT_URL-http://minio:9000}", "empty means AWS"
+    for name in ["minio", "minio-bucket"]:
+        service = SERVICES[name]
+        assert service["profiles"] == ["s3"], f"{name} starts only with --profile s3"
+        image, _, tag = service["image"].partition(":")
+        assert image == "minio/minio" and tag.startswith("RELEASE."), f"{name}: pin a MinIO release, not latest"
+        assert service["environment"]["MINIO_ROOT_PASSWORD"] == "${AWS_SECRET_ACCESS_KEY:-}", "no password in the file"
+    assert SERVICES["minio"]["healthcheck"]["test"] and "ports" not in SERVICES["minio"]
+    assert SERVICES["minio-bucket"]["environment"]["BUCKET"] == env["ARTIFACT_S3_BUCKET"]
+    assert "mc mb --ignore-existing" in SERVICES["minio-bucket"]["command"][0]
+    assert SERVICES["minio-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    for name in ["web", "worker", "trainer", "beat"]:
+        assert SERVICES[name]["environment"]["ARTIFACT_STORAGE"] == env["ARTIFACT_STORAGE"], name
