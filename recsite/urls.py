@@ -2,8 +2,11 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from recsite.metrics_http import metrics_view
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),  # Prometheus; a plain view, outside the API and its schema
     path("api/v1/", include("recommendations.api.urls")),
     path("api/v1/", include("registry.urls")),
     path("api/v1/", include("retraining.urls")),
