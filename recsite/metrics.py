@@ -13,6 +13,7 @@ between scrapes. A process runtime's own counters (recommendations.runtime.Servi
 into prometheus_client by RuntimeCountersExport on the poller's tick."""
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -148,18 +149,20 @@ class RuntimeCountersExport:
     def __init__(self, counters: Callable[[], dict]):
         self._counters = counters
         self._copied: dict[str, int] = {}
+        self._lock = threading.Lock()  # the poller and a scrape may copy at once: each growth is added once
 
     def refresh_if_due(self) -> None:
         self.refresh()
 
     def refresh(self) -> None:
-        values = self._counters()
-        for name, counter in _RUNTIME_COUNTERS.items():
-            self._grow(counter, name, values[name])
-        for name, value in values.items():
-            if name.startswith("shadow_"):
-                self._grow(SHADOW_JOBS.labels(name.removeprefix("shadow_")), name, value)
-        self._gauges_set(values)
+        with self._lock:
+            values = self._counters()
+            for name, counter in _RUNTIME_COUNTERS.items():
+                self._grow(counter, name, values[name])
+            for name, value in values.items():
+                if name.startswith("shadow_"):
+                    self._grow(SHADOW_JOBS.labels(name.removeprefix("shadow_")), name, value)
+            self._gauges_set(values)
 
     def _grow(self, counter, name: str, value: int) -> None:
         grown = value - self._copied.get(name, 0)

@@ -52,7 +52,8 @@ def metrics_access_allowed(request) -> bool:
 
 class RequestMetricsMiddleware:
     """Times every request, labelled by the URL pattern it matched (bounded: never the raw path), the method
-    (bounded to the usual ones) and the status. First in MIDDLEWARE, so that shed requests count too."""
+    (bounded to the usual ones) and the status. Before the load shedder in MIDDLEWARE, so that shed requests count
+    too."""
 
     METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 

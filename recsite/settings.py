@@ -69,9 +69,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "recsite.metrics_http.RequestMetricsMiddleware",  # times every request, shed ones included
     "recommendations.shadow.LiveRequestMiddleware",  # first: shadow scoring gives way to any live request
-    "recsite.shedding.LoadSheddingMiddleware",  # second: a request that queued too long is refused before any work
+    "recsite.metrics_http.RequestMetricsMiddleware",  # times every request, shed ones included
+    "recsite.shedding.LoadSheddingMiddleware",  # then a request that queued too long is refused before any work
     # A request id on every response; NUL characters in an /api/ path, query or header refused before any view.
     "recsite.middleware.ApiRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",

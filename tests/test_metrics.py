@@ -201,6 +201,11 @@ def test_an_allowed_network_is_judged_by_the_peer_address_never_a_forwarded_head
     assert client.get("/metrics", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="172.28.0.10").status_code == 403
 
 
+def test_metrics_stay_out_of_the_api_schema(client):
+    schema = client.get("/api/schema/", {"format": "json"}).json()
+    assert schema["paths"] and not any(path.startswith("/metrics") for path in schema["paths"])
+
+
 def test_metrics_answer_only_get_with_a_json_405(client):
     response = client.post("/metrics")
     assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
