@@ -75,9 +75,9 @@ SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "
 
 def exported_metric_names() -> set[str]:
     """Every sample name /metrics can carry: the families the processes count and those read from the database."""
-    import recsite.metrics  # noqa: F401  (registers the process metrics)
     from prometheus_client import REGISTRY
 
+    import recsite.metrics  # noqa: F401  (registers the process metrics)
     from recsite.metrics_db import DatabaseCollector
 
     families = [*REGISTRY.collect(), *DatabaseCollector().describe()]

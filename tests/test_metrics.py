@@ -1,5 +1,6 @@
 """GET /metrics: what a scrape shows after real traffic, who may read it, and the labels it uses."""
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
@@ -10,6 +11,7 @@ from django.db import OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
 from recommendations.services.impressions import MAX_BUFFERED, ImpressionBuffer
+from recsite.gunicorn_worker import QUEUED_AT
 from registry.models import ModelVersion
 from retraining.models import DriftReport, TrainingRun, TriggerEvaluation
 from retraining.services.drift import drift_check_run
@@ -230,6 +232,16 @@ def test_the_settings_default_to_loopback_when_local_and_to_nothing_in_productio
     finally:
         monkeypatch.undo()
         importlib.reload(module)
+
+
+def test_a_shed_request_is_timed_under_its_route_with_its_503(client, ingest_client, settings):
+    settings.SHED_QUEUE_SECONDS = 0.5
+    labels = {"route": "api/v1/events", "method": "POST", "status": "503"}
+    before = total(scrape(client), "recsite_http_request_duration_seconds_count", **labels)
+    response = ingest_client.post("/api/v1/events", event("u", "i"), format="json",
+                                  **{QUEUED_AT: time.monotonic() - 0.6})
+    assert response.status_code == 503
+    assert total(scrape(client), "recsite_http_request_duration_seconds_count", **labels) == before + 1
 
 
 def test_an_unknown_path_is_labelled_unmatched_not_by_its_path(client):
