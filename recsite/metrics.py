@@ -142,6 +142,9 @@ _RUNTIME_COUNTERS = {
     "impression_flush_failures": IMPRESSION_FLUSH_FAILURES,
 }
 _CACHES = ("verified_keys_cached", "known_users_cached", "known_items_cached")
+# Every key of ServingRuntime.counters() this module exports (shadow_* by prefix), checked by the tests.
+RUNTIME_KEYS_EXPORTED = frozenset({*_RUNTIME_COUNTERS, *_CACHES, "impressions_buffered", "champion_version",
+                                   "challenger_version", "item_snapshot_age_seconds", "throttle_cache_open"})
 
 
 class RuntimeCountersExport:

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recommendations.services.impressions import MAX_BUFFERED, ImpressionBuffer
 from recsite.gunicorn_worker import QUEUED_AT
+from recsite.metrics import RUNTIME_KEYS_EXPORTED
 from registry.models import ModelVersion
 from retraining.models import DriftReport, TrainingRun, TriggerEvaluation
 from retraining.services.drift import drift_check_run
@@ -170,6 +171,13 @@ def test_runtime_counters_are_exported_by_what_they_grew(runtime, client):
     runtime.metrics.refresh()
     runtime.metrics.refresh()  # nothing grew since: nothing added
     assert total(scrape(client), "recsite_shadow_jobs_total", outcome="dropped_full") - before == 3
+
+
+def test_every_runtime_counter_is_exported(runtime):
+    runtime.shadow.submit(lambda: None)  # so that the shadow counts are in the dict
+    keys = set(runtime.counters())
+    assert {key for key in keys if not key.startswith("shadow_")} == RUNTIME_KEYS_EXPORTED
+    assert "shadow_submitted" in keys
 
 
 # --- Access ---------------------------------------------------------------------------------------------------
