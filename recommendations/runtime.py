@@ -35,11 +35,14 @@ class ServingRuntime:
         from recommendations.services.impressions import ImpressionBuffer
         from recommendations.shadow import ShadowScorer
         from recommendations.throttling import CacheBreaker, LocalCounts
+        from recsite.metrics import RuntimeCountersExport
 
         self.pid = os.getpid()
         self.models: ModelHolder = ModelHolder()
         self.items: ItemSnapshotHolder = ItemSnapshotHolder()
-        self.poller: Poller = Poller(self.models, self.items)
+        self.metrics = RuntimeCountersExport(self.counters)
+        # The poller's tick also copies the counters into the metrics /metrics exports (recsite.metrics).
+        self.poller: Poller = Poller(self.models, self.items, self.metrics)
         self.impressions = ImpressionBuffer()
         self.shadow = ShadowScorer()
         self.clock = ProcessClock()
@@ -72,7 +75,9 @@ class ServingRuntime:
             "model_loads": self.models.loads,
             "model_load_failures": self.models.load_failures,
             "item_snapshot_rebuild_failures": self.items.rebuild_failures,
+            "item_snapshot_age_seconds": self.items.age_seconds(),
             "impressions_written": self.impressions.written,
+            "impressions_dropped": self.impressions.dropped,
             "impressions_buffered": self.impressions.buffered(),
             "impression_flush_failures": self.impressions.flush_failures,
             **{f"shadow_{name}": count for name, count in sorted(self.shadow.stats.items())},

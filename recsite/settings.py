@@ -3,6 +3,7 @@
 
 import re
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 
 import environ
@@ -35,7 +36,8 @@ if DEPLOYMENT not in ("local", "production"):
     raise ImproperlyConfigured(f"DEPLOYMENT must be local or production, got {DEPLOYMENT!r}")
 _HTTPS = DEPLOYMENT == "production"
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_HTTPS)
-SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]  # the orchestrator's health check speaks plain http inside
+# The orchestrator's health check and Prometheus's scrape speak plain http inside.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if _HTTPS else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_HTTPS)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_HTTPS)
@@ -68,7 +70,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "recommendations.shadow.LiveRequestMiddleware",  # first: shadow scoring gives way to any live request
-    "recsite.shedding.LoadSheddingMiddleware",  # second: a request that queued too long is refused before any work
+    "recsite.metrics_http.RequestMetricsMiddleware",  # times every request, shed ones included
+    "recsite.shedding.LoadSheddingMiddleware",  # then a request that queued too long is refused before any work
     # A request id on every response; NUL characters in an /api/ path, query or header refused before any view.
     "recsite.middleware.ApiRequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -368,6 +371,22 @@ if REDIS_URL:  # a cache that does not answer must not hold requests: throttling
     CACHES["default"]["OPTIONS"] = {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}
 # A request that waited longer than this for a gunicorn thread is answered 503 at once (0: never shed).
 SHED_QUEUE_SECONDS = _seconds("SHED_QUEUE_SECONDS", 0.5)
+
+# --- Metrics (recsite/metrics*.py, README "Metrics") -------------------------------------------------------
+# GET /metrics is served to a request with "Authorization: Bearer METRICS_TOKEN" or from an address in
+# METRICS_ALLOWED_NETWORKS (CIDRs, comma-separated). Neither set: loopback only when local, nobody in production.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+
+def _networks(name: str, default: list[str]) -> list:
+    try:
+        return [ip_network(cidr.strip(), strict=False) for cidr in env.list(name, default=default) if cidr.strip()]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: expected comma-separated CIDRs such as 10.0.0.0/8, got {exc}") from exc
+
+
+METRICS_ALLOWED_NETWORKS = _networks(
+    "METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"] if DEBUG or not _HTTPS else [])
 
 LOGGING = {
     "version": 1,

@@ -3,10 +3,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from retraining.admin_dashboard import dashboard_urls
+from recsite.metrics_http import metrics_view
 
 urlpatterns = [
     path("admin/dashboard/", include(dashboard_urls())),  # before the admin's own catch-all
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),  # Prometheus; a plain view, outside the API and its schema
     path("api/v1/", include("recommendations.api.urls")),
     path("api/v1/", include("registry.urls")),
     path("api/v1/", include("retraining.urls")),

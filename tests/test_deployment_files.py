@@ -2,6 +2,9 @@
 and that every command it runs points at code that exists."""
 
 import importlib
+import json
+import re
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import yaml
@@ -80,3 +83,78 @@ def test_the_optional_s3_profile_runs_a_pinned_minio_that_the_app_services_can_u
     assert SERVICES["minio-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
     for name in ["web", "worker", "trainer", "beat"]:
         assert SERVICES[name]["environment"]["ARTIFACT_STORAGE"] == env["ARTIFACT_STORAGE"], name
+
+
+# --- Prometheus and Grafana -----------------------------------------------------------------------------------
+DEPLOY = REPO / "deploy"
+METRIC_NAME = re.compile(r"\brecsite_[a-z0-9_]+\b")
+SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name /metrics can carry: the families the processes count and those read from the database."""
+    from prometheus_client import REGISTRY
+
+    import recsite.metrics  # noqa: F401  (registers the process metrics)
+    from recsite.metrics_db import DatabaseCollector
+
+    families = [*REGISTRY.collect(), *DatabaseCollector().describe()]
+    return {family.name + suffix for family in families for suffix in SUFFIXES.get(family.type, [""])}
+
+
+def mounted(service: str, target: str) -> Path:
+    """The repository path a service mounts at `target`."""
+    for volume in SERVICES[service]["volumes"]:
+        source, _, rest = volume.partition(":")
+        if rest.split(":")[0] == target:
+            return REPO / source
+    raise AssertionError(f"{service} mounts nothing at {target}")
+
+
+def test_compose_runs_prometheus_and_grafana_on_pinned_images_with_health_checks():
+    for name in ["prometheus", "grafana"]:
+        image = SERVICES[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+        assert SERVICES[name]["healthcheck"]["test"], name
+    assert "GRAFANA_ADMIN_PASSWORD:?" in SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_prometheus_scrapes_web_and_both_workers_where_they_serve_metrics_and_may_read_them():
+    config = yaml.safe_load(mounted("prometheus", "/etc/prometheus/prometheus.yml").read_text())
+    targets = {target: job for job in config["scrape_configs"] for static in job["static_configs"]
+               for target in static["targets"]}
+    assert targets["web:8000"].get("metrics_path", "/metrics") == "/metrics"
+    for worker in ["worker", "trainer"]:
+        env = SERVICES[worker]["environment"]
+        assert f"{worker}:{env['CELERY_METRICS_PORT']}" in targets and env["CELERY_METRICS_ADDRESS"] == "0.0.0.0"
+        assert "celery -A recsite worker" in command(worker)
+    address = SERVICES["prometheus"]["networks"]["default"]["ipv4_address"]
+    allowed = COMPOSE["x-app"]["environment"]["METRICS_ALLOWED_NETWORKS"]
+    assert any(ip_address(address) in ip_network(cidr) for cidr in re.findall(r"[\d.]+/\d+", allowed))
+    subnet = COMPOSE["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ip_address(address) in ip_network(subnet)
+    for name in ["web", "worker", "trainer"]:
+        folder = SERVICES[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert folder in SERVICES[name]["tmpfs"], name
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard_file():
+    provisioning = mounted("grafana", "/etc/grafana/provisioning")
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "recsite.yml").read_text())["providers"]
+    dashboards = mounted("grafana", provider["options"]["path"])
+    assert (dashboards / "recsite.json").is_file()
+    dashboard = json.loads((dashboards / "recsite.json").read_text())
+    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"] if panel["type"] != "row"}
+    assert uids == {datasource["uid"]}
+
+
+def test_every_metric_the_dashboard_queries_is_one_we_export():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "recsite.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
+               for name in METRIC_NAME.findall(target["expr"])}
+    exported = exported_metric_names()
+    assert len(queried) >= 20
+    assert queried <= exported, sorted(queried - exported)
+    assert "recsite_drift_psi" in queried and "recsite_http_request_duration_seconds_bucket" in queried

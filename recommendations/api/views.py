@@ -1,4 +1,5 @@
 import logging
+from collections import Counter
 
 from django.conf import settings
 from django.db import connection
@@ -31,6 +32,7 @@ from recommendations.runtime import process_runtime
 from recommendations.serving.recommend import recommendations_for, serving_health, similar_items
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
+from recsite import metrics
 from recsite.errors import ApplicationError, located
 
 logger = logging.getLogger(__name__)  # HealthApi's database failures
@@ -110,10 +112,22 @@ class EventIngestApi(APIView):
     )
     def post(self, request):
         batch, _ = _batch(request.data, "events", settings.MAX_EVENTS_PER_REQUEST)
-        valid = validated(self.InputSerializer, batch, many=True, message="Some events are invalid; nothing was written.")
-        now = timezone.now()
-        result = event_ingest(events=[EventInput(**{"timestamp": now, **event}) for event in valid])
+        metrics.INGEST_BATCH_SIZE.labels("events").observe(len(batch))
+        try:
+            valid = validated(self.InputSerializer, batch, many=True,
+                              message="Some events are invalid; nothing was written.")
+            now = timezone.now()
+            result = event_ingest(events=[EventInput(**{"timestamp": now, **event}) for event in valid])
+        except ApplicationError:
+            metrics.events_count(counts=_event_types_of(batch), outcome="rejected")
+            raise
         return Response(self.OutputSerializer(result).data, status=status.HTTP_201_CREATED)
+
+
+def _event_types_of(batch: list) -> Counter:
+    """The batch's events by type, for the metrics: "invalid" for what is not a known type (bounded labels)."""
+    return Counter(event.get("event_type") if isinstance(event, dict) and event.get("event_type") in EventType.values
+                   else "invalid" for event in batch)
 
 
 class _ItemFields(StrictSerializer):
@@ -146,6 +160,7 @@ class ItemBulkUpsertApi(APIView):
         batch, is_batch = _batch(request.data, "items", settings.MAX_EVENTS_PER_REQUEST)
         if not is_batch:
             raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [located("items", "This field is required.")]})
+        metrics.INGEST_BATCH_SIZE.labels("items").observe(len(batch))
         valid = validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
         result = item_upsert(items=[ItemInput(**item) for item in valid])
         return Response(self.OutputSerializer(result).data)

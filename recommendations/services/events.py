@@ -1,5 +1,6 @@
 """Event ingestion: one transaction writes the events and folds them into the online features."""
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Iterable
@@ -14,6 +15,7 @@ from recommendations.models import EndUser, Interaction, Item
 from recommendations.process_cache import ProcessCache
 from recommendations.runtime import process_runtime
 from recommendations.services.features import first_interactions, online_features_update, user_features_lock
+from recsite import metrics
 from recsite.errors import ApplicationError, ConflictError
 
 
@@ -45,7 +47,8 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with transaction.atomic():
-                return _ingest(events, strict)
+                fresh = _ingest(events, strict)
+            return _ingest_counted(events, fresh)
         except (IntegrityError, OperationalError) as exc:
             # A cached user or item may have been deleted since (the foreign key fails at commit): read them again.
             runtime = process_runtime()
@@ -68,7 +71,16 @@ def _is_retryable(exc: Exception) -> bool:
     return getattr(exc.__cause__, "pgcode", None) in _RETRYABLE_PG_CODES
 
 
-def _ingest(events: list[EventInput], strict: bool) -> IngestResult:
+def _ingest_counted(events: list[EventInput], fresh: list[EventInput]) -> IngestResult:
+    """The result of a committed batch, counted in the metrics."""
+    accepted = Counter(event.event_type for event in fresh)
+    metrics.events_count(counts=accepted, outcome="accepted")
+    metrics.events_count(counts=Counter(event.event_type for event in events) - accepted, outcome="duplicate")
+    return IngestResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
+
+
+def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
+    """The events written (the others are duplicates)."""
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
     # Locked before the events are stored, so that first_interactions sees a concurrent batch of the same user.
@@ -84,7 +96,7 @@ def _ingest(events: list[EventInput], strict: bool) -> IngestResult:
             item_categories={pk: categories for pk, categories in items.values()},
             user_rows=user_rows,
         )
-    return IngestResult(accepted=len(fresh), duplicates=len(events) - len(fresh))
+    return fresh
 
 
 _INSERTED_COLUMNS = (

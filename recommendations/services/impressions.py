@@ -24,6 +24,7 @@ class ImpressionBuffer:
         self._flusher = PeriodicThread(name="impression-flusher", seconds=lambda: settings.IMPRESSION_FLUSH_SECONDS,
                                        tick=self._flush_logged)
         self.written = 0  # counters
+        self.dropped = 0
         self.flush_failures = 0
 
     def log(self, impression: Impression) -> None:
@@ -47,6 +48,7 @@ class ImpressionBuffer:
             except Exception:
                 with self._lock:  # keep them for the next flush, within a bound
                     self._buffer[:0] = pending[-MAX_BUFFERED:]
+                    self.dropped += max(0, len(pending) - MAX_BUFFERED)
                 raise
         self.written += len(pending)
         return len(pending)

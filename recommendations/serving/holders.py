@@ -138,6 +138,11 @@ class ItemSnapshotHolder:
             self.refresh(keep_going=False)
         return self._current
 
+    def age_seconds(self) -> float | None:
+        """How long ago the snapshot being served was built (None: none yet)."""
+        snapshot = self._current
+        return None if snapshot is None else time.monotonic() - snapshot.built_at
+
     def refresh_if_due(self) -> None:
         if self._current is None or time.monotonic() - self._current.built_at >= settings.ITEM_SNAPSHOT_SECONDS:
             self.refresh()

@@ -11,6 +11,7 @@ be returned are re-read, unless the catalogue's deactivation count, read in the 
 shows that no item was deactivated since the snapshot was built (recommendations.item_snapshot)."""
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ from recommendations.selectors import ServedUser, inactive_items, served_user
 from recommendations.serving.holders import Deployed, ServingHealth
 from recommendations.serving.loading import ServingModel
 from recommendations.serving.pipeline import InactiveOf, popular_items, ranked_items
+from recsite import metrics
 from recsite.errors import NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ def recommendations_for(*, runtime: ServingRuntime, user_external_id: str, k: in
         user_id=user_external_id, model_version=model.version if model else None,
         strategy="model" if model else "popular", recommendation_id=uuid.uuid4(), items=served,
     )
+    metrics.recommendation_count(version=recommendation.model_version, arm=route.arm, strategy=recommendation.strategy,
+                                 fallback=_fallback_reason(current.models.get(route.version), user, model, failed))
     if user is not None:
         experiment_id = current.pointers.experiment_id
         runtime.impressions.log(_impression(
@@ -118,11 +122,23 @@ def _answer(current: Deployed, route: Route, request: _Request,
     return (*_ranked_or_popular(model, request, explain), failed)
 
 
+def _fallback_reason(routed: ServingModel | None, user: ServedUser | None, model: ServingModel | None,
+                     failed: bool) -> str | None:
+    """Why the routed model did not rank the list (None: it did)."""
+    if failed:
+        return "challenger_failed"
+    if model is not None:
+        return None
+    if user is None:
+        return "unknown_user"
+    return "no_model" if routed is None else "nothing_ranked"
+
+
 def _ranked_or_popular(model: ServingModel | None, request: _Request,
                        explain: bool) -> tuple[list[dict], ServingModel | None]:
     user = request.user
     if model is not None and user is not None:
-        served = _ranked(model, request, explain=explain)
+        served = _ranked(model, request, kind="live", explain=explain)
         if served is not None:
             return served, model
     blocked = (user.seen if user else set()) | request.excluded
@@ -130,11 +146,13 @@ def _ranked_or_popular(model: ServingModel | None, request: _Request,
                          at=request.at.timestamp(), inactive_of=request.inactive_of), None
 
 
-def _ranked(model: ServingModel, request: _Request, **options) -> list[dict] | None:
-    user = request.user
-    return ranked_items(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen,
-                        excluded=request.excluded, category=request.category, k=request.k,
-                        at=request.at.timestamp(), inactive_of=request.inactive_of, **options)
+def _ranked(model: ServingModel, request: _Request, *, kind: str, **options) -> list[dict] | None:
+    user, started = request.user, time.perf_counter()
+    served = ranked_items(model=model, snapshot=request.snapshot, user=user.state, seen=user.seen,
+                          excluded=request.excluded, category=request.category, k=request.k,
+                          at=request.at.timestamp(), inactive_of=request.inactive_of, **options)
+    metrics.SCORING_DURATION.labels(kind).observe(time.perf_counter() - started)
+    return served
 
 
 def _impression(recommendation_id: uuid.UUID, request: _Request, served: list[dict], model: ServingModel | None,
@@ -147,7 +165,7 @@ def _impression(recommendation_id: uuid.UUID, request: _Request, served: list[di
 def _shadow_score(runtime: ServingRuntime, model: ServingModel, request: _Request, shadow_of: uuid.UUID,
                   experiment_id: int | None) -> None:
     """The challenger's list for a request the champion answered, logged as a shadow impression only."""
-    served = _ranked(model, request, explain=False, checkpoint=runtime.shadow.checkpoint)
+    served = _ranked(model, request, kind="shadow", explain=False, checkpoint=runtime.shadow.checkpoint)
     if served:
         runtime.impressions.log(_impression(uuid.uuid4(), request, served, model, arm=Impression.Arm.SHADOW,
                                             routed_version=model.version, experiment_id=experiment_id,

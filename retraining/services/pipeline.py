@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from recommendations import ranking
 from recommendations.serving.loading import ranker_precompile, trained_model_of
+from recsite import metrics
 from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_register, model_version_reject
@@ -65,6 +66,7 @@ def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line)
     manifest = drift_reference_attach(result=result, directory=workdir, until=run.data_until, policy=policy)
     training_seconds = time.perf_counter() - started
+    metrics.training_measured(seconds=training_seconds, peak_memory_mb=result.peak_memory_mb)
     training_run_advance(run_id=run.pk, status=RunStatus.EVALUATING, trained_at=timezone.now(),
                          stage_timings=result.timings_s)
     _ensure_in_flight(run.pk)
