@@ -12,7 +12,7 @@ from retraining.services.policy import policy_active
 from retraining.selectors import experiment_rows, experiments_table
 from retraining.services.rollout import candidate_deploy, challenger_deploy, rollout_check
 from retraining.services.triggers import triggers_check
-from tests.recommendations.factories import experiment_traffic
+from tests.recommendations.factories import experiment_traffic, outcomes_recorded
 from tests.registry.factories import registered_version
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +53,7 @@ def traffic(experiment, catalog, versions, *, start, control, treatment, errors=
     experiment_traffic(experiment=experiment.pk, items=catalog, users=300, start=start, control_rate=control,
                        treatment_rate=treatment, versions=(versions[0].version, versions[1].version),
                        treatment_errors=errors, seed=seed, prefix=f"s{seed}-")
+    outcomes_recorded()
 
 
 def test_a_canary_that_is_clearly_worse_online_is_rolled_back_and_rejected(versions, policy, catalog):
