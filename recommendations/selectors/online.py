@@ -14,7 +14,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 from django.conf import settings
-from django.db.models import Avg, Count, Min, Q, QuerySet, Sum
+from django.db import connection
+from django.db.models import Aggregate, Avg, Count, FloatField, Min, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
 from recommendations.models import Impression, ImpressionOutcome, Interaction, OutcomeWatermark
@@ -162,24 +163,38 @@ def _tallies(*, by_time: bool = False) -> dict:
     }
 
 
-def _summary(tallies: dict, *, users: int, delays: list[float]) -> ArmSummary:
+def _summary(tallies: dict, *, users: int, median_delay_s: float | None) -> ArmSummary:
     lists = tallies["lists"]
     if not lists:
         return ArmSummary(0, 0, None, None, None, None, None, None)
     return ArmSummary(
         impressions=lists, users=users, ctr=tallies["clicks"] / lists, hit_rate=tallies["hits"] / lists,
         mean_rating=tallies["rating_sum"] / tallies["rating_count"] if tallies["rating_count"] else None,
-        median_delay_s=float(np.median(delays)) if delays else None,
-        cold_start_share=tallies["popular"] / lists, error_share=tallies["errors"] / lists,
+        median_delay_s=median_delay_s, cold_start_share=tallies["popular"] / lists, error_share=tallies["errors"] / lists,
     )
 
 
-def _delays(outcomes: QuerySet, *, by: list[str]) -> dict[tuple, list[float]]:
-    """Times to first engagement of the engaged lists among `outcomes`, grouped by the fields `by`."""
+class _Median(Aggregate):
+    """PostgreSQL's exact median (an ordered-set aggregate Django does not ship)."""
+
+    function = "PERCENTILE_CONT"
+    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+
+def _median_delays(outcomes: QuerySet, *, by: list[str]) -> dict[tuple, float]:
+    """Median time to first engagement of the engaged lists among `outcomes`, per group of the fields `by`:
+    computed by PostgreSQL, which returns one row per group; SQLite (the embedded default) has no median, so
+    there the delays are read and the median taken here."""
+    engaged = outcomes.exclude(delay_s=None)
+    if connection.vendor == "postgresql":
+        groups = engaged.values(*by).annotate(median=_Median("delay_s")).order_by() if by else [
+            engaged.aggregate(median=_Median("delay_s"))]
+        return {tuple(group[name] for name in by): group["median"] for group in groups if group["median"] is not None}
     found: dict[tuple, list[float]] = {}
-    for *key, delay in outcomes.exclude(delay_s=None).values_list(*by, "delay_s"):
+    for *key, delay in engaged.values_list(*by, "delay_s"):
         found.setdefault(tuple(key), []).append(delay)
-    return found
+    return {key: float(np.median(delays)) for key, delays in found.items()}
 
 
 def outcomes_recorded_until() -> datetime | None:
@@ -195,12 +210,12 @@ def online_metrics(*, version: int, start: datetime, end: datetime, bucket: str 
     outcomes = (ImpressionOutcome.objects.filter(routed_version=version, served_at__gte=start, served_at__lt=end)
                 .annotate(bucket=truncate("served_at", tzinfo=timezone.utc)))
     groups = outcomes.values("bucket", "arm").annotate(users=Count("user_id", distinct=True), **_tallies())
-    delays = _delays(outcomes, by=["bucket", "arm"])
+    medians = _median_delays(outcomes, by=["bucket", "arm"])
     recorded_until = outcomes_recorded_until()
     step = {"day": timedelta(days=1), "hour": timedelta(hours=1)}[bucket]
     return [
         {"bucket": group["bucket"].isoformat(), "arm": group["arm"],
-         **asdict(_summary(group, users=group["users"], delays=delays.get((group["bucket"], group["arm"]), []))),
+         **asdict(_summary(group, users=group["users"], median_delay_s=medians.get((group["bucket"], group["arm"])))),
          "complete": recorded_until is not None and group["bucket"] + step <= recorded_until}
         for group in groups.order_by("bucket", "arm")
     ]
@@ -245,8 +260,8 @@ def experiment_arm_outcomes(*, experiment_id: int, arm: str, by_time: bool = Fal
     outcomes = ImpressionOutcome.objects.filter(experiment_id=experiment_id, arm=arm)
     per_user = list(outcomes.values("user_id").annotate(**_tallies(by_time=by_time)).order_by())
     totals = {name: sum(user[name] for user in per_user) for name in _tallies()}
-    delays = _delays(outcomes, by=[]).get((), [])
-    return ArmOutcomes(summary=_summary(totals, users=len(per_user), delays=delays),
+    median = _median_delays(outcomes, by=[]).get(())
+    return ArmOutcomes(summary=_summary(totals, users=len(per_user), median_delay_s=median),
                        **{name: np.array([user[name] for user in per_user], dtype=float) for name in ("lists", "clicks", "hits")})
 
 

@@ -145,3 +145,22 @@ def test_a_shadow_report_measures_the_overlap_of_the_two_lists(catalog):
     report = arms_compare(experiment_id=7, treatment_arm="shadow", min_impressions=1)
     assert report["overlap_at_k"] == 0.5
     assert report["attribution"] == "user, item and time"
+
+
+@pytest.mark.parametrize("treatment", ["challenger", "shadow"])
+def test_the_report_from_outcome_rows_equals_the_raw_attribution_of_the_experiments_lists(catalog, treatment):
+    experiment_traffic(experiment=7, items=catalog, users=80, start=T0, control_rate=0.4, treatment_rate=0.25,
+                       treatment_arm=treatment, treatment_errors=0.1, seed=5)
+    outcomes_recorded()
+    report = arms_compare(experiment_id=7, treatment_arm=treatment, min_impressions=10)
+    raw = impression_outcomes(impressions=Impression.objects.filter(experiment_id=7),
+                              by_recommendation_id=treatment != "shadow")
+    rates = {}
+    for arm in ("champion", treatment):
+        lists, summary = raw[raw["arm"] == arm], report["arms"][arm]
+        assert (summary["impressions"], summary["users"]) == (len(lists), lists["user_id"].nunique())
+        assert summary["ctr"] == pytest.approx(lists["clicked"].mean())
+        assert summary["hit_rate"] == pytest.approx(lists["hit"].mean())
+        assert summary["error_share"] == pytest.approx((lists["strategy"] == "error").mean())
+        rates[arm] = lists["clicked"].mean()
+    assert report["differences"]["ctr"]["delta"] == pytest.approx(rates[treatment] - rates["champion"])

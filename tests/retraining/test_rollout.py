@@ -1,6 +1,8 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from recommendations.clock import clock_set
 from recommendations.models import Item
@@ -105,6 +107,24 @@ def test_an_ab_test_is_only_reported_never_acted_on(versions, policy, catalog):
     assert check.action == "reported" and check.reason == "challenger_worse"
     assert experiment.status == "running" and experiment.last_report["verdict"] == "challenger_worse"
     assert experiment.traffic_percent == policy.ab_traffic_percent == 50
+
+
+def test_a_rollout_check_reads_neither_impressions_nor_events_and_its_queries_do_not_grow_with_traffic(
+        versions, policy, catalog):
+    experiment = canary(versions, policy)
+    experiment_traffic(experiment=experiment.pk, items=catalog, users=4, start=T0, control_rate=0.5, treatment_rate=0.5,
+                       versions=(versions[0].version, versions[1].version), prefix="few-")
+    outcomes_recorded()
+    with CaptureQueriesContext(connection) as few:
+        assert rollout_check(now=T0 + timedelta(minutes=5)).action == "held"
+    traffic(experiment, catalog, versions, start=T0 + timedelta(minutes=21), control=0.3, treatment=0.3)
+    with CaptureQueriesContext(connection) as many:
+        check = rollout_check(now=T0 + timedelta(minutes=6))
+    assert check.action == "held" and check.report["arms"]["challenger"]["impressions"] == 456
+    raw_tables = ('"recommendations_impression"', '"recommendations_interaction"')
+    assert not [query["sql"] for query in few.captured_queries + many.captured_queries
+                if any(table in query["sql"] for table in raw_tables)]
+    assert len(many.captured_queries) == len(few.captured_queries)
 
 
 def test_nothing_happens_without_an_experiment(versions, policy):

@@ -4,6 +4,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.test.utils import CaptureQueriesContext
 from django.db import IntegrityError, connection, connections, transaction
 
 from recommendations.models import EndUser, Impression, Interaction, Item
@@ -169,7 +170,10 @@ def test_performance_fires_when_the_online_hit_rate_falls(policy, tmp_path):
     assert verdicts(steady)["performance"] == "quiet", steady.results["performance"]
     serve(first + timedelta(hours=48), 100, 0.10)
     impression_outcomes_record(now=first + timedelta(hours=48 + 9))
-    fallen = triggers_check(now=first + timedelta(hours=48 + 9))
+    with CaptureQueriesContext(connection) as queries:
+        fallen = triggers_check(now=first + timedelta(hours=48 + 9))
+    assert not [q["sql"] for q in queries.captured_queries if '"recommendations_impression"' in q["sql"]], \
+        "the performance trigger reads the recorded outcomes, not the served lists"
     assert verdicts(fallen)["performance"] == "fire", fallen.results["performance"]
     assert fallen.run.trigger == "performance"
 
