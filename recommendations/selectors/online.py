@@ -156,7 +156,9 @@ def _tallies(*, by_time: bool = False) -> dict:
     user, item and time alone (what a shadow comparison uses for both arms)."""
     clicked, hit = ("clicked_by_time", "hit_by_time") if by_time else ("clicked", "hit")
     return {
-        "lists": Count("pk"), "clicks": Count("pk", filter=Q(**{clicked: True})), "hits": Count("pk", filter=Q(**{hit: True})),
+        "lists": Count("pk"),
+        "clicks": Count("pk", filter=Q(**{clicked: True})),
+        "hits": Count("pk", filter=Q(**{hit: True})),
         "rating_sum": Coalesce(Sum("rating_sum"), 0.0), "rating_count": Coalesce(Sum("rating_count"), 0),
         "popular": Count("pk", filter=Q(strategy=Impression.Strategy.POPULAR)),
         "errors": Count("pk", filter=Q(strategy=Impression.Strategy.ERROR)),
@@ -170,7 +172,9 @@ def _summary(tallies: dict, *, users: int, median_delay_s: float | None) -> ArmS
     return ArmSummary(
         impressions=lists, users=users, ctr=tallies["clicks"] / lists, hit_rate=tallies["hits"] / lists,
         mean_rating=tallies["rating_sum"] / tallies["rating_count"] if tallies["rating_count"] else None,
-        median_delay_s=median_delay_s, cold_start_share=tallies["popular"] / lists, error_share=tallies["errors"] / lists,
+        median_delay_s=median_delay_s,
+        cold_start_share=tallies["popular"] / lists,
+        error_share=tallies["errors"] / lists,
     )
 
 
@@ -261,8 +265,9 @@ def experiment_arm_outcomes(*, experiment_id: int, arm: str, by_time: bool = Fal
     per_user = list(outcomes.values("user_id").annotate(**_tallies(by_time=by_time)).order_by())
     totals = {name: sum(user[name] for user in per_user) for name in _tallies()}
     median = _median_delays(outcomes, by=[]).get(())
-    return ArmOutcomes(summary=_summary(totals, users=len(per_user), median_delay_s=median),
-                       **{name: np.array([user[name] for user in per_user], dtype=float) for name in ("lists", "clicks", "hits")})
+    per_user_column = {name: np.array([user[name] for user in per_user], dtype=float)
+                       for name in ("lists", "clicks", "hits")}
+    return ArmOutcomes(summary=_summary(totals, users=len(per_user), median_delay_s=median), **per_user_column)
 
 
 def experiment_overlap(*, experiment_id: int) -> float | None:

@@ -49,7 +49,7 @@ def _watermark(closed_until: datetime) -> datetime | None:
 def _window_end(*, start: datetime, closed_until: datetime) -> datetime:
     """Served time of the OUTCOME_BATCH-th list after `start`, or `closed_until` when fewer are waiting."""
     waiting = Impression.objects.filter(served_at__gt=start, served_at__lte=closed_until).order_by("served_at")
-    last = waiting.values_list("served_at", flat=True)[OUTCOME_BATCH - 1:OUTCOME_BATCH].first()
+    last = waiting.values_list("served_at", flat=True)[OUTCOME_BATCH - 1 : OUTCOME_BATCH].first()
     return last or closed_until
 
 
@@ -72,12 +72,22 @@ def _outcome_rows(impressions) -> list[ImpressionOutcome]:
     overlaps = _overlaps(outcomes)
     return [
         ImpressionOutcome(
-            impression_id=row.id, user_id=row.user_id, served_at=row.served_at, arm=row.arm, strategy=row.strategy,
-            model_version=_integer(row.model_version), routed_version=_integer(row.routed_version),
-            experiment_id=_integer(row.experiment_id), clicked=bool(row.clicked), hit=bool(row.hit),
-            clicked_by_time=bool(by_time.at[row.id, "clicked"]), hit_by_time=bool(by_time.at[row.id, "hit"]),
-            rating_sum=float(row.rating_sum), rating_count=int(row.rating_count),
-            delay_s=None if pd.isna(row.delay_s) else float(row.delay_s), overlap=overlaps.get(row.id),
+            impression_id=row.id,
+            user_id=row.user_id,
+            served_at=row.served_at,
+            arm=row.arm,
+            strategy=row.strategy,
+            model_version=_integer(row.model_version),
+            routed_version=_integer(row.routed_version),
+            experiment_id=_integer(row.experiment_id),
+            clicked=bool(row.clicked),
+            hit=bool(row.hit),
+            clicked_by_time=bool(by_time.at[row.id, "clicked"]),
+            hit_by_time=bool(by_time.at[row.id, "hit"]),
+            rating_sum=float(row.rating_sum),
+            rating_count=int(row.rating_count),
+            delay_s=None if pd.isna(row.delay_s) else float(row.delay_s),
+            overlap=overlaps.get(row.id),
         )
         for row in outcomes.itertuples(index=False)
     ]
@@ -88,11 +98,15 @@ def _overlaps(outcomes: pd.DataFrame) -> dict[int, float]:
     shadows = outcomes[outcomes["arm"] == Impression.Arm.SHADOW]
     if shadows.empty:
         return {}
-    shown = dict(Impression.objects.filter(recommendation_id__in=shadows["shadow_of"].dropna().tolist())
-                 .values_list("recommendation_id", "items"))
+    shown = dict(
+        Impression.objects.filter(recommendation_id__in=shadows["shadow_of"].dropna().tolist()).values_list(
+            "recommendation_id", "items"
+        )
+    )
     return {
         pk: len(set(items[:HIT_K]) & set(shown[of][:HIT_K])) / max(1, min(HIT_K, len(shown[of])))
-        for pk, of, items in shadows[["id", "shadow_of", "items"]].itertuples(index=False) if of in shown
+        for pk, of, items in shadows[["id", "shadow_of", "items"]].itertuples(index=False)
+        if of in shown
     }
 
 

@@ -33,13 +33,15 @@ def mean_interval(values: np.ndarray, *, samples: int, seed: int = 0, level: flo
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return Interval(0.0, 0.0, 0.0)
-    low, high = _bootstrap([values], lambda resampled, axis: resampled.mean(axis=axis), samples=samples, seed=seed,
-                           level=level)
+    low, high = _bootstrap(
+        [values], lambda resampled, axis: resampled.mean(axis=axis), samples=samples, seed=seed, level=level
+    )
     return Interval(float(values.mean()), low, high)
 
 
-def rate_difference_interval(*, control: UnitCounts, treatment: UnitCounts, samples: int, seed: int = 0,
-                             level: float = 0.95) -> Interval | None:
+def rate_difference_interval(
+    *, control: UnitCounts, treatment: UnitCounts, samples: int, seed: int = 0, level: float = 0.95
+) -> Interval | None:
     """Treatment's rate (successes / trials) minus control's, with a percentile bootstrap interval that
     resamples each arm's users independently; None when an arm has no users."""
     arms = (treatment, control)
@@ -69,8 +71,16 @@ def _bootstrap(data: list[np.ndarray], statistic, *, samples: int, seed: int, le
         value = float(statistic(*data, axis=-1))
         return value, value
     units = sum(len(sample) for sample in varying)
-    result = stats.bootstrap(varying, statistic, n_resamples=samples, confidence_level=level, method="percentile",
-                             vectorized=True, batch=max(1, _BATCH_CELLS // units), rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        varying,
+        statistic,
+        n_resamples=samples,
+        confidence_level=level,
+        method="percentile",
+        vectorized=True,
+        batch=max(1, _BATCH_CELLS // units),
+        rng=np.random.default_rng(seed),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 

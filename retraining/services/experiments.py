@@ -8,18 +8,32 @@ from recommendations.selectors import ArmOutcomes, experiment_arm_outcomes, expe
 from retraining.ml.statistics import Interval, UnitCounts, experiment_verdict, rate_difference_interval
 
 
-def arms_compare(*, experiment_id: int, treatment_arm: str, min_impressions: int, confidence: float = 0.95,
-                 replicates: int = 1000, seed: int = 0) -> dict:
+def arms_compare(
+    *,
+    experiment_id: int,
+    treatment_arm: str,
+    min_impressions: int,
+    confidence: float = 0.95,
+    replicates: int = 1000,
+    seed: int = 0,
+) -> dict:
     """The champion's arm against the challenger's (or its shadow) in one experiment: each arm's metrics, the
     difference in CTR and hit rate with a bootstrap confidence interval over users (users, not lists, are
     the independent units), and a verdict once both arms have `min_impressions`. A shadow comparison counts
     both arms' clicks and hits by user, item and time, and adds the overlap of the two lists per request."""
     shadow = treatment_arm == Impression.Arm.SHADOW
-    control, treatment = (experiment_arm_outcomes(experiment_id=experiment_id, arm=arm, by_time=shadow)
-                          for arm in (Impression.Arm.CHAMPION, treatment_arm))
+    control, treatment = (
+        experiment_arm_outcomes(experiment_id=experiment_id, arm=arm, by_time=shadow)
+        for arm in (Impression.Arm.CHAMPION, treatment_arm)
+    )
     differences = {
-        name: rate_difference_interval(control=_counts(control, metric), treatment=_counts(treatment, metric),
-                                       samples=replicates, seed=seed, level=confidence)
+        name: rate_difference_interval(
+            control=_counts(control, metric),
+            treatment=_counts(treatment, metric),
+            samples=replicates,
+            seed=seed,
+            level=confidence,
+        )
         for name, metric in (("ctr", "clicks"), ("hit_rate", "hits"))
     }
     sufficient = min(control.summary.impressions, treatment.summary.impressions) >= min_impressions

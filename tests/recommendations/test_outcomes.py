@@ -97,8 +97,16 @@ def test_two_recorders_racing_record_each_list_exactly_once(catalog, closes, mon
 
 @pytest.mark.django_db
 def test_the_rows_agree_with_the_raw_attribution_of_the_same_lists(catalog):
-    experiment_traffic(experiment=7, items=catalog, users=60, start=T0, control_rate=0.5, treatment_rate=0.3,
-                       treatment_errors=0.1, seed=4)
+    experiment_traffic(
+        experiment=7,
+        items=catalog,
+        users=60,
+        start=T0,
+        control_rate=0.5,
+        treatment_rate=0.3,
+        treatment_errors=0.1,
+        seed=4,
+    )
     shown = serve(user("x1"), catalog[:10], T0 + timedelta(minutes=1), version=2, arm="challenger", experiment=7)
     event(user("x1"), catalog[5], "rating", T0 + timedelta(minutes=3), value=4.0)
     event(user("x1"), catalog[6], "view", T0 + timedelta(minutes=4), rec=shown)
@@ -108,11 +116,19 @@ def test_the_rows_agree_with_the_raw_attribution_of_the_same_lists(catalog):
     assert set(rows) == set(raw.index)
     for pk, expected in raw.iterrows():
         row = rows[pk]
-        assert (row.clicked, row.hit, row.rating_count) == (expected["clicked"], expected["hit"], expected["rating_count"])
+        assert (row.clicked, row.hit, row.rating_count) == (
+            expected["clicked"],
+            expected["hit"],
+            expected["rating_count"],
+        )
         assert row.rating_sum == pytest.approx(expected["rating_sum"])
         version = None if pd.isna(expected["model_version"]) else expected["model_version"]  # a fallback's list
         assert (row.strategy, row.arm, row.model_version, row.user_id) == (
-            expected["strategy"], expected["arm"], version, expected["user_id"])
+            expected["strategy"],
+            expected["arm"],
+            version,
+            expected["user_id"],
+        )
     challenger = raw[raw["model_version"] == 2]
     rate = online_hit_rate(model_version=2, start=T0, end=T0 + timedelta(days=1))
     assert (rate.impressions, rate.hits) == (len(challenger), int(challenger["hit"].sum()))

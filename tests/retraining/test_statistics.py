@@ -60,12 +60,15 @@ def test_intervals_are_deterministic_for_a_seed():
     assert rate_difference_interval(control=control, treatment=treatment, samples=300, seed=9) == first
 
 
-@pytest.mark.parametrize(("intervals", "sufficient", "verdict"), [
-    ([Interval(-0.1, -0.2, -0.01), Interval(0.1, 0.05, 0.2)], True, "challenger_worse"),
-    ([Interval(0.1, 0.05, 0.2), None], True, "challenger_better"),
-    ([Interval(0.0, -0.1, 0.1), Interval(0.0, -0.1, 0.1)], True, "no_significant_difference"),
-    ([Interval(-0.1, -0.2, -0.01)], False, "insufficient_sample"),
-    ([None, None], True, "no_significant_difference"),
-])
+@pytest.mark.parametrize(
+    ("intervals", "sufficient", "verdict"),
+    [
+        ([Interval(-0.1, -0.2, -0.01), Interval(0.1, 0.05, 0.2)], True, "challenger_worse"),
+        ([Interval(0.1, 0.05, 0.2), None], True, "challenger_better"),
+        ([Interval(0.0, -0.1, 0.1), Interval(0.0, -0.1, 0.1)], True, "no_significant_difference"),
+        ([Interval(-0.1, -0.2, -0.01)], False, "insufficient_sample"),
+        ([None, None], True, "no_significant_difference"),
+    ],
+)
 def test_the_verdict_puts_a_loss_on_any_metric_first_and_waits_for_the_sample(intervals, sufficient, verdict):
     assert experiment_verdict(intervals=intervals, sufficient=sufficient) == verdict
