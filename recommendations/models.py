@@ -170,7 +170,7 @@ class ImpressionOutcome(models.Model):
 
     `clicked`/`hit` follow the usual attribution (recommendation_id first, then user, item and time);
     `clicked_by_time`/`hit_by_time` ignore the ids, which a shadow comparison needs for both arms to be
-    attributed alike. `overlap` is, for a shadow list, the share of the shown list's top k it also had."""
+    attributed alike (set for the lists of an experiment only). `overlap` is, for a shadow list, the share of the shown list's top k it also had."""
 
     impression = models.OneToOneField(Impression, on_delete=models.CASCADE, primary_key=True, related_name="outcome")
     user_id = models.BigIntegerField()
@@ -182,8 +182,8 @@ class ImpressionOutcome(models.Model):
     experiment_id = models.BigIntegerField(null=True, blank=True)
     clicked = models.BooleanField()
     hit = models.BooleanField()
-    clicked_by_time = models.BooleanField()
-    hit_by_time = models.BooleanField()
+    clicked_by_time = models.BooleanField(null=True)
+    hit_by_time = models.BooleanField(null=True)
     rating_sum = models.FloatField(default=0.0)
     rating_count = models.PositiveIntegerField(default=0)
     delay_s = models.FloatField(null=True, blank=True, help_text="seconds from serving to the first engagement")

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pandas as pd
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Min
+from django.db.models import Min, QuerySet
 
 from recommendations.models import Impression, ImpressionOutcome, OutcomeWatermark
 from recommendations.selectors.online import HIT_K, attribution_window, impression_outcomes, outcomes_recorded_until
@@ -64,11 +64,11 @@ def _window_record(*, start: datetime, end: datetime) -> int | None:
     return len(rows)
 
 
-def _outcome_rows(impressions) -> list[ImpressionOutcome]:
+def _outcome_rows(impressions: QuerySet) -> list[ImpressionOutcome]:
     outcomes = impression_outcomes(impressions=impressions)
     if outcomes.empty:
         return []
-    by_time = impression_outcomes(impressions=impressions, by_recommendation_id=False).set_index("id")
+    outcomes = outcomes.join(_attributed_by_time(outcomes, impressions), on="id")
     overlaps = _overlaps(outcomes)
     return [
         ImpressionOutcome(
@@ -82,8 +82,8 @@ def _outcome_rows(impressions) -> list[ImpressionOutcome]:
             experiment_id=_integer(row.experiment_id),
             clicked=bool(row.clicked),
             hit=bool(row.hit),
-            clicked_by_time=bool(by_time.at[row.id, "clicked"]),
-            hit_by_time=bool(by_time.at[row.id, "hit"]),
+            clicked_by_time=None if pd.isna(row.clicked_by_time) else bool(row.clicked_by_time),
+            hit_by_time=None if pd.isna(row.hit_by_time) else bool(row.hit_by_time),
             rating_sum=float(row.rating_sum),
             rating_count=int(row.rating_count),
             delay_s=None if pd.isna(row.delay_s) else float(row.delay_s),
@@ -91,6 +91,21 @@ def _outcome_rows(impressions) -> list[ImpressionOutcome]:
         )
         for row in outcomes.itertuples(index=False)
     ]
+
+
+def _attributed_by_time(outcomes: pd.DataFrame, impressions: QuerySet) -> pd.DataFrame:
+    """clicked_by_time and hit_by_time, by id, of the lists in an experiment (only a shadow comparison reads
+    them, and any experiment may be one: a second attribution pass is paid for those lists only). A shadow
+    list is attributed by time in the first pass already."""
+    in_experiment = outcomes[outcomes["experiment_id"].notna()]
+    shown = in_experiment[in_experiment["arm"] != Impression.Arm.SHADOW]
+    shadows = in_experiment[in_experiment["arm"] == Impression.Arm.SHADOW]
+    if not shown.empty:
+        shown = impression_outcomes(
+            impressions=impressions.filter(id__in=shown["id"].tolist()), by_recommendation_id=False
+        )
+    columns = {"clicked": "clicked_by_time", "hit": "hit_by_time"}
+    return pd.concat([frame.set_index("id")[list(columns)].rename(columns=columns) for frame in (shown, shadows)])
 
 
 def _overlaps(outcomes: pd.DataFrame) -> dict[int, float]:
