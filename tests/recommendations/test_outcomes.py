@@ -8,11 +8,15 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 from django.db import connection, connections
+from django_celery_beat.models import PeriodicTask
 
+from recommendations.clock import clock_set
 from recommendations.models import Impression, ImpressionOutcome, Item, OutcomeWatermark
 from recommendations.selectors import impression_outcomes, online_hit_rate, online_metrics, outcomes_recorded_until
 from recommendations.services import outcomes
 from recommendations.services.outcomes import impression_outcomes_record
+from recommendations.tasks import outcomes_record_task
+from retraining.services.schedule import periodic_tasks_setup
 from tests.recommendations.factories import event, experiment_traffic, outcomes_recorded, serve, user
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -149,3 +153,14 @@ def test_a_bucket_is_complete_once_every_list_in_it_is_recorded(catalog, closes)
     impression_outcomes_record(now=T0 + timedelta(hours=1) + closes)
     [closed_bucket] = online_metrics(version=1, start=T0, end=T0 + timedelta(hours=2), bucket="hour")
     assert closed_bucket["complete"] is True
+
+
+@pytest.mark.django_db
+def test_beat_runs_the_recorder_every_minute_on_the_system_clock(catalog, closes):
+    periodic_tasks_setup(check_every_seconds=300)
+    periodic = PeriodicTask.objects.get(task="recommendations.outcomes_record")
+    assert periodic.enabled and periodic.interval.every == 60 and periodic.task == outcomes_record_task.name
+    serve(user(), catalog[:10], T0)
+    clock_set(simulated_now=T0 + closes, speed=0.0)
+    assert outcomes_record_task.apply().get() == 1
+    assert outcomes_record_task.apply().get() == 0
