@@ -162,6 +162,55 @@ class Impression(models.Model):
         return f"list {self.recommendation_id} ({self.arm}, {self.strategy})"
 
 
+class ImpressionOutcome(models.Model):
+    """What one served list earned, written once its attribution window has closed (by the outcome recorder,
+    `recommendations.services.outcomes`), so that online metrics, triggers and experiment checks aggregate
+    these rows instead of re-attributing raw impressions and events on every read. The impression's routing
+    fields are copied so that no reader joins the impressions table.
+
+    `clicked`/`hit` follow the usual attribution (recommendation_id first, then user, item and time);
+    `clicked_by_time`/`hit_by_time` ignore the ids, which a shadow comparison needs for both arms to be
+    attributed alike (set for the lists of an experiment only). `overlap` is, for a shadow list, the share of the shown list's top k it also had."""
+
+    impression = models.OneToOneField(Impression, on_delete=models.CASCADE, primary_key=True, related_name="outcome")
+    user_id = models.BigIntegerField()
+    served_at = models.DateTimeField()
+    arm = models.CharField(max_length=12, choices=Impression.Arm.choices)
+    strategy = models.CharField(max_length=10, choices=Impression.Strategy.choices)
+    model_version = models.PositiveIntegerField(null=True, blank=True)
+    routed_version = models.PositiveIntegerField(null=True, blank=True)
+    experiment_id = models.BigIntegerField(null=True, blank=True)
+    clicked = models.BooleanField()
+    hit = models.BooleanField()
+    clicked_by_time = models.BooleanField(null=True)
+    hit_by_time = models.BooleanField(null=True)
+    rating_sum = models.FloatField(default=0.0)
+    rating_count = models.PositiveIntegerField(default=0)
+    delay_s = models.FloatField(null=True, blank=True, help_text="seconds from serving to the first engagement")
+    overlap = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["experiment_id", "arm", "served_at"]),
+            models.Index(fields=["model_version", "served_at"]),
+            models.Index(fields=["routed_version", "served_at"]),
+        ]
+
+    def __str__(self):
+        return f"outcome of impression {self.impression_id}"
+
+
+class OutcomeWatermark(models.Model):
+    """How far the outcome recorder has got: every impression served at or before `recorded_until` has its
+    outcome row. Advanced by compare-and-set in the transaction that writes the rows. One row at most."""
+
+    singleton = models.BooleanField(default=True, unique=True, editable=False)
+    recorded_until = models.DateTimeField()
+
+    def __str__(self):
+        return f"outcomes recorded until {self.recorded_until:%Y-%m-%d %H:%M:%S}"
+
+
 class CatalogState(models.Model):
     """How many items were ever deactivated, counted by a database trigger (migration 0005) whatever made
     the change: the API, the admin, a queryset update or plain SQL. Serving reads it with each request's

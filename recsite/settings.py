@@ -284,6 +284,11 @@ SHADOW_MAX_UTILIZATION = env.float("SHADOW_MAX_UTILIZATION", default=0.7)
 ATTRIBUTION_WINDOW_MINUTES = env.float("ATTRIBUTION_WINDOW_MINUTES", default=30.0)
 if ATTRIBUTION_WINDOW_MINUTES <= 0:
     raise ImproperlyConfigured("ATTRIBUTION_WINDOW_MINUTES must be positive.")
+# A list's outcome row is written this long after its attribution window closes: room for impressions still in
+# a web process's buffer and for events that reach the API a little after they happened.
+OUTCOME_LATE_SECONDS = env.float("OUTCOME_LATE_SECONDS", default=300.0)
+if OUTCOME_LATE_SECONDS < 0:
+    raise ImproperlyConfigured("OUTCOME_LATE_SECONDS must not be negative.")
 MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
 
 # --- Artifact store: where model versions' files live (registry/artifacts.py) ---------------------------------

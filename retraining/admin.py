@@ -242,7 +242,7 @@ class ExperimentAdmin(ReadOnlyAdmin):
 
     def online_metrics_view(self, request, version):
         now = system_now()
-        rows = online_metrics(version=version, start=now - timedelta(days=14), end=now, bucket="day", now=now)
+        rows = online_metrics(version=version, start=now - timedelta(days=14), end=now, bucket="day")
         context = {**self.admin_site.each_context(request), "opts": ModelVersion._meta, "rows": rows,
                    "title": f"Online metrics of v{version} (last 14 days, per day and arm)",
                    "version": ModelVersion.objects.filter(version=version).first()}

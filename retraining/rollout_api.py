@@ -218,5 +218,5 @@ class OnlineMetricsApi(APIView):
         query = validated(self.QuerySerializer, request.query_params)
         model_version_get(version=version)
         now = system_now()
-        rows = online_metrics(version=version, start=now - timedelta(days=query["days"]), end=now, bucket=query["bucket"], now=now)
+        rows = online_metrics(version=version, start=now - timedelta(days=query["days"]), end=now, bucket=query["bucket"])
         return Response({"version": version, "bucket": query["bucket"], "rows": rows})

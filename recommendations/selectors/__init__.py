@@ -5,7 +5,8 @@ from datetime import datetime
 
 from recommendations.models import Interaction
 from recommendations.selectors.online import (  # noqa: F401  (the app's read interface)
-    ArmSummary, OnlineHitRate, arm_impressions_count, arms_compare, impression_outcomes, online_hit_rate, online_metrics,
+    ArmOutcomes, ArmSummary, OnlineHitRate, arm_outcomes_count, experiment_arm_outcomes, experiment_overlap,
+    impression_outcomes, online_hit_rate, online_metrics, outcome_first_served_at, outcomes_recorded_until,
 )
 from recommendations.selectors.serving import (  # noqa: F401
     ServedUser, catalog_deactivations, inactive_items, served_user,

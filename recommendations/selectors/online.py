@@ -1,5 +1,6 @@
-"""The online outcome of served lists: which events each impression earned (attribution) and the metrics
-built on it per version, time bucket and arm, and the comparison of an experiment's arms.
+"""The online outcome of served lists: which events each impression earned (attribution, which the outcome
+recorder in recommendations.services.outcomes runs once per list after its window closes) and the reads of
+the recorded outcome rows: metrics per version, time bucket and arm, and an experiment's arms per user.
 
 Attribution: an event carrying a `recommendation_id` belongs to that list; an event without one belongs to
 the latest visible list that served its item to its user at most ATTRIBUTION_WINDOW_MINUTES before it. A
@@ -8,14 +9,16 @@ user, item and time alone, and a shadow report attributes the champion's lists t
 are compared like for like."""
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Aggregate, Avg, Count, FloatField, Min, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
-from recommendations.models import Impression, Interaction
+from recommendations.models import Impression, ImpressionOutcome, Interaction, OutcomeWatermark
 
 CLICK_TYPES = ("view", "click", "like", "purchase")
 ENGAGEMENT_TYPES = (*CLICK_TYPES, "rating")
@@ -148,38 +151,78 @@ class ArmSummary:
     error_share: float | None
 
 
-def arm_summary(outcomes: pd.DataFrame) -> ArmSummary:
-    if outcomes.empty:
+def _tallies(*, by_time: bool = False) -> dict:
+    """Aggregates of recorded outcomes behind an ArmSummary; `by_time` counts the clicks and hits attributed by
+    user, item and time alone (what a shadow comparison uses for both arms)."""
+    clicked, hit = ("clicked_by_time", "hit_by_time") if by_time else ("clicked", "hit")
+    return {
+        "lists": Count("pk"),
+        "clicks": Count("pk", filter=Q(**{clicked: True})),
+        "hits": Count("pk", filter=Q(**{hit: True})),
+        "rating_sum": Coalesce(Sum("rating_sum"), 0.0), "rating_count": Coalesce(Sum("rating_count"), 0),
+        "popular": Count("pk", filter=Q(strategy=Impression.Strategy.POPULAR)),
+        "errors": Count("pk", filter=Q(strategy=Impression.Strategy.ERROR)),
+    }
+
+
+def _summary(tallies: dict, *, users: int, median_delay_s: float | None) -> ArmSummary:
+    lists = tallies["lists"]
+    if not lists:
         return ArmSummary(0, 0, None, None, None, None, None, None)
-    ratings = outcomes["rating_count"].sum()
-    delays = outcomes["delay_s"].dropna()
     return ArmSummary(
-        impressions=len(outcomes),
-        users=int(outcomes["user_id"].nunique()),
-        ctr=float(outcomes["clicked"].mean()),
-        hit_rate=float(outcomes["hit"].mean()),
-        mean_rating=float(outcomes["rating_sum"].sum() / ratings) if ratings else None,
-        median_delay_s=float(delays.median()) if len(delays) else None,
-        cold_start_share=float((outcomes["strategy"] == Impression.Strategy.POPULAR).mean()),
-        error_share=float((outcomes["strategy"] == Impression.Strategy.ERROR).mean()),
+        impressions=lists, users=users, ctr=tallies["clicks"] / lists, hit_rate=tallies["hits"] / lists,
+        mean_rating=tallies["rating_sum"] / tallies["rating_count"] if tallies["rating_count"] else None,
+        median_delay_s=median_delay_s,
+        cold_start_share=tallies["popular"] / lists,
+        error_share=tallies["errors"] / lists,
     )
 
 
-def online_metrics(*, version: int, start: datetime, end: datetime, bucket: str = "day", now: datetime) -> list[dict]:
-    """Per time bucket (`day` or `hour`) and arm, the online metrics of the lists routed to `version`. A
-    bucket that ends less than the attribution window before `now` is marked incomplete: events may still
-    be attributed to its lists."""
-    outcomes = impression_outcomes(impressions=Impression.objects.filter(routed_version=version, served_at__gte=start, served_at__lt=end))
-    if outcomes.empty:
-        return []
-    frequency = {"day": "D", "hour": "h"}[bucket]
-    outcomes["bucket"] = outcomes["served_at"].dt.floor(frequency)
-    rows = []
-    for (moment, arm), group in outcomes.groupby(["bucket", "arm"], sort=True):
-        bucket_end = moment + pd.Timedelta(1, unit=frequency)
-        rows.append({"bucket": moment.isoformat(), "arm": arm, **asdict(arm_summary(group)),
-                     "complete": bool(bucket_end + attribution_window() <= pd.Timestamp(now))})
-    return rows
+class _Median(Aggregate):
+    """PostgreSQL's exact median (an ordered-set aggregate Django does not ship)."""
+
+    function = "PERCENTILE_CONT"
+    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+
+def _median_delays(outcomes: QuerySet, *, by: list[str]) -> dict[tuple, float]:
+    """Median time to first engagement of the engaged lists among `outcomes`, per group of the fields `by`:
+    computed by PostgreSQL, which returns one row per group; SQLite (the embedded default) has no median, so
+    there the delays are read and the median taken here."""
+    engaged = outcomes.exclude(delay_s=None)
+    if connection.vendor == "postgresql":
+        groups = engaged.values(*by).annotate(median=_Median("delay_s")).order_by() if by else [
+            engaged.aggregate(median=_Median("delay_s"))]
+        return {tuple(group[name] for name in by): group["median"] for group in groups if group["median"] is not None}
+    found: dict[tuple, list[float]] = {}
+    for *key, delay in engaged.values_list(*by, "delay_s"):
+        found.setdefault(tuple(key), []).append(delay)
+    return {key: float(np.median(delays)) for key, delays in found.items()}
+
+
+def outcomes_recorded_until() -> datetime | None:
+    """Every list served at or before this moment has its outcome row (None: nothing recorded yet)."""
+    return OutcomeWatermark.objects.values_list("recorded_until", flat=True).first()
+
+
+def online_metrics(*, version: int, start: datetime, end: datetime, bucket: str = "day") -> list[dict]:
+    """Per time bucket (`day` or `hour`, UTC) and arm, the online metrics of the recorded lists routed to
+    `version`. A bucket is complete once the outcomes of every list served in it are recorded; before, its
+    lists whose attribution window is still open are not counted yet."""
+    truncate = {"day": TruncDay, "hour": TruncHour}[bucket]
+    outcomes = (ImpressionOutcome.objects.filter(routed_version=version, served_at__gte=start, served_at__lt=end)
+                .annotate(bucket=truncate("served_at", tzinfo=timezone.utc)))
+    groups = outcomes.values("bucket", "arm").annotate(users=Count("user_id", distinct=True), **_tallies())
+    medians = _median_delays(outcomes, by=["bucket", "arm"])
+    recorded_until = outcomes_recorded_until()
+    step = {"day": timedelta(days=1), "hour": timedelta(hours=1)}[bucket]
+    return [
+        {"bucket": group["bucket"].isoformat(), "arm": group["arm"],
+         **asdict(_summary(group, users=group["users"], median_delay_s=medians.get((group["bucket"], group["arm"])))),
+         "complete": recorded_until is not None and group["bucket"] + step <= recorded_until}
+        for group in groups.order_by("bucket", "arm")
+    ]
 
 
 @dataclass(frozen=True)
@@ -193,84 +236,46 @@ class OnlineHitRate:
 
 
 def online_hit_rate(*, model_version: int, start: datetime, end: datetime) -> OnlineHitRate:
-    """Share of the lists `model_version` served (and showed) in [start, end) that earned a hit."""
-    impressions = Impression.objects.filter(model_version=model_version, served_at__gte=start, served_at__lt=end).exclude(arm=Impression.Arm.SHADOW)
-    outcomes = impression_outcomes(impressions=impressions)
-    return OnlineHitRate(impressions=len(outcomes), hits=int(outcomes["hit"].sum()))
+    """Share of the recorded lists `model_version` served (and showed) in [start, end) that earned a hit."""
+    totals = (ImpressionOutcome.objects.filter(model_version=model_version, served_at__gte=start, served_at__lt=end)
+              .exclude(arm=Impression.Arm.SHADOW).aggregate(lists=Count("pk"), hits=Count("pk", filter=Q(hit=True))))
+    return OnlineHitRate(impressions=totals["lists"], hits=totals["hits"])
 
 
-def arms_compare(*, experiment_id: int, treatment_arm: str, min_impressions: int, confidence: float = 0.95,
-                 replicates: int = 1000, seed: int = 0) -> dict:
-    """The champion's arm against the challenger's (or its shadow) in one experiment: each arm's metrics, the
-    difference in CTR and hit rate with a bootstrap confidence interval over users (users, not lists, are
-    the independent units), and a verdict once both arms have `min_impressions`. A shadow comparison
-    attributes both arms by user, item and time, and adds the overlap of the two lists per request."""
-    shadow = treatment_arm == Impression.Arm.SHADOW
-    outcomes = impression_outcomes(impressions=Impression.objects.filter(experiment_id=experiment_id), by_recommendation_id=not shadow)
-    arms = {arm: outcomes[outcomes["arm"] == arm] if not outcomes.empty else outcomes
-            for arm in (Impression.Arm.CHAMPION, treatment_arm)}
-    control, treatment = arms[Impression.Arm.CHAMPION], arms[treatment_arm]
-    rng = np.random.default_rng(seed)
-    differences = {metric: _difference(control, treatment, metric, confidence, replicates, rng) for metric in ("clicked", "hit")}
-    sufficient = len(control) >= min_impressions and len(treatment) >= min_impressions
-    report = {
-        "arms": {arm: asdict(arm_summary(frame)) for arm, frame in arms.items()},
-        "differences": {"ctr": differences["clicked"], "hit_rate": differences["hit"]},
-        "min_impressions": min_impressions,
-        "confidence": confidence,
-        "sufficient_sample": sufficient,
-        "verdict": _verdict(differences, sufficient),
-        "attribution": "user, item and time" if shadow else "recommendation_id, then user, item and time",
-    }
-    if shadow:
-        report["overlap_at_k"] = _overlap(outcomes)
-    return report
+def outcome_first_served_at(*, model_version: int) -> datetime | None:
+    """When the first recorded list `model_version` served (and showed) was served."""
+    shown = ImpressionOutcome.objects.filter(model_version=model_version).exclude(arm=Impression.Arm.SHADOW)
+    return shown.aggregate(first=Min("served_at"))["first"]
 
 
-def _difference(control: pd.DataFrame, treatment: pd.DataFrame, metric: str, confidence: float, replicates: int,
-                rng: np.random.Generator) -> dict:
-    if control.empty or treatment.empty:
-        return {"delta": None, "ci_low": None, "ci_high": None}
-    delta = float(treatment[metric].mean() - control[metric].mean())
-    spread = _bootstrap_rate(treatment, metric, replicates, rng) - _bootstrap_rate(control, metric, replicates, rng)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(spread, [tail, 100 - tail])
-    return {"delta": delta, "ci_low": float(low), "ci_high": float(high)}
+@dataclass(frozen=True)
+class ArmOutcomes:
+    """An experiment arm's recorded lists: its summary, and per user the lists, clicks and hits (users, not
+    lists, are the independent units a comparison resamples)."""
+
+    summary: ArmSummary
+    lists: np.ndarray
+    clicks: np.ndarray
+    hits: np.ndarray
 
 
-def _bootstrap_rate(outcomes: pd.DataFrame, metric: str, replicates: int, rng: np.random.Generator) -> np.ndarray:
-    """The arm's rate (successes / lists) over `replicates` resamples of its users with replacement."""
-    per_user = outcomes.groupby("user_id")[metric].agg(["sum", "count"])
-    successes, counts = per_user["sum"].to_numpy(dtype=float), per_user["count"].to_numpy(dtype=float)
-    rates = np.empty(replicates)
-    step = max(1, 2_000_000 // len(per_user))
-    for start in range(0, replicates, step):
-        picks = rng.integers(0, len(per_user), size=(min(step, replicates - start), len(per_user)))
-        rates[start:start + len(picks)] = successes[picks].sum(axis=1) / counts[picks].sum(axis=1)
-    return rates
+def experiment_arm_outcomes(*, experiment_id: int, arm: str, by_time: bool = False) -> ArmOutcomes:
+    """One arm of an experiment from its recorded outcomes: one row per user is read, never the lists."""
+    outcomes = ImpressionOutcome.objects.filter(experiment_id=experiment_id, arm=arm)
+    per_user = list(outcomes.values("user_id").annotate(**_tallies(by_time=by_time)).order_by())
+    totals = {name: sum(user[name] for user in per_user) for name in _tallies()}
+    median = _median_delays(outcomes, by=[]).get(())
+    per_user_column = {name: np.array([user[name] for user in per_user], dtype=float)
+                       for name in ("lists", "clicks", "hits")}
+    return ArmOutcomes(summary=_summary(totals, users=len(per_user), median_delay_s=median), **per_user_column)
 
 
-def _verdict(differences: dict, sufficient: bool) -> str:
-    if not sufficient:
-        return "insufficient_sample"
-    intervals = [differences[m] for m in ("clicked", "hit") if differences[m]["delta"] is not None]
-    if any(interval["ci_high"] < 0 for interval in intervals):
-        return "challenger_worse"
-    if any(interval["ci_low"] > 0 for interval in intervals):
-        return "challenger_better"
-    return "no_significant_difference"
+def experiment_overlap(*, experiment_id: int) -> float | None:
+    """Mean share of the champion's top k that the shadow list also had, over the recorded shadowed requests."""
+    shadows = ImpressionOutcome.objects.filter(experiment_id=experiment_id, arm=Impression.Arm.SHADOW)
+    return shadows.aggregate(overlap=Avg("overlap"))["overlap"]
 
 
-def _overlap(outcomes: pd.DataFrame) -> float | None:
-    """Mean share of the champion's top k that the shadow list also had, per shadowed request."""
-    if outcomes.empty:
-        return None
-    shown = outcomes[outcomes["arm"] == Impression.Arm.CHAMPION].set_index("recommendation_id")["items"]
-    shares = [len(set(items[:HIT_K]) & set(shown[of][:HIT_K])) / max(1, min(HIT_K, len(shown[of])))
-              for of, items in outcomes.loc[outcomes["arm"] == Impression.Arm.SHADOW, ["shadow_of", "items"]].itertuples(index=False)
-              if of in shown.index]
-    return float(np.mean(shares)) if shares else None
-
-
-def arm_impressions_count(*, experiment_id: int, arm: str, since: datetime) -> int:
-    return Impression.objects.filter(experiment_id=experiment_id, arm=arm, served_at__gte=since).count()
+def arm_outcomes_count(*, experiment_id: int, arm: str, since: datetime) -> int:
+    """Recorded lists of one arm of an experiment served since `since`."""
+    return ImpressionOutcome.objects.filter(experiment_id=experiment_id, arm=arm, served_at__gte=since).count()

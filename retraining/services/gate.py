@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from recsite.formatting import number
+from retraining.ml.statistics import mean_interval
 
 GUARDRAILS = [("recall@10", True), ("coverage@10", True), ("rmse", False)]
 MIN_COMPARISON_USERS = 20  # below it one user moves the mean NDCG by over 5%: too little to decide on
@@ -30,18 +31,6 @@ class GateDecision:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def paired_bootstrap_interval(differences: np.ndarray, *, samples: int, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of the per-user differences and its percentile bootstrap interval (users resampled)."""
-    differences = np.asarray(differences, dtype=float)
-    if len(differences) == 0:
-        return 0.0, 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    means = differences[rng.integers(0, len(differences), size=(samples, len(differences)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(differences.mean()), float(low), float(high)
 
 
 def gate_decide(
@@ -94,7 +83,7 @@ def gate_decide(
             refuse(f"guardrail {key}: {number(new)} vs champion {number(old)} "
                    f"is beyond the {guardrail_tolerance:.0%} tolerance")
     if candidate_user_ndcg is not None and champion_user_ndcg is not None:
-        mean, low, high = paired_bootstrap_interval(
+        mean, low, high = mean_interval(
             np.asarray(candidate_user_ndcg) - np.asarray(champion_user_ndcg), samples=bootstrap_samples
         )
         numbers["ndcg_difference"] = {"mean": mean, "ci95_low": low, "ci95_high": high,

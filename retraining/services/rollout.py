@@ -1,7 +1,7 @@
 """What a candidate that passed the gate does next, and the periodic judgement of the running experiment.
 
 A canary advances one step once the step has been held `rollout_min_step_minutes` and the challenger has
-served `rollout_min_impressions` lists in it, provided the arms' comparison (over the whole experiment)
+served `rollout_min_impressions` lists in it whose outcomes are recorded, provided the arms' comparison (over the whole experiment)
 does not show the challenger significantly worse; the step that would reach 100% promotes it instead. A
 challenger significantly worse on CTR or hit rate (a confidence interval of the difference entirely below
 zero, once both arms hold the minimum sample), or whose error share exceeds the champion's by more than
@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from recommendations.clock import system_now
 from recommendations.models import Impression
-from recommendations.selectors import arm_impressions_count, arms_compare
+from recommendations.selectors import arm_outcomes_count
 from registry.models import DeploymentMode, Experiment
 from registry.selectors import running_experiment
 from registry.services import (
@@ -21,6 +21,7 @@ from registry.services import (
     model_version_promote,
 )
 from retraining.models import RetrainPolicy, Rollout, RunStatus
+from retraining.services.experiments import arms_compare
 from retraining.services.policy import policy_active
 
 ROLLOUT_ACTOR = "rollout"
@@ -130,7 +131,7 @@ def canary_failure(*, report: dict, policy: RetrainPolicy) -> str:
 
 def _step_unfinished(experiment: Experiment, report: dict, now: datetime) -> str:
     held = now - experiment.step_started_at
-    served = arm_impressions_count(experiment_id=experiment.pk, arm=Impression.Arm.CHALLENGER, since=experiment.step_started_at)
+    served = arm_outcomes_count(experiment_id=experiment.pk, arm=Impression.Arm.CHALLENGER, since=experiment.step_started_at)
     missing = []
     if held < timedelta(seconds=experiment.min_step_seconds):
         missing.append(f"held {held.total_seconds() / 60:.0f} of {experiment.min_step_seconds / 60:.0f} min")

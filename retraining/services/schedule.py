@@ -5,13 +5,15 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 CHECK_TRIGGERS = "retraining: check triggers"
 CHECK_ROLLOUT = "retraining: check rollout"
 RECONCILE_RUNS = "retraining: reconcile training runs"
+RECORD_OUTCOMES = "recommendations: record online outcomes"
 ROLLOUT_CHECK_SECONDS = 60
 RECONCILE_RUNS_SECONDS = 60
+RECORD_OUTCOMES_SECONDS = 60  # as often as the rollout check that reads them
 
 
 def periodic_tasks_setup(*, check_every_seconds: int, rollout_every_seconds: int = ROLLOUT_CHECK_SECONDS) -> list[PeriodicTask]:
-    """Create or update the trigger check, the rollout check and the training-run reconciler; other periodic tasks
-    are left alone (never delete-all)."""
+    """Create or update the trigger check, the rollout check, the training-run reconciler and the outcome recorder;
+    other periodic tasks are left alone (never delete-all)."""
     return [
         _interval_task(CHECK_TRIGGERS, "retraining.check_triggers", check_every_seconds,
                        "Evaluate the retraining triggers and start a run when one fires."),
@@ -19,6 +21,8 @@ def periodic_tasks_setup(*, check_every_seconds: int, rollout_every_seconds: int
                        "Judge the running experiment; advance, promote or roll back a canary."),
         _interval_task(RECONCILE_RUNS, "retraining.reconcile_runs", RECONCILE_RUNS_SECONDS,
                        "Fail training runs whose trainer died; re-send runs committed but never sent."),
+        _interval_task(RECORD_OUTCOMES, "recommendations.outcomes_record", RECORD_OUTCOMES_SECONDS,
+                       "Record what each served list earned once its attribution window has closed."),
     ]
 
 

@@ -2,10 +2,7 @@
 
 from datetime import datetime, timedelta
 
-from django.db.models import Min
-
-from recommendations.models import Impression
-from recommendations.selectors import events_after, online_hit_rate
+from recommendations.selectors import events_after, online_hit_rate, outcome_first_served_at
 from registry.models import ModelVersion
 from registry.selectors import champion_version, running_experiment
 from retraining.models import RetrainPolicy, Trigger, TrainingRun, TriggerEvaluation
@@ -78,7 +75,7 @@ def _performance(policy: RetrainPolicy, champion: ModelVersion | None, clock: da
     if champion is None:
         return _result(policy.performance_enabled, detail="no champion yet")
     window = timedelta(hours=policy.performance_window_hours)
-    first = Impression.objects.filter(model_version=champion.version).aggregate(first=Min("served_at"))["first"]
+    first = outcome_first_served_at(model_version=champion.version)
     if first is None or first + window > clock - window:
         return _result(policy.performance_enabled, detail="not enough time served for a baseline and a later window")
     baseline = online_hit_rate(model_version=champion.version, start=first, end=first + window)

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from django.conf import settings
+from django.db.models import Max
+
 from recommendations.models import EndUser, Impression, Interaction
+from recommendations.selectors.online import attribution_window
 from recommendations.services.features import online_features_rebuild
+from recommendations.services.outcomes import impression_outcomes_record
 from registry.models import ModelVersion
 from registry.services import VersionInput, model_version_register
 from retraining.services.training import training_run_execute
@@ -42,6 +47,15 @@ def serve(who, items, at, *, version=1, arm="champion", strategy="model", experi
 def event(who, item, kind, at, *, rec=None, value=None):
     return Interaction.objects.create(user=who, item=item, event_type=kind, timestamp=at, value=value,
                                       recommendation_id=rec.recommendation_id if rec else None)
+
+
+def outcomes_recorded() -> int:
+    """Run the outcome recorder as beat would once the last list served so far has its attribution window
+    closed; the number of outcome rows written."""
+    latest = Impression.objects.aggregate(latest=Max("served_at"))["latest"]
+    if latest is None:
+        return 0
+    return impression_outcomes_record(now=latest + attribution_window() + timedelta(seconds=settings.OUTCOME_LATE_SECONDS))
 
 
 def experiment_traffic(*, experiment: int, items, users: int, start, control_rate: float, treatment_rate: float,

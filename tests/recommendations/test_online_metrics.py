@@ -3,8 +3,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from recommendations.models import Impression, Item
-from recommendations.selectors import arms_compare, impression_outcomes, online_hit_rate, online_metrics
-from tests.recommendations.factories import event, experiment_traffic, serve, user
+from recommendations.selectors import impression_outcomes, online_hit_rate, online_metrics
+from recommendations.services.outcomes import impression_outcomes_record
+from retraining.services.experiments import arms_compare
+from tests.recommendations.factories import event, experiment_traffic, outcomes_recorded, serve, user
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -91,8 +93,8 @@ def test_online_metrics_are_split_by_day_and_arm_with_cold_start_share(catalog):
             event(user(f"u{n}"), catalog[0], "click", T0 + timedelta(hours=n, minutes=1), rec=shown)
     serve(user("cold"), catalog[:10], T0, strategy="popular")
     serve(user("next-day"), catalog[:10], T0 + timedelta(days=1))
-    rows = online_metrics(version=1, start=T0 - timedelta(days=1), end=T0 + timedelta(days=2), bucket="day",
-                          now=T0 + timedelta(days=1, hours=1))
+    impression_outcomes_record(now=T0 + timedelta(days=1, hours=1))
+    rows = online_metrics(version=1, start=T0 - timedelta(days=1), end=T0 + timedelta(days=2), bucket="day")
     first, second = rows
     assert (first["impressions"], first["ctr"], first["cold_start_share"], first["complete"]) == (5, 0.4, 0.2, True)
     assert (second["impressions"], second["complete"]) == (1, False)
@@ -104,6 +106,7 @@ def test_online_hit_rate_counts_the_lists_a_version_served(catalog):
         shown = serve(user(f"u{n}"), catalog[:10], T0 + timedelta(hours=n), version=3)
         if n == 0:
             event(user(f"u{n}"), catalog[0], "purchase", T0 + timedelta(hours=n, minutes=1), rec=shown)
+    outcomes_recorded()
     rate = online_hit_rate(model_version=3, start=T0, end=T0 + timedelta(days=1))
     assert (rate.impressions, rate.hits) == (4, 1)
 
@@ -111,6 +114,7 @@ def test_online_hit_rate_counts_the_lists_a_version_served(catalog):
 def simulate_experiment(catalog, *, users, control_rate, treatment_rate, seed=0):
     experiment_traffic(experiment=7, items=catalog, users=users, start=T0, control_rate=control_rate,
                        treatment_rate=treatment_rate, seed=seed)
+    outcomes_recorded()
 
 
 def test_a_clearly_worse_challenger_is_reported_worse_with_an_interval_below_zero(catalog):
@@ -137,6 +141,26 @@ def test_an_experiment_is_not_judged_before_its_minimum_sample(catalog):
 def test_a_shadow_report_measures_the_overlap_of_the_two_lists(catalog):
     shown = serve(user(), catalog[:10], T0, experiment=7)
     serve(user(), catalog[5:15], T0, version=2, arm="shadow", experiment=7, shadow_of=shown.recommendation_id)
+    outcomes_recorded()
     report = arms_compare(experiment_id=7, treatment_arm="shadow", min_impressions=1)
     assert report["overlap_at_k"] == 0.5
     assert report["attribution"] == "user, item and time"
+
+
+@pytest.mark.parametrize("treatment", ["challenger", "shadow"])
+def test_the_report_from_outcome_rows_equals_the_raw_attribution_of_the_experiments_lists(catalog, treatment):
+    experiment_traffic(experiment=7, items=catalog, users=80, start=T0, control_rate=0.4, treatment_rate=0.25,
+                       treatment_arm=treatment, treatment_errors=0.1, seed=5)
+    outcomes_recorded()
+    report = arms_compare(experiment_id=7, treatment_arm=treatment, min_impressions=10)
+    raw = impression_outcomes(impressions=Impression.objects.filter(experiment_id=7),
+                              by_recommendation_id=treatment != "shadow")
+    rates = {}
+    for arm in ("champion", treatment):
+        lists, summary = raw[raw["arm"] == arm], report["arms"][arm]
+        assert (summary["impressions"], summary["users"]) == (len(lists), lists["user_id"].nunique())
+        assert summary["ctr"] == pytest.approx(lists["clicked"].mean())
+        assert summary["hit_rate"] == pytest.approx(lists["hit"].mean())
+        assert summary["error_share"] == pytest.approx((lists["strategy"] == "error").mean())
+        rates[arm] = lists["clicked"].mean()
+    assert report["differences"]["ctr"]["delta"] == pytest.approx(rates[treatment] - rates["champion"])

@@ -18,7 +18,7 @@ from registry.selectors import serving_pointers
 from registry.services import VersionInput, model_version_promote, model_version_register
 from retraining.services.policy import policy_active
 from retraining.services.rollout import challenger_deploy, rollout_check
-from tests.recommendations.factories import store_history, train_and_register
+from tests.recommendations.factories import outcomes_recorded, store_history, train_and_register
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/users/{}/recommendations"
@@ -144,6 +144,7 @@ def test_a_canary_users_dislike_is_rolled_back_and_everyone_returns_to_the_champ
     rng = np.random.default_rng(0)
     for n in range(6):
         serve_round(serve_client, click_rate={champion.version: 0.6, challenger.version: 0.05}, rng=rng, at=T0 + timedelta(minutes=n))
+    outcomes_recorded()
     check = rollout_check(now=T0 + timedelta(minutes=7))
     assert check.action == "rolled_back", check.reason
     challenger.refresh_from_db()
@@ -161,6 +162,7 @@ def test_a_canary_users_prefer_is_advanced_to_champion(versions, serve_client, c
             moment += timedelta(minutes=1)
             serve_round(serve_client, click_rate={champion.version: 0.1, challenger.version: 0.7}, rng=rng, at=moment)
         moment += timedelta(minutes=11)
+        outcomes_recorded()
         actions.append(rollout_check(now=moment).action)
         assert len(actions) < 6, actions
     assert actions == ["advanced", "promoted"], actions

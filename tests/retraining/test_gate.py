@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from retraining.services.gate import MIN_COMPARISON_USERS, gate_decide, paired_bootstrap_interval
+from retraining.ml.statistics import mean_interval
+from retraining.services.gate import MIN_COMPARISON_USERS, gate_decide
 
 POP = {"ndcg@10": 0.08}
 DEFAULTS = dict(min_relative_gain=0.01, guardrail_tolerance=0.05, bootstrap_tolerance=0.005, bootstrap_samples=1000)
@@ -62,7 +63,7 @@ def test_too_few_users_to_compare_on_refuse_even_a_candidate_far_better_than_the
 
 def test_the_bootstrap_interval_covers_the_mean_and_is_deterministic():
     differences = np.random.default_rng(3).normal(0.01, 0.05, 1000)
-    mean, low, high = paired_bootstrap_interval(differences, samples=500)
+    mean, low, high = mean_interval(differences, samples=500)
     assert low < mean < high
-    assert paired_bootstrap_interval(differences, samples=500) == (mean, low, high)
+    assert mean_interval(differences, samples=500) == (mean, low, high)
     assert high - low == pytest.approx(2 * 1.96 * 0.05 / np.sqrt(1000), rel=0.2)

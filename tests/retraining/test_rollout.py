@@ -1,6 +1,8 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from recommendations.clock import clock_set
 from recommendations.models import Item
@@ -12,7 +14,7 @@ from retraining.services.policy import policy_active
 from retraining.selectors import experiment_rows, experiments_table
 from retraining.services.rollout import candidate_deploy, challenger_deploy, rollout_check
 from retraining.services.triggers import triggers_check
-from tests.recommendations.factories import experiment_traffic
+from tests.recommendations.factories import experiment_traffic, outcomes_recorded
 from tests.registry.factories import registered_version
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +55,7 @@ def traffic(experiment, catalog, versions, *, start, control, treatment, errors=
     experiment_traffic(experiment=experiment.pk, items=catalog, users=300, start=start, control_rate=control,
                        treatment_rate=treatment, versions=(versions[0].version, versions[1].version),
                        treatment_errors=errors, seed=seed, prefix=f"s{seed}-")
+    outcomes_recorded()
 
 
 def test_a_canary_that_is_clearly_worse_online_is_rolled_back_and_rejected(versions, policy, catalog):
@@ -104,6 +107,24 @@ def test_an_ab_test_is_only_reported_never_acted_on(versions, policy, catalog):
     assert check.action == "reported" and check.reason == "challenger_worse"
     assert experiment.status == "running" and experiment.last_report["verdict"] == "challenger_worse"
     assert experiment.traffic_percent == policy.ab_traffic_percent == 50
+
+
+def test_a_rollout_check_reads_neither_impressions_nor_events_and_its_queries_do_not_grow_with_traffic(
+        versions, policy, catalog):
+    experiment = canary(versions, policy)
+    experiment_traffic(experiment=experiment.pk, items=catalog, users=4, start=T0, control_rate=0.5, treatment_rate=0.5,
+                       versions=(versions[0].version, versions[1].version), prefix="few-")
+    outcomes_recorded()
+    with CaptureQueriesContext(connection) as few:
+        assert rollout_check(now=T0 + timedelta(minutes=5)).action == "held"
+    traffic(experiment, catalog, versions, start=T0 + timedelta(minutes=21), control=0.3, treatment=0.3)
+    with CaptureQueriesContext(connection) as many:
+        check = rollout_check(now=T0 + timedelta(minutes=6))
+    assert check.action == "held" and check.report["arms"]["challenger"]["impressions"] == 456
+    raw_tables = ('"recommendations_impression"', '"recommendations_interaction"')
+    assert not [query["sql"] for query in few.captured_queries + many.captured_queries
+                if any(table in query["sql"] for table in raw_tables)]
+    assert len(many.captured_queries) == len(few.captured_queries)
 
 
 def test_nothing_happens_without_an_experiment(versions, policy):

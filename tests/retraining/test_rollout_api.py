@@ -7,7 +7,7 @@ from recommendations.models import Item
 from registry.models import DeploymentChange, Experiment
 from registry.services import model_version_promote
 from retraining.services.policy import policy_active
-from tests.recommendations.factories import experiment_traffic
+from tests.recommendations.factories import experiment_traffic, outcomes_recorded
 from tests.registry.factories import registered_version
 
 pytestmark = pytest.mark.django_db
@@ -87,6 +87,7 @@ def test_the_report_compares_the_arms_of_the_running_experiment(admin_client_api
     items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
     experiment_traffic(experiment=experiment["id"], items=items, users=40, start=system_now() - timedelta(hours=1),
                        control_rate=0.5, treatment_rate=0.5, versions=(versions[0].version, versions[1].version))
+    outcomes_recorded()
     report = admin_client_api.get(f"{CHALLENGER}/report").json()
     assert report["arms"]["champion"]["impressions"] == report["arms"]["challenger"]["impressions"] == 60
     assert report["verdict"] == "insufficient_sample" and set(report["differences"]) == {"ctr", "hit_rate"}
@@ -99,6 +100,7 @@ def test_online_metrics_of_a_version_by_day(admin_client_api, versions):
     items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
     experiment_traffic(experiment=None, items=items, users=10, start=system_now() - timedelta(hours=2), control_rate=1.0,
                        treatment_rate=0.0, versions=(versions[0].version, versions[1].version))
+    outcomes_recorded()
     body = admin_client_api.get(f"/api/v1/models/{versions[0].version}/online-metrics", {"bucket": "hour", "days": 1}).json()
     assert sum(row["impressions"] for row in body["rows"]) == 15
     assert all(row["ctr"] == 1.0 and row["arm"] == "champion" for row in body["rows"])
@@ -152,6 +154,7 @@ def test_the_admin_shows_a_versions_online_metrics(staff_client, versions):
     items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
     experiment_traffic(experiment=None, items=items, users=6, start=system_now() - timedelta(hours=2), control_rate=1.0,
                        treatment_rate=0.0, versions=(versions[0].version, versions[1].version))
+    outcomes_recorded()
     assert b"Online metrics" in staff_client.get(f"/admin/registry/modelversion/{versions[0].pk}/change/").content
     page = staff_client.get(f"/admin/registry/experiment/online-metrics/{versions[0].version}/").content.decode()
     assert "<td>champion</td><td>9</td>" in page

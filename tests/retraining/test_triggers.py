@@ -4,10 +4,12 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.test.utils import CaptureQueriesContext
 from django.db import IntegrityError, connection, connections, transaction
 
 from recommendations.models import EndUser, Impression, Interaction, Item
 from recommendations.services.events import EventInput, event_ingest
+from recommendations.services.outcomes import impression_outcomes_record
 from registry.models import ModelVersion
 from registry.services import model_version_promote
 from retraining.models import RunStatus, TrainingRun, TriggerEvaluation
@@ -163,10 +165,15 @@ def test_performance_fires_when_the_online_hit_rate_falls(policy, tmp_path):
     first = T0 + timedelta(days=2)
     serve(first, 100, 0.30)
     serve(first + timedelta(hours=24), 100, 0.29)
+    impression_outcomes_record(now=first + timedelta(hours=24 + 9))
     steady = triggers_check(now=first + timedelta(hours=24 + 9))
     assert verdicts(steady)["performance"] == "quiet", steady.results["performance"]
     serve(first + timedelta(hours=48), 100, 0.10)
-    fallen = triggers_check(now=first + timedelta(hours=48 + 9))
+    impression_outcomes_record(now=first + timedelta(hours=48 + 9))
+    with CaptureQueriesContext(connection) as queries:
+        fallen = triggers_check(now=first + timedelta(hours=48 + 9))
+    assert not [q["sql"] for q in queries.captured_queries if '"recommendations_impression"' in q["sql"]], \
+        "the performance trigger reads the recorded outcomes, not the served lists"
     assert verdicts(fallen)["performance"] == "fire", fallen.results["performance"]
     assert fallen.run.trigger == "performance"
 

@@ -4,6 +4,8 @@ from pathlib import Path
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from recommendations.clock import system_now
+from recommendations.services.outcomes import impression_outcomes_record
 from retraining.models import IN_FLIGHT, TrainingRun
 from registry.models import Experiment
 from retraining.selectors import experiment_rows, experiments_table, version_story_rows, version_story_table
@@ -50,6 +52,7 @@ class Command(BaseCommand):
             f"{report.recommendation_requests:,} recommendation requests, {report.clock_jumps} clock jumps over quiet "
             f"stretches, {report.clock_holds} clock holds while sending caught up\n"
         )
+        impression_outcomes_record(now=system_now())  # beat's last minute may not have run: the tables read outcomes
         self.stdout.write(version_story_table(version_story_rows()))
         if Experiment.objects.exists():
             self.stdout.write("\nExperiments (per arm: lists served, CTR, hit rate@10):\n")
