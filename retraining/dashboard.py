@@ -146,7 +146,7 @@ def online_metrics_chart(*, now: datetime) -> dict | None:
     start = (now - timedelta(days=ONLINE_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0)
     versions = sorted(v for v in Impression.objects.filter(served_at__gte=start, routed_version__isnull=False)
                       .values_list("routed_version", flat=True).distinct())
-    per_version = {v: _shown_by_day(online_metrics(version=v, start=start, end=now, bucket="day", now=now))
+    per_version = {v: _shown_by_day(online_metrics(version=v, start=start, end=now, bucket="day"))
                    for v in versions}
     per_version = {version: rows for version, rows in per_version.items() if rows}
     days = sorted({day for rows in per_version.values() for day in rows})
@@ -205,7 +205,7 @@ def experiment_chart(*, now: datetime) -> dict | None:
     arms: dict[str, dict] = {}
     versions = [v for v in (experiment.champion, experiment.version) if v is not None]
     for version in versions:
-        for row in online_metrics(version=version.version, start=experiment.started_at, end=end, bucket=bucket, now=now):
+        for row in online_metrics(version=version.version, start=experiment.started_at, end=end, bucket=bucket):
             if (row["arm"] == Impression.Arm.CHAMPION) == (version == experiment.champion) and row["impressions"]:
                 arms.setdefault(f"{row['arm']} ({version.label})", {})[row["bucket"]] = row
     buckets = sorted({moment for rows in arms.values() for moment in rows})

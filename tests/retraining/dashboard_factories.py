@@ -9,7 +9,7 @@ from recommendations.models import Item
 from registry.models import DeploymentChange, ModelStatus, ModelVersion
 from registry.services import ChallengerInput, challenger_start, model_version_promote, model_version_reject
 from retraining.models import DriftReport, RunStatus, TrainingRun, Trigger
-from tests.recommendations.factories import event, serve, user
+from tests.recommendations.factories import event, outcomes_recorded, serve, user
 from tests.registry.factories import registered_version
 
 
@@ -88,3 +88,4 @@ def _traffic(*, now: datetime, experiment_id: int, champion: int, challenger: in
                           experiment=experiment_id if hours < 24 else None)
             if n % 2 == 0 or hours == 2:
                 event(who, items[n % 3], "click", now - timedelta(hours=hours) + timedelta(minutes=5), rec=shown)
+    outcomes_recorded()  # as beat would: the online charts read outcome rows

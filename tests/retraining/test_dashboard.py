@@ -7,7 +7,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from recommendations.clock import clock_set
-from recommendations.models import Impression
+from recommendations.models import Impression, ImpressionOutcome
 from retraining.dashboard import dashboard_charts, dashboard_health
 from retraining.models import TrainingRun, TriggerEvaluation
 from retraining.services.schedule import CHECK_TRIGGERS
@@ -128,6 +128,7 @@ def test_anonymous_visitors_are_sent_to_the_login_page(client):
 
 def test_shadow_lists_do_not_count_in_the_online_chart(history):
     Impression.objects.filter(routed_version=history.v3.version).update(arm="shadow")
+    ImpressionOutcome.objects.filter(routed_version=history.v3.version).update(arm="shadow")  # recorded as such
     labels = {d["label"] for d in dashboard_charts(now=history.now)["online"]["data"]["datasets"]}
     assert labels == {"v1 CTR", "v1 hit rate@10"}
 
