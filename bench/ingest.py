@@ -9,6 +9,8 @@ duration from a separate locust process (FastHttpUser, headless, as a library):
   batch   1,000-event requests (ml-latest-small ratings, fresh event_ids and user ids), --clients clients
   single  one event per request, --single-clients clients
   hot     like batch, but every event is on ONE item: a hot item must not serialize ingestion
+  shared  like batch, but each event has a random user among ml-latest-small's 610 (the same 610 for every
+          client) and a random rated item: concurrent batches that share users must not serialize ingestion
 
 Beside them: PostgreSQL's raw COPY of the same rows into a table of the same shape as
 recommendations_interaction (same indexes and foreign keys), the check that every event acknowledged
@@ -32,6 +34,7 @@ import csv
 import io
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -79,6 +82,7 @@ class Scenario:
     clients: int
     batch_size: int
     hot_item: str | None = None
+    shared_users: bool = False
 
 
 # --- Rows ---------------------------------------------------------------------------------------
@@ -108,10 +112,17 @@ def _iso(ts: int) -> str:
 class EventBodies:
     """Request bodies made of ratings rows, with a fresh event_id per event and user ids under `prefix`,
     so that no event of a run is a duplicate and no two clients share a user. JSON is assembled from
-    pre-rendered fragments to keep the load generator's CPU out of the way of the server's."""
+    pre-rendered fragments to keep the load generator's CPU out of the way of the server's.
 
-    def __init__(self, rows, *, hot_item: str | None):
+    With `shared_users`, event `index` pairs a random one of the rows' distinct users with a random row's
+    item, rating and time (seeded by the client): every batch then touches most users."""
+
+    def __init__(self, rows, *, hot_item: str | None, shared_users: bool = False, seed: int = 0):
         self.users = [user for user, _, _, _ in rows]
+        if shared_users:
+            chooser, distinct = random.Random(seed), sorted(set(self.users))
+            self.users = [chooser.choice(distinct) for _ in rows]
+            rows = [chooser.choice(rows) for _ in rows]
         self.tails = [
             f'","item_id":"{hot_item or movie}","event_type":"rating","value":{rating},"timestamp":"{_iso(ts)}"}}'
             for _, movie, rating, ts in rows
@@ -142,10 +153,7 @@ def load_main(config: dict) -> None:
     from locust.exception import StopUser
 
     scenario = Scenario(**config["scenario"])
-    bodies = EventBodies(
-        ratings_read(Path(config["dataset"]), original_timestamps=config["original_timestamps"]),
-        hot_item=scenario.hot_item,
-    )
+    rows = ratings_read(Path(config["dataset"]), original_timestamps=config["original_timestamps"])
     headers = {"Authorization": f"Api-Key {config['api_key']}", "Content-Type": "application/json"}
     tally = {"requests": 0, "ok_requests": 0, "events_sent": 0, "events_acked": 0, "duplicates": 0,
              "rejected_events": 0, "unknown_outcome_events": 0, "errors": {}}  # fmt: skip
@@ -162,14 +170,18 @@ def load_main(config: dict) -> None:
 
         def on_start(self):
             self.number = next(client_numbers)
-            self.cursor = self.number * len(bodies) // scenario.clients
-            self.prefix = f"{config['user_prefix']}c{self.number}-"
+            self.bodies = EventBodies(
+                rows, hot_item=scenario.hot_item, shared_users=scenario.shared_users, seed=self.number
+            )
+            self.cursor = self.number * len(rows) // scenario.clients
+            # Shared users: every client writes to the same 610 users.
+            self.prefix = config["user_prefix"] + ("" if scenario.shared_users else f"c{self.number}-")
 
         @task
         def post_events(self):
             if time.monotonic() >= deadline_box["deadline"]:
                 raise StopUser()
-            body, count = bodies.body(self.cursor, scenario.batch_size, self.prefix)
+            body, count = self.bodies.body(self.cursor, scenario.batch_size, self.prefix)
             self.cursor += count
             started = time.monotonic()
             window["first"] = window["first"] or started
@@ -432,8 +444,8 @@ def report(results: dict[str, dict], scenarios: list[Scenario], copy: tuple[int,
             )
         else:
             target = f">= {TARGET_BATCH_EVENTS_PER_S} ev/s: {_verdict(events_per_s, TARGET_BATCH_EVENTS_PER_S)}"
-        if scenario.hot_item and batch:
-            target += f", hot/batch = {events_per_s / _per_s(batch['events_acked'], batch['seconds']):.2f}"
+        if (scenario.hot_item or scenario.shared_users) and batch:
+            target += f", {scenario.name}/batch = {events_per_s / _per_s(batch['events_acked'], batch['seconds']):.2f}"
         rows.append(
             [scenario.name, str(scenario.clients), str(r["ok_requests"]), str(r["events_acked"]), f"{r['seconds']:.1f}",
              f"{events_per_s:.0f}", f"{requests_per_s:.1f}", f"{p50:.1f}", f"{p99:.1f}",
@@ -479,7 +491,7 @@ def parse_args(argv):
         "--dataset", type=Path, default=DATASET, help="an ml-latest-small directory (ratings.csv, movies.csv)"
     )
     parser.add_argument(
-        "--scenarios", default="batch,single,hot", help="which of batch,single,hot to run (default all)"
+        "--scenarios", default="batch,single,hot,shared", help="which of batch,single,hot,shared to run (default all)"
     )
     parser.add_argument("--copy-repeats", type=int, default=3, help="COPY the ratings this many times (default 3)")
     parser.add_argument(
@@ -632,6 +644,7 @@ def main(argv) -> int:
         "batch": Scenario("batch", args.clients, BATCH_SIZE),
         "single": Scenario("single", args.single_clients, 1),
         "hot": Scenario("hot", args.clients, BATCH_SIZE, hot_item=HOT_ITEM),
+        "shared": Scenario("shared", args.clients, BATCH_SIZE, shared_users=True),
     }
     scenarios = [all_scenarios[name.strip()] for name in args.scenarios.split(",") if name.strip()]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))

@@ -14,7 +14,7 @@ from recommendations import features
 from recommendations.models import EndUser, Interaction, Item
 from recommendations.process_cache import ProcessCache
 from recommendations.runtime import process_runtime
-from recommendations.services.features import first_interactions, online_features_update, user_features_lock
+from recommendations.services.features import first_interactions, online_features_update, user_item_pairs_lock
 from recsite import metrics
 from recsite.errors import ApplicationError, ConflictError
 
@@ -42,7 +42,7 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
 
     An event whose `event_id` is already stored (or repeated in the same batch) is a duplicate and is
     skipped by the insert itself (ON CONFLICT DO NOTHING), also when a concurrent request writes it; a
-    deadlock with a concurrent batch (rare: rows are locked in key order) is retried."""
+    deadlock with a concurrent batch (rare: pairs and rows are locked in key order) is retried."""
     strict = settings.CATALOG_STRICT if catalog_strict is None else catalog_strict
     for attempt in range(1, _ATTEMPTS + 1):
         try:
@@ -83,8 +83,8 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
     """The events written (the others are duplicates)."""
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
-    # Locked before the events are stored, so that first_interactions sees a concurrent batch of the same user.
-    user_rows = user_features_lock(user_ids=users.values())
+    # Locked before the events are stored, so that first_interactions sees a concurrent batch with the same pair.
+    user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id][0]) for event in events})
     fresh, fresh_pks = _interactions_insert(events, users, items)
     if fresh:
         online_features_update(
@@ -94,7 +94,6 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
             ],
             arrivals=first_interactions(event_pks=fresh_pks),
             item_categories={pk: categories for pk, categories in items.values()},
-            user_rows=user_rows,
         )
     return fresh
 

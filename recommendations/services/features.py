@@ -4,16 +4,20 @@ ingest transaction, with the definitions of recommendations.features.
 Freshness: synchronous. The rows are updated in the same transaction as the events, so a recommendation
 request issued after the 201 sees them (0 s lag).
 
-Contention: a hot item must not serialize ingestion. Item rows are updated with one additive
-`INSERT ... ON CONFLICT DO UPDATE` for the whole batch (deltas pre-aggregated per item, rows in id order),
-run as the last statement before commit, so a hot row is locked for one statement plus the commit.
-User rows are read-modify-written under SELECT ... FOR UPDATE in id order, locked before the events are
-stored; they are not contended (a user's events come from that user's sessions). bench/ingest.py measures
-both cases.
+Contention: neither a hot item nor users shared by concurrent batches may serialize ingestion. On
+PostgreSQL, item and user rows are each updated with one `INSERT ... ON CONFLICT DO UPDATE` for the whole
+batch that merges the batch's deltas (pre-aggregated per row in Python with the shared definitions) into
+the stored row: sums add, first/last times take the min/max, per-type and per-category counts add key by
+key, the recent items merge by time and keep the newest. The merge is commutative, so no row is read
+first; users then items, each in key order, as the last statements before commit, so a row is locked for
+one statement plus the commit. (Other backends write one transaction at a time: there the user rows are
+read, folded and written back.) bench/ingest.py measures the hot-item and shared-users cases.
 
 Distinct users: an item counts a user once, at the user's first stored event with it (features.ItemState).
-first_interactions finds those events with one index probe each; the user's row lock makes the answer
-exact when two batches of the same user and item race (tests/reliability/test_bought_popularity.py).
+first_interactions finds those events with one index probe each; a transaction-scoped lock per (user,
+item) pair, taken in key order before the events are stored, makes the answer exact when two batches of
+the same user and item race (tests/reliability/test_bought_popularity.py) without making batches that
+merely share users wait for each other.
 """
 
 from collections import defaultdict
@@ -95,38 +99,50 @@ _USER_FIELDS = [
 ]
 
 
-def user_features_lock(*, user_ids: Iterable[int]) -> dict[int, UserFeatures]:
-    """The feature rows of these users, created when missing, locked in id order until the transaction ends.
+def user_item_pairs_lock(*, pairs: Iterable[tuple[int, int]]) -> None:
+    """Lock these (user, item) pairs until the transaction ends, in key order (so concurrent batches cannot
+    deadlock on them). Taken before the events are stored, so that first_interactions sees a concurrent batch
+    with the same pair: it committed before, or it waits for this transaction. PostgreSQL advisory locks; other
+    backends write one transaction at a time and need none."""
+    db = transaction.get_connection()
+    if db.vendor != "postgresql":
+        return
+    # One 64-bit key per pair; should two pairs share a key (ids beyond 2**32), they only wait for each other.
+    keys = sorted({((user_id << 32) ^ item_id) & _KEY_MASK for user_id, item_id in pairs})
+    keys = [key - (1 << 64) if key >= 1 << 63 else key for key in keys]
+    with db.cursor() as cursor:
+        cursor.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k", [keys])
 
-    Ingestion takes these locks before it stores the events, so that a user's concurrent batches store and
-    fold one after the other: the later one sees the earlier one's events in first_interactions."""
-    ids = sorted(set(user_ids))
-    rows = _user_rows_locked(ids)
-    missing = [uid for uid in ids if uid not in rows]
-    if missing:  # first events of these users
-        UserFeatures.objects.bulk_create([UserFeatures(user_id=uid) for uid in missing], ignore_conflicts=True)
-        rows.update(_user_rows_locked(missing))
-    return rows
+
+_KEY_MASK = (1 << 64) - 1
 
 
 def online_features_update(*, events: list[features.Event], arrivals: list[features.Event],
-                           item_categories: dict[int, list[str]], user_rows: dict[int, UserFeatures]) -> None:
+                           item_categories: dict[int, list[str]]) -> None:
     """Fold `events` (already written, in the caller's transaction) into the online feature rows.
-    `arrivals`: those that are their user's first with the item (first_interactions); `user_rows`: the
-    rows user_features_lock locked, one per user of `events`."""
-    _users_update(events, item_categories, user_rows)
+    `arrivals`: those that are their user's first with the item (first_interactions)."""
+    _users_update(events, item_categories)
     _items_update(events, arrivals)
 
 
-def _users_update(events: list[features.Event], item_categories: dict[int, list[str]],
-                  locked: dict[int, UserFeatures]) -> None:
-    rows = {event.user_id: locked[event.user_id] for event in events}  # users with only duplicates are left alone
+def _users_update(events: list[features.Event], item_categories: dict[int, list[str]]) -> None:
+    """Fold the events into their users' rows: merged into the stored rows on PostgreSQL, else read and written."""
+    db = transaction.get_connection()
+    merge = db.vendor == "postgresql"
+    user_ids = sorted({event.user_id for event in events})
+    rows = {uid: UserFeatures(user_id=uid) for uid in user_ids} if merge else _user_rows_read(user_ids)
     states = {uid: user_state_from_row(row) for uid, row in rows.items()}
     for event in events:
         features.user_apply(states[event.user_id], event, item_categories.get(event.item_id, ()))
     for uid, row in rows.items():
         _user_state_to_row(states[uid], row)
-    _user_rows_write(list(rows.values()))
+    _user_rows_write([rows[uid] for uid in user_ids], merge=merge)
+
+
+def _user_rows_read(user_ids: list[int]) -> dict[int, UserFeatures]:
+    """The feature rows of these users, new ones for those who have none yet."""
+    rows = _user_rows_fetch(user_ids)
+    return {uid: rows.get(uid) or UserFeatures(user_id=uid) for uid in user_ids}
 
 
 _INTERACTION_TABLE = Interaction._meta.db_table
@@ -140,8 +156,8 @@ _FIRST_SQL = (
 def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
     """Those of these stored events that are the first (lowest key) of their user with their item.
 
-    Exact under concurrency when the users' rows were locked (user_features_lock) before the events were
-    stored: then every other event of these users is committed, and visible here (read committed: each
+    Exact under concurrency when the pairs were locked (user_item_pairs_lock) before the events were
+    stored: then every other event of these pairs is committed, and visible here (read committed: each
     statement sees what was committed before it), or waits for this transaction. (The MovieLens import writes
     events without these locks and then rebuilds the features of what it touched.) One probe of the
     (user, item) index per event."""
@@ -161,10 +177,9 @@ _USER_COLUMNS = UserFeatures._meta.concrete_fields
 _USER_TABLE = UserFeatures._meta.db_table
 
 
-def _user_rows_locked(user_ids: list[int]) -> dict[int, UserFeatures]:
-    """The feature rows of `user_ids` that exist, locked in id order, decoded as the ORM decodes them."""
+def _user_rows_fetch(user_ids: list[int]) -> dict[int, UserFeatures]:
+    """The feature rows of `user_ids` that exist, decoded as the ORM decodes them."""
     db = transaction.get_connection()  # resolved once: each attribute of django.db.connection is a lookup
-    lock = " FOR UPDATE" if db.features.has_select_for_update else ""
     columns = ", ".join(field.column for field in _USER_COLUMNS)
     placeholders = ", ".join(["%s"] * len(user_ids))
     converters = [
@@ -174,7 +189,7 @@ def _user_rows_locked(user_ids: list[int]) -> dict[int, UserFeatures]:
     ]
     with db.cursor() as cursor:
         cursor.execute(
-            f"SELECT {columns} FROM {_USER_TABLE} WHERE user_id IN ({placeholders}) ORDER BY user_id{lock}", user_ids
+            f"SELECT {columns} FROM {_USER_TABLE} WHERE user_id IN ({placeholders})", user_ids
         )
         fetched = cursor.fetchall()
     rows = {}
@@ -186,22 +201,63 @@ def _user_rows_locked(user_ids: list[int]) -> dict[int, UserFeatures]:
     return rows
 
 
-def _user_rows_write(rows: list[UserFeatures]) -> None:
-    """An upsert over rows locked by _user_rows_locked, so it never overwrites another transaction's fold."""
+def _user_rows_write(rows: list[UserFeatures], *, merge: bool) -> None:
+    """One upsert of `rows`, in key order. `merge`: rows hold the batch's deltas, merged into the stored rows
+    (_USER_MERGE_SQL); otherwise they are the folded rows themselves, replacing the stored ones (only where
+    one transaction writes at a time)."""
     db = transaction.get_connection()
     now = datetime.now(timezone.utc)
     params: list = []
     for row in rows:
         row.updated_at = now
         params += [field.get_db_prep_save(getattr(row, field.attname), db) for field in _USER_COLUMNS]
-    columns = [field.column for field in _USER_COLUMNS]
-    values = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
-    updates = ", ".join(f"{column} = excluded.{column}" for column in columns if column != "user_id")
+    values = ", ".join(["(" + ", ".join(["%s"] * len(_USER_COLUMNS)) + ")"] * len(rows))
     with db.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {_USER_TABLE} ({', '.join(columns)}) VALUES {values} ON CONFLICT (user_id) DO UPDATE SET {updates}",
-            params,
-        )
+        cursor.execute((_USER_MERGE_SQL if merge else _USER_REPLACE_SQL).format(values=values), params)
+
+
+def _json_merge_sql(column: str, combine: str) -> str:
+    """A JSON object of numbers updated with the batch's, key by key: `combine` (SQL of `stored` and `batch`,
+    NULL when absent) gives the new value of each of the batch's keys; the other keys stay. Only the batch's few
+    keys are visited. numeric keeps what JSON wrote: 3 stays 3, 1.5e9 stays a float."""
+    stored, batch = f"({_USER_TABLE}.{column}->>key)::numeric", "value::numeric"
+    value = combine.format(stored=stored, batch=batch)
+    return (
+        f"{column} = {_USER_TABLE}.{column} || coalesce((SELECT jsonb_object_agg(key, {value}) "
+        f"FROM jsonb_each_text(excluded.{column})), jsonb_build_object())"
+    )
+
+
+_COUNTS_ADD = "coalesce({stored}, 0) + {batch}"
+_LATEST = "GREATEST({stored}, {batch})"  # GREATEST ignores NULL: a key new to the user takes the batch's time
+
+
+# The stored recent items and the batch's, newest first, the stored first among equal times (as
+# features.user_apply inserts a later event after those of the same time), cut to RECENT_ITEMS_KEPT. One sort;
+# jsonb compares numbers as numbers.
+_RECENT_MERGE_SQL = (
+    "recent_items = (SELECT coalesce(to_jsonb((array_agg(entry ORDER BY entry->1 DESC, source, position))"
+    f"[1:{features.RECENT_ITEMS_KEPT}]), '[]'::jsonb) FROM ("
+    f"SELECT entry, 0 AS source, position FROM jsonb_array_elements({_USER_TABLE}.recent_items) "
+    "WITH ORDINALITY AS stored(entry, position) UNION ALL "
+    "SELECT entry, 1, position FROM jsonb_array_elements(excluded.recent_items) "
+    "WITH ORDINALITY AS batch(entry, position)) AS candidates)"
+)
+
+_USER_INSERT_SQL = (
+    f"INSERT INTO {_USER_TABLE} ({', '.join(field.column for field in _USER_COLUMNS)}) VALUES {{values}} "
+    "ON CONFLICT (user_id) DO UPDATE SET "
+)
+_USER_REPLACE_SQL = _USER_INSERT_SQL + ", ".join(
+    f"{field.column} = excluded.{field.column}" for field in _USER_COLUMNS if field.column != "user_id"
+)
+_USER_MERGE_SQL = _USER_INSERT_SQL + ", ".join(
+    [f"{c} = {_USER_TABLE}.{c} + excluded.{c}" for c in ("event_count", "positive_count", "rating_count", "rating_sum")]
+    + [f"first_seen = LEAST({_USER_TABLE}.first_seen, excluded.first_seen)",
+       f"last_seen = GREATEST({_USER_TABLE}.last_seen, excluded.last_seen)"]
+    + [_json_merge_sql("counts_by_type", _COUNTS_ADD), _json_merge_sql("category_counts", _COUNTS_ADD)]
+    + [_json_merge_sql("category_last_seen", _LATEST), _RECENT_MERGE_SQL, "updated_at = excluded.updated_at"]
+)
 
 
 def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:

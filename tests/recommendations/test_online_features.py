@@ -109,6 +109,21 @@ def test_a_rebuild_from_the_log_gives_the_same_features_as_live_ingestion():
 
 
 @pytest.mark.django_db
+def test_a_users_recent_items_stay_newest_first_and_capped_across_batches_out_of_time_order():
+    catalog()
+    rng = random.Random(5)
+    minutes = list(range(features.RECENT_ITEMS_KEPT + 30))
+    rng.shuffle(minutes)
+    for start in range(0, len(minutes), 25):
+        batch = minutes[start : start + 25]
+        event_ingest(events=[EventInput("u1", f"i{m % 12}", "view", START + timedelta(minutes=m)) for m in batch])
+    recent = UserFeatures.objects.get(user__external_id="u1").recent_items
+    newest = sorted(minutes, reverse=True)[: features.RECENT_ITEMS_KEPT]
+    assert [ts for _, ts in recent] == [(START + timedelta(minutes=m)).timestamp() for m in newest]
+    assert_online_equals_replay()
+
+
+@pytest.mark.django_db
 def test_decayed_popularity_weighs_recent_events_more():
     catalog()
     now = START + timedelta(days=100)
@@ -180,6 +195,35 @@ def test_concurrent_retries_of_the_same_events_write_them_once():
     assert sum(r.accepted for r in results) == 200
     assert sum(r.duplicates for r in results) == 600
     assert Interaction.objects.count() == 200
+    assert_online_equals_replay()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrency is tested on PostgreSQL")
+def test_concurrent_batches_on_shared_users_lose_and_double_no_update():
+    """Every batch touches nearly every user and many (user, item) pairs of the others, as clients posting
+    random users would: no deadlock reaches the caller, and the features equal a replay of what is stored."""
+    catalog()
+    errors = []
+
+    def ingest(seed):
+        try:
+            for batch in range(6):
+                event_ingest(events=random_events(150, seed=seed * 100 + batch, users=10, items=12))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=ingest, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Interaction.objects.count() == 4 * 6 * 150
+    assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == 4 * 6 * 150
+    assert sum(ItemFeatures.objects.values_list("event_count", flat=True)) == 4 * 6 * 150
     assert_online_equals_replay()
 
 
