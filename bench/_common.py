@@ -313,17 +313,26 @@ class CpuMeter:
 
 class PostgresBackends:
     """Callable listing the server processes of everyone connected to one database (but its own), over
-    one connection kept open, so that sampling does not itself fork backends."""
+    one connection kept open, so that sampling does not itself fork backends. Each call also counts the
+    backends then waiting for a lock: `lock_waits()` is their average over the calls."""
 
     def __init__(self, url: str):
         self.connection = database_connect(url, autocommit=True)
+        self.samples = self.waiting = 0
 
     def __call__(self) -> list[int]:
         with self.connection.cursor() as cursor:
             cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "SELECT pid, wait_event_type = 'Lock' FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-            return [pid for (pid,) in cursor.fetchall()]
+            rows = cursor.fetchall()
+        self.samples += 1
+        self.waiting += sum(1 for _, waits in rows if waits)
+        return [pid for pid, _ in rows]
+
+    def lock_waits(self) -> float:
+        return self.waiting / self.samples if self.samples else 0.0
 
     def close(self) -> None:
         self.connection.close()

@@ -20,7 +20,8 @@ updated, single >= 300 requests/s, import < 30 s.
 
 The machine may be shared: a second table gives the CPU per 1,000 events of the web workers, their
 PostgreSQL backends and the load generator, the share of the machine other processes took meanwhile, and
-the ceiling (events/s if web + PostgreSQL had every core), which noise does not move much.
+the ceiling (events/s if web + PostgreSQL had every core), which noise does not move much, and how many
+PostgreSQL backends waited for a lock on average (what serializes concurrent batches).
 
 Rating times are mapped onto the last 30 days, as a live stream would carry them; --original-timestamps
 sends the 1996-2018 originals instead. Logs (gunicorn, locust) stay in the temporary folder printed first.
@@ -459,7 +460,7 @@ def cpu_report(results: dict[str, dict], scenarios: list[Scenario]) -> list[str]
     generator. On a shared machine, `others` is the share of the machine used by unrelated processes
     (the noise in the throughput figures); `ceiling` is events/s if web + PostgreSQL had every core."""
     cores = os.cpu_count() or 1
-    rows = [["scenario", "web ms", "pg ms", "loadgen ms", "machine busy", "others", "ceiling ev/s"]]
+    rows = [["scenario", "web ms", "pg ms", "loadgen ms", "machine busy", "others", "ceiling ev/s", "lock waits"]]
     for scenario in scenarios:
         r = results[scenario.name]
         cpu, events = r["cpu"], max(1, r["events_acked"])
@@ -468,9 +469,9 @@ def cpu_report(results: dict[str, dict], scenarios: list[Scenario]) -> list[str]
         rows.append(
             [scenario.name, *(f"{cpu[k] / events * 1e6:.0f}" for k in ("web", "db", "loadgen")),
              f"{cpu['machine_busy'] / cpu['machine_total']:.0%}", f"{others:.0%}",
-             f"{cores * events / server:.0f}" if server else "-"]
+             f"{cores * events / server:.0f}" if server else "-", f"{cpu['lock_waits']:.2f}"]
         )  # fmt: skip
-    return _table(rows, [8, 8, 8, 10, 12, 7, 12])
+    return _table(rows, [8, 8, 8, 10, 12, 7, 12, 10])
 
 
 def parse_args(argv):
@@ -521,6 +522,7 @@ def scenario_measure(*, scenario: Scenario, server: GunicornServer, url: str, co
         result = scenario_run(scenario=scenario, config={**config, "user_prefix": prefix}, log_dir=log_dir)
     finally:
         cpu = meter.stop()
+        cpu["lock_waits"] = backends.lock_waits()
         backends.close()
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu["loadgen"] = sum(getattr(children_after, f) - getattr(children_before, f) for f in ("ru_utime", "ru_stime"))
@@ -658,7 +660,10 @@ def main(argv) -> int:
     print("(p50/p99: request latency seen by the client, including queueing for a gunicorn worker)\n")
     print(f"CPU on {os.cpu_count()} cores, load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}:")
     print("\n".join(cpu_report(figures["results"], scenarios)))
-    print("(CPU per 1,000 acknowledged events; others = unrelated processes' share of the machine)\n")
+    print(
+        "(CPU per 1,000 acknowledged events; others = unrelated processes' share of the machine; lock waits = "
+        "PostgreSQL backends waiting for a lock, on average, sampled every 0.5 s)\n"
+    )
     lines, ok = lost_events_report(figures, scenarios)
     print("\n".join(lines) + "\n")
     print(import_report(figures["import"], args))
