@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -151,19 +152,20 @@ def mlflow_sync() -> dict:
     return {"training_runs": len(runs), "versions": len(versions)}
 
 
-class _lease:
-    """Hold the mirror's lease (a conditional update, never a lock held across HTTP calls) for a `with` block."""
-
-    def __enter__(self):
-        MlflowMirror.objects.get_or_create(pk=1)
-        now = timezone.now()
-        self.until = now + LEASE
-        free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
-        if not MlflowMirror.objects.filter(free, pk=1).update(claimed_until=self.until):
-            raise MirrorBusy("another worker is mirroring to MLflow")
-
-    def __exit__(self, *exc_info):
-        MlflowMirror.objects.filter(pk=1, claimed_until=self.until).update(claimed_until=None)
+@contextmanager
+def _lease():
+    """Hold the mirror's lease for the block: claimed by a conditional update, never a lock held across HTTP calls;
+    a lease left by a killed worker expires."""
+    MlflowMirror.objects.get_or_create(pk=1)
+    now = timezone.now()
+    until = now + LEASE
+    free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    if not MlflowMirror.objects.filter(free, pk=1).update(claimed_until=until):
+        raise MirrorBusy("another worker is mirroring to MLflow")
+    try:
+        yield
+    finally:
+        MlflowMirror.objects.filter(pk=1, claimed_until=until).update(claimed_until=None)
 
 
 # --- What a run records in MLflow -------------------------------------------------------------------------------

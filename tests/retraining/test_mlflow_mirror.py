@@ -6,11 +6,13 @@ import os
 import re
 import socket
 import time
+import uuid
 from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.conf import settings as conf
 from django.core.management import CommandError, call_command
 from django.db import transaction
 from mlflow import MlflowClient
@@ -34,7 +36,6 @@ from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db
 CUTOFF = datetime(2025, 6, 1, tzinfo=UTC)
-MODEL = "recsite-ranker"
 
 
 @pytest.fixture(autouse=True)
@@ -48,10 +49,18 @@ def model_store(settings, tmp_path):
 
 @pytest.fixture
 def mlflow_store(settings, tmp_path, monkeypatch) -> MlflowClient:
+    """A fresh file store; or, with RECSITE_TEST_MLFLOW_URI (e.g. http://127.0.0.1:18501), a running MLflow server,
+    each test in an experiment and a registered model of its own."""
+    uri = os.environ.get("RECSITE_TEST_MLFLOW_URI") or (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's opt-in for its file store
-    uri = (tmp_path / "mlruns").as_uri()
     settings.MLFLOW_TRACKING_URI = settings.MLFLOW_REGISTRY_URI = uri
+    settings.MLFLOW_EXPERIMENT_NAME = f"recsite-{tmp_path.name}-{uuid.uuid4().hex[:8]}"
+    settings.MLFLOW_REGISTERED_MODEL = f"recsite-ranker-{uuid.uuid4().hex[:8]}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def model() -> str:
+    return conf.MLFLOW_REGISTERED_MODEL
 
 
 @pytest.fixture
@@ -74,14 +83,14 @@ def run_now(commit, trigger="manual"):
 
 
 def mlflow_run_of(client: MlflowClient, version: int):
-    experiment = client.get_experiment_by_name("recsite")
+    experiment = client.get_experiment_by_name(conf.MLFLOW_EXPERIMENT_NAME)
     runs = client.search_runs([experiment.experiment_id], f"tags.`recsite.model_version` = '{version}'")
     assert len(runs) == 1, runs
     return runs[0]
 
 
 def champion_alias(client: MlflowClient) -> str:
-    return client.get_model_version_by_alias(MODEL, "champion").tags["recsite.version"]
+    return client.get_model_version_by_alias(model(), "champion").tags["recsite.version"]
 
 
 def test_a_training_run_appears_in_mlflow_with_its_metrics_parameters_gate_artifact_and_the_champion_alias(
@@ -111,7 +120,7 @@ def test_a_training_run_appears_in_mlflow_with_its_metrics_parameters_gate_artif
     assert tar.file_size == version.artifact_size
     assert "gate.json" in {item.path for item in mlflow_store.list_artifacts(mirrored.info.run_id)}
 
-    model_version = mlflow_store.get_model_version_by_alias(MODEL, "champion")
+    model_version = mlflow_store.get_model_version_by_alias(model(), "champion")
     assert model_version.tags == {
         "recsite.version": "1",
         "recsite.sha256": version.artifact_sha256,
@@ -127,24 +136,24 @@ def test_champion_and_challenger_aliases_follow_promotions_rollbacks_and_experim
     first = run_now(commit)
     second = run_now(commit, trigger="volume")  # no newer data than the champion's cut-off: rejected
     assert (first.status, second.status) == ("promoted", "rejected")
-    rejected = mlflow_store.search_model_versions(f"name = '{MODEL}' and tag.`recsite.version` = '2'")
+    rejected = mlflow_store.search_model_versions(f"name = '{model()}' and tag.`recsite.version` = '2'")
     assert [each.tags["recsite.status"] for each in rejected] == [ModelStatus.REJECTED]
     assert mlflow_run_of(mlflow_store, 2).data.tags["recsite.gate"] == "refused"
     assert champion_alias(mlflow_store) == "1"
 
     with commit():
         challenger_start(data=ChallengerInput(version=2, mode="shadow"), actor="ops", reason="try it", at=CUTOFF)
-    assert mlflow_store.get_model_version_by_alias(MODEL, "challenger").tags["recsite.version"] == "2"
+    assert mlflow_store.get_model_version_by_alias(model(), "challenger").tags["recsite.version"] == "2"
     with commit():
         model_version_promote(version=2, actor="ops", reason="operator's call")  # ends the experiment too
     assert champion_alias(mlflow_store) == "2"
-    assert "challenger" not in mlflow_store.get_registered_model(MODEL).aliases
+    assert "challenger" not in mlflow_store.get_registered_model(model()).aliases
     with commit():
         model_version_rollback(actor="ops", reason="back")
     assert champion_alias(mlflow_store) == "1"
     statuses = {
         each.tags["recsite.version"]: each.tags["recsite.status"]
-        for each in mlflow_store.search_model_versions(f"name = '{MODEL}'")
+        for each in mlflow_store.search_model_versions(f"name = '{model()}'")
     }
     assert statuses == {"1": ModelStatus.ACTIVE, "2": ModelStatus.RETIRED}
 
@@ -152,9 +161,9 @@ def test_champion_and_challenger_aliases_follow_promotions_rollbacks_and_experim
     out = StringIO()
     call_command("mlflow_sync", stdout=out)
     assert out.getvalue().strip() == "mirrored 2 training runs and 2 versions to MLflow"
-    experiment = mlflow_store.get_experiment_by_name("recsite").experiment_id
+    experiment = mlflow_store.get_experiment_by_name(conf.MLFLOW_EXPERIMENT_NAME).experiment_id
     assert len(mlflow_store.search_runs([experiment])) == 2
-    assert len(mlflow_store.search_model_versions(f"name = '{MODEL}'")) == 2
+    assert len(mlflow_store.search_model_versions(f"name = '{model()}'")) == 2
     assert champion_alias(mlflow_store) == "1" and mlflow_mirror_counts()["failures"] == 0
 
 
@@ -261,11 +270,11 @@ def test_a_failed_training_run_appears_in_mlflow_as_failed_with_its_error(mlflow
         training_run_process(run_id=run.pk)  # no events to train on
     run.refresh_from_db()
     assert run.status == "failed", run.error
-    experiment = mlflow_store.get_experiment_by_name("recsite").experiment_id
+    experiment = mlflow_store.get_experiment_by_name(conf.MLFLOW_EXPERIMENT_NAME).experiment_id
     [mirrored] = mlflow_store.search_runs([experiment], f"tags.`recsite.training_run` = '{run.pk}'")
     assert mirrored.info.status == "FAILED" and mirrored.data.tags["recsite.trigger"] == "drift"
     assert mirrored.data.tags["recsite.error"] == run.error[:6000] and run.error
-    assert mlflow_store.search_registered_models() == []
+    assert mlflow_store.search_registered_models(f"name = '{model()}'") == []
 
 
 def test_mlflow_sync_without_a_tracking_uri_says_so(settings):
