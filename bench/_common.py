@@ -180,7 +180,7 @@ class GunicornServer:
             "--log-level", "warning",
             *self.extra_args,
         ]  # fmt: skip
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the server runs
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -301,7 +301,7 @@ def warm_up(*, base_url: str, api_key: str, users: list[str], version: int, time
     while time.monotonic() < deadline:
         answers: list[object] = []
 
-        def fetch(user: str) -> None:
+        def fetch(user: str, answers: list[object] = answers) -> None:
             status, payload = http_json(
                 "GET", base_url + RECOMMENDATIONS_PATH.format(user=user, k=10), api_key=api_key, timeout=30
             )

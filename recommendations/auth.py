@@ -55,7 +55,7 @@ def _verified(key: str, request) -> ApiKey:
     except ApiKey.DoesNotExist:
         verified_keys.discard([digest])
         failures.record_failure(request)
-        raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
+        raise exceptions.AuthenticationFailed("Unknown or revoked API key.") from None
     verified_keys.update({digest: api_key})
     return api_key
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Mapping, NamedTuple
+from typing import Iterable, Mapping, NamedTuple, TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported lazily: ingestion loads this module without it
+    import numpy as np
 
 DAY = 86400.0
 # Decayed popularity is stored as log(sum_i exp(rate * (t_i - EPOCH))): adding an event is a log-add,

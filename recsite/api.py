@@ -20,7 +20,7 @@ class StrictSerializer(serializers.Serializer):
         try:
             validated = super().to_internal_value(data)
         except serializers.ValidationError as exc:
-            raise serializers.ValidationError({**exc.detail, **errors})
+            raise serializers.ValidationError({**exc.detail, **errors}) from exc
         if errors:
             raise serializers.ValidationError(errors)
         return validated

@@ -30,7 +30,7 @@ class StrictJSONParser(JSONParser):
             if _SUSPECT_ESCAPE.search(text):
                 _check_strings(data)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
-            raise ParseError(f"JSON parse error - {exc}")
+            raise ParseError(f"JSON parse error - {exc}") from exc
         return data
 
 
@@ -81,4 +81,4 @@ def _check_strings(data) -> None:
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError("a string contains a lone surrogate")
+                raise ValueError("a string contains a lone surrogate") from None

@@ -2,7 +2,10 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from retraining.admin_dashboard import dashboard_urls
+
 urlpatterns = [
+    path("admin/dashboard/", include(dashboard_urls())),  # before the admin's own catch-all
     path("admin/", admin.site.urls),
     path("api/v1/", include("recommendations.api.urls")),
     path("api/v1/", include("registry.urls")),

@@ -63,12 +63,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
         return table_html(["metric", "model", *baselines], rows)
 
     def get_urls(self):
-        return [
-            path("<int:pk>/promote/", admin_action_view(self.admin_site, self.promote_view, permission=PROMOTE),
-                 name="registry_modelversion_promote"),
-            path("<int:pk>/rollback/", admin_action_view(self.admin_site, self.rollback_view, permission=ROLLBACK),
-                 name="registry_modelversion_rollback"),
-        ] + super().get_urls()
+        return [path("<int:pk>/promote/", admin_action_view(self.admin_site, self.promote_view, permission=PROMOTE), name="registry_modelversion_promote"), path("<int:pk>/rollback/", admin_action_view(self.admin_site, self.rollback_view, permission=ROLLBACK), name="registry_modelversion_rollback"), *super().get_urls()]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, object_id)

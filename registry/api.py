@@ -83,7 +83,7 @@ class ModelPromoteApi(APIView):
         data = validated(self.InputSerializer, request.data)
         change = model_version_promote(
             version=version, actor=actor_of(request), reason=data["reason"],
-            expected_current=data["expected_current"] if "expected_current" in data else UNSET,
+            expected_current=data.get("expected_current", UNSET),
         )
         return Response(DeploymentChangeOutput(change).data)
 
@@ -103,7 +103,7 @@ class ModelRollbackApi(APIView):
         data = validated(self.InputSerializer, request.data)
         change = model_version_rollback(
             actor=actor_of(request), reason=data["reason"], version=data.get("version"),
-            expected_current=data["expected_current"] if "expected_current" in data else UNSET,
+            expected_current=data.get("expected_current", UNSET),
         )
         return Response(DeploymentChangeOutput(change).data)
 

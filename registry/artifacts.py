@@ -74,7 +74,7 @@ def artifact_read(*, path: str, size: int | None, sha256: str) -> dict[str, byte
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
             return {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
     except tarfile.TarError as exc:
-        raise ArtifactError(f"Artifact {location.name} is not a readable archive: {exc}")
+        raise ArtifactError(f"Artifact {location.name} is not a readable archive: {exc}") from exc
 
 
 def _digest(path: Path) -> tuple[int, str]:

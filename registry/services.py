@@ -74,7 +74,7 @@ def model_version_get(*, version: int) -> ModelVersion:
     try:
         return ModelVersion.objects.get(version=version)
     except ModelVersion.DoesNotExist:
-        raise NotFoundError(f"Model version v{version} does not exist.")
+        raise NotFoundError(f"Model version v{version} does not exist.") from None
 
 
 def model_version_verify(*, version: ModelVersion, refused: str, alias: str, actor: str) -> None:
@@ -100,9 +100,9 @@ def _manifest_check(files: dict[str, bytes]) -> None:
     try:
         manifest = json.loads(files[MANIFEST_FILE])
     except KeyError:
-        raise ArtifactError(f"the artifact has no {MANIFEST_FILE}")
+        raise ArtifactError(f"the artifact has no {MANIFEST_FILE}") from None
     except ValueError as exc:
-        raise ArtifactError(f"its {MANIFEST_FILE} is not JSON ({exc})")
+        raise ArtifactError(f"its {MANIFEST_FILE} is not JSON ({exc})") from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"its {MANIFEST_FILE} is not a JSON object")
 
@@ -167,7 +167,7 @@ def _champion_flip(target: ModelVersion, action: str, actor: str, reason: str, e
     try:
         return _champion_flip_locked(target, action, actor, reason, expected_current)
     except IntegrityError:
-        raise ConflictError(f"Another change of the champion won while {target} was being promoted; reload and retry.")
+        raise ConflictError(f"Another change of the champion won while {target} was being promoted; reload and retry.") from None
 
 
 @transaction.atomic

@@ -73,7 +73,7 @@ class TrainingRunAdmin(ReadOnlyAdmin):
     def get_urls(self):
         retrain = admin_action_view(self.admin_site, require_POST(self.retrain_view),
                                     permission="retraining.start_trainingrun")
-        return [path("retrain/", retrain, name="retraining_retrain")] + super().get_urls()
+        return [path("retrain/", retrain, name="retraining_retrain"), *super().get_urls()]
 
     def retrain_view(self, request):
         try:
@@ -188,15 +188,7 @@ class ExperimentAdmin(ReadOnlyAdmin):
         def guarded(view, permission):
             return admin_action_view(self.admin_site, view, permission=permission)
 
-        return [
-            path("start/", guarded(self.start_view, "registry.start_experiment"), name="registry_experiment_start"),
-            path("<int:pk>/stop/", guarded(require_POST(self.stop_view), "registry.stop_experiment"),
-                 name="registry_experiment_stop"),
-            path("<int:pk>/promote/", guarded(require_POST(self.promote_view), PROMOTE),
-                 name="registry_experiment_promote"),
-            path("online-metrics/<int:version>/", guarded(self.online_metrics_view, "registry.view_modelversion"),
-                 name="registry_modelversion_online_metrics"),
-        ] + super().get_urls()
+        return [path("start/", guarded(self.start_view, "registry.start_experiment"), name="registry_experiment_start"), path("<int:pk>/stop/", guarded(require_POST(self.stop_view), "registry.stop_experiment"), name="registry_experiment_stop"), path("<int:pk>/promote/", guarded(require_POST(self.promote_view), PROMOTE), name="registry_experiment_promote"), path("online-metrics/<int:version>/", guarded(self.online_metrics_view, "registry.view_modelversion"), name="registry_modelversion_online_metrics"), *super().get_urls()]
 
     def _actor(self, request) -> str:
         return f"admin:{request.user.get_username()}"

@@ -1,17 +1,22 @@
-"""Retraining endpoints (scope `admin`): start a run, read runs, trigger evaluations and drift reports."""
+"""Retraining endpoints (scope `admin`): start a run, read runs, trigger evaluations, drift reports and which model
+served a user."""
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from recommendations.models import Impression
+from recsite.api import validated
 from recsite.errors import NotFoundError
 from registry.api import actor_of
+from registry.models import Alias, DeploymentChange
 from registry.selectors import champion_version
 from retraining.models import DriftReport, TrainingRun, TriggerEvaluation
 from retraining.services.drift import drift_check_run
 from retraining.services.policy import policy_active
 from retraining.services.runs import retrain_request
+from retraining.timeline import TIMELINE_MAX_LIMIT, user_timeline
 from recommendations.clock import system_now
 
 
@@ -123,3 +128,67 @@ class DriftReportLatestApi(APIView):
         if report is None:
             raise NotFoundError("No drift report yet.")
         return Response(DriftReportOutput(report).data)
+
+
+class TimelineGateOutput(serializers.Serializer):
+    passed = serializers.BooleanField()
+    reasons = serializers.ListField(child=serializers.CharField(), help_text="the failed checks, else the passed ones")
+    ndcg_at_10 = serializers.DictField(child=serializers.FloatField(allow_null=True),
+                                       help_text="candidate, champion and popularity on the same holdout")
+
+
+class TimelineDeploymentOutput(serializers.Serializer):
+    action = serializers.ChoiceField(choices=DeploymentChange.Action.choices)
+    alias = serializers.ChoiceField(choices=Alias.choices)
+    at = serializers.DateTimeField()
+    actor = serializers.CharField()
+    reason = serializers.CharField(allow_blank=True)
+    version = serializers.IntegerField()
+    from_version = serializers.IntegerField(allow_null=True)
+    gate = TimelineGateOutput(allow_null=True, help_text="the gate of the training run that produced the version")
+
+
+class TimelineEventOutput(serializers.Serializer):
+    event_type = serializers.CharField()
+    item_id = serializers.CharField()
+    value = serializers.FloatField(allow_null=True)
+    timestamp = serializers.DateTimeField()
+
+
+class TimelineListOutput(serializers.Serializer):
+    recommendation_id = serializers.UUIDField()
+    served_at = serializers.DateTimeField()
+    model_version = serializers.IntegerField(allow_null=True, help_text="the version whose list was served; "
+                                                                         "null for the popular fallback")
+    routed_version = serializers.IntegerField(allow_null=True, help_text="the version the request was routed to")
+    arm = serializers.ChoiceField(choices=Impression.Arm.choices)
+    experiment_id = serializers.IntegerField(allow_null=True)
+    strategy = serializers.ChoiceField(choices=Impression.Strategy.choices)
+    items = serializers.ListField(child=serializers.CharField())
+    deployment = TimelineDeploymentOutput(allow_null=True, help_text="the change that made the routed version "
+                                                                     "current for this arm when the list was served")
+    events = TimelineEventOutput(many=True, help_text="events sent back with the list's recommendation_id")
+
+
+class UserTimelineApi(APIView):
+    required_scope = "admin"
+
+    class QuerySerializer(serializers.Serializer):
+        limit = serializers.IntegerField(min_value=1, max_value=TIMELINE_MAX_LIMIT, default=20)
+        offset = serializers.IntegerField(min_value=0, max_value=10**9, default=0)
+
+    class OutputSerializer(serializers.Serializer):
+        user_id = serializers.CharField()
+        total = serializers.IntegerField(help_text="lists served to the user")
+        limit = serializers.IntegerField()
+        offset = serializers.IntegerField()
+        next_offset = serializers.IntegerField(allow_null=True)
+        lists = TimelineListOutput(many=True)
+
+    @extend_schema(parameters=[QuerySerializer], responses={
+        200: OutputSerializer, 404: OpenApiResponse(description="No such user."),
+    }, summary="Which model served this user, when and why: served lists, newest first")
+    def get(self, request, user_id: str):
+        query = validated(self.QuerySerializer, request.query_params)
+        page = user_timeline(external_id=user_id, limit=query["limit"], offset=query["offset"])
+        return Response(self.OutputSerializer(page).data)

@@ -9,6 +9,7 @@ urlpatterns = [
     path("trigger-evaluations/latest", api.TriggerEvaluationLatestApi.as_view(), name="trigger-evaluation-latest"),
     path("drift-reports", api.DriftReportApi.as_view(), name="drift-reports"),
     path("drift-reports/latest", api.DriftReportLatestApi.as_view(), name="drift-report-latest"),
+    path("users/<str:user_id>/timeline", api.UserTimelineApi.as_view(), name="user-timeline"),
     path("deployments", rollout_api.DeploymentsApi.as_view(), name="deployments"),
     path("deployments/challenger", rollout_api.ChallengerApi.as_view(), name="deployments-challenger"),
     path("deployments/challenger/report", rollout_api.ChallengerReportApi.as_view(), name="deployments-challenger-report"),

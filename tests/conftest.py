@@ -1,4 +1,12 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
 from recommendations.services.api_keys import api_key_create
@@ -38,15 +46,6 @@ def staff_client(client, django_user_model):
 
 
 # --- Real Celery processes ----------------------------------------------------------------------
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-from django.db import connection
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -67,7 +66,7 @@ def process_env(**extra) -> dict:
 
 
 def start_process(args: list[str], log: Path, **extra_env) -> subprocess.Popen:
-    handle = open(log, "wb")
+    handle = open(log, "wb")  # noqa: SIM115 - the process writes to it after we return
     # Its own session, so that a test can kill the process with all its children (a worker's pool).
     return subprocess.Popen(args, cwd=REPO, env=process_env(**extra_env), stdout=handle, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -97,7 +97,7 @@ class Watcher(threading.Thread):
 
 
 def test_the_loop_retrains_on_its_own_gates_promotes_and_rolls_back_without_losing_events(live_system):
-    url, processes, folder = live_system
+    url, _processes, folder = live_system
     dataset = folder / "timeline"
     synthetic_dataset_write(output=dataset, users=300, items=400, events=20_000, drift_at=0.75, seed=3)
     policy = policy_active()
@@ -121,7 +121,7 @@ def test_the_loop_retrains_on_its_own_gates_promotes_and_rolls_back_without_losi
     except AssertionError as timeout:
         recent = list(TriggerEvaluation.objects.values_list("fired", "action")[:5])
         runs = list(TrainingRun.objects.values_list("pk", "trigger", "status", "error"))
-        raise AssertionError(f"{timeout}; latest trigger evaluations {recent}; runs {runs}")
+        raise AssertionError(f"{timeout}; latest trigger evaluations {recent}; runs {runs}") from timeout
     time.sleep(2)
     decided = automatic.exclude(gate={}).first()
     assert decided.gate["numbers"]["candidate"]["ndcg@10"] is not None and decided.gate["reasons"]
@@ -135,7 +135,7 @@ def test_the_loop_retrains_on_its_own_gates_promotes_and_rolls_back_without_losi
         spare = ModelVersion.objects.exclude(status__in=["active", "failed", "training"]).order_by("-version").first()
         status, _ = get_json(f"{url}/api/v1/models/{spare.version}/promote", key, "POST", {"reason": "e2e operator"})
         assert status == 200
-        wait_until(lambda: watcher.versions() and watcher.versions()[-1] == spare.version, 15, message="the promoted version")
+        wait_until(lambda v=spare.version: watcher.versions() and watcher.versions()[-1] == v, 15, message="the promoted version")
     champion = DeploymentChange.objects.filter(action="promote").order_by("created_at").last().to_version.version
     wait_until(lambda: watcher.versions() and watcher.versions()[-1] == champion, 15, message="the new champion served")
     assert len(watcher.versions()) >= 2, watcher.versions()
@@ -157,7 +157,7 @@ def test_a_replay_with_a_canary_rollout_sends_the_gated_candidate_into_a_judged_
     """replay --rollout canary on real processes and the last 10% of ml-latest-small: the gate's candidate
     starts as a canary instead of being promoted, the web processes route its share of users to it, and
     beat's rollout check judges it."""
-    url, processes, folder = live_system
+    url, _processes, _folder = live_system
     policy = policy_active()
     policy.time_enabled, policy.drift_enabled, policy.performance_enabled = False, False, False
     policy.volume_min_events, policy.cooldown_minutes = 1500, 0

@@ -53,7 +53,7 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
             runtime.known_items.discard(event.item_id for event in events)
             if attempt == _ATTEMPTS or not _is_retryable(exc):
                 if isinstance(exc, IntegrityError):
-                    raise ConflictError("A concurrent request wrote the same events; retry the request.")
+                    raise ConflictError("A concurrent request wrote the same events; retry the request.") from exc
                 raise
     raise AssertionError("unreachable")
 

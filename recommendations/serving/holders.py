@@ -35,7 +35,7 @@ class Deployed:
     here); a challenger that failed to load stays in the pointers without a model, so the requests routed to
     it are answered by the champion and counted as errors."""
 
-    pointers: ServingPointers = ServingPointers()
+    pointers: ServingPointers = field(default_factory=ServingPointers)
     models: dict = field(default_factory=dict)
 
     @property

@@ -111,11 +111,11 @@ def _answer(current: Deployed, route: Route, request: _Request,
         try:
             if model is None:
                 raise LookupError(f"v{route.version} is not loaded in this process")
-            return _ranked_or_popular(model, request, explain) + (False,)
+            return (*_ranked_or_popular(model, request, explain), False)
         except Exception:
             logger.exception("the challenger v%s failed; the champion answers", route.version)
             model, failed = current.champion, True
-    return _ranked_or_popular(model, request, explain) + (failed,)
+    return (*_ranked_or_popular(model, request, explain), failed)
 
 
 def _ranked_or_popular(model: ServingModel | None, request: _Request,

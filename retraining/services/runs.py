@@ -60,11 +60,11 @@ def _training_run_create(*, fields: dict, enqueue: bool) -> TrainingRun:
     except IntegrityError:
         existing = TrainingRun.objects.filter(in_flight=True).first()
         if existing is None:  # it finished in between: the caller may simply retry
-            raise RunInFlight("A training run was in flight; retry.", extra={"run_id": None})
+            raise RunInFlight("A training run was in flight; retry.", extra={"run_id": None}) from None
         raise RunInFlight(
             f"Training run {existing.pk} is already {existing.status}.",
             extra={"run_id": existing.pk, "status": existing.status},
-        )
+        ) from None
     return run
 
 

@@ -49,10 +49,9 @@ def test_a_category_change_reaches_new_events_once_the_cache_time_has_passed(set
 
 
 def test_an_item_created_by_an_ingest_that_rolled_back_stays_unknown_to_a_strict_catalog(django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError):
-        with transaction.atomic():
-            event_ingest(events=[view("u1", item_id="phantom")], catalog_strict=False)
-            raise RuntimeError("the caller's transaction fails after the ingest")
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError), transaction.atomic():
+        event_ingest(events=[view("u1", item_id="phantom")], catalog_strict=False)
+        raise RuntimeError("the caller's transaction fails after the ingest")
     with pytest.raises(ApplicationError, match="unknown items"):
         event_ingest(events=[view("u1", item_id="phantom")], catalog_strict=True)
 
@@ -82,10 +81,9 @@ def test_an_item_deleted_while_cached_is_created_again_by_its_next_event(setting
 
 
 def test_a_user_created_by_an_ingest_that_rolled_back_is_created_again_by_their_next_event(django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError):
-        with transaction.atomic():
-            event_ingest(events=[view("ghost")])
-            raise RuntimeError("the caller's transaction fails after the ingest")
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError), transaction.atomic():
+        event_ingest(events=[view("ghost")])
+        raise RuntimeError("the caller's transaction fails after the ingest")
     ingest_and_commit([view("ghost")], django_capture_on_commit_callbacks)
     assert Interaction.objects.get().user == EndUser.objects.get(external_id="ghost")
 

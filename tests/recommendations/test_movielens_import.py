@@ -214,7 +214,7 @@ def test_the_command_prints_the_counts():
 def test_a_directory_without_a_known_layout_raises_command_error(tmp_path):
     (tmp_path / "ratings.txt").write_text("1,2,3.0,880100000\n")
 
-    with pytest.raises(CommandError, match="holds no MovieLens layout: expected ratings.csv \\+ movies.csv"):
+    with pytest.raises(CommandError, match=r"holds no MovieLens layout: expected ratings\.csv \+ movies\.csv"):
         _imported(tmp_path)
 
 

@@ -68,7 +68,7 @@ def test_promote_flips_the_champion_and_writes_an_audit_row(tmp_path):
 
 @pytest.mark.django_db
 def test_rollback_returns_to_the_previous_champion_in_one_step(tmp_path):
-    v1, v2, v3 = (registered_version(tmp_path) for _ in range(3))
+    _v1, v2, v3 = (registered_version(tmp_path) for _ in range(3))
     for version in (1, 2, 3):
         model_version_promote(version=version, actor="ops")
     change = model_version_rollback(actor="ops", reason="v3 hurts CTR")
@@ -170,8 +170,8 @@ def test_of_a_concurrent_promote_and_rollback_exactly_one_wins(tmp_path):
         promote_to, roll_back_to = [v for v in (1, 2, 3) if v != current]
         outcomes.clear()
         threads = [
-            threading.Thread(target=run, args=(lambda: model_version_promote(version=promote_to, actor="a", expected_current=current),)),
-            threading.Thread(target=run, args=(lambda: model_version_rollback(actor="b", version=roll_back_to, expected_current=current),)),
+            threading.Thread(target=run, args=(lambda to=promote_to, seen=current: model_version_promote(version=to, actor="a", expected_current=seen),)),
+            threading.Thread(target=run, args=(lambda to=roll_back_to, seen=current: model_version_rollback(actor="b", version=to, expected_current=seen),)),
         ]
         for thread in threads:
             thread.start()

@@ -121,7 +121,7 @@ def test_concurrent_batches_of_one_user_on_one_item_count_the_user_once():
 def test_an_item_named_only_by_an_event_is_not_served_until_the_catalogue_defines_it(
         catalogue, ingest_client, serve_client):
     fans = [view(f"fan-{n}", "undefined") for n in range(10)]
-    post_events(ingest_client, fans + [view("fan-0", "i1"), view("fan-1", "i2")])
+    post_events(ingest_client, [*fans, view("fan-0", "i1"), view("fan-1", "i2")])
     stored = Item.objects.get(external_id="undefined")
     assert not stored.active and distinct_users("undefined") == 10  # kept: no acknowledged event is lost
     assert "undefined" not in {item["item_id"] for item in cold_start_list(serve_client)}

@@ -61,9 +61,11 @@ def outage_under_load(web, server: PrivatePostgres, key: str, mode: str) -> Outa
 
 @pytest.fixture(scope="module")
 def web_on_private_postgres(migrated_cluster, tmp_path_factory):
-    with postgres_copy(migrated_cluster) as server:
-        with gunicorn_running(tmp_path_factory.mktemp("web"), database_url=server.url()) as web:
-            yield web, server
+    with (
+        postgres_copy(migrated_cluster) as server,
+        gunicorn_running(tmp_path_factory.mktemp("web"), database_url=server.url()) as web,
+    ):
+        yield web, server
 
 
 @pytest.fixture(scope="module", params=["restart", "crash"])

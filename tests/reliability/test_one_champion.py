@@ -15,6 +15,7 @@ from registry.services import model_version_promote, model_version_rollback
 from retraining.services.policy import policy_active
 from retraining.services.rollout import candidate_deploy
 from tests.registry.factories import registered_version
+import itertools
 
 ROUNDS = 60
 pytestmark = [
@@ -99,7 +100,7 @@ def test_concurrent_promotes_that_read_the_champion_themselves_chain_their_audit
     """Without expected_current each reads the champion when it starts: both may win one after the other,
     but each audit row starts where the previous one ended and one version is active."""
     rng = random.Random(11)
-    for round_number in range(ROUNDS):
+    for _round_number in range(ROUNDS):
         current = _champion()
         first, second = rng.sample([v for v in versions if v != current], 2)
         outcomes = _race([partial(model_version_promote, version=t, actor="op") for t in (first, second)])
@@ -107,7 +108,7 @@ def test_concurrent_promotes_that_read_the_champion_themselves_chain_their_audit
         assert won in (1, 2) and all(o == "won" or isinstance(o, ConflictError) for o in outcomes), outcomes
         rows = list(DeploymentChange.objects.filter(action="promote").order_by("-id")[:won])[::-1]
         assert rows[0].from_version.version == current
-        assert all(later.from_version_id == earlier.to_version_id for earlier, later in zip(rows, rows[1:]))
+        assert all(later.from_version_id == earlier.to_version_id for earlier, later in itertools.pairwise(rows))
         assert rows[-1].to_version.version == _champion()
         assert ModelVersion.objects.filter(status=ModelStatus.ACTIVE).count() == 1
 

@@ -161,7 +161,7 @@ def p99(values: list[float]) -> float:
 def test_a_saturating_burst_is_shed_with_retry_after_answered_requests_stay_fast_and_no_event_is_lost(
     procfile_server,
 ):
-    port, log = procfile_server
+    port, _log = procfile_server
     _, key = api_key_create(name="burst", scopes=["ingest"])
     for _ in range(4):  # each worker's first requests load what the others will reuse
         assert request_json(port, "POST", EVENTS, event_body(str(uuid.uuid4()), "warm"), key)[0] == 201

@@ -47,7 +47,7 @@ def test_pair_features_batch_equals_pair_features_for_every_user_and_item(seed):
     names: dict[str, int] = {}
     matrix = features.category_matrix(item_categories, names)
     columns = features.item_state_columns(items)
-    for user in users + [features.UserState()]:
+    for user in [*users, features.UserState()]:
         batch = features.pair_features_batch(user, columns, matrix, names, at, SHARE)
         _same(batch, [features.pair_features(user, s, c, at, SHARE) for s, c in zip(items, item_categories)])
 

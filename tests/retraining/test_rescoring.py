@@ -50,7 +50,7 @@ def test_a_model_re_scored_on_its_whole_holdout_gets_the_numbers_its_training_re
 
 
 def test_models_scored_after_a_cut_off_are_scored_on_the_same_fewer_users_and_only_the_later_events(trained):
-    log, result, model = trained
+    log, _result, model = trained
     after = _moment(110)
     scores = models_score_on_holdout(until=None, params=PARAMS, models={"a": model, "b": model}, log=log, after=after)
     split = split_compute(log, PARAMS)

@@ -36,7 +36,7 @@ class Command(BaseCommand):
                 days=days,
             )
         except ApplicationError as exc:
-            raise CommandError(exc.message)
+            raise CommandError(exc.message) from exc
         self.stdout.write(
             f"Wrote {report.events} ratings by {report.users} users of {report.items} items to {report.output} "
             f"({report.start:%Y-%m-%d} to {report.end:%Y-%m-%d}); drift at {report.drift_time:%Y-%m-%d %H:%M} UTC: "

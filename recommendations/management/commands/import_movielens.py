@@ -17,7 +17,7 @@ class Command(BaseCommand):
         try:
             report = movielens_import(path=path, progress=not no_progress)
         except ApplicationError as exc:
-            raise CommandError(exc.message)
+            raise CommandError(exc.message) from exc
         for example in report.invalid_examples:
             self.stderr.write(f"Skipped {example}")
         self.stdout.write(

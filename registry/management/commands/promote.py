@@ -16,5 +16,5 @@ class Command(BaseCommand):
         try:
             change = model_version_promote(version=version, actor=actor, reason=reason)
         except ApplicationError as exc:
-            raise CommandError(exc.message)
+            raise CommandError(exc.message) from exc
         self.stdout.write(f"champion: {change.from_version or 'none'} -> {change.to_version}")

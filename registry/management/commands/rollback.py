@@ -16,5 +16,5 @@ class Command(BaseCommand):
         try:
             change = model_version_rollback(actor=actor, reason=reason, version=version)
         except ApplicationError as exc:
-            raise CommandError(exc.message)
+            raise CommandError(exc.message) from exc
         self.stdout.write(f"champion: {change.from_version} -> {change.to_version}")

@@ -40,7 +40,7 @@ class Command(BaseCommand):
                                 api_key=api_key, check_every_s=check_every, max_idle_s=max_idle, out=self.stdout,
                                 rollout=rollout, rollout_min_impressions=rollout_min_impressions)
         except ApplicationError as exc:
-            raise CommandError(exc.message)
+            raise CommandError(exc.message) from exc
         deadline = time.monotonic() + wait_at_end
         while TrainingRun.objects.filter(status__in=IN_FLIGHT).exists() and time.monotonic() < deadline:
             time.sleep(1)

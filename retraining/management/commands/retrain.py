@@ -19,7 +19,7 @@ class Command(BaseCommand):
         try:
             run = retrain_request(requested_by=actor)
         except ApplicationError as exc:  # a run in flight, or the broker down
-            raise CommandError(f"{exc.message} (run {exc.extra.get('run_id')})")
+            raise CommandError(f"{exc.message} (run {exc.extra.get('run_id')})") from exc
         self.stdout.write(f"run {run.pk} queued")
         if not wait:
             return
