@@ -35,6 +35,7 @@ from retraining.ml.params import TrainingParams
 from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
 from retraining.services.gate import GateDecision, gate_decide
+from retraining.services.mlflow_mirror import training_run_mirror_schedule
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import HoldoutScores, models_score_on_holdout
@@ -58,6 +59,7 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        training_run_mirror_schedule(run_id=run_id)  # the run has ended, promoted, rejected or failed
 
 
 def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
