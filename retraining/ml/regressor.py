@@ -47,7 +47,7 @@ class RatingModel:
         return {"kind": self.kind, "bias_l2": self.bias_l2,
                 "features": RATING_FEATURES if self.kind == KIND_RESIDUAL else ranking.REGRESSOR_FEATURES}
 
-    def predict(self, *, matrix: np.ndarray, context: "RatingContext", events: np.ndarray) -> np.ndarray:
+    def predict(self, *, matrix: np.ndarray, context: RatingContext, events: np.ndarray) -> np.ndarray:
         """Ratings for rows of REGRESSOR_FEATURES of these rating events."""
         if self.kind == KIND_DIRECT:
             return self.booster.predict(matrix, num_threads=1) if len(matrix) else np.empty(0)

@@ -36,8 +36,8 @@ class Evaluation:
 class EvaluationReplay:
     """One replay of the training portion answers three kinds of query, each strictly before its time:
     every evaluated user at the start of their holdout (ranking and held-out ratings), and every label-window
-    rating at the start of its user's label window (the regressor's training rows). Without a ranker only the baselines are
-    ranked; without `with_regressor` no rating rows are built."""
+    rating at the start of its user's label window (the regressor's training rows). Without a ranker only the
+    baselines are ranked; without `with_regressor` no rating rows are built."""
 
     def __init__(self, log: EventLog, split: Split, params: TrainingParams, *, category_share: dict,
                  model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool):

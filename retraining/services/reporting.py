@@ -20,13 +20,15 @@ def metrics_table(*, metrics: dict | None, baselines: dict, dataset: dict, k: in
             lift = f"{metrics[f'ndcg@{k}'] / base:.2f}x" if base else "n/a"
             lines.append(f"NDCG@{k} lift over {name}: {lift}")
         lines.append(f"rating model: RMSE {metrics['rmse']:.4f}  MAE {metrics['mae']:.4f}  R2 {metrics['r2']:.4f}")
-        lines += [rating_baseline_line(name, baselines[name], metrics) for name in RATING_BASELINES if name in baselines]
+        lines += [rating_baseline_line(name, baselines[name], metrics)
+                  for name in RATING_BASELINES if name in baselines]
     return "\n".join(lines)
 
 
 def rating_baseline_line(name: str, row: dict, metrics: dict) -> str:
     """One rating baseline's RMSE/MAE/R² and the model's RMSE change against it."""
     label = f"{name} (λ={row['l2']:g})" if "l2" in row else name
-    change = f"{metrics['rmse'] / row['rmse'] - 1:+.1%}" if row.get("rmse") and metrics.get("rmse") is not None else "n/a"
+    known = row.get("rmse") and metrics.get("rmse") is not None
+    change = f"{metrics['rmse'] / row['rmse'] - 1:+.1%}" if known else "n/a"
     return (f"  baseline {label}: RMSE {number(row.get('rmse'))}  MAE {number(row.get('mae'))}  "
             f"R2 {number(row.get('r2'))}  (model's RMSE {change})")
