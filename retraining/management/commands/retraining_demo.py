@@ -75,8 +75,7 @@ class Command(BaseCommand):
                 say(f"  {row['label']:<12} {number(row['old']):>9} {number(row['new']):>9} {change:>9}  {mark}")
         bias = run.gate.get("numbers", {}).get("rating_bias")
         if bias:
-            say(f"  {'RMSE of the bias baseline (user + item biases) on the same held-out ratings':<12} "
-                f"{number(bias.get('rmse'))}")
+            say(f"  bias baseline (user + item biases) on the same held-out ratings: RMSE {number(bias.get('rmse'))}")
         say("  baselines (the new version's whole holdout):")
         metrics_new = run.model_version.metrics
         for name, metrics in run.model_version.baseline_metrics.items():
