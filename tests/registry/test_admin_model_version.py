@@ -103,6 +103,6 @@ def test_the_metrics_table_puts_the_rating_baselines_beside_rmse(staff_client, t
         "bias": {"rmse": 0.8943, "mae": 0.6877, "r2": 0.2984, "l2": 3.0},
     })
     html = page(staff_client, version)
-    assert "<th>global_mean</th><th>bias</th>" in html
+    assert "<th>global_mean</th>" in html and "<th>bias</th>" in html
     rmse_row = html[html.index("<td>rmse</td>"):].split("</tr>")[0]
     assert "0.9000" in rmse_row and "1.0695" in rmse_row and "0.8943" in rmse_row

@@ -41,7 +41,6 @@ def test_train_json_prints_the_contract_as_the_last_line_and_writes_the_model(st
     assert all(RANKING_KEYS <= result["baselines"][name].keys() for name in ("popularity", "ease"))
     for name in ("global_mean", "bias"):  # the rating baselines, on the same held-out ratings as the model
         assert {"rmse", "mae", "r2"} <= result["baselines"][name].keys()
-    assert result["baselines"]["bias"]["rmse"] < result["baselines"]["global_mean"]["rmse"]
     assert result["baselines"]["bias"]["l2"] > 0
     assert result["dataset"].keys() >= {"users", "items", "events", "train_events", "holdout_events"}
     assert result["dataset"]["events"] == len(stored.events)

@@ -18,7 +18,6 @@ def test_the_ranker_beats_both_baselines_on_a_learnable_synthetic_dataset():
     assert ndcg > 1.1 * result.baselines["ease"]["ndcg@10"]
     assert 0.0 < result.metrics["r2"] < 0.95  # rating depends on taste plus noise: learnable, not exact
     assert result.metrics["rmse"] <= 0.98 * result.baselines["bias"]["rmse"]  # taste: beyond user + item biases
-    assert result.baselines["bias"]["rmse"] < result.baselines["global_mean"]["rmse"]
 
 
 @pytest.mark.slow
