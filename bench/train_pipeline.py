@@ -207,8 +207,8 @@ def report_print(name: str, result: dict, load_s: float) -> None:
     for rating_baseline in ("bias", "global_mean"):
         row = base.get(rating_baseline)
         if row and row.get("rmse"):
-            print(f"rating baseline {rating_baseline}: RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  R2 {row['r2']:.4f} "
-                  f"(model's RMSE {m['rmse'] / row['rmse'] - 1:+.1%})")
+            print(f"rating baseline {rating_baseline}: RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  "
+                  f"R2 {row['r2']:.4f} (model's RMSE {m['rmse'] / row['rmse'] - 1:+.1%})")
     stages = result["timings_s"]
     peaks = result.get("stage_peak_memory_mb", {})
     print("| stage | seconds | peak RSS so far (MB) |")
