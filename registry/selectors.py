@@ -17,7 +17,7 @@ COMPARED_METRICS = [
     ("hit_rate@10", "HitRate@10", True),
     ("coverage@10", "Coverage@10", True),
 ]
-HISTORY_METRICS = ["rmse", "mae", "r2", "recall@10", "map@10", "ndcg@10"]
+HISTORY_METRICS = ["rmse", "mae", "r2", "recall@10", "map@10", "ndcg@10", "candidate_recall@100"]
 
 
 def champion_version() -> ModelVersion | None:
@@ -71,8 +71,8 @@ def model_versions_compare(*, a: ModelVersion, b: ModelVersion) -> list[dict]:
 
 def model_history_markdown() -> str:
     """The version history as a Markdown table, newest first, the active version marked."""
-    header = "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Status |"
-    lines = [header, "|" + "---|" * 9]
+    header = "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Candidate recall@100 | Status |"
+    lines = [header, "|" + "---|" * 10]
     for version in ModelVersion.objects.order_by("-version"):
         cells = [number(version.metrics.get(key)) for key in HISTORY_METRICS]
         status = "**active** ✅" if version.status == ModelStatus.ACTIVE else version.status

@@ -140,7 +140,8 @@ def test_the_history_table_marks_the_active_version(tmp_path):
     registered_version(tmp_path, ndcg=0.1), registered_version(tmp_path, ndcg=0.1234)
     model_version_promote(version=2, actor="ops")
     table = model_history_markdown().splitlines()
-    assert table[0] == "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Status |"
+    assert table[0] == ("| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Candidate recall@100 "
+                        "| Status |")
     assert table[2].startswith("| **v2** |") and "0.1234" in table[2] and "active" in table[2]
     assert table[3].startswith("| v1 |") and table[3].endswith("| candidate |")
 

@@ -40,7 +40,7 @@ def test_the_manifest_describes_features_window_data_drift_references_and_scores
     assert {"min_event_time", "max_event_time", "until"} <= manifest["training_window"].keys()
     assert {"users", "items", "events", "train_events", "holdout_events"} <= manifest["dataset"].keys()
     assert manifest["metrics"]["ndcg@10"] == pytest.approx(result.metrics["ndcg@10"])
-    assert {"popularity", "ease"} == manifest["baselines"].keys()
+    assert {"popularity", "ease", "itemknn"} == manifest["baselines"].keys()
     assert manifest["params"]["ranker"]["objective"] == "lambdarank"
     reference = manifest["reference_distributions"]["ranker"]
     assert reference.keys() == set(ranking.RANKER_FEATURES)
