@@ -83,7 +83,8 @@ def candidate_order(candidates: Candidates, *, popularity_rank: np.ndarray) -> n
     return candidates.codes[np.lexsort((popularity_rank[candidates.codes], first))]
 
 
-def candidate_recall(*, pools: list[np.ndarray], positives: list[np.ndarray], n: int) -> dict[str, float]:
+def candidate_recall(*, pools: list[np.ndarray], positives: list[np.ndarray],
+                     n: int = CANDIDATE_RECALL_AT) -> dict[str, float]:
     """How much of the held-out positives the candidate stage puts in front of the ranker, averaged over users
     with a positive: among the first `n` candidates (`candidate_recall@n`) and in the whole pool
     (`candidate_recall`, of `candidates_per_user` items on average). The ranker's recall@k cannot exceed the

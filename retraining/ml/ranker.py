@@ -30,7 +30,9 @@ class RankerExamples:
     users: np.ndarray  # the user (code) of each query
 
 
-def ranker_examples_windows(log: EventLog, split: Split, params: TrainingParams, category_share: dict) -> RankerExamples:
+def ranker_examples_windows(
+    log: EventLog, split: Split, params: TrainingParams, category_share: dict
+) -> RankerExamples:
     """Queries from each user's label window at the end of the training portion and, while there are fewer
     than `min_ranker_groups` of them, from up to `label_windows - 1` earlier windows (split_earlier), each
     with its candidates from a collaborative model fitted on the events before it.
@@ -148,9 +150,10 @@ def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
     row_group = np.repeat(np.arange(n_groups), examples.groups)
     rows_valid = validation[row_group]
     options = lgb_params(
-        params, objective="lambdarank", metric="ndcg", eval_at=[params.k], num_leaves=ranker_num_leaves(n_groups, params),
-        min_data_in_leaf=params.ranker_min_data_in_leaf, lambda_l2=params.ranker_lambda_l2,
-        feature_fraction=params.ranker_feature_fraction, bagging_fraction=params.ranker_bagging_fraction, bagging_freq=1,
+        params, objective="lambdarank", metric="ndcg", eval_at=[params.k],
+        num_leaves=ranker_num_leaves(n_groups, params), min_data_in_leaf=params.ranker_min_data_in_leaf,
+        lambda_l2=params.ranker_lambda_l2, feature_fraction=params.ranker_feature_fraction,
+        bagging_fraction=params.ranker_bagging_fraction, bagging_freq=1,
     )
 
     def dataset(rows, groups, reference=None):

@@ -18,13 +18,7 @@ from retraining.ml import profiling
 from retraining.ml.candidates import collaborative_fit, item_knn_lists
 from retraining.ml.events import EventLog
 from retraining.ml.manifest import Manifest, dataset_statistics, training_window
-from retraining.ml.metrics import (
-    CANDIDATE_RECALL_AT,
-    CF_NAME,
-    KNN_NAME,
-    candidate_recall,
-    ranking_metrics_at,
-)
+from retraining.ml.metrics import CF_NAME, KNN_NAME, candidate_recall, ranking_metrics_at
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import ranker_examples_windows, ranker_fit
 from retraining.ml.regressor import rating_bounds, rating_scores, regressor_fit
@@ -149,7 +143,8 @@ def baselines_evaluate(
             evaluation = evaluation_run(log, split, params, {}, model, None, with_regressor=False)
             _item_knn_add(evaluation, log, split, model, params)
             baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in evaluation.ranked}
-    return {"baselines": baselines, "candidates": _candidate_recall(evaluation), "dataset": dataset_statistics(log, split), "timings_s": stages.timings_s}
+    return {"baselines": baselines, "candidates": _candidate_recall(evaluation),
+            "dataset": dataset_statistics(log, split), "timings_s": stages.timings_s}
 
 
 def _item_knn_add(evaluation: Evaluation, log: EventLog, split: Split, model: ranking.CollaborativeModel,
@@ -161,7 +156,7 @@ def _item_knn_add(evaluation: Evaluation, log: EventLog, split: Split, model: ra
 
 
 def _candidate_recall(evaluation: Evaluation) -> dict:
-    return candidate_recall(pools=evaluation.pools, positives=evaluation.positives, n=CANDIDATE_RECALL_AT)
+    return candidate_recall(pools=evaluation.pools, positives=evaluation.positives)
 
 
 def _ranked_metrics(evaluation: Evaluation, log: EventLog, params: TrainingParams, name: str) -> dict:
@@ -174,7 +169,8 @@ def _scores(evaluation: Evaluation, log: EventLog, params: TrainingParams, regre
     metrics.update(rating_scores(regressor, matrix=evaluation.regressor_holdout,
                                  actual=evaluation.regressor_holdout_target,
                                  bounds=rating_bounds(log.value[log.is_rating()])))
-    return metrics, {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME, KNN_NAME)}
+    names = ("popularity", CF_NAME, KNN_NAME)
+    return metrics, {name: _ranked_metrics(evaluation, log, params, name) for name in names}
 
 
 @contextmanager
