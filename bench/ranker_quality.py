@@ -24,17 +24,17 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsite.settings_test")
 os.environ.setdefault("DATABASE_URL", "sqlite:///:memory:")  # never queried: the log is built here
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from recommendations.services import movielens  # noqa: E402
-from recommendations.services.synthetic import synthetic_dataset_write  # noqa: E402
-from retraining.ml.events import EVENT_TYPE_CODE, EventLog  # noqa: E402
-from retraining.ml.params import TrainingParams  # noqa: E402
-from retraining.services.training import training_run_execute  # noqa: E402
+from recommendations.services import movielens
+from recommendations.services.synthetic import synthetic_dataset_write
+from retraining.ml.events import EVENT_TYPE_CODE, EventLog
+from retraining.ml.params import TrainingParams
+from retraining.services.training import training_run_execute
 
 SHARED = {"ml-latest-small": ROOT.parent / "shared" / "datasets" / "ml-latest-small"}
 
