@@ -89,7 +89,7 @@ def quality(log: EventLog, params: TrainingParams) -> dict:
     row |= {"vs_best_baseline": row["ranker"] / best if best else None,
             "vs_popularity": row["ranker"] / row["popularity"] if row["popularity"] else None,
             "candidate_recall@100": result.metrics["candidate_recall@100"],
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "stages": result.timings_s}
     return {name: round(value, 4) if isinstance(value, float) else value for name, value in row.items()}
 
 
