@@ -17,7 +17,7 @@ COMPARED_METRICS = [
     ("hit_rate@10", "HitRate@10", True),
     ("coverage@10", "Coverage@10", True),
 ]
-HISTORY_METRICS = ["rmse", "mae", "r2", "recall@10", "map@10", "ndcg@10"]
+HISTORY_METRICS = ["rmse", "mae", "r2", "recall@10", "map@10", "ndcg@10", "candidate_recall@100"]
 
 
 def champion_version() -> ModelVersion | None:
@@ -73,8 +73,8 @@ def model_history_markdown() -> str:
     """The version history as a Markdown table, newest first, the active version marked. The rating baselines
     (user + item biases, global mean) are each version's own, on its holdout's ratings, beside its RMSE."""
     header = ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
-              "| NDCG@10 | Status |")
-    lines = [header, "|" + "---|" * 11]
+              "| NDCG@10 | Candidate recall@100 | Status |")
+    lines = [header, "|" + "---|" * 12]
     for version in ModelVersion.objects.order_by("-version"):
         baselines = version.baseline_metrics or {}
         cells = [number(version.metrics.get(key)) for key in HISTORY_METRICS]

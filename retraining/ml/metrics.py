@@ -18,6 +18,8 @@ from recommendations.ranking import SOURCE_COLLABORATIVE, SOURCE_POPULAR, Candid
 
 RANKING_METRICS = ["ndcg", "recall", "precision", "map", "hit_rate", "coverage"]
 CF_NAME = "ease"
+KNN_NAME = "itemknn"
+CANDIDATE_RECALL_AT = 100
 
 
 def ranking_metrics(
@@ -73,6 +75,26 @@ def baseline_lists(candidates: Candidates, *, popularity_rank: np.ndarray, k: in
     cf_codes = candidates.codes[cf][np.argsort(candidates.cf_rank[cf], kind="stable")][:k]
     pop_codes = candidates.codes[popular][np.argsort(popularity_rank[candidates.codes[popular]], kind="stable")][:k]
     return {"popularity": pop_codes, CF_NAME: cf_codes}
+
+
+def candidate_order(candidates: Candidates, *, popularity_rank: np.ndarray) -> np.ndarray:
+    """A user's candidate pool in the candidate stage's own order: the collaborative model's picks by its rank,
+    then the popular items it did not pick, by popularity."""
+    cf = candidates.source & SOURCE_COLLABORATIVE > 0
+    first = np.where(cf, candidates.cf_rank, np.inf)
+    return candidates.codes[np.lexsort((popularity_rank[candidates.codes], first))]
+
+
+def candidate_recall(*, pools: list[np.ndarray], positives: list[np.ndarray],
+                     n: int = CANDIDATE_RECALL_AT) -> dict[str, float]:
+    """How much of the held-out positives the candidate stage puts in front of the ranker, averaged over users
+    with a positive: among the first `n` candidates (`candidate_recall@n`) and in the whole pool
+    (`candidate_recall`, of `candidates_per_user` items on average). The ranker's recall@k cannot exceed the
+    latter: it judges candidate generation apart from ranking."""
+    rows = np.array([(np.isin(relevant, pool[:n]).mean(), np.isin(relevant, pool).mean(), len(pool))
+                     for pool, relevant in zip(pools, positives) if len(relevant)]).reshape(-1, 3)
+    at_n, whole, size = rows.mean(axis=0) if len(rows) else (0.0, 0.0, 0.0)
+    return {f"candidate_recall@{n}": float(at_n), "candidate_recall": float(whole), "candidates_per_user": float(size)}
 
 
 def metric_keys(metrics: dict[str, float], k: int) -> dict[str, float]:

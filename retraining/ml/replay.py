@@ -13,7 +13,7 @@ import numpy as np
 from recommendations import features, ranking
 from retraining.ml.candidates import candidates_for
 from retraining.ml.events import EventLog, StateReplay
-from retraining.ml.metrics import CF_NAME, baseline_lists
+from retraining.ml.metrics import CF_NAME, baseline_lists, candidate_order
 from retraining.ml.params import TrainingParams
 from retraining.ml.split import Split, histories_by_user
 
@@ -25,6 +25,7 @@ class Evaluation:
     users: np.ndarray  # the evaluated users (codes): those with a positive held-out event on an unseen item
     ranked: dict[str, list[np.ndarray]]  # "ranker", "popularity", "ease" -> top-k per evaluated user
     positives: list[np.ndarray]
+    pools: list[np.ndarray]  # per evaluated user, the candidates in the candidate stage's order (candidate_order)
     regressor_train: np.ndarray
     regressor_train_target: np.ndarray
     regressor_train_events: np.ndarray  # the log's index of each row's rating event
@@ -76,6 +77,7 @@ class EvaluationReplay:
             users=self.ranked_users,
             ranked={name: [lists[u] for u in order] for name, lists in self.ranked.items() if lists},
             positives=[self.positives[u] for u in order],
+            pools=[candidate_order(self.candidates[u], popularity_rank=self.model.popularity_rank) for u in order],
             regressor_train=self.regressor_train,
             regressor_train_target=log.value[self.train_ratings].astype(np.float32),
             regressor_train_events=self.train_ratings,

@@ -19,6 +19,9 @@ def metrics_table(*, metrics: dict | None, baselines: dict, dataset: dict, k: in
             base = row[f"ndcg@{k}"]
             lift = f"{metrics[f'ndcg@{k}'] / base:.2f}x" if base else "n/a"
             lines.append(f"NDCG@{k} lift over {name}: {lift}")
+        if "candidate_recall@100" in metrics:
+            lines.append(f"candidate stage: recall@100 {metrics['candidate_recall@100']:.4f}, whole pool "
+                         f"{metrics['candidate_recall']:.4f} ({metrics['candidates_per_user']:.0f} items per user)")
         lines.append(f"rating model: RMSE {metrics['rmse']:.4f}  MAE {metrics['mae']:.4f}  R2 {metrics['r2']:.4f}")
         lines += [rating_baseline_line(name, baselines[name], metrics)
                   for name in RATING_BASELINES if name in baselines]

@@ -10,7 +10,7 @@ import numpy as np
 from recommendations import ranking
 from retraining.ml.candidates import collaborative_reindex
 from retraining.ml.events import EventLog
-from retraining.ml.metrics import ranking_metrics, ranking_metrics_at
+from retraining.ml.metrics import candidate_recall, ranking_metrics, ranking_metrics_at
 from retraining.ml.params import TrainingParams
 from retraining.ml.regressor import rating_baselines, rating_bounds, rating_model_of, rating_scores
 from retraining.ml.replay import evaluation_run
@@ -55,6 +55,7 @@ def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, m
             ranking_metrics_at(recommended=top, positives=positives, k=params.k, n_active_items=n_active)
             for top in (lists, evaluation.ranked.get("popularity", []))
         )
+        metrics.update(candidate_recall(pools=evaluation.pools, positives=positives))
         if rating_model is not None:
             metrics.update(rating_scores(rating_model, log=log, split=split, evaluation=evaluation,
                                          collaborative=collaborative, bounds=bounds))

@@ -15,15 +15,15 @@ from typing import TextIO
 
 from recommendations import ranking
 from retraining.ml import profiling
-from retraining.ml.candidates import collaborative_fit
+from retraining.ml.candidates import collaborative_fit, item_knn_lists
 from retraining.ml.events import EventLog
 from retraining.ml.manifest import Manifest, dataset_statistics, training_window
-from retraining.ml.metrics import CF_NAME, ranking_metrics_at
+from retraining.ml.metrics import CF_NAME, KNN_NAME, candidate_recall, ranking_metrics_at
 from retraining.ml.params import TrainingParams
-from retraining.ml.ranker import ranker_examples_build, ranker_fit
+from retraining.ml.ranker import ranker_examples_windows, ranker_fit
 from retraining.ml.regressor import RatingModel, rating_baselines, rating_bounds, rating_model_fit, rating_scores
 from retraining.ml.replay import Evaluation, evaluation_run
-from retraining.ml.split import Split, split_compute
+from retraining.ml.split import Split, histories_by_user, split_compute
 from retraining.services import artifacts
 from retraining.services.dataset import event_log_load
 
@@ -76,10 +76,10 @@ def training_run_execute(
             category_share = log.category_share()
         if not split.label.any() or (holdout and not split.holdout.any()):
             raise ValueError("too few events to train: no user has enough events for a holdout")
-        with stages.stage("candidates_label_window"):
+        with stages.stage("candidates_label_window"):  # also the rating model's neighbourhood
             inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
         with stages.stage("ranker_examples"):
-            examples = ranker_examples_build(log, split, params, category_share, inner_model)
+            examples = ranker_examples_windows(log, split, params, category_share, inner_model)
         if not len(examples.groups):
             raise ValueError("too few events to train: no label window has a positive event among its candidates")
         with stages.stage("ranker_fit"):
@@ -88,6 +88,8 @@ def training_run_execute(
             model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
         with stages.stage("evaluation_replay"):
             evaluation = evaluation_run(log, split, params, category_share, model, ranker, with_regressor=True)
+            if holdout:
+                _item_knn_add(evaluation, log, split, model, params)
         with stages.stage("regressor_fit"):
             rating_model = rating_model_fit(log, split, evaluation, params, inner_model)
             del inner_model
@@ -142,8 +144,22 @@ def baselines_evaluate(
             model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
         with stages.stage("evaluation"):
             evaluation = evaluation_run(log, split, params, {}, model, None, with_regressor=False)
+            _item_knn_add(evaluation, log, split, model, params)
             baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in evaluation.ranked}
-    return {"baselines": baselines, "dataset": dataset_statistics(log, split), "timings_s": stages.timings_s}
+    return {"baselines": baselines, "candidates": _candidate_recall(evaluation),
+            "dataset": dataset_statistics(log, split), "timings_s": stages.timings_s}
+
+
+def _item_knn_add(evaluation: Evaluation, log: EventLog, split: Split, model: ranking.CollaborativeModel,
+                  params: TrainingParams) -> None:
+    """The item-kNN baseline's lists for the evaluated users, fitted on the training portion as EASE is."""
+    evaluation.ranked[KNN_NAME] = item_knn_lists(log=log, mask=split.train, model=model,
+                                                 histories=histories_by_user(log, split.train),
+                                                 users=evaluation.users, k=params.k)
+
+
+def _candidate_recall(evaluation: Evaluation) -> dict:
+    return candidate_recall(pools=evaluation.pools, positives=evaluation.positives)
 
 
 def _ranked_metrics(evaluation: Evaluation, log: EventLog, params: TrainingParams, name: str) -> dict:
@@ -154,11 +170,11 @@ def _ranked_metrics(evaluation: Evaluation, log: EventLog, params: TrainingParam
 def _scores(evaluation: Evaluation, log: EventLog, split: Split, params: TrainingParams,
             rating_model: RatingModel, collaborative: ranking.CollaborativeModel) -> tuple[dict, dict]:
     """The model's metrics; the ranking baselines' and the rating baselines' on the same held-out events."""
-    metrics = _ranked_metrics(evaluation, log, params, "ranker")
+    metrics = _ranked_metrics(evaluation, log, params, "ranker") | _candidate_recall(evaluation)
     bounds = rating_bounds(log.value[log.is_rating()])
     metrics.update(rating_scores(rating_model, log=log, split=split, evaluation=evaluation,
                                  collaborative=collaborative, bounds=bounds))
-    baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME)}
+    baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME, KNN_NAME)}
     return metrics, baselines | rating_baselines(log, split, evaluation, bias_l2=rating_model.bias_l2, bounds=bounds)
 
 

@@ -83,7 +83,7 @@ def test_export_model_comparison_writes_the_markdown_table(versions, tmp_path):
     call_command("export_model_comparison", "--output", str(output))
     text = output.read_text()
     assert ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
-            "| NDCG@10 | Status |") in text
+            "| NDCG@10 | Candidate recall@100 | Status |") in text
     assert "| **v2** |" in text
 
 

@@ -143,7 +143,7 @@ def test_the_history_table_marks_the_active_version(tmp_path):
     model_version_promote(version=2, actor="ops")
     table = model_history_markdown().splitlines()
     assert table[0] == ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 "
-                        "| MAP@10 | NDCG@10 | Status |")
+                        "| MAP@10 | NDCG@10 | Candidate recall@100 | Status |")
     assert table[2].startswith("| **v2** |") and "0.1234" in table[2] and "active" in table[2]
     assert "| 0.9000 | 0.9321 | 1.0543 | 0.7000 |" in table[2]  # the model's RMSE, then its rating baselines'
     assert "| 0.9000 | — | — | 0.7000 |" in table[3]  # a version from before the rating baselines

@@ -42,7 +42,7 @@ def test_the_manifest_describes_features_window_data_drift_references_and_scores
     assert {"min_event_time", "max_event_time", "until"} <= manifest["training_window"].keys()
     assert {"users", "items", "events", "train_events", "holdout_events"} <= manifest["dataset"].keys()
     assert manifest["metrics"]["ndcg@10"] == pytest.approx(result.metrics["ndcg@10"])
-    assert {"popularity", "ease", "global_mean", "bias"} == manifest["baselines"].keys()
+    assert {"popularity", "ease", "itemknn", "global_mean", "bias"} == manifest["baselines"].keys()
     assert manifest["baselines"]["bias"]["l2"] == manifest["rating_model"]["bias_l2"]
     assert manifest["params"]["ranker"]["objective"] == "lambdarank"
     reference = manifest["reference_distributions"]["ranker"]
