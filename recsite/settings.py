@@ -282,6 +282,9 @@ ATTRIBUTION_WINDOW_MINUTES = env.float("ATTRIBUTION_WINDOW_MINUTES", default=30.
 if ATTRIBUTION_WINDOW_MINUTES <= 0:
     raise ImproperlyConfigured("ATTRIBUTION_WINDOW_MINUTES must be positive.")
 MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
+# Follow the accelerated clock that `manage.py replay` writes (a SystemClock row). Off: every process reads real
+# time only, so a replay's leftover row cannot change time in a deployment that never asked for replay.
+REPLAY_CLOCK_ENABLED = env.bool("REPLAY_CLOCK_ENABLED", default=False)
 
 # Registry integrity: the function that checks a version's models load before any pointer moves to it. The
 # registry holds no ML (ARCHITECTURE.md), so the serving app provides it; named here, not registered at run time.

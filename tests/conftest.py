@@ -4,6 +4,20 @@ from rest_framework.test import APIClient
 from recommendations.services.api_keys import api_key_create
 
 
+@pytest.fixture(autouse=True)
+def model_store(settings, tmp_path):
+    """Every test's artifacts go to its own folder, never to the developer's var/models."""
+    settings.MODEL_STORE = tmp_path / "store"
+    return settings.MODEL_STORE
+
+
+@pytest.fixture
+def replay_clock(settings):
+    """The replay's accelerated clock switched on (REPLAY_CLOCK_ENABLED), for tests that freeze or move time with
+    recommendations.clock.clock_set."""
+    settings.REPLAY_CLOCK_ENABLED = True
+
+
 @pytest.fixture
 def api_client():
     return APIClient()

@@ -15,11 +15,6 @@ pytestmark = pytest.mark.django_db
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def versions(tmp_path):
     first, second, third = (registered_version(tmp_path) for _ in range(3))

@@ -28,12 +28,7 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
-@pytest.fixture
-def champion_and_candidate(store, tmp_path):
+def champion_and_candidate(tmp_path):
     champion, candidate = registered_version(tmp_path, marker="c1"), registered_version(tmp_path, marker="c2")
     model_version_promote(version=champion.version, actor="test")
     return champion, candidate

@@ -26,8 +26,7 @@ EVENTS, RECOMMENDATIONS = "/api/v1/events", "/api/v1/users/{}/recommendations"
 
 
 @pytest.fixture(autouse=True)
-def isolated_serving(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
+def isolated_serving(settings):
     settings.MODEL_POLL_SECONDS = 0
 
 

@@ -20,7 +20,6 @@ KNOWN_USER = "user-3"  # in store_history's data
 
 @pytest.fixture
 def champion(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
     store_history()
     version = train_and_register(tmp_path)
     model_version_promote(version=version.version, actor="test")

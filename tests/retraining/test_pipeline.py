@@ -23,11 +23,6 @@ CUTOFF = datetime(2025, 6, 1, tzinfo=timezone.utc)
 EARLIER = datetime(2025, 4, 21, tzinfo=timezone.utc)  # the history runs to about May 1: days of it are newer
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def history():
     dataset_store(learnable_dataset(users=120, items=80, per_user=24))
