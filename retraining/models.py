@@ -92,6 +92,8 @@ class RetrainPolicy(models.Model):
         for name in ("ab_traffic_percent", "shadow_traffic_percent"):
             if not 1 <= getattr(self, name) <= 100:
                 raise ValidationError({name: "Must be between 1 and 100."})
+        if self.check_interval_minutes < 1:
+            raise ValidationError({"check_interval_minutes": "Must be at least 1 minute."})
         if not 0.5 <= self.rollout_confidence < 1:
             raise ValidationError({"rollout_confidence": "Must be in [0.5, 1)."})
 

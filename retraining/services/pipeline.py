@@ -25,6 +25,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from recommendations import ranking
+from recommendations.clock import system_now
 from recommendations.serving.loading import ranker_precompile, trained_model_of
 from registry.models import ModelVersion
 from registry.selectors import champion_version
@@ -161,7 +162,7 @@ def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: 
 def drift_reference_attach(*, result: TrainingResult, directory: Path, until: datetime | None,
                            policy: RetrainPolicy) -> dict:
     """Add the drift reference (the event profile of the window before the cut-off) to the manifest."""
-    window = drift_window(end=until or timezone.now(), days=policy.drift_window_days,
+    window = drift_window(end=until or system_now(), days=policy.drift_window_days,
                           min_events=policy.drift_window_min_events)
     manifest = json_safe({**result.manifest, "drift_reference": drift_reference(profile=drift_profile(window=window))})
     (directory / ranking.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False))

@@ -182,7 +182,8 @@ def training_runs_reconciler_start(*, every_seconds: float) -> threading.Thread:
     return thread
 
 
-def retrain_request(*, requested_by: str) -> TrainingRun:
-    """The one service behind the admin button, the API and `manage.py retrain`."""
-    return training_run_request(trigger=Trigger.MANUAL, requested_by=requested_by, data_until=system_now(),
+def retrain_request(*, requested_by: str, now: datetime | None = None) -> TrainingRun:
+    """The one service behind the admin button, the API and `manage.py retrain`; the run's cut-off is `now`
+    (default: the runtime's clock)."""
+    return training_run_request(trigger=Trigger.MANUAL, requested_by=requested_by, data_until=now or system_now(),
                                 evidence={"requested_by": requested_by})

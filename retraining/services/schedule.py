@@ -13,13 +13,19 @@ def periodic_tasks_setup(*, check_every_seconds: int, rollout_every_seconds: int
     """Create or update the trigger check, the rollout check and the training-run reconciler; other periodic tasks
     are left alone (never delete-all)."""
     return [
-        _interval_task(CHECK_TRIGGERS, "retraining.check_triggers", check_every_seconds,
-                       "Evaluate the retraining triggers and start a run when one fires."),
+        trigger_check_schedule(every_seconds=check_every_seconds),
         _interval_task(CHECK_ROLLOUT, "retraining.check_rollout", rollout_every_seconds,
                        "Judge the running experiment; advance, promote or roll back a canary."),
         _interval_task(RECONCILE_RUNS, "retraining.reconcile_runs", RECONCILE_RUNS_SECONDS,
                        "Fail training runs whose trainer died; re-send runs committed but never sent."),
     ]
+
+
+def trigger_check_schedule(*, every_seconds: int) -> PeriodicTask:
+    """Create or move the trigger check to every `every_seconds`. Saving the PeriodicTask bumps
+    PeriodicTasks.changed, which a running beat (DatabaseScheduler) polls, so beat follows without a restart."""
+    return _interval_task(CHECK_TRIGGERS, "retraining.check_triggers", every_seconds,
+                          "Evaluate the retraining triggers and start a run when one fires.")
 
 
 def _interval_task(name: str, task: str, seconds: int, description: str) -> PeriodicTask:
