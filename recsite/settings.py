@@ -195,7 +195,7 @@ SPECTACULAR_SETTINGS = {
         "RunStatusEnum": "retraining.models.RunStatus",
         "ExperimentStatusEnum": "registry.models.Experiment.Status",
         "DeploymentModeEnum": "registry.models.DeploymentMode",
-        "ChallengerModeEnum": "retraining.rollout_api.CHALLENGER_MODES",
+        "ChallengerModeEnum": "registry.models.CHALLENGER_MODES",
     },
 }
 

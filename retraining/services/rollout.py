@@ -48,7 +48,7 @@ def challenger_deploy(*, version: int, mode: str, actor: str, reason: str, polic
         traffic_percent = {DeploymentMode.AB: policy.ab_traffic_percent, DeploymentMode.SHADOW: policy.shadow_traffic_percent}.get(mode)
     data = ChallengerInput(
         version=version, mode=mode, traffic_percent=traffic_percent,
-        steps=tuple(steps or policy.canary_steps) if mode == DeploymentMode.CANARY else (),
+        steps=tuple(steps or (policy.canary_steps if mode == DeploymentMode.CANARY else ())),
         min_step_seconds=round(policy.rollout_min_step_minutes * 60), min_impressions=policy.rollout_min_impressions,
     )
     return challenger_start(data=data, actor=actor, reason=reason, at=now or system_now(), replace=replace)
