@@ -224,11 +224,35 @@ class _ServedItems(serializers.JSONField):
     ServedItem but passed through, because converting each field of each item cost 0.35 ms a response."""
 
 
+K_DEFAULT = 10
+
+
+def k_parse(text: str) -> int | None:
+    """The list length `?k=`: a whole number from 1 to MAX_RECOMMENDATIONS written in ASCII digits, else None.
+    The only parser of `k`; KField and the recommendations fast path both ask it."""
+    if text.isascii() and text.isdigit() and 1 <= (k := int(text)) <= settings.MAX_RECOMMENDATIONS:
+        return k
+    return None
+
+
+class KField(serializers.IntegerField):
+    default_error_messages = {"invalid_k": f"Must be a whole number from 1 to {settings.MAX_RECOMMENDATIONS}."}
+
+    def __init__(self, **kwargs):
+        super().__init__(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=K_DEFAULT, **kwargs)
+
+    def to_internal_value(self, data):
+        k = k_parse(data) if isinstance(data, str) else None
+        if k is None:
+            self.fail("invalid_k")
+        return k
+
+
 class RecommendationsApi(APIView):
     required_scope = "serve"
 
     class QuerySerializer(serializers.Serializer):
-        k = serializers.IntegerField(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=10)
+        k = KField()
         category = serializers.CharField(required=False, max_length=CATEGORY_MAX_LENGTH)
         exclude = serializers.CharField(required=False, max_length=10_000)
         explain = serializers.BooleanField(required=False, default=False)
@@ -255,9 +279,9 @@ class RecommendationsApi(APIView):
     def query_of(cls, params) -> dict:
         """The query as QuerySerializer validates it. The usual `?k=N` (or none) is read directly, by the
         same rules, because setting up the serializer cost 0.1 ms a request; anything else goes through it."""
-        k = params.get("k", "10")
-        if params.keys() <= {"k"} and k.isascii() and k.isdigit() and 1 <= int(k) <= settings.MAX_RECOMMENDATIONS:
-            return {"k": int(k), "explain": False}
+        k = k_parse(params.get("k", str(K_DEFAULT)))
+        if params.keys() <= {"k"} and k is not None:
+            return {"k": k, "explain": False}
         return validated(cls.QuerySerializer, params)
 
 
@@ -265,7 +289,7 @@ class SimilarItemsApi(APIView):
     required_scope = "serve"
 
     class QuerySerializer(serializers.Serializer):
-        k = serializers.IntegerField(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=10)
+        k = KField()
 
     class OutputSerializer(serializers.Serializer):  # the schema; the view builds the same fields directly
         item_id = serializers.CharField()
