@@ -1,6 +1,13 @@
+import copy
+import json
+from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
+
 from django.db import models
 from django.db.models import Q
 from rest_framework_api_key.models import AbstractAPIKey
+
+from recommendations import features
 
 
 class EventType(models.TextChoices):
@@ -88,6 +95,47 @@ class UserFeatures(models.Model):
 
     def __str__(self):
         return f"features of user {self.user_id}"
+
+    def state(self) -> features.UserState:
+        """This row as the feature definitions' UserState (a copy: folding events into it leaves the row as is)."""
+        return user_state_of(values={name: getattr(self, name) for name in USER_STATE_FIELDS})
+
+    def state_set(self, state: features.UserState) -> None:
+        for name in USER_STATE_FIELDS:
+            value = getattr(state, name)
+            setattr(self, name, utc_datetime(value) if name in _USER_TIME_FIELDS else value)
+
+
+# The one mapping between UserFeatures and features.UserState: the same names, times stored as datetimes and held
+# as UNIX seconds. A serving query that reads the columns itself selects USER_STATE_FIELDS and calls user_state_of.
+USER_STATE_FIELDS = tuple(field.name for field in dataclass_fields(features.UserState))
+_USER_TIME_FIELDS = {name for name in USER_STATE_FIELDS
+                     if isinstance(UserFeatures._meta.get_field(name), models.DateTimeField)}
+_USER_JSON_FIELDS = {name for name in USER_STATE_FIELDS
+                     if isinstance(UserFeatures._meta.get_field(name), models.JSONField)}
+
+
+def user_state_of(*, values: dict) -> features.UserState:
+    """A UserState from the USER_STATE_FIELDS values of a row, as the ORM reads them or as a cursor does (JSON as
+    text and times naive UTC on SQLite; all None for a LEFT JOIN without a row: the empty state)."""
+    if values["event_count"] is None:
+        return features.UserState()
+    for name in _USER_JSON_FIELDS:
+        values[name] = json.loads(values[name]) if isinstance(values[name], str) else copy.deepcopy(values[name])
+    for name in _USER_TIME_FIELDS:
+        values[name] = utc_seconds(values[name])
+    return features.UserState(**values)
+
+
+def utc_seconds(moment: datetime | None) -> float | None:
+    """UNIX seconds of a stored time: aware from the ORM and from a PostgreSQL cursor, naive UTC from SQLite's."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def utc_datetime(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
 
 
 class ItemFeatures(models.Model):

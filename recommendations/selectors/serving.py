@@ -4,25 +4,28 @@ PostgreSQL and SQLite (the one difference: how the seen items are aggregated int
 
 import functools
 import json
-from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
 
-from django.db import connection, models
+from django.db import connection
 
 from recommendations import features
-from recommendations.models import CatalogState, EndUser, Interaction, Item, UserFeatures
+from recommendations.models import (
+    USER_STATE_FIELDS,
+    CatalogState,
+    EndUser,
+    Interaction,
+    Item,
+    UserFeatures,
+    user_state_of,
+)
 
-_USER_STATE_FIELDS = [f.name for f in fields(features.UserState)]
-_JSON_FIELDS = {name for name in _USER_STATE_FIELDS if isinstance(UserFeatures._meta.get_field(name), models.JSONField)}
-_TIME_FIELDS = {name for name in _USER_STATE_FIELDS
-                if isinstance(UserFeatures._meta.get_field(name), models.DateTimeField)}
 _SEEN_AGGREGATE = {  # every Item key of the user's events, in the same statement as the user's row
     "postgresql": "ARRAY(SELECT DISTINCT i.item_id FROM {table} i WHERE i.user_id = u.id)",
     "sqlite": "(SELECT json_group_array(DISTINCT i.item_id) FROM {table} i WHERE i.user_id = u.id)",
 }
 _USER_SQL = (
     f"SELECT u.id, {{seen}}, (SELECT c.deactivations FROM {CatalogState._meta.db_table} c), "
-    f"{', '.join('f.' + UserFeatures._meta.get_field(name).column for name in _USER_STATE_FIELDS)} "
+    f"{', '.join('f.' + UserFeatures._meta.get_field(name).column for name in USER_STATE_FIELDS)} "
     f"FROM {EndUser._meta.db_table} u LEFT JOIN {UserFeatures._meta.db_table} f ON f.user_id = u.id "
     f"WHERE u.external_id = %s"
 )
@@ -45,7 +48,7 @@ def served_user(*, external_id: str) -> ServedUser | None:
     if row is None:
         return None
     seen = json.loads(row[1]) if isinstance(row[1], str) else row[1]
-    return ServedUser(pk=row[0], state=_user_state(dict(zip(_USER_STATE_FIELDS, row[3:]))), seen=set(seen),
+    return ServedUser(pk=row[0], state=user_state_of(values=dict(zip(USER_STATE_FIELDS, row[3:]))), seen=set(seen),
                       catalog_deactivations=row[2])
 
 
@@ -73,23 +76,6 @@ _PREPARED_ON = "recsite_served_user_prepared_on"  # attribute of the connection:
 @functools.cache
 def _user_sql(vendor: str) -> str:
     return _USER_SQL.format(seen=_SEEN_AGGREGATE[vendor].format(table=Interaction._meta.db_table))
-
-
-def _user_state(values: dict) -> features.UserState:
-    if values["event_count"] is None:  # no UserFeatures row yet
-        return features.UserState()
-    for name in _JSON_FIELDS:
-        values[name] = json.loads(values[name]) if isinstance(values[name], str) else values[name]
-    for name in _TIME_FIELDS:
-        values[name] = cursor_timestamp(values[name])
-    return features.UserState(**values)
-
-
-def cursor_timestamp(moment: datetime | None) -> float | None:
-    """UNIX seconds of a datetime column read by a cursor: aware on PostgreSQL, naive UTC on SQLite."""
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def catalog_deactivations() -> int | None:

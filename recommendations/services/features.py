@@ -24,46 +24,18 @@ from django.db import connection, transaction
 from django.db.models import Min, Q
 
 from recommendations import features
-from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
-from recommendations.selectors.serving import cursor_timestamp
+from recommendations.models import (
+    USER_STATE_FIELDS,
+    EndUser,
+    Interaction,
+    Item,
+    ItemFeatures,
+    UserFeatures,
+    utc_datetime,
+    utc_seconds,
+)
 
 _ITEM_TABLE = ItemFeatures._meta.db_table
-
-
-def to_ts(moment: datetime) -> float:
-    return moment.timestamp()
-
-
-def from_ts(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def user_state_from_row(row: UserFeatures) -> features.UserState:
-    return features.UserState(
-        event_count=row.event_count,
-        counts_by_type=dict(row.counts_by_type),
-        positive_count=row.positive_count,
-        rating_count=row.rating_count,
-        rating_sum=row.rating_sum,
-        first_seen=row.first_seen and to_ts(row.first_seen),
-        last_seen=row.last_seen and to_ts(row.last_seen),
-        recent_items=[list(pair) for pair in row.recent_items],
-        category_counts=dict(row.category_counts),
-        category_last_seen=dict(row.category_last_seen),
-    )
-
-
-def _user_state_to_row(state: features.UserState, row: UserFeatures) -> None:
-    row.event_count = state.event_count
-    row.counts_by_type = state.counts_by_type
-    row.positive_count = state.positive_count
-    row.rating_count = state.rating_count
-    row.rating_sum = state.rating_sum
-    row.first_seen = from_ts(state.first_seen)
-    row.last_seen = from_ts(state.last_seen)
-    row.recent_items = state.recent_items
-    row.category_counts = state.category_counts
-    row.category_last_seen = state.category_last_seen
 
 
 def item_state_from_row(row: ItemFeatures) -> features.ItemState:
@@ -72,8 +44,8 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
         positive_count=row.positive_count,
         rating_count=row.rating_count,
         rating_sum=row.rating_sum,
-        first_event_at=row.first_event_at and to_ts(row.first_event_at),
-        last_event_at=row.last_event_at and to_ts(row.last_event_at),
+        first_event_at=row.first_event_at and utc_seconds(row.first_event_at),
+        last_event_at=row.last_event_at and utc_seconds(row.last_event_at),
         log_pop_7d=row.log_pop_7d,
         log_pop_30d=row.log_pop_30d,
         user_count=row.user_count,
@@ -81,18 +53,6 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
     )
 
 
-_USER_FIELDS = [
-    "event_count",
-    "counts_by_type",
-    "positive_count",
-    "rating_count",
-    "rating_sum",
-    "first_seen",
-    "last_seen",
-    "recent_items",
-    "category_counts",
-    "category_last_seen",
-]
 
 
 def user_features_lock(*, user_ids: Iterable[int]) -> dict[int, UserFeatures]:
@@ -121,11 +81,11 @@ def online_features_update(*, events: list[features.Event], arrivals: list[featu
 def _users_update(events: list[features.Event], item_categories: dict[int, list[str]],
                   locked: dict[int, UserFeatures]) -> None:
     rows = {event.user_id: locked[event.user_id] for event in events}  # users with only duplicates are left alone
-    states = {uid: user_state_from_row(row) for uid, row in rows.items()}
+    states = {uid: row.state() for uid, row in rows.items()}
     for event in events:
         features.user_apply(states[event.user_id], event, item_categories.get(event.item_id, ()))
     for uid, row in rows.items():
-        _user_state_to_row(states[uid], row)
+        row.state_set(states[uid])
     _user_rows_write(list(rows.values()))
 
 
@@ -150,7 +110,7 @@ def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
     with connection.cursor() as cursor:
         cursor.execute(_FIRST_SQL.format(keys=", ".join(["%s"] * len(event_pks))), event_pks)
         rows = cursor.fetchall()
-    return [features.Event(user_id, item_id, event_type, value, cursor_timestamp(timestamp))
+    return [features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
             for user_id, item_id, event_type, value, timestamp in rows]
 
 
@@ -221,8 +181,8 @@ def _items_update(events: list[features.Event], arrivals: list[features.Event]) 
             delta.positive_count,
             delta.rating_count,
             delta.rating_sum,
-            adapt(from_ts(delta.first_event_at)),
-            adapt(from_ts(delta.last_event_at)),
+            adapt(utc_datetime(delta.first_event_at)),
+            adapt(utc_datetime(delta.last_event_at)),
             delta.log_pop_7d,
             delta.log_pop_30d,
             delta.user_count,
@@ -296,13 +256,13 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
                 features.item_apply(item_states[item_id], event, first_of_user=pk in first)
         user_rows = [UserFeatures(user_id=u) for u in users]
         for row in user_rows:
-            _user_state_to_row(user_states[row.user_id], row)
+            row.state_set(user_states[row.user_id])
         item_rows = [ItemFeatures(item_id=i) for i in items]
         for row in item_rows:
             _item_state_to_row(item_states[row.item_id], row)
         # An upsert over locked rows: the same effect as bulk_update, at a fraction of its cost.
         UserFeatures.objects.bulk_create(user_rows, update_conflicts=True, unique_fields=["user"],
-                                         update_fields=_USER_FIELDS, batch_size=1000)
+                                         update_fields=list(USER_STATE_FIELDS), batch_size=1000)
         ItemFeatures.objects.bulk_create(item_rows, update_conflicts=True, unique_fields=["item"],
                                          update_fields=_ITEM_FIELDS, batch_size=1000)
     return {"users": len(user_rows), "items": len(item_rows)}
@@ -327,4 +287,4 @@ _ITEM_FIELDS = features.ITEM_STATE_COLUMNS  # ItemFeatures has one column per It
 def _item_state_to_row(state: features.ItemState, row: ItemFeatures) -> None:
     for name in _ITEM_FIELDS:
         value = getattr(state, name)
-        setattr(row, name, from_ts(value) if name.endswith("_at") else value)
+        setattr(row, name, utc_datetime(value) if name.endswith("_at") else value)
