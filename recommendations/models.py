@@ -63,7 +63,8 @@ class Interaction(models.Model):
         indexes = [
             models.Index(fields=["user", "timestamp"]),
             models.Index(fields=["item", "timestamp"]),
-            # Ingestion asks whether an event is its user's first with the item (services.features.first_interactions)
+            # Ingestion asks whether an event is its user's first with the item
+            # (services.online_features.first_interactions).
             models.Index(fields=["user", "item"], name="ix_interaction_user_item"),
             models.Index(fields=["timestamp"]),
             models.Index(fields=["recommendation_id"], condition=Q(recommendation_id__isnull=False), name="ix_rec_id"),
@@ -139,7 +140,7 @@ def utc_datetime(seconds: float | None) -> datetime | None:
 
 
 class ItemFeatures(models.Model):
-    """Online features of one item. Updated by an additive upsert (see services.features) so that a hot
+    """Online features of one item. Updated by an additive upsert (see services.online_features) so that a hot
     item never holds a row lock longer than one statement at the end of the ingest transaction."""
 
     item = models.OneToOneField(Item, on_delete=models.CASCADE, primary_key=True, related_name="features")

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from recommendations.services.features import online_features_rebuild
+from recommendations.services.online_features import online_features_rebuild
 
 
 @shared_task(name="recommendations.online_features_rebuild", acks_late=True)

@@ -7,7 +7,7 @@ from recommendations.models import Interaction
 from recommendations.selectors.online import (  # noqa: F401  (the app's read interface)
     ArmSummary, OnlineHitRate, arm_impressions_count, arms_compare, impression_outcomes, online_hit_rate, online_metrics,
 )
-from recommendations.selectors.serving import (  # noqa: F401
+from recommendations.selectors.request_reads import (  # noqa: F401
     ServedUser, catalog_deactivations, inactive_items, served_user,
 )
 

@@ -13,7 +13,7 @@ from recommendations import features
 from recommendations.models import EndUser, Interaction, Item
 from recommendations.process_cache import ProcessCache
 from recommendations.runtime import process_runtime
-from recommendations.services.features import first_interactions, online_features_update, user_features_lock
+from recommendations.services.online_features import first_interactions, online_features_update, user_features_lock
 from recsite.errors import ApplicationError, ConflictError
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from recommendations.models import EndUser, EventType, Interaction, Item, ItemFeatures, UserFeatures
 from recommendations.services.catalog import ItemInput, item_upsert
-from recommendations.services.features import online_features_rebuild
+from recommendations.services.online_features import online_features_rebuild
 from recsite.errors import ApplicationError
 
 # Fixed for good: the event ids of earlier imports depend on it, and idempotence on the event ids.

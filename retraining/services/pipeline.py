@@ -39,7 +39,7 @@ from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import HoldoutScores, models_score_on_holdout
 from retraining.services.rollout import candidate_deploy
-from retraining.services.training import TrainingResult, training_run_execute, training_run_refit
+from retraining.services.training import TrainingResult, model_train, model_refit
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
 def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     policy = policy_active()
     started = time.perf_counter()
-    result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line)
+    result = model_train(until=run.data_until, output_dir=workdir, progress=log_line)
     manifest = drift_reference_attach(result=result, directory=workdir, until=run.data_until, policy=policy)
     training_seconds = time.perf_counter() - started
     training_run_advance(run_id=run.pk, status=RunStatus.EVALUATING, trained_at=timezone.now(),
@@ -151,7 +151,7 @@ def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: 
     log_line.write("gate passed: refitting the candidate on all events up to the cut-off (holdout included)\n")
     started = time.perf_counter()
     try:
-        refit = training_run_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line)
+        refit = model_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line)
         manifest = drift_reference_attach(result=refit, directory=directory, until=run.data_until, policy=policy)
     except Exception as exc:
         raise RuntimeError(f"the refit on all data failed after the gate passed; nothing was registered: "

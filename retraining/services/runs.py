@@ -19,7 +19,10 @@ from retraining.models import IN_FLIGHT, RunStatus, Trigger, TrainingRun
 
 logger = logging.getLogger(__name__)
 
-TRAINING_TASK = "retraining.training_run_execute"
+TRAINING_TASK = "retraining.training_run_process"
+# The training task's name before it said what it does: messages queued then still carry it, so a task of that
+# name stays registered (retraining/tasks.py). Nothing sends it any more.
+TRAINING_TASK_FORMER_NAMES = ("retraining.training_run_execute",)
 TRAINING_QUEUE = "training"
 # A queued run unsent for this long was lost between commit and send (its process died): the reconciler re-sends it.
 RESEND_AFTER = timedelta(seconds=10)

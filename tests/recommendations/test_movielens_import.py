@@ -12,7 +12,7 @@ from recommendations import features
 from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
 from recommendations.services import movielens
 from recommendations.services.events import EventInput, event_ingest
-from recommendations.services.features import item_state_from_row
+from recommendations.services.online_features import item_state_from_row
 from recommendations.services.movielens import movielens_import
 from tests.recommendations.test_online_features import first_event_of_each_pair
 

@@ -13,7 +13,7 @@ from django.db.models import Min
 from recommendations import features
 from recommendations.models import Interaction, Item, ItemFeatures, UserFeatures
 from recommendations.services.events import EventInput, event_ingest
-from recommendations.services.features import item_state_from_row, online_features_rebuild
+from recommendations.services.online_features import item_state_from_row, online_features_rebuild
 
 START = datetime(2023, 1, 1, tzinfo=timezone.utc)
 

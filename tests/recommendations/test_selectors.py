@@ -2,7 +2,7 @@ import pytest
 
 from recommendations.models import EndUser, Interaction, Item, UserFeatures
 from recommendations.selectors import inactive_items, served_user
-from recommendations.services.features import online_features_rebuild
+from recommendations.services.online_features import online_features_rebuild
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +38,7 @@ def test_inactive_items_names_only_the_inactive_ones(history):
 def test_the_user_statement_is_prepared_once_per_connection_on_postgresql(history):
     from django.db import connection
 
-    from recommendations.selectors import serving as selectors
+    from recommendations.selectors import request_reads as selectors
 
     if connection.vendor != "postgresql":
         pytest.skip("prepared once per connection on PostgreSQL only")
