@@ -110,7 +110,7 @@ def _arrival_item_state(event: Event) -> ItemState:
 
 
 def item_merge(state: ItemState, delta: ItemState) -> ItemState:
-    """Fold `delta` into `state` in place. The SQL upsert in services.online_features does the same arithmetic."""
+    """Fold `delta` into `state` in place. The SQL upsert in recommendations.sql does the same arithmetic."""
     state.event_count += delta.event_count
     state.positive_count += delta.positive_count
     state.rating_count += delta.rating_count

@@ -1,7 +1,6 @@
 import logging
 
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 from drf_spectacular.utils import (
     OpenApiResponse,
@@ -26,6 +25,7 @@ from recsite.api import (
     StrictUUIDField,
     validated,
 )
+from recommendations import sql
 from recommendations.models import EventType
 from recommendations.runtime import process_runtime
 from recommendations.serving.recommend import recommendations_for, serving_health, similar_items
@@ -197,8 +197,7 @@ class HealthApi(APIView):
     }, summary="Health for load balancers (no key needed)")
     def get(self, request):
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
+            sql.database_ping()
         except Exception:  # any database failure means "not healthy", never a 500
             logger.exception("health check: the database is unreachable")
             body = {"status": "unavailable", "database": "unreachable", "message": "The database is unreachable."}

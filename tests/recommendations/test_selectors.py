@@ -38,7 +38,7 @@ def test_inactive_items_names_only_the_inactive_ones(history):
 def test_the_user_statement_is_prepared_once_per_connection_on_postgresql(history):
     from django.db import connection
 
-    from recommendations.selectors import request_reads as selectors
+    from recommendations import sql as selectors
 
     if connection.vendor != "postgresql":
         pytest.skip("prepared once per connection on PostgreSQL only")
