@@ -21,7 +21,7 @@ from registry.models import DeploymentChange, Experiment, ModelVersion
 from retraining.models import IN_FLIGHT, TrainingRun, TriggerEvaluation
 from retraining.services.policy import policy_active
 from retraining.services.replay import replay_run
-from tests.conftest import start_process, stop_process, wait_until
+from tests.support.processes import start_process, stop_process, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 BIN = Path(sys.executable).parent

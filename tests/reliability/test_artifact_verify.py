@@ -21,7 +21,7 @@ from registry.services import (
 )
 from retraining.services.policy import policy_active
 from retraining.services.rollout import candidate_deploy
-from tests.conftest import REPO, process_env
+from tests.support.processes import REPO, process_env
 from tests.registry.factories import artifact_dir, registered_version
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -23,7 +23,7 @@ from retraining.services import pipeline
 from retraining.services.schedule import periodic_tasks_setup
 from retraining.services.runs import TRAINING_TASK, training_run_claim, training_run_fail, training_run_request
 from retraining.tasks import training_run_process_task
-from tests.conftest import start_process, stop_process, wait_until
+from tests.support.processes import start_process, stop_process, wait_until
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 CUTOFF = datetime(2025, 6, 1, tzinfo=timezone.utc)
