@@ -7,10 +7,18 @@ pytestmark = pytest.mark.django_db
 
 
 def _state() -> features.UserState:
-    return features.UserState(event_count=3, counts_by_type={"click": 2, "rating": 1}, positive_count=1, rating_count=1,
-                              rating_sum=4.5, first_seen=1_700_000_000.25, last_seen=1_700_086_400.5,
-                              recent_items=[[7, 1_700_086_400.5], [3, 1_700_000_000.25]],
-                              category_counts={"drama": 2}, category_last_seen={"drama": 1_700_086_400.5})
+    return features.UserState(
+        event_count=3,
+        counts_by_type={"click": 2, "rating": 1},
+        positive_count=1,
+        rating_count=1,
+        rating_sum=4.5,
+        first_seen=1_700_000_000.25,
+        last_seen=1_700_086_400.5,
+        recent_items=[[7, 1_700_086_400.5], [3, 1_700_000_000.25]],
+        category_counts={"drama": 2},
+        category_last_seen={"drama": 1_700_086_400.5},
+    )
 
 
 def test_a_user_state_stored_in_its_row_reads_back_the_same():

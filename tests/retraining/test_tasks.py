@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -9,7 +9,7 @@ from retraining.services.runs import TRAINING_TASK, TRAINING_TASK_FORMER_NAMES, 
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db
-CUTOFF = datetime(2025, 6, 1, tzinfo=timezone.utc)
+CUTOFF = datetime(2025, 6, 1, tzinfo=UTC)
 
 
 def test_the_training_task_is_named_after_the_service_it_runs():

@@ -30,8 +30,9 @@ def process_env(**extra) -> dict:
 def start_process(args: list[str], log: Path, **extra_env) -> subprocess.Popen:
     handle = open(log, "wb")
     # Its own session, so that a test can kill the process with all its children (a worker's pool).
-    return subprocess.Popen(args, cwd=REPO, env=process_env(**extra_env), stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=REPO, env=process_env(**extra_env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
