@@ -1,6 +1,6 @@
 """Ranking quality without a database: a MovieLens-layout directory (or a generated synthetic one) read into an
 in-memory event log as the importer would store it (users numbered by external id, items in catalogue order,
-events by time), then `training_run_execute` with the fixed protocol. Seconds per small dataset instead of an
+events by time), then `model_train` with the fixed protocol. Seconds per small dataset instead of an
 import; the figures in README's "Small data, item-kNN and candidate recall" come from it.
 
     PYTHONHASHSEED=0 .venv/bin/python bench/ranker_quality.py ml-latest-small synthetic:300:500:30000:0.7:7
@@ -34,7 +34,7 @@ from recommendations.services import movielens
 from recommendations.services.synthetic import synthetic_dataset_write
 from retraining.ml.events import EVENT_TYPE_CODE, EventLog
 from retraining.ml.params import TrainingParams
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 
 SHARED = {"ml-latest-small": ROOT.parent / "shared" / "datasets" / "ml-latest-small"}
 
@@ -83,7 +83,7 @@ def dataset_log(spec: str, scratch: Path) -> EventLog:
 
 def quality(log: EventLog, params: TrainingParams) -> dict:
     started = time.perf_counter()
-    result = training_run_execute(output_dir=None, params=params, progress=None, log=log)
+    result = model_train(output_dir=None, params=params, progress=None, log=log)
     row = {"ranker": result.metrics["ndcg@10"], **{name: b["ndcg@10"] for name, b in result.baselines.items()}}
     best = max(row["ease"], row["itemknn"])
     row |= {"vs_best_baseline": row["ranker"] / best if best else None,

@@ -199,7 +199,7 @@ SPECTACULAR_SETTINGS = {
         "RunStatusEnum": "retraining.models.RunStatus",
         "ExperimentStatusEnum": "registry.models.Experiment.Status",
         "DeploymentModeEnum": "registry.models.DeploymentMode",
-        "ChallengerModeEnum": "retraining.rollout_api.CHALLENGER_MODES",
+        "ChallengerModeEnum": "registry.models.CHALLENGER_MODES",
     },
 }
 
@@ -291,6 +291,9 @@ OUTCOME_LATE_SECONDS = env.float("OUTCOME_LATE_SECONDS", default=300.0)
 if OUTCOME_LATE_SECONDS < 0:
     raise ImproperlyConfigured("OUTCOME_LATE_SECONDS must not be negative.")
 MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
+# Follow the accelerated clock that `manage.py replay` writes (a SystemClock row). Off: every process reads real
+# time only, so a replay's leftover row cannot change time in a deployment that never asked for replay.
+REPLAY_CLOCK_ENABLED = env.bool("REPLAY_CLOCK_ENABLED", default=False)
 
 # --- Artifact store: where model versions' files live (registry/artifacts.py) ---------------------------------
 # local: the folder MODEL_STORE. s3: an S3-compatible bucket shared by every host (AWS S3, MinIO, ...); credentials

@@ -21,7 +21,10 @@ from django.utils.module_loading import import_string
 
 from recsite.errors import ApplicationError, ConflictError, NotFoundError
 from registry.artifacts import MANIFEST_FILE, ArtifactError, artifact_read, artifact_store
-from registry.models import Alias, Deployment, DeploymentChange, DeploymentMode, Experiment, ModelStatus, ModelVersion
+from registry.models import (
+    AB_TRAFFIC_PERCENT, SHADOW_TRAFFIC_PERCENT, Alias, Deployment, DeploymentChange, DeploymentMode, Experiment,
+    ModelStatus, ModelVersion, challenger_input_error,
+)
 from registry.selectors import champion_version, running_experiment
 
 logger = logging.getLogger(__name__)
@@ -235,7 +238,7 @@ def model_version_reject(*, version: int, actor: str, reason: str) -> Deployment
 class ChallengerInput:
     version: int
     mode: str
-    traffic_percent: int | None = None  # default: 100 (every request) in shadow, 50 in an A/B test
+    traffic_percent: int | None = None  # default: SHADOW_TRAFFIC_PERCENT or AB_TRAFFIC_PERCENT
     steps: tuple[int, ...] = ()
     min_step_seconds: int = 3600
     min_impressions: int = 1000
@@ -278,7 +281,7 @@ def _starting_traffic(data: ChallengerInput) -> int:
     if data.mode == DeploymentMode.CANARY:
         return data.steps[0]
     if data.traffic_percent is None:
-        return 100 if data.mode == DeploymentMode.SHADOW else 50
+        return SHADOW_TRAFFIC_PERCENT if data.mode == DeploymentMode.SHADOW else AB_TRAFFIC_PERCENT
     return data.traffic_percent
 
 
@@ -290,14 +293,8 @@ def _challenger_check(target: ModelVersion, data: ChallengerInput) -> None:
         raise ApplicationError("There is no champion to compare a challenger with; promote a version first.")
     if champion.pk == target.pk:
         raise ApplicationError(f"{target} is the champion.")
-    if data.mode not in (DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY):
-        raise ApplicationError(f"Unknown mode '{data.mode}'; use shadow, ab or canary.")
-    if data.mode == DeploymentMode.CANARY:
-        steps = list(data.steps)
-        if not steps or steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] != 100:
-            raise ApplicationError("Canary steps must be increasing percentages from 1 ending at 100, e.g. [10, 50, 100].")
-    elif data.traffic_percent is not None and not 1 <= data.traffic_percent <= 100:
-        raise ApplicationError("traffic_percent must be between 1 and 100.")
+    if (error := challenger_input_error(mode=data.mode, traffic_percent=data.traffic_percent, steps=data.steps)):
+        raise ApplicationError(error)
 
 
 def challenger_stop(*, actor: str, reason: str, at: datetime, reject: bool = False,

@@ -16,7 +16,7 @@ from registry.admin import PROMOTE
 from registry.models import DeploymentMode, Experiment, ModelStatus, ModelVersion
 from registry.services import PROMOTABLE
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
-from retraining.services.policy import policy_active
+from retraining.services.policy import policy_active, policy_save
 from retraining.services.rollout import challenger_deploy, challenger_report, experiment_promote, experiment_stop
 from retraining.services.runs import retrain_request
 
@@ -39,6 +39,9 @@ class RetrainPolicyAdmin(admin.ModelAdmin):
                                                      "canary_steps", "rollout_min_step_minutes", "rollout_min_impressions",
                                                      "rollout_confidence", "rollout_max_error_increase"]}),
     ]
+
+    def save_model(self, request, obj, form, change):
+        policy_save(policy=obj)
 
 
 @admin.register(TrainingRun)

@@ -5,7 +5,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from registry.models import ModelVersion
+from registry.models import (
+    AB_TRAFFIC_PERCENT, SHADOW_TRAFFIC_PERCENT, ModelVersion, canary_steps_error, traffic_percent_error,
+)
 
 
 class Rollout(models.TextChoices):
@@ -58,9 +60,10 @@ class RetrainPolicy(models.Model):
         max_length=8, choices=Rollout.choices, default=Rollout.PROMOTE,
         help_text="what a candidate that passed the gate does next (with no champion yet it is always promoted)",
     )
-    ab_traffic_percent = models.PositiveSmallIntegerField(default=50, help_text="share of users in the challenger's arm")
+    ab_traffic_percent = models.PositiveSmallIntegerField(
+        default=AB_TRAFFIC_PERCENT, help_text="share of users in the challenger's arm")
     shadow_traffic_percent = models.PositiveSmallIntegerField(
-        default=25, help_text="share of requests the challenger shadows (each costs the web process a second scoring)")
+        default=SHADOW_TRAFFIC_PERCENT, help_text="share of requests the challenger shadows (each costs the web process a second scoring)")
     canary_steps = models.JSONField(default=default_canary_steps, help_text="traffic percentages, rising to 100")
     rollout_min_step_minutes = models.FloatField(default=60, help_text="a canary step is held at least this long")
     rollout_min_impressions = models.PositiveIntegerField(
@@ -85,13 +88,13 @@ class RetrainPolicy(models.Model):
             raise ValidationError({"drift_psi_warning": "Must be positive and at most the drift threshold."})
         if not 0 < self.drift_share_threshold <= 1:
             raise ValidationError({"drift_share_threshold": "Must be in (0, 1]."})
-        steps = self.canary_steps
-        if not (isinstance(steps, list) and steps and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
-                and steps == sorted(set(steps)) and steps[0] >= 1 and steps[-1] == 100):
-            raise ValidationError({"canary_steps": "A rising list of whole percentages ending at 100, e.g. [10, 50, 100]."})
+        if (error := canary_steps_error(self.canary_steps)):
+            raise ValidationError({"canary_steps": error})
         for name in ("ab_traffic_percent", "shadow_traffic_percent"):
-            if not 1 <= getattr(self, name) <= 100:
-                raise ValidationError({name: "Must be between 1 and 100."})
+            if (error := traffic_percent_error(getattr(self, name))):
+                raise ValidationError({name: error})
+        if self.check_interval_minutes < 1:
+            raise ValidationError({"check_interval_minutes": "Must be at least 1 minute."})
         if not 0.5 <= self.rollout_confidence < 1:
             raise ValidationError({"rollout_confidence": "Must be in [0.5, 1)."})
 

@@ -8,7 +8,7 @@ from recommendations.selectors.online import (  # noqa: F401  (the app's read in
     ArmOutcomes, ArmSummary, OnlineHitRate, arm_outcomes_count, experiment_arm_outcomes, experiment_overlap,
     impression_outcomes, online_hit_rate, online_metrics, outcome_first_served_at, outcomes_recorded_until,
 )
-from recommendations.selectors.serving import (  # noqa: F401
+from recommendations.selectors.request_reads import (  # noqa: F401
     ServedUser, catalog_deactivations, inactive_items, served_user,
 )
 

@@ -25,6 +25,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from recommendations import ranking
+from recommendations.clock import system_now
 from recommendations.serving.loading import ranker_precompile, trained_model_of
 from recsite import metrics
 from registry.models import ModelVersion
@@ -40,7 +41,7 @@ from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import HoldoutScores, models_score_on_holdout
 from retraining.services.rollout import candidate_deploy
-from retraining.services.training import TrainingResult, training_run_execute, training_run_refit
+from retraining.services.training import TrainingResult, model_train, model_refit
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
 def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     policy = policy_active()
     started = time.perf_counter()
-    result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line)
+    result = model_train(until=run.data_until, output_dir=workdir, progress=log_line)
     manifest = drift_reference_attach(result=result, directory=workdir, until=run.data_until, policy=policy)
     training_seconds = time.perf_counter() - started
     metrics.training_measured(seconds=training_seconds, peak_memory_mb=result.peak_memory_mb)
@@ -156,7 +157,7 @@ def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: 
     log_line.write("gate passed: refitting the candidate on all events up to the cut-off (holdout included)\n")
     started = time.perf_counter()
     try:
-        refit = training_run_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line)
+        refit = model_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line)
         manifest = drift_reference_attach(result=refit, directory=directory, until=run.data_until, policy=policy)
     except Exception as exc:
         raise RuntimeError(f"the refit on all data failed after the gate passed; nothing was registered: "
@@ -167,7 +168,7 @@ def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: 
 def drift_reference_attach(*, result: TrainingResult, directory: Path, until: datetime | None,
                            policy: RetrainPolicy) -> dict:
     """Add the drift reference (the event profile of the window before the cut-off) to the manifest."""
-    window = drift_window(end=until or timezone.now(), days=policy.drift_window_days,
+    window = drift_window(end=until or system_now(), days=policy.drift_window_days,
                           min_events=policy.drift_window_min_events)
     manifest = json_safe({**result.manifest, "drift_reference": drift_reference(profile=drift_profile(window=window))})
     (directory / ranking.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False))

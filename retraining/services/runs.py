@@ -19,7 +19,10 @@ from retraining.models import IN_FLIGHT, RunStatus, Trigger, TrainingRun
 
 logger = logging.getLogger(__name__)
 
-TRAINING_TASK = "retraining.training_run_execute"
+TRAINING_TASK = "retraining.training_run_process"
+# The training task's name before it said what it does: messages queued then still carry it, so a task of that
+# name stays registered (retraining/tasks.py). Nothing sends it any more.
+TRAINING_TASK_FORMER_NAMES = ("retraining.training_run_execute",)
 TRAINING_QUEUE = "training"
 # A queued run unsent for this long was lost between commit and send (its process died): the reconciler re-sends it.
 RESEND_AFTER = timedelta(seconds=10)
@@ -182,7 +185,8 @@ def training_runs_reconciler_start(*, every_seconds: float) -> threading.Thread:
     return thread
 
 
-def retrain_request(*, requested_by: str) -> TrainingRun:
-    """The one service behind the admin button, the API and `manage.py retrain`."""
-    return training_run_request(trigger=Trigger.MANUAL, requested_by=requested_by, data_until=system_now(),
+def retrain_request(*, requested_by: str, now: datetime | None = None) -> TrainingRun:
+    """The one service behind the admin button, the API and `manage.py retrain`; the run's cut-off is `now`
+    (default: the runtime's clock)."""
+    return training_run_request(trigger=Trigger.MANUAL, requested_by=requested_by, data_until=now or system_now(),
                                 evidence={"requested_by": requested_by})

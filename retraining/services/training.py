@@ -24,7 +24,7 @@ from retraining.ml.ranker import ranker_examples_windows, ranker_fit
 from retraining.ml.regressor import RatingModel, rating_baselines, rating_bounds, rating_model_fit, rating_scores
 from retraining.ml.replay import Evaluation, evaluation_run
 from retraining.ml.split import Split, histories_by_user, split_compute
-from retraining.services import artifacts
+from retraining.services import model_directory
 from retraining.services.dataset import event_log_load
 
 
@@ -52,7 +52,7 @@ class TrainingResult:
         }
 
 
-def training_run_execute(
+def model_train(
     *,
     until: datetime | None = None,
     output_dir: Path | None,
@@ -106,13 +106,13 @@ def training_run_execute(
             ranker_examples=int(len(examples.labels)), ranker_groups=int(len(examples.groups)),
             category_share=category_share,
             reference_distributions={
-                "ranker": artifacts.reference_distributions(examples.matrix, ranking.RANKER_FEATURES),
+                "ranker": model_directory.reference_distributions(examples.matrix, ranking.RANKER_FEATURES),
             },
             metrics=metrics, baselines=baselines, timings_s=stages.timings_s,
         ).as_dict()
         if output_dir is not None:
             with stages.stage("artifacts"):
-                artifacts.model_directory_write(
+                model_directory.model_directory_write(
                     directory=Path(output_dir), ranker=ranker, regressor=rating_model.booster, collaborative=model,
                     item_external_ids=log.item_external_ids, manifest=manifest,
                 )
@@ -123,18 +123,18 @@ def training_run_execute(
     )
 
 
-def training_run_refit(*, gated: TrainingResult, until: datetime | None, output_dir: Path | None,
+def model_refit(*, gated: TrainingResult, until: datetime | None, output_dir: Path | None,
                        progress: TextIO | None = sys.stderr) -> TrainingResult:
     """The gated model's configuration trained again on every event up to `until`, holdout included."""
     params = TrainingParams(**gated.manifest["params"]["training"])
-    return training_run_execute(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated)
+    return model_train(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated)
 
 
 def baselines_evaluate(
     *, until: datetime | None = None, params: TrainingParams = TrainingParams(), progress: TextIO | None = sys.stderr,
     log: EventLog | None = None,
 ) -> dict:
-    """Most-popular and EASE alone, on the same split and protocol as training_run_execute."""
+    """Most-popular and EASE alone, on the same split and protocol as model_train."""
     stages = profiling.Stages()
     with _stage_lines_to(progress):
         with stages.stage("load_events"):

@@ -23,11 +23,6 @@ GATE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def rejected(tmp_path):
     version = registered_version(tmp_path, ndcg=0.1)

@@ -11,11 +11,6 @@ from tests.registry.factories import registered_version
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def versions(tmp_path):
     return [registered_version(tmp_path, ndcg=0.1 + n / 100) for n in range(3)]

@@ -12,12 +12,6 @@ from registry.services import model_version_promote, model_version_reject, model
 from tests.registry.factories import artifact_dir, registered_version
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-    return settings.MODEL_STORE
-
-
 def test_a_stored_artifact_reads_back_byte_for_byte(tmp_path):
     source = artifact_dir(tmp_path)
     stored = artifact_store(source_dir=source, name="v1")

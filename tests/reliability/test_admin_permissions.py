@@ -16,11 +16,6 @@ from tests.registry.factories import registered_version
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def versions(tmp_path):
     """v1, v2 (the champion) and v3."""

@@ -9,7 +9,7 @@ from retraining.ml.params import TrainingParams
 from retraining.ml.regressor import BIAS_FEATURES
 from retraining.ml.replay import evaluation_run
 from retraining.ml.split import split_compute
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 from tests.retraining.factories import event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)
@@ -19,7 +19,7 @@ PARAMS = TrainingParams(num_threads=1)
 def trained(tmp_path_factory):
     log = event_log_from(learnable_dataset(users=100, per_user=24))
     directory = tmp_path_factory.mktemp("model")
-    result = training_run_execute(output_dir=directory, log=log, progress=None, params=PARAMS)
+    result = model_train(output_dir=directory, log=log, progress=None, params=PARAMS)
     return log, directory, result
 
 

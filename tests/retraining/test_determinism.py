@@ -13,8 +13,8 @@ from recommendations.models import EndUser, Interaction, Item, ItemFeatures, Use
 from recommendations.services.movielens import movielens_import
 from retraining.ml.params import TrainingParams
 from retraining.services.dataset import event_log_load
-from retraining.services.training import training_run_execute
-from tests.conftest import REPO, process_env
+from retraining.services.training import model_train
+from tests.support.processes import REPO, process_env
 from tests.retraining.factories import DAY, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)
@@ -52,7 +52,7 @@ def rounded(result: dict) -> dict:
 
 
 def train_in_process() -> dict:
-    result = training_run_execute(output_dir=None, log=event_log_load(), params=PARAMS, progress=None)
+    result = model_train(output_dir=None, log=event_log_load(), params=PARAMS, progress=None)
     return rounded({"model": result.metrics, **result.baselines})
 
 

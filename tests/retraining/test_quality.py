@@ -4,7 +4,7 @@ import pytest
 
 from retraining.services.dataset import event_log_load
 from retraining.ml.params import TrainingParams
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 from tests.retraining.factories import event_log_from, learnable_dataset
 
 MOVIELENS_SMALL = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "ml-latest-small"
@@ -12,7 +12,7 @@ MOVIELENS_SMALL = Path(__file__).resolve().parents[3] / "shared" / "datasets" / 
 
 def test_the_ranker_beats_both_baselines_on_a_learnable_synthetic_dataset():
     log = event_log_from(learnable_dataset(seed=3))
-    result = training_run_execute(output_dir=None, log=log, progress=None, params=TrainingParams(num_threads=1))
+    result = model_train(output_dir=None, log=log, progress=None, params=TrainingParams(num_threads=1))
     ndcg = result.metrics["ndcg@10"]
     assert ndcg > 1.5 * result.baselines["popularity"]["ndcg@10"]
     assert ndcg > 1.1 * result.baselines["ease"]["ndcg@10"]
@@ -25,7 +25,7 @@ def test_the_ranker_beats_both_baselines_on_a_learnable_synthetic_dataset():
 def test_on_movielens_small_the_ranker_beats_the_stronger_baseline_by_ten_percent_and_popularity_by_half(db):
     movielens = pytest.importorskip("recommendations.services.movielens")
     movielens.movielens_import(path=MOVIELENS_SMALL, progress=False)
-    result = training_run_execute(output_dir=None, log=event_log_load(), progress=None)
+    result = model_train(output_dir=None, log=event_log_load(), progress=None)
     ndcg = result.metrics["ndcg@10"]
     popularity, ease = result.baselines["popularity"]["ndcg@10"], result.baselines["ease"]["ndcg@10"]
     assert ndcg >= 1.10 * max(popularity, ease)
@@ -48,7 +48,7 @@ def test_on_the_demos_default_synthetic_timeline_the_first_model_beats_most_popu
     ratings = movielens_ratings(path=tmp_path)
     cut = ratings[int(len(ratings) * 0.7)].moment
     movielens_import(path=tmp_path, progress=False, before=cut)
-    result = training_run_execute(output_dir=None, log=event_log_load(until=cut), progress=None,
+    result = model_train(output_dir=None, log=event_log_load(until=cut), progress=None,
                                   params=TrainingParams(num_threads=1))
     popularity = result.baselines["popularity"]["ndcg@10"]
     # the gate promotes a first model above most-popular: 0.1450 against 0.1386 when written (users numbered by

@@ -10,7 +10,7 @@ from recommendations.serving.loading import artifact_models_check
 from retraining.ml.params import TrainingParams
 from retraining.ml.regressor import rating_model_of
 from retraining.services.rescoring import models_score_on_holdout
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 from tests.retraining.factories import event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)
@@ -18,7 +18,7 @@ PARAMS = TrainingParams(num_threads=1)
 
 def test_with_too_few_ratings_to_learn_a_residual_from_the_bias_model_alone_is_the_rating_model(tmp_path):
     log = event_log_from(learnable_dataset(users=40, per_user=12))
-    result = training_run_execute(output_dir=tmp_path, log=log, progress=None, params=PARAMS)
+    result = model_train(output_dir=tmp_path, log=log, progress=None, params=PARAMS)
     assert result.manifest["rating_model"]["kind"] == "bias"
     assert not (tmp_path / ranking.REGRESSOR_FILE).exists()
     assert result.metrics["rmse"] == pytest.approx(result.baselines["bias"]["rmse"])
@@ -30,7 +30,7 @@ def test_with_too_few_ratings_to_learn_a_residual_from_the_bias_model_alone_is_t
 
 def test_a_stored_version_rescored_on_its_holdout_reports_the_rmse_and_baselines_it_was_trained_with(tmp_path):
     log = event_log_from(learnable_dataset(users=160, per_user=30, seed=5))
-    result = training_run_execute(output_dir=tmp_path, log=log, progress=None, params=PARAMS)
+    result = model_train(output_dir=tmp_path, log=log, progress=None, params=PARAMS)
     assert result.manifest["rating_model"]["kind"] == "bias+residual"
     rescored = models_score_on_holdout(until=None, params=PARAMS, log=log,
                                        models={"model": ranking.trained_model_load(tmp_path)})
@@ -41,7 +41,7 @@ def test_a_stored_version_rescored_on_its_holdout_reports_the_rmse_and_baselines
 
 def test_a_version_from_before_the_biases_is_rescored_with_its_regressor_alone(tmp_path):
     log = event_log_from(learnable_dataset(users=160, per_user=30, seed=5))
-    training_run_execute(output_dir=tmp_path, log=log, progress=None, params=PARAMS)
+    model_train(output_dir=tmp_path, log=log, progress=None, params=PARAMS)
     legacy = ranking.trained_model_load(tmp_path)
     del legacy.manifest["rating_model"]  # as written before the biases: trees on REGRESSOR_FEATURES predict alone
     rng = np.random.default_rng(0)

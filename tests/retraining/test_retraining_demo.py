@@ -9,11 +9,6 @@ from tests.retraining.factories import dataset_store, learnable_dataset
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 def test_the_demo_shows_old_against_new_on_the_same_holdout_and_the_gates_verdict(tmp_path, capsys):
     dataset_store(learnable_dataset(users=120, items=80, per_user=24))
     call_command("retraining_demo", "--output", str(tmp_path / "MC.md"))  # no champion yet: first version
