@@ -79,14 +79,16 @@ def table_html(header: list, rows: list[list]):
 
 def gate_html(gate: dict):
     """A gate decision (retraining.services.gate): the verdict and each check as a sentence, the metrics of the
-    candidate, champion and most-popular side by side, then the other numbers that decided."""
+    candidate, champion, most-popular and the rating bias baseline side by side, then the other numbers that
+    decided."""
     if not gate:
         return "—"
     failures = set(gate.get("failures") or [])
     checks = format_html_join("", "<li>{} {}</li>", (
         ("✗" if reason in failures else "✓", reason) for reason in gate.get("reasons") or []))
     numbers = dict(gate.get("numbers") or {})
-    scored = {name: numbers.pop(name) for name in ("candidate", "champion", "popularity") if numbers.get(name)}
+    scored = {name: numbers.pop(name) for name in ("candidate", "champion", "popularity", "rating_bias")
+              if numbers.get(name)}
     metrics = sorted({key for values in scored.values() for key in values})
     rest = {key: value for key, value in gate.items() if key not in {"passed", "reasons", "failures", "numbers"}}
     return format_html(

@@ -10,6 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -194,7 +195,16 @@ def _champion_flip_locked(target: ModelVersion, action: str, actor: str, reason:
         alias=Alias.CHAMPION, action=action, from_version=current, to_version=target, actor=actor, reason=reason
     )
     _experiment_end_on_champion_change(target, actor)
+    deployment_hooks_on_commit(change=change)
     return change
+
+
+def deployment_hooks_on_commit(*, change: DeploymentChange) -> None:
+    """Tell settings.REGISTRY_DEPLOYMENT_HOOKS (mirrors outside the registry, e.g. MLflow's aliases) that a pointer
+    moved, once the change commits: never inside the pointer's transaction, and a hook that fails is logged (robust)
+    and can neither undo the change nor fail the call that made it."""
+    for path in settings.REGISTRY_DEPLOYMENT_HOOKS:
+        transaction.on_commit(partial(import_string(path), change_id=change.pk), robust=True)
 
 
 def _experiment_end_on_champion_change(target: ModelVersion, actor: str) -> None:
@@ -255,11 +265,12 @@ def challenger_start(*, data: ChallengerInput, actor: str, reason: str, at: date
         )
         pointer.version, pointer.mode, pointer.traffic_percent, pointer.experiment = target, data.mode, traffic, experiment
         pointer.save()
-        DeploymentChange.objects.create(
+        change = DeploymentChange.objects.create(
             alias=Alias.CHALLENGER, action=DeploymentChange.Action.CHALLENGER_START, to_version=target, actor=actor,
             reason=reason, details={"experiment_id": experiment.pk, "mode": data.mode, "traffic_percent": traffic,
                                     "steps": list(data.steps)},
         )
+        deployment_hooks_on_commit(change=change)
         return experiment
 
 
@@ -350,7 +361,8 @@ def _challenger_pointer() -> Deployment:
 def _experiment_end(experiment: Experiment, outcome: str, actor: str, reason: str, *, at: datetime | None) -> None:
     Experiment.objects.filter(pk=experiment.pk).update(status=outcome, ended_at=at or timezone.now(), outcome_reason=reason)
     Deployment.objects.filter(alias=Alias.CHALLENGER).update(version=None, mode=DeploymentMode.NONE, traffic_percent=0, experiment=None)
-    DeploymentChange.objects.create(
+    change = DeploymentChange.objects.create(
         alias=Alias.CHALLENGER, action=DeploymentChange.Action.CHALLENGER_STOP, from_version_id=experiment.version_id,
         actor=actor, reason=reason, details={"experiment_id": experiment.pk, "outcome": outcome},
     )
+    deployment_hooks_on_commit(change=change)

@@ -225,3 +225,22 @@ class DriftReport(models.Model):
     def __str__(self):
         return f"drift report {self.pk} ({self.verdict})"
 
+
+
+class MlflowMirror(models.Model):
+    """The MLflow mirror's one row (pk 1). Its lease serialises mirroring across workers, so that two of them never
+    both create the MLflow run or model version of one registry version; its counts are what /metrics exports:
+    MLflow is a mirror, and its failures are counted here instead of failing a training run or a promotion."""
+
+    claimed_until = models.DateTimeField(null=True, blank=True, help_text="a mirror holds the lease until then")
+    successes = models.PositiveBigIntegerField(default=0)
+    failures = models.PositiveBigIntegerField(default=0)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = "MLflow mirror"
+
+    def __str__(self):
+        return f"MLflow mirror: {self.successes} mirrored, {self.failures} failed"

@@ -6,6 +6,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_failure
 from django.conf import settings
 
+from retraining.services.mlflow_mirror import MIRROR_TASK, MirrorBusy, mlflow_mirror
 from retraining.services.pipeline import training_run_process
 from retraining.services.rollout import rollout_check
 from retraining.services.runs import TRAINING_TASK, training_run_fail, training_runs_reconcile
@@ -60,3 +61,14 @@ def _fail_run_of_lost_worker(sender=None, exception=None, args=None, **kwargs):
     its run is failed at once instead of waiting for its lease to expire."""
     if getattr(sender, "name", None) == TRAINING_TASK and isinstance(exception, WorkerLostError) and args:
         training_run_fail(run_id=args[0], error=f"the training worker died: {exception}")
+
+
+@shared_task(name=MIRROR_TASK, bind=True, ignore_result=True, max_retries=200)
+def mlflow_mirror_task(self, run_id: int | None = None, version: int | None = None,
+                       change_id: int | None = None) -> bool:
+    """Mirror a training run, a version or the pointers after a change to MLflow. A failure is counted, not raised
+    (MLflow is a mirror); while another worker holds the mirror's lease, retried every few seconds."""
+    try:
+        return mlflow_mirror(run_id=run_id, version=version, change_id=change_id)
+    except MirrorBusy as exc:
+        raise self.retry(exc=exc, countdown=3)

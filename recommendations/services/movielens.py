@@ -317,7 +317,8 @@ def _pks_resolve(model: type[models.Model], external_ids: set[str], known: dict[
     known.update(model.objects.filter(external_id__in=wanted).values_list("external_id", "pk"))
     missing = wanted - known.keys()
     if missing:
-        model.objects.bulk_create([model(external_id=external_id, **bare) for external_id in missing],
+        # Sorted: a set's order changes with PYTHONHASHSEED, and so would the keys of the same import.
+        model.objects.bulk_create([model(external_id=external_id, **bare) for external_id in sorted(missing)],
                                   ignore_conflicts=True)
         known.update(model.objects.filter(external_id__in=missing).values_list("external_id", "pk"))
     return len(missing)

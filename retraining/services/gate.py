@@ -6,7 +6,8 @@ Rules (thresholds from the policy):
 - NDCG@10 above the most-popular baseline;
 - with a champion: NDCG@10 >= champion × (1 + min_relative_gain);
 - no guardrail regression beyond tolerance: Recall@10 and coverage@10 not below champion × (1 − tol),
-  RMSE not above champion × (1 + tol);
+  RMSE not above champion × (1 + tol) nor above the bias baseline's (user + item biases, on the same held-out
+  ratings) × (1 + tol), the latter also without a champion;
 - the paired bootstrap 95% interval of the per-user NDCG@10 difference (candidate − champion, same users)
   must have its lower bound at or above −bootstrap_tolerance: no promotion on noise.
 Every number that decided is returned, so the run can record it."""
@@ -35,6 +36,19 @@ class GateDecision:
         return asdict(self)
 
 
+def _rmse_against_bias(candidate: dict, rating_bias: dict | None, tolerance: float, reasons: list, refuse) -> None:
+    """The RMSE guardrail's second half: a rating model worse than user + item biases is a regression."""
+    new, bias = candidate.get("rmse"), (rating_bias or {}).get("rmse")
+    if new is None or bias is None:
+        return
+    limit = bias * (1 + tolerance)
+    text = f"RMSE {number(new)} vs the bias baseline's {number(bias)} (limit × (1 + {tolerance:g}) = {number(limit)})"
+    if new > limit:
+        refuse(f"guardrail rmse: {text}")
+    else:
+        reasons.append(f"guardrail rmse: {text}")
+
+
 def gate_decide(
     *,
     candidate: dict,
@@ -46,9 +60,10 @@ def gate_decide(
     guardrail_tolerance: float,
     bootstrap_tolerance: float,
     bootstrap_samples: int,
+    rating_bias: dict | None = None,
 ) -> GateDecision:
     reasons, failures = [], []
-    numbers = {"candidate": candidate, "popularity": popularity, "champion": champion}
+    numbers = {"candidate": candidate, "popularity": popularity, "champion": champion, "rating_bias": rating_bias}
 
     def refuse(reason: str) -> None:
         reasons.append(reason)
@@ -65,6 +80,7 @@ def gate_decide(
         refuse(f"NDCG@10 {number(ndcg)} is not above most-popular's {number(popularity.get('ndcg@10'))}")
     else:
         reasons.append(f"NDCG@10 {number(ndcg)} beats most-popular's {number(popularity.get('ndcg@10'))}")
+    _rmse_against_bias(candidate, rating_bias, guardrail_tolerance, reasons, refuse)
     if champion is None:
         reasons.append("no champion: the first candidate only has to beat the baseline")
         return GateDecision(passed=not failures, reasons=reasons, numbers=numbers, failures=failures)
@@ -85,6 +101,9 @@ def gate_decide(
         if regressed:
             refuse(f"guardrail {key}: {number(new)} vs champion {number(old)} "
                    f"is beyond the {guardrail_tolerance:.0%} tolerance")
+        elif key == "rmse":
+            reasons.append(f"guardrail rmse: {number(new)} vs champion {number(old)} within the "
+                           f"{guardrail_tolerance:.0%} tolerance")
     if candidate_user_ndcg is not None and champion_user_ndcg is not None:
         mean, low, high = mean_interval(
             np.asarray(candidate_user_ndcg) - np.asarray(champion_user_ndcg), samples=bootstrap_samples

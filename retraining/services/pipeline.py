@@ -35,6 +35,7 @@ from retraining.ml.params import TrainingParams
 from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
 from retraining.services.gate import GateDecision, gate_decide
+from retraining.services.mlflow_mirror import training_run_mirror_schedule
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import HoldoutScores, models_score_on_holdout
@@ -58,6 +59,7 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        training_run_mirror_schedule(run_id=run_id)  # the run has ended, promoted, rejected or failed
 
 
 def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
@@ -117,12 +119,14 @@ def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, 
     )
     if champion is None:
         return gate_decide(candidate=result.metrics, popularity=result.baselines["popularity"], champion=None,
-                           candidate_user_ndcg=None, champion_user_ndcg=None, **thresholds), {}
+                           candidate_user_ndcg=None, champion_user_ndcg=None,
+                           rating_bias=result.baselines.get("bias"), **thresholds), {}
     scores = _champion_rescore(run=run, manifest=manifest, directory=directory, champion=champion, log_line=log_line)
     candidate, champion_scored = scores.models["candidate"], scores.models["champion"]
     decision = gate_decide(
         candidate=candidate.metrics, popularity=candidate.popularity, champion=champion_scored.metrics,
-        candidate_user_ndcg=candidate.user_ndcg, champion_user_ndcg=champion_scored.user_ndcg, **thresholds,
+        candidate_user_ndcg=candidate.user_ndcg, champion_user_ndcg=champion_scored.user_ndcg,
+        rating_bias=scores.rating_baselines.get("bias"), **thresholds,
     )
     return decision, {"comparison_holdout_after": scores.after.isoformat() if scores.after else None,
                       "comparison_users": scores.users, "comparison_events": scores.events}

@@ -21,9 +21,9 @@ from retraining.ml.manifest import Manifest, dataset_statistics, training_window
 from retraining.ml.metrics import CF_NAME, ranking_metrics_at
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import ranker_examples_build, ranker_fit
-from retraining.ml.regressor import rating_bounds, rating_scores, regressor_fit
+from retraining.ml.regressor import RatingModel, rating_baselines, rating_bounds, rating_model_fit, rating_scores
 from retraining.ml.replay import Evaluation, evaluation_run
-from retraining.ml.split import split_compute
+from retraining.ml.split import Split, split_compute
 from retraining.services import artifacts
 from retraining.services.dataset import event_log_load
 
@@ -80,7 +80,6 @@ def training_run_execute(
             inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
         with stages.stage("ranker_examples"):
             examples = ranker_examples_build(log, split, params, category_share, inner_model)
-            del inner_model
         if not len(examples.groups):
             raise ValueError("too few events to train: no label window has a positive event among its candidates")
         with stages.stage("ranker_fit"):
@@ -90,16 +89,17 @@ def training_run_execute(
         with stages.stage("evaluation_replay"):
             evaluation = evaluation_run(log, split, params, category_share, model, ranker, with_regressor=True)
         with stages.stage("regressor_fit"):
-            regressor = None
-            if len(evaluation.regressor_train_target) >= 2 * params.min_data_in_leaf:
-                regressor = regressor_fit(evaluation.regressor_train, evaluation.regressor_train_target, params)
+            rating_model = rating_model_fit(log, split, evaluation, params, inner_model)
+            del inner_model
         with stages.stage("metrics"):
             metrics, baselines = (
-                _scores(evaluation, log, params, regressor) if holdout else (refit_of.metrics, refit_of.baselines)
+                _scores(evaluation, log, split, params, rating_model, model) if holdout
+                else (refit_of.metrics, refit_of.baselines)
             )
         dataset = dataset_statistics(log, split)
         manifest = Manifest(
-            params=params, ranker=ranker, regressor=regressor, collaborative=model, refit=not holdout,
+            params=params, ranker=ranker, regressor=rating_model.booster, collaborative=model, refit=not holdout,
+            rating_model=rating_model.manifest(),
             training_window=training_window(log, split), dataset=dataset,
             ranker_examples=int(len(examples.labels)), ranker_groups=int(len(examples.groups)),
             category_share=category_share,
@@ -111,7 +111,7 @@ def training_run_execute(
         if output_dir is not None:
             with stages.stage("artifacts"):
                 artifacts.model_directory_write(
-                    directory=Path(output_dir), ranker=ranker, regressor=regressor, collaborative=model,
+                    directory=Path(output_dir), ranker=ranker, regressor=rating_model.booster, collaborative=model,
                     item_external_ids=log.item_external_ids, manifest=manifest,
                 )
     return TrainingResult(
@@ -151,12 +151,15 @@ def _ranked_metrics(evaluation: Evaluation, log: EventLog, params: TrainingParam
                               n_active_items=int(log.item_active.sum()))
 
 
-def _scores(evaluation: Evaluation, log: EventLog, params: TrainingParams, regressor) -> tuple[dict, dict]:
+def _scores(evaluation: Evaluation, log: EventLog, split: Split, params: TrainingParams,
+            rating_model: RatingModel, collaborative: ranking.CollaborativeModel) -> tuple[dict, dict]:
+    """The model's metrics; the ranking baselines' and the rating baselines' on the same held-out events."""
     metrics = _ranked_metrics(evaluation, log, params, "ranker")
-    metrics.update(rating_scores(regressor, matrix=evaluation.regressor_holdout,
-                                 actual=evaluation.regressor_holdout_target,
-                                 bounds=rating_bounds(log.value[log.is_rating()])))
-    return metrics, {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME)}
+    bounds = rating_bounds(log.value[log.is_rating()])
+    metrics.update(rating_scores(rating_model, log=log, split=split, evaluation=evaluation,
+                                 collaborative=collaborative, bounds=bounds))
+    baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME)}
+    return metrics, baselines | rating_baselines(log, split, evaluation, bias_l2=rating_model.bias_l2, bounds=bounds)
 
 
 @contextmanager

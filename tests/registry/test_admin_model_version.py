@@ -94,3 +94,15 @@ def test_the_promote_confirmation_shows_ndcg_rounded(staff_client, tmp_path):
     version = registered_version(tmp_path, ndcg=0.123456789)
     html = staff_client.get(f"/admin/registry/modelversion/{version.pk}/promote/").content.decode()
     assert "NDCG@10 0.1235" in html and "0.123456789" not in html
+
+
+def test_the_metrics_table_puts_the_rating_baselines_beside_rmse(staff_client, tmp_path):
+    version = registered_version(tmp_path)
+    ModelVersion.objects.filter(pk=version.pk).update(baseline_metrics={
+        "popularity": {"ndcg@10": 0.07}, "global_mean": {"rmse": 1.0695, "mae": 0.837, "r2": -0.003},
+        "bias": {"rmse": 0.8943, "mae": 0.6877, "r2": 0.2984, "l2": 3.0},
+    })
+    html = page(staff_client, version)
+    assert "<th>global_mean</th>" in html and "<th>bias</th>" in html
+    rmse_row = html[html.index("<td>rmse</td>"):].split("</tr>")[0]
+    assert "0.9000" in rmse_row and "1.0695" in rmse_row and "0.8943" in rmse_row

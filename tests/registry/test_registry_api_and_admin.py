@@ -82,7 +82,8 @@ def test_export_model_comparison_writes_the_markdown_table(versions, tmp_path):
     output = tmp_path / "MODEL_COMPARISON.md"
     call_command("export_model_comparison", "--output", str(output))
     text = output.read_text()
-    assert "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Status |" in text
+    assert ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
+            "| NDCG@10 | Status |") in text
     assert "| **v2** |" in text
 
 

@@ -6,6 +6,7 @@ import pytest
 from recommendations import ranking
 from retraining.ml.metrics import metric_keys, ranking_metrics
 from retraining.ml.params import TrainingParams
+from retraining.ml.regressor import BIAS_FEATURES
 from retraining.ml.replay import evaluation_run
 from retraining.ml.split import split_compute
 from retraining.services.training import training_run_execute
@@ -36,11 +37,13 @@ def test_the_manifest_describes_features_window_data_drift_references_and_scores
     _, directory, result = trained
     manifest = json.loads((directory / ranking.MANIFEST_FILE).read_text())
     assert manifest["features"]["ranker"] == ranking.RANKER_FEATURES
-    assert manifest["features"]["regressor"] == ranking.REGRESSOR_FEATURES
+    assert manifest["rating_model"]["kind"] == "bias+residual"
+    assert manifest["features"]["regressor"] == ranking.REGRESSOR_FEATURES + BIAS_FEATURES
     assert {"min_event_time", "max_event_time", "until"} <= manifest["training_window"].keys()
     assert {"users", "items", "events", "train_events", "holdout_events"} <= manifest["dataset"].keys()
     assert manifest["metrics"]["ndcg@10"] == pytest.approx(result.metrics["ndcg@10"])
-    assert {"popularity", "ease"} == manifest["baselines"].keys()
+    assert {"popularity", "ease", "global_mean", "bias"} == manifest["baselines"].keys()
+    assert manifest["baselines"]["bias"]["l2"] == manifest["rating_model"]["bias_l2"]
     assert manifest["params"]["ranker"]["objective"] == "lambdarank"
     reference = manifest["reference_distributions"]["ranker"]
     assert reference.keys() == set(ranking.RANKER_FEATURES)

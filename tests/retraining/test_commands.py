@@ -37,8 +37,11 @@ def test_train_json_prints_the_contract_as_the_last_line_and_writes_the_model(st
                  stderr=StringIO())
     result = json.loads(out.getvalue().strip().splitlines()[-1])
     assert RANKING_KEYS | {"rmse", "mae", "r2"} <= result["metrics"].keys()
-    assert result["baselines"].keys() == {"popularity", "ease"}
-    assert all(RANKING_KEYS <= row.keys() for row in result["baselines"].values())
+    assert result["baselines"].keys() == {"popularity", "ease", "global_mean", "bias"}
+    assert all(result["baselines"][name].keys() >= RANKING_KEYS for name in ("popularity", "ease"))
+    for name in ("global_mean", "bias"):  # the rating baselines, on the same held-out ratings as the model
+        assert result["baselines"][name].keys() >= {"rmse", "mae", "r2"}
+    assert result["baselines"]["bias"]["l2"] > 0
     assert result["dataset"].keys() >= {"users", "items", "events", "train_events", "holdout_events"}
     assert result["dataset"]["events"] == len(stored.events)
     assert result["timings_s"] and isinstance(result["peak_memory_mb"], float)
@@ -61,6 +64,7 @@ def test_train_without_json_prints_a_table_with_the_lift_over_each_baseline(stor
     out = StringIO()
     call_command("train", "--output", str(tmp_path), "--threads", "1", stdout=out, stderr=StringIO())
     assert "lift over popularity" in out.getvalue() and "lift over ease" in out.getvalue()
+    assert "baseline bias (λ=" in out.getvalue() and "baseline global_mean: RMSE" in out.getvalue()
 
 
 def test_evaluate_baselines_prints_both_baselines(stored):

@@ -23,6 +23,8 @@ def test_the_demo_shows_old_against_new_on_the_same_holdout_and_the_gates_verdic
     for label in ["RMSE ↓", "MAE ↓", "R² ↑", "Recall@10 ↑", "MAP@10 ↑", "NDCG@10 ↑"]:
         assert label in table
     assert "popularity" in table and "ease" in table
+    assert "bias baseline (user + item biases) on the same held-out ratings: RMSE" in table
+    assert "baseline bias (λ=" in table and "baseline global_mean" in table
     second = TrainingRun.objects.order_by("-id").first()
     assert f"v{second.model_version.version} {'PROMOTED' if second.status == 'promoted' else 'REJECTED'}" in out
     assert second.gate["champion_version"] == 1

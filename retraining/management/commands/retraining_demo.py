@@ -7,6 +7,8 @@ from django.core.management.base import BaseCommand
 
 from recommendations.models import Interaction
 from registry.selectors import champion_version
+from retraining.ml.metrics import RATING_BASELINES
+from retraining.services.reporting import rating_baseline_line
 from retraining.services.demo import demo_comparison_rows, demo_timeline_prepare
 from retraining.services.pipeline import training_run_process
 from retraining.services.runs import training_run_request
@@ -71,7 +73,14 @@ class Command(BaseCommand):
                 mark = {True: "better", False: "worse", None: "same"}[row["better"]]
                 change = "—" if row["change"] is None else f"{row['change']:+.1%}"
                 say(f"  {row['label']:<12} {number(row['old']):>9} {number(row['new']):>9} {change:>9}  {mark}")
+        bias = run.gate.get("numbers", {}).get("rating_bias")
+        if bias:
+            say(f"  bias baseline (user + item biases) on the same held-out ratings: RMSE {number(bias.get('rmse'))}")
         say("  baselines (the new version's whole holdout):")
+        metrics_new = run.model_version.metrics
         for name, metrics in run.model_version.baseline_metrics.items():
+            if name in RATING_BASELINES:
+                say("  " + rating_baseline_line(name, metrics, metrics_new))
+                continue
             say(f"    {name:<12} NDCG@10 {number(metrics.get('ndcg@10'))}  MAP@10 {number(metrics.get('map@10'))}  "
                 f"Recall@10 {number(metrics.get('recall@10'))}")
