@@ -22,7 +22,7 @@ def runs_record_triggers(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('retraining', '0006_lease_seconds'),
+        ('retraining', '0007_mlflow_mirror'),
     ]
 
     operations = [

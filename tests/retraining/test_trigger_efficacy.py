@@ -49,7 +49,7 @@ def test_a_manual_run_records_manual_as_its_only_trigger():
 
 
 def test_the_data_migration_fills_triggers_from_what_the_beat_recorded_and_codes_old_refusals():
-    migration = importlib.import_module("retraining.migrations.0007_trigger_efficacy")
+    migration = importlib.import_module("retraining.migrations.0008_trigger_efficacy")
     fired_together = TrainingRun.objects.create(trigger="drift", evidence={"fired": ["drift", "volume"]},
                                                 status=RunStatus.FAILED, in_flight=None)
     refused = TrainingRun.objects.create(
