@@ -44,6 +44,10 @@ class RetrainPolicy(models.Model):
     drift_key_features = models.JSONField(default=list, blank=True, help_text="features whose drift alone is enough")
 
     cooldown_minutes = models.FloatField(default=60)
+    min_new_holdout_users = models.PositiveIntegerField(
+        default=0, help_text="a fired trigger starts a run only when at least this many users have events after the "
+                             "champion's training cut-off (the users the gate compares on); 0: off",
+    )
     check_interval_minutes = models.PositiveIntegerField(default=5)
 
     gate_min_relative_gain = models.FloatField(default=0.01)
@@ -128,7 +132,8 @@ class TrainingRun(models.Model):
     """One training run. At most one is in flight: `in_flight` is True exactly while the run is queued,
     training or evaluating (NULL after), and it is unique, so the database refuses a second one."""
 
-    trigger = models.CharField(max_length=12, choices=Trigger.choices)
+    trigger = models.CharField(max_length=12, choices=Trigger.choices, help_text="the first of `triggers`")
+    triggers = models.JSONField(default=list, blank=True, help_text="every trigger kind that fired for this run")
     evidence = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
     in_flight = models.BooleanField(null=True, default=True, editable=False)
@@ -165,6 +170,14 @@ class TrainingRun(models.Model):
         return f"run {self.pk} ({self.trigger}, {self.status})"
 
 
+class HoldReason(models.TextChoices):
+    EXPERIMENT = "experiment_running", "an experiment is running"
+    COOLDOWN = "cooling_down", "cooling down after the last run"
+    NOT_ENOUGH_NEW_DATA = "not_enough_new_data", "too few users with events since the champion's cut-off"
+    RUN_IN_FLIGHT = "run_in_flight", "a run is already in flight"
+    BROKER_UNAVAILABLE = "broker_unavailable", "the broker was unavailable"
+
+
 class TriggerEvaluation(models.Model):
     """One check of every trigger: each trigger's value, threshold and verdict, and what was done."""
 
@@ -174,9 +187,16 @@ class TriggerEvaluation(models.Model):
     fired = models.CharField(max_length=12, blank=True, default="")
     action = models.CharField(max_length=200, blank=True, default="")
     run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    held_reason = models.CharField(
+        max_length=32, choices=HoldReason.choices, blank=True, default="",
+        help_text="why triggers that fired started no run; empty when a run started or nothing fired",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def fired_kinds(self) -> list[str]:
+        return [name for name, result in self.results.items() if result.get("verdict") == "fire"]
 
     def __str__(self):
         outcome = f"{self.fired} fired" if self.fired else "nothing fired"

@@ -16,3 +16,8 @@ from recommendations.selectors.request_reads import (  # noqa: F401
 def events_after(*, moment: datetime | None, until: datetime) -> int:
     events = Interaction.objects.filter(timestamp__lt=until)
     return (events.filter(timestamp__gt=moment) if moment else events).count()
+
+
+def users_with_events_after(*, moment: datetime, until: datetime) -> int:
+    events = Interaction.objects.filter(timestamp__gt=moment, timestamp__lt=until).order_by()
+    return events.values("user_id").distinct().count()

@@ -21,6 +21,7 @@ from retraining.ml.statistics import mean_interval
 
 GUARDRAILS = [("recall@10", True), ("coverage@10", True), ("rmse", False)]
 MIN_COMPARISON_USERS = 20  # below it one user moves the mean NDCG by over 5%: too little to decide on
+NOT_ENOUGH_NEW_DATA = "not_enough_new_data"  # the refusal code the trigger efficacy report counts
 
 
 @dataclass
@@ -29,6 +30,7 @@ class GateDecision:
     reasons: list[str]  # every check, passed or not, in order
     numbers: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # the checks that refused the candidate
+    refusal_code: str = ""  # NOT_ENOUGH_NEW_DATA when refused before any comparison, else empty
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +73,8 @@ def gate_decide(
     if champion is not None and compared_users is not None and compared_users < MIN_COMPARISON_USERS:
         refuse(f"not enough new holdout data since the champion's cut-off: {compared_users} users with a held-out "
                f"positive, {MIN_COMPARISON_USERS} needed; a later run will have more")
-        return GateDecision(passed=False, reasons=reasons, numbers=numbers, failures=failures)
+        return GateDecision(passed=False, reasons=reasons, numbers=numbers, failures=failures,
+                            refusal_code=NOT_ENOUGH_NEW_DATA)
     ndcg = candidate.get("ndcg@10")
     if ndcg is None or ndcg <= popularity.get("ndcg@10", 0.0):
         refuse(f"NDCG@10 {number(ndcg)} is not above most-popular's {number(popularity.get('ndcg@10'))}")

@@ -38,15 +38,16 @@ class BrokerUnavailable(ApplicationError):
 
 
 def training_run_request(*, trigger: str, evidence: dict | None = None, requested_by: str = "",
-                         data_until: datetime | None = None, enqueue: bool = True) -> TrainingRun:
+                         data_until: datetime | None = None, enqueue: bool = True,
+                         triggers: list[str] | None = None) -> TrainingRun:
     """Create a queued run and send it to the trainer once committed (`enqueue=False`: the caller processes it
     in-process). If a run is already in flight the database's unique constraint refuses the new row and
     RunInFlight carries the existing run's id, unless that run is stale: then it is failed and the new run
     takes its place, so a dead trainer never blocks the next request even with no beat and no worker running.
     If the broker cannot take the message, BrokerUnavailable is raised after the commit (see
-    training_run_enqueue)."""
-    fields = dict(trigger=trigger, evidence=evidence or {}, requested_by=requested_by, data_until=data_until,
-                  dispatched_at=None if enqueue else timezone.now())
+    training_run_enqueue). `triggers`: every kind that fired, `trigger` first (default: just `trigger`)."""
+    fields = dict(trigger=trigger, triggers=triggers or [str(trigger)], evidence=evidence or {},
+                  requested_by=requested_by, data_until=data_until, dispatched_at=None if enqueue else timezone.now())
     try:
         return _training_run_create(fields=fields, enqueue=enqueue)
     except RunInFlight:
