@@ -117,12 +117,14 @@ def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, 
     )
     if champion is None:
         return gate_decide(candidate=result.metrics, popularity=result.baselines["popularity"], champion=None,
-                           candidate_user_ndcg=None, champion_user_ndcg=None, **thresholds), {}
+                           candidate_user_ndcg=None, champion_user_ndcg=None, segments=result.segments,
+                           **thresholds), {}
     scores = _champion_rescore(run=run, manifest=manifest, directory=directory, champion=champion, log_line=log_line)
     candidate, champion_scored = scores.models["candidate"], scores.models["champion"]
     decision = gate_decide(
         candidate=candidate.metrics, popularity=candidate.popularity, champion=champion_scored.metrics,
-        candidate_user_ndcg=candidate.user_ndcg, champion_user_ndcg=champion_scored.user_ndcg, **thresholds,
+        candidate_user_ndcg=candidate.user_ndcg, champion_user_ndcg=champion_scored.user_ndcg,
+        segments=scores.segments, user_segments=scores.user_segments, **thresholds,
     )
     return decision, {"comparison_holdout_after": scores.after.isoformat() if scores.after else None,
                       "comparison_users": scores.users, "comparison_events": scores.events}

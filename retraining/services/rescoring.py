@@ -2,7 +2,7 @@
 split, the same users and the same code path (the champion is re-scored, never compared against a number
 it was given on other data)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -10,10 +10,11 @@ import numpy as np
 from recommendations import ranking
 from retraining.ml.candidates import collaborative_reindex
 from retraining.ml.events import EventLog
-from retraining.ml.metrics import ranking_metrics, ranking_metrics_at
+from retraining.ml.metrics import CF_NAME, ranking_metrics, ranking_metrics_at
 from retraining.ml.params import TrainingParams
 from retraining.ml.regressor import rating_bounds, rating_scores
 from retraining.ml.replay import evaluation_run
+from retraining.ml.segments import segment_names, segments_table, user_history_counts
 from retraining.ml.split import holdout_after, split_compute
 from retraining.services.dataset import event_log_load
 
@@ -31,6 +32,8 @@ class HoldoutScores:
     after: datetime | None  # only held-out events strictly after this time were scored (None: all)
     events: int  # held-out events scored
     users: int  # users with a held-out positive: the users every ranking metric averages over
+    user_segments: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))  # aligned with user_ndcg
+    segments: dict = field(default_factory=dict)  # segments_table: every model, and the first model's baselines
 
 
 def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, models: dict[str, ranking.TrainedModel],
@@ -43,7 +46,7 @@ def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, m
         split = holdout_after(split, log, moment=after)
     n_active = int(log.item_active.sum())
     bounds = rating_bounds(log.value[log.is_rating()])
-    scored = {}
+    scored, ranked = {}, {}
     for name, trained in models.items():
         collaborative = collaborative_reindex(trained.collaborative, item_pks=log.item_pks, active=log.item_active)
         evaluation = evaluation_run(log, split, params, trained.category_share, collaborative, trained.ranker,
@@ -61,4 +64,9 @@ def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, m
             for top, relevant in zip(lists, positives)
         ])
         scored[name] = Scored(metrics=metrics, popularity=popularity, user_ndcg=per_user)
-    return HoldoutScores(models=scored, after=after, events=int(split.holdout.sum()), users=len(evaluation.users))
+        baselines = {} if ranked else {b: evaluation.ranked.get(b, []) for b in ("popularity", CF_NAME)}
+        ranked = {**ranked, name: lists, **baselines}
+    segments = segment_names(user_history_counts(log, split, users=evaluation.users))
+    return HoldoutScores(models=scored, after=after, events=int(split.holdout.sum()), users=len(evaluation.users),
+                         user_segments=segments, segments=segments_table(lists=ranked, positives=evaluation.positives,
+                                                                         segments=segments, k=params.k))
