@@ -47,13 +47,14 @@ def segment_bounds(name: str) -> str:
 
 def segments_table(*, lists: dict[str, list[np.ndarray]], positives: list[np.ndarray], segments: np.ndarray,
                    k: int) -> dict[str, dict]:
-    """Per segment: its bounds, its users and, per model, NDCG, recall and hit rate at k over those users.
-    `lists[model][i]`, `positives[i]` and `segments[i]` describe the same evaluated user i."""
+    """Per segment: its bounds, its users and, per model, NDCG, recall and hit rate at k over those users (no
+    metrics for a segment without users). `lists[model][i]`, `positives[i]` and `segments[i]` describe the same
+    evaluated user i."""
     table = {}
     for name, _, _ in SEGMENTS:
         members = np.flatnonzero(segments == name)
         row = {"training_events": segment_bounds(name), "users": len(members)}
-        for model, top in lists.items():
+        for model, top in lists.items() if len(members) else ():
             scored = ranking_metrics(recommended=[top[i] for i in members], positives=[positives[i] for i in members],
                                      k=k, n_active_items=0)
             row[model] = {f"{metric}@{k}": float(scored[metric]) for metric in SEGMENT_METRICS}
