@@ -31,6 +31,7 @@ from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_register, model_version_reject
 from retraining.ml.manifest import json_safe
+from retraining.ml.metrics import CF_NAME
 from retraining.ml.params import TrainingParams
 from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
@@ -127,7 +128,8 @@ def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, 
         segments=scores.segments, user_segments=scores.user_segments, **thresholds,
     )
     return decision, {"comparison_holdout_after": scores.after.isoformat() if scores.after else None,
-                      "comparison_users": scores.users, "comparison_events": scores.events}
+                      "comparison_users": scores.users, "comparison_events": scores.events,
+                      "comparison_baselines": {"popularity": candidate.popularity, CF_NAME: candidate.ease}}
 
 
 def _champion_rescore(*, run: TrainingRun, manifest: dict, directory: Path, champion: ModelVersion,

@@ -24,6 +24,7 @@ class Scored:
     metrics: dict  # ranking metrics at k, and rmse / mae / r2 when the model has a regressor
     popularity: dict  # most-popular by this model's own counts, ranked for the same users
     user_ndcg: np.ndarray  # per evaluated user, in the same user order for every model of one call
+    ease: dict = field(default_factory=dict)  # the collaborative model alone, ranked for the same users
 
 
 @dataclass
@@ -52,9 +53,9 @@ def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, m
         evaluation = evaluation_run(log, split, params, trained.category_share, collaborative, trained.ranker,
                                     with_regressor=trained.regressor is not None)
         lists, positives = evaluation.ranked.get("ranker", []), evaluation.positives  # none without a user
-        metrics, popularity = (
+        metrics, popularity, ease = (
             ranking_metrics_at(recommended=top, positives=positives, k=params.k, n_active_items=n_active)
-            for top in (lists, evaluation.ranked.get("popularity", []))
+            for top in (lists, evaluation.ranked.get("popularity", []), evaluation.ranked.get(CF_NAME, []))
         )
         if trained.regressor is not None:
             metrics.update(rating_scores(trained.regressor, matrix=evaluation.regressor_holdout,
@@ -63,7 +64,7 @@ def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, m
             ranking_metrics(recommended=[top], positives=[relevant], k=params.k, n_active_items=n_active)["ndcg"]
             for top, relevant in zip(lists, positives)
         ])
-        scored[name] = Scored(metrics=metrics, popularity=popularity, user_ndcg=per_user)
+        scored[name] = Scored(metrics=metrics, popularity=popularity, user_ndcg=per_user, ease=ease)
         baselines = {} if ranked else {b: evaluation.ranked.get(b, []) for b in ("popularity", CF_NAME)}
         ranked = {**ranked, name: lists, **baselines}
     segments = segment_names(user_history_counts(log, split, users=evaluation.users))
