@@ -64,7 +64,7 @@ class Command(BaseCommand):
         rows = demo_comparison_rows(run)
         names = list(rows[0]["baselines"]) if rows else []
         old = str(champion) if champion else "(none)"
-        say(f"  {'metric':<12} {old:>9} {str(run.model_version):>9} {'change':>9}  {'':<6}"
+        say(f"  {'metric':<12} {old:>9} {run.model_version!s:>9} {'change':>9}  {'':<6}"
             + "".join(f" {name:>10}" for name in names))
         for row in rows:
             mark = "" if row["old"] is None else {True: "better", False: "worse", None: "same"}[row["better"]]
