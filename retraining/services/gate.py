@@ -122,8 +122,9 @@ def segment_checks(*, segments: dict, user_segments: np.ndarray, difference: np.
         members = np.asarray(user_segments) == name
         label = f"segment {name} ({row['training_events']} training events, {int(members.sum())} users)"
         if members.sum() < MIN_COMPARISON_USERS:
-            table[name] = {**row, "ndcg_difference": {"skipped": f"fewer than {MIN_COMPARISON_USERS} users"}}
-            checks.append((f"{label}: not checked, fewer than {MIN_COMPARISON_USERS} users", False))
+            why = f"fewer than {MIN_COMPARISON_USERS} users" if members.any() else "no users"
+            table[name] = {**row, "ndcg_difference": {"skipped": why}}
+            checks.append((f"{label}: not checked, {why}", False))
             continue
         mean, low, high = mean_interval(difference[members], samples=samples)
         table[name] = {**row, "ndcg_difference": {"mean": mean, "ci95_low": low, "ci95_high": high}}

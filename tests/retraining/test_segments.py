@@ -67,6 +67,8 @@ def test_a_segment_too_small_to_judge_is_skipped_and_the_decision_says_so():
     assert decision.passed, decision.failures
     assert f"segment new (0–9 training events, {small} users): not checked, fewer than 20 users" in decision.reasons
     assert decision.numbers["segments"]["new"]["ndcg_difference"] == {"skipped": "fewer than 20 users"}
+    empty = _decide([("new", 0, 0.0), ("heavy", 300, +0.06)])
+    assert "segment new (0–9 training events, 0 users): not checked, no users" in empty.reasons
 
 
 def test_a_segment_worse_only_within_noise_does_not_refuse():
