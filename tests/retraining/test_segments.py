@@ -39,8 +39,8 @@ def _decide(groups):
     names = np.concatenate([[name] * users for name, users, _ in groups]).astype(object)
     champion = np.full(len(names), 0.3)
     candidate = champion + np.concatenate([gain + rng.normal(0, 0.02, users) for _, users, gain in groups])
-    segments = {name: _segment(name, candidate=candidate[names == name].mean(), champion=0.3)
-                for name, _, _ in groups}
+    segments = {name: _segment(name, candidate=candidate[names == name].mean() if users else 0.0, champion=0.3)
+                for name, users, _ in groups}
     overall = {"ndcg@10": candidate.mean(), "recall@10": 0.1, "coverage@10": 0.2}
     return gate_decide(candidate=overall, popularity={"ndcg@10": 0.1}, champion={**overall, "ndcg@10": 0.3},
                        candidate_user_ndcg=candidate, champion_user_ndcg=champion, segments=segments,
