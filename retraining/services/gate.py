@@ -9,7 +9,10 @@ Rules (thresholds from the policy):
   RMSE not above champion × (1 + tol) nor above the bias baseline's (user + item biases, on the same held-out
   ratings) × (1 + tol), the latter also without a champion;
 - the paired bootstrap 95% interval of the per-user NDCG@10 difference (candidate − champion, same users)
-  must have its lower bound at or above −bootstrap_tolerance: no promotion on noise.
+  must have its lower bound at or above −bootstrap_tolerance: no promotion on noise;
+- no user segment (retraining.ml.segments: new, light, heavy users by history length) significantly worse: the
+  paired bootstrap interval of ΔNDCG@10 within a segment must not lie entirely below −bootstrap_tolerance.
+  A segment with fewer than MIN_COMPARISON_USERS users is not checked, and the decision says so.
 Every number that decided is returned, so the run can record it."""
 
 from dataclasses import asdict, dataclass, field
@@ -61,9 +64,15 @@ def gate_decide(
     bootstrap_tolerance: float,
     bootstrap_samples: int,
     rating_bias: dict | None = None,
+    segments: dict | None = None,
+    user_segments: np.ndarray | None = None,
 ) -> GateDecision:
+    """`segments`: the segments_table of the comparison (candidate, champion and baselines per segment);
+    `user_segments`: each compared user's segment, in the order of the per-user NDCG arrays."""
     reasons, failures = [], []
     numbers = {"candidate": candidate, "popularity": popularity, "champion": champion, "rating_bias": rating_bias}
+    if segments:
+        numbers["segments"] = segments
 
     def refuse(reason: str) -> None:
         reasons.append(reason)
@@ -114,4 +123,37 @@ def gate_decide(
             refuse(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] reaches below −{bootstrap_tolerance:g}: not distinguishable from a loss")
         else:
             reasons.append(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] stays above −{bootstrap_tolerance:g}")
+    if segments and user_segments is not None and "ndcg_difference" in numbers:
+        checks, numbers["segments"] = segment_checks(
+            segments=segments, user_segments=user_segments, difference=np.asarray(candidate_user_ndcg) -
+            np.asarray(champion_user_ndcg), tolerance=bootstrap_tolerance, samples=bootstrap_samples,
+        )
+        for reason, refused in checks:
+            (refuse if refused else reasons.append)(reason)
     return GateDecision(passed=not failures, reasons=reasons, numbers=numbers, failures=failures)
+
+
+def segment_checks(*, segments: dict, user_segments: np.ndarray, difference: np.ndarray, tolerance: float,
+                   samples: int) -> tuple[list[tuple[str, bool]], dict]:
+    """Per segment, a sentence and whether it refuses: refused when the 95% interval of the mean per-user ΔNDCG@10
+    (candidate − champion) lies entirely below −tolerance, i.e. the candidate is worse there beyond noise. A
+    loss hidden by a larger gain elsewhere is what this catches. Also returns `segments` with each row's
+    interval, or why it was not checked."""
+    checks, table = [], {}
+    for name, row in segments.items():
+        members = np.asarray(user_segments) == name
+        label = f"segment {name} ({row['training_events']} training events, {int(members.sum())} users)"
+        if members.sum() < MIN_COMPARISON_USERS:
+            why = f"fewer than {MIN_COMPARISON_USERS} users" if members.any() else "no users"
+            table[name] = {**row, "ndcg_difference": {"skipped": why}}
+            checks.append((f"{label}: not checked, {why}", False))
+            continue
+        mean, low, high = mean_interval(difference[members], samples=samples)
+        table[name] = {**row, "ndcg_difference": {"mean": mean, "ci95_low": low, "ci95_high": high}}
+        compared = (f"NDCG@10 {number(row['candidate']['ndcg@10'])} vs champion {number(row['champion']['ndcg@10'])}, "
+                    f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}]")
+        if high < -tolerance:
+            checks.append((f"{label}: {compared} lies below −{tolerance:g}: significantly worse", True))
+        else:
+            checks.append((f"{label}: {compared} does not lie below −{tolerance:g}", False))
+    return checks, table

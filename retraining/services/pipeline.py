@@ -32,6 +32,7 @@ from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_register, model_version_reject
 from retraining.ml.manifest import json_safe
+from retraining.ml.metrics import CF_NAME
 from retraining.ml.params import TrainingParams
 from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
@@ -120,17 +121,19 @@ def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, 
     )
     if champion is None:
         return gate_decide(candidate=result.metrics, popularity=result.baselines["popularity"], champion=None,
-                           candidate_user_ndcg=None, champion_user_ndcg=None,
+                           candidate_user_ndcg=None, champion_user_ndcg=None, segments=result.segments,
                            rating_bias=result.baselines.get("bias"), **thresholds), {}
     scores = _champion_rescore(run=run, manifest=manifest, directory=directory, champion=champion, log_line=log_line)
     candidate, champion_scored = scores.models["candidate"], scores.models["champion"]
     decision = gate_decide(
         candidate=candidate.metrics, popularity=candidate.popularity, champion=champion_scored.metrics,
         candidate_user_ndcg=candidate.user_ndcg, champion_user_ndcg=champion_scored.user_ndcg,
-        rating_bias=scores.rating_baselines.get("bias"), **thresholds,
+        rating_bias=scores.rating_baselines.get("bias"), segments=scores.segments,
+        user_segments=scores.user_segments, **thresholds,
     )
     return decision, {"comparison_holdout_after": scores.after.isoformat() if scores.after else None,
-                      "comparison_users": scores.users, "comparison_events": scores.events}
+                      "comparison_users": scores.users, "comparison_events": scores.events,
+                      "comparison_baselines": {"popularity": candidate.popularity, CF_NAME: candidate.ease}}
 
 
 def _champion_rescore(*, run: TrainingRun, manifest: dict, directory: Path, champion: ModelVersion,

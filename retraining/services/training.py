@@ -8,7 +8,7 @@ import logging
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
@@ -23,6 +23,7 @@ from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import ranker_examples_windows, ranker_fit
 from retraining.ml.regressor import RatingModel, rating_baselines, rating_bounds, rating_model_fit, rating_scores
 from retraining.ml.replay import Evaluation, evaluation_run
+from retraining.ml.segments import segment_names, segments_table, user_history_counts
 from retraining.ml.split import Split, histories_by_user, split_compute
 from retraining.services import model_directory
 from retraining.services.dataset import event_log_load
@@ -38,12 +39,14 @@ class TrainingResult:
     stage_peak_memory_mb: dict
     output_dir: Path | None
     manifest: dict
+    segments: dict = field(default_factory=dict)  # retraining.ml.segments.segments_table of the holdout
 
     def summary(self) -> dict:
         """The `train --json` contract."""
         return {
             "metrics": self.metrics,
             "baselines": self.baselines,
+            "segments": self.segments,
             "dataset": self.dataset,
             "timings_s": self.timings_s,
             "peak_memory_mb": self.peak_memory_mb,
@@ -98,6 +101,7 @@ def model_train(
                 _scores(evaluation, log, split, params, rating_model, model) if holdout
                 else (refit_of.metrics, refit_of.baselines)
             )
+            segments = _segments(evaluation, log, split, params) if holdout else refit_of.segments
         dataset = dataset_statistics(log, split)
         manifest = Manifest(
             params=params, ranker=ranker, regressor=rating_model.booster, collaborative=model, refit=not holdout,
@@ -119,7 +123,7 @@ def model_train(
     return TrainingResult(
         metrics=metrics, baselines=baselines, dataset=dataset, timings_s=dict(stages.timings_s),
         peak_memory_mb=round(profiling.peak_memory_mb(), 1), stage_peak_memory_mb=dict(stages.peak_memory_mb),
-        output_dir=Path(output_dir) if output_dir is not None else None, manifest=manifest,
+        output_dir=Path(output_dir) if output_dir is not None else None, manifest=manifest, segments=segments,
     )
 
 
@@ -176,6 +180,12 @@ def _scores(evaluation: Evaluation, log: EventLog, split: Split, params: Trainin
                                  collaborative=collaborative, bounds=bounds))
     baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME, KNN_NAME)}
     return metrics, baselines | rating_baselines(log, split, evaluation, bias_l2=rating_model.bias_l2, bounds=bounds)
+
+
+def _segments(evaluation: Evaluation, log: EventLog, split: Split, params: TrainingParams) -> dict:
+    counts = user_history_counts(log, split, users=evaluation.users)
+    return segments_table(lists=evaluation.ranked, positives=evaluation.positives, segments=segment_names(counts),
+                          k=params.k)
 
 
 @contextmanager

@@ -50,6 +50,8 @@ def test_train_json_prints_the_contract_as_the_last_line_and_writes_the_model(st
     assert result["dataset"].keys() >= {"users", "items", "events", "train_events", "holdout_events"}
     assert result["dataset"]["events"] == len(stored.events)
     assert result["timings_s"] and isinstance(result["peak_memory_mb"], float)
+    assert result["segments"].keys() == {"new", "light", "heavy"}
+    assert sum(row["users"] for row in result["segments"].values()) > 0
     assert (tmp_path / "model" / "manifest.json").exists()
 
 

@@ -192,3 +192,17 @@ def test_with_a_canary_policy_a_candidate_that_passes_the_gate_starts_as_the_cha
     pointers = serving_pointers()
     assert (pointers.challenger, pointers.mode, pointers.traffic_percent) == (second.model_version.version, "canary", 10)
     assert second.model_version.experiments.get().started_by == "gate"
+
+
+def test_the_gate_record_holds_candidate_champion_and_baselines_per_user_segment_on_the_compared_users(history):
+    run_now(until=EARLIER)
+    gate = run_now(trigger="volume").gate
+    segments = gate["numbers"]["segments"]
+    assert set(segments) == {"new", "light", "heavy"}  # a jsonb object keeps no key order
+    assert sum(row["users"] for row in segments.values()) == gate["comparison_users"]
+    for name, row in segments.items():
+        assert any(reason.startswith(f"segment {name} ({row['training_events']} training events, {row['users']} users)")
+                   for reason in gate["reasons"])
+        if row["users"]:
+            assert {"candidate", "champion", "popularity", "ease"} <= set(row)
+            assert set(row["candidate"]) == {"ndcg@10", "recall@10", "hit_rate@10"}

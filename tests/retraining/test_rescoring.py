@@ -46,6 +46,7 @@ def test_a_model_re_scored_on_its_whole_holdout_gets_the_numbers_its_training_re
     scores = models_score_on_holdout(until=None, params=PARAMS, models={"model": model}, log=log)
     assert scores.models["model"].metrics == pytest.approx(result.metrics)
     assert scores.models["model"].popularity == pytest.approx(result.baselines["popularity"])
+    assert scores.models["model"].ease == pytest.approx(result.baselines["ease"])
     assert scores.events == result.dataset["holdout_events"] and scores.after is None
 
 

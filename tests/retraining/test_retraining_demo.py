@@ -23,6 +23,12 @@ def test_the_demo_shows_old_against_new_on_the_same_holdout_and_the_gates_verdic
     second = TrainingRun.objects.order_by("-id").first()
     assert f"v{second.model_version.version} {'PROMOTED' if second.status == 'promoted' else 'REJECTED'}" in out
     assert second.gate["champion_version"] == 1
+    events = f"the {second.gate['comparison_events']:,} held-out events after v1's training cut-off"
+    assert f"every row and column below: {events}" in table
+    ndcg_row = next(line for line in table.splitlines() if "NDCG@10 ↑" in line).split()
+    baselines = second.gate["comparison_baselines"]
+    assert ndcg_row[-2:] == [f"{baselines['popularity']['ndcg@10']:.4f}", f"{baselines['ease']['ndcg@10']:.4f}"]
+    assert second.gate["numbers"]["popularity"] == baselines["popularity"]  # the gate's bar: the same events
     assert "| **v" in (tmp_path / "MC.md").read_text()
 
 
