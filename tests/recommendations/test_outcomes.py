@@ -156,7 +156,7 @@ def test_a_bucket_is_complete_once_every_list_in_it_is_recorded(catalog, closes)
 
 
 @pytest.mark.django_db
-def test_beat_runs_the_recorder_every_minute_on_the_system_clock(catalog, closes):
+def test_beat_runs_the_recorder_every_minute_on_the_system_clock(catalog, closes, replay_clock):
     periodic_tasks_setup(check_every_seconds=300)
     periodic = PeriodicTask.objects.get(task="recommendations.outcomes_record")
     assert periodic.enabled and periodic.interval.every == 60 and periodic.task == outcomes_record_task.name

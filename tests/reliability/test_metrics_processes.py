@@ -115,15 +115,16 @@ def test_two_gunicorn_workers_add_up_in_every_scrape_and_a_dead_workers_gauges_g
 def test_a_celery_worker_serves_its_pools_metrics_on_its_port(tmp_path):
     port = port_in_range()
     log = tmp_path / "worker.log"
+    queue = f"metrics-{port}"  # its own queue: the session's worker on `default` must not take the task
     process = start_process(
-        [str(BIN / "celery"), "-A", "recsite", "worker", "--loglevel", "INFO", "--queues", "default",
+        [str(BIN / "celery"), "-A", "recsite", "worker", "--loglevel", "INFO", "--queues", queue,
          "--concurrency", "1", "--hostname", f"metrics-{port}@%h", "--without-gossip", "--without-mingle"],
         log, CELERY_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         wait_until(lambda: b"ready" in log.read_bytes() or process.poll() is not None, 60, message="the worker")
         assert process.poll() is None, log.read_text()
-        reconcile_runs_task.delay()
+        reconcile_runs_task.apply_async(queue=queue)
 
         def succeeded() -> float:
             status, text = get(url)

@@ -144,7 +144,7 @@ def test_the_trainer_is_late_only_when_its_claimed_run_stops_beating(db):
     assert trainer.late(now=now)  # five minutes of silence against a 60 s lease
 
 
-def test_during_a_replay_each_heartbeat_is_aged_by_the_clock_that_stamped_it(staff_client, db):
+def test_during_a_replay_each_heartbeat_is_aged_by_the_clock_that_stamped_it(staff_client, db, replay_clock):
     """A replay runs the system clock ahead: lists carry that clock, trigger checks the real one."""
     now = timezone.now()
     clock_set(simulated_now=now + timedelta(days=400), speed=1.0)
