@@ -33,11 +33,23 @@ def ranker_examples_build(
     log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel
 ) -> RankerExamples:
     """Candidates and features at the start of each user's label window, from the fit portion only."""
-    grade = grades(log)
-    labelled = split.label & (grade > 0)
-    users = np.unique(log.user[labelled])
+    return ranker_examples_for(log, split, params, category_share, model, users=ranker_users(log, split, params))
+
+
+def ranker_users(log: EventLog, split: Split, params: TrainingParams) -> np.ndarray:
+    """The users (sorted codes) with a positive event in their label window, sampled to max_ranker_users."""
+    users = np.unique(log.user[split.label & (grades(log) > 0)])
     if len(users) > params.max_ranker_users:
         users = np.sort(np.random.default_rng(params.seed).choice(users, params.max_ranker_users, replace=False))
+    return users
+
+
+def ranker_examples_for(
+    log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
+    *, users: np.ndarray,
+) -> RankerExamples:
+    """The examples of these users only (a shard of ranker_users on a cluster), in their order."""
+    grade = grades(log)
     wanted: dict[tuple[int, int], int] = {}
     for u, it, g in zip(log.user[split.label].tolist(), log.item[split.label].tolist(), grade[split.label].tolist()):
         wanted[(u, it)] = max(g, wanted.get((u, it), 0))
@@ -112,16 +124,21 @@ def booster_train(options: dict, train: lgb.Dataset, valid: lgb.Dataset, params:
     return booster
 
 
-def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
-    """LightGBM lambdarank; early stopping on NDCG@k of a held-aside share of the users."""
+def ranker_validation_split(examples: RankerExamples, params: TrainingParams) -> tuple[np.ndarray, ...]:
+    """The labels to learn (shuffled for the leakage guard), which groups are held aside for early stopping
+    (none under 20 groups), and the same per row."""
     labels = examples.labels
     if params.shuffle_labels:
         labels = np.random.default_rng(params.seed).permutation(labels)
     n_groups = len(examples.groups)
     rng = np.random.default_rng(params.seed)
     validation = rng.random(n_groups) < params.validation_fraction if n_groups >= 20 else np.zeros(n_groups, bool)
-    row_group = np.repeat(np.arange(n_groups), examples.groups)
-    rows_valid = validation[row_group]
+    return labels, validation, validation[np.repeat(np.arange(n_groups), examples.groups)]
+
+
+def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
+    """LightGBM lambdarank; early stopping on NDCG@k of a held-aside share of the users."""
+    labels, validation, rows_valid = ranker_validation_split(examples, params)
     options = lgb_params(params, objective="lambdarank", metric="ndcg", eval_at=[params.k])
 
     def dataset(rows, groups, reference=None):

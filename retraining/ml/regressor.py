@@ -17,9 +17,13 @@ RATING_METRICS = ("rmse", "mae", "r2")
 
 def regressor_fit(matrix: np.ndarray, target: np.ndarray, params: TrainingParams) -> lgb.Booster:
     options = lgb_params(params, objective="regression", metric="rmse")
-    validation = np.random.default_rng(params.seed).random(len(target)) < params.validation_fraction
+    validation = regressor_validation_rows(len(target), params)
     train = lgb.Dataset(matrix[~validation], target[~validation], feature_name=ranking.REGRESSOR_FEATURES)
     return booster_train(options, train, lgb.Dataset(matrix[validation], target[validation], reference=train), params)
+
+
+def regressor_validation_rows(n_rows: int, params: TrainingParams) -> np.ndarray:
+    return np.random.default_rng(params.seed).random(n_rows) < params.validation_fraction
 
 
 def rating_predict(regressor: lgb.Booster, matrix: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -60,10 +60,16 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def training_cluster() -> str | None:
+    """The address of the Dask scheduler that trains (setting DASK_SCHEDULER_ADDRESS); None: in-process."""
+    return settings.DASK_SCHEDULER_ADDRESS or None
+
+
 def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     policy = policy_active()
     started = time.perf_counter()
-    result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line)
+    result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line,
+                                  cluster=training_cluster())
     manifest = drift_reference_attach(result=result, directory=workdir, until=run.data_until, policy=policy)
     training_seconds = time.perf_counter() - started
     metrics.training_measured(seconds=training_seconds, peak_memory_mb=result.peak_memory_mb)
@@ -152,7 +158,8 @@ def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: 
     log_line.write("gate passed: refitting the candidate on all events up to the cut-off (holdout included)\n")
     started = time.perf_counter()
     try:
-        refit = training_run_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line)
+        refit = training_run_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line,
+                                   cluster=training_cluster())
         manifest = drift_reference_attach(result=refit, directory=directory, until=run.data_until, policy=policy)
     except Exception as exc:
         raise RuntimeError(f"the refit on all data failed after the gate passed; nothing was registered: "

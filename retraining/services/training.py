@@ -20,10 +20,10 @@ from retraining.ml.events import EventLog
 from retraining.ml.manifest import Manifest, dataset_statistics, training_window
 from retraining.ml.metrics import CF_NAME, ranking_metrics_at
 from retraining.ml.params import TrainingParams
-from retraining.ml.ranker import ranker_examples_build, ranker_fit
-from retraining.ml.regressor import rating_bounds, rating_scores, regressor_fit
+from retraining.ml.regressor import rating_bounds, rating_scores
 from retraining.ml.replay import Evaluation, evaluation_run
-from retraining.ml.split import split_compute
+from retraining.ml.split import Split, split_compute
+from retraining.ml.steps import LocalSteps
 from retraining.services import artifacts
 from retraining.services.dataset import event_log_load
 
@@ -60,13 +60,17 @@ def training_run_execute(
     progress: TextIO | None = sys.stderr,
     log: EventLog | None = None,
     refit_of: TrainingResult | None = None,
+    cluster: str | None = None,
 ) -> TrainingResult:
     """Build the dataset, train the ranker and the rating model, evaluate them and both baselines on the
     holdout, and write the model directory to `output_dir` (nothing is written if it is None). `progress`
     receives each stage's start and end.
 
     With `refit_of` (a gated result) nothing is held out, and the metrics are the gated model's on its
-    holdout: a model trained on the holdout cannot be scored on it."""
+    holdout: a model trained on the holdout cannot be scored on it.
+
+    With `cluster` (a Dask scheduler's address, e.g. tcp://host:8786) the ranker's examples, both fits and the
+    evaluation replay run on that cluster (retraining.ml.distributed); the candidate model is fitted here."""
     holdout = refit_of is None
     stages = profiling.Stages()
     with _stage_lines_to(progress):
@@ -76,23 +80,8 @@ def training_run_execute(
             category_share = log.category_share()
         if not split.label.any() or (holdout and not split.holdout.any()):
             raise ValueError("too few events to train: no user has enough events for a holdout")
-        with stages.stage("candidates_label_window"):
-            inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
-        with stages.stage("ranker_examples"):
-            examples = ranker_examples_build(log, split, params, category_share, inner_model)
-            del inner_model
-        if not len(examples.groups):
-            raise ValueError("too few events to train: no label window has a positive event among its candidates")
-        with stages.stage("ranker_fit"):
-            ranker = ranker_fit(examples, params)
-        with stages.stage("candidates_training_portion"):
-            model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
-        with stages.stage("evaluation_replay"):
-            evaluation = evaluation_run(log, split, params, category_share, model, ranker, with_regressor=True)
-        with stages.stage("regressor_fit"):
-            regressor = None
-            if len(evaluation.regressor_train_target) >= 2 * params.min_data_in_leaf:
-                regressor = regressor_fit(evaluation.regressor_train, evaluation.regressor_train_target, params)
+        with _training_steps(log, split, cluster) as steps:
+            ranker, regressor, model, examples, evaluation = _models_train(stages, steps, log, split, params)
         with stages.stage("metrics"):
             metrics, baselines = (
                 _scores(evaluation, log, params, regressor) if holdout else (refit_of.metrics, refit_of.baselines)
@@ -121,11 +110,48 @@ def training_run_execute(
     )
 
 
+@contextmanager
+def _training_steps(log: EventLog, split: Split, cluster: str | None):
+    if cluster is None:
+        yield LocalSteps(log, split)
+        return
+    from retraining.ml import distributed  # Dask is imported only when a cluster is configured
+
+    with distributed.cluster_connect(cluster) as connected:
+        profiling.logger.info("[train] on the Dask cluster at %s: %d workers", cluster, len(connected.workers))
+        yield distributed.ClusterSteps(connected, log, split)
+
+
+def _models_train(stages: profiling.Stages, steps, log: EventLog, split: Split, params: TrainingParams):
+    """The ranker (on examples from the label windows), the collaborative model on the training portion, the
+    evaluation replay and the rating model, each a stage."""
+    category_share = log.category_share()
+    with stages.stage("candidates_label_window"):
+        inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
+    with stages.stage("ranker_examples"):
+        examples = steps.ranker_examples(params, category_share, inner_model)
+        del inner_model
+    if not len(examples.groups):
+        raise ValueError("too few events to train: no label window has a positive event among its candidates")
+    with stages.stage("ranker_fit"):
+        ranker = steps.ranker_fit(examples, params)
+    with stages.stage("candidates_training_portion"):
+        model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
+    with stages.stage("evaluation_replay"):
+        evaluation = steps.evaluation(params, category_share, model, ranker, with_regressor=True)
+    with stages.stage("regressor_fit"):
+        regressor = None
+        if len(evaluation.regressor_train_target) >= 2 * params.min_data_in_leaf:
+            regressor = steps.regressor_fit(evaluation.regressor_train, evaluation.regressor_train_target, params)
+    return ranker, regressor, model, examples, evaluation
+
+
 def training_run_refit(*, gated: TrainingResult, until: datetime | None, output_dir: Path | None,
-                       progress: TextIO | None = sys.stderr) -> TrainingResult:
+                       progress: TextIO | None = sys.stderr, cluster: str | None = None) -> TrainingResult:
     """The gated model's configuration trained again on every event up to `until`, holdout included."""
     params = TrainingParams(**gated.manifest["params"]["training"])
-    return training_run_execute(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated)
+    return training_run_execute(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated,
+                                cluster=cluster)
 
 
 def baselines_evaluate(

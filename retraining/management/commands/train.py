@@ -11,7 +11,7 @@ from django.utils.dateparse import parse_datetime
 from registry.services import model_version_promote
 from retraining.ml.manifest import json_safe
 from retraining.ml.params import TrainingParams
-from retraining.services.pipeline import candidate_register, drift_reference_attach
+from retraining.services.pipeline import candidate_register, drift_reference_attach, training_cluster
 from retraining.services.policy import policy_active
 from retraining.services.training import training_run_execute, training_run_refit
 from retraining.services.reporting import metrics_table
@@ -54,9 +54,11 @@ class Command(BaseCommand):
                 output_dir=None if refit else output,
                 params=TrainingParams(num_threads=options["threads"]),
                 progress=sys.stderr,
+                cluster=training_cluster(),
             )
             if refit:
-                result = training_run_refit(gated=result, until=until, output_dir=output, progress=sys.stderr)
+                result = training_run_refit(gated=result, until=until, output_dir=output, progress=sys.stderr,
+                                            cluster=training_cluster())
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         version = None

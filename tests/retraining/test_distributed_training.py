@@ -1,0 +1,157 @@
+"""Training on a Dask cluster (retraining.ml.distributed) against a local cluster of two worker processes that
+the tests start, compared with the in-process path on the same data."""
+
+import os
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from recommendations import ranking
+from recommendations.serving.loading import artifact_models_check
+from retraining.ml.candidates import collaborative_fit
+from retraining.ml.distributed import ClusterSteps, cluster_connect, ndcg_at
+from retraining.ml.params import TrainingParams
+from retraining.ml.ranker import ranker_fit
+from retraining.ml.split import split_compute
+from retraining.ml.steps import LocalSteps
+from retraining.services.training import training_run_execute
+from tests.conftest import free_port
+from tests.retraining.factories import event_log_from, learnable_dataset
+
+distributed = pytest.importorskip("distributed")
+
+PARAMS = TrainingParams(num_threads=1)
+# Distributed LightGBM builds its histograms from each worker's share of the rows, so its trees differ slightly
+# from the in-process ones (README "Training on a Dask cluster" lists the differences measured).
+RANKING_TOLERANCE = 0.03  # absolute, on NDCG@10, recall@10, MAP@10 ...
+RATING_TOLERANCE = 0.03  # relative, on RMSE and MAE
+
+
+def cluster_ports() -> dict:
+    """Ports for the scheduler, the workers and their nannies inside TEST_PORTS when a shared machine sets it."""
+    first, _, last = os.environ.get("TEST_PORTS", "").partition("-")
+    span = f"{first}:{last}" if first else 0
+    return {"scheduler_port": free_port(), "worker_port": span, "port": span}
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """Two worker processes of one thread each; the scheduler's HTTP server (health, no dashboard) on a test port."""
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=f"127.0.0.1:{free_port()}", worker_dashboard_address=None,
+                                  **cluster_ports()) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def log():
+    return event_log_from(learnable_dataset(seed=3))
+
+
+@pytest.fixture(scope="module")
+def both_trained(log, dask_cluster, tmp_path_factory):
+    local = training_run_execute(output_dir=None, log=log, progress=None, params=PARAMS)
+    directory = tmp_path_factory.mktemp("dask-model")
+    on_cluster = training_run_execute(output_dir=directory, log=log, progress=None, params=PARAMS,
+                                      cluster=dask_cluster)
+    return local, on_cluster, directory
+
+
+def test_the_cluster_builds_exactly_the_ranker_examples_built_in_process(log, dask_cluster):
+    split = split_compute(log, PARAMS)
+    model = collaborative_fit(log=log, mask=split.fit, n_modelled=PARAMS.ease_items, l2=PARAMS.ease_l2)
+    expected = LocalSteps(log, split).ranker_examples(PARAMS, log.category_share(), model)
+    with cluster_connect(dask_cluster) as cluster:
+        assert len(cluster.shards(np.arange(len(log.user_pks)))) == 2
+        found = ClusterSteps(cluster, log, split).ranker_examples(PARAMS, log.category_share(), model)
+    assert len(expected.groups) > 20
+    np.testing.assert_array_equal(found.groups, expected.groups)
+    np.testing.assert_array_equal(found.labels, expected.labels)
+    np.testing.assert_array_equal(found.matrix, expected.matrix)
+
+
+def test_the_partitioned_evaluation_replay_ranks_and_builds_rating_rows_as_in_process(log, dask_cluster):
+    split = split_compute(log, PARAMS)
+    share = log.category_share()
+    local = LocalSteps(log, split)
+    inner = collaborative_fit(log=log, mask=split.fit, n_modelled=PARAMS.ease_items, l2=PARAMS.ease_l2)
+    ranker = ranker_fit(local.ranker_examples(PARAMS, share, inner), PARAMS)
+    model = collaborative_fit(log=log, mask=split.train, n_modelled=PARAMS.ease_items, l2=PARAMS.ease_l2)
+    expected = local.evaluation(PARAMS, share, model, ranker, with_regressor=True)
+    with cluster_connect(dask_cluster) as cluster:
+        found = ClusterSteps(cluster, log, split).evaluation(PARAMS, share, model, ranker, with_regressor=True)
+    np.testing.assert_array_equal(found.users, expected.users)
+    for name in ("ranker", "popularity", "ease"):
+        assert [c.tolist() for c in found.ranked[name]] == [c.tolist() for c in expected.ranked[name]]
+    np.testing.assert_array_equal(found.regressor_train, expected.regressor_train)
+    np.testing.assert_array_equal(found.regressor_train_target, expected.regressor_train_target)
+    # Held-out rating rows come per shard: the same rows, in another order.
+    assert rows_sorted(found.regressor_holdout, found.regressor_holdout_target) == rows_sorted(
+        expected.regressor_holdout, expected.regressor_holdout_target)
+
+
+def rows_sorted(matrix: np.ndarray, target: np.ndarray) -> list[tuple]:
+    return sorted(map(tuple, np.nan_to_num(np.column_stack([matrix, target]), nan=-1.0).tolist()))
+
+
+def test_training_on_the_cluster_gives_the_in_process_metrics_within_the_documented_tolerance(both_trained):
+    local, on_cluster, _ = both_trained
+    assert on_cluster.baselines == local.baselines  # the replay is exact: only the fits may differ
+    for name in ("ndcg@10", "recall@10", "map@10", "hit_rate@10"):
+        assert on_cluster.metrics[name] == pytest.approx(local.metrics[name], abs=RANKING_TOLERANCE), name
+    for name in ("rmse", "mae"):
+        assert on_cluster.metrics[name] == pytest.approx(local.metrics[name], rel=RATING_TOLERANCE), name
+    assert on_cluster.metrics["ndcg@10"] > 1.5 * on_cluster.baselines["ease"]["ndcg@10"]
+
+
+def test_the_cluster_models_stop_early_by_the_in_process_rule(both_trained):
+    _, on_cluster, _ = both_trained
+    trees = on_cluster.manifest["params"]["ranker_best_iteration"]
+    assert PARAMS.min_rounds <= trees < PARAMS.max_rounds
+
+
+def test_the_model_directory_trained_on_the_cluster_passes_the_serving_check_and_loads(both_trained):
+    _, on_cluster, directory = both_trained
+    artifact_models_check(files={path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()})
+    model = ranking.trained_model_load(directory)
+    assert model.ranker.num_trees() == on_cluster.manifest["params"]["ranker_best_iteration"]
+
+
+def test_ndcg_at_k_is_lightgbms_lambdarank_metric():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(5, 40, 60)
+    matrix, labels = rng.normal(size=(groups.sum(), 4)), rng.integers(0, 3, groups.sum())
+    recorded = {}
+    data = lgb.Dataset(matrix, labels, group=groups)
+    booster = lgb.train({"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "verbosity": -1,
+                         "num_threads": 1}, data, num_boost_round=5, valid_sets=[data],
+                        callbacks=[lgb.record_evaluation(recorded)])
+    assert ndcg_at(booster.predict(matrix), labels, groups, 10) == pytest.approx(
+        recorded["training"]["ndcg@10"][-1], abs=1e-6)
+
+
+@pytest.mark.django_db
+def test_with_a_scheduler_address_set_a_training_run_trains_on_the_cluster_then_gates_and_registers(
+        dask_cluster, settings, tmp_path):
+    from dask.utils import key_split
+
+    from registry.selectors import champion_version
+    from retraining.services.pipeline import training_run_process
+    from retraining.services.runs import training_run_request
+    from tests.retraining.factories import dataset_store
+    from tests.retraining.test_pipeline import CUTOFF
+
+    settings.MODEL_STORE = tmp_path / "store"
+    settings.DASK_SCHEDULER_ADDRESS = dask_cluster
+    dataset_store(learnable_dataset(users=120, items=80, per_user=24))
+    run = training_run_request(trigger="manual", data_until=CUTOFF)
+    with distributed.Client(dask_cluster, set_as_default=False) as client, \
+            distributed.get_task_stream(client=client) as stream:
+        training_run_process(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == "promoted", (run.gate, run.error)
+    assert champion_version() == run.model_version and run.gate["passed"]
+    ran = {key_split(task["key"]) for task in stream.data}
+    assert {"ranker_shard", "evaluation_shard", "train_part"} <= ran, ran  # key_split drops the leading _
+    assert any("Dask cluster" in line for line in run.log)
