@@ -158,3 +158,17 @@ def test_every_metric_the_dashboard_queries_is_one_we_export():
     assert len(queried) >= 20
     assert queried <= exported, sorted(queried - exported)
     assert "recsite_drift_psi" in queried and "recsite_http_request_duration_seconds_bucket" in queried
+
+
+def test_the_optional_dask_profile_runs_a_scheduler_and_workers_of_the_app_image_that_the_trainer_can_use():
+    for name in ("dask-scheduler", "dask-worker"):
+        service = SERVICES[name]
+        assert service["profiles"] == ["dask"], f"{name} starts only with --profile dask"
+        assert service["image"] == SERVICES["trainer"]["image"], "workers run the app's own retraining.ml code"
+        assert service["healthcheck"]["test"], name
+    assert command("dask-scheduler").startswith("dask scheduler --port 8786")
+    assert command("dask-worker").startswith("dask worker tcp://dask-scheduler:8786")
+    assert "--memory-limit" in command("dask-worker")
+    assert "DASK_SCHEDULER_ADDRESS" in SERVICES["trainer"]["environment"]
+    requirements = (REPO / "requirements.txt").read_text().split()
+    assert "dask==2026.8.0" in requirements and "distributed==2026.8.0" in requirements
