@@ -22,9 +22,10 @@ from tests.retraining.factories import event_log_from, learnable_dataset
 distributed = pytest.importorskip("distributed")
 
 PARAMS = TrainingParams(num_threads=1)
-# Distributed LightGBM builds its histograms from each worker's share of the rows, so its trees differ slightly
-# from the in-process ones (README "Training on a Dask cluster" lists the differences measured).
-RANKING_TOLERANCE = 0.03  # absolute, on NDCG@10, recall@10, MAP@10 ...
+# Distributed LightGBM bins each worker's share of the rows, so its trees differ slightly from the in-process
+# ones. Measured on learnable_dataset seeds 0-3 (~140 evaluated users): |NDCG@10 difference| up to 0.037, RMSE
+# up to 1.8%; on 47k events and 800 users 0.005 and 0.03% (README "Training on a Dask cluster").
+RANKING_TOLERANCE = 0.05  # absolute, on NDCG@10, recall@10, MAP@10, hit rate@10
 RATING_TOLERANCE = 0.03  # relative, on RMSE and MAE
 
 
@@ -155,3 +156,12 @@ def test_with_a_scheduler_address_set_a_training_run_trains_on_the_cluster_then_
     ran = {key_split(task["key"]) for task in stream.data}
     assert {"ranker_shard", "evaluation_shard", "train_part"} <= ran, ran  # key_split drops the leading _
     assert any("Dask cluster" in line for line in run.log)
+
+
+def test_an_unreachable_scheduler_fails_the_training_instead_of_training_in_process(log, monkeypatch):
+    from retraining.ml import distributed as on_cluster
+
+    monkeypatch.setattr(on_cluster, "CONNECT_TIMEOUT_S", 2)
+    with pytest.raises(OSError):
+        training_run_execute(output_dir=None, log=log, progress=None, params=PARAMS,
+                             cluster=f"tcp://127.0.0.1:{free_port()}")
