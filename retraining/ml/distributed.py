@@ -12,7 +12,8 @@ spread over the workers.
   afterwards, tree by tree: the same rule on the same rows as in-process.
 - Examples and rating rows are bounded by max_ranker_users and max_regressor_examples, so the driver may
   gather them (for the validation split, the manifest and the drift reference).
-Models cross to the workers as LightGBM text, not pickled boosters.
+Arguments travel by Dask's own serialization between the processes of one trusted cluster (numpy buffers out
+of band); the ranker goes as LightGBM text, the format of the artifacts, not as a pickled booster.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def cluster_connect(address: str) -> Iterator[Cluster]:
 
 
 class Cluster:
-    """A connected client and the shared inputs scattered to its workers."""
+    """A connected client and the workers it had when training started (one shard each)."""
 
     def __init__(self, client):
         self.client = client
@@ -68,9 +69,10 @@ class Cluster:
         return self.client.scatter(value, broadcast=True, hash=False)
 
     def map_shards(self, function: Callable, shards: list[np.ndarray], **shared) -> list:
-        """`function(users=shard, **shared)` for each shard on the workers, the results in shard order."""
+        """`function(users=shard, **shared)` for each shard, spread over the workers (another one takes over
+        from a worker that leaves), the results in shard order."""
         futures = [self.client.submit(function, users=shard, pure=False, workers=[self.workers[i % len(self.workers)]],
-                                      **shared) for i, shard in enumerate(shards)]
+                                      allow_other_workers=True, **shared) for i, shard in enumerate(shards)]
         return self.client.gather(futures)
 
 

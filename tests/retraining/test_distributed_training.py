@@ -165,3 +165,13 @@ def test_an_unreachable_scheduler_fails_the_training_instead_of_training_in_proc
     with pytest.raises(OSError):
         training_run_execute(output_dir=None, log=log, progress=None, params=PARAMS,
                              cluster=f"tcp://127.0.0.1:{free_port()}")
+
+
+def test_a_scheduler_address_without_a_scheme_stops_the_service_at_start_up(tmp_path):
+    import sys
+
+    from tests.reliability.test_deploy_settings import STRONG_KEY, run, service_env
+
+    env = service_env(tmp_path, SECRET_KEY=STRONG_KEY, DASK_SCHEDULER_ADDRESS="dask-scheduler:8786")
+    done = run([sys.executable, "manage.py", "check"], env)
+    assert done.returncode != 0 and "DASK_SCHEDULER_ADDRESS must be a URL such as tcp://host:8786" in done.stderr
