@@ -2,24 +2,28 @@
 the tests start, compared with the in-process path on the same data."""
 
 import os
+from datetime import UTC, datetime
 
+import distributed
 import lightgbm as lgb
 import numpy as np
 import pytest
+from dask.utils import key_split
 
 from recommendations import ranking
 from recommendations.serving.loading import artifact_models_check
+from registry.selectors import champion_version
 from retraining.ml.candidates import collaborative_fit
 from retraining.ml.distributed import ClusterSteps, cluster_connect, ndcg_at
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import ranker_fit
 from retraining.ml.split import split_compute
 from retraining.ml.steps import LocalSteps
+from retraining.services.pipeline import training_run_process
+from retraining.services.runs import training_run_request
 from retraining.services.training import training_run_execute
 from tests.conftest import free_port
-from tests.retraining.factories import event_log_from, learnable_dataset
-
-distributed = pytest.importorskip("distributed")
+from tests.retraining.factories import dataset_store, event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)
 # Distributed LightGBM bins each worker's share of the rows, so its trees differ slightly from the in-process
@@ -135,18 +139,10 @@ def test_ndcg_at_k_is_lightgbms_lambdarank_metric():
 @pytest.mark.django_db
 def test_with_a_scheduler_address_set_a_training_run_trains_on_the_cluster_then_gates_and_registers(
         dask_cluster, settings, tmp_path):
-    from dask.utils import key_split
-
-    from registry.selectors import champion_version
-    from retraining.services.pipeline import training_run_process
-    from retraining.services.runs import training_run_request
-    from tests.retraining.factories import dataset_store
-    from tests.retraining.test_pipeline import CUTOFF
-
     settings.MODEL_STORE = tmp_path / "store"
     settings.DASK_SCHEDULER_ADDRESS = dask_cluster
     dataset_store(learnable_dataset(users=120, items=80, per_user=24))
-    run = training_run_request(trigger="manual", data_until=CUTOFF)
+    run = training_run_request(trigger="manual", data_until=datetime(2025, 6, 1, tzinfo=UTC))
     with distributed.Client(dask_cluster, set_as_default=False) as client, \
             distributed.get_task_stream(client=client) as stream:
         training_run_process(run_id=run.pk)
