@@ -144,6 +144,7 @@ def _champion_rescore(*, run: TrainingRun, manifest: dict, directory: Path, cham
     scores = models_score_on_holdout(
         until=run.data_until, after=after, params=TrainingParams(**manifest["params"]["training"]),
         models={"candidate": ranking.trained_model_load(directory), "champion": trained_model_of(champion)},
+        cluster=training_cluster(),
     )
     since = f"after its training cut-off {after:%Y-%m-%d %H:%M}" if after else "(it records no training cut-off)"
     log_line.write(f"scored the candidate and re-scored the champion {champion} on the holdout {since}: "

@@ -13,9 +13,10 @@ from retraining.ml.events import EventLog
 from retraining.ml.metrics import ranking_metrics, ranking_metrics_at
 from retraining.ml.params import TrainingParams
 from retraining.ml.regressor import rating_bounds, rating_scores
-from retraining.ml.replay import evaluation_run
+from retraining.ml.replay import Evaluation
 from retraining.ml.split import holdout_after, split_compute
 from retraining.services.dataset import event_log_load
+from retraining.services.training import training_steps
 
 
 @dataclass
@@ -34,9 +35,11 @@ class HoldoutScores:
 
 
 def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, models: dict[str, ranking.TrainedModel],
-                            after: datetime | None = None, log: EventLog | None = None) -> HoldoutScores:
+                            after: datetime | None = None, log: EventLog | None = None,
+                            cluster: str | None = None) -> HoldoutScores:
     """Every model evaluated by the same replay of the same split. Items the log knows but a model does
-    not (new since it was trained) are simply never its candidates. `after`: see `holdout_after`."""
+    not (new since it was trained) are simply never its candidates. `after`: see `holdout_after`. With
+    `cluster` (a Dask scheduler's address) the replays run partitioned by user on that cluster."""
     log = log if log is not None else event_log_load(until=until)
     split = split_compute(log, params)
     if after is not None:
@@ -44,21 +47,27 @@ def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, m
     n_active = int(log.item_active.sum())
     bounds = rating_bounds(log.value[log.is_rating()])
     scored = {}
-    for name, trained in models.items():
-        collaborative = collaborative_reindex(trained.collaborative, item_pks=log.item_pks, active=log.item_active)
-        evaluation = evaluation_run(log, split, params, trained.category_share, collaborative, trained.ranker,
-                                    with_regressor=trained.regressor is not None)
-        lists, positives = evaluation.ranked.get("ranker", []), evaluation.positives  # none without a user
-        metrics, popularity = (
-            ranking_metrics_at(recommended=top, positives=positives, k=params.k, n_active_items=n_active)
-            for top in (lists, evaluation.ranked.get("popularity", []))
-        )
-        if trained.regressor is not None:
-            metrics.update(rating_scores(trained.regressor, matrix=evaluation.regressor_holdout,
-                                         actual=evaluation.regressor_holdout_target, bounds=bounds))
-        per_user = np.array([
-            ranking_metrics(recommended=[top], positives=[relevant], k=params.k, n_active_items=n_active)["ndcg"]
-            for top, relevant in zip(lists, positives)
-        ])
-        scored[name] = Scored(metrics=metrics, popularity=popularity, user_ndcg=per_user)
+    with training_steps(log, split, cluster) as steps:
+        for name, trained in models.items():
+            collaborative = collaborative_reindex(trained.collaborative, item_pks=log.item_pks, active=log.item_active)
+            evaluation = steps.evaluation(params, trained.category_share, collaborative, trained.ranker,
+                                          with_regressor=trained.regressor is not None)
+            scored[name] = _scored(evaluation, trained, params=params, n_active=n_active, bounds=bounds)
     return HoldoutScores(models=scored, after=after, events=int(split.holdout.sum()), users=len(evaluation.users))
+
+
+def _scored(evaluation: Evaluation, trained: ranking.TrainedModel, *, params: TrainingParams, n_active: int,
+            bounds: tuple[float, float]) -> Scored:
+    lists, positives = evaluation.ranked.get("ranker", []), evaluation.positives  # none without a user
+    metrics, popularity = (
+        ranking_metrics_at(recommended=top, positives=positives, k=params.k, n_active_items=n_active)
+        for top in (lists, evaluation.ranked.get("popularity", []))
+    )
+    if trained.regressor is not None:
+        metrics.update(rating_scores(trained.regressor, matrix=evaluation.regressor_holdout,
+                                     actual=evaluation.regressor_holdout_target, bounds=bounds))
+    per_user = np.array([
+        ranking_metrics(recommended=[top], positives=[relevant], k=params.k, n_active_items=n_active)["ndcg"]
+        for top, relevant in zip(lists, positives)
+    ])
+    return Scored(metrics=metrics, popularity=popularity, user_ndcg=per_user)

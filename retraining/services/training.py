@@ -80,7 +80,7 @@ def training_run_execute(
             category_share = log.category_share()
         if not split.label.any() or (holdout and not split.holdout.any()):
             raise ValueError("too few events to train: no user has enough events for a holdout")
-        with _training_steps(log, split, cluster) as steps:
+        with training_steps(log, split, cluster) as steps:
             ranker, regressor, model, examples, evaluation = _models_train(stages, steps, log, split, params)
         with stages.stage("metrics"):
             metrics, baselines = (
@@ -111,7 +111,9 @@ def training_run_execute(
 
 
 @contextmanager
-def _training_steps(log: EventLog, split: Split, cluster: str | None):
+def training_steps(log: EventLog, split: Split, cluster: str | None):
+    """The steps that grow with events (retraining.ml.steps) for this log and split: in this process, or on the
+    Dask cluster at `cluster`, connected for the block."""
     if cluster is None:
         yield LocalSteps(log, split)
         return

@@ -137,21 +137,32 @@ def test_ndcg_at_k_is_lightgbms_lambdarank_metric():
 
 
 @pytest.mark.django_db
-def test_with_a_scheduler_address_set_a_training_run_trains_on_the_cluster_then_gates_and_registers(
+def test_with_a_scheduler_address_set_training_runs_train_and_gate_on_the_cluster_and_register(
         dask_cluster, settings, tmp_path):
     settings.MODEL_STORE = tmp_path / "store"
     settings.DASK_SCHEDULER_ADDRESS = dask_cluster
     dataset_store(learnable_dataset(users=120, items=80, per_user=24))
-    run = training_run_request(trigger="manual", data_until=datetime(2025, 6, 1, tzinfo=UTC))
+    first = run_now(until=datetime(2025, 4, 21, tzinfo=UTC))  # the history runs to about May 1
+    assert first.status == "promoted", (first.gate, first.error)
+    assert champion_version() == first.model_version
     with distributed.Client(dask_cluster, set_as_default=False) as client, \
             distributed.get_task_stream(client=client) as stream:
-        training_run_process(run_id=run.pk)
+        second = run_now(until=datetime(2025, 6, 1, tzinfo=UTC))
+    assert second.status in ("promoted", "rejected"), (second.gate, second.error)
+    assert second.model_version is not None and second.gate["comparison_users"] > 0
+    assert second.gate["champion_version"] == first.model_version.version
+    ran = [key_split(task["key"]) for task in stream.data]  # key_split drops the leading _
+    assert {"ranker_shard", "evaluation_shard", "train_part"} <= set(ran), ran
+    # 2 shards each: the training's evaluation, then the candidate and the champion re-scored for the gate
+    assert ran.count("evaluation_shard") == 6
+    assert any("Dask cluster" in line for line in second.log)
+
+
+def run_now(*, until: datetime):
+    run = training_run_request(trigger="manual", data_until=until)
+    training_run_process(run_id=run.pk)
     run.refresh_from_db()
-    assert run.status == "promoted", (run.gate, run.error)
-    assert champion_version() == run.model_version and run.gate["passed"]
-    ran = {key_split(task["key"]) for task in stream.data}
-    assert {"ranker_shard", "evaluation_shard", "train_part"} <= ran, ran  # key_split drops the leading _
-    assert any("Dask cluster" in line for line in run.log)
+    return run
 
 
 def test_an_unreachable_scheduler_fails_the_training_instead_of_training_in_process(log, monkeypatch):
