@@ -493,16 +493,10 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=30, help="seconds per scenario (default 30)")
     parser.add_argument("--clients", type=int, default=100, help="concurrent locust users (default 100)")
-    parser.add_argument("--k", type=int, default=10, help="recommendations per request (default 10)")
+    server_arguments(parser, port=8766, database="bench_serve")
     parser.add_argument(
         "--swap-after", type=float, default=12, help="seconds into the hotswap scenario to promote v2 (default 12)"
     )
-    parser.add_argument("--port", type=int, default=8766, help="gunicorn's port on 127.0.0.1 (default 8766)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument(
-        "--database-url", default="postgres://postgres@127.0.0.1:5432/bench_serve", help="dropped and recreated"
-    )
-    parser.add_argument("--dataset", type=Path, default=DATASET, help="an ml-latest-small directory")
     parser.add_argument("--no-hotswap", action="store_true", help="skip the hot-swap scenario")
     parser.add_argument("--no-shadow", action="store_true", help="skip the light and shadow scenarios")
     parser.add_argument("--light-clients", type=int, default=10, help="clients of the light scenarios (default 10)")
@@ -516,14 +510,30 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def run(args, log_dir: Path) -> dict:
-    url = args.database_url
+def movielens_database(*, url: str, dataset: Path, log_dir: Path) -> tuple[dict[str, str], dict]:
+    """A fresh database at `url` holding `dataset`: the environment of its processes and its data_facts."""
     env = django_env(database_url=url, var_dir=log_dir / "var")
-    step(f"recreating {url}, migrating, importing {args.dataset}")
+    step(f"recreating {url}, migrating, importing {dataset}")
     database_recreate(url)
     manage("migrate", "--noinput", env=env)
-    manage("import_movielens", str(args.dataset), "--no-progress", env=env, timeout=900)
-    facts = data_facts(url)
+    manage("import_movielens", str(dataset), "--no-progress", env=env, timeout=900)
+    return env, data_facts(url)
+
+
+def server_arguments(parser: argparse.ArgumentParser, *, port: int, database: str) -> None:
+    """The options bench/serve.py and bench/serve_wrk.py share: the server, its database and the data."""
+    parser.add_argument("--k", type=int, default=10, help="recommendations per request (default 10)")
+    parser.add_argument("--port", type=int, default=port, help=f"gunicorn's port on 127.0.0.1 (default {port})")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument(
+        "--database-url", default=f"postgres://postgres@127.0.0.1:5432/{database}", help="dropped and recreated"
+    )
+    parser.add_argument("--dataset", type=Path, default=DATASET, help="an ml-latest-small directory")
+
+
+def run(args, log_dir: Path) -> dict:
+    url = args.database_url
+    env, facts = movielens_database(url=url, dataset=args.dataset, log_dir=log_dir)
     until = facts["v1_until"]
     step(f"{facts['events']} events, {len(facts['users'])} users; training v1 (until {until:%Y-%m-%d}) and v2")
     v1_dir, v2_dir = models_train(env=env, until=until, log_dir=log_dir)

@@ -40,20 +40,17 @@ from _common import (  # noqa: E402
     api_key_create,
     benchmark_run,
     child_pids,
-    database_recreate,
-    django_env,
     interrupt_on_signals,
-    manage,
     step,
     text_table,
 )
 from serve import (  # noqa: E402
-    DATASET,
     HEALTH_PATH,
     RECOMMENDATIONS_PATH,
-    data_facts,
     model_register_and_promote,
     models_train,
+    movielens_database,
+    server_arguments,
     warm_up,
 )
 
@@ -146,24 +143,13 @@ def parse_args(argv):
     parser.add_argument("--duration", type=float, default=20, help="seconds per scenario and round (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three scenarios (default 3)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections of the throughput scenarios")
-    parser.add_argument("--k", type=int, default=10, help="recommendations per request (default 10)")
-    parser.add_argument("--port", type=int, default=8767, help="gunicorn's port on 127.0.0.1 (default 8767)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument(
-        "--database-url", default="postgres://postgres@127.0.0.1:5432/bench_serve_wrk", help="dropped and recreated"
-    )
-    parser.add_argument("--dataset", type=Path, default=DATASET, help="an ml-latest-small directory")
+    server_arguments(parser, port=8767, database="bench_serve_wrk")
     return parser.parse_args(argv)
 
 
 def measure(args, log_dir: Path) -> dict[str, list[dict]]:
     url = args.database_url
-    env = django_env(database_url=url, var_dir=log_dir / "var")
-    step(f"recreating {url}, migrating, importing {args.dataset}")
-    database_recreate(url)
-    manage("migrate", "--noinput", env=env)
-    manage("import_movielens", str(args.dataset), "--no-progress", env=env, timeout=900)
-    facts = data_facts(url)
+    env, facts = movielens_database(url=url, dataset=args.dataset, log_dir=log_dir)
     v1_dir, _ = models_train(env=env, until=facts["v1_until"], log_dir=log_dir)
     version = model_register_and_promote(env=env, directory=v1_dir)
     api_key = api_key_create(name="bench-serve-wrk", scopes="serve", env=env)

@@ -204,6 +204,11 @@ def report_print(name: str, result: dict, load_s: float) -> None:
     print(f"ranker / most-popular: {_ratio(m['ndcg@10'], pop)}; ranker / {cf_name}: {_ratio(m['ndcg@10'], cf)}; "
           f"ranker / stronger baseline: {_ratio(m['ndcg@10'], max(pop, cf))}")
     print(f"rating model: RMSE {m['rmse']:.4f}  MAE {m['mae']:.4f}  R2 {m['r2']:.4f}")
+    for rating_baseline in ("bias", "global_mean"):
+        row = base.get(rating_baseline)
+        if row and row.get("rmse"):
+            print(f"rating baseline {rating_baseline}: RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  "
+                  f"R2 {row['r2']:.4f} (model's RMSE {m['rmse'] / row['rmse'] - 1:+.1%})")
     stages = result["timings_s"]
     peaks = result.get("stage_peak_memory_mb", {})
     print("| stage | seconds | peak RSS so far (MB) |")

@@ -1,14 +1,21 @@
 """The system clock for serving, triggers and cut-offs: real time, or the replayed timeline during a
-replay. Each process's runtime holds one ProcessClock, which re-reads the row at most once a second."""
+replay. Each process's runtime holds one ProcessClock.
+
+The replayed timeline is a SystemClock row that `replay` writes. It is followed only where
+REPLAY_CLOCK_ENABLED is on (off by default): a deployment that did not ask for replay reads real time and
+never the row, so a row left behind by a replay cannot make production time run at replay speed. With the
+setting on, the row is re-read at most once a second."""
 
 import threading
 import time
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
 from recommendations.models import SystemClock
 from recommendations.runtime import process_runtime
+from recsite.errors import ApplicationError
 
 REFRESH_SECONDS = 1.0
 
@@ -20,8 +27,10 @@ class ProcessClock:
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
-        clock = self._clock_row()
         real = timezone.now()
+        if not settings.REPLAY_CLOCK_ENABLED:
+            return real
+        clock = self._clock_row()
         if clock is None:
             return real
         return clock.simulated_anchor + timedelta(seconds=(real - clock.real_anchor).total_seconds() * clock.speed)
@@ -44,7 +53,18 @@ def system_now() -> datetime:
     return process_runtime().clock.now()
 
 
+def replay_clock_check() -> None:
+    """Refuse to replay unless REPLAY_CLOCK_ENABLED is on here: the processes that should follow the replayed
+    timeline (web, worker, beat) only do with the same setting."""
+    if not settings.REPLAY_CLOCK_ENABLED:
+        raise ApplicationError(
+            "The replay clock is off: set REPLAY_CLOCK_ENABLED=1 in the environment of this command and of the "
+            "web, worker and beat processes that should follow the replayed timeline.")
+
+
 def clock_set(*, simulated_now: datetime, speed: float) -> SystemClock:
+    """Anchor the replayed timeline (refused while REPLAY_CLOCK_ENABLED is off)."""
+    replay_clock_check()
     clock, _ = SystemClock.objects.update_or_create(
         singleton=True, defaults={"simulated_anchor": simulated_now, "real_anchor": timezone.now(), "speed": speed}
     )

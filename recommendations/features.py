@@ -1,7 +1,7 @@
 """Feature definitions, shared by online ingestion, serving and training (no train/serve skew).
 
 Everything here is pure: states are plain dataclasses with times as UNIX seconds, events are `Event`
-tuples. Online ingestion (services.features) folds accepted events into the stored rows with these
+tuples. Online ingestion (services.online_features) folds accepted events into the stored rows with these
 functions; the training dataset builder replays the event log through the same functions to get the
 state *strictly before* each example's time.
 """
@@ -78,7 +78,7 @@ class ItemState:
     log_pop_30d: float | None = None
     # Distinct users: each (user, item) pair counts once, at its first stored event (the lowest Interaction
     # key), so that one user repeating events cannot buy popularity. Online, that event is the one that
-    # finds no earlier event of the pair (services.features.first_interactions).
+    # finds no earlier event of the pair (services.online_features.first_interactions).
     user_count: int = 0
     log_users_7d: float | None = None  # decayed distinct users, a log-mass like log_pop_7d
 
@@ -113,7 +113,7 @@ def _arrival_item_state(event: Event) -> ItemState:
 
 
 def item_merge(state: ItemState, delta: ItemState) -> ItemState:
-    """Fold `delta` into `state` in place. The SQL upsert in services.features does the same arithmetic."""
+    """Fold `delta` into `state` in place. The SQL upsert in recommendations.sql does the same arithmetic."""
     state.event_count += delta.event_count
     state.positive_count += delta.positive_count
     state.rating_count += delta.rating_count

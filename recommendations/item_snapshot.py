@@ -27,7 +27,7 @@ from django.db.models.functions import Cast
 
 from recommendations import features
 from recommendations.models import Item
-from recommendations.selectors.serving import catalog_deactivations
+from recommendations.selectors.request_reads import catalog_deactivations
 
 _STATE_FIELDS = [f"features__{name}" for name in features.ITEM_STATE_COLUMNS]
 _TIME_COLUMNS = {features.ITEM_STATE_COLUMNS.index(name) for name in ("first_event_at", "last_event_at")}

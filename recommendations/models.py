@@ -1,6 +1,13 @@
+import copy
+import json
+from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
+
 from django.db import models
 from django.db.models import Q
 from rest_framework_api_key.models import AbstractAPIKey
+
+from recommendations import features
 
 
 class EventType(models.TextChoices):
@@ -56,7 +63,8 @@ class Interaction(models.Model):
         indexes = [
             models.Index(fields=["user", "timestamp"]),
             models.Index(fields=["item", "timestamp"]),
-            # Ingestion asks whether an event is its user's first with the item (services.features.first_interactions)
+            # Ingestion asks whether an event is its user's first with the item
+            # (services.online_features.first_interactions).
             models.Index(fields=["user", "item"], name="ix_interaction_user_item"),
             models.Index(fields=["timestamp"]),
             models.Index(fields=["recommendation_id"], condition=Q(recommendation_id__isnull=False), name="ix_rec_id"),
@@ -89,9 +97,50 @@ class UserFeatures(models.Model):
     def __str__(self):
         return f"features of user {self.user_id}"
 
+    def state(self) -> features.UserState:
+        """This row as the feature definitions' UserState (a copy: folding events into it leaves the row as is)."""
+        return user_state_of(values={name: getattr(self, name) for name in USER_STATE_FIELDS})
+
+    def state_set(self, state: features.UserState) -> None:
+        for name in USER_STATE_FIELDS:
+            value = getattr(state, name)
+            setattr(self, name, utc_datetime(value) if name in _USER_TIME_FIELDS else value)
+
+
+# The one mapping between UserFeatures and features.UserState: the same names, times stored as datetimes and held
+# as UNIX seconds. A serving query that reads the columns itself selects USER_STATE_FIELDS and calls user_state_of.
+USER_STATE_FIELDS = tuple(field.name for field in dataclass_fields(features.UserState))
+_USER_TIME_FIELDS = {name for name in USER_STATE_FIELDS
+                     if isinstance(UserFeatures._meta.get_field(name), models.DateTimeField)}
+_USER_JSON_FIELDS = {name for name in USER_STATE_FIELDS
+                     if isinstance(UserFeatures._meta.get_field(name), models.JSONField)}
+
+
+def user_state_of(*, values: dict) -> features.UserState:
+    """A UserState from the USER_STATE_FIELDS values of a row, as the ORM reads them or as a cursor does (JSON as
+    text and times naive UTC on SQLite; all None for a LEFT JOIN without a row: the empty state)."""
+    if values["event_count"] is None:
+        return features.UserState()
+    for name in _USER_JSON_FIELDS:
+        values[name] = json.loads(values[name]) if isinstance(values[name], str) else copy.deepcopy(values[name])
+    for name in _USER_TIME_FIELDS:
+        values[name] = utc_seconds(values[name])
+    return features.UserState(**values)
+
+
+def utc_seconds(moment: datetime | None) -> float | None:
+    """UNIX seconds of a stored time: aware from the ORM and from a PostgreSQL cursor, naive UTC from SQLite's."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def utc_datetime(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
+
 
 class ItemFeatures(models.Model):
-    """Online features of one item. Updated by an additive upsert (see services.features) so that a hot
+    """Online features of one item. Updated by an additive upsert (see services.online_features) so that a hot
     item never holds a row lock longer than one statement at the end of the ingest transaction."""
 
     item = models.OneToOneField(Item, on_delete=models.CASCADE, primary_key=True, related_name="features")

@@ -1,7 +1,7 @@
 from celery import shared_task
 
 from recommendations.clock import system_now
-from recommendations.services.features import online_features_rebuild
+from recommendations.services.online_features import online_features_rebuild
 from recommendations.services.outcomes import impression_outcomes_record
 
 

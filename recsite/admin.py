@@ -1,3 +1,5 @@
+import re
+
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
@@ -79,19 +81,56 @@ def table_html(header: list, rows: list[list]):
 
 def gate_html(gate: dict):
     """A gate decision (retraining.services.gate): the verdict and each check as a sentence, the metrics of the
-    candidate, champion and most-popular side by side, then the other numbers that decided."""
+    candidate, champion, most-popular and the rating bias baseline side by side, then the other numbers that
+    decided."""
     if not gate:
         return "—"
     failures = set(gate.get("failures") or [])
     checks = format_html_join("", "<li>{} {}</li>", (
         ("✗" if reason in failures else "✓", reason) for reason in gate.get("reasons") or []))
     numbers = dict(gate.get("numbers") or {})
-    scored = {name: numbers.pop(name) for name in ("candidate", "champion", "popularity") if numbers.get(name)}
+    scored = {name: numbers.pop(name) for name in ("candidate", "champion", "popularity", "rating_bias")
+              if numbers.get(name)}
+    segments = numbers.pop("segments", None)
     metrics = sorted({key for values in scored.values() for key in values})
     rest = {key: value for key, value in gate.items() if key not in {"passed", "reasons", "failures", "numbers"}}
     return format_html(
-        "<p><strong>{}</strong></p><ul>{}</ul>{}{}", "Passed: the candidate may replace the champion."
+        "<p><strong>{}</strong></p><ul>{}</ul>{}{}{}", "Passed: the candidate may replace the champion."
         if gate.get("passed") else "Refused: the candidate may not replace the champion.", checks,
         table_html(["metric", *scored], [[key, *(values.get(key) for values in scored.values())] for key in metrics])
-        if scored else "", data_html({**numbers, **rest}) if numbers or rest else "")
+        if scored else "", segments_html(segments) if segments else "",
+        data_html({**numbers, **rest}) if numbers or rest else "")
+
+
+SEGMENT_MODELS = ("candidate", "champion", "ranker", "popularity", "ease")
+
+
+def segments_html(segments: dict):
+    """The per-segment table of an evaluation (retraining.ml.segments): one row per segment, fewest events first
+    (a JSON column keeps no key order), each model's NDCG@10 / Recall@10 / HitRate@10, and the gate's ΔNDCG@10
+    interval or why the segment was not checked."""
+    rows = sorted(segments.items(), key=lambda item: int(re.match(r"\d*", str(item[1].get("training_events")))[0] or 0))
+    models = [name for name in SEGMENT_MODELS if any(name in row for _, row in rows)]
+    checked = any("ndcg_difference" in row for _, row in rows)
+    header = ["segment", "training events", "users", *(f"{name} NDCG / Recall / HitRate @10" for name in models)]
+    body = [[name, row.get("training_events"), row.get("users"),
+             *(_segment_cell(row.get(model)) for model in models), *([_difference_cell(row)] if checked else [])]
+            for name, row in rows]
+    return format_html("<p>By user segment (training events before the holdout):</p>{}",
+                       table_html([*header, *(["ΔNDCG@10 95% CI"] if checked else [])], body))
+
+
+def _segment_cell(metrics: dict | None) -> str:
+    if not metrics:
+        return "—"
+    return " / ".join(number(metrics.get(key)) for key in ("ndcg@10", "recall@10", "hit_rate@10"))
+
+
+def _difference_cell(row: dict) -> str:
+    difference = row.get("ndcg_difference") or {}
+    if "skipped" in difference:
+        return f"not checked: {difference['skipped']}"
+    if "ci95_low" not in difference:
+        return "—"
+    return f"[{difference['ci95_low']:+.4f}, {difference['ci95_high']:+.4f}]"
 

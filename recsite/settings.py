@@ -1,6 +1,7 @@
 """Settings, all from the environment (12-factor). One module; the defaults are the embedded shape
 (SQLite in WAL mode and a filesystem broker), and DATABASE_URL / REDIS_URL switch to PostgreSQL and Redis."""
 
+import os
 import re
 from datetime import timedelta
 from ipaddress import ip_network
@@ -198,7 +199,7 @@ SPECTACULAR_SETTINGS = {
         "RunStatusEnum": "retraining.models.RunStatus",
         "ExperimentStatusEnum": "registry.models.Experiment.Status",
         "DeploymentModeEnum": "registry.models.DeploymentMode",
-        "ChallengerModeEnum": "retraining.rollout_api.CHALLENGER_MODES",
+        "ChallengerModeEnum": "registry.models.CHALLENGER_MODES",
     },
 }
 
@@ -297,6 +298,9 @@ OUTCOME_LATE_SECONDS = env.float("OUTCOME_LATE_SECONDS", default=300.0)
 if OUTCOME_LATE_SECONDS < 0:
     raise ImproperlyConfigured("OUTCOME_LATE_SECONDS must not be negative.")
 MODEL_STORE = Path(env.str("MODEL_STORE", default=str(VAR_DIR / "models")))
+# Follow the accelerated clock that `manage.py replay` writes (a SystemClock row). Off: every process reads real
+# time only, so a replay's leftover row cannot change time in a deployment that never asked for replay.
+REPLAY_CLOCK_ENABLED = env.bool("REPLAY_CLOCK_ENABLED", default=False)
 
 # --- Artifact store: where model versions' files live (registry/artifacts.py) ---------------------------------
 # local: the folder MODEL_STORE. s3: an S3-compatible bucket shared by every host (AWS S3, MinIO, ...); credentials
@@ -335,6 +339,29 @@ if ARTIFACT_CACHE_KEEP < 2:
 # Registry integrity: the function that checks a version's models load before any pointer moves to it. The
 # registry holds no ML (ARCHITECTURE.md), so the serving app provides it; named here, not registered at run time.
 REGISTRY_ARTIFACT_VERIFIER = "recommendations.serving.loading.artifact_models_check"
+
+# Called with `change_id` after a deployment change (a champion or challenger pointer moved) commits, never inside
+# the pointer's transaction; a hook that fails is logged and cannot undo the change. The registry holds no HTTP
+# clients, so mirrors (MLflow's aliases) are named here.
+REGISTRY_DEPLOYMENT_HOOKS = ["retraining.services.mlflow_mirror.deployment_change_mirror_schedule"]
+
+# --- MLflow, optional (retraining/services/mlflow_mirror.py): a mirror of runs, versions and aliases -----------
+# Unset: nothing is sent and mlflow is never imported. Set: each training run, registered version and pointer change
+# is mirrored by a Celery task (queue "default") after it commits; MLflow being down fails no run and no promotion.
+MLFLOW_TRACKING_URI = env.str("MLFLOW_TRACKING_URI", default="")
+MLFLOW_REGISTRY_URI = env.str("MLFLOW_REGISTRY_URI", default="") or MLFLOW_TRACKING_URI
+MLFLOW_EXPERIMENT_NAME = env.str("MLFLOW_EXPERIMENT_NAME", default="recsite")
+MLFLOW_REGISTERED_MODEL = env.str("MLFLOW_REGISTERED_MODEL", default="recsite-ranker")
+if MLFLOW_TRACKING_URI and not (MLFLOW_EXPERIMENT_NAME.strip() and MLFLOW_REGISTERED_MODEL.strip()):
+    raise ImproperlyConfigured("MLFLOW_EXPERIMENT_NAME and MLFLOW_REGISTERED_MODEL must not be blank")
+# MLflow's client reads these from the environment. Its own defaults (120 s a request, 7 retries with exponential
+# backoff) would hold a mirror for many minutes against a dead server; these bound one call to seconds.
+for _name, _default, _least in (("MLFLOW_HTTP_REQUEST_TIMEOUT", 5, 1), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2, 0),
+                                ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1, 0)):
+    _value = env.int(_name, default=_default)
+    if _value < _least:
+        raise ImproperlyConfigured(f"{_name} must be an integer >= {_least}, got {_value}")
+    os.environ[_name] = str(_value)
 
 
 def _seconds(name: str, default: float) -> float:

@@ -84,6 +84,13 @@ def artifact_read(*, path: str, size: int | None, sha256: str) -> dict[str, byte
         raise ArtifactError(f"Artifact {name} is not a readable archive: {exc}") from exc
 
 
+def artifact_local_file(*, path: str, size: int | None, sha256: str) -> Path:
+    """A verified file of a stored artifact on this host: the stored file itself (local store) or this host's
+    cached copy of the remote object (for uploading it elsewhere, e.g. to MLflow)."""
+    _artifact_bytes(path=path, size=size, sha256=sha256)
+    return Path(path) if os.path.isabs(path) else artifact_cache_dir() / f"{sha256}.tar"
+
+
 def _pack(source_dir: Path, handle) -> None:
     with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for path in sorted(p for p in source_dir.iterdir() if p.is_file()):

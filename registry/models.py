@@ -67,6 +67,48 @@ class DeploymentMode(models.TextChoices):
     CANARY = "canary"
 
 
+# --- The rules of a challenger's traffic: the only copy (the policy, the services and the API ask these) ---
+
+CHALLENGER_MODES = [DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY]
+# Default shares. A shadowed request is scored twice, so a shadow scores a quarter of requests by default: enough
+# paired lists within hours at modest traffic, and a bounded cost on the web processes at any traffic.
+SHADOW_TRAFFIC_PERCENT = 25
+AB_TRAFFIC_PERCENT = 50
+CANARY_STEPS_ERROR = "Canary steps must be whole percentages rising from at least 1 to 100, e.g. [10, 50, 100]."
+TRAFFIC_PERCENT_ERROR = "traffic_percent must be a whole number between 1 and 100."
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def canary_steps_error(steps) -> str | None:
+    """Why `steps` is not a canary schedule, or None when it is."""
+    steps = list(steps) if isinstance(steps, (list, tuple)) else None
+    if not steps or not all(_whole(step) for step in steps):
+        return CANARY_STEPS_ERROR
+    return None if steps == sorted(set(steps)) and steps[0] >= 1 and steps[-1] == 100 else CANARY_STEPS_ERROR
+
+
+def traffic_percent_error(percent) -> str | None:
+    """Why `percent` is not a challenger's share of traffic, or None when it is."""
+    return None if _whole(percent) and 1 <= percent <= 100 else TRAFFIC_PERCENT_ERROR
+
+
+def challenger_input_error(*, mode: str, traffic_percent: int | None, steps) -> str | None:
+    """Why this start of a challenger is invalid, or None: a known mode; a canary's traffic follows its steps;
+    a shadow or an A/B test has one share (None: the default)."""
+    if mode not in CHALLENGER_MODES:
+        return f"Unknown mode '{mode}'; use shadow, ab or canary."
+    if mode == DeploymentMode.CANARY:
+        if traffic_percent is not None:
+            return "A canary's traffic follows its steps; give steps, not traffic_percent."
+        return canary_steps_error(steps)
+    if steps:
+        return "steps apply to a canary only."
+    return None if traffic_percent is None else traffic_percent_error(traffic_percent)
+
+
 class Deployment(models.Model):
     """A pointer alias → version. `champion` serves traffic; `challenger` is for shadow / A/B / canary and
     points at the running experiment, whose id seeds the users' assignment to arms."""

@@ -17,7 +17,7 @@ COMPARED_METRICS = [
     ("hit_rate@10", "HitRate@10", True),
     ("coverage@10", "Coverage@10", True),
 ]
-HISTORY_METRICS = ["rmse", "mae", "r2", "recall@10", "map@10", "ndcg@10"]
+HISTORY_METRICS = ["rmse", "mae", "r2", "recall@10", "map@10", "ndcg@10", "candidate_recall@100"]
 
 
 def champion_version() -> ModelVersion | None:
@@ -70,11 +70,15 @@ def model_versions_compare(*, a: ModelVersion, b: ModelVersion) -> list[dict]:
 
 
 def model_history_markdown() -> str:
-    """The version history as a Markdown table, newest first, the active version marked."""
-    header = "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Status |"
-    lines = [header, "|" + "---|" * 9]
+    """The version history as a Markdown table, newest first, the active version marked. The rating baselines
+    (user + item biases, global mean) are each version's own, on its holdout's ratings, beside its RMSE."""
+    header = ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
+              "| NDCG@10 | Candidate recall@100 | Status |")
+    lines = [header, "|" + "---|" * 12]
     for version in ModelVersion.objects.order_by("-version"):
+        baselines = version.baseline_metrics or {}
         cells = [number(version.metrics.get(key)) for key in HISTORY_METRICS]
+        cells[1:1] = [number(baselines.get(name, {}).get("rmse")) for name in ("bias", "global_mean")]
         status = "**active** ✅" if version.status == ModelStatus.ACTIVE else version.status
         name = f"**{version.label}**" if version.status == ModelStatus.ACTIVE else version.label
         lines.append(f"| {name} | {version.created_at:%Y-%m-%d %H:%M} | " + " | ".join(cells) + f" | {status} |")

@@ -10,6 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -20,7 +21,10 @@ from django.utils.module_loading import import_string
 
 from recsite.errors import ApplicationError, ConflictError, NotFoundError
 from registry.artifacts import MANIFEST_FILE, ArtifactError, artifact_read, artifact_store
-from registry.models import Alias, Deployment, DeploymentChange, DeploymentMode, Experiment, ModelStatus, ModelVersion
+from registry.models import (
+    AB_TRAFFIC_PERCENT, SHADOW_TRAFFIC_PERCENT, Alias, Deployment, DeploymentChange, DeploymentMode, Experiment,
+    ModelStatus, ModelVersion, challenger_input_error,
+)
 from registry.selectors import champion_version, running_experiment
 
 logger = logging.getLogger(__name__)
@@ -194,7 +198,16 @@ def _champion_flip_locked(target: ModelVersion, action: str, actor: str, reason:
         alias=Alias.CHAMPION, action=action, from_version=current, to_version=target, actor=actor, reason=reason
     )
     _experiment_end_on_champion_change(target, actor)
+    deployment_hooks_on_commit(change=change)
     return change
+
+
+def deployment_hooks_on_commit(*, change: DeploymentChange) -> None:
+    """Tell settings.REGISTRY_DEPLOYMENT_HOOKS (mirrors outside the registry, e.g. MLflow's aliases) that a pointer
+    moved, once the change commits: never inside the pointer's transaction, and a hook that fails is logged (robust)
+    and can neither undo the change nor fail the call that made it."""
+    for path in settings.REGISTRY_DEPLOYMENT_HOOKS:
+        transaction.on_commit(partial(import_string(path), change_id=change.pk), robust=True)
 
 
 def _experiment_end_on_champion_change(target: ModelVersion, actor: str) -> None:
@@ -225,7 +238,7 @@ def model_version_reject(*, version: int, actor: str, reason: str) -> Deployment
 class ChallengerInput:
     version: int
     mode: str
-    traffic_percent: int | None = None  # default: 100 (every request) in shadow, 50 in an A/B test
+    traffic_percent: int | None = None  # default: SHADOW_TRAFFIC_PERCENT or AB_TRAFFIC_PERCENT
     steps: tuple[int, ...] = ()
     min_step_seconds: int = 3600
     min_impressions: int = 1000
@@ -255,11 +268,12 @@ def challenger_start(*, data: ChallengerInput, actor: str, reason: str, at: date
         )
         pointer.version, pointer.mode, pointer.traffic_percent, pointer.experiment = target, data.mode, traffic, experiment
         pointer.save()
-        DeploymentChange.objects.create(
+        change = DeploymentChange.objects.create(
             alias=Alias.CHALLENGER, action=DeploymentChange.Action.CHALLENGER_START, to_version=target, actor=actor,
             reason=reason, details={"experiment_id": experiment.pk, "mode": data.mode, "traffic_percent": traffic,
                                     "steps": list(data.steps)},
         )
+        deployment_hooks_on_commit(change=change)
         return experiment
 
 
@@ -267,7 +281,7 @@ def _starting_traffic(data: ChallengerInput) -> int:
     if data.mode == DeploymentMode.CANARY:
         return data.steps[0]
     if data.traffic_percent is None:
-        return 100 if data.mode == DeploymentMode.SHADOW else 50
+        return SHADOW_TRAFFIC_PERCENT if data.mode == DeploymentMode.SHADOW else AB_TRAFFIC_PERCENT
     return data.traffic_percent
 
 
@@ -279,14 +293,8 @@ def _challenger_check(target: ModelVersion, data: ChallengerInput) -> None:
         raise ApplicationError("There is no champion to compare a challenger with; promote a version first.")
     if champion.pk == target.pk:
         raise ApplicationError(f"{target} is the champion.")
-    if data.mode not in (DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY):
-        raise ApplicationError(f"Unknown mode '{data.mode}'; use shadow, ab or canary.")
-    if data.mode == DeploymentMode.CANARY:
-        steps = list(data.steps)
-        if not steps or steps != sorted(set(steps)) or steps[0] < 1 or steps[-1] != 100:
-            raise ApplicationError("Canary steps must be increasing percentages from 1 ending at 100, e.g. [10, 50, 100].")
-    elif data.traffic_percent is not None and not 1 <= data.traffic_percent <= 100:
-        raise ApplicationError("traffic_percent must be between 1 and 100.")
+    if (error := challenger_input_error(mode=data.mode, traffic_percent=data.traffic_percent, steps=data.steps)):
+        raise ApplicationError(error)
 
 
 def challenger_stop(*, actor: str, reason: str, at: datetime, reject: bool = False,
@@ -350,7 +358,8 @@ def _challenger_pointer() -> Deployment:
 def _experiment_end(experiment: Experiment, outcome: str, actor: str, reason: str, *, at: datetime | None) -> None:
     Experiment.objects.filter(pk=experiment.pk).update(status=outcome, ended_at=at or timezone.now(), outcome_reason=reason)
     Deployment.objects.filter(alias=Alias.CHALLENGER).update(version=None, mode=DeploymentMode.NONE, traffic_percent=0, experiment=None)
-    DeploymentChange.objects.create(
+    change = DeploymentChange.objects.create(
         alias=Alias.CHALLENGER, action=DeploymentChange.Action.CHALLENGER_STOP, from_version_id=experiment.version_id,
         actor=actor, reason=reason, details={"experiment_id": experiment.pk, "outcome": outcome},
     )
+    deployment_hooks_on_commit(change=change)

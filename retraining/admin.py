@@ -1,4 +1,4 @@
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
@@ -10,13 +10,17 @@ from django.views.decorators.http import require_POST
 from recommendations.clock import system_now
 from recommendations.selectors import online_metrics
 from recsite.admin import ReadOnlyAdmin, admin_action_view, data_field, gate_html, table_html
+from recsite.api import validated
 from recsite.errors import ApplicationError
 from recsite.formatting import duration, number
 from registry.admin import PROMOTE
 from registry.models import DeploymentMode, Experiment, ModelStatus, ModelVersion
 from registry.services import PROMOTABLE
 from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
-from retraining.services.policy import policy_active
+from retraining.api import TriggerEfficacyQuery
+from retraining.selectors import trigger_efficacy_rows
+from retraining.services.gate import MIN_COMPARISON_USERS
+from retraining.services.policy import policy_active, policy_save
 from retraining.services.rollout import challenger_deploy, challenger_report, experiment_promote, experiment_stop
 from retraining.services.runs import retrain_request
 
@@ -26,7 +30,7 @@ class RetrainPolicyAdmin(admin.ModelAdmin):
     list_display = ["name", "active", "time_enabled", "volume_enabled", "performance_enabled", "drift_enabled",
                     "cooldown_minutes", "updated_at"]
     fieldsets = [
-        (None, {"fields": ["name", "active", "check_interval_minutes", "cooldown_minutes"]}),
+        (None, {"fields": ["name", "active", "check_interval_minutes", "cooldown_minutes", "min_new_holdout_users"]}),
         ("Time", {"fields": ["time_enabled", "time_interval_hours"]}),
         ("Volume", {"fields": ["volume_enabled", "volume_min_events"]}),
         ("Online performance", {"fields": ["performance_enabled", "performance_ratio", "performance_window_hours",
@@ -40,16 +44,24 @@ class RetrainPolicyAdmin(admin.ModelAdmin):
                                                      "rollout_confidence", "rollout_max_error_increase"]}),
     ]
 
+    def save_model(self, request, obj, form, change):
+        policy_save(policy=obj)
+
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(ReadOnlyAdmin):
-    list_display = ["id", "trigger", "status", "requested_by", "created_at", "finished_at", "model_version", "gate_summary"]
+    list_display = ["id", "triggers_shown", "status", "requested_by", "created_at", "finished_at", "model_version",
+                    "gate_summary"]
     list_filter = ["status", "trigger"]
     change_list_template = "admin/retraining/trainingrun/change_list.html"
-    readonly_fields = ["trigger", "status", "requested_by", "created_at", "started_at", "trained_at", "evaluated_at",
-                       "finished_at", "heartbeat_at", "data_until", "model_version", "error", data_field("evidence"),
-                       "gate_pretty", "stage_timings_pretty", "log_pretty"]
-    exclude = ["evidence", "gate", "stage_timings", "log"]
+    readonly_fields = ["trigger", "triggers_shown", "status", "requested_by", "created_at", "started_at", "trained_at",
+                       "evaluated_at", "finished_at", "heartbeat_at", "data_until", "model_version", "error",
+                       data_field("evidence"), "gate_pretty", "stage_timings_pretty", "log_pretty"]
+    exclude = ["evidence", "gate", "stage_timings", "log", "triggers"]
+
+    @admin.display(description="triggers")
+    def triggers_shown(self, obj):
+        return " + ".join(obj.triggers or [obj.trigger])
 
     @admin.display(description="gate")
     def gate_summary(self, obj):
@@ -73,7 +85,21 @@ class TrainingRunAdmin(ReadOnlyAdmin):
     def get_urls(self):
         retrain = admin_action_view(self.admin_site, require_POST(self.retrain_view),
                                     permission="retraining.start_trainingrun")
-        return [path("retrain/", retrain, name="retraining_retrain"), *super().get_urls()]
+        efficacy = admin_action_view(self.admin_site, self.efficacy_view, permission="retraining.view_trainingrun")
+        return [path("retrain/", retrain, name="retraining_retrain"),
+                path("efficacy/", efficacy, name="retraining_trigger_efficacy"), *super().get_urls()]
+
+    def efficacy_view(self, request):
+        """?since=<ISO 8601 date or time>: only runs and checks from then on."""
+        since, error = _since_of({"since": text} if (text := request.GET.get("since", "").strip()) else {})
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "since": since,
+                   "since_text": request.GET.get("since", ""), "error": error,
+                   "title": "Trigger efficacy: which triggers paid off",
+                   "rows": [{**row, "training_time": duration(row["training_seconds"])}
+                            for row in trigger_efficacy_rows(since=since)], "policy": policy_active(),
+                   "min_comparison_users": MIN_COMPARISON_USERS}
+        return TemplateResponse(request, "admin/retraining/trainingrun/efficacy.html", context,
+                                status=400 if error else 200)
 
     def retrain_view(self, request):
         try:
@@ -86,11 +112,20 @@ class TrainingRunAdmin(ReadOnlyAdmin):
         return redirect(reverse("admin:retraining_trainingrun_changelist"))
 
 
+def _since_of(query) -> tuple[datetime | None, str]:
+    """The efficacy page's `since` (validated as the API validates it), or why it was refused."""
+    try:
+        return validated(TriggerEfficacyQuery, query).get("since"), ""
+    except ApplicationError as exc:
+        detail = "; ".join(error["message"] for error in exc.extra.get("errors", []))
+        return None, f"since: {detail} Showing every run."
+
+
 @admin.register(TriggerEvaluation)
 class TriggerEvaluationAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "clock", "fired", "action", "verdicts"]
-    list_filter = ["fired"]
-    readonly_fields = ["created_at", "clock", "fired", "action", "run", data_field("results")]
+    list_display = ["created_at", "clock", "fired", "action", "held_reason", "verdicts"]
+    list_filter = ["fired", "held_reason"]
+    readonly_fields = ["created_at", "clock", "fired", "action", "held_reason", "run", data_field("results")]
     exclude = ["results"]
 
     @admin.display(description="verdicts")

@@ -1,5 +1,5 @@
-"""Retraining endpoints (scope `admin`): start a run, read runs, trigger evaluations, drift reports and which model
-served a user."""
+"""Retraining endpoints (scope `admin`): start a run, read runs, trigger evaluations and their efficacy, drift reports
+and which model served a user."""
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -7,12 +7,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from recommendations.models import Impression
-from recsite.api import validated
+from recsite.api import PastDateTimeField, validated
 from recsite.errors import NotFoundError
 from registry.api import actor_of
 from registry.models import Alias, DeploymentChange
 from registry.selectors import champion_version
 from retraining.models import DriftReport, TrainingRun, TriggerEvaluation
+from retraining.selectors import trigger_efficacy_rows
 from retraining.services.drift import drift_check_run
 from retraining.services.policy import policy_active
 from retraining.services.runs import retrain_request
@@ -25,7 +26,8 @@ class TrainingRunOutput(serializers.ModelSerializer):
 
     class Meta:
         model = TrainingRun
-        fields = ["id", "trigger", "evidence", "status", "requested_by", "created_at", "started_at", "trained_at",
+        fields = ["id", "trigger", "triggers", "evidence", "status", "requested_by", "created_at", "started_at",
+                  "trained_at",
                   "evaluated_at", "finished_at", "heartbeat_at", "data_until", "stage_timings", "gate",
                   "model_version", "error"]
 
@@ -40,7 +42,7 @@ class TriggerEvaluationOutput(serializers.ModelSerializer):
 
     class Meta:
         model = TriggerEvaluation
-        fields = ["id", "created_at", "clock", "results", "fired", "action", "run_id"]
+        fields = ["id", "created_at", "clock", "results", "fired", "action", "held_reason", "run_id"]
 
 
 class DriftReportOutput(serializers.ModelSerializer):
@@ -102,6 +104,44 @@ class TriggerEvaluationLatestApi(APIView):
         if evaluation is None:
             raise NotFoundError("No trigger evaluation yet.")
         return Response(TriggerEvaluationOutput(evaluation).data)
+
+
+class TriggerEfficacyRowOutput(serializers.Serializer):
+    trigger = serializers.CharField(help_text="a trigger kind, or `all` (every run once)")
+    runs = serializers.IntegerField(help_text="runs this kind started (alone or with others)")
+    finished = serializers.IntegerField(help_text="of them, no longer in flight")
+    promotions = serializers.IntegerField(help_text="runs whose version became the champion")
+    promotions_compared = serializers.IntegerField(help_text="promotions gated against a champion (with a Δ)")
+    mean_ndcg_gain = serializers.FloatField(allow_null=True, help_text="mean ΔNDCG@10 of the promoted candidates "
+                                                                        "over their champion, on the same holdout")
+    best_ndcg_gain = serializers.FloatField(allow_null=True, help_text="largest of those ΔNDCG@10")
+    rejected = serializers.IntegerField()
+    rejected_for_no_new_data = serializers.IntegerField(
+        help_text="runs the gate refused for too few users with a held-out positive since the champion's cut-off")
+    no_new_data_share = serializers.FloatField(allow_null=True, help_text="rejected_for_no_new_data / finished")
+    failed = serializers.IntegerField()
+    training_seconds = serializers.FloatField(help_text="trainer time, claim to finish (failed runs included)")
+    held_for_no_new_data = serializers.IntegerField(
+        help_text="trigger checks where this kind fired but min_new_holdout_users held the run")
+
+
+class TriggerEfficacyQuery(serializers.Serializer):
+    since = PastDateTimeField(required=False, help_text="only runs and checks created at or after this time "
+                                                        "(ISO 8601; a date means its midnight, UTC without an offset)")
+
+
+class TriggerEfficacyApi(APIView):
+    required_scope = "admin"
+
+    class OutputSerializer(serializers.Serializer):
+        since = serializers.DateTimeField(allow_null=True)
+        triggers = TriggerEfficacyRowOutput(many=True)
+
+    @extend_schema(parameters=[TriggerEfficacyQuery], responses={200: OutputSerializer},
+                   summary="Which triggers paid off: runs, promotions, ΔNDCG@10, training time per trigger kind")
+    def get(self, request):
+        since = validated(TriggerEfficacyQuery, request.query_params).get("since")
+        return Response(self.OutputSerializer({"since": since, "triggers": trigger_efficacy_rows(since=since)}).data)
 
 
 class DriftReportApi(APIView):

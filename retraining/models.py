@@ -5,7 +5,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from registry.models import ModelVersion
+from registry.models import (
+    AB_TRAFFIC_PERCENT, SHADOW_TRAFFIC_PERCENT, ModelVersion, canary_steps_error, traffic_percent_error,
+)
 
 
 class Rollout(models.TextChoices):
@@ -42,6 +44,10 @@ class RetrainPolicy(models.Model):
     drift_key_features = models.JSONField(default=list, blank=True, help_text="features whose drift alone is enough")
 
     cooldown_minutes = models.FloatField(default=60)
+    min_new_holdout_users = models.PositiveIntegerField(
+        default=0, help_text="a fired trigger starts a run only when at least this many users have events after the "
+                             "champion's training cut-off (the users the gate compares on); 0: off",
+    )
     check_interval_minutes = models.PositiveIntegerField(default=5)
 
     gate_min_relative_gain = models.FloatField(default=0.01)
@@ -58,9 +64,10 @@ class RetrainPolicy(models.Model):
         max_length=8, choices=Rollout.choices, default=Rollout.PROMOTE,
         help_text="what a candidate that passed the gate does next (with no champion yet it is always promoted)",
     )
-    ab_traffic_percent = models.PositiveSmallIntegerField(default=50, help_text="share of users in the challenger's arm")
+    ab_traffic_percent = models.PositiveSmallIntegerField(
+        default=AB_TRAFFIC_PERCENT, help_text="share of users in the challenger's arm")
     shadow_traffic_percent = models.PositiveSmallIntegerField(
-        default=25, help_text="share of requests the challenger shadows (each costs the web process a second scoring)")
+        default=SHADOW_TRAFFIC_PERCENT, help_text="share of requests the challenger shadows (each costs the web process a second scoring)")
     canary_steps = models.JSONField(default=default_canary_steps, help_text="traffic percentages, rising to 100")
     rollout_min_step_minutes = models.FloatField(default=60, help_text="a canary step is held at least this long")
     rollout_min_impressions = models.PositiveIntegerField(
@@ -85,13 +92,13 @@ class RetrainPolicy(models.Model):
             raise ValidationError({"drift_psi_warning": "Must be positive and at most the drift threshold."})
         if not 0 < self.drift_share_threshold <= 1:
             raise ValidationError({"drift_share_threshold": "Must be in (0, 1]."})
-        steps = self.canary_steps
-        if not (isinstance(steps, list) and steps and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
-                and steps == sorted(set(steps)) and steps[0] >= 1 and steps[-1] == 100):
-            raise ValidationError({"canary_steps": "A rising list of whole percentages ending at 100, e.g. [10, 50, 100]."})
+        if (error := canary_steps_error(self.canary_steps)):
+            raise ValidationError({"canary_steps": error})
         for name in ("ab_traffic_percent", "shadow_traffic_percent"):
-            if not 1 <= getattr(self, name) <= 100:
-                raise ValidationError({name: "Must be between 1 and 100."})
+            if (error := traffic_percent_error(getattr(self, name))):
+                raise ValidationError({name: error})
+        if self.check_interval_minutes < 1:
+            raise ValidationError({"check_interval_minutes": "Must be at least 1 minute."})
         if not 0.5 <= self.rollout_confidence < 1:
             raise ValidationError({"rollout_confidence": "Must be in [0.5, 1)."})
 
@@ -125,7 +132,8 @@ class TrainingRun(models.Model):
     """One training run. At most one is in flight: `in_flight` is True exactly while the run is queued,
     training or evaluating (NULL after), and it is unique, so the database refuses a second one."""
 
-    trigger = models.CharField(max_length=12, choices=Trigger.choices)
+    trigger = models.CharField(max_length=12, choices=Trigger.choices, help_text="the first of `triggers`")
+    triggers = models.JSONField(default=list, blank=True, help_text="every trigger kind that fired for this run")
     evidence = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
     in_flight = models.BooleanField(null=True, default=True, editable=False)
@@ -162,6 +170,14 @@ class TrainingRun(models.Model):
         return f"run {self.pk} ({self.trigger}, {self.status})"
 
 
+class HoldReason(models.TextChoices):
+    EXPERIMENT = "experiment_running", "an experiment is running"
+    COOLDOWN = "cooling_down", "cooling down after the last run"
+    NOT_ENOUGH_NEW_DATA = "not_enough_new_data", "too few users with events since the champion's cut-off"
+    RUN_IN_FLIGHT = "run_in_flight", "a run is already in flight"
+    BROKER_UNAVAILABLE = "broker_unavailable", "the broker was unavailable"
+
+
 class TriggerEvaluation(models.Model):
     """One check of every trigger: each trigger's value, threshold and verdict, and what was done."""
 
@@ -171,9 +187,16 @@ class TriggerEvaluation(models.Model):
     fired = models.CharField(max_length=12, blank=True, default="")
     action = models.CharField(max_length=200, blank=True, default="")
     run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    held_reason = models.CharField(
+        max_length=32, choices=HoldReason.choices, blank=True, default="",
+        help_text="why triggers that fired started no run; empty when a run started or nothing fired",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def fired_kinds(self) -> list[str]:
+        return [name for name, result in self.results.items() if result.get("verdict") == "fire"]
 
     def __str__(self):
         outcome = f"{self.fired} fired" if self.fired else "nothing fired"
@@ -205,3 +228,22 @@ class DriftReport(models.Model):
     def __str__(self):
         return f"drift report {self.pk} ({self.verdict})"
 
+
+
+class MlflowMirror(models.Model):
+    """The MLflow mirror's one row (pk 1). Its lease serialises mirroring across workers, so that two of them never
+    both create the MLflow run or model version of one registry version; its counts are what /metrics exports:
+    MLflow is a mirror, and its failures are counted here instead of failing a training run or a promotion."""
+
+    claimed_until = models.DateTimeField(null=True, blank=True, help_text="a mirror holds the lease until then")
+    successes = models.PositiveBigIntegerField(default=0)
+    failures = models.PositiveBigIntegerField(default=0)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = "MLflow mirror"
+
+    def __str__(self):
+        return f"MLflow mirror: {self.successes} mirrored, {self.failures} failed"

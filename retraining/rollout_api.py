@@ -12,16 +12,13 @@ from recommendations.clock import system_now
 from recommendations.models import Impression
 from recommendations.selectors import online_metrics
 from recsite.api import StrictBooleanField, StrictCharField, StrictIntegerField, StrictSerializer, validated
-from recsite.errors import ApplicationError, NotFoundError
+from recsite.errors import NotFoundError
 from registry.api import actor_of
-from registry.models import Alias, Deployment, DeploymentMode, Experiment
+from registry.models import CHALLENGER_MODES, Alias, Deployment, DeploymentMode, Experiment
 from registry.selectors import running_experiment
 from registry.services import model_version_get
 from retraining.services.policy import policy_active
 from retraining.services.rollout import challenger_deploy, challenger_report, experiment_stop
-
-
-CHALLENGER_MODES = [DeploymentMode.SHADOW, DeploymentMode.AB, DeploymentMode.CANARY]
 
 
 class ExperimentOutput(serializers.ModelSerializer):
@@ -113,9 +110,9 @@ class ChallengerApi(APIView):
     class InputSerializer(StrictSerializer):
         version = StrictIntegerField(min_value=1)
         mode = serializers.ChoiceField(choices=CHALLENGER_MODES)
-        traffic_percent = StrictIntegerField(required=False, min_value=0, max_value=100)
-        steps = serializers.ListField(child=StrictIntegerField(min_value=1, max_value=100), required=False,
-                                      allow_empty=False, max_length=20)
+        # Shares and steps are checked by the registry's rules (challenger_input_error), the only copy.
+        traffic_percent = StrictIntegerField(required=False)
+        steps = serializers.ListField(child=StrictIntegerField(), required=False, max_length=20)
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
         replace = StrictBooleanField(required=False, default=False)
 
@@ -128,12 +125,6 @@ class ChallengerApi(APIView):
                    summary="Deploy a version as the challenger (shadow, A/B or canary); canary steps default to the policy's")
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
-        if data["mode"] != DeploymentMode.CANARY and "steps" in data:
-            raise ApplicationError("steps apply to a canary only.")
-        if data["mode"] == DeploymentMode.CANARY and "traffic_percent" in data:
-            raise ApplicationError("A canary's traffic follows its steps; give steps, not traffic_percent.")
-        if data.get("traffic_percent") == 0:
-            raise ApplicationError("traffic_percent must be between 1 and 100.")
         model_version_get(version=data["version"])
         experiment = challenger_deploy(version=data["version"], mode=data["mode"], actor=actor_of(request),
                                        reason=data["reason"], traffic_percent=data.get("traffic_percent"),

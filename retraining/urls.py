@@ -7,6 +7,7 @@ urlpatterns = [
     path("training-runs", api.TrainingRunListApi.as_view(), name="training-runs"),
     path("training-runs/<int:run_id>", api.TrainingRunDetailApi.as_view(), name="training-run"),
     path("trigger-evaluations/latest", api.TriggerEvaluationLatestApi.as_view(), name="trigger-evaluation-latest"),
+    path("triggers/efficacy", api.TriggerEfficacyApi.as_view(), name="trigger-efficacy"),
     path("drift-reports", api.DriftReportApi.as_view(), name="drift-reports"),
     path("drift-reports/latest", api.DriftReportLatestApi.as_view(), name="drift-report-latest"),
     path("users/<str:user_id>/timeline", api.UserTimelineApi.as_view(), name="user-timeline"),

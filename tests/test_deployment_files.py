@@ -5,6 +5,9 @@ import importlib
 import json
 import re
 from ipaddress import ip_address, ip_network
+
+
+import re
 from pathlib import Path
 
 import yaml
@@ -172,3 +175,21 @@ def test_the_optional_dask_profile_runs_a_scheduler_and_workers_of_the_app_image
     assert "DASK_SCHEDULER_ADDRESS" in SERVICES["trainer"]["environment"]
     requirements = (REPO / "requirements.txt").read_text().split()
     assert "dask==2026.8.0" in requirements and "distributed==2026.8.0" in requirements
+
+
+def test_compose_runs_a_pinned_mlflow_server_on_sqlite_in_a_volume_and_the_app_mirrors_to_it():
+    mlflow = SERVICES["mlflow"]
+    image, _, tag = mlflow["image"].partition(":")
+    assert image == "ghcr.io/mlflow/mlflow" and re.fullmatch(r"v\d+\.\d+\.\d+", tag), "pin the image's version"
+    client = next(line for line in (REPO / "requirements.txt").read_text().splitlines()
+                  if line.startswith("mlflow-skinny=="))
+    assert client == f"mlflow-skinny=={tag[1:]}", "the server and the client are the same release"
+    server = " ".join(mlflow["command"])
+    assert server.startswith("mlflow server") and "--port 5000" in server and "--serve-artifacts" in server
+    assert "--backend-store-uri sqlite:////mlflow/" in server and "mlflow:/mlflow" in mlflow["volumes"]
+    assert "mlflow" in COMPOSE["volumes"] and "mlflow:5000" in server, "the app reaches it as mlflow:5000"
+    assert all(port.startswith("127.0.0.1:") for port in mlflow["ports"]), "no login: this host only"
+    assert mlflow["healthcheck"]["test"]
+    for name in ["web", "worker", "trainer", "beat"]:
+        assert SERVICES[name]["environment"]["MLFLOW_TRACKING_URI"] == "${MLFLOW_TRACKING_URI-http://mlflow:5000}"
+        assert "mlflow" not in SERVICES[name]["depends_on"], "MLflow down must not keep the loop from starting"

@@ -21,7 +21,7 @@ from registry.models import DeploymentChange, Experiment, ModelVersion
 from retraining.models import IN_FLIGHT, TrainingRun, TriggerEvaluation
 from retraining.services.policy import policy_active
 from retraining.services.replay import replay_run
-from tests.conftest import start_process, stop_process, wait_until
+from tests.support.processes import start_process, stop_process, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 BIN = Path(sys.executable).parent
@@ -49,8 +49,9 @@ def get_json(url: str, key: str, method: str = "GET", body: dict | None = None) 
 @pytest.fixture
 def live_system(tmp_path, settings):
     """Web, worker, trainer and beat as separate processes on the test database."""
-    settings.MODEL_STORE = tmp_path / "models"
-    env = {"MODEL_STORE": str(settings.MODEL_STORE), "MODEL_POLL_SECONDS": "0.5", "DEBUG": "false"}
+    settings.MODEL_STORE, settings.REPLAY_CLOCK_ENABLED = tmp_path / "models", True
+    env = {"MODEL_STORE": str(settings.MODEL_STORE), "MODEL_POLL_SECONDS": "0.5", "DEBUG": "false",
+           "REPLAY_CLOCK_ENABLED": "1"}
     port = free_port()
     commands = {
         "web": [str(BIN / "gunicorn"), "recsite.wsgi:application", "--workers", "2", "--bind", f"127.0.0.1:{port}"],

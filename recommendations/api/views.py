@@ -2,7 +2,6 @@ import logging
 from collections import Counter
 
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 from drf_spectacular.utils import (
     OpenApiResponse,
@@ -27,6 +26,7 @@ from recsite.api import (
     StrictUUIDField,
     validated,
 )
+from recommendations import sql
 from recommendations.models import EventType
 from recommendations.runtime import process_runtime
 from recommendations.serving.recommend import recommendations_for, serving_health, similar_items
@@ -212,8 +212,7 @@ class HealthApi(APIView):
     }, summary="Health for load balancers (no key needed)")
     def get(self, request):
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
+            sql.database_ping()
         except Exception:  # any database failure means "not healthy", never a 500
             logger.exception("health check: the database is unreachable")
             body = {"status": "unavailable", "database": "unreachable", "message": "The database is unreachable."}
@@ -239,11 +238,35 @@ class _ServedItems(serializers.JSONField):
     ServedItem but passed through, because converting each field of each item cost 0.35 ms a response."""
 
 
+K_DEFAULT = 10
+
+
+def k_parse(text: str) -> int | None:
+    """The list length `?k=`: a whole number from 1 to MAX_RECOMMENDATIONS written in ASCII digits, else None.
+    The only parser of `k`; KField and the recommendations fast path both ask it."""
+    if text.isascii() and text.isdigit() and 1 <= (k := int(text)) <= settings.MAX_RECOMMENDATIONS:
+        return k
+    return None
+
+
+class KField(serializers.IntegerField):
+    default_error_messages = {"invalid_k": f"Must be a whole number from 1 to {settings.MAX_RECOMMENDATIONS}."}
+
+    def __init__(self, **kwargs):
+        super().__init__(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=K_DEFAULT, **kwargs)
+
+    def to_internal_value(self, data):
+        k = k_parse(data) if isinstance(data, str) else None
+        if k is None:
+            self.fail("invalid_k")
+        return k
+
+
 class RecommendationsApi(APIView):
     required_scope = "serve"
 
     class QuerySerializer(serializers.Serializer):
-        k = serializers.IntegerField(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=10)
+        k = KField()
         category = serializers.CharField(required=False, max_length=CATEGORY_MAX_LENGTH)
         exclude = serializers.CharField(required=False, max_length=10_000)
         explain = serializers.BooleanField(required=False, default=False)
@@ -270,9 +293,9 @@ class RecommendationsApi(APIView):
     def query_of(cls, params) -> dict:
         """The query as QuerySerializer validates it. The usual `?k=N` (or none) is read directly, by the
         same rules, because setting up the serializer cost 0.1 ms a request; anything else goes through it."""
-        k = params.get("k", "10")
-        if params.keys() <= {"k"} and k.isascii() and k.isdigit() and 1 <= int(k) <= settings.MAX_RECOMMENDATIONS:
-            return {"k": int(k), "explain": False}
+        k = k_parse(params.get("k", str(K_DEFAULT)))
+        if params.keys() <= {"k"} and k is not None:
+            return {"k": k, "explain": False}
         return validated(cls.QuerySerializer, params)
 
 
@@ -280,7 +303,7 @@ class SimilarItemsApi(APIView):
     required_scope = "serve"
 
     class QuerySerializer(serializers.Serializer):
-        k = serializers.IntegerField(min_value=1, max_value=settings.MAX_RECOMMENDATIONS, default=10)
+        k = KField()
 
     class OutputSerializer(serializers.Serializer):  # the schema; the view builds the same fields directly
         item_id = serializers.CharField()

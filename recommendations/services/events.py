@@ -7,14 +7,13 @@ from typing import Callable, Iterable
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, transaction
-from django.utils import timezone
+from django.db import IntegrityError, OperationalError, transaction
 
-from recommendations import features
-from recommendations.models import EndUser, Interaction, Item
+from recommendations import features, sql
+from recommendations.models import Item
 from recommendations.process_cache import ProcessCache
 from recommendations.runtime import process_runtime
-from recommendations.services.features import first_interactions, online_features_update, user_features_lock
+from recommendations.services.online_features import first_interactions, online_features_update, user_features_lock
 from recsite import metrics
 from recsite.errors import ApplicationError, ConflictError
 
@@ -85,7 +84,7 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
     users = _users_for(event.user_id for event in events)
     # Locked before the events are stored, so that first_interactions sees a concurrent batch of the same user.
     user_rows = user_features_lock(user_ids=users.values())
-    fresh, fresh_pks = _interactions_insert(events, users, items)
+    fresh, fresh_pks = sql.interactions_insert(events=events, users=users, items=items)
     if fresh:
         online_features_update(
             events=[
@@ -97,51 +96,6 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
             user_rows=user_rows,
         )
     return fresh
-
-
-_INSERTED_COLUMNS = (
-    "event_id", "user_id", "item_id", "event_type", "value", "timestamp", "recommendation_id", "context", "received_at"
-)
-_INTERACTION_INSERT_SQL = (
-    f"INSERT INTO {Interaction._meta.db_table} ({', '.join(_INSERTED_COLUMNS)}) VALUES {{values}} "
-    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING RETURNING id, event_id"
-)
-
-
-def _interactions_insert(events, users, items) -> tuple[list[EventInput], list[int]]:
-    """Insert the events in one statement that skips stored (or repeated) event_ids; returns the events
-    written and their keys. ON CONFLICT DO NOTHING waits for a concurrent writer of the same event_id and
-    then skips it, so duplicates need neither a SELECT beforehand nor a retry."""
-    fields = [Interaction._meta.get_field(name) for name in ("event_id", "recommendation_id", "context")]
-    event_id_field, recommendation_field, context_field = fields
-    adapt_time = connection.ops.adapt_datetimefield_value
-    now = adapt_time(timezone.now())
-    params: list = []
-    for event in events:
-        params += [
-            event_id_field.get_db_prep_value(event.event_id, connection),
-            users[event.user_id],
-            items[event.item_id][0],
-            event.event_type,
-            event.value,
-            adapt_time(event.timestamp),
-            recommendation_field.get_db_prep_value(event.recommendation_id, connection),
-            context_field.get_db_prep_value(event.context, connection),
-            now,
-        ]
-    row = "(" + ", ".join(["%s"] * len(_INSERTED_COLUMNS)) + ")"
-    with connection.cursor() as cursor:
-        cursor.execute(_INTERACTION_INSERT_SQL.format(values=", ".join([row] * len(events))), params)
-        returned = cursor.fetchall()
-    written = {event_id_field.to_python(event_id) for _, event_id in returned}
-    fresh = []
-    for event in events:
-        if event.event_id is None:
-            fresh.append(event)
-        elif event.event_id in written:
-            written.discard(event.event_id)  # a repeat later in the batch is the duplicate
-            fresh.append(event)
-    return fresh, [pk for pk, _ in returned]
 
 
 def _read_through(cache: ProcessCache, keys: set[str], read: Callable[[set[str]], dict]) -> dict:
@@ -165,7 +119,7 @@ def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, l
 
 
 def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
-    found = _item_lookup(wanted)
+    found = sql.item_lookup(external_ids=wanted)
     missing = wanted - found.keys()
     if missing and strict:
         errors = [
@@ -180,22 +134,8 @@ def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dic
         Item.objects.bulk_create(
             [Item(external_id=external_id, active=False) for external_id in sorted(missing)], ignore_conflicts=True
         )
-        found.update(_item_lookup(missing))
+        found.update(sql.item_lookup(external_ids=missing))
     return found
-
-
-def _item_lookup(external_ids: set[str]) -> dict[str, tuple[int, list[str]]]:
-    categories_field = Item._meta.get_field("categories")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id, external_id, categories FROM {_ITEM_TABLE} WHERE external_id IN ({_placeholders(external_ids)})",
-            list(external_ids),
-        )
-        rows = cursor.fetchall()
-    return {
-        external_id: (pk, categories_field.from_db_value(categories, None, connection) or [])
-        for pk, external_id, categories in rows
-    }
 
 
 def _users_for(external_ids: Iterable[str]) -> dict[str, int]:
@@ -204,45 +144,11 @@ def _users_for(external_ids: Iterable[str]) -> dict[str, int]:
 
 
 def _users_read(wanted: set[str]) -> dict[str, int]:
-    found = _user_lookup(wanted)
+    found = sql.user_lookup(external_ids=wanted)
     missing = sorted(wanted - found.keys())
     if missing:
-        found.update(_users_insert(missing))
+        found.update(sql.users_insert(external_ids=missing))
         raced = wanted - found.keys()  # created by a concurrent request: the insert skipped them
         if raced:
-            found.update(_user_lookup(raced))
+            found.update(sql.user_lookup(external_ids=raced))
     return found
-
-
-# Users and items are read and written in raw SQL: for one event, compiling the ORM's queries cost more CPU
-# than the statements themselves.
-_USER_TABLE = EndUser._meta.db_table
-_ITEM_TABLE = Item._meta.db_table
-
-
-def _user_lookup(external_ids: set[str]) -> dict[str, int]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT external_id, id FROM {_USER_TABLE} WHERE external_id IN ({_placeholders(external_ids)})",
-            list(external_ids),
-        )
-        return dict(cursor.fetchall())
-
-
-def _users_insert(external_ids: list[str]) -> dict[str, int]:
-    """Insert users in key order (so concurrent batches lock in the same order); returns those written."""
-    attributes = EndUser._meta.get_field("attributes").get_db_prep_save({}, connection)
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    params = [value for external_id in external_ids for value in (external_id, attributes, now)]
-    values = ", ".join(["(%s, %s, %s)"] * len(external_ids))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {_USER_TABLE} (external_id, attributes, created_at) VALUES {values} "
-            "ON CONFLICT (external_id) DO NOTHING RETURNING external_id, id",
-            params,
-        )
-        return dict(cursor.fetchall())
-
-
-def _placeholders(values) -> str:
-    return ", ".join(["%s"] * len(values))

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import models, transaction
 from tqdm import tqdm
 
+from recommendations import sql
 from recommendations.models import EndUser, EventType, Interaction, Item, ItemFeatures, UserFeatures
 from recommendations.services.catalog import ItemInput, item_upsert
-from recommendations.services.features import online_features_rebuild
+from recommendations.services.online_features import online_features_rebuild
 from recsite.errors import ApplicationError
 
 # Fixed for good: the event ids of earlier imports depend on it, and idempotence on the event ids.
@@ -190,18 +191,8 @@ def movielens_import(*, path: Path, progress: bool = True, before: datetime | No
     users, items = _ratings_import(path, layout, report, progress, before)
     if users:
         online_features_rebuild(user_ids=sorted(users.values()), item_ids=sorted(items.values()))
-        _statistics_refresh()
+        sql.statistics_refresh(models=[Item, EndUser, Interaction, ItemFeatures, UserFeatures])
     return report
-
-
-def _statistics_refresh() -> None:
-    """After a bulk load, let PostgreSQL plan with real row counts (serving's IN-list lookups otherwise
-    fall back to sequential scans until autovacuum gets to the tables)."""
-    if connection.vendor != "postgresql":
-        return
-    tables = [model._meta.db_table for model in (Item, EndUser, Interaction, ItemFeatures, UserFeatures)]
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE " + ", ".join(tables))
 
 
 def _rows(path: Path, layout: _Layout, source: _Source, bar: tqdm | None = None) -> Iterator[tuple[int, list[str]]]:
@@ -317,7 +308,8 @@ def _pks_resolve(model: type[models.Model], external_ids: set[str], known: dict[
     known.update(model.objects.filter(external_id__in=wanted).values_list("external_id", "pk"))
     missing = wanted - known.keys()
     if missing:
-        model.objects.bulk_create([model(external_id=external_id, **bare) for external_id in missing],
+        # Sorted: a set's order changes with PYTHONHASHSEED, and so would the keys of the same import.
+        model.objects.bulk_create([model(external_id=external_id, **bare) for external_id in sorted(missing)],
                                   ignore_conflicts=True)
         known.update(model.objects.filter(external_id__in=missing).values_list("external_id", "pk"))
     return len(missing)

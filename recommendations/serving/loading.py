@@ -56,10 +56,11 @@ def _files_unpacked(files: dict[str, bytes], *, prefix: str):
 
 def artifact_models_check(*, files: dict[str, bytes]) -> None:
     """The registry's check that an artifact's models load (settings.REGISTRY_ARTIFACT_VERIFIER): the
-    ranker, the rating regressor and the collaborative model, as serving loads them. Raises if one does not."""
+    ranker, the rating regressor and the collaborative model, as serving loads them. Raises if one does not.
+    A version whose rating model is the bias model alone (manifest rating_model.kind "bias") has no regressor."""
     with _files_unpacked(files, prefix="model-check-") as folder:
         trained = ranking.trained_model_load(folder)
-    if trained.regressor is None:
+    if trained.regressor is None and trained.manifest.get("rating_model", {}).get("kind") != "bias":
         raise ValueError(f"the rating regressor ({ranking.REGRESSOR_FILE}) is missing")
 
 

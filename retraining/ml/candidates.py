@@ -47,7 +47,8 @@ def _distinct_users(users: np.ndarray, items: np.ndarray, n_items: int) -> np.nd
     return np.bincount(pairs % n_items, minlength=n_items).astype(np.float64)
 
 
-def _ease_weights(users, items, modelled, n_items, n_users, l2) -> np.ndarray:
+def _gram(users, items, modelled, n_items, n_users) -> np.ndarray:
+    """X'X of the binary user x modelled-item matrix of these events (dense, M x M)."""
     position = np.full(n_items, -1, dtype=np.int64)
     position[modelled] = np.arange(len(modelled))
     inside = position[items] >= 0
@@ -56,13 +57,38 @@ def _ease_weights(users, items, modelled, n_items, n_users, l2) -> np.ndarray:
         shape=(n_users, len(modelled)),
     )
     matrix.data[:] = 1.0  # duplicates were summed: back to binary
-    gram = (matrix.T @ matrix).toarray()
+    return (matrix.T @ matrix).toarray()
+
+
+def _ease_weights(users, items, modelled, n_items, n_users, l2) -> np.ndarray:
+    gram = _gram(users, items, modelled, n_items, n_users)
     gram[np.diag_indices_from(gram)] += l2
     inverse = np.linalg.inv(gram)
     del gram
     weights = inverse / -np.diag(inverse)
     weights[np.diag_indices_from(weights)] = 0.0
     return weights.astype(np.float32)
+
+
+def item_knn_lists(*, log: EventLog, mask: np.ndarray, model: CollaborativeModel, histories: list[np.ndarray],
+                   users: np.ndarray, k: int) -> list[np.ndarray]:
+    """The item-kNN baseline's top-k per user: item-item cosine similarity on the binary user x item matrix
+    of the events in `mask` (over the collaborative model's modelled items, as EASE), a user's score for an
+    item the sum of its similarities to the items in the user's history; seen and inactive items excluded."""
+    gram = _gram(log.user[mask], log.item[mask], model.modelled, len(log.item_pks), len(log.user_pks))
+    norms = np.sqrt(np.diag(gram))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        similarity = np.nan_to_num(gram / np.outer(norms, norms)).astype(np.float32)
+    similarity[np.diag_indices_from(similarity)] = 0.0
+    knn = CollaborativeModel(item_pks=model.item_pks, active=model.active, modelled=model.modelled,
+                             weights=similarity, popularity=model.popularity)
+    lists = []
+    for start in range(0, len(users), CANDIDATE_BATCH):
+        batch = users[start : start + CANDIDATE_BATCH]
+        found = ranking.candidates_generate(knn, histories=[histories[u] for u in batch], n_collaborative=k,
+                                            n_popular=0)
+        lists += [c.codes[np.argsort(c.cf_rank, kind="stable")][:k] for c in found]
+    return lists
 
 
 def candidates_for(model: CollaborativeModel, histories: list[np.ndarray], users: np.ndarray,

@@ -4,9 +4,12 @@ spread over the workers.
 - The log is scattered once to every worker. Users are cut into contiguous shards (one per worker); each
   shard's point-in-time rows come from the same functions as in-process (ranker_examples_for, the
   EvaluationReplay with `users`), which replay every event for the item states, which all users share, and
-  keep user states for the shard only. Concatenating the shards in order gives the in-process rows.
-- The ranker and the rating model are fitted by lightgbm.dask (data-parallel LightGBM, one process per
-  worker), each partition holding whole users, so that no query group straddles two partitions.
+  keep user states for the shard only. Concatenating the shards in order gives the in-process rows. The
+  ranker's earlier label windows (ranker_examples_windows) are chosen here by the in-process rule, each
+  window's collaborative model fitted here and its examples built in shards.
+- The ranker (lambdarank) and the rating model's residual trees are fitted by lightgbm.dask (data-parallel
+  LightGBM, one process per worker), each ranker partition holding whole queries, so that no query group
+  straddles two partitions. The rating model's biases (two vectors and λ) are fitted here.
   lightgbm.dask has no early stopping (each worker would see only its part of the validation set), so the
   models grow max_rounds trees and the driver applies EarlyStoppingAfter's rule to the held-aside rows
   afterwards, tree by tree: the same rule on the same rows as in-process.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from types import SimpleNamespace
 
 import lightgbm as lgb
@@ -33,10 +37,12 @@ from retraining.ml.ranker import (
     RankerExamples,
     lgb_params,
     ranker_examples_for,
+    ranker_examples_windows,
+    ranker_options,
     ranker_users,
     ranker_validation_split,
 )
-from retraining.ml.regressor import regressor_validation_rows
+from retraining.ml.regressor import RATING_FEATURES, RatingModel, rating_model_fit
 from retraining.ml.replay import Evaluation, evaluation_run
 from retraining.ml.split import Split
 
@@ -81,67 +87,93 @@ class ClusterSteps:
 
     def __init__(self, cluster: Cluster, log: EventLog, split: Split):
         self.cluster, self.log, self.split = cluster, log, split
-        self.shared = {"log": cluster.scatter(log), "split": cluster.scatter(split)}
+        self.shared = {"log": cluster.scatter(log)}
+        self.shared_split = cluster.scatter(split)
 
     def ranker_examples(self, params: TrainingParams, category_share: dict,
                         model: ranking.CollaborativeModel) -> RankerExamples:
-        """ranker_examples_build with the users cut into shards on the workers."""
-        users = ranker_users(self.log, self.split, params)
-        parts = self.cluster.map_shards(_ranker_shard, self.cluster.shards(users), params=params,
+        """ranker_examples_windows (the same windows, the same stopping rule), each window's users cut into
+        shards on the workers."""
+
+        def build(window: Split, window_model: ranking.CollaborativeModel) -> RankerExamples:
+            return self._window_examples(window, window_model, params, category_share)
+
+        return ranker_examples_windows(self.log, self.split, params, category_share, model, build=build)
+
+    def _window_examples(self, window: Split, model: ranking.CollaborativeModel, params: TrainingParams,
+                         category_share: dict) -> RankerExamples:
+        """ranker_examples_build of one window, its users in shards; concatenated in order they are its rows."""
+        users = ranker_users(self.log, window, params)
+        split = self.shared_split if window is self.split else self.cluster.scatter(window)
+        parts = self.cluster.map_shards(_ranker_shard, self.cluster.shards(users), params=params, split=split,
                                         category_share=category_share, model=model, **self.shared)
         if not parts:
             return RankerExamples(np.empty((0, len(ranking.RANKER_FEATURES))), np.empty(0, dtype=np.int8),
-                                  np.empty(0, dtype=np.int64))
+                                  np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
         return RankerExamples(*(np.concatenate([getattr(p, name) for p in parts])
-                                for name in ("matrix", "labels", "groups")))
+                                for name in ("matrix", "labels", "groups", "users")))
 
     def evaluation(self, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
                    ranker: lgb.Booster | None, *, with_regressor: bool) -> Evaluation:
         """evaluation_run per user shard; per-user results are independent, so the shards concatenate. The
-        regressor's training rows are put back in the log's order (their order in-process)."""
+        rating rows are put back in their in-process order: training rows in the log's order, held-out rows in
+        the replay's (by holdout start, then user, then event), so that every sum over them is the same."""
         parts = self.cluster.map_shards(
             _evaluation_shard, self.cluster.shards(np.arange(len(self.log.user_pks))), params=params,
-            category_share=category_share, model=model, with_regressor=with_regressor,
+            category_share=category_share, model=model, with_regressor=with_regressor, split=self.shared_split,
             ranker_text=ranker.model_to_string() if ranker is not None else None, **self.shared,
         )
         joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in (
             "users", "regressor_train", "regressor_train_target", "regressor_train_events", "regressor_holdout",
-            "regressor_holdout_target")}
-        order = np.argsort(joined["regressor_train_events"], kind="stable")
-        for name in ("regressor_train", "regressor_train_target", "regressor_train_events"):
-            joined[name] = joined[name][order]
+            "regressor_holdout_target", "regressor_holdout_events")}
+        _rows_order(joined, "regressor_train", np.argsort(joined["regressor_train_events"], kind="stable"))
+        held_users = self.log.user[joined["regressor_holdout_events"]]
+        _rows_order(joined, "regressor_holdout", np.lexsort(
+            (joined["regressor_holdout_events"], held_users, self.split.cutoff[held_users])))
         names = dict.fromkeys(name for p in parts for name in p.ranked)  # a shard may have no ranked user
         return Evaluation(ranked={name: [codes for p in parts for codes in p.ranked.get(name, [])] for name in names},
-                          positives=[codes for p in parts for codes in p.positives], **joined)
+                          positives=[codes for p in parts for codes in p.positives],
+                          pools=[pool for p in parts for pool in p.pools], **joined)
 
     def ranker_fit(self, examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
-        """ranker_fit: lambdarank over partitions of whole groups, early stopping applied afterwards."""
+        """ranker_fit: lambdarank over partitions of whole queries, early stopping applied afterwards."""
         labels, validation, rows_valid = ranker_validation_split(examples, params)
         groups = examples.groups[~validation]
         bounds = np.concatenate([[0], np.cumsum(groups)])
         matrix, target = examples.matrix[~rows_valid], labels[~rows_valid]
         partitions = [(matrix[bounds[p[0]] : bounds[p[-1] + 1]], target[bounds[p[0]] : bounds[p[-1] + 1]], groups[p])
                       for p in np.array_split(np.arange(len(groups)), len(self.cluster.workers)) if len(p)]
-        options = lgb_params(params, objective="lambdarank", metric="ndcg", eval_at=[params.k])
-        rounds = params.max_rounds if validation.any() else params.min_rounds
+        options = ranker_options(len(examples.groups), params)
+        rounds = params.max_rounds if validation.any() else params.ranker_min_rounds
         booster = _dask_fit(self.cluster, "DaskLGBMRanker", options, rounds, partitions, ranking.RANKER_FEATURES)
         if validation.any():
             valid_labels, valid_groups = labels[rows_valid], examples.groups[validation]
-            _best_iteration_select(booster, examples.matrix[rows_valid], params,
+            stopping = replace(params, min_rounds=params.ranker_min_rounds)  # as ranker_fit's early stopping
+            _best_iteration_select(booster, examples.matrix[rows_valid], stopping,
                                    lambda scores: ndcg_at(scores, valid_labels, valid_groups, params.k))
         return booster
 
-    def regressor_fit(self, matrix: np.ndarray, target: np.ndarray, params: TrainingParams) -> lgb.Booster:
-        """regressor_fit, early stopping on the same held-aside rows applied afterwards."""
-        validation = regressor_validation_rows(len(target), params)
+    def rating_model_fit(self, evaluation: Evaluation, params: TrainingParams,
+                         inner_model: ranking.CollaborativeModel) -> RatingModel:
+        """rating_model_fit: the biases here (two vectors), the residual trees by lightgbm.dask."""
+        return rating_model_fit(self.log, self.split, evaluation, params, inner_model, trees_fit=self._trees_fit)
+
+    def _trees_fit(self, matrix: np.ndarray, residual: np.ndarray, validation: np.ndarray,
+                   params: TrainingParams) -> lgb.Booster:
+        """residual_trees_fit, early stopping on the same held-aside rows applied afterwards."""
         rows = np.array_split(np.flatnonzero(~validation), len(self.cluster.workers))
         options = lgb_params(params, objective="regression", metric="rmse")
         booster = _dask_fit(self.cluster, "DaskLGBMRegressor", options, params.max_rounds,
-                            [(matrix[r], target[r], None) for r in rows if len(r)], ranking.REGRESSOR_FEATURES)
-        actual = target[validation]
+                            [(matrix[r], residual[r], None) for r in rows if len(r)], RATING_FEATURES)
+        actual = residual[validation]
         _best_iteration_select(booster, matrix[validation], params,
                                lambda predicted: -float(np.sqrt(np.mean((predicted - actual) ** 2))))
         return booster
+
+
+def _rows_order(joined: dict, prefix: str, order: np.ndarray) -> None:
+    for name in (prefix, f"{prefix}_target", f"{prefix}_events"):
+        joined[name] = joined[name][order]
 
 
 def _ranker_shard(*, users, log, split, params, category_share, model) -> RankerExamples:

@@ -23,7 +23,8 @@ EVENT_TYPE_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
 
 @dataclass
 class EventLog:
-    """Events sorted by (time, id); users and items as codes into the catalogue arrays."""
+    """Events sorted by (time, user, item, type, value, id); users and items as codes into the catalogue arrays,
+    which are in the order of the external ids (retraining.services.dataset): no order depends on keys."""
 
     event_pk: np.ndarray  # int64
     user: np.ndarray  # int32 code into user_pks
@@ -48,10 +49,10 @@ class EventLog:
         return (rating & (self.value >= features.POSITIVE_RATING)) | liked
 
     def first_of_pair(self) -> np.ndarray:
-        """Whether each event is the first (lowest key) of its user with its item: the one that counts the
+        """Whether each event is the first (in log order) of its user with its item: the one that counts the
         user in the item's distinct users (features.ItemState)."""
         pair = self.user.astype(np.int64) * len(self.item_pks) + self.item
-        order = np.lexsort((self.event_pk, pair))
+        order = np.argsort(pair, kind="stable")
         starts = np.ones(len(order), dtype=bool)
         starts[1:] = pair[order][1:] != pair[order][:-1]
         first = np.zeros(len(order), dtype=bool)

@@ -51,6 +51,7 @@ class Manifest:
     metrics: dict
     baselines: dict
     timings_s: dict
+    rating_model: dict = field(default_factory=dict)  # RatingModel.manifest(): kind, the biases' λ, features
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     def as_dict(self) -> dict:
@@ -59,7 +60,9 @@ class Manifest:
             {
                 "format": FORMAT,
                 "created_at": self.created_at.isoformat(),
-                "features": {"ranker": ranking.RANKER_FEATURES, "regressor": ranking.REGRESSOR_FEATURES},
+                "features": {"ranker": ranking.RANKER_FEATURES,
+                             "regressor": self.rating_model.get("features", ranking.REGRESSOR_FEATURES)},
+                "rating_model": self.rating_model,
                 "params": self._params(),
                 "training_window": self.training_window,
                 "dataset": self.dataset | {"ranker_examples": self.ranker_examples,

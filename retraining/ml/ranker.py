@@ -4,16 +4,17 @@ stopping (with a minimum model size) that the rating model shares."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import lightgbm as lgb
 import numpy as np
 
 from recommendations import features, ranking
-from retraining.ml.candidates import candidates_for
+from retraining.ml.candidates import candidates_for, collaborative_fit
 from retraining.ml.events import EventLog, StateReplay
 from retraining.ml.params import TrainingParams
-from retraining.ml.split import Split, histories_by_user
+from retraining.ml.split import Split, histories_by_user, split_earlier
 
 
 def grades(log: EventLog) -> np.ndarray:
@@ -26,7 +27,38 @@ def grades(log: EventLog) -> np.ndarray:
 class RankerExamples:
     matrix: np.ndarray
     labels: np.ndarray
-    groups: np.ndarray  # rows per user, in order
+    groups: np.ndarray  # rows per query, in order
+    users: np.ndarray  # the user (code) of each query
+
+
+def ranker_examples_windows(
+    log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
+    *, build: Callable[[Split, ranking.CollaborativeModel], RankerExamples] | None = None,
+) -> RankerExamples:
+    """Queries from each user's label window at the end of the training portion and, while there are fewer
+    than `min_ranker_groups` of them, from up to `label_windows - 1` earlier windows (split_earlier), each
+    with its candidates from a collaborative model fitted on the events before it.
+
+    A small timeline (a few hundred users) gives one query per user: too few for lambdarank to learn more than
+    noise, and the ranker then loses to most-popular. Earlier windows of the same users are more queries of
+    the same kind, each point-in-time; a large timeline stops after the first window and costs nothing more.
+    `model` is the collaborative model of the first window (fitted on `split.fit`). `build(window, model)`
+    makes one window's examples: ranker_examples_build here, or its shards on a cluster (ClusterSteps)."""
+    if build is None:
+        def build(window: Split, model: ranking.CollaborativeModel) -> RankerExamples:
+            return ranker_examples_build(log, window, params, category_share, model)
+    parts, window = [], split
+    for _ in range(params.label_windows):
+        if not window.label.any():
+            break
+        if window is not split:
+            model = collaborative_fit(log=log, mask=window.fit, n_modelled=params.ease_items, l2=params.ease_l2)
+        parts.append(build(window, model))
+        if sum(len(part.groups) for part in parts) >= params.min_ranker_groups:
+            break
+        window = split_earlier(window, log, params)
+    return RankerExamples(*(np.concatenate([getattr(part, name) for part in parts])
+                            for name in ("matrix", "labels", "groups", "users")))
 
 
 def ranker_examples_build(
@@ -76,6 +108,7 @@ def ranker_examples_for(
         matrix=np.concatenate([blocks[i] for i in keep]) if keep else np.empty((0, len(ranking.RANKER_FEATURES))),
         labels=np.concatenate([labels[i] for i in keep]) if keep else np.empty(0, dtype=np.int8),
         groups=np.array([len(labels[i]) for i in keep], dtype=np.int64),
+        users=users[keep].astype(np.int64),
     )
 
 
@@ -126,20 +159,32 @@ def booster_train(options: dict, train: lgb.Dataset, valid: lgb.Dataset, params:
 
 def ranker_validation_split(examples: RankerExamples, params: TrainingParams) -> tuple[np.ndarray, ...]:
     """The labels to learn (shuffled for the leakage guard), which groups are held aside for early stopping
-    (none under 20 groups), and the same per row."""
+    (a share of the users, all of a user's queries on one side, so that no user's earlier window validates a
+    model trained on a later one; none under 20 users), and the same per row."""
     labels = examples.labels
     if params.shuffle_labels:
         labels = np.random.default_rng(params.seed).permutation(labels)
     n_groups = len(examples.groups)
-    rng = np.random.default_rng(params.seed)
-    validation = rng.random(n_groups) < params.validation_fraction if n_groups >= 20 else np.zeros(n_groups, bool)
+    distinct = np.unique(examples.users)
+    held = np.random.default_rng(params.seed).random(len(distinct)) < params.validation_fraction
+    validation = np.isin(examples.users, distinct[held]) if len(distinct) >= 20 else np.zeros(n_groups, bool)
     return labels, validation, validation[np.repeat(np.arange(n_groups), examples.groups)]
+
+
+def ranker_options(n_groups: int, params: TrainingParams) -> dict:
+    """LightGBM's lambdarank parameters for this many queries (in-process and on a cluster)."""
+    return lgb_params(
+        params, objective="lambdarank", metric="ndcg", eval_at=[params.k],
+        num_leaves=ranker_num_leaves(n_groups, params), min_data_in_leaf=params.ranker_min_data_in_leaf,
+        lambda_l2=params.ranker_lambda_l2, feature_fraction=params.ranker_feature_fraction,
+        bagging_fraction=params.ranker_bagging_fraction, bagging_freq=1,
+    )
 
 
 def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
     """LightGBM lambdarank; early stopping on NDCG@k of a held-aside share of the users."""
     labels, validation, rows_valid = ranker_validation_split(examples, params)
-    options = lgb_params(params, objective="lambdarank", metric="ndcg", eval_at=[params.k])
+    options = ranker_options(len(examples.groups), params)
 
     def dataset(rows, groups, reference=None):
         return lgb.Dataset(
@@ -149,5 +194,11 @@ def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
 
     train = dataset(~rows_valid, examples.groups[~validation])
     if not validation.any():
-        return lgb.train(options, train, num_boost_round=params.min_rounds)
-    return booster_train(options, train, dataset(rows_valid, examples.groups[validation], reference=train), params)
+        return lgb.train(options, train, num_boost_round=params.ranker_min_rounds)
+    return booster_train(options, train, dataset(rows_valid, examples.groups[validation], reference=train),
+                         replace(params, min_rounds=params.ranker_min_rounds))
+
+
+def ranker_num_leaves(n_queries: int, params: TrainingParams) -> int:
+    """One leaf per `ranker_queries_per_leaf` queries, between 7 and `num_leaves` (a large timeline keeps 31)."""
+    return int(np.clip(n_queries // params.ranker_queries_per_leaf, 7, params.num_leaves))

@@ -1,6 +1,7 @@
 """The evaluation replay: one pass over the training portion that ranks every evaluated user at the start
 of their holdout (the model and both baselines) and builds the rating model's rows, each strictly before
-its time."""
+its time: the held-out ratings at the start of their user's holdout, and (to train on) the label windows'
+ratings at the start of their user's label window, the same shape one level down."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from recommendations import features, ranking
 from retraining.ml.candidates import candidates_for
 from retraining.ml.events import EventLog, StateReplay
-from retraining.ml.metrics import CF_NAME, baseline_lists
+from retraining.ml.metrics import CF_NAME, baseline_lists, candidate_order
 from retraining.ml.params import TrainingParams
 from retraining.ml.split import Split, histories_by_user
 
@@ -24,18 +25,20 @@ class Evaluation:
     users: np.ndarray  # the evaluated users (codes): those with a positive held-out event on an unseen item
     ranked: dict[str, list[np.ndarray]]  # "ranker", "popularity", "ease" -> top-k per evaluated user
     positives: list[np.ndarray]
+    pools: list[np.ndarray]  # per evaluated user, the candidates in the candidate stage's order (candidate_order)
     regressor_train: np.ndarray
     regressor_train_target: np.ndarray
-    regressor_train_events: np.ndarray  # the log's index of each regressor_train row
+    regressor_train_events: np.ndarray  # the log's index of each row's rating event
     regressor_holdout: np.ndarray
     regressor_holdout_target: np.ndarray
+    regressor_holdout_events: np.ndarray
 
 
 class EvaluationReplay:
     """One replay of the training portion answers three kinds of query, each strictly before its time:
-    every evaluated user at the start of their holdout (ranking and held-out ratings), and every training
-    rating event at its own time (the regressor's training rows). Without a ranker only the baselines are
-    ranked; without `with_regressor` no rating rows are built.
+    every evaluated user at the start of their holdout (ranking and held-out ratings), and every label-window
+    rating at the start of its user's label window (the regressor's training rows). Without a ranker only the
+    baselines are ranked; without `with_regressor` no rating rows are built.
 
     With `users` (a shard on a cluster) only those users are evaluated and only their rating events become
     rows; every event still feeds the item states, which all users share."""
@@ -63,6 +66,7 @@ class EvaluationReplay:
         self.regressor_train = np.empty((len(self.train_ratings), width), dtype=np.float32)
         self.regressor_holdout = np.empty((n_holdout_rows, width), dtype=np.float32)
         self.holdout_target = np.empty(n_holdout_rows, dtype=np.float32)
+        self.holdout_events = np.empty(n_holdout_rows, dtype=np.int64)
         self.holdout_filled = 0
         self.ranked: dict[str, dict[int, np.ndarray]] = {"ranker": {}, "popularity": {}, CF_NAME: {}}
         self.pending: list[tuple[int, np.ndarray]] = []  # (user, feature matrix) awaiting one batched predict
@@ -71,7 +75,8 @@ class EvaluationReplay:
 
     def run(self) -> Evaluation:
         log, n_users = self.log, len(self.held_users)
-        times = np.concatenate([self.split.cutoff[self.held_users], log.ts[self.train_ratings]])
+        times = np.concatenate([self.split.cutoff[self.held_users],
+                                self.split.label_start[log.user[self.train_ratings]]])
         self.replay.run(times, lambda q: self._on_user(int(self.held_users[q])) if q < n_users
                         else self._on_rating(q - n_users))
         self._score_pending()
@@ -80,16 +85,18 @@ class EvaluationReplay:
             users=self.ranked_users,
             ranked={name: [lists[u] for u in order] for name, lists in self.ranked.items() if lists},
             positives=[self.positives[u] for u in order],
+            pools=[candidate_order(self.candidates[u], popularity_rank=self.model.popularity_rank) for u in order],
             regressor_train=self.regressor_train,
             regressor_train_target=log.value[self.train_ratings].astype(np.float32),
             regressor_train_events=self.train_ratings,
             regressor_holdout=self.regressor_holdout,
             regressor_holdout_target=self.holdout_target,
+            regressor_holdout_events=self.holdout_events,
         )
 
     def _train_ratings(self) -> np.ndarray:
-        """The training portion's rating events, sampled down to max_regressor_examples."""
-        events = np.flatnonzero(self.split.train & self.log.is_rating())
+        """The label windows' rating events, sampled down to max_regressor_examples."""
+        events = np.flatnonzero(self.split.label & self.log.is_rating())
         if len(events) > self.params.max_regressor_examples:
             rng = np.random.default_rng(self.params.seed)
             events = np.sort(rng.choice(events, self.params.max_regressor_examples, replace=False))
@@ -107,6 +114,7 @@ class EvaluationReplay:
         for event in self.holdout_ratings.get(u, ()):
             self.regressor_holdout[self.holdout_filled] = self._regressor_row(u, int(self.log.item[event]), at)
             self.holdout_target[self.holdout_filled] = self.log.value[event]
+            self.holdout_events[self.holdout_filled] = event
             self.holdout_filled += 1
         if u not in self.candidates:
             return
@@ -135,9 +143,9 @@ class EvaluationReplay:
 
     def _on_rating(self, row: int) -> None:
         event = self.train_ratings[row]
-        self.regressor_train[row] = self._regressor_row(
-            int(self.log.user[event]), int(self.log.item[event]), float(self.log.ts[event])
-        )
+        user = int(self.log.user[event])
+        self.regressor_train[row] = self._regressor_row(user, int(self.log.item[event]),
+                                                        float(self.split.label_start[user]))
 
 
 def evaluation_run(log: EventLog, split: Split, params: TrainingParams, category_share: dict,

@@ -68,6 +68,14 @@ def split_compute(log: EventLog, params: TrainingParams, *, holdout: bool = True
     return Split(train, outer.holdout, outer.cutoff, train & ~inner.holdout, inner.holdout, inner.cutoff)
 
 
+def split_earlier(split: Split, log: EventLog, params: TrainingParams) -> Split:
+    """The inner split one step back in time: the fit portion becomes the training portion and each user's
+    last share of it the label window (the ranker's earlier windows, see ranker.ranker_examples_windows)."""
+    inner = holdout_split(user=log.user, ts=log.ts, mask=split.fit, n_users=len(log.user_pks),
+                          fraction=params.holdout_fraction, min_events=params.min_user_events)
+    return Split(split.fit, split.label, split.label_start, split.fit & ~inner.holdout, inner.holdout, inner.cutoff)
+
+
 def holdout_after(split: Split, log: EventLog, *, moment: datetime) -> Split:
     """The split restricted to the held-out events strictly after `moment` (events a model trained up to
     `moment` cannot have seen). A user's earlier held-out events become known history, as they would be

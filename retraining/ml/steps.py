@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import lightgbm as lgb
-import numpy as np
 
 from recommendations import ranking
 from retraining.ml.events import EventLog
 from retraining.ml.params import TrainingParams
-from retraining.ml.ranker import RankerExamples, ranker_examples_build, ranker_fit
-from retraining.ml.regressor import regressor_fit
+from retraining.ml.ranker import RankerExamples, ranker_examples_windows, ranker_fit
+from retraining.ml.regressor import RatingModel, rating_model_fit
 from retraining.ml.replay import Evaluation, evaluation_run
 from retraining.ml.split import Split
 
@@ -22,7 +21,7 @@ class LocalSteps:
 
     def ranker_examples(self, params: TrainingParams, category_share: dict,
                         model: ranking.CollaborativeModel) -> RankerExamples:
-        return ranker_examples_build(self.log, self.split, params, category_share, model)
+        return ranker_examples_windows(self.log, self.split, params, category_share, model)
 
     def ranker_fit(self, examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
         return ranker_fit(examples, params)
@@ -31,5 +30,6 @@ class LocalSteps:
                    ranker: lgb.Booster | None, *, with_regressor: bool) -> Evaluation:
         return evaluation_run(self.log, self.split, params, category_share, model, ranker, with_regressor)
 
-    def regressor_fit(self, matrix: np.ndarray, target: np.ndarray, params: TrainingParams) -> lgb.Booster:
-        return regressor_fit(matrix, target, params)
+    def rating_model_fit(self, evaluation: Evaluation, params: TrainingParams,
+                         inner_model: ranking.CollaborativeModel) -> RatingModel:
+        return rating_model_fit(self.log, self.split, evaluation, params, inner_model)

@@ -16,10 +16,15 @@ from retraining.ml.events import EVENT_TYPE_CODE, EventLog
 
 
 def event_log_load(*, until: datetime | None = None, chunk_size: int = 50_000) -> EventLog:
-    """All events with timestamp < `until` (all events if None), streamed in chunks into arrays."""
-    user_pks = np.array(EndUser.objects.order_by("pk").values_list("pk", flat=True), dtype=np.int64)
-    item_rows = list(Item.objects.order_by("pk").values_list("pk", "external_id", "categories", "active"))
-    item_pks = np.array([row[0] for row in item_rows], dtype=np.int64)
+    """All events with timestamp < `until` (all events if None), streamed in chunks into arrays.
+
+    Users and items are coded in the order of their external ids (sorted in Python: the databases' collations
+    differ) and events sorted by (time, user, item, type, value), so that every ordering and tie-break
+    downstream is the same for the same events whatever their primary keys, import order or backend."""
+    user_rows = sorted(EndUser.objects.values_list("external_id", "pk"))
+    user_pks = np.array([row[1] for row in user_rows], dtype=np.int64)
+    item_rows = sorted(Item.objects.values_list("external_id", "pk", "categories", "active"))
+    item_pks = np.array([row[1] for row in item_rows], dtype=np.int64)
     events = Interaction.objects.all()
     if until is not None:
         events = events.filter(timestamp__lt=until)
@@ -29,21 +34,28 @@ def event_log_load(*, until: datetime | None = None, chunk_size: int = 50_000) -
         np.concatenate([c[i] for c in chunks]) if chunks else np.empty(0, dtype=dtype)
         for i, dtype in enumerate([np.int64, np.int64, np.int64, np.int8, np.float32, np.float64])
     )
-    order = np.lexsort((pk, ts))
+    user, item = _codes_of(user_pks, user_pk), _codes_of(item_pks, item_pk)
+    order = np.lexsort((pk, value, kind, item, user, ts))  # the key last: only exact duplicates tie on the rest
     return EventLog(
         event_pk=pk[order],
-        user=np.searchsorted(user_pks, user_pk[order]).astype(np.int32),
-        item=np.searchsorted(item_pks, item_pk[order]).astype(np.int32),
+        user=user[order],
+        item=item[order],
         event_type=kind[order],
         value=value[order],
         ts=ts[order],
         user_pks=user_pks,
         item_pks=item_pks,
-        item_external_ids=[row[1] for row in item_rows],
+        item_external_ids=[row[0] for row in item_rows],
         item_categories=[tuple(row[2] or ()) for row in item_rows],
         item_active=np.array([row[3] for row in item_rows], dtype=bool),
         until=until.timestamp() if until is not None else None,
     )
+
+
+def _codes_of(pks_by_code: np.ndarray, pks: np.ndarray) -> np.ndarray:
+    """The code (position in `pks_by_code`) of each of `pks`."""
+    by_pk = np.argsort(pks_by_code)
+    return by_pk[np.searchsorted(pks_by_code[by_pk], pks)].astype(np.int32)
 
 
 def _chunked(iterator, size: int):

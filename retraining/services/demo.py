@@ -173,14 +173,38 @@ def demo_timeline_prepare(*, dataset: Path | None, first_part: float, say) -> li
 
 
 def demo_comparison_rows(run: TrainingRun) -> list[dict]:
-    """Old (the champion re-scored on this run's holdout) against new, per metric, with the change."""
+    """Old (the champion re-scored on this run's holdout) against new, per metric, with the change, and the
+    baselines' value on the same held-out events (demo_comparison_events)."""
     numbers = run.gate.get("numbers", {})
     old, new = numbers.get("champion") or {}, numbers.get("candidate") or {}
+    baselines = demo_comparison_baselines(run)
     rows = []
     for key, label, higher_is_better in DEMO_METRICS:
         before, after = old.get(key), new.get(key)
         change = (after - before) / abs(before) if before not in (None, 0) and after is not None else None
         better = None if change is None or after == before else ((after > before) == higher_is_better)
         rows.append({"label": f"{label} {'↑' if higher_is_better else '↓'}", "old": before, "new": after,
-                     "change": change, "better": better})
+                     "change": change, "better": better,
+                     "baselines": {name: metrics.get(key) for name, metrics in baselines.items()}})
     return rows
+
+
+def demo_comparison_baselines(run: TrainingRun) -> dict[str, dict]:
+    """The baselines scored on the held-out events old and new were compared on: with a champion, those the gate
+    recorded for its comparison; without one, the new version's own (its whole holdout, where it was scored)."""
+    if run.gate.get("champion_version") is not None:
+        return run.gate.get("comparison_baselines") or {}
+    return run.model_version.baseline_metrics if run.model_version else {}
+
+
+def demo_comparison_events(run: TrainingRun) -> str:
+    """Which held-out events every row of the comparison was computed on, as a sentence."""
+    gate = run.gate
+    if gate.get("champion_version") is None:
+        stats = run.model_version.dataset_stats if run.model_version else {}
+        return f"the new version's whole holdout: {stats.get('holdout_events', 0):,} held-out events (no champion)"
+    after = gate.get("comparison_holdout_after")
+    since = f"after v{gate['champion_version']}'s training cut-off {after[:16].replace('T', ' ')}" if after else \
+        f"of the whole holdout (v{gate['champion_version']} records no training cut-off)"
+    return (f"the {gate.get('comparison_events', 0):,} held-out events {since}, "
+            f"{gate.get('comparison_users', 0):,} users with a held-out positive")

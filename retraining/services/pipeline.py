@@ -25,21 +25,24 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from recommendations import ranking
+from recommendations.clock import system_now
 from recommendations.serving.loading import ranker_precompile, trained_model_of
 from recsite import metrics
 from registry.models import ModelVersion
 from registry.selectors import champion_version
 from registry.services import VersionInput, model_version_register, model_version_reject
 from retraining.ml.manifest import json_safe
+from retraining.ml.metrics import CF_NAME
 from retraining.ml.params import TrainingParams
 from retraining.models import RetrainPolicy, RunStatus, TrainingRun
 from retraining.services.drift import drift_profile, drift_reference, drift_window
 from retraining.services.gate import GateDecision, gate_decide
+from retraining.services.mlflow_mirror import training_run_mirror_schedule
 from retraining.services.policy import policy_active
 from retraining.services.runs import training_run_advance, training_run_claim, training_run_fail, training_run_heartbeat
 from retraining.services.rescoring import HoldoutScores, models_score_on_holdout
 from retraining.services.rollout import candidate_deploy
-from retraining.services.training import TrainingResult, training_run_execute, training_run_refit
+from retraining.services.training import TrainingResult, model_train, model_refit
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        training_run_mirror_schedule(run_id=run_id)  # the run has ended, promoted, rejected or failed
 
 
 def training_cluster() -> str | None:
@@ -68,8 +72,7 @@ def training_cluster() -> str | None:
 def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     policy = policy_active()
     started = time.perf_counter()
-    result = training_run_execute(until=run.data_until, output_dir=workdir, progress=log_line,
-                                  cluster=training_cluster())
+    result = model_train(until=run.data_until, output_dir=workdir, progress=log_line, cluster=training_cluster())
     manifest = drift_reference_attach(result=result, directory=workdir, until=run.data_until, policy=policy)
     training_seconds = time.perf_counter() - started
     metrics.training_measured(seconds=training_seconds, peak_memory_mb=result.peak_memory_mb)
@@ -123,15 +126,19 @@ def _gate_decision(*, run: TrainingRun, result: TrainingResult, manifest: dict, 
     )
     if champion is None:
         return gate_decide(candidate=result.metrics, popularity=result.baselines["popularity"], champion=None,
-                           candidate_user_ndcg=None, champion_user_ndcg=None, **thresholds), {}
+                           candidate_user_ndcg=None, champion_user_ndcg=None, segments=result.segments,
+                           rating_bias=result.baselines.get("bias"), **thresholds), {}
     scores = _champion_rescore(run=run, manifest=manifest, directory=directory, champion=champion, log_line=log_line)
     candidate, champion_scored = scores.models["candidate"], scores.models["champion"]
     decision = gate_decide(
         candidate=candidate.metrics, popularity=candidate.popularity, champion=champion_scored.metrics,
-        candidate_user_ndcg=candidate.user_ndcg, champion_user_ndcg=champion_scored.user_ndcg, **thresholds,
+        candidate_user_ndcg=candidate.user_ndcg, champion_user_ndcg=champion_scored.user_ndcg,
+        rating_bias=scores.rating_baselines.get("bias"), segments=scores.segments,
+        user_segments=scores.user_segments, **thresholds,
     )
     return decision, {"comparison_holdout_after": scores.after.isoformat() if scores.after else None,
-                      "comparison_users": scores.users, "comparison_events": scores.events}
+                      "comparison_users": scores.users, "comparison_events": scores.events,
+                      "comparison_baselines": {"popularity": candidate.popularity, CF_NAME: candidate.ease}}
 
 
 def _champion_rescore(*, run: TrainingRun, manifest: dict, directory: Path, champion: ModelVersion,
@@ -159,8 +166,8 @@ def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: 
     log_line.write("gate passed: refitting the candidate on all events up to the cut-off (holdout included)\n")
     started = time.perf_counter()
     try:
-        refit = training_run_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line,
-                                   cluster=training_cluster())
+        refit = model_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line,
+                            cluster=training_cluster())
         manifest = drift_reference_attach(result=refit, directory=directory, until=run.data_until, policy=policy)
     except Exception as exc:
         raise RuntimeError(f"the refit on all data failed after the gate passed; nothing was registered: "
@@ -171,7 +178,7 @@ def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: 
 def drift_reference_attach(*, result: TrainingResult, directory: Path, until: datetime | None,
                            policy: RetrainPolicy) -> dict:
     """Add the drift reference (the event profile of the window before the cut-off) to the manifest."""
-    window = drift_window(end=until or timezone.now(), days=policy.drift_window_days,
+    window = drift_window(end=until or system_now(), days=policy.drift_window_days,
                           min_events=policy.drift_window_min_events)
     manifest = json_safe({**result.manifest, "drift_reference": drift_reference(profile=drift_profile(window=window))})
     (directory / ranking.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False))

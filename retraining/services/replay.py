@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, TextIO
 
-from recommendations.clock import clock_set, system_now
+from recommendations.clock import clock_set, replay_clock_check, system_now
 from recommendations.models import Interaction
 from recommendations.runtime import process_runtime
 from recommendations.serving.recommend import recommendations_for
@@ -102,6 +102,7 @@ def replay_run(*, path: Path, start_fraction: float, speed: float, api_url: str 
                api_key: str | None = None, check_every_s: int = 2, max_idle_s: float = 1.0, batch_size: int = 500,
                out: TextIO | None = None, on_tick: Callable[[ReplayReport], None] | None = None,
                rollout: str | None = None, rollout_min_impressions: int = 200) -> ReplayReport:
+    replay_clock_check()
     if not 0 < start_fraction < 1:
         raise ApplicationError("start_fraction must be between 0 and 1.")
     if speed <= 0:

@@ -40,18 +40,19 @@ def candidate_deploy(*, version: int, champion: int | None, reason: str, policy:
 
 
 def challenger_deploy(*, version: int, mode: str, actor: str, reason: str, policy: RetrainPolicy | None = None,
-                      traffic_percent: int | None = None, steps: list[int] | None = None, replace: bool = False) -> Experiment:
-    """Start `version` as the challenger; the share, the canary schedule and the minimums come from the
-    policy unless given."""
+                      traffic_percent: int | None = None, steps: list[int] | None = None, replace: bool = False,
+                      now: datetime | None = None) -> Experiment:
+    """Start `version` as the challenger at `now` (default: the runtime's clock); the share, the canary schedule
+    and the minimums come from the policy unless given."""
     policy = policy or policy_active()
     if traffic_percent is None:
         traffic_percent = {DeploymentMode.AB: policy.ab_traffic_percent, DeploymentMode.SHADOW: policy.shadow_traffic_percent}.get(mode)
     data = ChallengerInput(
         version=version, mode=mode, traffic_percent=traffic_percent,
-        steps=tuple(steps or policy.canary_steps) if mode == DeploymentMode.CANARY else (),
+        steps=tuple(steps or (policy.canary_steps if mode == DeploymentMode.CANARY else ())),
         min_step_seconds=round(policy.rollout_min_step_minutes * 60), min_impressions=policy.rollout_min_impressions,
     )
-    return challenger_start(data=data, actor=actor, reason=reason, at=system_now(), replace=replace)
+    return challenger_start(data=data, actor=actor, reason=reason, at=now or system_now(), replace=replace)
 
 
 def challenger_report(*, experiment: Experiment, confidence: float, save: bool = False) -> dict:
@@ -72,12 +73,13 @@ def challenger_report(*, experiment: Experiment, confidence: float, save: bool =
     return report
 
 
-def experiment_stop(*, actor: str, reason: str, reject: bool = False, experiment_id: int | None = None) -> Experiment:
+def experiment_stop(*, actor: str, reason: str, reject: bool = False, experiment_id: int | None = None,
+                    now: datetime | None = None) -> Experiment:
     """Stop the running experiment by an operator's decision, keeping its final per-arm report."""
     experiment = running_experiment()
     if experiment is not None:
         challenger_report(experiment=experiment, confidence=policy_active().rollout_confidence, save=True)
-    return challenger_stop(actor=actor, reason=reason, at=system_now(), reject=reject, experiment_id=experiment_id)
+    return challenger_stop(actor=actor, reason=reason, at=now or system_now(), reject=reject, experiment_id=experiment_id)
 
 
 def experiment_promote(*, experiment: Experiment, actor: str, reason: str) -> None:

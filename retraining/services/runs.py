@@ -19,7 +19,10 @@ from retraining.models import IN_FLIGHT, RunStatus, Trigger, TrainingRun
 
 logger = logging.getLogger(__name__)
 
-TRAINING_TASK = "retraining.training_run_execute"
+TRAINING_TASK = "retraining.training_run_process"
+# The training task's name before it said what it does: messages queued then still carry it, so a task of that
+# name stays registered (retraining/tasks.py). Nothing sends it any more.
+TRAINING_TASK_FORMER_NAMES = ("retraining.training_run_execute",)
 TRAINING_QUEUE = "training"
 # A queued run unsent for this long was lost between commit and send (its process died): the reconciler re-sends it.
 RESEND_AFTER = timedelta(seconds=10)
@@ -35,15 +38,16 @@ class BrokerUnavailable(ApplicationError):
 
 
 def training_run_request(*, trigger: str, evidence: dict | None = None, requested_by: str = "",
-                         data_until: datetime | None = None, enqueue: bool = True) -> TrainingRun:
+                         data_until: datetime | None = None, enqueue: bool = True,
+                         triggers: list[str] | None = None) -> TrainingRun:
     """Create a queued run and send it to the trainer once committed (`enqueue=False`: the caller processes it
     in-process). If a run is already in flight the database's unique constraint refuses the new row and
     RunInFlight carries the existing run's id, unless that run is stale: then it is failed and the new run
     takes its place, so a dead trainer never blocks the next request even with no beat and no worker running.
     If the broker cannot take the message, BrokerUnavailable is raised after the commit (see
-    training_run_enqueue)."""
-    fields = dict(trigger=trigger, evidence=evidence or {}, requested_by=requested_by, data_until=data_until,
-                  dispatched_at=None if enqueue else timezone.now())
+    training_run_enqueue). `triggers`: every kind that fired, `trigger` first (default: just `trigger`)."""
+    fields = dict(trigger=trigger, triggers=triggers or [str(trigger)], evidence=evidence or {},
+                  requested_by=requested_by, data_until=data_until, dispatched_at=None if enqueue else timezone.now())
     try:
         return _training_run_create(fields=fields, enqueue=enqueue)
     except RunInFlight:
@@ -182,7 +186,8 @@ def training_runs_reconciler_start(*, every_seconds: float) -> threading.Thread:
     return thread
 
 
-def retrain_request(*, requested_by: str) -> TrainingRun:
-    """The one service behind the admin button, the API and `manage.py retrain`."""
-    return training_run_request(trigger=Trigger.MANUAL, requested_by=requested_by, data_until=system_now(),
+def retrain_request(*, requested_by: str, now: datetime | None = None) -> TrainingRun:
+    """The one service behind the admin button, the API and `manage.py retrain`; the run's cut-off is `now`
+    (default: the runtime's clock)."""
+    return training_run_request(trigger=Trigger.MANUAL, requested_by=requested_by, data_until=now or system_now(),
                                 evidence={"requested_by": requested_by})

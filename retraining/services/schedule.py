@@ -15,8 +15,7 @@ def periodic_tasks_setup(*, check_every_seconds: int, rollout_every_seconds: int
     """Create or update the trigger check, the rollout check, the training-run reconciler and the outcome recorder;
     other periodic tasks are left alone (never delete-all)."""
     return [
-        _interval_task(CHECK_TRIGGERS, "retraining.check_triggers", check_every_seconds,
-                       "Evaluate the retraining triggers and start a run when one fires."),
+        trigger_check_schedule(every_seconds=check_every_seconds),
         _interval_task(CHECK_ROLLOUT, "retraining.check_rollout", rollout_every_seconds,
                        "Judge the running experiment; advance, promote or roll back a canary."),
         _interval_task(RECONCILE_RUNS, "retraining.reconcile_runs", RECONCILE_RUNS_SECONDS,
@@ -24,6 +23,13 @@ def periodic_tasks_setup(*, check_every_seconds: int, rollout_every_seconds: int
         _interval_task(RECORD_OUTCOMES, "recommendations.outcomes_record", RECORD_OUTCOMES_SECONDS,
                        "Record what each served list earned once its attribution window has closed."),
     ]
+
+
+def trigger_check_schedule(*, every_seconds: int) -> PeriodicTask:
+    """Create or move the trigger check to every `every_seconds`. Saving the PeriodicTask bumps
+    PeriodicTasks.changed, which a running beat (DatabaseScheduler) polls, so beat follows without a restart."""
+    return _interval_task(CHECK_TRIGGERS, "retraining.check_triggers", every_seconds,
+                          "Evaluate the retraining triggers and start a run when one fires.")
 
 
 def _interval_task(name: str, task: str, seconds: int, description: str) -> PeriodicTask:

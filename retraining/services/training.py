@@ -8,23 +8,24 @@ import logging
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from recommendations import ranking
 from retraining.ml import profiling
-from retraining.ml.candidates import collaborative_fit
+from retraining.ml.candidates import collaborative_fit, item_knn_lists
 from retraining.ml.events import EventLog
 from retraining.ml.manifest import Manifest, dataset_statistics, training_window
-from retraining.ml.metrics import CF_NAME, ranking_metrics_at
+from retraining.ml.metrics import CF_NAME, KNN_NAME, candidate_recall, ranking_metrics_at
 from retraining.ml.params import TrainingParams
-from retraining.ml.regressor import rating_bounds, rating_scores
+from retraining.ml.regressor import RatingModel, rating_baselines, rating_bounds, rating_scores
 from retraining.ml.replay import Evaluation, evaluation_run
-from retraining.ml.split import Split, split_compute
+from retraining.ml.segments import segment_names, segments_table, user_history_counts
+from retraining.ml.split import Split, histories_by_user, split_compute
 from retraining.ml.steps import LocalSteps
-from retraining.services import artifacts
+from retraining.services import model_directory
 from retraining.services.dataset import event_log_load
 
 
@@ -38,12 +39,14 @@ class TrainingResult:
     stage_peak_memory_mb: dict
     output_dir: Path | None
     manifest: dict
+    segments: dict = field(default_factory=dict)  # retraining.ml.segments.segments_table of the holdout
 
     def summary(self) -> dict:
         """The `train --json` contract."""
         return {
             "metrics": self.metrics,
             "baselines": self.baselines,
+            "segments": self.segments,
             "dataset": self.dataset,
             "timings_s": self.timings_s,
             "peak_memory_mb": self.peak_memory_mb,
@@ -52,7 +55,7 @@ class TrainingResult:
         }
 
 
-def training_run_execute(
+def model_train(
     *,
     until: datetime | None = None,
     output_dir: Path | None,
@@ -70,7 +73,8 @@ def training_run_execute(
     holdout: a model trained on the holdout cannot be scored on it.
 
     With `cluster` (a Dask scheduler's address, e.g. tcp://host:8786) the ranker's examples, both fits and the
-    evaluation replay run on that cluster (retraining.ml.distributed); the candidate model is fitted here."""
+    evaluation replay run on that cluster (retraining.ml.distributed); the collaborative models and the rating
+    model's biases are fitted here."""
     holdout = refit_of is None
     stages = profiling.Stages()
     with _stage_lines_to(progress):
@@ -81,32 +85,36 @@ def training_run_execute(
         if not split.label.any() or (holdout and not split.holdout.any()):
             raise ValueError("too few events to train: no user has enough events for a holdout")
         with training_steps(log, split, cluster) as steps:
-            ranker, regressor, model, examples, evaluation = _models_train(stages, steps, log, split, params)
+            ranker, rating_model, model, examples, evaluation = _models_train(stages, steps, log, split, params,
+                                                                              item_knn=holdout)
         with stages.stage("metrics"):
             metrics, baselines = (
-                _scores(evaluation, log, params, regressor) if holdout else (refit_of.metrics, refit_of.baselines)
+                _scores(evaluation, log, split, params, rating_model, model) if holdout
+                else (refit_of.metrics, refit_of.baselines)
             )
+            segments = _segments(evaluation, log, split, params) if holdout else refit_of.segments
         dataset = dataset_statistics(log, split)
         manifest = Manifest(
-            params=params, ranker=ranker, regressor=regressor, collaborative=model, refit=not holdout,
+            params=params, ranker=ranker, regressor=rating_model.booster, collaborative=model, refit=not holdout,
+            rating_model=rating_model.manifest(),
             training_window=training_window(log, split), dataset=dataset,
             ranker_examples=int(len(examples.labels)), ranker_groups=int(len(examples.groups)),
             category_share=category_share,
             reference_distributions={
-                "ranker": artifacts.reference_distributions(examples.matrix, ranking.RANKER_FEATURES),
+                "ranker": model_directory.reference_distributions(examples.matrix, ranking.RANKER_FEATURES),
             },
             metrics=metrics, baselines=baselines, timings_s=stages.timings_s,
         ).as_dict()
         if output_dir is not None:
             with stages.stage("artifacts"):
-                artifacts.model_directory_write(
-                    directory=Path(output_dir), ranker=ranker, regressor=regressor, collaborative=model,
+                model_directory.model_directory_write(
+                    directory=Path(output_dir), ranker=ranker, regressor=rating_model.booster, collaborative=model,
                     item_external_ids=log.item_external_ids, manifest=manifest,
                 )
     return TrainingResult(
         metrics=metrics, baselines=baselines, dataset=dataset, timings_s=dict(stages.timings_s),
         peak_memory_mb=round(profiling.peak_memory_mb(), 1), stage_peak_memory_mb=dict(stages.peak_memory_mb),
-        output_dir=Path(output_dir) if output_dir is not None else None, manifest=manifest,
+        output_dir=Path(output_dir) if output_dir is not None else None, manifest=manifest, segments=segments,
     )
 
 
@@ -124,15 +132,16 @@ def training_steps(log: EventLog, split: Split, cluster: str | None):
         yield distributed.ClusterSteps(connected, log, split)
 
 
-def _models_train(stages: profiling.Stages, steps, log: EventLog, split: Split, params: TrainingParams):
+def _models_train(stages: profiling.Stages, steps, log: EventLog, split: Split, params: TrainingParams, *,
+                  item_knn: bool):
     """The ranker (on examples from the label windows), the collaborative model on the training portion, the
-    evaluation replay and the rating model, each a stage."""
+    evaluation replay (with the item-kNN baseline's lists if `item_knn`, from the gathered users) and the rating
+    model, each a stage."""
     category_share = log.category_share()
-    with stages.stage("candidates_label_window"):
+    with stages.stage("candidates_label_window"):  # also the rating model's neighbourhood
         inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
     with stages.stage("ranker_examples"):
         examples = steps.ranker_examples(params, category_share, inner_model)
-        del inner_model
     if not len(examples.groups):
         raise ValueError("too few events to train: no label window has a positive event among its candidates")
     with stages.stage("ranker_fit"):
@@ -141,26 +150,26 @@ def _models_train(stages: profiling.Stages, steps, log: EventLog, split: Split, 
         model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
     with stages.stage("evaluation_replay"):
         evaluation = steps.evaluation(params, category_share, model, ranker, with_regressor=True)
+        if item_knn:
+            _item_knn_add(evaluation, log, split, model, params)
     with stages.stage("regressor_fit"):
-        regressor = None
-        if len(evaluation.regressor_train_target) >= 2 * params.min_data_in_leaf:
-            regressor = steps.regressor_fit(evaluation.regressor_train, evaluation.regressor_train_target, params)
-    return ranker, regressor, model, examples, evaluation
+        rating_model = steps.rating_model_fit(evaluation, params, inner_model)
+    return ranker, rating_model, model, examples, evaluation
 
 
-def training_run_refit(*, gated: TrainingResult, until: datetime | None, output_dir: Path | None,
-                       progress: TextIO | None = sys.stderr, cluster: str | None = None) -> TrainingResult:
+def model_refit(*, gated: TrainingResult, until: datetime | None, output_dir: Path | None,
+                progress: TextIO | None = sys.stderr, cluster: str | None = None) -> TrainingResult:
     """The gated model's configuration trained again on every event up to `until`, holdout included."""
     params = TrainingParams(**gated.manifest["params"]["training"])
-    return training_run_execute(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated,
-                                cluster=cluster)
+    return model_train(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated,
+                       cluster=cluster)
 
 
 def baselines_evaluate(
     *, until: datetime | None = None, params: TrainingParams = TrainingParams(), progress: TextIO | None = sys.stderr,
     log: EventLog | None = None,
 ) -> dict:
-    """Most-popular and EASE alone, on the same split and protocol as training_run_execute."""
+    """Most-popular and EASE alone, on the same split and protocol as model_train."""
     stages = profiling.Stages()
     with _stage_lines_to(progress):
         with stages.stage("load_events"):
@@ -170,8 +179,22 @@ def baselines_evaluate(
             model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
         with stages.stage("evaluation"):
             evaluation = evaluation_run(log, split, params, {}, model, None, with_regressor=False)
+            _item_knn_add(evaluation, log, split, model, params)
             baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in evaluation.ranked}
-    return {"baselines": baselines, "dataset": dataset_statistics(log, split), "timings_s": stages.timings_s}
+    return {"baselines": baselines, "candidates": _candidate_recall(evaluation),
+            "dataset": dataset_statistics(log, split), "timings_s": stages.timings_s}
+
+
+def _item_knn_add(evaluation: Evaluation, log: EventLog, split: Split, model: ranking.CollaborativeModel,
+                  params: TrainingParams) -> None:
+    """The item-kNN baseline's lists for the evaluated users, fitted on the training portion as EASE is."""
+    evaluation.ranked[KNN_NAME] = item_knn_lists(log=log, mask=split.train, model=model,
+                                                 histories=histories_by_user(log, split.train),
+                                                 users=evaluation.users, k=params.k)
+
+
+def _candidate_recall(evaluation: Evaluation) -> dict:
+    return candidate_recall(pools=evaluation.pools, positives=evaluation.positives)
 
 
 def _ranked_metrics(evaluation: Evaluation, log: EventLog, params: TrainingParams, name: str) -> dict:
@@ -179,12 +202,21 @@ def _ranked_metrics(evaluation: Evaluation, log: EventLog, params: TrainingParam
                               n_active_items=int(log.item_active.sum()))
 
 
-def _scores(evaluation: Evaluation, log: EventLog, params: TrainingParams, regressor) -> tuple[dict, dict]:
-    metrics = _ranked_metrics(evaluation, log, params, "ranker")
-    metrics.update(rating_scores(regressor, matrix=evaluation.regressor_holdout,
-                                 actual=evaluation.regressor_holdout_target,
-                                 bounds=rating_bounds(log.value[log.is_rating()])))
-    return metrics, {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME)}
+def _scores(evaluation: Evaluation, log: EventLog, split: Split, params: TrainingParams,
+            rating_model: RatingModel, collaborative: ranking.CollaborativeModel) -> tuple[dict, dict]:
+    """The model's metrics; the ranking baselines' and the rating baselines' on the same held-out events."""
+    metrics = _ranked_metrics(evaluation, log, params, "ranker") | _candidate_recall(evaluation)
+    bounds = rating_bounds(log.value[log.is_rating()])
+    metrics.update(rating_scores(rating_model, log=log, split=split, evaluation=evaluation,
+                                 collaborative=collaborative, bounds=bounds))
+    baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME, KNN_NAME)}
+    return metrics, baselines | rating_baselines(log, split, evaluation, bias_l2=rating_model.bias_l2, bounds=bounds)
+
+
+def _segments(evaluation: Evaluation, log: EventLog, split: Split, params: TrainingParams) -> dict:
+    counts = user_history_counts(log, split, users=evaluation.users)
+    return segments_table(lists=evaluation.ranked, positives=evaluation.positives, segments=segment_names(counts),
+                          k=params.k)
 
 
 @contextmanager

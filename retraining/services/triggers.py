@@ -2,16 +2,16 @@
 
 from datetime import datetime, timedelta
 
-from recommendations.selectors import events_after, online_hit_rate, outcome_first_served_at
+from recommendations.selectors import events_after, online_hit_rate, users_with_events_after, outcome_first_served_at
 from registry.models import ModelVersion
 from registry.selectors import champion_version, running_experiment
-from retraining.models import RetrainPolicy, Trigger, TrainingRun, TriggerEvaluation
+from retraining.models import HoldReason, RetrainPolicy, Trigger, TrainingRun, TriggerEvaluation
 from recommendations.clock import system_now
 from retraining.services.drift import drift_check_run
 from retraining.services.policy import policy_active
 from retraining.services.runs import BrokerUnavailable, RunInFlight, training_run_request, training_runs_fail_stale
 
-# When several fire at once, the run is attributed to the first; the others are kept as evidence.
+# When several fire at once, the run is attributed to the first (`trigger`); all are recorded (`triggers`, evidence).
 PRIORITY = [Trigger.DRIFT, Trigger.PERFORMANCE, Trigger.VOLUME, Trigger.TIME]
 
 
@@ -33,17 +33,25 @@ def triggers_check(*, now: datetime | None = None) -> TriggerEvaluation:
         evaluation.action = "; ".join([*notes, "nothing fired"])
     elif (experiment := running_experiment()) is not None:
         # A running experiment is judged on a fixed pair of models; a new candidate would supersede it.
+        evaluation.held_reason = HoldReason.EXPERIMENT
         evaluation.action = "; ".join([*notes, f"{fired[0]} fired; held while {experiment} runs (stop it to retrain now)"])
     elif (cooling := _cooldown_until(policy, clock)) is not None:
+        evaluation.held_reason = HoldReason.COOLDOWN
         evaluation.action = "; ".join([*notes, f"{fired[0]} fired; cooling down until {cooling:%Y-%m-%d %H:%M}"])
+    elif (short := _new_data_shortfall(policy, champion, clock)) is not None:
+        evaluation.held_reason = HoldReason.NOT_ENOUGH_NEW_DATA
+        evaluation.action = "; ".join([*notes, f"{fired[0]} fired; held: {short}"])
     else:
         evidence = {"fired": [str(name) for name in fired], **{str(name): results[name] for name in fired}}
         try:
-            evaluation.run = training_run_request(trigger=fired[0], evidence=evidence, requested_by="beat", data_until=clock)
+            evaluation.run = training_run_request(trigger=fired[0], triggers=evidence["fired"], evidence=evidence,
+                                                  requested_by="beat", data_until=clock)
             evaluation.action = "; ".join([*notes, f"started run {evaluation.run.pk}"])
         except RunInFlight as exc:
+            evaluation.held_reason = HoldReason.RUN_IN_FLIGHT
             evaluation.action = "; ".join([*notes, f"{fired[0]} fired; run {exc.extra.get('run_id')} already in flight"])
         except BrokerUnavailable as exc:
+            evaluation.held_reason = HoldReason.BROKER_UNAVAILABLE
             failed = f"{fired[0]} fired; run {exc.extra['run_id']} failed: {exc.message}"
             evaluation.action = "; ".join([*notes, failed])
     evaluation.save()
@@ -97,6 +105,19 @@ def _drift(policy: RetrainPolicy, champion: ModelVersion | None, clock: datetime
         return _result(True, detail="the champion has no drift reference")
     return _result(True, round(report.drifted_share, 4), policy.drift_share_threshold, report.verdict == "drift",
                    f"drift report {report.pk}: {report.verdict}, drifted {report.extra_scores.get('drifted')}")
+
+
+def _new_data_shortfall(policy: RetrainPolicy, champion: ModelVersion | None, clock: datetime) -> str | None:
+    """Why a run would be wasted for lack of new holdout users (the gate compares the candidate and the champion on
+    the events after the champion's cut-off), or None. With no champion nothing is compared, so nothing is held."""
+    required = policy.min_new_holdout_users
+    if not required or champion is None or champion.training_window_end is None:
+        return None
+    users = users_with_events_after(moment=champion.training_window_end, until=clock)
+    if users >= required:
+        return None
+    return (f"{users} users with events after {champion}'s training cut-off, {required} required "
+            f"(policy min_new_holdout_users)")
 
 
 def _cooldown_until(policy: RetrainPolicy, clock: datetime) -> datetime | None:

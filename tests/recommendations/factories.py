@@ -12,16 +12,16 @@ from django.db.models import Max
 
 from recommendations.models import EndUser, Impression, Interaction
 from recommendations.selectors.online import attribution_window
-from recommendations.services.features import online_features_rebuild
+from recommendations.services.online_features import online_features_rebuild
 from recommendations.services.outcomes import impression_outcomes_record
 from registry.models import ModelVersion
 from registry.services import VersionInput, model_version_register
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 
 def train_and_register(tmp_path: Path, name: str = "run") -> ModelVersion:
-    result = training_run_execute(output_dir=tmp_path / name, progress=None)
+    result = model_train(output_dir=tmp_path / name, progress=None)
     data = VersionInput(metrics=result.metrics, baseline_metrics=result.baselines, dataset_stats=result.dataset,
                         parameters=result.manifest["params"], manifest=result.manifest)
     return model_version_register(artifact_dir=tmp_path / name, data=data)

@@ -5,7 +5,7 @@ from django.db.models import F
 from recommendations import features, item_snapshot
 from recommendations.models import Item, ItemFeatures
 from recommendations.serving.holders import ItemSnapshotHolder
-from recommendations.services.features import item_state_from_row, online_features_rebuild
+from recommendations.services.online_features import item_state_from_row, online_features_rebuild
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db

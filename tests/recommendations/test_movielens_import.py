@@ -12,7 +12,7 @@ from recommendations import features
 from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
 from recommendations.services import movielens
 from recommendations.services.events import EventInput, event_ingest
-from recommendations.services.features import item_state_from_row, user_state_from_row
+from recommendations.services.online_features import item_state_from_row
 from recommendations.services.movielens import movielens_import
 from tests.recommendations.test_online_features import first_event_of_each_pair
 
@@ -53,7 +53,7 @@ def _replayed_states() -> tuple[dict[int, features.UserState], dict[int, feature
 
 def _assert_online_features_equal_the_replay() -> None:
     users, items = _replayed_states()
-    assert {row.user_id: user_state_from_row(row) for row in UserFeatures.objects.all()} == users
+    assert {row.user_id: row.state() for row in UserFeatures.objects.all()} == users
     assert {row.item_id: item_state_from_row(row) for row in ItemFeatures.objects.all()} == items
 
 

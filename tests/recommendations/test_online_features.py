@@ -13,7 +13,7 @@ from django.db.models import Min
 from recommendations import features
 from recommendations.models import Interaction, Item, ItemFeatures, UserFeatures
 from recommendations.services.events import EventInput, event_ingest
-from recommendations.services.features import item_state_from_row, online_features_rebuild, user_state_from_row
+from recommendations.services.online_features import item_state_from_row, online_features_rebuild
 
 START = datetime(2023, 1, 1, tzinfo=timezone.utc)
 
@@ -77,7 +77,7 @@ def assert_online_equals_replay():
     assert UserFeatures.objects.count() == len(users)
     assert ItemFeatures.objects.count() == len(items)
     for row in UserFeatures.objects.all():
-        assert_states_equal(user_state_from_row(row), users[row.user_id])
+        assert_states_equal(row.state(), users[row.user_id])
     for row in ItemFeatures.objects.all():
         assert_states_equal(item_state_from_row(row), items[row.item_id])
 
@@ -97,13 +97,13 @@ def test_online_features_equal_a_replay_of_the_log_whatever_the_batching():
 def test_a_rebuild_from_the_log_gives_the_same_features_as_live_ingestion():
     catalog()
     event_ingest(events=random_events(200, seed=3))
-    live_users = {r.user_id: user_state_from_row(r) for r in UserFeatures.objects.all()}
+    live_users = {r.user_id: r.state() for r in UserFeatures.objects.all()}
     live_items = {r.item_id: item_state_from_row(r) for r in ItemFeatures.objects.all()}
     UserFeatures.objects.update(event_count=0, rating_sum=0.0, category_counts={})
     ItemFeatures.objects.update(event_count=999, log_pop_7d=None)
     assert online_features_rebuild() == {"users": len(live_users), "items": Item.objects.count()}
     for row in UserFeatures.objects.all():
-        assert_states_equal(user_state_from_row(row), live_users[row.user_id])
+        assert_states_equal(row.state(), live_users[row.user_id])
     for row in ItemFeatures.objects.filter(item_id__in=live_items):
         assert_states_equal(item_state_from_row(row), live_items[row.item_id])
 

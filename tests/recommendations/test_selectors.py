@@ -2,7 +2,7 @@ import pytest
 
 from recommendations.models import EndUser, Interaction, Item, UserFeatures
 from recommendations.selectors import inactive_items, served_user
-from recommendations.services.features import online_features_rebuild, user_state_from_row
+from recommendations.services.online_features import online_features_rebuild
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db
@@ -17,7 +17,7 @@ def history():
 def test_a_served_user_has_the_online_features_and_every_item_of_their_events(history):
     for row in UserFeatures.objects.select_related("user"):
         user = served_user(external_id=row.user.external_id)
-        assert user.pk == row.user_id and user.state == user_state_from_row(row)
+        assert user.pk == row.user_id and user.state == row.state()
         assert user.seen == set(Interaction.objects.filter(user_id=row.user_id).values_list("item_id", flat=True))
 
 
@@ -38,7 +38,7 @@ def test_inactive_items_names_only_the_inactive_ones(history):
 def test_the_user_statement_is_prepared_once_per_connection_on_postgresql(history):
     from django.db import connection
 
-    from recommendations.selectors import serving as selectors
+    from recommendations import sql as selectors
 
     if connection.vendor != "postgresql":
         pytest.skip("prepared once per connection on PostgreSQL only")

@@ -16,8 +16,7 @@ URL = "/api/v1/users/{}/recommendations"
 
 
 @pytest.fixture(autouse=True)
-def isolated_serving(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
+def isolated_serving(settings):
     settings.MODEL_POLL_SECONDS = 0
 
 
@@ -80,9 +79,20 @@ def test_an_unknown_user_gets_the_labelled_popular_fallback(served, serve_client
     assert body["model_version"] is None and body["strategy"] == "popular" and len(body["items"]) == 5
 
 
-@pytest.mark.parametrize("query", [{"k": 0}, {"k": 101}, {"k": "ten"}, {"explain": "maybe"}])
+@pytest.mark.parametrize("query", [{"k": 0}, {"k": 101}, {"k": "ten"}, {"explain": "maybe"}, {"k": "5.0"}, {"k": " 5"},
+                                   {"k": "\uff15"}, {"k": "5.0", "explain": "false"}, {"k": 0, "category": "a"}])
 def test_bad_parameters_get_a_400(served, serve_client, query):
     assert get(serve_client, "user-3", **query).status_code == 400
+
+
+@pytest.mark.parametrize("extra", [{}, {"explain": "false"}])
+def test_k_means_the_same_with_or_without_other_parameters(served, serve_client, extra):
+    assert len(get(serve_client, "user-3", k=7, **extra).json()["items"]) == 7
+
+
+@pytest.mark.parametrize("k", [0, 101, "5.0"])
+def test_similar_items_refuse_the_same_k_as_recommendations(served, serve_client, k):
+    assert serve_client.get("/api/v1/items/item-4/similar", {"k": k}).status_code == 400
 
 
 def test_recommendations_need_the_serve_scope(served, ingest_client):

@@ -20,7 +20,8 @@ from retraining.services.policy import policy_active
 from retraining.services.rollout import challenger_deploy, rollout_check
 from tests.recommendations.factories import outcomes_recorded, store_history, train_and_register
 
-pytestmark = pytest.mark.django_db
+# The tests freeze time with clock_set.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("replay_clock")]
 URL = "/api/v1/users/{}/recommendations"
 USERS = [f"user-{n}" for n in range(80)]
 T0 = datetime(2026, 7, 1, tzinfo=timezone.utc)

@@ -5,7 +5,7 @@ from collections import deque
 
 from recommendations import shadow
 from recommendations.shadow import ShadowScorer
-from tests.conftest import wait_until
+from tests.support.processes import wait_until
 
 
 def started(runtime) -> ShadowScorer:

@@ -2,7 +2,7 @@ import pytest
 
 from recommendations.models import ItemFeatures, UserFeatures
 from recommendations.tasks import online_features_rebuild_task
-from tests.conftest import wait_until
+from tests.support.processes import wait_until
 from tests.recommendations.test_online_features import assert_online_equals_replay, catalog, random_events
 
 from recommendations.services.events import event_ingest

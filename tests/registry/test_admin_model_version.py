@@ -23,11 +23,6 @@ GATE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def rejected(tmp_path):
     version = registered_version(tmp_path, ndcg=0.1)
@@ -94,3 +89,35 @@ def test_the_promote_confirmation_shows_ndcg_rounded(staff_client, tmp_path):
     version = registered_version(tmp_path, ndcg=0.123456789)
     html = staff_client.get(f"/admin/registry/modelversion/{version.pk}/promote/").content.decode()
     assert "NDCG@10 0.1235" in html and "0.123456789" not in html
+
+
+def test_the_metrics_table_puts_the_rating_baselines_beside_rmse(staff_client, tmp_path):
+    version = registered_version(tmp_path)
+    ModelVersion.objects.filter(pk=version.pk).update(baseline_metrics={
+        "popularity": {"ndcg@10": 0.07}, "global_mean": {"rmse": 1.0695, "mae": 0.837, "r2": -0.003},
+        "bias": {"rmse": 0.8943, "mae": 0.6877, "r2": 0.2984, "l2": 3.0},
+    })
+    html = page(staff_client, version)
+    assert "<th>global_mean</th>" in html and "<th>bias</th>" in html
+    rmse_row = html[html.index("<td>rmse</td>"):].split("</tr>")[0]
+    assert "0.9000" in rmse_row and "1.0695" in rmse_row and "0.8943" in rmse_row
+
+
+def test_the_gate_decision_shows_the_segment_table_fewest_events_first_with_each_interval_or_skip(
+        staff_client, rejected):
+    version, run = rejected
+    metrics = {"ndcg@10": 0.12345678, "recall@10": 0.2, "hit_rate@10": 0.5}
+    segments = {  # in a jsonb column's key order, not the segments' order
+        "new": {"training_events": "0–9", "users": 3, "candidate": metrics, "champion": metrics,
+                "ndcg_difference": {"skipped": "fewer than 20 users"}},
+        "heavy": {"training_events": "50+", "users": 30, "candidate": metrics, "champion": metrics,
+                  "ndcg_difference": {"mean": -0.02, "ci95_low": -0.031, "ci95_high": -0.0123}},
+        "light": {"training_events": "10–49", "users": 0},
+    }
+    run.gate = {**GATE, "numbers": {**GATE["numbers"], "segments": segments}}
+    run.save(update_fields=["gate"])
+    html = page(staff_client, version)
+    assert "<th>candidate NDCG / Recall / HitRate @10</th>" in html and "<th>ΔNDCG@10 95% CI</th>" in html
+    assert html.index("<td>0–9</td>") < html.index("<td>10–49</td>") < html.index("<td>50+</td>")
+    assert "0.1235 / 0.2000 / 0.5000" in html and "0.12345678" not in html
+    assert "not checked: fewer than 20 users" in html and "[-0.0310, -0.0123]" in html

@@ -14,8 +14,8 @@ from botocore.config import Config
 from registry.artifacts import ArtifactError, artifact_cache_dir, artifact_read, artifact_store
 from registry.models import Deployment, DeploymentChange
 from registry.services import model_version_promote
-from tests.conftest import REPO, free_port
-from tests.object_store import ObjectStore, s3_server
+from tests.support.processes import REPO, free_port
+from tests.support.object_store import ObjectStore, s3_server
 from tests.recommendations.factories import store_history, train_and_register
 from tests.registry.factories import artifact_dir, registered_version
 

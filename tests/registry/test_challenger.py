@@ -1,23 +1,34 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from recsite.errors import ApplicationError, ConflictError
-from registry.models import Alias, Deployment, DeploymentChange, Experiment, ModelStatus
+from registry.models import (
+    AB_TRAFFIC_PERCENT,
+    CANARY_STEPS_ERROR,
+    SHADOW_TRAFFIC_PERCENT,
+    Alias,
+    Deployment,
+    DeploymentChange,
+    Experiment,
+    ModelStatus,
+    canary_steps_error,
+)
 from registry.selectors import serving_pointers
 from registry.services import (
-    ChallengerInput, challenger_start, challenger_stop, challenger_traffic_advance, model_version_promote,
+    ChallengerInput,
+    challenger_start,
+    challenger_stop,
+    challenger_traffic_advance,
+    model_version_promote,
     model_version_rollback,
 )
+from retraining.models import RetrainPolicy
 from tests.registry.factories import registered_version
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
-
-
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
 
 
 @pytest.fixture
@@ -112,3 +123,40 @@ def test_a_rollback_of_the_champion_stops_the_experiment(versions, tmp_path):
     model_version_rollback(actor="op", reason="bad")
     experiment.refresh_from_db()
     assert experiment.status == "stopped" and "champion changed" in experiment.outcome_reason
+
+
+def test_a_shadow_without_a_share_scores_the_default_quarter_which_is_also_the_policys(versions):
+    experiment = start(versions[1], mode="shadow")
+    assert experiment.traffic_percent == SHADOW_TRAFFIC_PERCENT == RetrainPolicy().shadow_traffic_percent == 25
+    assert RetrainPolicy().ab_traffic_percent == AB_TRAFFIC_PERCENT
+
+
+@pytest.mark.parametrize("steps", [[10, 50, 100], (1, 100), [100]])
+def test_the_registry_policy_and_services_accept_the_same_canary_schedules(steps):
+    assert canary_steps_error(steps) is None
+    RetrainPolicy(canary_steps=list(steps)).clean()
+
+
+@pytest.mark.parametrize("steps", [[], [50, 10, 100], [10, 50], [0, 100], [10, 10, 100], [10, True, 100], [10.5, 100],
+                                   "10,100", None])
+def test_the_policy_refuses_with_the_registrys_message_what_the_registry_refuses(steps):
+    assert canary_steps_error(steps) == CANARY_STEPS_ERROR
+    with pytest.raises(ValidationError, match="Canary steps must be whole percentages"):
+        RetrainPolicy(canary_steps=steps).clean()
+
+
+@pytest.mark.parametrize("percent", [0, 101, True])
+def test_a_share_outside_1_to_100_is_refused_by_the_registry_and_by_the_policy(versions, percent):
+    with pytest.raises(ApplicationError, match="between 1 and 100"):
+        start(versions[1], mode="ab", traffic_percent=percent)
+    with pytest.raises(ValidationError, match="between 1 and 100"):
+        RetrainPolicy(ab_traffic_percent=percent).clean()
+    assert not Experiment.objects.exists()
+
+
+def test_steps_for_an_ab_test_or_a_share_for_a_canary_are_refused(versions):
+    with pytest.raises(ApplicationError, match="canary only"):
+        start(versions[1], mode="ab", steps=(10, 100))
+    with pytest.raises(ApplicationError, match="follows its steps"):
+        start(versions[1], mode="canary", steps=(10, 100), traffic_percent=10)
+    assert not Experiment.objects.exists()

@@ -11,11 +11,6 @@ from tests.registry.factories import registered_version
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def versions(tmp_path):
     return [registered_version(tmp_path, ndcg=0.1 + n / 100) for n in range(3)]
@@ -82,7 +77,8 @@ def test_export_model_comparison_writes_the_markdown_table(versions, tmp_path):
     output = tmp_path / "MODEL_COMPARISON.md"
     call_command("export_model_comparison", "--output", str(output))
     text = output.read_text()
-    assert "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Status |" in text
+    assert ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
+            "| NDCG@10 | Candidate recall@100 | Status |") in text
     assert "| **v2** |" in text
 
 

@@ -12,12 +12,6 @@ from registry.services import model_version_promote, model_version_reject, model
 from tests.registry.factories import artifact_dir, registered_version
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-    return settings.MODEL_STORE
-
-
 def test_a_stored_artifact_reads_back_byte_for_byte(tmp_path):
     source = artifact_dir(tmp_path)
     stored = artifact_store(source_dir=source, name="v1")
@@ -138,10 +132,15 @@ def test_compare_puts_two_versions_side_by_side_with_which_is_better(tmp_path):
 @pytest.mark.django_db
 def test_the_history_table_marks_the_active_version(tmp_path):
     registered_version(tmp_path, ndcg=0.1), registered_version(tmp_path, ndcg=0.1234)
+    ModelVersion.objects.filter(version=2).update(baseline_metrics={"bias": {"rmse": 0.9321},
+                                                                    "global_mean": {"rmse": 1.0543}})
     model_version_promote(version=2, actor="ops")
     table = model_history_markdown().splitlines()
-    assert table[0] == "| Version | Date | RMSE | MAE | R² | Recall@10 | MAP@10 | NDCG@10 | Status |"
+    assert table[0] == ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 "
+                        "| MAP@10 | NDCG@10 | Candidate recall@100 | Status |")
     assert table[2].startswith("| **v2** |") and "0.1234" in table[2] and "active" in table[2]
+    assert "| 0.9000 | 0.9321 | 1.0543 | 0.7000 |" in table[2]  # the model's RMSE, then its rating baselines'
+    assert "| 0.9000 | — | — | 0.7000 |" in table[3]  # a version from before the rating baselines
     assert table[3].startswith("| v1 |") and table[3].endswith("| candidate |")
 
 

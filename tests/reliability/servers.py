@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
-from tests.conftest import REPO, free_port, start_process, stop_process, wait_until
+from tests.support.processes import REPO, free_port, start_process, stop_process, wait_until
 from tests.reliability.ledger import http_json
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))

@@ -21,19 +21,14 @@ from registry.services import (
 )
 from retraining.services.policy import policy_active
 from retraining.services.rollout import candidate_deploy
-from tests.conftest import REPO, process_env
+from tests.support.processes import REPO, process_env
 from tests.registry.factories import artifact_dir, registered_version
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
-@pytest.fixture
-def champion_and_candidate(store, tmp_path):
+def champion_and_candidate(tmp_path):
     champion, candidate = registered_version(tmp_path, marker="c1"), registered_version(tmp_path, marker="c2")
     model_version_promote(version=champion.version, actor="test")
     return champion, candidate

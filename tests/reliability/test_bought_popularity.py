@@ -15,7 +15,7 @@ from recommendations import features
 from recommendations.models import EndUser, Interaction, Item, ItemFeatures
 from recommendations.services.catalog import ItemInput, item_upsert
 from recommendations.services.events import EventInput, event_ingest
-from recommendations.services.features import item_state_from_row, online_features_rebuild
+from recommendations.services.online_features import item_state_from_row, online_features_rebuild
 from retraining.ml.candidates import collaborative_fit
 from tests.recommendations.test_online_features import assert_online_equals_replay
 from tests.retraining.factories import DAY, START, RawEvent, dataset_with_events, event_log_from, learnable_dataset
@@ -26,8 +26,7 @@ EVENTS, RECOMMENDATIONS = "/api/v1/events", "/api/v1/users/{}/recommendations"
 
 
 @pytest.fixture(autouse=True)
-def isolated_serving(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
+def isolated_serving(settings):
     settings.MODEL_POLL_SECONDS = 0
 
 

@@ -22,7 +22,7 @@ from retraining.models import TrainingRun
 from retraining.services.policy import policy_active
 from retraining.services.runs import TRAINING_QUEUE, training_runs_reconcile
 from retraining.services.triggers import triggers_check
-from tests.conftest import wait_until
+from tests.support.processes import wait_until
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db(transaction=True)

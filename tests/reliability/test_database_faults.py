@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.support.processes import wait_until
 from tests.reliability.ledger import NO_ANSWER, IngestLoad, Ledger, http_json
 from tests.reliability.servers import PrivatePostgres, gunicorn_running, postgres_copy
 

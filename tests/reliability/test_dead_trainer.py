@@ -22,8 +22,8 @@ from retraining.models import TrainingRun
 from retraining.services import pipeline
 from retraining.services.schedule import periodic_tasks_setup
 from retraining.services.runs import TRAINING_TASK, training_run_claim, training_run_fail, training_run_request
-from retraining.tasks import training_run_execute_task
-from tests.conftest import start_process, stop_process, wait_until
+from retraining.tasks import training_run_process_task
+from tests.support.processes import start_process, stop_process, wait_until
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 CUTOFF = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -56,14 +56,14 @@ def test_the_training_time_limits_sit_below_the_broker_visibility_timeout():
 def test_a_requeued_message_for_a_failed_or_running_run_does_nothing():
     failed = training_run_request(trigger="manual", data_until=CUTOFF, enqueue=False)
     training_run_fail(run_id=failed.pk, error="stale: no heartbeat")
-    training_run_execute_task(failed.pk)
+    training_run_process_task(failed.pk)
     failed.refresh_from_db()
     assert failed.status == "failed" and failed.error == "stale: no heartbeat" and failed.started_at is None
 
     running = training_run_request(trigger="manual", data_until=CUTOFF, enqueue=False)
     assert training_run_claim(run_id=running.pk)
     started_at = TrainingRun.objects.get(pk=running.pk).started_at
-    training_run_execute_task(running.pk)
+    training_run_process_task(running.pk)
     running.refresh_from_db()
     assert running.status == "training" and running.started_at == started_at and running.log == []
     assert not ModelVersion.objects.exists()
@@ -170,14 +170,14 @@ def test_a_run_declared_stale_while_still_training_registers_and_promotes_nothin
     settings.MODEL_STORE = tmp_path / "models"
     dataset_store(learnable_dataset(users=160, items=120, per_user=30))
     run = training_run_request(trigger="manual", data_until=CUTOFF, enqueue=False)
-    train = pipeline.training_run_execute
+    train = pipeline.model_train
 
     def train_then_go_stale(**kwargs):
         result = train(**kwargs)
         training_run_fail(run_id=run.pk, error="stale: no heartbeat")  # what the reconciler does meanwhile
         return result
 
-    monkeypatch.setattr(pipeline, "training_run_execute", train_then_go_stale)
+    monkeypatch.setattr(pipeline, "model_train", train_then_go_stale)
     with pytest.raises(RuntimeError, match="no longer in flight"):
         pipeline.training_run_process(run_id=run.pk)
     run.refresh_from_db()

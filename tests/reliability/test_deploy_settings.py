@@ -8,7 +8,7 @@ import stat
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.support.processes import REPO
 
 STRONG_KEY = "k3y-only-for-this-test-" + "x7Qm2Rv9Lp4Zt8Wn5Bc1Hd6Jf0Gs3Ya" * 2
 SETTINGS_SHOWN = ["DEBUG", "DEPLOYMENT", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SESSION_COOKIE_SECURE",

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recommendations.services.api_keys import api_key_create
 from retraining.tasks import reconcile_runs_task
-from tests.conftest import start_process, stop_process, wait_until
+from tests.support.processes import start_process, stop_process, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 BIN = Path(sys.executable).parent

@@ -25,8 +25,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def versions(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
+def versions(tmp_path):
     numbers = [registered_version(tmp_path, marker=f"v{n}").version for n in range(1, 5)]
     model_version_promote(version=numbers[0], actor="test")
     return numbers

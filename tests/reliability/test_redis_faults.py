@@ -9,8 +9,8 @@ from django.db import connection
 
 from recommendations.services.api_keys import api_key_create
 from registry.services import model_version_promote
-from tests.conftest import test_database_url as the_test_database_url  # not collected as a test
-from tests.conftest import wait_until
+from tests.support.processes import test_database_url as the_test_database_url  # not collected as a test
+from tests.support.processes import wait_until
 from tests.recommendations.factories import store_history, train_and_register
 from tests.reliability.ledger import IngestLoad, Ledger, http_json
 
@@ -20,7 +20,6 @@ KNOWN_USER = "user-3"  # in store_history's data
 
 @pytest.fixture
 def champion(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
     store_history()
     version = train_and_register(tmp_path)
     model_version_promote(version=version.version, actor="test")

@@ -16,7 +16,7 @@ import pytest
 from recommendations.models import Interaction
 from recommendations.services.api_keys import api_key_create
 from recsite.gunicorn_worker import QUEUED_AT
-from tests.conftest import start_process, stop_process, wait_until
+from tests.support.processes import start_process, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = "/api/v1/events"

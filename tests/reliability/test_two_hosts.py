@@ -11,9 +11,9 @@ import pytest
 
 from recommendations.services.api_keys import api_key_create
 from registry.services import model_version_promote
-from tests.conftest import test_database_url as the_test_database_url  # not collected as a test
-from tests.conftest import wait_until
-from tests.object_store import s3_server
+from tests.support.processes import test_database_url as the_test_database_url  # not collected as a test
+from tests.support.processes import wait_until
+from tests.support.object_store import s3_server
 from tests.recommendations.factories import store_history, train_and_register
 from tests.reliability.ledger import http_json
 

@@ -15,11 +15,6 @@ pytestmark = pytest.mark.django_db
 CLOCK = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 def test_a_training_runs_gate_and_timings_read_without_raw_json(staff_client):
     run = TrainingRun.objects.create(
         trigger="manual", status=RunStatus.REJECTED, in_flight=None, stage_timings={"train": 4.814395558000001},

@@ -6,9 +6,10 @@ import pytest
 from recommendations import ranking
 from retraining.ml.metrics import metric_keys, ranking_metrics
 from retraining.ml.params import TrainingParams
+from retraining.ml.regressor import BIAS_FEATURES
 from retraining.ml.replay import evaluation_run
 from retraining.ml.split import split_compute
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 from tests.retraining.factories import event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)
@@ -18,7 +19,7 @@ PARAMS = TrainingParams(num_threads=1)
 def trained(tmp_path_factory):
     log = event_log_from(learnable_dataset(users=100, per_user=24))
     directory = tmp_path_factory.mktemp("model")
-    result = training_run_execute(output_dir=directory, log=log, progress=None, params=PARAMS)
+    result = model_train(output_dir=directory, log=log, progress=None, params=PARAMS)
     return log, directory, result
 
 
@@ -36,11 +37,13 @@ def test_the_manifest_describes_features_window_data_drift_references_and_scores
     _, directory, result = trained
     manifest = json.loads((directory / ranking.MANIFEST_FILE).read_text())
     assert manifest["features"]["ranker"] == ranking.RANKER_FEATURES
-    assert manifest["features"]["regressor"] == ranking.REGRESSOR_FEATURES
+    assert manifest["rating_model"]["kind"] == "bias+residual"
+    assert manifest["features"]["regressor"] == ranking.REGRESSOR_FEATURES + BIAS_FEATURES
     assert {"min_event_time", "max_event_time", "until"} <= manifest["training_window"].keys()
     assert {"users", "items", "events", "train_events", "holdout_events"} <= manifest["dataset"].keys()
     assert manifest["metrics"]["ndcg@10"] == pytest.approx(result.metrics["ndcg@10"])
-    assert {"popularity", "ease"} == manifest["baselines"].keys()
+    assert {"popularity", "ease", "itemknn", "global_mean", "bias"} == manifest["baselines"].keys()
+    assert manifest["baselines"]["bias"]["l2"] == manifest["rating_model"]["bias_l2"]
     assert manifest["params"]["ranker"]["objective"] == "lambdarank"
     reference = manifest["reference_distributions"]["ranker"]
     assert reference.keys() == set(ranking.RANKER_FEATURES)

@@ -37,11 +37,21 @@ def test_train_json_prints_the_contract_as_the_last_line_and_writes_the_model(st
                  stderr=StringIO())
     result = json.loads(out.getvalue().strip().splitlines()[-1])
     assert RANKING_KEYS | {"rmse", "mae", "r2"} <= result["metrics"].keys()
-    assert result["baselines"].keys() == {"popularity", "ease"}
-    assert all(RANKING_KEYS <= row.keys() for row in result["baselines"].values())
+    assert result["baselines"].keys() == {"popularity", "ease", "itemknn", "global_mean", "bias"}
+    assert all(result["baselines"][name].keys() >= RANKING_KEYS for name in ("popularity", "ease", "itemknn"))
+    for name in ("global_mean", "bias"):  # the rating baselines, on the same held-out ratings as the model
+        assert result["baselines"][name].keys() >= {"rmse", "mae", "r2"}
+    assert result["baselines"]["bias"]["l2"] > 0
+    metrics = result["metrics"]
+    # The ranker reorders the candidate pool: its recall@10 cannot exceed the pool's, which holds the first 100.
+    assert metrics["recall@10"] <= metrics["candidate_recall"] <= 1.0
+    assert metrics["candidate_recall@100"] <= metrics["candidate_recall"]
+    assert metrics["candidates_per_user"] > 10
     assert result["dataset"].keys() >= {"users", "items", "events", "train_events", "holdout_events"}
     assert result["dataset"]["events"] == len(stored.events)
     assert result["timings_s"] and isinstance(result["peak_memory_mb"], float)
+    assert result["segments"].keys() == {"new", "light", "heavy"}
+    assert sum(row["users"] for row in result["segments"].values()) > 0
     assert (tmp_path / "model" / "manifest.json").exists()
 
 
@@ -61,13 +71,16 @@ def test_train_without_json_prints_a_table_with_the_lift_over_each_baseline(stor
     out = StringIO()
     call_command("train", "--output", str(tmp_path), "--threads", "1", stdout=out, stderr=StringIO())
     assert "lift over popularity" in out.getvalue() and "lift over ease" in out.getvalue()
+    assert "baseline bias (λ=" in out.getvalue() and "baseline global_mean: RMSE" in out.getvalue()
+    assert "lift over itemknn" in out.getvalue() and "candidate stage: recall@100" in out.getvalue()
 
 
-def test_evaluate_baselines_prints_both_baselines(stored):
+def test_evaluate_baselines_prints_every_baseline_and_the_candidate_stages_recall(stored):
     out = StringIO()
     call_command("evaluate_baselines", "--json", stdout=out, stderr=StringIO())
     result = json.loads(out.getvalue().strip().splitlines()[-1])
-    assert result["baselines"].keys() == {"popularity", "ease"}
+    assert result["baselines"].keys() == {"popularity", "ease", "itemknn"}
+    assert 0.0 < result["candidates"]["candidate_recall@100"] <= result["candidates"]["candidate_recall"] <= 1.0
 
 
 def test_train_refuses_a_cut_off_that_is_not_a_time(db):

@@ -13,11 +13,6 @@ pytestmark = pytest.mark.django_db
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 def serve(version, user, start, lists, mean, seed):
     rng = np.random.default_rng(seed)
     Impression.objects.bulk_create([

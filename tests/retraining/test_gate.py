@@ -67,3 +67,19 @@ def test_the_bootstrap_interval_covers_the_mean_and_is_deterministic():
     assert low < mean < high
     assert mean_interval(differences, samples=500) == (mean, low, high)
     assert high - low == pytest.approx(2 * 1.96 * 0.05 / np.sqrt(1000), rel=0.2)
+
+
+def test_a_rating_model_worse_than_the_bias_baseline_is_refused_with_or_without_a_champion():
+    rng = np.random.default_rng(2)
+    champion_users = rng.random(2000) * 0.2
+    for champion, users in ((None, None), (metrics(0.10, rmse=0.95), champion_users + 0.02)):
+        refused = gate_decide(candidate=metrics(0.15, rmse=0.95), popularity=POP, champion=champion,
+                              candidate_user_ndcg=users, champion_user_ndcg=None if users is None else champion_users,
+                              rating_bias={"rmse": 0.88}, **DEFAULTS)
+        assert not refused.passed
+        assert any("guardrail rmse: RMSE 0.9500 vs the bias baseline's 0.8800" in f for f in refused.failures)
+        assert refused.numbers["rating_bias"] == {"rmse": 0.88}
+        passed = gate_decide(candidate=metrics(0.15, rmse=0.86), popularity=POP, champion=champion,
+                             candidate_user_ndcg=users, champion_user_ndcg=None if users is None else champion_users,
+                             rating_bias={"rmse": 0.88}, **DEFAULTS)
+        assert passed.passed and any("bias baseline's 0.8800" in reason for reason in passed.reasons)

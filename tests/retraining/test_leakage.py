@@ -9,7 +9,7 @@ from retraining.ml.events import EVENT_TYPES, StateReplay
 from retraining.ml.params import TrainingParams
 from retraining.ml.replay import evaluation_run
 from retraining.ml.split import split_compute
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 from tests.retraining.factories import DAY, RawEvent, dataset_with_events, event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)
@@ -81,8 +81,8 @@ def learnable_log():
 
 
 def test_a_ranker_trained_on_shuffled_labels_is_no_better_than_popularity(learnable_log):
-    honest = training_run_execute(output_dir=None, log=learnable_log, progress=None, params=PARAMS)
-    shuffled = training_run_execute(
+    honest = model_train(output_dir=None, log=learnable_log, progress=None, params=PARAMS)
+    shuffled = model_train(
         output_dir=None, log=learnable_log, progress=None, params=TrainingParams(num_threads=1, shuffle_labels=True)
     )
     popularity = shuffled.baselines["popularity"]["ndcg@10"]
@@ -108,8 +108,8 @@ def _holdout_mutated(log):
 def test_changing_held_out_events_leaves_every_trained_model_byte_identical(learnable_log, tmp_path):
     mutated, split = _holdout_mutated(learnable_log)
     assert (mutated.item[split.holdout] != learnable_log.item[split.holdout]).any()
-    first = training_run_execute(output_dir=tmp_path / "a", log=learnable_log, progress=None, params=PARAMS)
-    second = training_run_execute(output_dir=tmp_path / "b", log=mutated, progress=None, params=PARAMS)
+    first = model_train(output_dir=tmp_path / "a", log=learnable_log, progress=None, params=PARAMS)
+    second = model_train(output_dir=tmp_path / "b", log=mutated, progress=None, params=PARAMS)
     for name in (ranking.RANKER_FILE, ranking.REGRESSOR_FILE, ranking.COLLABORATIVE_FILE):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     reference = first.manifest["reference_distributions"]
@@ -119,7 +119,7 @@ def test_changing_held_out_events_leaves_every_trained_model_byte_identical(lear
 
 def test_the_recommendations_scored_at_evaluation_do_not_depend_on_held_out_events(learnable_log, tmp_path):
     mutated, split = _holdout_mutated(learnable_log)
-    training_run_execute(output_dir=tmp_path, log=learnable_log, progress=None, params=PARAMS)
+    model_train(output_dir=tmp_path, log=learnable_log, progress=None, params=PARAMS)
     trained = ranking.trained_model_load(tmp_path)
     share = learnable_log.category_share()
     lists = [

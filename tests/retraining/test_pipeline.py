@@ -23,11 +23,6 @@ CUTOFF = datetime(2025, 6, 1, tzinfo=timezone.utc)
 EARLIER = datetime(2025, 4, 21, tzinfo=timezone.utc)  # the history runs to about May 1: days of it are newer
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def history():
     dataset_store(learnable_dataset(users=120, items=80, per_user=24))
@@ -118,7 +113,7 @@ def run_that_fails():
 
 def test_a_failure_during_training_fails_the_run_and_leaves_the_champion(history, monkeypatch):
     first = run_now()
-    monkeypatch.setattr(pipeline, "training_run_execute", disk_full)
+    monkeypatch.setattr(pipeline, "model_train", disk_full)
     run = run_that_fails()
     assert run.status == "failed" and "disk full" in run.error and run.in_flight is None
     assert champion_version() == first.model_version
@@ -177,7 +172,7 @@ def test_a_failed_refit_fails_the_run_registers_nothing_and_leaves_the_champion(
     first = run_now(until=EARLIER)
     policy_set(refit_on_full_data=True, gate_min_relative_gain=-1.0, gate_guardrail_tolerance=1.0,
                gate_bootstrap_tolerance=1.0)
-    monkeypatch.setattr(pipeline, "training_run_refit", disk_full)
+    monkeypatch.setattr(pipeline, "model_refit", disk_full)
     run = run_that_fails()
     assert run.status == "failed" and run.in_flight is None and run.model_version is None
     assert "refit on all data failed" in run.error and "disk full" in run.error
@@ -197,3 +192,17 @@ def test_with_a_canary_policy_a_candidate_that_passes_the_gate_starts_as_the_cha
     pointers = serving_pointers()
     assert (pointers.challenger, pointers.mode, pointers.traffic_percent) == (second.model_version.version, "canary", 10)
     assert second.model_version.experiments.get().started_by == "gate"
+
+
+def test_the_gate_record_holds_candidate_champion_and_baselines_per_user_segment_on_the_compared_users(history):
+    run_now(until=EARLIER)
+    gate = run_now(trigger="volume").gate
+    segments = gate["numbers"]["segments"]
+    assert set(segments) == {"new", "light", "heavy"}  # a jsonb object keeps no key order
+    assert sum(row["users"] for row in segments.values()) == gate["comparison_users"]
+    for name, row in segments.items():
+        assert any(reason.startswith(f"segment {name} ({row['training_events']} training events, {row['users']} users)")
+                   for reason in gate["reasons"])
+        if row["users"]:
+            assert {"candidate", "champion", "popularity", "ease"} <= set(row)
+            assert set(row["candidate"]) == {"ndcg@10", "recall@10", "hit_rate@10"}

@@ -7,7 +7,7 @@ from recommendations import ranking
 from retraining.ml.params import TrainingParams
 from retraining.ml.split import holdout_after, split_compute
 from retraining.services.rescoring import models_score_on_holdout
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 from tests.retraining.factories import DAY, START, RawDataset, RawEvent, event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)
@@ -37,7 +37,7 @@ def test_the_comparison_holdout_keeps_the_held_out_events_after_the_cut_off_and_
 def trained(tmp_path_factory):
     log = event_log_from(learnable_dataset())
     directory = tmp_path_factory.mktemp("model")
-    result = training_run_execute(output_dir=directory, log=log, progress=None, params=PARAMS)
+    result = model_train(output_dir=directory, log=log, progress=None, params=PARAMS)
     return log, result, ranking.trained_model_load(directory)
 
 
@@ -46,6 +46,7 @@ def test_a_model_re_scored_on_its_whole_holdout_gets_the_numbers_its_training_re
     scores = models_score_on_holdout(until=None, params=PARAMS, models={"model": model}, log=log)
     assert scores.models["model"].metrics == pytest.approx(result.metrics)
     assert scores.models["model"].popularity == pytest.approx(result.baselines["popularity"])
+    assert scores.models["model"].ease == pytest.approx(result.baselines["ease"])
     assert scores.events == result.dataset["holdout_events"] and scores.after is None
 
 

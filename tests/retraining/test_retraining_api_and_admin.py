@@ -86,7 +86,7 @@ def test_the_admin_turns_the_refit_on_full_data_on_for_the_active_policy(staff, 
     page = f"/admin/retraining/retrainpolicy/{policy.pk}/change/"
     form = client.get(page).context["adminform"].form
     data = {name: form[name].value() for name in form.fields} | {"drift_key_features": "[]", "refit_on_full_data": "on"}
-    assert client.post(page, {k: v for k, v in data.items() if v not in (False, None)}).status_code == 302
+    assert client.post(page, {k: v for k, v in data.items() if v is not False and v is not None}).status_code == 302
     policy.refresh_from_db()
     assert policy.refit_on_full_data is True
 

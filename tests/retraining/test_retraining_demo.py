@@ -9,11 +9,6 @@ from tests.retraining.factories import dataset_store, learnable_dataset
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 def test_the_demo_shows_old_against_new_on_the_same_holdout_and_the_gates_verdict(tmp_path, capsys):
     dataset_store(learnable_dataset(users=120, items=80, per_user=24))
     call_command("retraining_demo", "--output", str(tmp_path / "MC.md"))  # no champion yet: first version
@@ -23,9 +18,17 @@ def test_the_demo_shows_old_against_new_on_the_same_holdout_and_the_gates_verdic
     for label in ["RMSE ↓", "MAE ↓", "R² ↑", "Recall@10 ↑", "MAP@10 ↑", "NDCG@10 ↑"]:
         assert label in table
     assert "popularity" in table and "ease" in table
+    assert "bias baseline (user + item biases) on the same held-out ratings: RMSE" in table
+    assert "baseline bias (λ=" in table and "baseline global_mean" in table
     second = TrainingRun.objects.order_by("-id").first()
     assert f"v{second.model_version.version} {'PROMOTED' if second.status == 'promoted' else 'REJECTED'}" in out
     assert second.gate["champion_version"] == 1
+    events = f"the {second.gate['comparison_events']:,} held-out events after v1's training cut-off"
+    assert f"every row and column below: {events}" in table
+    ndcg_row = next(line for line in table.splitlines() if "NDCG@10 ↑" in line).split()
+    baselines = second.gate["comparison_baselines"]
+    assert ndcg_row[-2:] == [f"{baselines['popularity']['ndcg@10']:.4f}", f"{baselines['ease']['ndcg@10']:.4f}"]
+    assert second.gate["numbers"]["popularity"] == baselines["popularity"]  # the gate's bar: the same events
     assert "| **v" in (tmp_path / "MC.md").read_text()
 
 

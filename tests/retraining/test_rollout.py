@@ -17,13 +17,9 @@ from retraining.services.triggers import triggers_check
 from tests.recommendations.factories import experiment_traffic, outcomes_recorded
 from tests.registry.factories import registered_version
 
-pytestmark = pytest.mark.django_db
+# The tests freeze time with clock_set.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("replay_clock")]
 T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
-
-
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
 
 
 @pytest.fixture

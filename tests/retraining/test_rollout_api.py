@@ -14,11 +14,6 @@ pytestmark = pytest.mark.django_db
 CHALLENGER = "/api/v1/deployments/challenger"
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def versions(tmp_path):
     champion, candidate = registered_version(tmp_path), registered_version(tmp_path)

@@ -3,7 +3,7 @@ from io import StringIO
 
 from retraining.ml import profiling
 from retraining.ml.params import TrainingParams
-from retraining.services.training import training_run_execute
+from retraining.services.training import model_train
 from tests.retraining.factories import event_log_from, learnable_dataset
 
 PARAMS = TrainingParams(num_threads=1)
@@ -11,7 +11,7 @@ PARAMS = TrainingParams(num_threads=1)
 
 def test_each_stage_start_and_end_reaches_the_progress_stream_once_and_nothing_stays_attached(caplog):
     stream = StringIO()
-    result = training_run_execute(output_dir=None, log=event_log_from(learnable_dataset()), progress=stream,
+    result = model_train(output_dir=None, log=event_log_from(learnable_dataset()), progress=stream,
                                   params=PARAMS)
     lines = stream.getvalue().splitlines()
     for stage in result.timings_s:

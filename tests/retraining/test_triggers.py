@@ -24,11 +24,6 @@ T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 
 
-@pytest.fixture(autouse=True)
-def model_store(settings, tmp_path):
-    settings.MODEL_STORE = tmp_path / "store"
-
-
 @pytest.fixture
 def policy():
     policy = policy_active()

@@ -12,7 +12,7 @@ from retraining.models import TrainingRun
 from retraining.services.pipeline import training_run_process
 from retraining.services.runs import training_run_request
 from retraining.services.triggers import triggers_check
-from tests.conftest import start_process, stop_process, wait_until
+from tests.support.processes import start_process, stop_process, wait_until
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

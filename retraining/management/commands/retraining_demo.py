@@ -7,7 +7,9 @@ from django.core.management.base import BaseCommand
 
 from recommendations.models import Interaction
 from registry.selectors import champion_version
-from retraining.services.demo import demo_comparison_rows, demo_timeline_prepare
+from retraining.ml.metrics import RATING_BASELINES
+from retraining.services.demo import demo_comparison_events, demo_comparison_rows, demo_timeline_prepare
+from retraining.services.reporting import rating_baseline_line
 from retraining.services.pipeline import training_run_process
 from retraining.services.runs import training_run_request
 from recommendations.clock import system_now
@@ -60,18 +62,22 @@ class Command(BaseCommand):
     def _comparison(self, run, champion):
         say = self.stdout.write
         say("\n(3) Old vs new on the same holdout")
-        if champion is None:
-            numbers = run.gate.get("numbers", {}).get("candidate", {})
-            say("  " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items() if isinstance(v, float)))
-        else:
-            say(f"  held-out events after {champion}'s cut-off: {run.gate.get('comparison_events')} events, "
-                f"{run.gate.get('comparison_users')} users with a positive")
-            say(f"  {'metric':<12} {str(champion):>9} {str(run.model_version):>9} {'change':>9}")
-            for row in demo_comparison_rows(run):
-                mark = {True: "better", False: "worse", None: "same"}[row["better"]]
-                change = "—" if row["change"] is None else f"{row['change']:+.1%}"
-                say(f"  {row['label']:<12} {number(row['old']):>9} {number(row['new']):>9} {change:>9}  {mark}")
-        say("  baselines (the new version's whole holdout):")
-        for name, metrics in run.model_version.baseline_metrics.items():
-            say(f"    {name:<12} NDCG@10 {number(metrics.get('ndcg@10'))}  MAP@10 {number(metrics.get('map@10'))}  "
-                f"Recall@10 {number(metrics.get('recall@10'))}")
+        say(f"  every row and column below: {demo_comparison_events(run)}")
+        rows = demo_comparison_rows(run)
+        names = list(rows[0]["baselines"]) if rows else []
+        old = str(champion) if champion else "(none)"
+        say(f"  {'metric':<12} {old:>9} {run.model_version!s:>9} {'change':>9}  {'':<6}"
+            + "".join(f" {name:>10}" for name in names))
+        for row in rows:
+            mark = "" if row["old"] is None else {True: "better", False: "worse", None: "same"}[row["better"]]
+            change = "—" if row["change"] is None else f"{row['change']:+.1%}"
+            say(f"  {row['label']:<12} {number(row['old']):>9} {number(row['new']):>9} {change:>9}  {mark:<6}"
+                + "".join(f" {number(row['baselines'][name]):>10}" for name in names))
+        bias = run.gate.get("numbers", {}).get("rating_bias")
+        if bias:
+            say(f"  bias baseline (user + item biases) on the same held-out ratings: RMSE {number(bias.get('rmse'))}")
+        say("  rating baselines (the new version's whole holdout):")
+        metrics_new = run.model_version.metrics
+        for name in RATING_BASELINES:
+            if name in run.model_version.baseline_metrics:
+                say("  " + rating_baseline_line(name, run.model_version.baseline_metrics[name], metrics_new))

@@ -11,9 +11,10 @@ from django.utils.dateparse import parse_datetime
 from registry.services import model_version_promote
 from retraining.ml.manifest import json_safe
 from retraining.ml.params import TrainingParams
+from retraining.services.mlflow_mirror import model_version_mirror_schedule
 from retraining.services.pipeline import candidate_register, drift_reference_attach, training_cluster
 from retraining.services.policy import policy_active
-from retraining.services.training import training_run_execute, training_run_refit
+from retraining.services.training import model_train, model_refit
 from retraining.services.reporting import metrics_table
 
 
@@ -49,7 +50,7 @@ class Command(BaseCommand):
         started = time.perf_counter()
         refit = options["refit_on_full_data"]
         try:
-            result = training_run_execute(
+            result = model_train(
                 until=until,
                 output_dir=None if refit else output,
                 params=TrainingParams(num_threads=options["threads"]),
@@ -57,8 +58,8 @@ class Command(BaseCommand):
                 cluster=training_cluster(),
             )
             if refit:
-                result = training_run_refit(gated=result, until=until, output_dir=output, progress=sys.stderr,
-                                            cluster=training_cluster())
+                result = model_refit(gated=result, until=until, output_dir=output, progress=sys.stderr,
+                                     cluster=training_cluster())
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         version = None
@@ -66,6 +67,7 @@ class Command(BaseCommand):
             manifest = drift_reference_attach(result=result, directory=output, until=until, policy=policy_active())
             version = candidate_register(result=result, manifest=manifest, directory=output, until=until,
                                          trigger="manual", training_seconds=time.perf_counter() - started)
+            model_version_mirror_schedule(version=version.version)  # no training run to mirror it with
             if options["promote"]:
                 model_version_promote(version=version.version, actor="cli:train --promote",
                                       reason="operator's choice at training time (no gate)")

@@ -17,53 +17,23 @@ exact when two batches of the same user and item race (tests/reliability/test_bo
 """
 
 from collections import defaultdict
-from datetime import datetime, timezone
 from typing import Iterable
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Min, Q
 
-from recommendations import features
-from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
-from recommendations.selectors.serving import cursor_timestamp
+from recommendations import features, sql
+from recommendations.models import (
+    USER_STATE_FIELDS,
+    EndUser,
+    Interaction,
+    Item,
+    ItemFeatures,
+    UserFeatures,
+    utc_datetime,
+    utc_seconds,
+)
 
-_ITEM_TABLE = ItemFeatures._meta.db_table
-
-
-def to_ts(moment: datetime) -> float:
-    return moment.timestamp()
-
-
-def from_ts(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def user_state_from_row(row: UserFeatures) -> features.UserState:
-    return features.UserState(
-        event_count=row.event_count,
-        counts_by_type=dict(row.counts_by_type),
-        positive_count=row.positive_count,
-        rating_count=row.rating_count,
-        rating_sum=row.rating_sum,
-        first_seen=row.first_seen and to_ts(row.first_seen),
-        last_seen=row.last_seen and to_ts(row.last_seen),
-        recent_items=[list(pair) for pair in row.recent_items],
-        category_counts=dict(row.category_counts),
-        category_last_seen=dict(row.category_last_seen),
-    )
-
-
-def _user_state_to_row(state: features.UserState, row: UserFeatures) -> None:
-    row.event_count = state.event_count
-    row.counts_by_type = state.counts_by_type
-    row.positive_count = state.positive_count
-    row.rating_count = state.rating_count
-    row.rating_sum = state.rating_sum
-    row.first_seen = from_ts(state.first_seen)
-    row.last_seen = from_ts(state.last_seen)
-    row.recent_items = state.recent_items
-    row.category_counts = state.category_counts
-    row.category_last_seen = state.category_last_seen
 
 
 def item_state_from_row(row: ItemFeatures) -> features.ItemState:
@@ -72,8 +42,8 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
         positive_count=row.positive_count,
         rating_count=row.rating_count,
         rating_sum=row.rating_sum,
-        first_event_at=row.first_event_at and to_ts(row.first_event_at),
-        last_event_at=row.last_event_at and to_ts(row.last_event_at),
+        first_event_at=row.first_event_at and utc_seconds(row.first_event_at),
+        last_event_at=row.last_event_at and utc_seconds(row.last_event_at),
         log_pop_7d=row.log_pop_7d,
         log_pop_30d=row.log_pop_30d,
         user_count=row.user_count,
@@ -81,18 +51,6 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
     )
 
 
-_USER_FIELDS = [
-    "event_count",
-    "counts_by_type",
-    "positive_count",
-    "rating_count",
-    "rating_sum",
-    "first_seen",
-    "last_seen",
-    "recent_items",
-    "category_counts",
-    "category_last_seen",
-]
 
 
 def user_features_lock(*, user_ids: Iterable[int]) -> dict[int, UserFeatures]:
@@ -101,11 +59,11 @@ def user_features_lock(*, user_ids: Iterable[int]) -> dict[int, UserFeatures]:
     Ingestion takes these locks before it stores the events, so that a user's concurrent batches store and
     fold one after the other: the later one sees the earlier one's events in first_interactions."""
     ids = sorted(set(user_ids))
-    rows = _user_rows_locked(ids)
+    rows = sql.user_rows_locked(user_ids=ids)
     missing = [uid for uid in ids if uid not in rows]
     if missing:  # first events of these users
         UserFeatures.objects.bulk_create([UserFeatures(user_id=uid) for uid in missing], ignore_conflicts=True)
-        rows.update(_user_rows_locked(missing))
+        rows.update(sql.user_rows_locked(user_ids=missing))
     return rows
 
 
@@ -121,20 +79,12 @@ def online_features_update(*, events: list[features.Event], arrivals: list[featu
 def _users_update(events: list[features.Event], item_categories: dict[int, list[str]],
                   locked: dict[int, UserFeatures]) -> None:
     rows = {event.user_id: locked[event.user_id] for event in events}  # users with only duplicates are left alone
-    states = {uid: user_state_from_row(row) for uid, row in rows.items()}
+    states = {uid: row.state() for uid, row in rows.items()}
     for event in events:
         features.user_apply(states[event.user_id], event, item_categories.get(event.item_id, ()))
     for uid, row in rows.items():
-        _user_state_to_row(states[uid], row)
-    _user_rows_write(list(rows.values()))
-
-
-_INTERACTION_TABLE = Interaction._meta.db_table
-_FIRST_SQL = (
-    f"SELECT f.user_id, f.item_id, f.event_type, f.value, f.timestamp FROM {_INTERACTION_TABLE} f "
-    f"WHERE f.id IN ({{keys}}) AND NOT EXISTS (SELECT 1 FROM {_INTERACTION_TABLE} o "
-    "WHERE o.user_id = f.user_id AND o.item_id = f.item_id AND o.id < f.id)"
-)
+        row.state_set(states[uid])
+    sql.user_rows_write(rows=list(rows.values()))
 
 
 def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
@@ -147,61 +97,8 @@ def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
     (user, item) index per event."""
     if not event_pks:
         return []
-    with connection.cursor() as cursor:
-        cursor.execute(_FIRST_SQL.format(keys=", ".join(["%s"] * len(event_pks))), event_pks)
-        rows = cursor.fetchall()
-    return [features.Event(user_id, item_id, event_type, value, cursor_timestamp(timestamp))
-            for user_id, item_id, event_type, value, timestamp in rows]
-
-
-# The feature rows of one request are read and written in raw SQL: compiling the ORM's queries cost more
-# CPU than the statements themselves (~1 ms per single-event request); bulk_update's CASE WHEN per field
-# cost more again.
-_USER_COLUMNS = UserFeatures._meta.concrete_fields
-_USER_TABLE = UserFeatures._meta.db_table
-
-
-def _user_rows_locked(user_ids: list[int]) -> dict[int, UserFeatures]:
-    """The feature rows of `user_ids` that exist, locked in id order, decoded as the ORM decodes them."""
-    db = transaction.get_connection()  # resolved once: each attribute of django.db.connection is a lookup
-    lock = " FOR UPDATE" if db.features.has_select_for_update else ""
-    columns = ", ".join(field.column for field in _USER_COLUMNS)
-    placeholders = ", ".join(["%s"] * len(user_ids))
-    converters = [
-        (index, convert, field.cached_col)
-        for index, field in enumerate(_USER_COLUMNS)
-        for convert in [*db.ops.get_db_converters(field.cached_col), *field.get_db_converters(db)]
-    ]
-    with db.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {columns} FROM {_USER_TABLE} WHERE user_id IN ({placeholders}) ORDER BY user_id{lock}", user_ids
-        )
-        fetched = cursor.fetchall()
-    rows = {}
-    for values in map(list, fetched):
-        for index, convert, column in converters:
-            values[index] = convert(values[index], column, db)
-        row = UserFeatures.from_db(db.alias, None, values)
-        rows[row.user_id] = row
-    return rows
-
-
-def _user_rows_write(rows: list[UserFeatures]) -> None:
-    """An upsert over rows locked by _user_rows_locked, so it never overwrites another transaction's fold."""
-    db = transaction.get_connection()
-    now = datetime.now(timezone.utc)
-    params: list = []
-    for row in rows:
-        row.updated_at = now
-        params += [field.get_db_prep_save(getattr(row, field.attname), db) for field in _USER_COLUMNS]
-    columns = [field.column for field in _USER_COLUMNS]
-    values = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
-    updates = ", ".join(f"{column} = excluded.{column}" for column in columns if column != "user_id")
-    with db.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {_USER_TABLE} ({', '.join(columns)}) VALUES {values} ON CONFLICT (user_id) DO UPDATE SET {updates}",
-            params,
-        )
+    return [features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
+            for user_id, item_id, event_type, value, timestamp in sql.first_interaction_rows(event_pks=event_pks)]
 
 
 def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:
@@ -212,56 +109,7 @@ def _items_update(events: list[features.Event], arrivals: list[features.Event]) 
     for event in arrivals:
         arrivals_by_item[event.item_id].append(event)
     deltas = [(item, features.item_delta(by_item[item], arrivals_by_item[item])) for item in sorted(by_item)]
-    adapt = connection.ops.adapt_datetimefield_value
-    params: list = []
-    for item_id, delta in deltas:
-        params += [
-            item_id,
-            delta.event_count,
-            delta.positive_count,
-            delta.rating_count,
-            delta.rating_sum,
-            adapt(from_ts(delta.first_event_at)),
-            adapt(from_ts(delta.last_event_at)),
-            delta.log_pop_7d,
-            delta.log_pop_30d,
-            delta.user_count,
-            delta.log_users_7d,
-        ]
-    values = ", ".join(["(" + ", ".join(["%s"] * 11) + ")"] * len(deltas))
-    with connection.cursor() as cursor:
-        cursor.execute(_ITEM_UPSERT_SQL.format(values=values), params)
-
-
-def _log_add_sql(column: str) -> str:
-    """log(exp(a) + exp(b)) without overflow; the SQL twin of features.log_add."""
-    old, new = f"{_ITEM_TABLE}.{column}", f"excluded.{column}"
-    # Beyond a gap of 700 the smaller term is below double precision (and EXP would underflow on
-    # PostgreSQL): the larger one is the sum, as math.exp's 0.0 makes it in features.log_add.
-    return (
-        f"{column} = CASE WHEN {old} IS NULL THEN {new} WHEN {new} IS NULL THEN {old} "
-        f"WHEN {old} >= {new} + 700 THEN {old} WHEN {new} >= {old} + 700 THEN {new} "
-        f"WHEN {old} >= {new} THEN {old} + LN(1 + EXP({new} - {old})) "
-        f"ELSE {new} + LN(1 + EXP({old} - {new})) END"
-    )
-
-
-def _extreme_sql(column: str, comparison: str) -> str:
-    old, new = f"{_ITEM_TABLE}.{column}", f"excluded.{column}"
-    return f"{column} = CASE WHEN {old} IS NULL OR {new} {comparison} {old} THEN {new} ELSE {old} END"
-
-
-_ITEM_UPSERT_SQL = (
-    f"INSERT INTO {_ITEM_TABLE} (item_id, event_count, positive_count, rating_count, rating_sum, "
-    "first_event_at, last_event_at, log_pop_7d, log_pop_30d, user_count, log_users_7d) VALUES {values} "
-    "ON CONFLICT (item_id) DO UPDATE SET "
-    + ", ".join(
-        [f"{c} = {_ITEM_TABLE}.{c} + excluded.{c}"
-         for c in ("event_count", "positive_count", "rating_count", "rating_sum", "user_count")]
-        + [_extreme_sql("first_event_at", "<"), _extreme_sql("last_event_at", ">")]
-        + [_log_add_sql(c) for c in ("log_pop_7d", "log_pop_30d", "log_users_7d")]
-    )
-)
+    sql.item_deltas_upsert(deltas=deltas)
 
 
 def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list[int] | None = None) -> dict:
@@ -296,13 +144,13 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
                 features.item_apply(item_states[item_id], event, first_of_user=pk in first)
         user_rows = [UserFeatures(user_id=u) for u in users]
         for row in user_rows:
-            _user_state_to_row(user_states[row.user_id], row)
+            row.state_set(user_states[row.user_id])
         item_rows = [ItemFeatures(item_id=i) for i in items]
         for row in item_rows:
             _item_state_to_row(item_states[row.item_id], row)
         # An upsert over locked rows: the same effect as bulk_update, at a fraction of its cost.
         UserFeatures.objects.bulk_create(user_rows, update_conflicts=True, unique_fields=["user"],
-                                         update_fields=_USER_FIELDS, batch_size=1000)
+                                         update_fields=list(USER_STATE_FIELDS), batch_size=1000)
         ItemFeatures.objects.bulk_create(item_rows, update_conflicts=True, unique_fields=["item"],
                                          update_fields=_ITEM_FIELDS, batch_size=1000)
     return {"users": len(user_rows), "items": len(item_rows)}
@@ -327,4 +175,4 @@ _ITEM_FIELDS = features.ITEM_STATE_COLUMNS  # ItemFeatures has one column per It
 def _item_state_to_row(state: features.ItemState, row: ItemFeatures) -> None:
     for name in _ITEM_FIELDS:
         value = getattr(state, name)
-        setattr(row, name, from_ts(value) if name.endswith("_at") else value)
+        setattr(row, name, utc_datetime(value) if name.endswith("_at") else value)

@@ -1,0 +1,143 @@
+"""Each function of recommendations/sql.py on the database of the run, and (from a PostgreSQL run) the same
+file again in a pytest of its own on SQLite: the statements must mean the same on both backends."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection, transaction
+
+from recommendations import features, sql
+from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
+from recommendations.services.events import EventInput
+from recommendations.services.online_features import item_state_from_row
+
+pytestmark = pytest.mark.django_db
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_users_are_inserted_once_and_looked_up_by_external_id():
+    first = sql.users_insert(external_ids=["a", "b"])
+    assert sorted(first) == ["a", "b"] and sql.users_insert(external_ids=["a", "c"]).keys() == {"c"}
+    assert sql.user_lookup(external_ids={"a", "c", "nobody"}) == {
+        "a": first["a"],
+        "c": EndUser.objects.get(external_id="c").pk,
+    }
+
+
+def test_items_are_looked_up_with_their_categories():
+    item = Item.objects.create(external_id="i1", categories=["drama", "war"])
+    Item.objects.create(external_id="i2")
+    assert sql.item_lookup(external_ids={"i1", "i2", "nope"}) == {
+        "i1": (item.pk, ["drama", "war"]),
+        "i2": (Item.objects.get(external_id="i2").pk, []),
+    }
+
+
+def _events(users: dict, items: dict, *event_ids):
+    events = [
+        EventInput(
+            user_id="u",
+            item_id="i1",
+            event_type="rating",
+            timestamp=T0 + timedelta(minutes=n),
+            value=4.0,
+            event_id=event_id,
+            context={"n": n},
+        )
+        for n, event_id in enumerate(event_ids)
+    ]
+    return sql.interactions_insert(events=events, users=users, items=items)
+
+
+def test_an_event_id_already_stored_or_repeated_in_the_batch_is_inserted_once():
+    users, items = (
+        {"u": EndUser.objects.create(external_id="u").pk},
+        {"i1": (Item.objects.create(external_id="i1").pk, [])},
+    )
+    one, two = uuid.uuid4(), uuid.uuid4()
+    fresh, pks = _events(users, items, one, one, None)
+    assert [event.event_id for event in fresh] == [one, None] and len(pks) == 2
+    fresh, pks = _events(users, items, one, two)
+    assert [event.event_id for event in fresh] == [two] and len(pks) == 1
+    stored = Interaction.objects.get(event_id=two)
+    assert (stored.timestamp, stored.context, stored.value) == (T0 + timedelta(minutes=1), {"n": 1}, 4.0)
+
+
+def test_only_the_first_event_of_a_user_with_an_item_is_a_first_interaction():
+    user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
+    first, second = (
+        Interaction.objects.create(user=user, item=item, event_type="view", timestamp=T0 + timedelta(hours=n))
+        for n in range(2)
+    )
+    rows = sql.first_interaction_rows(event_pks=[first.pk, second.pk])
+    assert len(rows) == 1 and rows[0][:3] == (user.pk, item.pk, "view")
+
+
+def test_user_feature_rows_written_are_read_back_locked_and_equal():
+    user = EndUser.objects.create(external_id="u")
+    state = features.UserState(
+        event_count=2,
+        counts_by_type={"view": 2},
+        first_seen=T0.timestamp(),
+        last_seen=T0.timestamp() + 60,
+        recent_items=[[1, T0.timestamp()]],
+    )
+    with transaction.atomic():
+        row = UserFeatures.objects.create(user=user)
+        row.state_set(state)
+        sql.user_rows_write(rows=[row])
+        locked = sql.user_rows_locked(user_ids=[user.pk, 999_999])
+    assert (
+        list(locked) == [user.pk] and locked[user.pk].state() == state == UserFeatures.objects.get(pk=user.pk).state()
+    )
+
+
+def test_item_deltas_add_up_keep_the_extremes_and_log_add_popularity():
+    item = Item.objects.create(external_id="i1")
+    early = features.Event(1, item.pk, "rating", 5.0, T0.timestamp())
+    late = features.Event(2, item.pk, "view", None, T0.timestamp() + 3600)
+    sql.item_deltas_upsert(deltas=[(item.pk, features.item_delta([late], [late]))])
+    sql.item_deltas_upsert(deltas=[(item.pk, features.item_delta([early], [early]))])
+    expected = features.item_merge(features.item_delta([late], [late]), features.item_delta([early], [early]))
+    stored = item_state_from_row(ItemFeatures.objects.get(item=item))
+    assert (stored.event_count, stored.rating_sum, stored.user_count) == (2, 5.0, 2)
+    assert (stored.first_event_at, stored.last_event_at) == (early.ts, late.ts)
+    assert stored.log_pop_7d == pytest.approx(expected.log_pop_7d)
+
+
+def test_the_served_user_row_holds_the_seen_items_and_none_for_a_stranger():
+    user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1", active=False)
+    Interaction.objects.create(user=user, item=item, event_type="view", timestamp=T0)
+    row = sql.served_user_row(external_id="u")
+    seen = row[1] if isinstance(row[1], list) else json.loads(row[1])  # an array on PostgreSQL, JSON text on SQLite
+    assert row[0] == user.pk and seen == [item.pk] and sql.served_user_row(external_id="stranger") is None
+    assert sql.inactive_items(pks=[item.pk, Item.objects.create(external_id="i2").pk]) == {item.pk}
+
+
+def test_the_database_answers_a_ping_and_statistics_refresh_runs():
+    sql.database_ping()
+    sql.statistics_refresh(models=[Item, EndUser])
+
+
+def test_the_same_tests_pass_on_sqlite(tmp_path):
+    if connection.vendor != "postgresql":
+        pytest.skip("this is the SQLite run")
+    env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
+    env["RECSITE_VAR_DIR"] = str(tmp_path)  # pytest-django's SQLite test database is in memory; nothing else is kept
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", __file__],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
