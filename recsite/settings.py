@@ -256,6 +256,13 @@ if not 0 < TRAINING_SOFT_TIME_LIMIT < TRAINING_TIME_LIMIT < _visibility:
                                f"({TRAINING_SOFT_TIME_LIMIT}) < TRAINING_TIME_LIMIT ({TRAINING_TIME_LIMIT}) < "
                                f"the broker's visibility timeout ({_visibility})")
 
+# --- Training on a Dask cluster (retraining/ml/distributed.py): unset, training runs in the worker's process ---
+# e.g. tcp://dask-scheduler:8786 (README "Training on a Dask cluster").
+DASK_SCHEDULER_ADDRESS = env.str("DASK_SCHEDULER_ADDRESS", default="")
+if DASK_SCHEDULER_ADDRESS and "://" not in DASK_SCHEDULER_ADDRESS:
+    raise ImproperlyConfigured(f"DASK_SCHEDULER_ADDRESS must be a URL such as tcp://host:8786, got "
+                               f"{DASK_SCHEDULER_ADDRESS!r}")
+
 # --- The product's own settings -----------------------------------------------------------------
 RATING_MIN = env.float("RATING_MIN", default=0.5)
 RATING_MAX = env.float("RATING_MAX", default=5.0)

@@ -163,6 +163,20 @@ def test_every_metric_the_dashboard_queries_is_one_we_export():
     assert "recsite_drift_psi" in queried and "recsite_http_request_duration_seconds_bucket" in queried
 
 
+def test_the_optional_dask_profile_runs_a_scheduler_and_workers_of_the_app_image_that_the_trainer_can_use():
+    for name in ("dask-scheduler", "dask-worker"):
+        service = SERVICES[name]
+        assert service["profiles"] == ["dask"], f"{name} starts only with --profile dask"
+        assert service["image"] == SERVICES["trainer"]["image"], "workers run the app's own retraining.ml code"
+        assert service["healthcheck"]["test"], name
+    assert command("dask-scheduler").startswith("dask scheduler --port 8786")
+    assert command("dask-worker").startswith("dask worker tcp://dask-scheduler:8786")
+    assert "--memory-limit" in command("dask-worker")
+    assert "DASK_SCHEDULER_ADDRESS" in SERVICES["trainer"]["environment"]
+    requirements = (REPO / "requirements.txt").read_text().split()
+    assert "dask==2026.8.0" in requirements and "distributed==2026.8.0" in requirements
+
+
 def test_compose_runs_a_pinned_mlflow_server_on_sqlite_in_a_volume_and_the_app_mirrors_to_it():
     mlflow = SERVICES["mlflow"]
     image, _, tag = mlflow["image"].partition(":")

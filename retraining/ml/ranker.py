@@ -4,6 +4,7 @@ stopping (with a minimum model size) that the rating model shares."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import lightgbm as lgb
@@ -31,7 +32,8 @@ class RankerExamples:
 
 
 def ranker_examples_windows(
-    log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel
+    log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
+    *, build: Callable[[Split, ranking.CollaborativeModel], RankerExamples] | None = None,
 ) -> RankerExamples:
     """Queries from each user's label window at the end of the training portion and, while there are fewer
     than `min_ranker_groups` of them, from up to `label_windows - 1` earlier windows (split_earlier), each
@@ -40,14 +42,18 @@ def ranker_examples_windows(
     A small timeline (a few hundred users) gives one query per user: too few for lambdarank to learn more than
     noise, and the ranker then loses to most-popular. Earlier windows of the same users are more queries of
     the same kind, each point-in-time; a large timeline stops after the first window and costs nothing more.
-    `model` is the collaborative model of the first window (fitted on `split.fit`)."""
+    `model` is the collaborative model of the first window (fitted on `split.fit`). `build(window, model)`
+    makes one window's examples: ranker_examples_build here, or its shards on a cluster (ClusterSteps)."""
+    if build is None:
+        def build(window: Split, model: ranking.CollaborativeModel) -> RankerExamples:
+            return ranker_examples_build(log, window, params, category_share, model)
     parts, window = [], split
     for _ in range(params.label_windows):
         if not window.label.any():
             break
         if window is not split:
             model = collaborative_fit(log=log, mask=window.fit, n_modelled=params.ease_items, l2=params.ease_l2)
-        parts.append(ranker_examples_build(log, window, params, category_share, model))
+        parts.append(build(window, model))
         if sum(len(part.groups) for part in parts) >= params.min_ranker_groups:
             break
         window = split_earlier(window, log, params)
@@ -59,11 +65,23 @@ def ranker_examples_build(
     log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel
 ) -> RankerExamples:
     """Candidates and features at the start of each user's label window, from the fit portion only."""
-    grade = grades(log)
-    labelled = split.label & (grade > 0)
-    users = np.unique(log.user[labelled])
+    return ranker_examples_for(log, split, params, category_share, model, users=ranker_users(log, split, params))
+
+
+def ranker_users(log: EventLog, split: Split, params: TrainingParams) -> np.ndarray:
+    """The users (sorted codes) with a positive event in their label window, sampled to max_ranker_users."""
+    users = np.unique(log.user[split.label & (grades(log) > 0)])
     if len(users) > params.max_ranker_users:
         users = np.sort(np.random.default_rng(params.seed).choice(users, params.max_ranker_users, replace=False))
+    return users
+
+
+def ranker_examples_for(
+    log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
+    *, users: np.ndarray,
+) -> RankerExamples:
+    """The examples of these users only (a shard of ranker_users on a cluster), in their order."""
+    grade = grades(log)
     wanted: dict[tuple[int, int], int] = {}
     for u, it, g in zip(log.user[split.label].tolist(), log.item[split.label].tolist(), grade[split.label].tolist()):
         wanted[(u, it)] = max(g, wanted.get((u, it), 0))
@@ -139,9 +157,10 @@ def booster_train(options: dict, train: lgb.Dataset, valid: lgb.Dataset, params:
     return booster
 
 
-def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
-    """LightGBM lambdarank; early stopping on NDCG@k of a held-aside share of the users (all of a user's
-    queries on one side, so that no user's earlier window validates a model trained on a later one)."""
+def ranker_validation_split(examples: RankerExamples, params: TrainingParams) -> tuple[np.ndarray, ...]:
+    """The labels to learn (shuffled for the leakage guard), which groups are held aside for early stopping
+    (a share of the users, all of a user's queries on one side, so that no user's earlier window validates a
+    model trained on a later one; none under 20 users), and the same per row."""
     labels = examples.labels
     if params.shuffle_labels:
         labels = np.random.default_rng(params.seed).permutation(labels)
@@ -149,14 +168,23 @@ def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
     distinct = np.unique(examples.users)
     held = np.random.default_rng(params.seed).random(len(distinct)) < params.validation_fraction
     validation = np.isin(examples.users, distinct[held]) if len(distinct) >= 20 else np.zeros(n_groups, bool)
-    row_group = np.repeat(np.arange(n_groups), examples.groups)
-    rows_valid = validation[row_group]
-    options = lgb_params(
+    return labels, validation, validation[np.repeat(np.arange(n_groups), examples.groups)]
+
+
+def ranker_options(n_groups: int, params: TrainingParams) -> dict:
+    """LightGBM's lambdarank parameters for this many queries (in-process and on a cluster)."""
+    return lgb_params(
         params, objective="lambdarank", metric="ndcg", eval_at=[params.k],
         num_leaves=ranker_num_leaves(n_groups, params), min_data_in_leaf=params.ranker_min_data_in_leaf,
         lambda_l2=params.ranker_lambda_l2, feature_fraction=params.ranker_feature_fraction,
         bagging_fraction=params.ranker_bagging_fraction, bagging_freq=1,
     )
+
+
+def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
+    """LightGBM lambdarank; early stopping on NDCG@k of a held-aside share of the users."""
+    labels, validation, rows_valid = ranker_validation_split(examples, params)
+    options = ranker_options(len(examples.groups), params)
 
     def dataset(rows, groups, reference=None):
         return lgb.Dataset(

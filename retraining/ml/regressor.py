@@ -14,6 +14,7 @@ bias model is the rating model (kind "bias"), and the manifest says so."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import lightgbm as lgb
@@ -121,10 +122,16 @@ def _groups(values: np.ndarray):
     return zip(distinct.tolist(), np.split(order, starts[1:]))
 
 
+# (rows of RATING_FEATURES, residual target, validation rows, params) -> trees with best_iteration set
+ResidualTreesFit = Callable[[np.ndarray, np.ndarray, np.ndarray, TrainingParams], lgb.Booster]
+
+
 def rating_model_fit(log: EventLog, split: Split, evaluation: Evaluation, params: TrainingParams,
-                     inner_collaborative: ranking.CollaborativeModel) -> RatingModel:
+                     inner_collaborative: ranking.CollaborativeModel, *,
+                     trees_fit: ResidualTreesFit | None = None) -> RatingModel:
     """λ chosen on the label windows, then the residual trees, kept only if they beat the biases alone.
-    `inner_collaborative`: EASE fitted on the fit portion."""
+    `inner_collaborative`: EASE fitted on the fit portion. `trees_fit`: residual_trees_fit in this process, or
+    its lightgbm.dask counterpart (retraining.ml.distributed); the biases are small and fitted here."""
     fit, label = split.fit & log.is_rating(), split.label & log.is_rating()
     l2 = bias_l2_choose(fit=(log.user[fit], log.item[fit], log.value[fit]),
                         valid=(log.user[label], log.item[label], log.value[label]),
@@ -135,17 +142,29 @@ def rating_model_fit(log: EventLog, split: Split, evaluation: Evaluation, params
     context = RatingContext.fit(log, split.fit, l2, inner_collaborative)
     matrix = context.columns(evaluation.regressor_train, events)
     base = context.biases.predict(user=log.user[events], item=log.item[events])
-    validation = np.random.default_rng(params.seed).random(len(target)) < params.validation_fraction
-    options = lgb_params(params, objective="regression", metric="rmse")
-    train = lgb.Dataset(matrix[~validation], target[~validation] - base[~validation], feature_name=RATING_FEATURES)
-    valid = lgb.Dataset(matrix[validation], target[validation] - base[validation], reference=train)
-    booster = booster_train(options, train, valid, replace(params, min_rounds=MIN_RESIDUAL_ROUNDS))
+    validation = regressor_validation_rows(len(target), params)
+    booster = (trees_fit or residual_trees_fit)(matrix, target - base, validation,
+                                                replace(params, min_rounds=MIN_RESIDUAL_ROUNDS))
     with_trees = base[validation] + booster.predict(matrix[validation], num_iteration=booster.best_iteration,
                                                     num_threads=1)
     if root_mean_squared_error(target[validation], with_trees) >= root_mean_squared_error(target[validation],
                                                                                           base[validation]):
         return RatingModel(KIND_BIAS, l2, None)
     return RatingModel(KIND_RESIDUAL, l2, booster)
+
+
+def residual_trees_fit(matrix: np.ndarray, residual: np.ndarray, validation: np.ndarray,
+                       params: TrainingParams) -> lgb.Booster:
+    """LightGBM regression on the biases' residual, early stopping on the `validation` rows."""
+    options = lgb_params(params, objective="regression", metric="rmse")
+    train = lgb.Dataset(matrix[~validation], residual[~validation], feature_name=RATING_FEATURES)
+    return booster_train(options, train, lgb.Dataset(matrix[validation], residual[validation], reference=train),
+                         params)
+
+
+def regressor_validation_rows(n_rows: int, params: TrainingParams) -> np.ndarray:
+    """The rows held aside for the rating model's early stopping and its trees-or-biases choice."""
+    return np.random.default_rng(params.seed).random(n_rows) < params.validation_fraction
 
 
 def rating_holdout_predict(model: RatingModel, context: RatingContext, evaluation: Evaluation,

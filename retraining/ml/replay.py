@@ -38,21 +38,29 @@ class EvaluationReplay:
     """One replay of the training portion answers three kinds of query, each strictly before its time:
     every evaluated user at the start of their holdout (ranking and held-out ratings), and every label-window
     rating at the start of its user's label window (the regressor's training rows). Without a ranker only the
-    baselines are ranked; without `with_regressor` no rating rows are built."""
+    baselines are ranked; without `with_regressor` no rating rows are built.
+
+    With `users` (a shard on a cluster) only those users are evaluated and only their rating events become
+    rows; every event still feeds the item states, which all users share."""
 
     def __init__(self, log: EventLog, split: Split, params: TrainingParams, *, category_share: dict,
-                 model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool):
+                 model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool,
+                 users: np.ndarray | None = None):
         self.log, self.split, self.params = log, split, params
         self.category_share, self.model, self.ranker = category_share, model, ranker
         histories = histories_by_user(log, split.train)
         positive_holdout = split.holdout & log.positive() & log.item_active[log.item]
         self.held_users = np.flatnonzero(~np.isnan(split.cutoff))
+        self.shard = np.ones(len(log.user_pks), dtype=bool) if users is None else np.isin(
+            np.arange(len(log.user_pks)), users)
+        self.held_users = self.held_users[self.shard[self.held_users]]
         self.positives = _positives_by_user(log, positive_holdout, histories)
         self.ranked_users = np.array([u for u in self.held_users.tolist() if len(self.positives[u])], dtype=np.int64)
         self.candidates = dict(zip(self.ranked_users.tolist(),
                                    candidates_for(model, histories, self.ranked_users, params)))
         self.train_ratings = self._train_ratings() if with_regressor else np.empty(0, dtype=np.int64)
-        self.holdout_ratings = _events_by_user(log, split.holdout & log.is_rating()) if with_regressor else {}
+        self.holdout_ratings = (_events_by_user(log, split.holdout & log.is_rating() & self.shard[log.user])
+                                if with_regressor else {})
         n_holdout_rows = sum(len(v) for v in self.holdout_ratings.values())
         width = len(ranking.REGRESSOR_FEATURES)
         self.regressor_train = np.empty((len(self.train_ratings), width), dtype=np.float32)
@@ -62,7 +70,7 @@ class EvaluationReplay:
         self.holdout_filled = 0
         self.ranked: dict[str, dict[int, np.ndarray]] = {"ranker": {}, "popularity": {}, CF_NAME: {}}
         self.pending: list[tuple[int, np.ndarray]] = []  # (user, feature matrix) awaiting one batched predict
-        self.replay = StateReplay(log.subset(split.train))
+        self.replay = StateReplay(log.subset(split.train), users=users)
         self.categories = dict(enumerate(log.item_categories))
 
     def run(self) -> Evaluation:
@@ -92,7 +100,7 @@ class EvaluationReplay:
         if len(events) > self.params.max_regressor_examples:
             rng = np.random.default_rng(self.params.seed)
             events = np.sort(rng.choice(events, self.params.max_regressor_examples, replace=False))
-        return events
+        return events[self.shard[self.log.user[events]]]
 
     def _regressor_row(self, u: int, item: int, at: float) -> np.ndarray:
         return ranking.regressor_feature_row(
@@ -141,10 +149,11 @@ class EvaluationReplay:
 
 
 def evaluation_run(log: EventLog, split: Split, params: TrainingParams, category_share: dict,
-                   model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool) -> Evaluation:
+                   model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool,
+                   users: np.ndarray | None = None) -> Evaluation:
     """EvaluationReplay in one call."""
     return EvaluationReplay(log, split, params, category_share=category_share, model=model, ranker=ranker,
-                            with_regressor=with_regressor).run()
+                            with_regressor=with_regressor, users=users).run()
 
 
 def _events_by_user(log: EventLog, mask: np.ndarray) -> dict[int, list[int]]:

@@ -64,10 +64,15 @@ def training_run_process(*, run_id: int, echo: TextIO | None = None) -> None:
         training_run_mirror_schedule(run_id=run_id)  # the run has ended, promoted, rejected or failed
 
 
+def training_cluster() -> str | None:
+    """The address of the Dask scheduler that trains (setting DASK_SCHEDULER_ADDRESS); None: in-process."""
+    return settings.DASK_SCHEDULER_ADDRESS or None
+
+
 def _process(run: TrainingRun, workdir: Path, log_line: "_RunLog") -> None:
     policy = policy_active()
     started = time.perf_counter()
-    result = model_train(until=run.data_until, output_dir=workdir, progress=log_line)
+    result = model_train(until=run.data_until, output_dir=workdir, progress=log_line, cluster=training_cluster())
     manifest = drift_reference_attach(result=result, directory=workdir, until=run.data_until, policy=policy)
     training_seconds = time.perf_counter() - started
     metrics.training_measured(seconds=training_seconds, peak_memory_mb=result.peak_memory_mb)
@@ -146,6 +151,7 @@ def _champion_rescore(*, run: TrainingRun, manifest: dict, directory: Path, cham
     scores = models_score_on_holdout(
         until=run.data_until, after=after, params=TrainingParams(**manifest["params"]["training"]),
         models={"candidate": ranking.trained_model_load(directory), "champion": trained_model_of(champion)},
+        cluster=training_cluster(),
     )
     since = f"after its training cut-off {after:%Y-%m-%d %H:%M}" if after else "(it records no training cut-off)"
     log_line.write(f"scored the candidate and re-scored the champion {champion} on the holdout {since}: "
@@ -160,7 +166,8 @@ def _refit(*, run: TrainingRun, gated: TrainingResult, directory: Path, policy: 
     log_line.write("gate passed: refitting the candidate on all events up to the cut-off (holdout included)\n")
     started = time.perf_counter()
     try:
-        refit = model_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line)
+        refit = model_refit(gated=gated, until=run.data_until, output_dir=directory, progress=log_line,
+                            cluster=training_cluster())
         manifest = drift_reference_attach(result=refit, directory=directory, until=run.data_until, policy=policy)
     except Exception as exc:
         raise RuntimeError(f"the refit on all data failed after the gate passed; nothing was registered: "

@@ -20,11 +20,11 @@ from retraining.ml.events import EventLog
 from retraining.ml.manifest import Manifest, dataset_statistics, training_window
 from retraining.ml.metrics import CF_NAME, KNN_NAME, candidate_recall, ranking_metrics_at
 from retraining.ml.params import TrainingParams
-from retraining.ml.ranker import ranker_examples_windows, ranker_fit
-from retraining.ml.regressor import RatingModel, rating_baselines, rating_bounds, rating_model_fit, rating_scores
+from retraining.ml.regressor import RatingModel, rating_baselines, rating_bounds, rating_scores
 from retraining.ml.replay import Evaluation, evaluation_run
 from retraining.ml.segments import segment_names, segments_table, user_history_counts
 from retraining.ml.split import Split, histories_by_user, split_compute
+from retraining.ml.steps import LocalSteps
 from retraining.services import model_directory
 from retraining.services.dataset import event_log_load
 
@@ -63,13 +63,18 @@ def model_train(
     progress: TextIO | None = sys.stderr,
     log: EventLog | None = None,
     refit_of: TrainingResult | None = None,
+    cluster: str | None = None,
 ) -> TrainingResult:
     """Build the dataset, train the ranker and the rating model, evaluate them and both baselines on the
     holdout, and write the model directory to `output_dir` (nothing is written if it is None). `progress`
     receives each stage's start and end.
 
     With `refit_of` (a gated result) nothing is held out, and the metrics are the gated model's on its
-    holdout: a model trained on the holdout cannot be scored on it."""
+    holdout: a model trained on the holdout cannot be scored on it.
+
+    With `cluster` (a Dask scheduler's address, e.g. tcp://host:8786) the ranker's examples, both fits and the
+    evaluation replay run on that cluster (retraining.ml.distributed); the collaborative models and the rating
+    model's biases are fitted here."""
     holdout = refit_of is None
     stages = profiling.Stages()
     with _stage_lines_to(progress):
@@ -79,23 +84,9 @@ def model_train(
             category_share = log.category_share()
         if not split.label.any() or (holdout and not split.holdout.any()):
             raise ValueError("too few events to train: no user has enough events for a holdout")
-        with stages.stage("candidates_label_window"):  # also the rating model's neighbourhood
-            inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
-        with stages.stage("ranker_examples"):
-            examples = ranker_examples_windows(log, split, params, category_share, inner_model)
-        if not len(examples.groups):
-            raise ValueError("too few events to train: no label window has a positive event among its candidates")
-        with stages.stage("ranker_fit"):
-            ranker = ranker_fit(examples, params)
-        with stages.stage("candidates_training_portion"):
-            model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
-        with stages.stage("evaluation_replay"):
-            evaluation = evaluation_run(log, split, params, category_share, model, ranker, with_regressor=True)
-            if holdout:
-                _item_knn_add(evaluation, log, split, model, params)
-        with stages.stage("regressor_fit"):
-            rating_model = rating_model_fit(log, split, evaluation, params, inner_model)
-            del inner_model
+        with training_steps(log, split, cluster) as steps:
+            ranker, rating_model, model, examples, evaluation = _models_train(stages, steps, log, split, params,
+                                                                              item_knn=holdout)
         with stages.stage("metrics"):
             metrics, baselines = (
                 _scores(evaluation, log, split, params, rating_model, model) if holdout
@@ -127,11 +118,51 @@ def model_train(
     )
 
 
+@contextmanager
+def training_steps(log: EventLog, split: Split, cluster: str | None):
+    """The steps that grow with events (retraining.ml.steps) for this log and split: in this process, or on the
+    Dask cluster at `cluster`, connected for the block."""
+    if cluster is None:
+        yield LocalSteps(log, split)
+        return
+    from retraining.ml import distributed  # Dask is imported only when a cluster is configured
+
+    with distributed.cluster_connect(cluster) as connected:
+        profiling.logger.info("[train] on the Dask cluster at %s: %d workers", cluster, len(connected.workers))
+        yield distributed.ClusterSteps(connected, log, split)
+
+
+def _models_train(stages: profiling.Stages, steps, log: EventLog, split: Split, params: TrainingParams, *,
+                  item_knn: bool):
+    """The ranker (on examples from the label windows), the collaborative model on the training portion, the
+    evaluation replay (with the item-kNN baseline's lists if `item_knn`, from the gathered users) and the rating
+    model, each a stage."""
+    category_share = log.category_share()
+    with stages.stage("candidates_label_window"):  # also the rating model's neighbourhood
+        inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
+    with stages.stage("ranker_examples"):
+        examples = steps.ranker_examples(params, category_share, inner_model)
+    if not len(examples.groups):
+        raise ValueError("too few events to train: no label window has a positive event among its candidates")
+    with stages.stage("ranker_fit"):
+        ranker = steps.ranker_fit(examples, params)
+    with stages.stage("candidates_training_portion"):
+        model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
+    with stages.stage("evaluation_replay"):
+        evaluation = steps.evaluation(params, category_share, model, ranker, with_regressor=True)
+        if item_knn:
+            _item_knn_add(evaluation, log, split, model, params)
+    with stages.stage("regressor_fit"):
+        rating_model = steps.rating_model_fit(evaluation, params, inner_model)
+    return ranker, rating_model, model, examples, evaluation
+
+
 def model_refit(*, gated: TrainingResult, until: datetime | None, output_dir: Path | None,
-                       progress: TextIO | None = sys.stderr) -> TrainingResult:
+                progress: TextIO | None = sys.stderr, cluster: str | None = None) -> TrainingResult:
     """The gated model's configuration trained again on every event up to `until`, holdout included."""
     params = TrainingParams(**gated.manifest["params"]["training"])
-    return model_train(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated)
+    return model_train(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated,
+                       cluster=cluster)
 
 
 def baselines_evaluate(

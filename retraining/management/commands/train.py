@@ -12,7 +12,7 @@ from registry.services import model_version_promote
 from retraining.ml.manifest import json_safe
 from retraining.ml.params import TrainingParams
 from retraining.services.mlflow_mirror import model_version_mirror_schedule
-from retraining.services.pipeline import candidate_register, drift_reference_attach
+from retraining.services.pipeline import candidate_register, drift_reference_attach, training_cluster
 from retraining.services.policy import policy_active
 from retraining.services.training import model_train, model_refit
 from retraining.services.reporting import metrics_table
@@ -55,9 +55,11 @@ class Command(BaseCommand):
                 output_dir=None if refit else output,
                 params=TrainingParams(num_threads=options["threads"]),
                 progress=sys.stderr,
+                cluster=training_cluster(),
             )
             if refit:
-                result = model_refit(gated=result, until=until, output_dir=output, progress=sys.stderr)
+                result = model_refit(gated=result, until=until, output_dir=output, progress=sys.stderr,
+                                     cluster=training_cluster())
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         version = None

@@ -1,0 +1,250 @@
+"""Training on a Dask cluster: the same steps as in-process, with the work that grows with events and users
+spread over the workers.
+
+- The log is scattered once to every worker. Users are cut into contiguous shards (one per worker); each
+  shard's point-in-time rows come from the same functions as in-process (ranker_examples_for, the
+  EvaluationReplay with `users`), which replay every event for the item states, which all users share, and
+  keep user states for the shard only. Concatenating the shards in order gives the in-process rows. The
+  ranker's earlier label windows (ranker_examples_windows) are chosen here by the in-process rule, each
+  window's collaborative model fitted here and its examples built in shards.
+- The ranker (lambdarank) and the rating model's residual trees are fitted by lightgbm.dask (data-parallel
+  LightGBM, one process per worker), each ranker partition holding whole queries, so that no query group
+  straddles two partitions. The rating model's biases (two vectors and λ) are fitted here.
+  lightgbm.dask has no early stopping (each worker would see only its part of the validation set), so the
+  models grow max_rounds trees and the driver applies EarlyStoppingAfter's rule to the held-aside rows
+  afterwards, tree by tree: the same rule on the same rows as in-process.
+- Examples and rating rows are bounded by max_ranker_users and max_regressor_examples, so the driver may
+  gather them (for the validation split, the manifest and the drift reference).
+Arguments travel by Dask's own serialization between the processes of one trusted cluster (numpy buffers out
+of band); the ranker goes as LightGBM text, the format of the artifacts, not as a pickled booster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from types import SimpleNamespace
+
+import lightgbm as lgb
+import numpy as np
+
+from recommendations import ranking
+from retraining.ml.events import EventLog
+from retraining.ml.params import TrainingParams
+from retraining.ml.ranker import (
+    EarlyStoppingAfter,
+    RankerExamples,
+    lgb_params,
+    ranker_examples_for,
+    ranker_examples_windows,
+    ranker_options,
+    ranker_users,
+    ranker_validation_split,
+)
+from retraining.ml.regressor import RATING_FEATURES, RatingModel, rating_model_fit
+from retraining.ml.replay import Evaluation, evaluation_run
+from retraining.ml.split import Split
+
+CONNECT_TIMEOUT_S = 30
+
+
+@contextmanager
+def cluster_connect(address: str) -> Iterator[Cluster]:
+    from distributed import Client  # here: the in-process path never imports Dask
+
+    # lightgbm.dask waits on its futures through the default client
+    with Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=True) as client:
+        yield Cluster(client)
+
+
+class Cluster:
+    """A connected client and the workers it had when training started (one shard each)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.workers = sorted(client.scheduler_info()["workers"])
+        if not self.workers:
+            raise RuntimeError("the Dask cluster has no workers")
+
+    def shards(self, users: np.ndarray) -> list[np.ndarray]:
+        """Contiguous runs of the sorted users, one per worker (none empty)."""
+        return [shard for shard in np.array_split(np.sort(users), len(self.workers)) if len(shard)]
+
+    def scatter(self, value):
+        return self.client.scatter(value, broadcast=True, hash=False)
+
+    def map_shards(self, function: Callable, shards: list[np.ndarray], **shared) -> list:
+        """`function(users=shard, **shared)` for each shard, spread over the workers (another one takes over
+        from a worker that leaves), the results in shard order."""
+        futures = [self.client.submit(function, users=shard, pure=False, workers=[self.workers[i % len(self.workers)]],
+                                      allow_other_workers=True, **shared) for i, shard in enumerate(shards)]
+        return self.client.gather(futures)
+
+
+class ClusterSteps:
+    """retraining.ml.steps.LocalSteps on a cluster: the log and the split are scattered to every worker once."""
+
+    def __init__(self, cluster: Cluster, log: EventLog, split: Split):
+        self.cluster, self.log, self.split = cluster, log, split
+        self.shared = {"log": cluster.scatter(log)}
+        self.shared_split = cluster.scatter(split)
+
+    def ranker_examples(self, params: TrainingParams, category_share: dict,
+                        model: ranking.CollaborativeModel) -> RankerExamples:
+        """ranker_examples_windows (the same windows, the same stopping rule), each window's users cut into
+        shards on the workers."""
+
+        def build(window: Split, window_model: ranking.CollaborativeModel) -> RankerExamples:
+            return self._window_examples(window, window_model, params, category_share)
+
+        return ranker_examples_windows(self.log, self.split, params, category_share, model, build=build)
+
+    def _window_examples(self, window: Split, model: ranking.CollaborativeModel, params: TrainingParams,
+                         category_share: dict) -> RankerExamples:
+        """ranker_examples_build of one window, its users in shards; concatenated in order they are its rows."""
+        users = ranker_users(self.log, window, params)
+        split = self.shared_split if window is self.split else self.cluster.scatter(window)
+        parts = self.cluster.map_shards(_ranker_shard, self.cluster.shards(users), params=params, split=split,
+                                        category_share=category_share, model=model, **self.shared)
+        if not parts:
+            return RankerExamples(np.empty((0, len(ranking.RANKER_FEATURES))), np.empty(0, dtype=np.int8),
+                                  np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+        return RankerExamples(*(np.concatenate([getattr(p, name) for p in parts])
+                                for name in ("matrix", "labels", "groups", "users")))
+
+    def evaluation(self, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
+                   ranker: lgb.Booster | None, *, with_regressor: bool) -> Evaluation:
+        """evaluation_run per user shard; per-user results are independent, so the shards concatenate. The
+        rating rows are put back in their in-process order: training rows in the log's order, held-out rows in
+        the replay's (by holdout start, then user, then event), so that every sum over them is the same."""
+        parts = self.cluster.map_shards(
+            _evaluation_shard, self.cluster.shards(np.arange(len(self.log.user_pks))), params=params,
+            category_share=category_share, model=model, with_regressor=with_regressor, split=self.shared_split,
+            ranker_text=ranker.model_to_string() if ranker is not None else None, **self.shared,
+        )
+        joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in (
+            "users", "regressor_train", "regressor_train_target", "regressor_train_events", "regressor_holdout",
+            "regressor_holdout_target", "regressor_holdout_events")}
+        _rows_order(joined, "regressor_train", np.argsort(joined["regressor_train_events"], kind="stable"))
+        held_users = self.log.user[joined["regressor_holdout_events"]]
+        _rows_order(joined, "regressor_holdout", np.lexsort(
+            (joined["regressor_holdout_events"], held_users, self.split.cutoff[held_users])))
+        names = dict.fromkeys(name for p in parts for name in p.ranked)  # a shard may have no ranked user
+        return Evaluation(ranked={name: [codes for p in parts for codes in p.ranked.get(name, [])] for name in names},
+                          positives=[codes for p in parts for codes in p.positives],
+                          pools=[pool for p in parts for pool in p.pools], **joined)
+
+    def ranker_fit(self, examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
+        """ranker_fit: lambdarank over partitions of whole queries, early stopping applied afterwards."""
+        labels, validation, rows_valid = ranker_validation_split(examples, params)
+        groups = examples.groups[~validation]
+        bounds = np.concatenate([[0], np.cumsum(groups)])
+        matrix, target = examples.matrix[~rows_valid], labels[~rows_valid]
+        partitions = [(matrix[bounds[p[0]] : bounds[p[-1] + 1]], target[bounds[p[0]] : bounds[p[-1] + 1]], groups[p])
+                      for p in np.array_split(np.arange(len(groups)), len(self.cluster.workers)) if len(p)]
+        options = ranker_options(len(examples.groups), params)
+        rounds = params.max_rounds if validation.any() else params.ranker_min_rounds
+        booster = _dask_fit(self.cluster, "DaskLGBMRanker", options, rounds, partitions, ranking.RANKER_FEATURES)
+        if validation.any():
+            valid_labels, valid_groups = labels[rows_valid], examples.groups[validation]
+            stopping = replace(params, min_rounds=params.ranker_min_rounds)  # as ranker_fit's early stopping
+            _best_iteration_select(booster, examples.matrix[rows_valid], stopping,
+                                   lambda scores: ndcg_at(scores, valid_labels, valid_groups, params.k))
+        return booster
+
+    def rating_model_fit(self, evaluation: Evaluation, params: TrainingParams,
+                         inner_model: ranking.CollaborativeModel) -> RatingModel:
+        """rating_model_fit: the biases here (two vectors), the residual trees by lightgbm.dask."""
+        return rating_model_fit(self.log, self.split, evaluation, params, inner_model, trees_fit=self._trees_fit)
+
+    def _trees_fit(self, matrix: np.ndarray, residual: np.ndarray, validation: np.ndarray,
+                   params: TrainingParams) -> lgb.Booster:
+        """residual_trees_fit, early stopping on the same held-aside rows applied afterwards."""
+        rows = np.array_split(np.flatnonzero(~validation), len(self.cluster.workers))
+        options = lgb_params(params, objective="regression", metric="rmse")
+        booster = _dask_fit(self.cluster, "DaskLGBMRegressor", options, params.max_rounds,
+                            [(matrix[r], residual[r], None) for r in rows if len(r)], RATING_FEATURES)
+        actual = residual[validation]
+        _best_iteration_select(booster, matrix[validation], params,
+                               lambda predicted: -float(np.sqrt(np.mean((predicted - actual) ** 2))))
+        return booster
+
+
+def _rows_order(joined: dict, prefix: str, order: np.ndarray) -> None:
+    for name in (prefix, f"{prefix}_target", f"{prefix}_events"):
+        joined[name] = joined[name][order]
+
+
+def _ranker_shard(*, users, log, split, params, category_share, model) -> RankerExamples:
+    return ranker_examples_for(log, split, params, category_share, model, users=users)
+
+
+def _evaluation_shard(*, users, log, split, params, category_share, model, ranker_text, with_regressor) -> Evaluation:
+    ranker = lgb.Booster(model_str=ranker_text) if ranker_text is not None else None
+    return evaluation_run(log, split, params, category_share, model, ranker, with_regressor, users=users)
+
+
+def _dask_fit(cluster: Cluster, estimator: str, options: dict, rounds: int, partitions: list,
+              feature_names: list[str]) -> lgb.Booster:
+    """One lightgbm.dask fit over these (matrix, target, groups) partitions, one Dask chunk each."""
+    import dask
+    import dask.array as da
+    from lightgbm import dask as lgb_dask
+
+    futures = [cluster.client.scatter(part, workers=[cluster.workers[i % len(cluster.workers)]], hash=False)
+               for i, part in enumerate(partitions)]
+
+    def stacked(index: int, shape, dtype):
+        return da.concatenate([
+            da.from_delayed(dask.delayed(_column)(future, index), shape=shape(part), dtype=dtype)
+            for future, part in zip(futures, partitions)
+        ])
+
+    width = partitions[0][0].shape[1]
+    matrix = stacked(0, lambda part: (len(part[0]), width), np.float64)
+    target = stacked(1, lambda part: (len(part[1]),), np.float64)
+    group = stacked(2, lambda part: (len(part[2]),), np.int64) if partitions[0][2] is not None else None
+    options = {key: value for key, value in options.items() if key != "num_threads"}  # each worker's own threads
+    # LightGBM's workers connect to each other on ports lightgbm.dask finds free on each worker
+    model = getattr(lgb_dask, estimator)(client=cluster.client, n_estimators=rounds, **options)
+    extra = {"group": group} if group is not None else {}
+    model.fit(matrix, target, feature_name=feature_names, **extra)
+    return model.booster_
+
+
+def _column(part: tuple, index: int) -> np.ndarray:
+    """The matrix (0), target (1) or group sizes (2) of a scattered partition, as _dask_fit declares them."""
+    return np.asarray(part[index], dtype=np.int64 if index == 2 else np.float64)
+
+
+def _best_iteration_select(booster: lgb.Booster, matrix: np.ndarray, params: TrainingParams,
+                           score: Callable[[np.ndarray], float]) -> None:
+    """Sets booster.best_iteration by EarlyStoppingAfter's rule on `score` (higher is better) of the
+    predictions after each tree, as the callback would have during training."""
+    stopping = EarlyStoppingAfter(min_rounds=params.min_rounds, patience=params.early_stopping_rounds)
+    raw = np.zeros(len(matrix))
+    for tree in range(booster.current_iteration()):
+        raw += booster.predict(matrix, start_iteration=tree, num_iteration=1, raw_score=True, num_threads=1)
+        env = SimpleNamespace(iteration=tree, evaluation_result_list=[("valid", "score", score(raw), True)])
+        try:
+            stopping(env)
+        except lgb.callback.EarlyStopException:
+            break
+    booster.best_iteration = stopping.best_iteration
+
+
+def ndcg_at(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int) -> float:
+    """Mean NDCG@k over query groups as LightGBM's lambdarank metric defines it (gain 2^label - 1, log2
+    discount; a group without a relevant row scores 1)."""
+    query = np.repeat(np.arange(len(groups)), groups)
+    starts = np.concatenate([[0], np.cumsum(groups)[:-1]]).astype(np.int64)
+
+    def dcg(key: np.ndarray) -> np.ndarray:
+        order = np.lexsort((-key, query))
+        rank = np.arange(len(order)) - starts[query[order]]
+        gain = np.where(rank < k, (2.0 ** labels[order] - 1.0) / np.log2(rank + 2.0), 0.0)
+        return np.bincount(query[order], weights=gain, minlength=len(groups))
+
+    ideal, actual = dcg(labels.astype(np.float64)), dcg(scores)
+    return float(np.mean(np.where(ideal > 0, actual / np.where(ideal > 0, ideal, 1.0), 1.0)))
