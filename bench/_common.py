@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -168,7 +169,7 @@ class GunicornServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, health_path: str = "/api/v1/health", timeout: float = 60) -> "GunicornServer":
+    def start(self, *, health_path: str = "/api/v1/health", timeout: float = 60) -> GunicornServer:
         if not port_is_free(self.port):
             raise RuntimeError(f"port {self.port} is already in use; pick another with --port")
         command = [
@@ -215,7 +216,7 @@ class GunicornServer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "GunicornServer":
+    def __enter__(self) -> GunicornServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -343,9 +344,9 @@ class PostgresBackends:
 
 def step(message: str) -> None:
     """A progress line with the UTC time."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", flush=True)
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -374,7 +375,7 @@ class ResultProcess:
         self.command, self.log_path, self.env = command, log_path, env
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "ResultProcess":
+    def __enter__(self) -> ResultProcess:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             self.command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True

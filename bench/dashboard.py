@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/dashboard.py [--lists 50000] [--users 5000] [--items 500] [--click-share 0.3]
 
-Steps: recreate the database (--database-url, default bench_dashboard), migrate, then in one Django process (`manage.py shell`): three
+Steps: recreate the database (--database-url, default bench_dashboard), migrate, then in one Django process
+(`manage.py shell`): three
 versions, --lists served lists of 10 items spread over the last 14 days (alternately v1 and v2, random users and
 items), a click with its recommendation_id on a --click-share of them; then dashboard_charts twice and each chart
 alone, and user_timeline of one user, each timed. The online chart is recommendations.selectors.online_metrics
@@ -79,7 +80,9 @@ def main(argv: list[str]) -> None:
     step(f"database {url}, logs in {var_dir}")
     database_recreate(url)
     manage("migrate", "--noinput", env=env)
-    config = json.dumps({"lists": args.lists, "users": args.users, "items": args.items, "click_share": args.click_share})
+    config = json.dumps(
+        {"lists": args.lists, "users": args.users, "items": args.items, "click_share": args.click_share}
+    )
     step("serving lists and timing the dashboard")
     print(manage("shell", "-c", SNIPPET.format(config=config), env=env, timeout=3600).stdout, end="")
 

@@ -27,12 +27,12 @@ import json
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     benchmark_run,
     database_connect,
     database_recreate,
@@ -219,13 +219,13 @@ def main(argv) -> int:
     interrupt_on_signals()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-drift-"))
     data_dir = args.data_dir or log_dir / "synthetic"
-    print(f"bench/drift.py {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC; logs in {log_dir}", flush=True)
+    print(f"bench/drift.py {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC; logs in {log_dir}", flush=True)
     env = django_env(database_url=args.database_url, var_dir=log_dir / "var")
     import_seconds = database_prepare(args, data_dir, env)
     step(f"building the reference and timing {args.repeats} drift checks")
     figures = check_run(args, env)
 
-    finished = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    finished = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     reference, first_run = figures["reference"], figures["runs"][0]
     print(f"\n=== Drift check on PostgreSQL, {figures['events_total']} events, {finished} ===")
     print(f"events from {figures['first_event']} to {figures['last_event']}"

@@ -43,19 +43,19 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    benchmark_run,
+from _common import (
     PYTHON,
     ROOT,
     CpuMeter,
     GunicornServer,
     PostgresBackends,
     api_key_create,
+    benchmark_run,
     child_pids,
     database_connect,
     database_recreate,
@@ -107,7 +107,7 @@ def ratings_read(dataset: Path, *, original_timestamps: bool = False) -> list[tu
 
 
 def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventBodies:
@@ -348,7 +348,7 @@ def copy_rate(url: str, rows, *, repeats: int) -> tuple[int, float]:
             users = [user_id for (user_id,) in cursor.fetchall()]
         connection.commit()
         total_rows, total_seconds = 0, 0.0
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         for repeat in range(repeats):
             buffer = io.StringIO()
             for user, movie, rating, ts in rows:
@@ -505,7 +505,7 @@ def parse_args(argv):
 
 
 def step(message: str) -> None:
-    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", flush=True)
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
 def scenario_measure(*, scenario: Scenario, server: GunicornServer, url: str, config: dict, log_dir: Path) -> dict:
@@ -650,11 +650,11 @@ def main(argv) -> int:
     }
     scenarios = [all_scenarios[name.strip()] for name in args.scenarios.split(",") if name.strip()]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    started = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+    started = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
     print(f"bench/ingest.py {started}, code {code_version()}; logs in {log_dir}", flush=True)
     figures = run(args, scenarios, log_dir)
 
-    finished = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    finished = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     print(f"\n=== Ingestion on PostgreSQL, gunicorn --workers {args.workers}, {finished} ===")
     print("\n".join(report(figures["results"], scenarios, figures["copy"])))
     print("(p50/p99: request latency seen by the client, including queueing for a gunicorn worker)\n")

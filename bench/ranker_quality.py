@@ -42,8 +42,9 @@ SHARED = {"ml-latest-small": ROOT.parent / "shared" / "datasets" / "ml-latest-sm
 def event_log_read(path: Path, share: float = 1.0) -> EventLog:
     layout = movielens._layout_detect(path)
     report = movielens.ImportReport(layout=layout.name)
-    movies = list(movielens._parsed(movielens._rows(path, layout, layout.movies), layout.movie_parse,
-                                    layout.movies, report))
+    movies = list(
+        movielens._parsed(movielens._rows(path, layout, layout.movies), layout.movie_parse, layout.movies, report)
+    )
     ratings = movielens.movielens_ratings(path=path)
     if share < 1.0:
         cut = ratings[int(len(ratings) * share)].moment
@@ -66,7 +67,8 @@ def event_log_read(path: Path, share: float = 1.0) -> EventLog:
         ts=np.array([float(r.ts) for r in ratings]),
         user_pks=np.arange(1, len(users) + 1, dtype=np.int64),
         item_pks=np.arange(1, len(external) + 1, dtype=np.int64),
-        item_external_ids=external, item_categories=categories,
+        item_external_ids=external,
+        item_categories=categories,
         item_active=np.arange(len(external)) < len(movies),
     )
 
@@ -76,8 +78,15 @@ def dataset_log(spec: str, scratch: Path) -> EventLog:
         return event_log_read(SHARED.get(spec, Path(spec)))
     users, items, events, share, seed = spec.split(":")[1:]
     output = scratch / spec.replace(":", "-")
-    synthetic_dataset_write(output=output, users=int(users), items=int(items), events=int(events), drift_at=0.8,
-                            seed=int(seed), start=date(2025, 1, 1))
+    synthetic_dataset_write(
+        output=output,
+        users=int(users),
+        items=int(items),
+        events=int(events),
+        drift_at=0.8,
+        seed=int(seed),
+        start=date(2025, 1, 1),
+    )
     return event_log_read(output, float(share))
 
 
@@ -86,10 +95,13 @@ def quality(log: EventLog, params: TrainingParams) -> dict:
     result = model_train(output_dir=None, params=params, progress=None, log=log)
     row = {"ranker": result.metrics["ndcg@10"], **{name: b["ndcg@10"] for name, b in result.baselines.items()}}
     best = max(row["ease"], row["itemknn"])
-    row |= {"vs_best_baseline": row["ranker"] / best if best else None,
-            "vs_popularity": row["ranker"] / row["popularity"] if row["popularity"] else None,
-            "candidate_recall@100": result.metrics["candidate_recall@100"],
-            "seconds": time.perf_counter() - started, "stages": result.timings_s}
+    row |= {
+        "vs_best_baseline": row["ranker"] / best if best else None,
+        "vs_popularity": row["ranker"] / row["popularity"] if row["popularity"] else None,
+        "candidate_recall@100": result.metrics["candidate_recall@100"],
+        "seconds": time.perf_counter() - started,
+        "stages": result.timings_s,
+    }
     return {name: round(value, 4) if isinstance(value, float) else value for name, value in row.items()}
 
 

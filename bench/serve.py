@@ -51,13 +51,12 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    benchmark_run,
+from _common import (
     PYTHON,
     ROOT,
     CpuMeter,
@@ -65,6 +64,7 @@ from _common import (  # noqa: E402
     PostgresBackends,
     ResultProcess,
     api_key_create,
+    benchmark_run,
     child_pids,
     database_connect,
     database_recreate,
@@ -104,18 +104,24 @@ version = model_version_register(artifact_dir=directory, data=VersionInput(
     parameters=manifest["params"], manifest=manifest, trigger_reason="bench/serve.py"))
 """
 
-REGISTER_SNIPPET = _REGISTER_CODE + """
+REGISTER_SNIPPET = (
+    _REGISTER_CODE
+    + """
 model_version_promote(version=version.version, actor="bench/serve.py", reason="serving benchmark")
 print("RESULT " + json.dumps({{"version": version.version}}))
 """
+)
 
-SHADOW_START_SNIPPET = _REGISTER_CODE + """
+SHADOW_START_SNIPPET = (
+    _REGISTER_CODE
+    + """
 experiment = challenger_deploy(version=version.version, mode="shadow", traffic_percent={percent},
                                actor="bench/serve.py",
                                reason="serving benchmark: shadow overhead")
 print("RESULT " + json.dumps({{"version": version.version, "experiment": experiment.pk,
                               "percent": experiment.traffic_percent}}))
 """
+)
 
 SHADOW_STOP_SNIPPET = """
 import json
@@ -283,8 +289,11 @@ def models_train(*, env: dict[str, str], until: datetime, log_dir: Path) -> tupl
 def shadow_coverage(url: str, *, experiment: int, kind_start: datetime) -> dict:
     """Lists served to known users during a shadow scenario, and how many of them the shadow scored."""
     with contextlib.closing(database_connect(url)) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT arm, count(*) FROM recommendations_impression WHERE experiment_id = %s AND served_at >= %s "
-                       "GROUP BY arm", [experiment, kind_start])
+        cursor.execute(
+            "SELECT arm, count(*) FROM recommendations_impression WHERE experiment_id = %s AND served_at >= %s "
+            "GROUP BY arm",
+            [experiment, kind_start],
+        )
         counts = dict(cursor.fetchall())
     lists, scored = counts.get("champion", 0), counts.get("shadow", 0)
     return {"lists": lists, "scored": scored, "share": scored / lists if lists else 0.0}
@@ -334,8 +343,9 @@ def access_log_read(path: Path, start: int, end: int) -> list[tuple[int, float, 
     return rows
 
 
-def scenario_measure(*, kind: str, server: GunicornServer, access_log: Path, url: str, config: dict,
-                     log_dir: Path, during=None) -> dict:
+def scenario_measure(
+    *, kind: str, server: GunicornServer, access_log: Path, url: str, config: dict, log_dir: Path, during=None
+) -> dict:
     """One scenario in a separate locust process; `during` (if any) is called while it runs and its
     value kept. The tally gains the server-side latencies of its requests and the CPU spent."""
     step(f"{kind}: {config['clients']} clients, {config['duration']:g} s")
@@ -359,10 +369,18 @@ def scenario_measure(*, kind: str, server: GunicornServer, access_log: Path, url
     first_start = min((s[0] - s[1] / 1000 for s in samples), default=0.0)
     seconds = max((s[0] for s in samples), default=0.0) - first_start
     result.update(
-        kind=kind, side=side, samples=samples, seconds=seconds, requests=len(samples), ok=len(ok),
-        failed=len(samples) - len(ok), client_ms=sorted(s[1] for s in ok),
-        server_ms=sorted(ms for status, ms, _ in served if status == 200), server_requests=len(served),
-        server_errors=sum(1 for status, _, _ in served if status != 200), cpu=cpu,
+        kind=kind,
+        side=side,
+        samples=samples,
+        seconds=seconds,
+        requests=len(samples),
+        ok=len(ok),
+        failed=len(samples) - len(ok),
+        client_ms=sorted(s[1] for s in ok),
+        server_ms=sorted(ms for status, ms, _ in served if status == 200),
+        server_requests=len(served),
+        server_errors=sum(1 for status, _, _ in served if status != 200),
+        cpu=cpu,
     )
     result["req_per_s"] = result["ok"] / seconds if seconds else 0.0
     step(
@@ -455,8 +473,13 @@ def targets_report(results: dict[str, dict], swap: dict | None, versions: tuple[
             with_shadow = percentile(results[loaded]["server_ms"], 0.99)
             without = percentile(results[reference]["server_ms"], 0.99)
             ratio = with_shadow / without if without else float("inf")
-            checks.append((f"{loaded}: server-side p99 {with_shadow:.1f} ms = {ratio:.2f}x {reference}'s {without:.1f} ms "
-                           f"(<= {TARGET_SHADOW_P99_RATIO:.2f}x)", ratio <= TARGET_SHADOW_P99_RATIO))
+            checks.append(
+                (
+                    f"{loaded}: server-side p99 {with_shadow:.1f} ms = {ratio:.2f}x {reference}'s {without:.1f} ms "
+                    f"(<= {TARGET_SHADOW_P99_RATIO:.2f}x)",
+                    ratio <= TARGET_SHADOW_P99_RATIO,
+                )
+            )
     if swap is not None:
         old, new = versions
         first, last = swap["first_new_after_s"], swap["last_old_after_s"]
@@ -500,10 +523,15 @@ def parse_args(argv):
     parser.add_argument("--no-hotswap", action="store_true", help="skip the hot-swap scenario")
     parser.add_argument("--no-shadow", action="store_true", help="skip the light and shadow scenarios")
     parser.add_argument("--light-clients", type=int, default=10, help="clients of the light scenarios (default 10)")
-    parser.add_argument("--light-wait", type=float, default=0.1,
-                        help="seconds each light client pauses between requests (default 0.1)")
-    parser.add_argument("--shadow-percent", type=int, default=None,
-                        help="share of requests the shadow challenger scores (default: the retraining policy's)")
+    parser.add_argument(
+        "--light-wait", type=float, default=0.1, help="seconds each light client pauses between requests (default 0.1)"
+    )
+    parser.add_argument(
+        "--shadow-percent",
+        type=int,
+        default=None,
+        help="share of requests the shadow challenger scores (default: the retraining policy's)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the pooled scenarios (default 3)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile when a target fails")
     parser.add_argument("--profile-requests", type=int, default=300, help="requests profiled (default 300)")
@@ -594,12 +622,14 @@ def rounds_measure(*, args, env: dict[str, str], directory: Path, measure: dict)
         if args.no_shadow:
             continue
         started = shell(SHADOW_START_SNIPPET.format(directory=str(directory), percent=args.shadow_percent), env=env)
-        step(f"v{started['version']} shadows {started['percent']}% of the requests (experiment "
-             f"{started['experiment']}); waiting for the pollers")
+        step(
+            f"v{started['version']} shadows {started['percent']}% of the requests (experiment "
+            f"{started['experiment']}); waiting for the pollers"
+        )
         coverage["percent"] = started["percent"]
         time.sleep(3)
         for kind, setup in (("shadow", measure), ("shadow-light", light)):
-            since = datetime.now(timezone.utc)
+            since = datetime.now(UTC)
             runs[kind].append(scenario_measure(kind=kind, **setup))
             time.sleep(2)  # the impressions' last flush
             scored = shadow_coverage(measure["url"], experiment=started["experiment"], kind_start=since)
@@ -643,7 +673,7 @@ def main(argv) -> int:
     args = parse_args(argv)
     interrupt_on_signals()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    print(f"bench/serve.py {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC; logs in {log_dir}", flush=True)
+    print(f"bench/serve.py {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC; logs in {log_dir}", flush=True)
     figures = run(args, log_dir)
     results = figures["results"]
     target_lines, ok = targets_report(results, figures["swap"], figures["versions"])
@@ -653,7 +683,7 @@ def main(argv) -> int:
         profile = profile_run(env=figures["env"], api_key=figures["api_key"], users=figures["facts"]["users"],
                               requests=args.profile_requests)  # fmt: skip
 
-    finished = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    finished = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     print(f"\n=== Serving on PostgreSQL, gunicorn --workers {args.workers}, {args.clients} clients, "
           f"ml-latest-small, {finished} ===")  # fmt: skip
     print("\n".join(report(results)))
@@ -671,11 +701,15 @@ def main(argv) -> int:
     if rounds["coverage"]:
         coverage = dict(rounds["coverage"])
         percent = coverage.pop("percent")
-        print(f"Shadow coverage at a {percent}% shadow share (lists the shadow challenger scored / lists served to "
-              f"known users): " + ", ".join(f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}"
-                                            for kind, c in coverage.items()))
-    print(f"Every scenario but hotswap is pooled over {args.rounds} rounds (health, recommend, light, shadow, "
-          f"shadow-light in turn); round by round:")
+        print(
+            f"Shadow coverage at a {percent}% shadow share (lists the shadow challenger scored / lists served to "
+            f"known users): "
+            + ", ".join(f"{kind} {c['scored']}/{c['lists']} = {c['share']:.0%}" for kind, c in coverage.items())
+        )
+    print(
+        f"Every scenario but hotswap is pooled over {args.rounds} rounds (health, recommend, light, shadow, "
+        f"shadow-light in turn); round by round:"
+    )
     for name, values in rounds["ratios"].items():
         what = "recommend/health throughput" if name == "throughput" else f"{name} p99 over its reference's"
         print(f"  {what}: {', '.join(f'{v:.2f}' for v in values)}")

@@ -27,13 +27,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     CpuMeter,
     GunicornServer,
     PostgresBackends,
@@ -44,7 +44,7 @@ from _common import (  # noqa: E402
     step,
     text_table,
 )
-from serve import (  # noqa: E402
+from serve import (
     HEALTH_PATH,
     RECOMMENDATIONS_PATH,
     model_register_and_promote,
@@ -99,8 +99,17 @@ def wrk_script(path: Path, *, users: list[str], api_key: str, recommend: bool, k
     return path
 
 
-def wrk_run(*, kind: str, base_url: str, script: Path, connections: int, duration: float, server: GunicornServer,
-            database_url: str, log_dir: Path) -> dict:
+def wrk_run(
+    *,
+    kind: str,
+    base_url: str,
+    script: Path,
+    connections: int,
+    duration: float,
+    server: GunicornServer,
+    database_url: str,
+    log_dir: Path,
+) -> dict:
     step(f"{kind}: wrk -t1 -c{connections} for {duration:g} s")
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), base_url]
     backends = PostgresBackends(database_url)
@@ -158,11 +167,15 @@ def measure(args, log_dir: Path) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {"health": [], "recommend": [], "latency": []}
     with GunicornServer(env=env, port=args.port, workers=args.workers, log_path=log_dir / "gunicorn.log") as server:
         warm_up(base_url=server.base_url, api_key=api_key, users=facts["users"], version=version)
-        common = dict(base_url=server.base_url, duration=args.duration, server=server, database_url=url, log_dir=log_dir)
+        common = dict(
+            base_url=server.base_url, duration=args.duration, server=server, database_url=url, log_dir=log_dir
+        )
         for number in range(1, args.rounds + 1):
             step(f"round {number} of {args.rounds}")
             runs["health"].append(wrk_run(kind="health", script=health, connections=args.connections, **common))
-            runs["recommend"].append(wrk_run(kind="recommend", script=recommend, connections=args.connections, **common))
+            runs["recommend"].append(
+                wrk_run(kind="recommend", script=recommend, connections=args.connections, **common)
+            )
             runs["latency"].append(wrk_run(kind="latency", script=recommend, connections=2, **common))
     return runs
 
@@ -204,7 +217,7 @@ def main(argv) -> int:
         return 2
     interrupt_on_signals()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-serve-wrk-"))
-    print(f"bench/serve_wrk.py {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; logs in {log_dir}", flush=True)
+    print(f"bench/serve_wrk.py {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; logs in {log_dir}", flush=True)
     runs = measure(args, log_dir)
     lines, ok = report(runs, args)
     print(f"\n=== Serving with wrk -t1, gunicorn --workers {args.workers}, ml-latest-small, {args.rounds} rounds of "

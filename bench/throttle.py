@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsite.settings")
 os.environ.setdefault("SECRET_KEY", "bench")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from _common import BENCH_SECRET_KEY
@@ -77,7 +77,7 @@ def movielens_load(path: Path) -> int:
                 item_id=items[r["movieId"]],
                 event_type="rating",
                 value=float(r["rating"]),
-                timestamp=datetime.fromtimestamp(int(r["timestamp"]), tz=timezone.utc),
+                timestamp=datetime.fromtimestamp(int(r["timestamp"]), tz=UTC),
             )
             for r in rows
         ),
@@ -104,7 +104,7 @@ def synthetic_load(*, users: int, items: int, events: int, seed: int = 7) -> int
     user_pk = np.array(EndUser.objects.order_by("pk").values_list("pk", flat=True))
     activity = rng.pareto(1.5, users) + 1.0
     per_user = np.maximum(3, np.round(activity / activity.sum() * events)).astype(int)
-    start = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()
+    start = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
     types = np.array(["view", "click", "rating", "like", "purchase"])
     written = 0
     batch: list = []
@@ -124,7 +124,7 @@ def synthetic_load(*, users: int, items: int, events: int, seed: int = 7) -> int
                     item_id=int(item_pk[i]),
                     event_type=str(types[kind]),
                     value=float(rating) if kind == 2 else None,
-                    timestamp=datetime.fromtimestamp(float(t), tz=timezone.utc),
+                    timestamp=datetime.fromtimestamp(float(t), tz=UTC),
                 )
             )
         if len(batch) >= 20_000:
@@ -147,8 +147,14 @@ def _has_command(name: str) -> bool:
 
 def _manage(database: str, *args: str) -> None:
     env = dict(os.environ, DATABASE_URL=f"{PG}/{database}")
-    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def dataset_load(name: str, database: str) -> float:
@@ -161,8 +167,20 @@ def dataset_load(name: str, database: str) -> float:
         path = spec.get("path")
         if spec["kind"] == "synthetic":
             path = ROOT / "var" / "bench" / name
-            _manage(database, "generate_synthetic", "--users", str(spec["users"]), "--items", str(spec["items"]),
-                    "--events", str(spec["events"]), "--output", str(path), "--seed", "1")
+            _manage(
+                database,
+                "generate_synthetic",
+                "--users",
+                str(spec["users"]),
+                "--items",
+                str(spec["items"]),
+                "--events",
+                str(spec["events"]),
+                "--output",
+                str(path),
+                "--seed",
+                "1",
+            )
         _manage(database, "import_movielens", str(path))
     else:
         subprocess.run([PYTHON, __file__, "--load-only", name, "--database", database], check=True)
@@ -194,21 +212,29 @@ def report_print(name: str, result: dict, load_s: float) -> None:
     m, base, d = result["metrics"], result["baselines"], result["dataset"]
     cf_name = next(k for k in base if k != "popularity")
     pop, cf = base["popularity"]["ndcg@10"], base[cf_name]["ndcg@10"]
-    print(f"\n## {name}: {d['events']} events, {d['users']} users, {d['items']} items "
-          f"(train {d['train_events']}, holdout {d['holdout_events']}); import {load_s:.0f} s")
+    print(
+        f"\n## {name}: {d['events']} events, {d['users']} users, {d['items']} items "
+        f"(train {d['train_events']}, holdout {d['holdout_events']}); import {load_s:.0f} s"
+    )
     print("| model | NDCG@10 | Recall@10 | Precision@10 | MAP@10 | HitRate@10 | Coverage@10 |")
     print("|---|---|---|---|---|---|---|")
     for label, row in [("LightGBM ranker", m), ("most-popular", base["popularity"]), (cf_name, base[cf_name])]:
-        print(f"| {label} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} | {row['precision@10']:.4f} | "
-              f"{row['map@10']:.4f} | {row['hit_rate@10']:.4f} | {row['coverage@10']:.4f} |")
-    print(f"ranker / most-popular: {_ratio(m['ndcg@10'], pop)}; ranker / {cf_name}: {_ratio(m['ndcg@10'], cf)}; "
-          f"ranker / stronger baseline: {_ratio(m['ndcg@10'], max(pop, cf))}")
+        print(
+            f"| {label} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} | {row['precision@10']:.4f} | "
+            f"{row['map@10']:.4f} | {row['hit_rate@10']:.4f} | {row['coverage@10']:.4f} |"
+        )
+    print(
+        f"ranker / most-popular: {_ratio(m['ndcg@10'], pop)}; ranker / {cf_name}: {_ratio(m['ndcg@10'], cf)}; "
+        f"ranker / stronger baseline: {_ratio(m['ndcg@10'], max(pop, cf))}"
+    )
     print(f"rating model: RMSE {m['rmse']:.4f}  MAE {m['mae']:.4f}  R2 {m['r2']:.4f}")
     for rating_baseline in ("bias", "global_mean"):
         row = base.get(rating_baseline)
         if row and row.get("rmse"):
-            print(f"rating baseline {rating_baseline}: RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  "
-                  f"R2 {row['r2']:.4f} (model's RMSE {m['rmse'] / row['rmse'] - 1:+.1%})")
+            print(
+                f"rating baseline {rating_baseline}: RMSE {row['rmse']:.4f}  MAE {row['mae']:.4f}  "
+                f"R2 {row['r2']:.4f} (model's RMSE {m['rmse'] / row['rmse'] - 1:+.1%})"
+            )
     stages = result["timings_s"]
     peaks = result.get("stage_peak_memory_mb", {})
     print("| stage | seconds | peak RSS so far (MB) |")
@@ -216,8 +242,10 @@ def report_print(name: str, result: dict, load_s: float) -> None:
     for stage, seconds in stages.items():
         print(f"| {stage} | {seconds:.2f} | {peaks.get(stage, float('nan')):.0f} |")
     print(f"| total (stages) | {sum(stages.values()):.2f} | {result['peak_memory_mb']:.0f} |")
-    print(f"`manage.py train` wall time including start-up: {result['wall_s']:.1f} s; "
-          f"peak memory: {result['peak_memory_mb']:.0f} MB")
+    print(
+        f"`manage.py train` wall time including start-up: {result['wall_s']:.1f} s; "
+        f"peak memory: {result['peak_memory_mb']:.0f} MB"
+    )
 
 
 def main() -> None:
@@ -239,8 +267,10 @@ def main() -> None:
             count = synthetic_load(users=spec["users"], items=spec["items"], events=spec["events"])
         print(f"loaded {count} events into {args.database}", file=sys.stderr)
         return
-    print(f"# Training pipeline benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{os.cpu_count()} CPUs, {os.uname().machine}")
+    print(
+        f"# Training pipeline benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} CPUs, {os.uname().machine}"
+    )
     totals = {}
     for name in args.datasets:
         database = f"bench_train_{name.replace('-', '_').lower()}"
@@ -255,8 +285,10 @@ def main() -> None:
             if not args.keep:
                 _psql(f"DROP DATABASE IF EXISTS {database}")
     if {"synthetic-500k", "synthetic-1M"} <= totals.keys():
-        print(f"\ndoubling the events (500k -> 1M) multiplied the time by "
-              f"{totals['synthetic-1M'] / totals['synthetic-500k']:.2f}")
+        print(
+            f"\ndoubling the events (500k -> 1M) multiplied the time by "
+            f"{totals['synthetic-1M'] / totals['synthetic-500k']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
 from recommendations.auth import SCOPES
-from recsite.admin import ReadOnlyAdmin, data_field
 from recommendations.models import ApiKey, EndUser, Interaction, Item, ItemFeatures, UserFeatures
+from recsite.admin import ReadOnlyAdmin, data_field
 
 # The library's own key model is unused (ours, ApiKey, adds scopes): one "API keys" entry, not two.
 admin.site.unregister(APIKey)
@@ -50,8 +50,11 @@ class ItemFeaturesAdmin(ReadOnlyAdmin):
 
 
 class ApiKeyForm(forms.ModelForm):
-    scopes = forms.MultipleChoiceField(choices=[(scope, scope) for scope in SCOPES],
-                                       widget=forms.CheckboxSelectMultiple, help_text="admin includes the others")
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope, scope) for scope in SCOPES],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="admin includes the others",
+    )
 
     class Meta:
         model = ApiKey

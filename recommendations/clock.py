@@ -59,7 +59,8 @@ def replay_clock_check() -> None:
     if not settings.REPLAY_CLOCK_ENABLED:
         raise ApplicationError(
             "The replay clock is off: set REPLAY_CLOCK_ENABLED=1 in the environment of this command and of the "
-            "web, worker and beat processes that should follow the replayed timeline.")
+            "web, worker and beat processes that should follow the replayed timeline."
+        )
 
 
 def clock_set(*, simulated_now: datetime, speed: float) -> SystemClock:

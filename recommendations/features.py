@@ -9,8 +9,9 @@ state *strictly before* each example's time.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Mapping, NamedTuple, TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # numpy is imported lazily: ingestion loads this module without it
     import numpy as np
@@ -286,7 +287,7 @@ def item_state_row(state: ItemState) -> tuple[float, ...]:
     return tuple(math.nan if v is None else float(v) for v in (getattr(state, c) for c in ITEM_STATE_COLUMNS))
 
 
-def item_state_columns(states: Iterable[ItemState]) -> "np.ndarray":
+def item_state_columns(states: Iterable[ItemState]) -> np.ndarray:
     import numpy as np
 
     return np.array([item_state_row(s) for s in states], dtype=np.float64).reshape(-1, len(ITEM_STATE_COLUMNS))
@@ -299,7 +300,7 @@ def _decayed_counts(log_mass, at: float, half_life_days: float):
     return np.where(np.isnan(log_mass), 0.0, counts)
 
 
-def item_features_batch(columns: "np.ndarray", at: float) -> "np.ndarray":
+def item_features_batch(columns: np.ndarray, at: float) -> np.ndarray:
     """item_features for each row of `columns` (ITEM_STATE_COLUMNS), as an [n, len(ITEM_FEATURES)] array."""
     import numpy as np
 
@@ -320,7 +321,7 @@ def item_features_batch(columns: "np.ndarray", at: float) -> "np.ndarray":
         )
 
 
-def category_matrix(item_categories: Iterable[Iterable[str]], names: dict[str, int]) -> "np.ndarray":
+def category_matrix(item_categories: Iterable[Iterable[str]], names: dict[str, int]) -> np.ndarray:
     """Items' categories as a padded [n, max categories] array of indexes into `names` (-1 pads).
 
     `names` maps category -> index and is extended with categories it does not know yet."""
@@ -336,12 +337,12 @@ def category_matrix(item_categories: Iterable[Iterable[str]], names: dict[str, i
 
 def pair_features_batch(
     user: UserState,
-    columns: "np.ndarray",
-    categories: "np.ndarray",
+    columns: np.ndarray,
+    categories: np.ndarray,
     names: dict[str, int],
     at: float,
     category_share: Mapping[str, float],
-) -> "np.ndarray":
+) -> np.ndarray:
     """pair_features for each item: `columns` are their states, `categories` their category_matrix rows."""
     import numpy as np
 

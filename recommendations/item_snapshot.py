@@ -85,8 +85,11 @@ def item_snapshot_build() -> ItemSnapshot:
     """All items and their online features, read now in one query. The catalogue's deactivation count is
     read before it: a deactivation committed in between is then seen twice (harmless), never missed."""
     deactivations = catalog_deactivations()
-    rows = list(Item.objects.order_by("pk").values_list(
-        "pk", "external_id", "active", Cast("categories", TextField()), *_STATE_FIELDS))
+    rows = list(
+        Item.objects.order_by("pk").values_list(
+            "pk", "external_id", "active", Cast("categories", TextField()), *_STATE_FIELDS
+        )
+    )
     columns, has_features = _state_columns([row[4:] for row in rows])
     categories, names = _category_matrix([row[3] for row in rows])
     pks = np.array([row[0] for row in rows], dtype=np.int64)
@@ -128,8 +131,9 @@ def _state_columns(states: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
     return columns, has_features
 
 
-def _trending_order(pks: np.ndarray, active: np.ndarray, columns: np.ndarray, *,
-                    has_features: np.ndarray) -> np.ndarray:
+def _trending_order(
+    pks: np.ndarray, active: np.ndarray, columns: np.ndarray, *, has_features: np.ndarray
+) -> np.ndarray:
     """Decayed distinct users first (items without any last), then all-time distinct users, then all-time
     events, then key. Counting users, not events, so that one client repeating events cannot lead the list."""
     candidates = np.flatnonzero(active & has_features)

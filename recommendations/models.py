@@ -110,10 +110,12 @@ class UserFeatures(models.Model):
 # The one mapping between UserFeatures and features.UserState: the same names, times stored as datetimes and held
 # as UNIX seconds. A serving query that reads the columns itself selects USER_STATE_FIELDS and calls user_state_of.
 USER_STATE_FIELDS = tuple(field.name for field in dataclass_fields(features.UserState))
-_USER_TIME_FIELDS = {name for name in USER_STATE_FIELDS
-                     if isinstance(UserFeatures._meta.get_field(name), models.DateTimeField)}
-_USER_JSON_FIELDS = {name for name in USER_STATE_FIELDS
-                     if isinstance(UserFeatures._meta.get_field(name), models.JSONField)}
+_USER_TIME_FIELDS = {
+    name for name in USER_STATE_FIELDS if isinstance(UserFeatures._meta.get_field(name), models.DateTimeField)
+}
+_USER_JSON_FIELDS = {
+    name for name in USER_STATE_FIELDS if isinstance(UserFeatures._meta.get_field(name), models.JSONField)
+}
 
 
 def user_state_of(*, values: dict) -> features.UserState:
@@ -219,7 +221,8 @@ class ImpressionOutcome(models.Model):
 
     `clicked`/`hit` follow the usual attribution (recommendation_id first, then user, item and time);
     `clicked_by_time`/`hit_by_time` ignore the ids, which a shadow comparison needs for both arms to be
-    attributed alike (set for the lists of an experiment only). `overlap` is, for a shadow list, the share of the shown list's top k it also had."""
+    attributed alike (set for the lists of an experiment only). `overlap` is, for a shadow list, the share of the
+    shown list's top k it also had."""
 
     impression = models.OneToOneField(Impression, on_delete=models.CASCADE, primary_key=True, related_name="outcome")
     user_id = models.BigIntegerField()

@@ -8,7 +8,8 @@ goes to the database, the source of truth. Eviction drops the entries read longe
 
 import threading
 import time
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 from django.db import close_old_connections
 

@@ -24,18 +24,18 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Mapping, Sequence
 
 # LightGBM's OpenMP threads otherwise spin while waiting; on a machine shared with web workers and other
 # jobs that made 2-thread training up to 10x slower than 1 thread. Read when libgomp loads, so set it first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import lightgbm as lgb  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
 
 from recommendations import features
 

@@ -20,7 +20,7 @@ from django.apps import apps
 from django.conf import settings
 
 if TYPE_CHECKING:
-    from recommendations.serving.holders import ItemSnapshotHolder, ModelHolder, Poller
+    pass
 
 VERIFIED_KEYS_MAX = 1000
 KNOWN_ROWS_MAX = 100_000
@@ -31,8 +31,8 @@ class ServingRuntime:
         # Imported here, not at the top: these modules import process_runtime from this one.
         from recommendations.clock import ProcessClock
         from recommendations.process_cache import ProcessCache
-        from recommendations.serving.holders import ItemSnapshotHolder, ModelHolder, Poller
         from recommendations.services.impressions import ImpressionBuffer
+        from recommendations.serving.holders import ItemSnapshotHolder, ModelHolder, Poller
         from recommendations.shadow import ShadowScorer
         from recommendations.throttling import CacheBreaker, LocalCounts
         from recsite.metrics import RuntimeCountersExport

@@ -25,8 +25,8 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -50,7 +50,7 @@ class ShadowScorer:
 
     def __init__(self):
         self.stats: Counter = Counter()
-        self._jobs: "queue.Queue[tuple[float, Callable[[], None]]] | None" = None
+        self._jobs: queue.Queue[tuple[float, Callable[[], None]]] | None = None
         self._thread: threading.Thread | None = None
         self._busy = 0
         self._last_end = 0.0

@@ -124,8 +124,9 @@ class ApiKeyRateThrottle(BaseThrottle):
         self.window = _Window(scope)
         who = f"{scope}:{request.auth.prefix}"
         key = self.window.key(scope, request.auth.prefix)
-        count = process_runtime().throttle_counts.count(who, key, limit=self.window.limit,
-                                                        timeout=self.window.remaining)
+        count = process_runtime().throttle_counts.count(
+            who, key, limit=self.window.limit, timeout=self.window.remaining
+        )
         return count is None or count <= self.window.limit
 
     def wait(self) -> float:

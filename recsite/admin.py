@@ -48,8 +48,10 @@ def data_html(value):
     if isinstance(value, dict):
         if not value:
             return "—"
-        return format_html("<dl class='data'>{}</dl>", format_html_join(
-            "", "<dt>{}</dt><dd>{}</dd>", ((key, data_html(item)) for key, item in value.items())))
+        return format_html(
+            "<dl class='data'>{}</dl>",
+            format_html_join("", "<dt>{}</dt><dd>{}</dd>", ((key, data_html(item)) for key, item in value.items())),
+        )
     if isinstance(value, list):
         if value and all(isinstance(row, dict) for row in value) and len({tuple(row) for row in value}) == 1:
             return table_html(list(value[0]), [[row[key] for key in value[0]] for row in value])
@@ -74,8 +76,11 @@ def data_field(name: str):
 def table_html(header: list, rows: list[list]):
     """A table of `rows` under `header`; every cell through data_html."""
     head = format_html_join("", "<th>{}</th>", ((name,) for name in header))
-    body = format_html_join("", "<tr>{}</tr>", (
-        (format_html_join("", "<td>{}</td>", ((data_html(cell),) for cell in row)),) for row in rows))
+    body = format_html_join(
+        "",
+        "<tr>{}</tr>",
+        ((format_html_join("", "<td>{}</td>", ((data_html(cell),) for cell in row)),) for row in rows),
+    )
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
 
 
@@ -86,20 +91,28 @@ def gate_html(gate: dict):
     if not gate:
         return "—"
     failures = set(gate.get("failures") or [])
-    checks = format_html_join("", "<li>{} {}</li>", (
-        ("✗" if reason in failures else "✓", reason) for reason in gate.get("reasons") or []))
+    checks = format_html_join(
+        "", "<li>{} {}</li>", (("✗" if reason in failures else "✓", reason) for reason in gate.get("reasons") or [])
+    )
     numbers = dict(gate.get("numbers") or {})
-    scored = {name: numbers.pop(name) for name in ("candidate", "champion", "popularity", "rating_bias")
-              if numbers.get(name)}
+    scored = {
+        name: numbers.pop(name) for name in ("candidate", "champion", "popularity", "rating_bias") if numbers.get(name)
+    }
     segments = numbers.pop("segments", None)
     metrics = sorted({key for values in scored.values() for key in values})
     rest = {key: value for key, value in gate.items() if key not in {"passed", "reasons", "failures", "numbers"}}
     return format_html(
-        "<p><strong>{}</strong></p><ul>{}</ul>{}{}{}", "Passed: the candidate may replace the champion."
-        if gate.get("passed") else "Refused: the candidate may not replace the champion.", checks,
+        "<p><strong>{}</strong></p><ul>{}</ul>{}{}{}",
+        "Passed: the candidate may replace the champion."
+        if gate.get("passed")
+        else "Refused: the candidate may not replace the champion.",
+        checks,
         table_html(["metric", *scored], [[key, *(values.get(key) for values in scored.values())] for key in metrics])
-        if scored else "", segments_html(segments) if segments else "",
-        data_html({**numbers, **rest}) if numbers or rest else "")
+        if scored
+        else "",
+        segments_html(segments) if segments else "",
+        data_html({**numbers, **rest}) if numbers or rest else "",
+    )
 
 
 SEGMENT_MODELS = ("candidate", "champion", "ranker", "popularity", "ease")
@@ -113,11 +126,20 @@ def segments_html(segments: dict):
     models = [name for name in SEGMENT_MODELS if any(name in row for _, row in rows)]
     checked = any("ndcg_difference" in row for _, row in rows)
     header = ["segment", "training events", "users", *(f"{name} NDCG / Recall / HitRate @10" for name in models)]
-    body = [[name, row.get("training_events"), row.get("users"),
-             *(_segment_cell(row.get(model)) for model in models), *([_difference_cell(row)] if checked else [])]
-            for name, row in rows]
-    return format_html("<p>By user segment (training events before the holdout):</p>{}",
-                       table_html([*header, *(["ΔNDCG@10 95% CI"] if checked else [])], body))
+    body = [
+        [
+            name,
+            row.get("training_events"),
+            row.get("users"),
+            *(_segment_cell(row.get(model)) for model in models),
+            *([_difference_cell(row)] if checked else []),
+        ]
+        for name, row in rows
+    ]
+    return format_html(
+        "<p>By user segment (training events before the holdout):</p>{}",
+        table_html([*header, *(["ΔNDCG@10 95% CI"] if checked else [])], body),
+    )
 
 
 def _segment_cell(metrics: dict | None) -> str:
@@ -133,4 +155,3 @@ def _difference_cell(row: dict) -> str:
     if "ci95_low" not in difference:
         return "—"
     return f"[{difference['ci95_low']:+.4f}, {difference['ci95_high']:+.4f}]"
-

@@ -63,5 +63,8 @@ def _task_counted(task=None, state=None, **kwargs):
     from recsite.metrics import celery_task_count
 
     started = getattr(task.request, "metrics_started", None)
-    celery_task_count(task=task.name, outcome=(state or "unknown").lower(),
-                      seconds=None if started is None else time.perf_counter() - started)
+    celery_task_count(
+        task=task.name,
+        outcome=(state or "unknown").lower(),
+        seconds=None if started is None else time.perf_counter() - started,
+    )

@@ -121,6 +121,7 @@ def _server_error(request, exc: BaseException | None) -> tuple[int, dict]:
 
 # Django's error handlers (recsite/urls.py), for what fails outside DRF: JSON on /api/ paths, Django's pages elsewhere.
 
+
 def _json_on_api_paths(default_view, code: str, message: str, status_code: int):
     def handler(request, exception):
         if not request.path_info.startswith(API_PREFIX):
@@ -140,4 +141,3 @@ def server_error(request):
         return defaults.server_error(request)
     status_code, body = _server_error(request, sys.exc_info()[1])  # Django calls this inside its `except`
     return JsonResponse(body, status=status_code)
-

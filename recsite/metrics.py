@@ -27,56 +27,85 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 TRAINING_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
 HTTP_REQUEST_DURATION = Histogram(
-    "recsite_http_request_duration_seconds", "Time to answer a request, by URL pattern (never the raw path).",
-    ["route", "method", "status"], buckets=LATENCY_BUCKETS)
+    "recsite_http_request_duration_seconds",
+    "Time to answer a request, by URL pattern (never the raw path).",
+    ["route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
 RECOMMENDATIONS_SERVED = Counter(
-    "recsite_recommendations_served", "Recommendation lists served.", ["version", "arm", "strategy"])
+    "recsite_recommendations_served", "Recommendation lists served.", ["version", "arm", "strategy"]
+)
 RECOMMENDATION_FALLBACKS = Counter(
-    "recsite_recommendation_fallbacks", "Lists not ranked by the routed model, by why.", ["reason"])
+    "recsite_recommendation_fallbacks", "Lists not ranked by the routed model, by why.", ["reason"]
+)
 SCORING_DURATION = Histogram(
-    "recsite_scoring_duration_seconds", "Time to rank one list with a model (live request or shadow).",
-    ["kind"], buckets=SCORING_BUCKETS)
+    "recsite_scoring_duration_seconds",
+    "Time to rank one list with a model (live request or shadow).",
+    ["kind"],
+    buckets=SCORING_BUCKETS,
+)
 EVENTS = Counter("recsite_events", "Events received, by type and outcome.", ["event_type", "outcome"])
 INGEST_BATCH_SIZE = Histogram(
-    "recsite_ingest_batch_size", "Records per ingestion request.", ["kind"], buckets=BATCH_BUCKETS)
+    "recsite_ingest_batch_size", "Records per ingestion request.", ["kind"], buckets=BATCH_BUCKETS
+)
 
 # A web process's runtime counters (ServingRuntime.counters), copied by RuntimeCountersExport.
 MODEL_LOADS = Counter("recsite_model_loads", "Model versions this process loaded.")
 MODEL_LOAD_FAILURES = Counter("recsite_model_load_failures", "Model versions this process failed to load.")
 ITEM_SNAPSHOT_REBUILD_FAILURES = Counter(
-    "recsite_item_snapshot_rebuild_failures", "Item snapshot rebuilds that failed (the old one kept serving).")
+    "recsite_item_snapshot_rebuild_failures", "Item snapshot rebuilds that failed (the old one kept serving)."
+)
 IMPRESSIONS_WRITTEN = Counter("recsite_impressions_written", "Impressions written to the database.")
 IMPRESSIONS_DROPPED = Counter(
-    "recsite_impressions_dropped", "Impressions given up (the buffer overflowed while flushes failed).")
+    "recsite_impressions_dropped", "Impressions given up (the buffer overflowed while flushes failed)."
+)
 IMPRESSION_FLUSH_FAILURES = Counter("recsite_impression_flush_failures", "Impression flushes that failed.")
 SHADOW_JOBS = Counter(
-    "recsite_shadow_jobs", "Shadow scoring jobs by outcome: submitted, completed (scored), dropped_* (shed), "
-    "preempted, failed.", ["outcome"])
+    "recsite_shadow_jobs",
+    "Shadow scoring jobs by outcome: submitted, completed (scored), dropped_* (shed), preempted, failed.",
+    ["outcome"],
+)
 IMPRESSIONS_BUFFERED = Gauge(
-    "recsite_impressions_buffered", "Impressions waiting for the next flush.", multiprocess_mode="livesum")
+    "recsite_impressions_buffered", "Impressions waiting for the next flush.", multiprocess_mode="livesum"
+)
 SERVING_VERSION = Gauge(
-    "recsite_serving_model_version", "The version each live web process serves, per alias (0: none; one series per pid).",
-    ["alias"], multiprocess_mode="liveall")
+    "recsite_serving_model_version",
+    "The version each live web process serves, per alias (0: none; one series per pid).",
+    ["alias"],
+    multiprocess_mode="liveall",
+)
 ITEM_SNAPSHOT_AGE = Gauge(
-    "recsite_item_snapshot_age_seconds", "Age of the oldest item snapshot a live process serves from.",
-    multiprocess_mode="livemax")
+    "recsite_item_snapshot_age_seconds",
+    "Age of the oldest item snapshot a live process serves from.",
+    multiprocess_mode="livemax",
+)
 PROCESS_CACHE_ENTRIES = Gauge(
-    "recsite_process_cache_entries", "Entries in the process caches, summed over live processes.", ["cache"],
-    multiprocess_mode="livesum")
+    "recsite_process_cache_entries",
+    "Entries in the process caches, summed over live processes.",
+    ["cache"],
+    multiprocess_mode="livesum",
+)
 THROTTLE_CACHE_OPEN = Gauge(
-    "recsite_throttle_cache_open", "1 while a live process's throttle ignores an unanswering cache.",
-    multiprocess_mode="livemax")
+    "recsite_throttle_cache_open",
+    "1 while a live process's throttle ignores an unanswering cache.",
+    multiprocess_mode="livemax",
+)
 
 # Celery workers.
 CELERY_TASKS = Counter("recsite_celery_tasks", "Celery tasks finished, by name and outcome.", ["task", "outcome"])
 CELERY_TASK_DURATION = Histogram(
-    "recsite_celery_task_duration_seconds", "Celery task run time.", ["task"], buckets=TRAINING_BUCKETS)
+    "recsite_celery_task_duration_seconds", "Celery task run time.", ["task"], buckets=TRAINING_BUCKETS
+)
 TRAINING_DURATION = Histogram(
-    "recsite_training_duration_seconds", "Training time of a run (all stages up to registration).",
-    buckets=TRAINING_BUCKETS)
+    "recsite_training_duration_seconds",
+    "Training time of a run (all stages up to registration).",
+    buckets=TRAINING_BUCKETS,
+)
 TRAINING_PEAK_MEMORY = Gauge(
-    "recsite_training_peak_memory_bytes", "Peak resident memory of the latest training run's process.",
-    multiprocess_mode="mostrecent")
+    "recsite_training_peak_memory_bytes",
+    "Peak resident memory of the latest training run's process.",
+    multiprocess_mode="mostrecent",
+)
 
 
 def multiprocess_dir() -> str | None:
@@ -143,8 +172,17 @@ _RUNTIME_COUNTERS = {
 }
 _CACHES = ("verified_keys_cached", "known_users_cached", "known_items_cached")
 # Every key of ServingRuntime.counters() this module exports (shadow_* by prefix), checked by the tests.
-RUNTIME_KEYS_EXPORTED = frozenset({*_RUNTIME_COUNTERS, *_CACHES, "impressions_buffered", "champion_version",
-                                   "challenger_version", "item_snapshot_age_seconds", "throttle_cache_open"})
+RUNTIME_KEYS_EXPORTED = frozenset(
+    {
+        *_RUNTIME_COUNTERS,
+        *_CACHES,
+        "impressions_buffered",
+        "champion_version",
+        "challenger_version",
+        "item_snapshot_age_seconds",
+        "throttle_cache_open",
+    }
+)
 
 
 class RuntimeCountersExport:

@@ -20,31 +20,45 @@ logger = logging.getLogger(__name__)
 
 def _families() -> dict[str, Metric]:
     return {
-        "runs": CounterMetricFamily("recsite_training_runs", "Finished training runs, by trigger and outcome.",
-                                    labels=["trigger", "outcome"]),
-        "queue": GaugeMetricFamily("recsite_training_runs_in_flight",
-                                   "Training runs in flight by status (queued: the training queue's depth; at most "
-                                   "one run is in flight).", labels=["status"]),
-        "triggers": CounterMetricFamily("recsite_triggers_fired", "Trigger checks that fired, by trigger kind.",
-                                        labels=["kind"]),
-        "version": GaugeMetricFamily("recsite_deployed_model_version",
-                                     "The version each deployment pointer names (0: none).", labels=["alias"]),
-        "size": GaugeMetricFamily("recsite_model_size_bytes", "Artifact size of the deployed versions.",
-                                  labels=["alias"]),
-        "duration": GaugeMetricFamily("recsite_model_training_seconds", "Training time of the deployed versions.",
-                                      labels=["alias"]),
-        "gate": GaugeMetricFamily("recsite_champion_metric",
-                                  "The champion's offline metrics on its holdout (what the gate compared).",
-                                  labels=["metric"]),
-        "baseline": GaugeMetricFamily("recsite_champion_baseline_metric",
-                                      "The baselines' offline metrics on the champion's holdout.",
-                                      labels=["baseline", "metric"]),
-        "psi": GaugeMetricFamily("recsite_drift_psi", "PSI per feature of the latest drift report.",
-                                 labels=["feature"]),
-        "drift_share": GaugeMetricFamily("recsite_drift_drifted_share",
-                                         "Share of drifted features in the latest drift report."),
-        "drift_at": GaugeMetricFamily("recsite_drift_report_timestamp_seconds",
-                                      "When the latest drift report was made (Unix time)."),
+        "runs": CounterMetricFamily(
+            "recsite_training_runs", "Finished training runs, by trigger and outcome.", labels=["trigger", "outcome"]
+        ),
+        "queue": GaugeMetricFamily(
+            "recsite_training_runs_in_flight",
+            "Training runs in flight by status (queued: the training queue's depth; at most one run is in flight).",
+            labels=["status"],
+        ),
+        "triggers": CounterMetricFamily(
+            "recsite_triggers_fired", "Trigger checks that fired, by trigger kind.", labels=["kind"]
+        ),
+        "version": GaugeMetricFamily(
+            "recsite_deployed_model_version", "The version each deployment pointer names (0: none).", labels=["alias"]
+        ),
+        "size": GaugeMetricFamily(
+            "recsite_model_size_bytes", "Artifact size of the deployed versions.", labels=["alias"]
+        ),
+        "duration": GaugeMetricFamily(
+            "recsite_model_training_seconds", "Training time of the deployed versions.", labels=["alias"]
+        ),
+        "gate": GaugeMetricFamily(
+            "recsite_champion_metric",
+            "The champion's offline metrics on its holdout (what the gate compared).",
+            labels=["metric"],
+        ),
+        "baseline": GaugeMetricFamily(
+            "recsite_champion_baseline_metric",
+            "The baselines' offline metrics on the champion's holdout.",
+            labels=["baseline", "metric"],
+        ),
+        "psi": GaugeMetricFamily(
+            "recsite_drift_psi", "PSI per feature of the latest drift report.", labels=["feature"]
+        ),
+        "drift_share": GaugeMetricFamily(
+            "recsite_drift_drifted_share", "Share of drifted features in the latest drift report."
+        ),
+        "drift_at": GaugeMetricFamily(
+            "recsite_drift_report_timestamp_seconds", "When the latest drift report was made (Unix time)."
+        ),
     }
 
 
@@ -76,8 +90,9 @@ def database_metrics_exposition() -> bytes:
 
 
 def _up(value: int) -> GaugeMetricFamily:
-    return GaugeMetricFamily("recsite_database_metrics_up", "1 when the database figures were read for this scrape.",
-                             value=value)
+    return GaugeMetricFamily(
+        "recsite_database_metrics_up", "1 when the database figures were read for this scrape.", value=value
+    )
 
 
 def _runs(families: dict[str, Metric]) -> None:

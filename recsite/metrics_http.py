@@ -26,12 +26,16 @@ from recsite.metrics_db import database_metrics_exposition
 
 def metrics_view(request):
     if request.method not in ("GET", "HEAD"):
-        response = JsonResponse(error_body("method_not_allowed", f"Method {request.method} is not allowed."), status=405)
+        response = JsonResponse(
+            error_body("method_not_allowed", f"Method {request.method} is not allowed."), status=405
+        )
         response["Allow"] = "GET, HEAD"
         return response
     if not metrics_access_allowed(request):
-        message = ("Metrics are readable with the bearer token METRICS_TOKEN or from METRICS_ALLOWED_NETWORKS; "
-                   "this request has neither.")
+        message = (
+            "Metrics are readable with the bearer token METRICS_TOKEN or from METRICS_ALLOWED_NETWORKS; "
+            "this request has neither."
+        )
         return JsonResponse(error_body("forbidden", message), status=403)
     process_runtime().metrics.refresh()  # this process's runtime counters as of now
     body = metrics.process_metrics_exposition() + database_metrics_exposition()
@@ -65,7 +69,8 @@ class RequestMetricsMiddleware:
         response = self.get_response(request)
         method = request.method if request.method in self.METHODS else "other"
         metrics.HTTP_REQUEST_DURATION.labels(_route_of(request), method, str(response.status_code)).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         return response
 
 

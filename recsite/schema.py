@@ -17,7 +17,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
             "in": "header",
             "name": "Authorization",
             "description": "`Authorization: Api-Key <key>`. A key carries scopes (`ingest`, `serve`, `admin`; "
-                           "`admin` includes the others); an endpoint needs one of them.",
+            "`admin` includes the others); an endpoint needs one of them.",
         }
 
 

@@ -151,7 +151,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "recsite.admin.login_client_ip"  # the client behind the TLS proxy, not the proxy
-if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME <= timedelta(0):
+if AXES_FAILURE_LIMIT < 1 or timedelta(0) >= AXES_COOLOFF_TIME:
     raise ImproperlyConfigured("AXES_FAILURE_LIMIT must be >= 1 and AXES_COOLOFF_MINUTES positive")
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -246,22 +246,26 @@ TRAINING_RECONCILE_SECONDS = env.float("TRAINING_RECONCILE_SECONDS", default=15.
 TRAINING_SOFT_TIME_LIMIT = env.int("TRAINING_SOFT_TIME_LIMIT", default=3 * 3600)
 TRAINING_TIME_LIMIT = env.int("TRAINING_TIME_LIMIT", default=TRAINING_SOFT_TIME_LIMIT + 600)
 if not 0 < 3 * TRAINING_HEARTBEAT_SECONDS <= TRAINING_LEASE_SECONDS:
-    raise ImproperlyConfigured("TRAINING_HEARTBEAT_SECONDS must be positive and at most a third of "
-                               "TRAINING_LEASE_SECONDS")
+    raise ImproperlyConfigured(
+        "TRAINING_HEARTBEAT_SECONDS must be positive and at most a third of TRAINING_LEASE_SECONDS"
+    )
 if TRAINING_RECONCILE_SECONDS <= 0:
     raise ImproperlyConfigured("TRAINING_RECONCILE_SECONDS must be positive")
 _visibility = CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", float("inf"))
 if not 0 < TRAINING_SOFT_TIME_LIMIT < TRAINING_TIME_LIMIT < _visibility:
-    raise ImproperlyConfigured(f"Training time limits must satisfy 0 < TRAINING_SOFT_TIME_LIMIT "
-                               f"({TRAINING_SOFT_TIME_LIMIT}) < TRAINING_TIME_LIMIT ({TRAINING_TIME_LIMIT}) < "
-                               f"the broker's visibility timeout ({_visibility})")
+    raise ImproperlyConfigured(
+        f"Training time limits must satisfy 0 < TRAINING_SOFT_TIME_LIMIT "
+        f"({TRAINING_SOFT_TIME_LIMIT}) < TRAINING_TIME_LIMIT ({TRAINING_TIME_LIMIT}) < "
+        f"the broker's visibility timeout ({_visibility})"
+    )
 
 # --- Training on a Dask cluster (retraining/ml/distributed.py): unset, training runs in the worker's process ---
 # e.g. tcp://dask-scheduler:8786 (README "Training on a Dask cluster").
 DASK_SCHEDULER_ADDRESS = env.str("DASK_SCHEDULER_ADDRESS", default="")
 if DASK_SCHEDULER_ADDRESS and "://" not in DASK_SCHEDULER_ADDRESS:
-    raise ImproperlyConfigured(f"DASK_SCHEDULER_ADDRESS must be a URL such as tcp://host:8786, got "
-                               f"{DASK_SCHEDULER_ADDRESS!r}")
+    raise ImproperlyConfigured(
+        f"DASK_SCHEDULER_ADDRESS must be a URL such as tcp://host:8786, got {DASK_SCHEDULER_ADDRESS!r}"
+    )
 
 # --- The product's own settings -----------------------------------------------------------------
 RATING_MIN = env.float("RATING_MIN", default=0.5)
@@ -356,8 +360,11 @@ if MLFLOW_TRACKING_URI and not (MLFLOW_EXPERIMENT_NAME.strip() and MLFLOW_REGIST
     raise ImproperlyConfigured("MLFLOW_EXPERIMENT_NAME and MLFLOW_REGISTERED_MODEL must not be blank")
 # MLflow's client reads these from the environment. Its own defaults (120 s a request, 7 retries with exponential
 # backoff) would hold a mirror for many minutes against a dead server; these bound one call to seconds.
-for _name, _default, _least in (("MLFLOW_HTTP_REQUEST_TIMEOUT", 5, 1), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2, 0),
-                                ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1, 0)):
+for _name, _default, _least in (
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", 5, 1),
+    ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2, 0),
+    ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1, 0),
+):
     _value = env.int(_name, default=_default)
     if _value < _least:
         raise ImproperlyConfigured(f"{_name} must be an integer >= {_least}, got {_value}")
@@ -425,7 +432,8 @@ def _networks(name: str, default: list[str]) -> list:
 
 
 METRICS_ALLOWED_NETWORKS = _networks(
-    "METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"] if DEBUG or not _HTTPS else [])
+    "METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"] if DEBUG or not _HTTPS else []
+)
 
 LOGGING = {
     "version": 1,

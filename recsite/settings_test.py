@@ -5,4 +5,4 @@ import os
 
 os.environ["SECRET_KEY"] = os.environ.get("SECRET_KEY") or "test-only-secret-key-never-used-outside-the-test-suite"
 
-from recsite.settings import *  # noqa: E402,F403
+from recsite.settings import *  # noqa: F403

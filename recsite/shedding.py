@@ -28,8 +28,11 @@ class LoadSheddingMiddleware:
         if waited <= settings.SHED_QUEUE_SECONDS:
             return self.get_response(request)
         message = f"The service is overloaded (this request waited {waited:.2f} s for a worker); retry later."
-        response = JsonResponse({"error": "overloaded", "message": message, "errors": []}, status=503,
-                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        response = JsonResponse(
+            {"error": "overloaded", "message": message, "errors": []},
+            status=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
         # Not logged by Django as an error, one line per refused request, just when the process has least time
         # for it: gunicorn's access log records each 503.
         response._has_been_logged = True

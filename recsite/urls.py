@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from retraining.admin_dashboard import dashboard_urls
 from recsite.metrics_http import metrics_view
+from retraining.admin_dashboard import dashboard_urls
 
 urlpatterns = [
     path("admin/dashboard/", include(dashboard_urls())),  # before the admin's own catch-all

@@ -9,8 +9,8 @@ from recsite.errors import ApplicationError
 from recsite.formatting import duration, number, size
 from registry.models import Deployment, DeploymentChange, ModelStatus, ModelVersion
 from registry.selectors import champion_version
-from registry.services import PROMOTABLE as _PROMOTABLE, model_version_promote, model_version_rollback
-
+from registry.services import PROMOTABLE as _PROMOTABLE
+from registry.services import model_version_promote, model_version_rollback
 
 PROMOTE = "registry.promote_modelversion"
 ROLLBACK = "registry.rollback_modelversion"
@@ -26,14 +26,38 @@ def _metric(key):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(ReadOnlyAdmin):
-    list_display = ["label", "status", "created_at", "trigger_reason", _metric("ndcg@10"), _metric("recall@10"),
-                    _metric("map@10"), _metric("rmse"), _metric("mae"), _metric("r2")]
+    list_display = [
+        "label",
+        "status",
+        "created_at",
+        "trigger_reason",
+        _metric("ndcg@10"),
+        _metric("recall@10"),
+        _metric("map@10"),
+        _metric("rmse"),
+        _metric("mae"),
+        _metric("r2"),
+    ]
     list_filter = ["status", "trigger_reason"]
     ordering = ["-version"]
-    readonly_fields = ["version", "status", "created_at", "training_window_start", "training_window_end",
-                       "trigger_reason", "training_run", "training_duration", "artifact_path", "artifact_size_shown",
-                       "artifact_sha256", "metrics_table", "gate_decision", data_field("dataset_stats"),
-                       data_field("parameters"), data_field("manifest")]
+    readonly_fields = [
+        "version",
+        "status",
+        "created_at",
+        "training_window_start",
+        "training_window_end",
+        "trigger_reason",
+        "training_run",
+        "training_duration",
+        "artifact_path",
+        "artifact_size_shown",
+        "artifact_sha256",
+        "metrics_table",
+        "gate_decision",
+        data_field("dataset_stats"),
+        data_field("parameters"),
+        data_field("manifest"),
+    ]
     fields = readonly_fields
     change_form_template = "admin/registry/modelversion/change_form.html"
 
@@ -63,7 +87,19 @@ class ModelVersionAdmin(ReadOnlyAdmin):
         return table_html(["metric", "model", *baselines], rows)
 
     def get_urls(self):
-        return [path("<int:pk>/promote/", admin_action_view(self.admin_site, self.promote_view, permission=PROMOTE), name="registry_modelversion_promote"), path("<int:pk>/rollback/", admin_action_view(self.admin_site, self.rollback_view, permission=ROLLBACK), name="registry_modelversion_rollback"), *super().get_urls()]
+        return [
+            path(
+                "<int:pk>/promote/",
+                admin_action_view(self.admin_site, self.promote_view, permission=PROMOTE),
+                name="registry_modelversion_promote",
+            ),
+            path(
+                "<int:pk>/rollback/",
+                admin_action_view(self.admin_site, self.rollback_view, permission=ROLLBACK),
+                name="registry_modelversion_rollback",
+            ),
+            *super().get_urls(),
+        ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, object_id)
@@ -74,7 +110,9 @@ class ModelVersionAdmin(ReadOnlyAdmin):
             "champion": champion,
             "rejection_reasons": _rejection_reasons(obj),
             "can_promote": servable and request.user.has_perm(PROMOTE),
-            "can_roll_back": servable and champion is not None and obj.version < champion.version
+            "can_roll_back": servable
+            and champion is not None
+            and obj.version < champion.version
             and request.user.has_perm(ROLLBACK),
         }
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})

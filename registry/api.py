@@ -22,9 +22,21 @@ class ModelVersionOutput(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = [
-            "version", "label", "status", "created_at", "training_window_start", "training_window_end",
-            "trigger_reason", "dataset_stats", "parameters", "metrics", "baseline_metrics", "artifact_size",
-            "artifact_sha256", "training_duration_s", "training_run_id",
+            "version",
+            "label",
+            "status",
+            "created_at",
+            "training_window_start",
+            "training_window_end",
+            "trigger_reason",
+            "dataset_stats",
+            "parameters",
+            "metrics",
+            "baseline_metrics",
+            "artifact_size",
+            "artifact_sha256",
+            "training_duration_s",
+            "training_run_id",
         ]
 
 
@@ -49,8 +61,10 @@ class _ChangeInput(StrictSerializer):
 
 # A pointer change's failures beyond bad input (the views document them; recsite.schema gives them the error body).
 CHANGE_FAILURES = {
-    409: OpenApiResponse(description="Another change of the champion won (or `expected_current` did not match); "
-                                     "the body's `current_version` is the champion now."),
+    409: OpenApiResponse(
+        description="Another change of the champion won (or `expected_current` did not match); "
+        "the body's `current_version` is the champion now."
+    ),
     422: OpenApiResponse(description="The version's artifact does not load or fails its checksum; nothing changed."),
 }
 
@@ -77,12 +91,17 @@ class ModelPromoteApi(APIView):
     class InputSerializer(_ChangeInput):
         pass
 
-    @extend_schema(request=InputSerializer, responses={200: DeploymentChangeOutput, **CHANGE_FAILURES},
-                   summary="Make a version the champion")
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: DeploymentChangeOutput, **CHANGE_FAILURES},
+        summary="Make a version the champion",
+    )
     def post(self, request, version: int):
         data = validated(self.InputSerializer, request.data)
         change = model_version_promote(
-            version=version, actor=actor_of(request), reason=data["reason"],
+            version=version,
+            actor=actor_of(request),
+            reason=data["reason"],
             expected_current=data.get("expected_current", UNSET),
         )
         return Response(DeploymentChangeOutput(change).data)
@@ -94,15 +113,21 @@ class ModelRollbackApi(APIView):
     class InputSerializer(_ChangeInput):
         version = StrictIntegerField(required=False, allow_null=True, min_value=1)
 
-    @extend_schema(request=InputSerializer, responses={
-        200: DeploymentChangeOutput,
-        404: OpenApiResponse(description="No such version, or no earlier champion to return to."),
-        **CHANGE_FAILURES,
-    }, summary="Return to the previous (or a named) champion")
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: DeploymentChangeOutput,
+            404: OpenApiResponse(description="No such version, or no earlier champion to return to."),
+            **CHANGE_FAILURES,
+        },
+        summary="Return to the previous (or a named) champion",
+    )
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
         change = model_version_rollback(
-            actor=actor_of(request), reason=data["reason"], version=data.get("version"),
+            actor=actor_of(request),
+            reason=data["reason"],
+            version=data.get("version"),
             expected_current=data.get("expected_current", UNSET),
         )
         return Response(DeploymentChangeOutput(change).data)
@@ -127,9 +152,17 @@ class ModelCompareApi(APIView):
 
     @extend_schema(
         parameters=[QuerySerializer],
-        responses={200: inline_serializer("ModelComparison", fields={
-            "a": serializers.IntegerField(), "b": serializers.IntegerField(), "metrics": MetricSerializer(many=True),
-        }), 404: OpenApiResponse(description="No such version.")},
+        responses={
+            200: inline_serializer(
+                "ModelComparison",
+                fields={
+                    "a": serializers.IntegerField(),
+                    "b": serializers.IntegerField(),
+                    "metrics": MetricSerializer(many=True),
+                },
+            ),
+            404: OpenApiResponse(description="No such version."),
+        },
         summary="Two versions side by side on the same metrics",
     )
     def get(self, request):

@@ -180,7 +180,7 @@ def _cache_write(path: Path, data: bytes) -> None:
     finally:
         temporary.unlink(missing_ok=True)
     copies = sorted(path.parent.glob("*.tar"), key=_mtime, reverse=True)
-    for stale in copies[settings.ARTIFACT_CACHE_KEEP:]:
+    for stale in copies[settings.ARTIFACT_CACHE_KEEP :]:
         stale.unlink(missing_ok=True)
 
 

@@ -44,8 +44,10 @@ class ModelVersion(models.Model):
             models.UniqueConstraint(fields=["status"], condition=Q(status="active"), name="one_active_version"),
         ]
         # Changing what is served is not plain CRUD: the admin's pointer views each need their own permission.
-        permissions = [("promote_modelversion", "Can promote a model version to champion"),
-                       ("rollback_modelversion", "Can roll the champion back to an earlier version")]
+        permissions = [
+            ("promote_modelversion", "Can promote a model version to champion"),
+            ("rollback_modelversion", "Can roll the champion back to an earlier version"),
+        ]
 
     def __str__(self):
         return f"v{self.version}"
@@ -168,8 +170,14 @@ class Experiment(models.Model):
         STOPPED = "stopped"
 
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="experiments")
-    champion = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
-                                 help_text="the champion when the experiment started")
+    champion = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="the champion when the experiment started",
+    )
     mode = models.CharField(max_length=8, choices=DeploymentMode.choices)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING, db_index=True)
     traffic_percent = models.PositiveSmallIntegerField(default=0)
@@ -186,8 +194,10 @@ class Experiment(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        permissions = [("start_experiment", "Can start an experiment"),
-                       ("stop_experiment", "Can stop an experiment (and reject its challenger)")]
+        permissions = [
+            ("start_experiment", "Can start an experiment"),
+            ("stop_experiment", "Can stop an experiment (and reject its challenger)"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["status"], condition=Q(status="running"), name="one_running_experiment"),
             models.CheckConstraint(condition=Q(traffic_percent__lte=100), name="experiment_traffic_at_most_100"),

@@ -38,13 +38,20 @@ class ServingPointers:
 
 def serving_pointers() -> ServingPointers:
     """Both pointers in one indexed query (what web workers poll)."""
-    rows = {alias: rest for alias, *rest in Deployment.objects.values_list("alias", "version__version", "mode", "traffic_percent", "experiment_id")}
+    rows = {
+        alias: rest
+        for alias, *rest in Deployment.objects.values_list(
+            "alias", "version__version", "mode", "traffic_percent", "experiment_id"
+        )
+    }
     champion = rows.get(Alias.CHAMPION, [None])[0]
     challenger = rows.get(Alias.CHALLENGER)
     if not challenger or challenger[0] is None:
         return ServingPointers(champion=champion)
     version, mode, traffic, experiment_id = challenger
-    return ServingPointers(champion=champion, challenger=version, mode=mode, traffic_percent=traffic, experiment_id=experiment_id)
+    return ServingPointers(
+        champion=champion, challenger=version, mode=mode, traffic_percent=traffic, experiment_id=experiment_id
+    )
 
 
 def running_experiment(*, lock: bool = False) -> Experiment | None:
@@ -59,8 +66,16 @@ def model_versions_compare(*, a: ModelVersion, b: ModelVersion) -> list[dict]:
     rows = []
     for key, label, higher_is_better in COMPARED_METRICS:
         left, right = a.metrics.get(key), b.metrics.get(key)
-        row = {"metric": key, "label": label, "higher_is_better": higher_is_better, "a": left, "b": right,
-               "delta": None, "relative_change": None, "better": None}
+        row = {
+            "metric": key,
+            "label": label,
+            "higher_is_better": higher_is_better,
+            "a": left,
+            "b": right,
+            "delta": None,
+            "relative_change": None,
+            "better": None,
+        }
         if left is not None and right is not None:
             row["delta"] = right - left
             row["relative_change"] = (right - left) / abs(left) if left else None
@@ -72,8 +87,10 @@ def model_versions_compare(*, a: ModelVersion, b: ModelVersion) -> list[dict]:
 def model_history_markdown() -> str:
     """The version history as a Markdown table, newest first, the active version marked. The rating baselines
     (user + item biases, global mean) are each version's own, on its holdout's ratings, beside its RMSE."""
-    header = ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
-              "| NDCG@10 | Candidate recall@100 | Status |")
+    header = (
+        "| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
+        "| NDCG@10 | Candidate recall@100 | Status |"
+    )
     lines = [header, "|" + "---|" * 12]
     for version in ModelVersion.objects.order_by("-version"):
         baselines = version.baseline_metrics or {}

@@ -22,8 +22,16 @@ from django.utils.module_loading import import_string
 from recsite.errors import ApplicationError, ConflictError, NotFoundError
 from registry.artifacts import MANIFEST_FILE, ArtifactError, artifact_read, artifact_store
 from registry.models import (
-    AB_TRAFFIC_PERCENT, SHADOW_TRAFFIC_PERCENT, Alias, Deployment, DeploymentChange, DeploymentMode, Experiment,
-    ModelStatus, ModelVersion, challenger_input_error,
+    AB_TRAFFIC_PERCENT,
+    SHADOW_TRAFFIC_PERCENT,
+    Alias,
+    Deployment,
+    DeploymentChange,
+    DeploymentMode,
+    Experiment,
+    ModelStatus,
+    ModelVersion,
+    challenger_input_error,
 )
 from registry.selectors import champion_version, running_experiment
 
@@ -48,7 +56,9 @@ class VersionInput:
     compiled_checksums: dict = field(default_factory=dict)  # from a compile of this very model (ranker_precompile)
 
 
-def model_version_register(*, artifact_dir: Path, data: VersionInput, status: str = ModelStatus.CANDIDATE) -> ModelVersion:
+def model_version_register(
+    *, artifact_dir: Path, data: VersionInput, status: str = ModelStatus.CANDIDATE
+) -> ModelVersion:
     """Store the artifact immutably and create the next version number for it (safe under concurrency:
     the number is unique in the database and a collision is retried)."""
     for _ in range(10):
@@ -94,8 +104,14 @@ def model_version_verify(*, version: ModelVersion, refused: str, alias: str, act
         loading = f"its models do not load ({type(exc).__name__}: {exc})"
         problem = exc.message if isinstance(exc, ArtifactError) else loading
         message = f"{version} cannot be deployed: {problem}"[:500]
-        DeploymentChange.objects.create(alias=alias, action=DeploymentChange.Action.REFUSE, to_version=version,
-                                        actor=actor, reason=message, details={"refused": refused})
+        DeploymentChange.objects.create(
+            alias=alias,
+            action=DeploymentChange.Action.REFUSE,
+            to_version=version,
+            actor=actor,
+            reason=message,
+            details={"refused": refused},
+        )
         raise ArtifactError(message, extra={"version": version.version}) from exc
 
 
@@ -126,7 +142,9 @@ def model_version_promote(*, version: int, actor: str, reason: str = "", expecte
     exactly one wins and the other gets a conflict."""
     target = model_version_get(version=version)
     if target.status not in PROMOTABLE:
-        raise ApplicationError(f"v{version} is {target.status}; only a candidate, retired or rejected version can be promoted.")
+        raise ApplicationError(
+            f"v{version} is {target.status}; only a candidate, retired or rejected version can be promoted."
+        )
     model_version_verify(version=target, refused=DeploymentChange.Action.PROMOTE, alias=Alias.CHAMPION, actor=actor)
     if expected_current is UNSET:
         current = champion_version()
@@ -134,7 +152,9 @@ def model_version_promote(*, version: int, actor: str, reason: str = "", expecte
     return _champion_flip(target, DeploymentChange.Action.PROMOTE, actor, reason, expected_current)
 
 
-def model_version_rollback(*, actor: str, reason: str = "", version: int | None = None, expected_current=UNSET) -> DeploymentChange:
+def model_version_rollback(
+    *, actor: str, reason: str = "", version: int | None = None, expected_current=UNSET
+) -> DeploymentChange:
     """Point `champion` back at the version it served before the current one, or at `version`."""
     current = champion_version()
     if current is None:
@@ -170,12 +190,15 @@ def _champion_flip(target: ModelVersion, action: str, actor: str, reason: str, e
     try:
         return _champion_flip_locked(target, action, actor, reason, expected_current)
     except IntegrityError:
-        raise ConflictError(f"Another change of the champion won while {target} was being promoted; reload and retry.") from None
+        raise ConflictError(
+            f"Another change of the champion won while {target} was being promoted; reload and retry."
+        ) from None
 
 
 @transaction.atomic
-def _champion_flip_locked(target: ModelVersion, action: str, actor: str, reason: str,
-                          expected_current) -> DeploymentChange:
+def _champion_flip_locked(
+    target: ModelVersion, action: str, actor: str, reason: str, expected_current
+) -> DeploymentChange:
     Deployment.objects.get_or_create(alias=Alias.CHAMPION)
     pointer = Deployment.objects.select_for_update().get(alias=Alias.CHAMPION)
     # Read after the lock, in a statement of its own: a join in the locking query would read the version
@@ -225,7 +248,9 @@ def _experiment_end_on_champion_change(target: ModelVersion, actor: str) -> None
 def model_version_reject(*, version: int, actor: str, reason: str) -> DeploymentChange:
     """Mark a candidate rejected (a gate decision or an operator's), with the reason in the audit trail."""
     with transaction.atomic():
-        updated = ModelVersion.objects.filter(version=version, status=ModelStatus.CANDIDATE).update(status=ModelStatus.REJECTED)
+        updated = ModelVersion.objects.filter(version=version, status=ModelStatus.CANDIDATE).update(
+            status=ModelStatus.REJECTED
+        )
         if not updated:
             raise ApplicationError(f"v{version} is not a candidate.")
         target = ModelVersion.objects.get(version=version)
@@ -244,14 +269,17 @@ class ChallengerInput:
     min_impressions: int = 1000
 
 
-def challenger_start(*, data: ChallengerInput, actor: str, reason: str, at: datetime, replace: bool = False) -> Experiment:
+def challenger_start(
+    *, data: ChallengerInput, actor: str, reason: str, at: datetime, replace: bool = False
+) -> Experiment:
     """Deploy `data.version` as the challenger in shadow, A/B or canary mode (a canary starts at its first
     step). One experiment runs at a time: a second start is a conflict unless `replace`, which stops the
     running one first (audited, as superseded)."""
     target = model_version_get(version=data.version)
     _challenger_check(target, data)
-    model_version_verify(version=target, refused=DeploymentChange.Action.CHALLENGER_START, alias=Alias.CHALLENGER,
-                         actor=actor)
+    model_version_verify(
+        version=target, refused=DeploymentChange.Action.CHALLENGER_START, alias=Alias.CHALLENGER, actor=actor
+    )
     traffic = _starting_traffic(data)
     with transaction.atomic():
         pointer = _challenger_pointer()
@@ -262,16 +290,37 @@ def challenger_start(*, data: ChallengerInput, actor: str, reason: str, at: date
             _experiment_end(running, Experiment.Status.STOPPED, actor, f"superseded by {target}", at=at)
         champion = Deployment.objects.select_related("version").filter(alias=Alias.CHAMPION).first()
         experiment = Experiment.objects.create(
-            version=target, champion=champion.version if champion else None, mode=data.mode, traffic_percent=traffic,
-            steps=list(data.steps), step_started_at=at, min_step_seconds=data.min_step_seconds,
-            min_impressions=data.min_impressions, started_by=actor, started_at=at, outcome_reason="",
+            version=target,
+            champion=champion.version if champion else None,
+            mode=data.mode,
+            traffic_percent=traffic,
+            steps=list(data.steps),
+            step_started_at=at,
+            min_step_seconds=data.min_step_seconds,
+            min_impressions=data.min_impressions,
+            started_by=actor,
+            started_at=at,
+            outcome_reason="",
         )
-        pointer.version, pointer.mode, pointer.traffic_percent, pointer.experiment = target, data.mode, traffic, experiment
+        pointer.version, pointer.mode, pointer.traffic_percent, pointer.experiment = (
+            target,
+            data.mode,
+            traffic,
+            experiment,
+        )
         pointer.save()
         change = DeploymentChange.objects.create(
-            alias=Alias.CHALLENGER, action=DeploymentChange.Action.CHALLENGER_START, to_version=target, actor=actor,
-            reason=reason, details={"experiment_id": experiment.pk, "mode": data.mode, "traffic_percent": traffic,
-                                    "steps": list(data.steps)},
+            alias=Alias.CHALLENGER,
+            action=DeploymentChange.Action.CHALLENGER_START,
+            to_version=target,
+            actor=actor,
+            reason=reason,
+            details={
+                "experiment_id": experiment.pk,
+                "mode": data.mode,
+                "traffic_percent": traffic,
+                "steps": list(data.steps),
+            },
         )
         deployment_hooks_on_commit(change=change)
         return experiment
@@ -287,38 +336,57 @@ def _starting_traffic(data: ChallengerInput) -> int:
 
 def _challenger_check(target: ModelVersion, data: ChallengerInput) -> None:
     if target.status not in PROMOTABLE or not target.artifact_sha256:
-        raise ApplicationError(f"{target} is {target.status}; only a candidate, retired or rejected version can be a challenger.")
+        raise ApplicationError(
+            f"{target} is {target.status}; only a candidate, retired or rejected version can be a challenger."
+        )
     champion = champion_version()
     if champion is None:
         raise ApplicationError("There is no champion to compare a challenger with; promote a version first.")
     if champion.pk == target.pk:
         raise ApplicationError(f"{target} is the champion.")
-    if (error := challenger_input_error(mode=data.mode, traffic_percent=data.traffic_percent, steps=data.steps)):
+    if error := challenger_input_error(mode=data.mode, traffic_percent=data.traffic_percent, steps=data.steps):
         raise ApplicationError(error)
 
 
-def challenger_stop(*, actor: str, reason: str, at: datetime, reject: bool = False,
-                    outcome: str = Experiment.Status.STOPPED, experiment_id: int | None = None) -> Experiment:
+def challenger_stop(
+    *,
+    actor: str,
+    reason: str,
+    at: datetime,
+    reject: bool = False,
+    outcome: str = Experiment.Status.STOPPED,
+    experiment_id: int | None = None,
+) -> Experiment:
     """End the running experiment and clear the challenger pointer; with `reject`, the challenger's
     version is also marked rejected. `experiment_id` makes it a compare-and-set on which one runs."""
     with transaction.atomic():
         experiment = _running_or_error(experiment_id)
         _experiment_end(experiment, outcome, actor, reason, at=at)
         if reject:
-            ModelVersion.objects.filter(pk=experiment.version_id, status=ModelStatus.CANDIDATE).update(status=ModelStatus.REJECTED)
-            DeploymentChange.objects.create(alias=Alias.CHALLENGER, action=DeploymentChange.Action.REJECT,
-                                            to_version_id=experiment.version_id, actor=actor, reason=reason)
+            ModelVersion.objects.filter(pk=experiment.version_id, status=ModelStatus.CANDIDATE).update(
+                status=ModelStatus.REJECTED
+            )
+            DeploymentChange.objects.create(
+                alias=Alias.CHALLENGER,
+                action=DeploymentChange.Action.REJECT,
+                to_version_id=experiment.version_id,
+                actor=actor,
+                reason=reason,
+            )
         experiment.refresh_from_db()
         return experiment
 
 
-def challenger_traffic_advance(*, experiment_id: int, step_index: int, actor: str, reason: str, at: datetime) -> Experiment:
+def challenger_traffic_advance(
+    *, experiment_id: int, step_index: int, actor: str, reason: str, at: datetime
+) -> Experiment:
     """Move a canary from its current step to the next one (a compare-and-set on the step it is at), once its
     version's artifact is verified again (more traffic goes to it)."""
     experiment = running_experiment()
     if experiment is not None and experiment.pk == experiment_id:
-        model_version_verify(version=experiment.version, refused=DeploymentChange.Action.TRAFFIC,
-                             alias=Alias.CHALLENGER, actor=actor)
+        model_version_verify(
+            version=experiment.version, refused=DeploymentChange.Action.TRAFFIC, alias=Alias.CHALLENGER, actor=actor
+        )
     with transaction.atomic():
         experiment = _running_or_error(experiment_id)
         if experiment.mode != DeploymentMode.CANARY or experiment.step_index != step_index:
@@ -326,11 +394,17 @@ def challenger_traffic_advance(*, experiment_id: int, step_index: int, actor: st
         if step_index + 1 >= len(experiment.steps):
             raise ApplicationError(f"{experiment} is at its last step.")
         traffic = experiment.steps[step_index + 1]
-        Experiment.objects.filter(pk=experiment.pk).update(step_index=step_index + 1, step_started_at=at, traffic_percent=traffic)
+        Experiment.objects.filter(pk=experiment.pk).update(
+            step_index=step_index + 1, step_started_at=at, traffic_percent=traffic
+        )
         Deployment.objects.filter(alias=Alias.CHALLENGER, experiment=experiment).update(traffic_percent=traffic)
         DeploymentChange.objects.create(
-            alias=Alias.CHALLENGER, action=DeploymentChange.Action.TRAFFIC, from_version_id=experiment.version_id,
-            to_version_id=experiment.version_id, actor=actor, reason=reason,
+            alias=Alias.CHALLENGER,
+            action=DeploymentChange.Action.TRAFFIC,
+            from_version_id=experiment.version_id,
+            to_version_id=experiment.version_id,
+            actor=actor,
+            reason=reason,
             details={"experiment_id": experiment.pk, "from_percent": experiment.traffic_percent, "to_percent": traffic},
         )
         experiment.refresh_from_db()
@@ -356,10 +430,18 @@ def _challenger_pointer() -> Deployment:
 
 
 def _experiment_end(experiment: Experiment, outcome: str, actor: str, reason: str, *, at: datetime | None) -> None:
-    Experiment.objects.filter(pk=experiment.pk).update(status=outcome, ended_at=at or timezone.now(), outcome_reason=reason)
-    Deployment.objects.filter(alias=Alias.CHALLENGER).update(version=None, mode=DeploymentMode.NONE, traffic_percent=0, experiment=None)
+    Experiment.objects.filter(pk=experiment.pk).update(
+        status=outcome, ended_at=at or timezone.now(), outcome_reason=reason
+    )
+    Deployment.objects.filter(alias=Alias.CHALLENGER).update(
+        version=None, mode=DeploymentMode.NONE, traffic_percent=0, experiment=None
+    )
     change = DeploymentChange.objects.create(
-        alias=Alias.CHALLENGER, action=DeploymentChange.Action.CHALLENGER_STOP, from_version_id=experiment.version_id,
-        actor=actor, reason=reason, details={"experiment_id": experiment.pk, "outcome": outcome},
+        alias=Alias.CHALLENGER,
+        action=DeploymentChange.Action.CHALLENGER_STOP,
+        from_version_id=experiment.version_id,
+        actor=actor,
+        reason=reason,
+        details={"experiment_id": experiment.pk, "outcome": outcome},
     )
     deployment_hooks_on_commit(change=change)

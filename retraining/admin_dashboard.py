@@ -16,12 +16,30 @@ from retraining.timeline import TIMELINE_MAX_LIMIT, user_timeline
 
 # (name, title, what it shows): the order of the charts on the page.
 CHARTS = [
-    ("offline", "Offline NDCG@10 per version", ("Each version on its own holdout, with most-popular and the "
-     "collaborative model scored on the same holdout (dashed). ▲ became champion, ✕ rejected by the gate.")),
-    ("online", "Online CTR and hit rate per version per day", ("Shown lists of the last 14 days (shadow lists "
-     "excluded); solid CTR, dashed hit rate@10. Today's values grow while events are still attributed.")),
-    ("drift", "PSI per feature, recent drift reports", ("Grey dotted lines: 0.1 (moderate shift) and 0.25 "
-     "(significant shift), and the policy's own threshold when it differs.")),
+    (
+        "offline",
+        "Offline NDCG@10 per version",
+        (
+            "Each version on its own holdout, with most-popular and the "
+            "collaborative model scored on the same holdout (dashed). ▲ became champion, ✕ rejected by the gate."
+        ),
+    ),
+    (
+        "online",
+        "Online CTR and hit rate per version per day",
+        (
+            "Shown lists of the last 14 days (shadow lists "
+            "excluded); solid CTR, dashed hit rate@10. Today's values grow while events are still attributed."
+        ),
+    ),
+    (
+        "drift",
+        "PSI per feature, recent drift reports",
+        (
+            "Grey dotted lines: 0.1 (moderate shift) and 0.25 "
+            "(significant shift), and the policy's own threshold when it differs."
+        ),
+    ),
     ("experiment", "Experiment arms over time", "CTR (solid) and hit rate@10 (dashed) of each arm."),
     ("training", "Training duration and model size per version", "Bars: seconds to train; line: artifact size."),
     ("triggers", "Trigger timeline", "Training runs started per day over the last 30 days, by trigger."),
@@ -37,8 +55,10 @@ def dashboard_view(request):
         "now": now,
         "pointers": dashboard_pointers(),
         "health": [_health_row(beat, system=now, real=timezone.now()) for beat in dashboard_health()],
-        "charts": [{"name": name, "title": title, "caption": caption, "config": charts[name],
-                    "data_id": f"chart-data-{name}"} for name, title, caption in CHARTS],
+        "charts": [
+            {"name": name, "title": title, "caption": caption, "config": charts[name], "data_id": f"chart-data-{name}"}
+            for name, title, caption in CHARTS
+        ],
         "chartjs": CHARTJS,
     }
     return TemplateResponse(request, "admin/retraining/dashboard.html", context)
@@ -58,8 +78,11 @@ def timeline_view(request):
         page_number = request.GET.get("page", "1")
         page_number = int(page_number) if page_number.isdigit() and 0 < int(page_number) < 10**6 else 1
         try:
-            context["page"] = user_timeline(external_id=external_id, limit=TIMELINE_MAX_LIMIT // 2,
-                                            offset=(page_number - 1) * (TIMELINE_MAX_LIMIT // 2))
+            context["page"] = user_timeline(
+                external_id=external_id,
+                limit=TIMELINE_MAX_LIMIT // 2,
+                offset=(page_number - 1) * (TIMELINE_MAX_LIMIT // 2),
+            )
         except NotFoundError as exc:
             context["error"] = exc.message
         context["page_number"] = page_number
@@ -71,9 +94,12 @@ def dashboard_urls():
     """The dashboard's URL patterns; the dashboard needs the permission to see model versions, the timeline the
     permission to see events (it shows what a user did)."""
     return [
-        path("", admin_action_view(admin.site, dashboard_view, permission="registry.view_modelversion"),
-             name="dashboard"),
-        path("timeline/", admin_action_view(admin.site, timeline_view, permission="recommendations.view_interaction"),
-             name="dashboard-timeline"),
+        path(
+            "", admin_action_view(admin.site, dashboard_view, permission="registry.view_modelversion"), name="dashboard"
+        ),
+        path(
+            "timeline/",
+            admin_action_view(admin.site, timeline_view, permission="recommendations.view_interaction"),
+            name="dashboard-timeline",
+        ),
     ]
-

@@ -6,6 +6,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from recommendations.clock import system_now
 from recommendations.models import Impression
 from recsite.api import PastDateTimeField, validated
 from recsite.errors import NotFoundError
@@ -18,7 +19,6 @@ from retraining.services.drift import drift_check_run
 from retraining.services.policy import policy_active
 from retraining.services.runs import retrain_request
 from retraining.timeline import TIMELINE_MAX_LIMIT, user_timeline
-from recommendations.clock import system_now
 
 
 class TrainingRunOutput(serializers.ModelSerializer):
@@ -26,10 +26,25 @@ class TrainingRunOutput(serializers.ModelSerializer):
 
     class Meta:
         model = TrainingRun
-        fields = ["id", "trigger", "triggers", "evidence", "status", "requested_by", "created_at", "started_at",
-                  "trained_at",
-                  "evaluated_at", "finished_at", "heartbeat_at", "data_until", "stage_timings", "gate",
-                  "model_version", "error"]
+        fields = [
+            "id",
+            "trigger",
+            "triggers",
+            "evidence",
+            "status",
+            "requested_by",
+            "created_at",
+            "started_at",
+            "trained_at",
+            "evaluated_at",
+            "finished_at",
+            "heartbeat_at",
+            "data_until",
+            "stage_timings",
+            "gate",
+            "model_version",
+            "error",
+        ]
 
 
 class TrainingRunDetailOutput(TrainingRunOutput):
@@ -50,9 +65,21 @@ class DriftReportOutput(serializers.ModelSerializer):
 
     class Meta:
         model = DriftReport
-        fields = ["id", "created_at", "window_start", "window_end", "events_in_window", "sampled_rows",
-                  "reference_version", "feature_scores", "extra_scores", "drifted_share", "overall_score",
-                  "verdict", "duration_s"]
+        fields = [
+            "id",
+            "created_at",
+            "window_start",
+            "window_end",
+            "events_in_window",
+            "sampled_rows",
+            "reference_version",
+            "feature_scores",
+            "extra_scores",
+            "drifted_share",
+            "overall_score",
+            "verdict",
+            "duration_s",
+        ]
 
 
 class RetrainApi(APIView):
@@ -62,12 +89,17 @@ class RetrainApi(APIView):
         run_id = serializers.IntegerField()
         status = serializers.CharField()
 
-    @extend_schema(request=None, responses={
-        202: OutputSerializer,
-        409: OpenApiResponse(description="A run is in flight; the body's `run_id` and `status` are that run's."),
-        503: OpenApiResponse(description="The task broker is unavailable; the run was not started (nothing is left "
-                                         "in flight)."),
-    }, summary="Start a training run now (manual trigger)")
+    @extend_schema(
+        request=None,
+        responses={
+            202: OutputSerializer,
+            409: OpenApiResponse(description="A run is in flight; the body's `run_id` and `status` are that run's."),
+            503: OpenApiResponse(
+                description="The task broker is unavailable; the run was not started (nothing is left in flight)."
+            ),
+        },
+        summary="Start a training run now (manual trigger)",
+    )
     def post(self, request):
         run = retrain_request(requested_by=actor_of(request))
         return Response({"run_id": run.pk, "status": run.status}, status=status.HTTP_202_ACCEPTED)
@@ -85,7 +117,10 @@ class TrainingRunListApi(APIView):
 class TrainingRunDetailApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: TrainingRunDetailOutput}, summary="One run with its evidence, stage times, gate decision and log")
+    @extend_schema(
+        responses={200: TrainingRunDetailOutput},
+        summary="One run with its evidence, stage times, gate decision and log",
+    )
     def get(self, request, run_id: int):
         run = TrainingRun.objects.select_related("model_version").filter(pk=run_id).first()
         if run is None:
@@ -96,9 +131,10 @@ class TrainingRunDetailApi(APIView):
 class TriggerEvaluationLatestApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: TriggerEvaluationOutput,
-                              404: OpenApiResponse(description="No trigger evaluation yet.")},
-                   summary="The latest trigger evaluation")
+    @extend_schema(
+        responses={200: TriggerEvaluationOutput, 404: OpenApiResponse(description="No trigger evaluation yet.")},
+        summary="The latest trigger evaluation",
+    )
     def get(self, request):
         evaluation = TriggerEvaluation.objects.select_related("run").first()
         if evaluation is None:
@@ -112,22 +148,28 @@ class TriggerEfficacyRowOutput(serializers.Serializer):
     finished = serializers.IntegerField(help_text="of them, no longer in flight")
     promotions = serializers.IntegerField(help_text="runs whose version became the champion")
     promotions_compared = serializers.IntegerField(help_text="promotions gated against a champion (with a Δ)")
-    mean_ndcg_gain = serializers.FloatField(allow_null=True, help_text="mean ΔNDCG@10 of the promoted candidates "
-                                                                        "over their champion, on the same holdout")
+    mean_ndcg_gain = serializers.FloatField(
+        allow_null=True, help_text="mean ΔNDCG@10 of the promoted candidates over their champion, on the same holdout"
+    )
     best_ndcg_gain = serializers.FloatField(allow_null=True, help_text="largest of those ΔNDCG@10")
     rejected = serializers.IntegerField()
     rejected_for_no_new_data = serializers.IntegerField(
-        help_text="runs the gate refused for too few users with a held-out positive since the champion's cut-off")
+        help_text="runs the gate refused for too few users with a held-out positive since the champion's cut-off"
+    )
     no_new_data_share = serializers.FloatField(allow_null=True, help_text="rejected_for_no_new_data / finished")
     failed = serializers.IntegerField()
     training_seconds = serializers.FloatField(help_text="trainer time, claim to finish (failed runs included)")
     held_for_no_new_data = serializers.IntegerField(
-        help_text="trigger checks where this kind fired but min_new_holdout_users held the run")
+        help_text="trigger checks where this kind fired but min_new_holdout_users held the run"
+    )
 
 
 class TriggerEfficacyQuery(serializers.Serializer):
-    since = PastDateTimeField(required=False, help_text="only runs and checks created at or after this time "
-                                                        "(ISO 8601; a date means its midnight, UTC without an offset)")
+    since = PastDateTimeField(
+        required=False,
+        help_text="only runs and checks created at or after this time "
+        "(ISO 8601; a date means its midnight, UTC without an offset)",
+    )
 
 
 class TriggerEfficacyApi(APIView):
@@ -137,8 +179,11 @@ class TriggerEfficacyApi(APIView):
         since = serializers.DateTimeField(allow_null=True)
         triggers = TriggerEfficacyRowOutput(many=True)
 
-    @extend_schema(parameters=[TriggerEfficacyQuery], responses={200: OutputSerializer},
-                   summary="Which triggers paid off: runs, promotions, ΔNDCG@10, training time per trigger kind")
+    @extend_schema(
+        parameters=[TriggerEfficacyQuery],
+        responses={200: OutputSerializer},
+        summary="Which triggers paid off: runs, promotions, ΔNDCG@10, training time per trigger kind",
+    )
     def get(self, request):
         since = validated(TriggerEfficacyQuery, request.query_params).get("since")
         return Response(self.OutputSerializer({"since": since, "triggers": trigger_efficacy_rows(since=since)}).data)
@@ -147,10 +192,14 @@ class TriggerEfficacyApi(APIView):
 class DriftReportApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(request=None, responses={
-        201: DriftReportOutput,
-        404: OpenApiResponse(description="No champion with a drift reference to compare against."),
-    }, summary="Run a drift check now")
+    @extend_schema(
+        request=None,
+        responses={
+            201: DriftReportOutput,
+            404: OpenApiResponse(description="No champion with a drift reference to compare against."),
+        },
+        summary="Run a drift check now",
+    )
     def post(self, request):
         report = drift_check_run(policy=policy_active(), now=system_now(), champion=champion_version())
         if report is None:
@@ -161,8 +210,10 @@ class DriftReportApi(APIView):
 class DriftReportLatestApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: DriftReportOutput, 404: OpenApiResponse(description="No drift report yet.")},
-                   summary="The latest drift report")
+    @extend_schema(
+        responses={200: DriftReportOutput, 404: OpenApiResponse(description="No drift report yet.")},
+        summary="The latest drift report",
+    )
     def get(self, request):
         report = DriftReport.objects.select_related("reference_version").first()
         if report is None:
@@ -173,8 +224,10 @@ class DriftReportLatestApi(APIView):
 class TimelineGateOutput(serializers.Serializer):
     passed = serializers.BooleanField()
     reasons = serializers.ListField(child=serializers.CharField(), help_text="the failed checks, else the passed ones")
-    ndcg_at_10 = serializers.DictField(child=serializers.FloatField(allow_null=True),
-                                       help_text="candidate, champion and popularity on the same holdout")
+    ndcg_at_10 = serializers.DictField(
+        child=serializers.FloatField(allow_null=True),
+        help_text="candidate, champion and popularity on the same holdout",
+    )
 
 
 class TimelineDeploymentOutput(serializers.Serializer):
@@ -198,15 +251,18 @@ class TimelineEventOutput(serializers.Serializer):
 class TimelineListOutput(serializers.Serializer):
     recommendation_id = serializers.UUIDField()
     served_at = serializers.DateTimeField()
-    model_version = serializers.IntegerField(allow_null=True, help_text="the version whose list was served; "
-                                                                         "null for the popular fallback")
+    model_version = serializers.IntegerField(
+        allow_null=True, help_text="the version whose list was served; null for the popular fallback"
+    )
     routed_version = serializers.IntegerField(allow_null=True, help_text="the version the request was routed to")
     arm = serializers.ChoiceField(choices=Impression.Arm.choices)
     experiment_id = serializers.IntegerField(allow_null=True)
     strategy = serializers.ChoiceField(choices=Impression.Strategy.choices)
     items = serializers.ListField(child=serializers.CharField())
-    deployment = TimelineDeploymentOutput(allow_null=True, help_text="the change that made the routed version "
-                                                                     "current for this arm when the list was served")
+    deployment = TimelineDeploymentOutput(
+        allow_null=True,
+        help_text="the change that made the routed version current for this arm when the list was served",
+    )
     events = TimelineEventOutput(many=True, help_text="events sent back with the list's recommendation_id")
 
 
@@ -225,9 +281,14 @@ class UserTimelineApi(APIView):
         next_offset = serializers.IntegerField(allow_null=True)
         lists = TimelineListOutput(many=True)
 
-    @extend_schema(parameters=[QuerySerializer], responses={
-        200: OutputSerializer, 404: OpenApiResponse(description="No such user."),
-    }, summary="Which model served this user, when and why: served lists, newest first")
+    @extend_schema(
+        parameters=[QuerySerializer],
+        responses={
+            200: OutputSerializer,
+            404: OpenApiResponse(description="No such user."),
+        },
+        summary="Which model served this user, when and why: served lists, newest first",
+    )
     def get(self, request, user_id: str):
         query = validated(self.QuerySerializer, request.query_params)
         page = user_timeline(external_id=user_id, limit=query["limit"], offset=query["offset"])

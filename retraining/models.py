@@ -6,7 +6,11 @@ from django.db import models
 from django.db.models import Q
 
 from registry.models import (
-    AB_TRAFFIC_PERCENT, SHADOW_TRAFFIC_PERCENT, ModelVersion, canary_steps_error, traffic_percent_error,
+    AB_TRAFFIC_PERCENT,
+    SHADOW_TRAFFIC_PERCENT,
+    ModelVersion,
+    canary_steps_error,
+    traffic_percent_error,
 )
 
 
@@ -32,7 +36,9 @@ class RetrainPolicy(models.Model):
     volume_enabled = models.BooleanField(default=True)
     volume_min_events = models.PositiveIntegerField(default=10_000)
     performance_enabled = models.BooleanField(default=True)
-    performance_ratio = models.FloatField(default=0.95, help_text="fires when online hit rate < ratio × its value at promotion")
+    performance_ratio = models.FloatField(
+        default=0.95, help_text="fires when online hit rate < ratio × its value at promotion"
+    )
     performance_window_hours = models.FloatField(default=24)
     performance_min_impressions = models.PositiveIntegerField(default=500)
     drift_enabled = models.BooleanField(default=True)
@@ -40,41 +46,55 @@ class RetrainPolicy(models.Model):
     drift_window_min_events = models.PositiveIntegerField(default=10_000)
     drift_psi_warning = models.FloatField(default=0.1)
     drift_psi_threshold = models.FloatField(default=0.2)
-    drift_share_threshold = models.FloatField(default=0.5, help_text="share of drifted features that makes the dataset drift")
+    drift_share_threshold = models.FloatField(
+        default=0.5, help_text="share of drifted features that makes the dataset drift"
+    )
     drift_key_features = models.JSONField(default=list, blank=True, help_text="features whose drift alone is enough")
 
     cooldown_minutes = models.FloatField(default=60)
     min_new_holdout_users = models.PositiveIntegerField(
-        default=0, help_text="a fired trigger starts a run only when at least this many users have events after the "
-                             "champion's training cut-off (the users the gate compares on); 0: off",
+        default=0,
+        help_text="a fired trigger starts a run only when at least this many users have events after the "
+        "champion's training cut-off (the users the gate compares on); 0: off",
     )
     check_interval_minutes = models.PositiveIntegerField(default=5)
 
     gate_min_relative_gain = models.FloatField(default=0.01)
-    gate_guardrail_tolerance = models.FloatField(default=0.05, help_text="relative regression allowed on Recall@10, coverage@10, RMSE")
-    gate_bootstrap_tolerance = models.FloatField(default=0.005, help_text="refuse if the CI lower bound of ΔNDCG@10 is below −this")
+    gate_guardrail_tolerance = models.FloatField(
+        default=0.05, help_text="relative regression allowed on Recall@10, coverage@10, RMSE"
+    )
+    gate_bootstrap_tolerance = models.FloatField(
+        default=0.005, help_text="refuse if the CI lower bound of ΔNDCG@10 is below −this"
+    )
     gate_bootstrap_samples = models.PositiveIntegerField(default=1000)
     refit_on_full_data = models.BooleanField(
         default=False,
         help_text="after the gate passes, train the same configuration again on every event up to the cut-off "
-                  "(holdout included) and register that model; its metrics are the gated model's on the holdout",
+        "(holdout included) and register that model; its metrics are the gated model's on the holdout",
     )
 
     candidate_rollout = models.CharField(
-        max_length=8, choices=Rollout.choices, default=Rollout.PROMOTE,
+        max_length=8,
+        choices=Rollout.choices,
+        default=Rollout.PROMOTE,
         help_text="what a candidate that passed the gate does next (with no champion yet it is always promoted)",
     )
     ab_traffic_percent = models.PositiveSmallIntegerField(
-        default=AB_TRAFFIC_PERCENT, help_text="share of users in the challenger's arm")
+        default=AB_TRAFFIC_PERCENT, help_text="share of users in the challenger's arm"
+    )
     shadow_traffic_percent = models.PositiveSmallIntegerField(
-        default=SHADOW_TRAFFIC_PERCENT, help_text="share of requests the challenger shadows (each costs the web process a second scoring)")
+        default=SHADOW_TRAFFIC_PERCENT,
+        help_text="share of requests the challenger shadows (each costs the web process a second scoring)",
+    )
     canary_steps = models.JSONField(default=default_canary_steps, help_text="traffic percentages, rising to 100")
     rollout_min_step_minutes = models.FloatField(default=60, help_text="a canary step is held at least this long")
     rollout_min_impressions = models.PositiveIntegerField(
-        default=1000, help_text="per arm (and per canary step for the challenger) before the arms are judged")
+        default=1000, help_text="per arm (and per canary step for the challenger) before the arms are judged"
+    )
     rollout_confidence = models.FloatField(default=0.95, help_text="of the intervals that judge the arms")
     rollout_max_error_increase = models.FloatField(
-        default=0.02, help_text="a canary is rolled back when its error share exceeds the champion's by more")
+        default=0.02, help_text="a canary is rolled back when its error share exceeds the champion's by more"
+    )
 
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -92,10 +112,10 @@ class RetrainPolicy(models.Model):
             raise ValidationError({"drift_psi_warning": "Must be positive and at most the drift threshold."})
         if not 0 < self.drift_share_threshold <= 1:
             raise ValidationError({"drift_share_threshold": "Must be in (0, 1]."})
-        if (error := canary_steps_error(self.canary_steps)):
+        if error := canary_steps_error(self.canary_steps):
             raise ValidationError({"canary_steps": error})
         for name in ("ab_traffic_percent", "shadow_traffic_percent"):
-            if (error := traffic_percent_error(getattr(self, name))):
+            if error := traffic_percent_error(getattr(self, name)):
                 raise ValidationError({name: error})
         if self.check_interval_minutes < 1:
             raise ValidationError({"check_interval_minutes": "Must be at least 1 minute."})
@@ -145,14 +165,20 @@ class TrainingRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(
-        default=lease_seconds_default, help_text="silence (no heartbeat, or not claimed) after which the run is stale")
+        default=lease_seconds_default, help_text="silence (no heartbeat, or not claimed) after which the run is stale"
+    )
     dispatched_at = models.DateTimeField(
-        null=True, blank=True, help_text="when it was sent to the trainer (or taken in-process); empty: never sent")
-    data_until = models.DateTimeField(null=True, blank=True, help_text="training cut-off (the system clock at the trigger)")
+        null=True, blank=True, help_text="when it was sent to the trainer (or taken in-process); empty: never sent"
+    )
+    data_until = models.DateTimeField(
+        null=True, blank=True, help_text="training cut-off (the system clock at the trigger)"
+    )
     stage_timings = models.JSONField(default=dict, blank=True)
     log = models.JSONField(default=list, blank=True)
     gate = models.JSONField(default=dict, blank=True)
-    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="training_runs")
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="training_runs"
+    )
     error = models.TextField(blank=True, default="")
 
     class Meta:
@@ -161,7 +187,8 @@ class TrainingRun(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["in_flight"], name="one_training_run_in_flight"),
             models.CheckConstraint(
-                condition=(Q(status__in=IN_FLIGHT) & Q(in_flight=True)) | (~Q(status__in=IN_FLIGHT) & Q(in_flight__isnull=True)),
+                condition=(Q(status__in=IN_FLIGHT) & Q(in_flight=True))
+                | (~Q(status__in=IN_FLIGHT) & Q(in_flight__isnull=True)),
                 name="in_flight_matches_status",
             ),
         ]
@@ -188,7 +215,10 @@ class TriggerEvaluation(models.Model):
     action = models.CharField(max_length=200, blank=True, default="")
     run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     held_reason = models.CharField(
-        max_length=32, choices=HoldReason.choices, blank=True, default="",
+        max_length=32,
+        choices=HoldReason.choices,
+        blank=True,
+        default="",
         help_text="why triggers that fired started no run; empty when a run started or nothing fired",
     )
 
@@ -214,7 +244,9 @@ class DriftReport(models.Model):
     window_end = models.DateTimeField()
     events_in_window = models.PositiveIntegerField()
     sampled_rows = models.PositiveIntegerField(default=0)
-    reference_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    reference_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     feature_scores = models.JSONField(default=dict)
     extra_scores = models.JSONField(default=dict, help_text="event-type mix, label and prediction drift")
     drifted_share = models.FloatField(default=0.0)
@@ -227,7 +259,6 @@ class DriftReport(models.Model):
 
     def __str__(self):
         return f"drift report {self.pk} ({self.verdict})"
-
 
 
 class MlflowMirror(models.Model):

@@ -27,9 +27,23 @@ class ExperimentOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Experiment
-        fields = ["id", "version", "champion", "mode", "status", "traffic_percent", "steps", "step_index",
-                  "step_started_at", "min_step_seconds", "min_impressions", "started_by", "started_at", "ended_at",
-                  "outcome_reason"]
+        fields = [
+            "id",
+            "version",
+            "champion",
+            "mode",
+            "status",
+            "traffic_percent",
+            "steps",
+            "step_index",
+            "step_started_at",
+            "min_step_seconds",
+            "min_impressions",
+            "started_by",
+            "started_at",
+            "ended_at",
+            "outcome_reason",
+        ]
 
 
 class ArmSummaryOutput(serializers.Serializer):
@@ -80,12 +94,16 @@ class DeploymentsOutput(serializers.Serializer):  # the schema of deployments_st
 
 
 def deployments_state() -> dict:
-    pointers = {d.alias: d for d in Deployment.objects.select_related("version", "experiment__version", "experiment__champion")}
+    pointers = {
+        d.alias: d for d in Deployment.objects.select_related("version", "experiment__version", "experiment__champion")
+    }
     champion, challenger = pointers.get(Alias.CHAMPION), pointers.get(Alias.CHALLENGER)
     serving = challenger is not None and challenger.version_id is not None
     return {
-        "champion": {"version": champion.version.version if champion and champion.version else None,
-                     "updated_at": champion.updated_at if champion else None},
+        "champion": {
+            "version": champion.version.version if champion and champion.version else None,
+            "updated_at": champion.updated_at if champion else None,
+        },
         "challenger": {
             "version": challenger.version.version if serving else None,
             "mode": challenger.mode if serving else DeploymentMode.NONE,
@@ -98,8 +116,10 @@ def deployments_state() -> dict:
 class DeploymentsApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: DeploymentsOutput},
-                   summary="The champion and the challenger with its mode, traffic share and experiment")
+    @extend_schema(
+        responses={200: DeploymentsOutput},
+        summary="The champion and the challenger with its mode, traffic share and experiment",
+    )
     def get(self, request):
         return Response(deployments_state())
 
@@ -116,19 +136,30 @@ class ChallengerApi(APIView):
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
         replace = StrictBooleanField(required=False, default=False)
 
-    @extend_schema(request=InputSerializer, responses={
-        201: ExperimentOutput,
-        404: OpenApiResponse(description="No such version."),
-        409: OpenApiResponse(description="An experiment is running (its `experiment_id` is in the body); stop it "
-                                         "first or pass `replace`."),
-    },
-                   summary="Deploy a version as the challenger (shadow, A/B or canary); canary steps default to the policy's")
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: ExperimentOutput,
+            404: OpenApiResponse(description="No such version."),
+            409: OpenApiResponse(
+                description="An experiment is running (its `experiment_id` is in the body); stop it "
+                "first or pass `replace`."
+            ),
+        },
+        summary="Deploy a version as the challenger (shadow, A/B or canary); canary steps default to the policy's",
+    )
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
         model_version_get(version=data["version"])
-        experiment = challenger_deploy(version=data["version"], mode=data["mode"], actor=actor_of(request),
-                                       reason=data["reason"], traffic_percent=data.get("traffic_percent"),
-                                       steps=data.get("steps"), replace=data["replace"])
+        experiment = challenger_deploy(
+            version=data["version"],
+            mode=data["mode"],
+            actor=actor_of(request),
+            reason=data["reason"],
+            traffic_percent=data.get("traffic_percent"),
+            steps=data.get("steps"),
+            replace=data["replace"],
+        )
         return Response(ExperimentOutput(experiment).data, status=status.HTTP_201_CREATED)
 
     class StopSerializer(StrictSerializer):
@@ -136,16 +167,21 @@ class ChallengerApi(APIView):
         reject = StrictBooleanField(required=False, default=False)
 
     # OpenAPI 3.0 gives DELETE no request body, so the optional body is described in words.
-    @extend_schema(request=None, responses={
-        200: ExperimentOutput,
-        400: OpenApiResponse(description="No experiment is running, or the optional body is invalid."),
-    }, summary="Stop the running experiment (all traffic back to the champion); optionally reject the version",
+    @extend_schema(
+        request=None,
+        responses={
+            200: ExperimentOutput,
+            400: OpenApiResponse(description="No experiment is running, or the optional body is invalid."),
+        },
+        summary="Stop the running experiment (all traffic back to the champion); optionally reject the version",
         description="An optional JSON body: `reason` (a string, at most 2000 characters) and `reject` (a boolean: "
-                    "also mark the challenger's version rejected).")
+        "also mark the challenger's version rejected).",
+    )
     def delete(self, request):
         data = validated(self.StopSerializer, request.data)
-        experiment = experiment_stop(actor=actor_of(request), reason=data["reason"] or "stopped by an operator",
-                                     reject=data["reject"])
+        experiment = experiment_stop(
+            actor=actor_of(request), reason=data["reason"] or "stopped by an operator", reject=data["reject"]
+        )
         return Response(ExperimentOutput(experiment).data)
 
 
@@ -167,19 +203,24 @@ class ChallengerReportApi(APIView):
         step_index = serializers.IntegerField(required=False)
         started_at = serializers.DateTimeField(required=False)
         ended_at = serializers.DateTimeField(allow_null=True, required=False)
-        arms = serializers.DictField(child=ArmSummaryOutput(), required=False,
-                                     help_text="By arm: `champion` and `challenger` (or `shadow`).")
+        arms = serializers.DictField(
+            child=ArmSummaryOutput(), required=False, help_text="By arm: `champion` and `challenger` (or `shadow`)."
+        )
         differences = ArmDifferencesOutput(required=False)
         min_impressions = serializers.IntegerField(required=False)
         confidence = serializers.FloatField(required=False)
         sufficient_sample = serializers.BooleanField(required=False)
-        verdict = serializers.ChoiceField(required=False, choices=[
-            "insufficient_sample", "challenger_worse", "challenger_better", "no_significant_difference"])
+        verdict = serializers.ChoiceField(
+            required=False,
+            choices=["insufficient_sample", "challenger_worse", "challenger_better", "no_significant_difference"],
+        )
         attribution = serializers.CharField(required=False)
         overlap_at_k = serializers.FloatField(allow_null=True, required=False, help_text="Shadow mode only.")
 
-    @extend_schema(responses={200: OutputSerializer, 404: OpenApiResponse(description="No experiment has run yet.")},
-                   summary="The per-arm comparison of the running experiment (or the last one's final report)")
+    @extend_schema(
+        responses={200: OutputSerializer, 404: OpenApiResponse(description="No experiment has run yet.")},
+        summary="The per-arm comparison of the running experiment (or the last one's final report)",
+    )
     def get(self, request):
         experiment = running_experiment()
         if experiment is not None:
@@ -187,8 +228,9 @@ class ChallengerReportApi(APIView):
         last = Experiment.objects.first()
         if last is None:
             raise NotFoundError("No experiment has run yet.")
-        return Response({**last.last_report, "experiment_id": last.pk, "status": last.status,
-                         "outcome_reason": last.outcome_reason})
+        return Response(
+            {**last.last_report, "experiment_id": last.pk, "status": last.status, "outcome_reason": last.outcome_reason}
+        )
 
 
 class OnlineMetricsApi(APIView):
@@ -203,11 +245,16 @@ class OnlineMetricsApi(APIView):
         bucket = serializers.ChoiceField(choices=["day", "hour"])
         rows = OnlineMetricsRowOutput(many=True)
 
-    @extend_schema(parameters=[QuerySerializer], responses={200: OutputSerializer},
-                   summary="A version's online metrics per day or hour and arm, over the last `days`")
+    @extend_schema(
+        parameters=[QuerySerializer],
+        responses={200: OutputSerializer},
+        summary="A version's online metrics per day or hour and arm, over the last `days`",
+    )
     def get(self, request, version: int):
         query = validated(self.QuerySerializer, request.query_params)
         model_version_get(version=version)
         now = system_now()
-        rows = online_metrics(version=version, start=now - timedelta(days=query["days"]), end=now, bucket=query["bucket"])
+        rows = online_metrics(
+            version=version, start=now - timedelta(days=query["days"]), end=now, bucket=query["bucket"]
+        )
         return Response({"version": version, "bucket": query["bucket"], "rows": rows})

@@ -63,25 +63,30 @@ def _training_run_process(run_id: int) -> None:
 
 training_run_process_task = shared_task(name=TRAINING_TASK, **TRAINING_TASK_OPTIONS)(_training_run_process)
 # The same task under its former names, for messages queued before the rename (see TRAINING_TASK_FORMER_NAMES).
-former_training_tasks = [shared_task(name=name, **TRAINING_TASK_OPTIONS)(_training_run_process)
-                         for name in TRAINING_TASK_FORMER_NAMES]
+former_training_tasks = [
+    shared_task(name=name, **TRAINING_TASK_OPTIONS)(_training_run_process) for name in TRAINING_TASK_FORMER_NAMES
+]
 
 
 @task_failure.connect
 def _fail_run_of_lost_worker(sender=None, exception=None, args=None, **kwargs):
     """The worker's main process reports a pool child that died mid-task (the child could not run on_failure):
     its run is failed at once instead of waiting for its lease to expire."""
-    if getattr(sender, "name", None) in (TRAINING_TASK, *TRAINING_TASK_FORMER_NAMES) \
-            and isinstance(exception, WorkerLostError) and args:
+    if (
+        getattr(sender, "name", None) in (TRAINING_TASK, *TRAINING_TASK_FORMER_NAMES)
+        and isinstance(exception, WorkerLostError)
+        and args
+    ):
         training_run_fail(run_id=args[0], error=f"the training worker died: {exception}")
 
 
 @shared_task(name=MIRROR_TASK, bind=True, ignore_result=True, max_retries=200)
-def mlflow_mirror_task(self, run_id: int | None = None, version: int | None = None,
-                       change_id: int | None = None) -> bool:
+def mlflow_mirror_task(
+    self, run_id: int | None = None, version: int | None = None, change_id: int | None = None
+) -> bool:
     """Mirror a training run, a version or the pointers after a change to MLflow. A failure is counted, not raised
     (MLflow is a mirror); while another worker holds the mirror's lease, retried every few seconds."""
     try:
         return mlflow_mirror(run_id=run_id, version=version, change_id=change_id)
     except MirrorBusy as exc:
-        raise self.retry(exc=exc, countdown=3)
+        raise self.retry(exc=exc, countdown=3) from exc

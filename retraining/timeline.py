@@ -40,46 +40,64 @@ def user_timeline(*, external_id: str, limit: int = 20, offset: int = 0) -> Time
         raise NotFoundError(f"User {external_id!r} does not exist.")
     limit = max(1, min(limit, TIMELINE_MAX_LIMIT))
     impressions = Impression.objects.filter(user=user)
-    page = list(impressions.order_by("-served_at", "-id")[offset:offset + limit])
+    page = list(impressions.order_by("-served_at", "-id")[offset : offset + limit])
     events = _events_by_list([i.recommendation_id for i in page])
     changes = _changes_of({i.routed_version for i in page if i.routed_version is not None})
     items = dict(Item.objects.filter(pk__in={pk for i in page for pk in i.items}).values_list("pk", "external_id"))
-    lists = [{
-        "recommendation_id": str(i.recommendation_id),
-        "served_at": i.served_at,
-        "model_version": i.model_version,
-        "routed_version": i.routed_version,
-        "arm": i.arm,
-        "experiment_id": i.experiment_id,
-        "strategy": i.strategy,
-        "items": [items.get(pk, str(pk)) for pk in i.items],
-        "deployment": _current_change(changes, impression=i),
-        "events": events.get(i.recommendation_id, []),
-    } for i in page]
+    lists = [
+        {
+            "recommendation_id": str(i.recommendation_id),
+            "served_at": i.served_at,
+            "model_version": i.model_version,
+            "routed_version": i.routed_version,
+            "arm": i.arm,
+            "experiment_id": i.experiment_id,
+            "strategy": i.strategy,
+            "items": [items.get(pk, str(pk)) for pk in i.items],
+            "deployment": _current_change(changes, impression=i),
+            "events": events.get(i.recommendation_id, []),
+        }
+        for i in page
+    ]
     return TimelinePage(user_id=external_id, total=impressions.count(), limit=limit, offset=offset, lists=lists)
 
 
 def _events_by_list(recommendation_ids: list) -> dict:
     found: dict = {}
-    rows = Interaction.objects.filter(recommendation_id__in=recommendation_ids).order_by("timestamp", "id") \
+    rows = (
+        Interaction.objects.filter(recommendation_id__in=recommendation_ids)
+        .order_by("timestamp", "id")
         .values_list("recommendation_id", "event_type", "item__external_id", "value", "timestamp")
+    )
     for recommendation_id, event_type, item, value, timestamp in rows:
         found.setdefault(recommendation_id, []).append(
-            {"event_type": event_type, "item_id": item, "value": value, "timestamp": timestamp})
+            {"event_type": event_type, "item_id": item, "value": value, "timestamp": timestamp}
+        )
     return found
 
 
 def _changes_of(versions: set[int]) -> list[dict]:
     """The audit rows that made any of `versions` current, newest first, with their gate numbers."""
-    rows = DeploymentChange.objects.filter(to_version__version__in=versions).select_related(
-        "from_version", "to_version").order_by("-created_at", "-id")
+    rows = (
+        DeploymentChange.objects.filter(to_version__version__in=versions)
+        .select_related("from_version", "to_version")
+        .order_by("-created_at", "-id")
+    )
     gates = _gates_of(versions)
-    return [{
-        "action": change.action, "alias": change.alias, "at": change.created_at, "actor": change.actor,
-        "reason": change.reason, "version": change.to_version.version,
-        "from_version": change.from_version.version if change.from_version else None,
-        "gate": gates.get(change.to_version.version),
-    } for change in rows if change.action in MADE_CURRENT[change.alias]]
+    return [
+        {
+            "action": change.action,
+            "alias": change.alias,
+            "at": change.created_at,
+            "actor": change.actor,
+            "reason": change.reason,
+            "version": change.to_version.version,
+            "from_version": change.from_version.version if change.from_version else None,
+            "gate": gates.get(change.to_version.version),
+        }
+        for change in rows
+        if change.action in MADE_CURRENT[change.alias]
+    ]
 
 
 def _gates_of(versions: set[int]) -> dict[int, dict]:
@@ -102,5 +120,13 @@ def _current_change(changes: list[dict], *, impression: Impression) -> dict | No
     pointer its arm reads (the champion's arm reads `champion`; the challenger, canary and shadow arms read
     `challenger`)."""
     alias = Alias.CHAMPION if impression.arm == Impression.Arm.CHAMPION else Alias.CHALLENGER
-    return next((change for change in changes if change["version"] == impression.routed_version
-                 and change["alias"] == alias and change["at"] <= impression.served_at), None)
+    return next(
+        (
+            change
+            for change in changes
+            if change["version"] == impression.routed_version
+            and change["alias"] == alias
+            and change["at"] <= impression.served_at
+        ),
+        None,
+    )

@@ -13,6 +13,8 @@ urlpatterns = [
     path("users/<str:user_id>/timeline", api.UserTimelineApi.as_view(), name="user-timeline"),
     path("deployments", rollout_api.DeploymentsApi.as_view(), name="deployments"),
     path("deployments/challenger", rollout_api.ChallengerApi.as_view(), name="deployments-challenger"),
-    path("deployments/challenger/report", rollout_api.ChallengerReportApi.as_view(), name="deployments-challenger-report"),
+    path(
+        "deployments/challenger/report", rollout_api.ChallengerReportApi.as_view(), name="deployments-challenger-report"
+    ),
     path("models/<int:version>/online-metrics", rollout_api.OnlineMetricsApi.as_view(), name="model-online-metrics"),
 ]

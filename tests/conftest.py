@@ -66,8 +66,22 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     celery = str(Path(sys.executable).with_name("celery"))
     process = start_process(
-        [celery, "-A", "recsite", "worker", "--loglevel", "INFO", "--queues", "default",
-         "--concurrency", "1", "--hostname", f"test-worker-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+        [
+            celery,
+            "-A",
+            "recsite",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--queues",
+            "default",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"test-worker-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         log,
     )
     try:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import requests
 import schemathesis
-from schemathesis.core.transport import Response
 from django.contrib.staticfiles import finders
 from django.core import checks
 from django.core.management import call_command
 from django.test import Client
+from schemathesis.core.transport import Response
 
 from recommendations.services.catalog import ItemInput, item_upsert
 from registry.services import model_version_promote
@@ -104,22 +104,25 @@ def test_an_event_is_posted_alone_or_as_a_batch(schema):
     assert component(schema, batch["properties"]["events"]["items"]) == one
 
 
-@pytest.mark.parametrize("path, method, statuses", [
-    ("/api/v1/items/{item_id}/similar", "get", ["200"]),
-    ("/api/v1/models/compare", "get", ["200"]),
-    ("/api/v1/models/{version}/online-metrics", "get", ["200"]),
-    ("/api/v1/deployments", "get", ["200"]),
-    ("/api/v1/deployments/challenger/report", "get", ["200", "404"]),
-    ("/api/v1/drift-reports", "post", ["201", "404"]),
-    ("/api/v1/drift-reports/latest", "get", ["200", "404"]),
-    ("/api/v1/trigger-evaluations/latest", "get", ["200", "404"]),
-    ("/api/v1/training-runs", "get", ["200"]),
-    ("/api/v1/training-runs/{run_id}", "get", ["200", "404"]),
-    ("/api/v1/retrain", "post", ["202", "409", "503"]),
-    ("/api/v1/models/{version}/promote", "post", ["200", "409", "422"]),
-    ("/api/v1/models/rollback", "post", ["200", "409", "422"]),
-    ("/api/v1/items/{item_id}", "put", ["200", "201"]),
-])
+@pytest.mark.parametrize(
+    "path, method, statuses",
+    [
+        ("/api/v1/items/{item_id}/similar", "get", ["200"]),
+        ("/api/v1/models/compare", "get", ["200"]),
+        ("/api/v1/models/{version}/online-metrics", "get", ["200"]),
+        ("/api/v1/deployments", "get", ["200"]),
+        ("/api/v1/deployments/challenger/report", "get", ["200", "404"]),
+        ("/api/v1/drift-reports", "post", ["201", "404"]),
+        ("/api/v1/drift-reports/latest", "get", ["200", "404"]),
+        ("/api/v1/trigger-evaluations/latest", "get", ["200", "404"]),
+        ("/api/v1/training-runs", "get", ["200"]),
+        ("/api/v1/training-runs/{run_id}", "get", ["200", "404"]),
+        ("/api/v1/retrain", "post", ["202", "409", "503"]),
+        ("/api/v1/models/{version}/promote", "post", ["200", "409", "422"]),
+        ("/api/v1/models/rollback", "post", ["200", "409", "422"]),
+        ("/api/v1/items/{item_id}", "put", ["200", "201"]),
+    ],
+)
 def test_each_endpoint_documents_the_body_of_each_of_its_answers(schema, path, method, statuses):
     operation = schema["paths"][path][method]
     for status in statuses:
@@ -145,11 +148,14 @@ def test_every_failure_has_the_error_body_and_every_keyed_operation_documents_40
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("content_type, body, status", [
-    ("application/json", b'{"user_id": ', 400),
-    ("text/plain", b"hello", 415),
-    ("application/json", b'{"user_id": 5}', 400),
-])
+@pytest.mark.parametrize(
+    "content_type, body, status",
+    [
+        ("application/json", b'{"user_id": ', 400),
+        ("text/plain", b"hello", 415),
+        ("application/json", b'{"user_id": 5}', 400),
+    ],
+)
 def test_the_api_answers_failures_in_the_documented_error_shape(ingest_client, content_type, body, status):
     response = ingest_client.generic("POST", "/api/v1/events", body, content_type=content_type)
     assert response.status_code == status
@@ -222,7 +228,10 @@ def test_the_answers_of_a_live_service_match_the_schema(running_experiment, admi
 
 def _as_checked_response(response, method: str, url: str) -> Response:
     return Response(
-        status_code=response.status_code, headers={name: [value] for name, value in response.headers.items()},
-        content=response.content, request=requests.Request(method, "http://testserver" + url).prepare(),
-        elapsed=0.0, verify=True,
+        status_code=response.status_code,
+        headers={name: [value] for name, value in response.headers.items()},
+        content=response.content,
+        request=requests.Request(method, "http://testserver" + url).prepare(),
+        elapsed=0.0,
+        verify=True,
     )

@@ -5,9 +5,6 @@ import importlib
 import json
 import re
 from ipaddress import ip_address, ip_network
-
-
-import re
 from pathlib import Path
 
 import yaml
@@ -58,8 +55,9 @@ def test_the_app_services_carry_no_default_secret_and_run_the_production_setting
     assert env["DEBUG"] == "false" and env["DEPLOYMENT"] == "${DEPLOYMENT:-production}"
     for name in ["web", "worker", "trainer", "beat", "migrate"]:
         assert SERVICES[name]["environment"]["SECRET_KEY"] == env["SECRET_KEY"], name
-    assert "SECRET_KEY" not in "".join(line for line in (REPO / "Dockerfile").read_text().splitlines()
-                                       if line.startswith("ENV")), "the image must not carry a key"
+    assert "SECRET_KEY" not in "".join(
+        line for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("ENV")
+    ), "the image must not carry a key"
 
 
 def test_the_image_installs_the_pinned_requirements():
@@ -124,8 +122,12 @@ def test_compose_runs_prometheus_and_grafana_on_pinned_images_with_health_checks
 
 def test_prometheus_scrapes_web_and_both_workers_where_they_serve_metrics_and_may_read_them():
     config = yaml.safe_load(mounted("prometheus", "/etc/prometheus/prometheus.yml").read_text())
-    targets = {target: job for job in config["scrape_configs"] for static in job["static_configs"]
-               for target in static["targets"]}
+    targets = {
+        target: job
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
     assert targets["web:8000"].get("metrics_path", "/metrics") == "/metrics"
     for worker in ["worker", "trainer"]:
         env = SERVICES[worker]["environment"]
@@ -155,8 +157,12 @@ def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard
 
 def test_every_metric_the_dashboard_queries_is_one_we_export():
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "recsite.json").read_text())
-    queried = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
-               for name in METRIC_NAME.findall(target["expr"])}
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in METRIC_NAME.findall(target["expr"])
+    }
     exported = exported_metric_names()
     assert len(queried) >= 20
     assert queried <= exported, sorted(queried - exported)
@@ -181,8 +187,9 @@ def test_compose_runs_a_pinned_mlflow_server_on_sqlite_in_a_volume_and_the_app_m
     mlflow = SERVICES["mlflow"]
     image, _, tag = mlflow["image"].partition(":")
     assert image == "ghcr.io/mlflow/mlflow" and re.fullmatch(r"v\d+\.\d+\.\d+", tag), "pin the image's version"
-    client = next(line for line in (REPO / "requirements.txt").read_text().splitlines()
-                  if line.startswith("mlflow-skinny=="))
+    client = next(
+        line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("mlflow-skinny==")
+    )
     assert client == f"mlflow-skinny=={tag[1:]}", "the server and the client are the same release"
     server = " ".join(mlflow["command"])
     assert server.startswith("mlflow server") and "--port 5000" in server and "--serve-artifacts" in server

@@ -35,8 +35,12 @@ def free_port() -> int:
 
 
 def get_json(url: str, key: str, method: str = "GET", body: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -50,18 +54,57 @@ def get_json(url: str, key: str, method: str = "GET", body: dict | None = None) 
 def live_system(tmp_path, settings):
     """Web, worker, trainer and beat as separate processes on the test database."""
     settings.MODEL_STORE, settings.REPLAY_CLOCK_ENABLED = tmp_path / "models", True
-    env = {"MODEL_STORE": str(settings.MODEL_STORE), "MODEL_POLL_SECONDS": "0.5", "DEBUG": "false",
-           "REPLAY_CLOCK_ENABLED": "1"}
+    env = {
+        "MODEL_STORE": str(settings.MODEL_STORE),
+        "MODEL_POLL_SECONDS": "0.5",
+        "DEBUG": "false",
+        "REPLAY_CLOCK_ENABLED": "1",
+    }
     port = free_port()
     commands = {
         "web": [str(BIN / "gunicorn"), "recsite.wsgi:application", "--workers", "2", "--bind", f"127.0.0.1:{port}"],
-        "worker": [str(BIN / "celery"), "-A", "recsite", "worker", "-Q", "default", "-c", "1", "-n", f"e2e-w-{port}@%h",
-                   "--loglevel", "INFO"],
-        "trainer": [str(BIN / "celery"), "-A", "recsite", "worker", "-Q", "training", "-c", "1",
-                    "--max-tasks-per-child", "1", "-n", f"e2e-t-{port}@%h", "--loglevel", "INFO"],
-        "beat": [str(BIN / "celery"), "-A", "recsite", "beat", "--scheduler",
-                 "django_celery_beat.schedulers:DatabaseScheduler", "-s", str(tmp_path / "beat-schedule"),
-                 "--loglevel", "INFO"],
+        "worker": [
+            str(BIN / "celery"),
+            "-A",
+            "recsite",
+            "worker",
+            "-Q",
+            "default",
+            "-c",
+            "1",
+            "-n",
+            f"e2e-w-{port}@%h",
+            "--loglevel",
+            "INFO",
+        ],
+        "trainer": [
+            str(BIN / "celery"),
+            "-A",
+            "recsite",
+            "worker",
+            "-Q",
+            "training",
+            "-c",
+            "1",
+            "--max-tasks-per-child",
+            "1",
+            "-n",
+            f"e2e-t-{port}@%h",
+            "--loglevel",
+            "INFO",
+        ],
+        "beat": [
+            str(BIN / "celery"),
+            "-A",
+            "recsite",
+            "beat",
+            "--scheduler",
+            "django_celery_beat.schedulers:DatabaseScheduler",
+            "-s",
+            str(tmp_path / "beat-schedule"),
+            "--loglevel",
+            "INFO",
+        ],
     }
     processes = {name: start_process(args, tmp_path / f"{name}.log", **env) for name, args in commands.items()}
     try:
@@ -117,8 +160,14 @@ def test_the_loop_retrains_on_its_own_gates_promotes_and_rolls_back_without_losi
     # Beat keeps checking after the stream ends (the clock runs on): wait for the loop to settle.
     automatic = TrainingRun.objects.filter(trigger__in=["volume", "drift"]).exclude(status="failed")
     try:
-        wait_until(lambda: automatic.filter(status__in=["promoted", "rejected"]).exists()
-                   and not TrainingRun.objects.filter(status__in=IN_FLIGHT).exists(), 180, message="an automatic run")
+        wait_until(
+            lambda: (
+                automatic.filter(status__in=["promoted", "rejected"]).exists()
+                and not TrainingRun.objects.filter(status__in=IN_FLIGHT).exists()
+            ),
+            180,
+            message="an automatic run",
+        )
     except AssertionError as timeout:
         recent = list(TriggerEvaluation.objects.values_list("fired", "action")[:5])
         runs = list(TrainingRun.objects.values_list("pk", "trigger", "status", "error"))
@@ -136,7 +185,11 @@ def test_the_loop_retrains_on_its_own_gates_promotes_and_rolls_back_without_losi
         spare = ModelVersion.objects.exclude(status__in=["active", "failed", "training"]).order_by("-version").first()
         status, _ = get_json(f"{url}/api/v1/models/{spare.version}/promote", key, "POST", {"reason": "e2e operator"})
         assert status == 200
-        wait_until(lambda v=spare.version: watcher.versions() and watcher.versions()[-1] == v, 15, message="the promoted version")
+        wait_until(
+            lambda v=spare.version: watcher.versions() and watcher.versions()[-1] == v,
+            15,
+            message="the promoted version",
+        )
     champion = DeploymentChange.objects.filter(action="promote").order_by("created_at").last().to_version.version
     wait_until(lambda: watcher.versions() and watcher.versions()[-1] == champion, 15, message="the new champion served")
     assert len(watcher.versions()) >= 2, watcher.versions()
@@ -149,7 +202,9 @@ def test_the_loop_retrains_on_its_own_gates_promotes_and_rolls_back_without_losi
     assert {status for status, _ in watcher.answers} == {200}
     assert time.monotonic() - started < 300
     call_command("export_model_comparison", "--output", str(folder / "MODEL_COMPARISON.md"))
-    rows = [line for line in (folder / "MODEL_COMPARISON.md").read_text().splitlines() if re.match(r"^\| (\*\*)?v\d+", line)]
+    rows = [
+        line for line in (folder / "MODEL_COMPARISON.md").read_text().splitlines() if re.match(r"^\| (\*\*)?v\d+", line)
+    ]
     assert len(rows) == TrainingRun.objects.exclude(model_version=None).count()
 
 
@@ -166,16 +221,33 @@ def test_a_replay_with_a_canary_rollout_sends_the_gated_candidate_into_a_judged_
     policy.canary_steps, policy.rollout_min_step_minutes = [30, 100], 60
     policy.save()
     _, key = api_key_create(name="e2e-canary", scopes=["admin"])
-    report = replay_run(path=MOVIELENS, start_fraction=0.9, speed=60_000, api_url=url, api_key=key, check_every_s=2,
-                        rollout="canary", rollout_min_impressions=50)
+    report = replay_run(
+        path=MOVIELENS,
+        start_fraction=0.9,
+        speed=60_000,
+        api_url=url,
+        api_key=key,
+        check_every_s=2,
+        rollout="canary",
+        rollout_min_impressions=50,
+    )
     wait_until(lambda: Experiment.objects.exclude(last_report={}).exists(), 60, message="a judged experiment")
     experiment = Experiment.objects.order_by("id").first()
     assert experiment.mode == "canary" and experiment.started_by == "gate"
     assert TrainingRun.objects.filter(status="challenger", model_version=experiment.version).exists()
     routed = Impression.objects.filter(experiment_id=experiment.pk, arm="challenger")
-    assert routed.exists(), [(r.pk, r.trigger, r.status, str(r.data_until), r.created_at.strftime("%H:%M:%S"),
-                              r.finished_at and r.finished_at.strftime("%H:%M:%S"), (r.gate.get("failures") or [""])[0][:80])
-                             for r in TrainingRun.objects.order_by("pk")]
+    assert routed.exists(), [
+        (
+            r.pk,
+            r.trigger,
+            r.status,
+            str(r.data_until),
+            r.created_at.strftime("%H:%M:%S"),
+            r.finished_at and r.finished_at.strftime("%H:%M:%S"),
+            (r.gate.get("failures") or [""])[0][:80],
+        )
+        for r in TrainingRun.objects.order_by("pk")
+    ]
     assert set(routed.values_list("routed_version", flat=True)) == {experiment.version.version}
     assert set(experiment.last_report["arms"]) == {"champion", "challenger"}
     assert report.acknowledged_events == report.sent_events and report.failed_requests == 0

@@ -42,8 +42,9 @@ def scrape(client, **headers) -> dict[tuple[str, tuple], float]:
 
 def total(samples: dict, name: str, **labels) -> float:
     wanted = set(labels.items())
-    return sum(value for (sample, sample_labels), value in samples.items()
-               if sample == name and wanted <= set(sample_labels))
+    return sum(
+        value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= set(sample_labels)
+    )
 
 
 def series(samples: dict, name: str) -> dict[tuple, float]:
@@ -83,8 +84,10 @@ def test_a_scrape_after_traffic_shows_every_family_with_the_traffic_counted(clie
     before = scrape(client)
     run, report = trained()
     repeated = str(uuid.uuid4())
-    assert post_events(ingest_client, [event("user-1", "item-1", "view", repeated), event("user-1", "item-2",
-                                                                                          "like")]) == 201
+    assert (
+        post_events(ingest_client, [event("user-1", "item-1", "view", repeated), event("user-1", "item-2", "like")])
+        == 201
+    )
     assert post_events(ingest_client, [event("user-1", "item-1", "view", repeated)]) == 201  # a duplicate
     assert post_events(ingest_client, [event("user-1", "item-1", "rating")]) == 400  # a rating needs a value
     for user in ("user-1", "user-2", "nobody-knows-me"):
@@ -158,8 +161,9 @@ def test_a_database_that_fails_leaves_its_figures_out_and_still_serves_the_proce
 def test_an_impression_buffer_that_overflows_while_flushes_fail_counts_what_it_gave_up(settings, monkeypatch):
     buffer = ImpressionBuffer()
     buffer._buffer = [object()] * (MAX_BUFFERED + 7)
-    monkeypatch.setattr("recommendations.models.Impression.objects.bulk_create",
-                        mock.Mock(side_effect=OperationalError("down")))
+    monkeypatch.setattr(
+        "recommendations.models.Impression.objects.bulk_create", mock.Mock(side_effect=OperationalError("down"))
+    )
     with pytest.raises(OperationalError):
         buffer.flush()
     assert buffer.dropped == 7 and buffer.buffered() == MAX_BUFFERED
@@ -199,7 +203,9 @@ def test_a_production_deployment_with_nothing_configured_refuses_everyone(client
 
 def test_the_bearer_token_opens_metrics_from_anywhere_and_a_wrong_one_does_not(client, settings):
     settings.METRICS_ALLOWED_NETWORKS, settings.METRICS_TOKEN = [], "s3cret-token"
-    assert client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer s3cret-token").status_code == 200
+    assert (
+        client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer s3cret-token").status_code == 200
+    )
     assert client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
     assert client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="s3cret-token").status_code == 403
 
@@ -233,7 +239,7 @@ def test_the_settings_default_to_loopback_when_local_and_to_nothing_in_productio
         monkeypatch.setenv("DEPLOYMENT", "production")
         assert importlib.reload(module).METRICS_ALLOWED_NETWORKS == []
         monkeypatch.setenv("DEPLOYMENT", "local")
-        assert importlib.reload(module).METRICS_ALLOWED_NETWORKS == [ip_network(cidr) for cidr in LOCAL]
+        assert [ip_network(cidr) for cidr in LOCAL] == importlib.reload(module).METRICS_ALLOWED_NETWORKS
         monkeypatch.setenv("METRICS_ALLOWED_NETWORKS", "10.0.0.0/8, not-a-network")
         with pytest.raises(ImproperlyConfigured, match="METRICS_ALLOWED_NETWORKS"):
             importlib.reload(module)
@@ -246,8 +252,9 @@ def test_a_shed_request_is_timed_under_its_route_with_its_503(client, ingest_cli
     settings.SHED_QUEUE_SECONDS = 0.5
     labels = {"route": "api/v1/events", "method": "POST", "status": "503"}
     before = total(scrape(client), "recsite_http_request_duration_seconds_count", **labels)
-    response = ingest_client.post("/api/v1/events", event("u", "i"), format="json",
-                                  **{QUEUED_AT: time.monotonic() - 0.6})
+    response = ingest_client.post(
+        "/api/v1/events", event("u", "i"), format="json", **{QUEUED_AT: time.monotonic() - 0.6}
+    )
     assert response.status_code == 503
     assert total(scrape(client), "recsite_http_request_duration_seconds_count", **labels) == before + 1
 

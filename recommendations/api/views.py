@@ -16,6 +16,13 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from recommendations import sql
+from recommendations.models import EventType
+from recommendations.runtime import process_runtime
+from recommendations.services.catalog import ItemInput, item_upsert
+from recommendations.services.events import EventInput, event_ingest
+from recommendations.serving.recommend import recommendations_for, serving_health, similar_items
+from recsite import metrics
 from recsite.api import (
     PastDateTimeField,
     StrictBooleanField,
@@ -26,13 +33,6 @@ from recsite.api import (
     StrictUUIDField,
     validated,
 )
-from recommendations import sql
-from recommendations.models import EventType
-from recommendations.runtime import process_runtime
-from recommendations.serving.recommend import recommendations_for, serving_health, similar_items
-from recommendations.services.catalog import ItemInput, item_upsert
-from recommendations.services.events import EventInput, event_ingest
-from recsite import metrics
 from recsite.errors import ApplicationError, located
 
 logger = logging.getLogger(__name__)  # HealthApi's database failures
@@ -47,15 +47,21 @@ CATEGORY_MAX_LENGTH = 100
 def _batch(data, key: str, limit: int) -> tuple[list, bool]:
     """The list under `key`, or the body itself as a batch of one; refuses empty and oversize batches."""
     if not isinstance(data, dict):
-        raise ApplicationError("The body must be a JSON object.", extra={"errors": [located("body", "Expected a JSON object.")]})
+        raise ApplicationError(
+            "The body must be a JSON object.", extra={"errors": [located("body", "Expected a JSON object.")]}
+        )
     if key not in data:
         return [data], False
     batch = data[key]
     if set(data) != {key}:
         extra = sorted(set(data) - {key})
-        raise ApplicationError("Unknown fields beside the batch.", extra={"errors": [located(f, "Unknown field.") for f in extra]})
+        raise ApplicationError(
+            "Unknown fields beside the batch.", extra={"errors": [located(f, "Unknown field.") for f in extra]}
+        )
     if not isinstance(batch, list) or not batch:
-        raise ApplicationError(f"'{key}' must be a non-empty list.", extra={"errors": [located(key, "Expected a non-empty list.")]})
+        raise ApplicationError(
+            f"'{key}' must be a non-empty list.", extra={"errors": [located(key, "Expected a non-empty list.")]}
+        )
     if len(batch) > limit:
         raise ApplicationError(
             f"At most {limit} {key} per request.",
@@ -108,14 +114,15 @@ class EventIngestApi(APIView):
             resource_type_field_name=None,
         ),
         responses={201: OutputSerializer, 400: OpenApiResponse(description="Invalid events; nothing was written.")},
-        summary="Record one event, or a batch as {\"events\": [...]} (all or nothing)",
+        summary='Record one event, or a batch as {"events": [...]} (all or nothing)',
     )
     def post(self, request):
         batch, _ = _batch(request.data, "events", settings.MAX_EVENTS_PER_REQUEST)
         metrics.INGEST_BATCH_SIZE.labels("events").observe(len(batch))
         try:
-            valid = validated(self.InputSerializer, batch, many=True,
-                              message="Some events are invalid; nothing was written.")
+            valid = validated(
+                self.InputSerializer, batch, many=True, message="Some events are invalid; nothing was written."
+            )
             now = timezone.now()
             result = event_ingest(events=[EventInput(**{"timestamp": now, **event}) for event in valid])
         except ApplicationError:
@@ -126,8 +133,12 @@ class EventIngestApi(APIView):
 
 def _event_types_of(batch: list) -> Counter:
     """The batch's events by type, for the metrics: "invalid" for what is not a known type (bounded labels)."""
-    return Counter(event.get("event_type") if isinstance(event, dict) and event.get("event_type") in EventType.values
-                   else "invalid" for event in batch)
+    return Counter(
+        event.get("event_type")
+        if isinstance(event, dict) and event.get("event_type") in EventType.values
+        else "invalid"
+        for event in batch
+    )
 
 
 class _ItemFields(StrictSerializer):
@@ -154,14 +165,18 @@ class ItemBulkUpsertApi(APIView):
     @extend_schema(
         request=_batch_schema("ItemBatch", "items", InputSerializer),
         responses={200: OutputSerializer, 400: OpenApiResponse(description="Invalid items; nothing was written.")},
-        summary="Create or replace items, as {\"items\": [...]} (all or nothing)",
+        summary='Create or replace items, as {"items": [...]} (all or nothing)',
     )
     def post(self, request):
         batch, is_batch = _batch(request.data, "items", settings.MAX_EVENTS_PER_REQUEST)
         if not is_batch:
-            raise ApplicationError("Expected {\"items\": [...]}.", extra={"errors": [located("items", "This field is required.")]})
+            raise ApplicationError(
+                'Expected {"items": [...]}.', extra={"errors": [located("items", "This field is required.")]}
+            )
         metrics.INGEST_BATCH_SIZE.labels("items").observe(len(batch))
-        valid = validated(self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written.")
+        valid = validated(
+            self.InputSerializer, batch, many=True, message="Some items are invalid; nothing was written."
+        )
         result = item_upsert(items=[ItemInput(**item) for item in valid])
         return Response(self.OutputSerializer(result).data)
 
@@ -173,15 +188,22 @@ class ItemUpsertApi(APIView):
     class InputSerializer(_ItemFields):
         pass
 
-    @extend_schema(request=InputSerializer,
-                   responses={200: ItemBulkUpsertApi.OutputSerializer, 201: ItemBulkUpsertApi.OutputSerializer},
-                   summary="Create (201) or replace (200) one item")
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: ItemBulkUpsertApi.OutputSerializer, 201: ItemBulkUpsertApi.OutputSerializer},
+        summary="Create (201) or replace (200) one item",
+    )
     def put(self, request, item_id: str):
         if len(item_id) > EXTERNAL_ID_MAX:
-            raise ApplicationError("item_id is too long.", extra={"errors": [located("item_id", f"At most {EXTERNAL_ID_MAX} characters.")]})
+            raise ApplicationError(
+                "item_id is too long.", extra={"errors": [located("item_id", f"At most {EXTERNAL_ID_MAX} characters.")]}
+            )
         valid = validated(self.InputSerializer, request.data, message="The item is invalid; nothing was written.")
         result = item_upsert(items=[ItemInput(item_id=item_id, **valid)])
-        return Response(ItemBulkUpsertApi.OutputSerializer(result).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+        return Response(
+            ItemBulkUpsertApi.OutputSerializer(result).data,
+            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        )
 
 
 class ModelHealthOutput(serializers.Serializer):
@@ -206,10 +228,13 @@ class HealthApi(APIView):
         message = serializers.CharField(required=False)
         model = ModelHealthOutput(required=False)
 
-    @extend_schema(responses={
-        200: OpenApiResponse(OutputSerializer, description="Serving the champion, or an older one (degraded)."),
-        503: OpenApiResponse(OutputSerializer, description="No database, or no model while one is named."),
-    }, summary="Health for load balancers (no key needed)")
+    @extend_schema(
+        responses={
+            200: OpenApiResponse(OutputSerializer, description="Serving the champion, or an older one (degraded)."),
+            503: OpenApiResponse(OutputSerializer, description="No database, or no model while one is named."),
+        },
+        summary="Health for load balancers (no key needed)",
+    )
     def get(self, request):
         try:
             sql.database_ping()
@@ -283,11 +308,23 @@ class RecommendationsApi(APIView):
     def get(self, request, user_id: str):
         query = self.query_of(request.query_params)
         exclude = [part.strip() for part in query.get("exclude", "").split(",") if part.strip()]
-        result = recommendations_for(runtime=process_runtime(), user_external_id=user_id, k=query["k"],
-                                     category=query.get("category"), exclude=exclude, explain=query["explain"])
-        return Response({"user_id": result.user_id, "model_version": result.model_version, "strategy": result.strategy,
-                         "recommendation_id": str(result.recommendation_id), "items": result.items})
-
+        result = recommendations_for(
+            runtime=process_runtime(),
+            user_external_id=user_id,
+            k=query["k"],
+            category=query.get("category"),
+            exclude=exclude,
+            explain=query["explain"],
+        )
+        return Response(
+            {
+                "user_id": result.user_id,
+                "model_version": result.model_version,
+                "strategy": result.strategy,
+                "recommendation_id": str(result.recommendation_id),
+                "items": result.items,
+            }
+        )
 
     @classmethod
     def query_of(cls, params) -> dict:
@@ -311,10 +348,12 @@ class SimilarItemsApi(APIView):
         strategy = serializers.ChoiceField(choices=["collaborative", "popular_in_category", "popular"])
         items = ServedItem(many=True)
 
-    @extend_schema(parameters=[QuerySerializer], responses={200: OutputSerializer},
-                   summary="Items similar to an item (collaborative model)")
+    @extend_schema(
+        parameters=[QuerySerializer],
+        responses={200: OutputSerializer},
+        summary="Items similar to an item (collaborative model)",
+    )
     def get(self, request, item_id: str):
         query = validated(self.QuerySerializer, request.query_params)
-        version, strategy, items = similar_items(runtime=process_runtime(), item_external_id=item_id,
-                                                 k=query["k"])
+        version, strategy, items = similar_items(runtime=process_runtime(), item_external_id=item_id, k=query["k"])
         return Response({"item_id": item_id, "model_version": version, "strategy": strategy, "items": items})

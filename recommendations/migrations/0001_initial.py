@@ -5,102 +5,183 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.CharField(editable=False, max_length=150, primary_key=True, serialize=False, unique=True)),
-                ('prefix', models.CharField(editable=False, max_length=8, unique=True)),
-                ('hashed_key', models.CharField(editable=False, max_length=150)),
-                ('created', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('name', models.CharField(default=None, help_text='A free-form name for the API key. Need not be unique. 50 characters max.', max_length=50)),
-                ('revoked', models.BooleanField(blank=True, default=False, help_text='If the API key is revoked, clients cannot use it anymore. (This cannot be undone.)')),
-                ('expiry_date', models.DateTimeField(blank=True, help_text='Once API key expires, clients cannot use it anymore.', null=True, verbose_name='Expires')),
-                ('scopes', models.JSONField(default=list)),
+                (
+                    "id",
+                    models.CharField(editable=False, max_length=150, primary_key=True, serialize=False, unique=True),
+                ),
+                ("prefix", models.CharField(editable=False, max_length=8, unique=True)),
+                ("hashed_key", models.CharField(editable=False, max_length=150)),
+                ("created", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "name",
+                    models.CharField(
+                        default=None,
+                        help_text="A free-form name for the API key. Need not be unique. 50 characters max.",
+                        max_length=50,
+                    ),
+                ),
+                (
+                    "revoked",
+                    models.BooleanField(
+                        blank=True,
+                        default=False,
+                        help_text="If the API key is revoked, clients cannot use it anymore. (This cannot be undone.)",
+                    ),
+                ),
+                (
+                    "expiry_date",
+                    models.DateTimeField(
+                        blank=True,
+                        help_text="Once API key expires, clients cannot use it anymore.",
+                        null=True,
+                        verbose_name="Expires",
+                    ),
+                ),
+                ("scopes", models.JSONField(default=list)),
             ],
             options={
-                'verbose_name': 'API key',
-                'verbose_name_plural': 'API keys',
-                'ordering': ('-created',),
-                'abstract': False,
+                "verbose_name": "API key",
+                "verbose_name_plural": "API keys",
+                "ordering": ("-created",),
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='EndUser',
+            name="EndUser",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('external_id', models.CharField(max_length=128, unique=True)),
-                ('attributes', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("external_id", models.CharField(max_length=128, unique=True)),
+                ("attributes", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Item',
+            name="Item",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('external_id', models.CharField(max_length=128, unique=True)),
-                ('title', models.CharField(blank=True, default='', max_length=500)),
-                ('categories', models.JSONField(blank=True, default=list)),
-                ('attributes', models.JSONField(blank=True, default=dict)),
-                ('active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("external_id", models.CharField(max_length=128, unique=True)),
+                ("title", models.CharField(blank=True, default="", max_length=500)),
+                ("categories", models.JSONField(blank=True, default=list)),
+                ("attributes", models.JSONField(blank=True, default=dict)),
+                ("active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.CreateModel(
-            name='UserFeatures',
+            name="UserFeatures",
             fields=[
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='features', serialize=False, to='recommendations.enduser')),
-                ('event_count', models.IntegerField(default=0)),
-                ('counts_by_type', models.JSONField(default=dict)),
-                ('positive_count', models.IntegerField(default=0)),
-                ('rating_count', models.IntegerField(default=0)),
-                ('rating_sum', models.FloatField(default=0.0)),
-                ('first_seen', models.DateTimeField(null=True)),
-                ('last_seen', models.DateTimeField(null=True)),
-                ('recent_items', models.JSONField(default=list)),
-                ('category_counts', models.JSONField(default=dict)),
-                ('category_last_seen', models.JSONField(default=dict)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="features",
+                        serialize=False,
+                        to="recommendations.enduser",
+                    ),
+                ),
+                ("event_count", models.IntegerField(default=0)),
+                ("counts_by_type", models.JSONField(default=dict)),
+                ("positive_count", models.IntegerField(default=0)),
+                ("rating_count", models.IntegerField(default=0)),
+                ("rating_sum", models.FloatField(default=0.0)),
+                ("first_seen", models.DateTimeField(null=True)),
+                ("last_seen", models.DateTimeField(null=True)),
+                ("recent_items", models.JSONField(default=list)),
+                ("category_counts", models.JSONField(default=dict)),
+                ("category_last_seen", models.JSONField(default=dict)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.CreateModel(
-            name='ItemFeatures',
+            name="ItemFeatures",
             fields=[
-                ('item', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='features', serialize=False, to='recommendations.item')),
-                ('event_count', models.IntegerField(default=0)),
-                ('positive_count', models.IntegerField(default=0)),
-                ('rating_count', models.IntegerField(default=0)),
-                ('rating_sum', models.FloatField(default=0.0)),
-                ('first_event_at', models.DateTimeField(null=True)),
-                ('last_event_at', models.DateTimeField(null=True)),
-                ('log_pop_7d', models.FloatField(null=True)),
-                ('log_pop_30d', models.FloatField(null=True)),
+                (
+                    "item",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="features",
+                        serialize=False,
+                        to="recommendations.item",
+                    ),
+                ),
+                ("event_count", models.IntegerField(default=0)),
+                ("positive_count", models.IntegerField(default=0)),
+                ("rating_count", models.IntegerField(default=0)),
+                ("rating_sum", models.FloatField(default=0.0)),
+                ("first_event_at", models.DateTimeField(null=True)),
+                ("last_event_at", models.DateTimeField(null=True)),
+                ("log_pop_7d", models.FloatField(null=True)),
+                ("log_pop_30d", models.FloatField(null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Interaction',
+            name="Interaction",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_id', models.UUIDField(blank=True, null=True)),
-                ('event_type', models.CharField(choices=[('view', 'View'), ('click', 'Click'), ('like', 'Like'), ('rating', 'Rating'), ('purchase', 'Purchase'), ('dislike', 'Dislike')], max_length=16)),
-                ('value', models.FloatField(blank=True, null=True)),
-                ('timestamp', models.DateTimeField()),
-                ('recommendation_id', models.UUIDField(blank=True, null=True)),
-                ('context', models.JSONField(blank=True, null=True)),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='interactions', to='recommendations.enduser')),
-                ('item', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='interactions', to='recommendations.item')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("event_id", models.UUIDField(blank=True, null=True)),
+                (
+                    "event_type",
+                    models.CharField(
+                        choices=[
+                            ("view", "View"),
+                            ("click", "Click"),
+                            ("like", "Like"),
+                            ("rating", "Rating"),
+                            ("purchase", "Purchase"),
+                            ("dislike", "Dislike"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("value", models.FloatField(blank=True, null=True)),
+                ("timestamp", models.DateTimeField()),
+                ("recommendation_id", models.UUIDField(blank=True, null=True)),
+                ("context", models.JSONField(blank=True, null=True)),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="interactions",
+                        to="recommendations.enduser",
+                    ),
+                ),
+                (
+                    "item",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="interactions",
+                        to="recommendations.item",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['user', 'timestamp'], name='recommendat_user_id_7b8d15_idx'), models.Index(fields=['item', 'timestamp'], name='recommendat_item_id_8e9872_idx'), models.Index(fields=['timestamp'], name='recommendat_timesta_d00cf0_idx'), models.Index(condition=models.Q(('recommendation_id__isnull', False)), fields=['recommendation_id'], name='ix_rec_id')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('event_id__isnull', False)), fields=('event_id',), name='uniq_event_id')],
+                "indexes": [
+                    models.Index(fields=["user", "timestamp"], name="recommendat_user_id_7b8d15_idx"),
+                    models.Index(fields=["item", "timestamp"], name="recommendat_item_id_8e9872_idx"),
+                    models.Index(fields=["timestamp"], name="recommendat_timesta_d00cf0_idx"),
+                    models.Index(
+                        condition=models.Q(("recommendation_id__isnull", False)),
+                        fields=["recommendation_id"],
+                        name="ix_rec_id",
+                    ),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("event_id__isnull", False)), fields=("event_id",), name="uniq_event_id"
+                    )
+                ],
             },
         ),
     ]

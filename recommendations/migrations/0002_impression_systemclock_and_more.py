@@ -5,45 +5,46 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('recommendations', '0001_initial'),
+        ("recommendations", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Impression',
+            name="Impression",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('recommendation_id', models.UUIDField(unique=True)),
-                ('model_version', models.PositiveIntegerField(blank=True, db_index=True, null=True)),
-                ('strategy', models.CharField(choices=[('model', 'Model'), ('popular', 'Popular')], max_length=10)),
-                ('arm', models.CharField(blank=True, default='champion', max_length=12)),
-                ('items', models.JSONField(default=list)),
-                ('served_at', models.DateTimeField(db_index=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("recommendation_id", models.UUIDField(unique=True)),
+                ("model_version", models.PositiveIntegerField(blank=True, db_index=True, null=True)),
+                ("strategy", models.CharField(choices=[("model", "Model"), ("popular", "Popular")], max_length=10)),
+                ("arm", models.CharField(blank=True, default="champion", max_length=12)),
+                ("items", models.JSONField(default=list)),
+                ("served_at", models.DateTimeField(db_index=True)),
             ],
         ),
         migrations.CreateModel(
-            name='SystemClock',
+            name="SystemClock",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('singleton', models.BooleanField(default=True, editable=False, unique=True)),
-                ('simulated_anchor', models.DateTimeField()),
-                ('real_anchor', models.DateTimeField()),
-                ('speed', models.FloatField(default=1.0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("singleton", models.BooleanField(default=True, editable=False, unique=True)),
+                ("simulated_anchor", models.DateTimeField()),
+                ("real_anchor", models.DateTimeField()),
+                ("speed", models.FloatField(default=1.0)),
             ],
         ),
         migrations.AddIndex(
-            model_name='itemfeatures',
-            index=models.Index(fields=['-log_pop_7d'], name='ix_itemfeatures_trending'),
+            model_name="itemfeatures",
+            index=models.Index(fields=["-log_pop_7d"], name="ix_itemfeatures_trending"),
         ),
         migrations.AddField(
-            model_name='impression',
-            name='user',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='impressions', to='recommendations.enduser'),
+            model_name="impression",
+            name="user",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="impressions", to="recommendations.enduser"
+            ),
         ),
         migrations.AddIndex(
-            model_name='impression',
-            index=models.Index(fields=['user', 'served_at'], name='recommendat_user_id_cd55a7_idx'),
+            model_name="impression",
+            index=models.Index(fields=["user", "served_at"], name="recommendat_user_id_cd55a7_idx"),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('recommendations', '0002_impression_systemclock_and_more'),
+        ("recommendations", "0002_impression_systemclock_and_more"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='impression',
-            name='scores',
+            model_name="impression",
+            name="scores",
             field=models.JSONField(default=list, help_text="the model's scores of the items, for prediction drift"),
         ),
     ]

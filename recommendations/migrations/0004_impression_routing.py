@@ -11,36 +11,46 @@ def routed_version_backfill(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('recommendations', '0003_impression_scores'),
+        ("recommendations", "0003_impression_scores"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='impression',
-            name='experiment_id',
+            model_name="impression",
+            name="experiment_id",
             field=models.BigIntegerField(blank=True, db_index=True, null=True),
         ),
         migrations.AddField(
-            model_name='impression',
-            name='routed_version',
+            model_name="impression",
+            name="routed_version",
             field=models.PositiveIntegerField(blank=True, db_index=True, null=True),
         ),
         migrations.AddField(
-            model_name='impression',
-            name='shadow_of',
+            model_name="impression",
+            name="shadow_of",
             field=models.UUIDField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='impression',
-            name='arm',
-            field=models.CharField(choices=[('champion', 'Champion'), ('challenger', 'Challenger'), ('shadow', 'Shadow')], default='champion', max_length=12),
+            model_name="impression",
+            name="arm",
+            field=models.CharField(
+                choices=[("champion", "Champion"), ("challenger", "Challenger"), ("shadow", "Shadow")],
+                default="champion",
+                max_length=12,
+            ),
         ),
         migrations.AlterField(
-            model_name='impression',
-            name='strategy',
-            field=models.CharField(choices=[('model', 'Model'), ('popular', 'Popular'), ('error', 'error (the routed model failed; a fallback answered)')], max_length=10),
+            model_name="impression",
+            name="strategy",
+            field=models.CharField(
+                choices=[
+                    ("model", "Model"),
+                    ("popular", "Popular"),
+                    ("error", "error (the routed model failed; a fallback answered)"),
+                ],
+                max_length=10,
+            ),
         ),
         migrations.RunPython(routed_version_backfill, migrations.RunPython.noop),
     ]

@@ -51,18 +51,17 @@ def trigger_drop(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('recommendations', '0004_impression_routing'),
+        ("recommendations", "0004_impression_routing"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='CatalogState',
+            name="CatalogState",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('singleton', models.BooleanField(default=True, editable=False, unique=True)),
-                ('deactivations', models.BigIntegerField(default=0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("singleton", models.BooleanField(default=True, editable=False, unique=True)),
+                ("deactivations", models.BigIntegerField(default=0)),
             ],
         ),
         migrations.RunPython(trigger_create, trigger_drop),

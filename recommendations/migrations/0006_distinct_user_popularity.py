@@ -18,13 +18,14 @@ def distinct_users_backfill(apps, schema_editor):
             seen.add((user_id, item_id))
             arrival = features.Event(user_id, item_id, event_type, value, timestamp.timestamp())
             features.item_merge(states[item_id], features.item_delta((), [arrival]))
-    rows = [ItemFeatures(item_id=item_id, user_count=state.user_count, log_users_7d=state.log_users_7d)
-            for item_id, state in states.items()]
+    rows = [
+        ItemFeatures(item_id=item_id, user_count=state.user_count, log_users_7d=state.log_users_7d)
+        for item_id, state in states.items()
+    ]
     ItemFeatures.objects.bulk_update(rows, ["user_count", "log_users_7d"], batch_size=1000)
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("recommendations", "0005_catalog_state"),
     ]

@@ -4,18 +4,17 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('recommendations', '0006_distinct_user_popularity'),
+        ("recommendations", "0006_distinct_user_popularity"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='itemfeatures',
-            options={'verbose_name': 'item features', 'verbose_name_plural': 'item features'},
+            name="itemfeatures",
+            options={"verbose_name": "item features", "verbose_name_plural": "item features"},
         ),
         migrations.AlterModelOptions(
-            name='userfeatures',
-            options={'verbose_name': 'user features', 'verbose_name_plural': 'user features'},
+            name="userfeatures",
+            options={"verbose_name": "user features", "verbose_name_plural": "user features"},
         ),
     ]

@@ -5,42 +5,73 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('recommendations', '0007_verbose_names'),
+        ("recommendations", "0007_verbose_names"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='OutcomeWatermark',
+            name="OutcomeWatermark",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('singleton', models.BooleanField(default=True, editable=False, unique=True)),
-                ('recorded_until', models.DateTimeField()),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("singleton", models.BooleanField(default=True, editable=False, unique=True)),
+                ("recorded_until", models.DateTimeField()),
             ],
         ),
         migrations.CreateModel(
-            name='ImpressionOutcome',
+            name="ImpressionOutcome",
             fields=[
-                ('impression', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='outcome', serialize=False, to='recommendations.impression')),
-                ('user_id', models.BigIntegerField()),
-                ('served_at', models.DateTimeField()),
-                ('arm', models.CharField(choices=[('champion', 'Champion'), ('challenger', 'Challenger'), ('shadow', 'Shadow')], max_length=12)),
-                ('strategy', models.CharField(choices=[('model', 'Model'), ('popular', 'Popular'), ('error', 'error (the routed model failed; a fallback answered)')], max_length=10)),
-                ('model_version', models.PositiveIntegerField(blank=True, null=True)),
-                ('routed_version', models.PositiveIntegerField(blank=True, null=True)),
-                ('experiment_id', models.BigIntegerField(blank=True, null=True)),
-                ('clicked', models.BooleanField()),
-                ('hit', models.BooleanField()),
-                ('clicked_by_time', models.BooleanField(null=True)),
-                ('hit_by_time', models.BooleanField(null=True)),
-                ('rating_sum', models.FloatField(default=0.0)),
-                ('rating_count', models.PositiveIntegerField(default=0)),
-                ('delay_s', models.FloatField(blank=True, help_text='seconds from serving to the first engagement', null=True)),
-                ('overlap', models.FloatField(blank=True, null=True)),
+                (
+                    "impression",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="outcome",
+                        serialize=False,
+                        to="recommendations.impression",
+                    ),
+                ),
+                ("user_id", models.BigIntegerField()),
+                ("served_at", models.DateTimeField()),
+                (
+                    "arm",
+                    models.CharField(
+                        choices=[("champion", "Champion"), ("challenger", "Challenger"), ("shadow", "Shadow")],
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "strategy",
+                    models.CharField(
+                        choices=[
+                            ("model", "Model"),
+                            ("popular", "Popular"),
+                            ("error", "error (the routed model failed; a fallback answered)"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("model_version", models.PositiveIntegerField(blank=True, null=True)),
+                ("routed_version", models.PositiveIntegerField(blank=True, null=True)),
+                ("experiment_id", models.BigIntegerField(blank=True, null=True)),
+                ("clicked", models.BooleanField()),
+                ("hit", models.BooleanField()),
+                ("clicked_by_time", models.BooleanField(null=True)),
+                ("hit_by_time", models.BooleanField(null=True)),
+                ("rating_sum", models.FloatField(default=0.0)),
+                ("rating_count", models.PositiveIntegerField(default=0)),
+                (
+                    "delay_s",
+                    models.FloatField(blank=True, help_text="seconds from serving to the first engagement", null=True),
+                ),
+                ("overlap", models.FloatField(blank=True, null=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['experiment_id', 'arm', 'served_at'], name='recommendat_experim_b3205e_idx'), models.Index(fields=['model_version', 'served_at'], name='recommendat_model_v_ab283f_idx'), models.Index(fields=['routed_version', 'served_at'], name='recommendat_routed__ba57c2_idx')],
+                "indexes": [
+                    models.Index(fields=["experiment_id", "arm", "served_at"], name="recommendat_experim_b3205e_idx"),
+                    models.Index(fields=["model_version", "served_at"], name="recommendat_model_v_ab283f_idx"),
+                    models.Index(fields=["routed_version", "served_at"], name="recommendat_routed__ba57c2_idx"),
+                ],
             },
         ),
     ]

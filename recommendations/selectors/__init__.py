@@ -5,11 +5,23 @@ from datetime import datetime
 
 from recommendations.models import Interaction
 from recommendations.selectors.online import (  # noqa: F401  (the app's read interface)
-    ArmOutcomes, ArmSummary, OnlineHitRate, arm_outcomes_count, experiment_arm_outcomes, experiment_overlap,
-    impression_outcomes, online_hit_rate, online_metrics, outcome_first_served_at, outcomes_recorded_until,
+    ArmOutcomes,
+    ArmSummary,
+    OnlineHitRate,
+    arm_outcomes_count,
+    experiment_arm_outcomes,
+    experiment_overlap,
+    impression_outcomes,
+    online_hit_rate,
+    online_metrics,
+    outcome_first_served_at,
+    outcomes_recorded_until,
 )
 from recommendations.selectors.request_reads import (  # noqa: F401
-    ServedUser, catalog_deactivations, inactive_items, served_user,
+    ServedUser,
+    catalog_deactivations,
+    inactive_items,
+    served_user,
 )
 
 

@@ -9,7 +9,7 @@ user, item and time alone, and a shadow report attributes the champion's lists t
 are compared like for like."""
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -23,8 +23,19 @@ from recommendations.models import Impression, ImpressionOutcome, Interaction, O
 CLICK_TYPES = ("view", "click", "like", "purchase")
 ENGAGEMENT_TYPES = (*CLICK_TYPES, "rating")
 HIT_K = 10
-_IMPRESSION_COLUMNS = ["id", "recommendation_id", "user_id", "served_at", "arm", "model_version", "routed_version",
-                       "strategy", "experiment_id", "shadow_of", "items"]
+_IMPRESSION_COLUMNS = [
+    "id",
+    "recommendation_id",
+    "user_id",
+    "served_at",
+    "arm",
+    "model_version",
+    "routed_version",
+    "strategy",
+    "experiment_id",
+    "shadow_of",
+    "items",
+]
 _EVENT_COLUMNS = ["user_id", "item_id", "event_type", "value", "timestamp", "recommendation_id"]
 _OUTCOME_DEFAULTS = {"clicked": False, "hit": False, "rating_sum": 0.0, "rating_count": 0, "delay_s": np.nan}
 _CHUNK = 5000
@@ -44,10 +55,12 @@ def impression_outcomes(*, impressions: QuerySet, by_recommendation_id: bool = T
         return frame.assign(**{name: pd.Series(dtype=type(value)) for name, value in _OUTCOME_DEFAULTS.items()})
     frame["served_at"] = _utc(frame["served_at"])
     shadow = frame["arm"] == Impression.Arm.SHADOW
-    pairs = pd.concat([
-        _attributed(frame[~shadow], by_recommendation_id=by_recommendation_id, competitors=True),
-        _attributed(frame[shadow], by_recommendation_id=False, competitors=False),
-    ])
+    pairs = pd.concat(
+        [
+            _attributed(frame[~shadow], by_recommendation_id=by_recommendation_id, competitors=True),
+            _attributed(frame[shadow], by_recommendation_id=False, competitors=False),
+        ]
+    )
     return frame.join(_earned(pairs, k), on="id").fillna(_OUTCOME_DEFAULTS).infer_objects()
 
 
@@ -72,7 +85,11 @@ def _attributed(frame: pd.DataFrame, *, by_recommendation_id: bool, competitors:
     nearest = pd.merge_asof(
         _events(nearby, field="user_id", values=users).sort_values("timestamp"),
         served.drop(columns=["recommendation_id"]).sort_values("served_at"),
-        left_on="timestamp", right_on="served_at", by=["user_id", "item_id"], direction="backward", tolerance=window,
+        left_on="timestamp",
+        right_on="served_at",
+        by=["user_id", "item_id"],
+        direction="backward",
+        tolerance=window,
     )
     matched.append(nearest[nearest["id"].notna()])
     pairs = pd.concat(matched)[["id", "position", "served_at", "event_type", "value", "timestamp"]]
@@ -83,13 +100,14 @@ def _rows_in_chunks(rows: QuerySet, *, field: str, values: list, columns: list[s
     """`rows` whose `field` is one of `values`, queried _CHUNK values at a time."""
     found = []
     for offset in range(0, len(values), _CHUNK):
-        found += rows.filter(**{f"{field}__in": values[offset:offset + _CHUNK]}).values_list(*columns)
+        found += rows.filter(**{f"{field}__in": values[offset : offset + _CHUNK]}).values_list(*columns)
     return found
 
 
 def _events(events: QuerySet, *, field: str, values: list) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(_rows_in_chunks(events, field=field, values=values, columns=_EVENT_COLUMNS),
-                                      columns=_EVENT_COLUMNS)
+    frame = pd.DataFrame.from_records(
+        _rows_in_chunks(events, field=field, values=values, columns=_EVENT_COLUMNS), columns=_EVENT_COLUMNS
+    )
     frame["timestamp"] = _utc(frame["timestamp"])
     frame["user_id"] = frame["user_id"].astype("int64")
     frame["item_id"] = frame["item_id"].astype("int64")
@@ -98,8 +116,10 @@ def _events(events: QuerySet, *, field: str, values: list) -> pd.DataFrame:
 
 def _visible_impressions_of(users: list[int], start: datetime, end: datetime) -> pd.DataFrame:
     visible = Impression.objects.filter(served_at__gte=start, served_at__lte=end).exclude(arm=Impression.Arm.SHADOW)
-    frame = pd.DataFrame.from_records(_rows_in_chunks(visible, field="user_id", values=users, columns=_IMPRESSION_COLUMNS),
-                                      columns=_IMPRESSION_COLUMNS)
+    frame = pd.DataFrame.from_records(
+        _rows_in_chunks(visible, field="user_id", values=users, columns=_IMPRESSION_COLUMNS),
+        columns=_IMPRESSION_COLUMNS,
+    )
     frame["served_at"] = _utc(frame["served_at"])
     return frame
 
@@ -130,13 +150,15 @@ def _earned(pairs: pd.DataFrame, k: int) -> pd.DataFrame:
         delay=(_utc(pairs["timestamp"]) - _utc(pairs["served_at"])).dt.total_seconds().clip(lower=0),
     )
     grouped = pairs.groupby("id")
-    return pd.DataFrame({
-        "clicked": grouped["is_click"].any(),
-        "hit": grouped["is_hit"].any(),
-        "rating_sum": grouped["rating"].sum(),
-        "rating_count": grouped["rating"].count(),
-        "delay_s": grouped["delay"].min(),
-    })
+    return pd.DataFrame(
+        {
+            "clicked": grouped["is_click"].any(),
+            "hit": grouped["is_hit"].any(),
+            "rating_sum": grouped["rating"].sum(),
+            "rating_count": grouped["rating"].count(),
+            "delay_s": grouped["delay"].min(),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -159,7 +181,8 @@ def _tallies(*, by_time: bool = False) -> dict:
         "lists": Count("pk"),
         "clicks": Count("pk", filter=Q(**{clicked: True})),
         "hits": Count("pk", filter=Q(**{hit: True})),
-        "rating_sum": Coalesce(Sum("rating_sum"), 0.0), "rating_count": Coalesce(Sum("rating_count"), 0),
+        "rating_sum": Coalesce(Sum("rating_sum"), 0.0),
+        "rating_count": Coalesce(Sum("rating_count"), 0),
         "popular": Count("pk", filter=Q(strategy=Impression.Strategy.POPULAR)),
         "errors": Count("pk", filter=Q(strategy=Impression.Strategy.ERROR)),
     }
@@ -170,7 +193,10 @@ def _summary(tallies: dict, *, users: int, median_delay_s: float | None) -> ArmS
     if not lists:
         return ArmSummary(0, 0, None, None, None, None, None, None)
     return ArmSummary(
-        impressions=lists, users=users, ctr=tallies["clicks"] / lists, hit_rate=tallies["hits"] / lists,
+        impressions=lists,
+        users=users,
+        ctr=tallies["clicks"] / lists,
+        hit_rate=tallies["hits"] / lists,
         mean_rating=tallies["rating_sum"] / tallies["rating_count"] if tallies["rating_count"] else None,
         median_delay_s=median_delay_s,
         cold_start_share=tallies["popular"] / lists,
@@ -192,8 +218,11 @@ def _median_delays(outcomes: QuerySet, *, by: list[str]) -> dict[tuple, float]:
     there the delays are read and the median taken here."""
     engaged = outcomes.exclude(delay_s=None)
     if connection.vendor == "postgresql":
-        groups = engaged.values(*by).annotate(median=_Median("delay_s")).order_by() if by else [
-            engaged.aggregate(median=_Median("delay_s"))]
+        groups = (
+            engaged.values(*by).annotate(median=_Median("delay_s")).order_by()
+            if by
+            else [engaged.aggregate(median=_Median("delay_s"))]
+        )
         return {tuple(group[name] for name in by): group["median"] for group in groups if group["median"] is not None}
     found: dict[tuple, list[float]] = {}
     for *key, delay in engaged.values_list(*by, "delay_s"):
@@ -211,16 +240,22 @@ def online_metrics(*, version: int, start: datetime, end: datetime, bucket: str 
     `version`. A bucket is complete once the outcomes of every list served in it are recorded; before, its
     lists whose attribution window is still open are not counted yet."""
     truncate = {"day": TruncDay, "hour": TruncHour}[bucket]
-    outcomes = (ImpressionOutcome.objects.filter(routed_version=version, served_at__gte=start, served_at__lt=end)
-                .annotate(bucket=truncate("served_at", tzinfo=timezone.utc)))
+    outcomes = ImpressionOutcome.objects.filter(
+        routed_version=version, served_at__gte=start, served_at__lt=end
+    ).annotate(bucket=truncate("served_at", tzinfo=UTC))
     groups = outcomes.values("bucket", "arm").annotate(users=Count("user_id", distinct=True), **_tallies())
     medians = _median_delays(outcomes, by=["bucket", "arm"])
     recorded_until = outcomes_recorded_until()
     step = {"day": timedelta(days=1), "hour": timedelta(hours=1)}[bucket]
     return [
-        {"bucket": group["bucket"].isoformat(), "arm": group["arm"],
-         **asdict(_summary(group, users=group["users"], median_delay_s=medians.get((group["bucket"], group["arm"])))),
-         "complete": recorded_until is not None and group["bucket"] + step <= recorded_until}
+        {
+            "bucket": group["bucket"].isoformat(),
+            "arm": group["arm"],
+            **asdict(
+                _summary(group, users=group["users"], median_delay_s=medians.get((group["bucket"], group["arm"])))
+            ),
+            "complete": recorded_until is not None and group["bucket"] + step <= recorded_until,
+        }
         for group in groups.order_by("bucket", "arm")
     ]
 
@@ -237,8 +272,11 @@ class OnlineHitRate:
 
 def online_hit_rate(*, model_version: int, start: datetime, end: datetime) -> OnlineHitRate:
     """Share of the recorded lists `model_version` served (and showed) in [start, end) that earned a hit."""
-    totals = (ImpressionOutcome.objects.filter(model_version=model_version, served_at__gte=start, served_at__lt=end)
-              .exclude(arm=Impression.Arm.SHADOW).aggregate(lists=Count("pk"), hits=Count("pk", filter=Q(hit=True))))
+    totals = (
+        ImpressionOutcome.objects.filter(model_version=model_version, served_at__gte=start, served_at__lt=end)
+        .exclude(arm=Impression.Arm.SHADOW)
+        .aggregate(lists=Count("pk"), hits=Count("pk", filter=Q(hit=True)))
+    )
     return OnlineHitRate(impressions=totals["lists"], hits=totals["hits"])
 
 
@@ -265,8 +303,9 @@ def experiment_arm_outcomes(*, experiment_id: int, arm: str, by_time: bool = Fal
     per_user = list(outcomes.values("user_id").annotate(**_tallies(by_time=by_time)).order_by())
     totals = {name: sum(user[name] for user in per_user) for name in _tallies()}
     median = _median_delays(outcomes, by=[]).get(())
-    per_user_column = {name: np.array([user[name] for user in per_user], dtype=float)
-                       for name in ("lists", "clicks", "hits")}
+    per_user_column = {
+        name: np.array([user[name] for user in per_user], dtype=float) for name in ("lists", "clicks", "hits")
+    }
     return ArmOutcomes(summary=_summary(totals, users=len(per_user), median_delay_s=median), **per_user_column)
 
 

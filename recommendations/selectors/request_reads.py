@@ -24,8 +24,12 @@ def served_user(*, external_id: str) -> ServedUser | None:
     if row is None:
         return None
     seen = json.loads(row[1]) if isinstance(row[1], str) else row[1]
-    return ServedUser(pk=row[0], state=user_state_of(values=dict(zip(USER_STATE_FIELDS, row[3:]))), seen=set(seen),
-                      catalog_deactivations=row[2])
+    return ServedUser(
+        pk=row[0],
+        state=user_state_of(values=dict(zip(USER_STATE_FIELDS, row[3:]))),
+        seen=set(seen),
+        catalog_deactivations=row[2],
+    )
 
 
 def catalog_deactivations() -> int | None:

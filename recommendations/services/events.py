@@ -1,9 +1,9 @@
 """Event ingestion: one transaction writes the events and folds them into the online features."""
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterable
 from uuid import UUID
 
 from django.conf import settings

@@ -10,6 +10,7 @@ import logging
 import threading
 
 from django.conf import settings
+
 from recommendations.models import Impression
 from recommendations.process_cache import PeriodicThread
 
@@ -21,8 +22,9 @@ class ImpressionBuffer:
     def __init__(self):
         self._buffer: list[Impression] = []
         self._lock = threading.Lock()
-        self._flusher = PeriodicThread(name="impression-flusher", seconds=lambda: settings.IMPRESSION_FLUSH_SECONDS,
-                                       tick=self._flush_logged)
+        self._flusher = PeriodicThread(
+            name="impression-flusher", seconds=lambda: settings.IMPRESSION_FLUSH_SECONDS, tick=self._flush_logged
+        )
         self.written = 0  # counters
         self.dropped = 0
         self.flush_failures = 0

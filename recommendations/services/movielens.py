@@ -3,11 +3,12 @@
 import csv
 import re
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from django.conf import settings
 from django.db import models, transaction
@@ -270,7 +271,7 @@ def _rating(fields: list[str]) -> _Rating:
         raise ValueError(f"rating {value} outside [{settings.RATING_MIN}, {settings.RATING_MAX}]")
     ts = int(timestamp)
     try:
-        moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+        moment = datetime.fromtimestamp(ts, tz=UTC)
     except (OverflowError, OSError) as exc:
         raise ValueError(f"timestamp {ts} out of range") from exc
     return _Rating(user_id, movie_id, rating, ts, moment)
@@ -309,8 +310,9 @@ def _pks_resolve(model: type[models.Model], external_ids: set[str], known: dict[
     missing = wanted - known.keys()
     if missing:
         # Sorted: a set's order changes with PYTHONHASHSEED, and so would the keys of the same import.
-        model.objects.bulk_create([model(external_id=external_id, **bare) for external_id in sorted(missing)],
-                                  ignore_conflicts=True)
+        model.objects.bulk_create(
+            [model(external_id=external_id, **bare) for external_id in sorted(missing)], ignore_conflicts=True
+        )
         known.update(model.objects.filter(external_id__in=missing).values_list("external_id", "pk"))
     return len(missing)
 

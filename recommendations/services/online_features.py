@@ -53,8 +53,9 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
     )
 
 
-def online_features_update(*, events: list[features.Event], arrivals: list[features.Event],
-                           item_categories: dict[int, list[str]]) -> None:
+def online_features_update(
+    *, events: list[features.Event], arrivals: list[features.Event], item_categories: dict[int, list[str]]
+) -> None:
     """Fold `events` (already written, in the caller's transaction) into the online feature rows.
     `arrivals`: those that are their user's first with the item (first_interactions)."""
     _users_update(events, item_categories)
@@ -86,8 +87,10 @@ def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
     (user, item) index per event."""
     if not event_pks:
         return []
-    return [features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
-            for user_id, item_id, event_type, value, timestamp in sql.first_interaction_rows(event_pks=event_pks)]
+    return [
+        features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
+        for user_id, item_id, event_type, value, timestamp in sql.first_interaction_rows(event_pks=event_pks)
+    ]
 
 
 def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:
@@ -110,8 +113,12 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
     with transaction.atomic():
         users = sorted(user_ids if user_ids is not None else EndUser.objects.values_list("pk", flat=True))
         items = sorted(item_ids if item_ids is not None else Item.objects.values_list("pk", flat=True))
-        UserFeatures.objects.bulk_create([UserFeatures(user_id=u) for u in users], ignore_conflicts=True, batch_size=5000)
-        ItemFeatures.objects.bulk_create([ItemFeatures(item_id=i) for i in items], ignore_conflicts=True, batch_size=5000)
+        UserFeatures.objects.bulk_create(
+            [UserFeatures(user_id=u) for u in users], ignore_conflicts=True, batch_size=5000
+        )
+        ItemFeatures.objects.bulk_create(
+            [ItemFeatures(item_id=i) for i in items], ignore_conflicts=True, batch_size=5000
+        )
         _lock_rows(UserFeatures, "user_id", users, whole_table=user_ids is None)
         _lock_rows(ItemFeatures, "item_id", items, whole_table=item_ids is None)
         user_states = {u: features.UserState() for u in users}
@@ -121,10 +128,12 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         if len(users) + len(items) <= _IN_LIST_LIMIT and (user_ids is not None or item_ids is not None):
             events = events.filter(Q(user_id__in=users) | Q(item_id__in=items))
         # Each (user, item) pair's first (lowest key) event: the one that counts its user (features.ItemState).
-        first = set(events.order_by().values("user_id", "item_id").annotate(first=Min("pk"))
-                    .values_list("first", flat=True))
+        first = set(
+            events.order_by().values("user_id", "item_id").annotate(first=Min("pk")).values_list("first", flat=True)
+        )
         events = events.order_by("timestamp", "pk").values_list(
-            "pk", "user_id", "item_id", "event_type", "value", "timestamp")
+            "pk", "user_id", "item_id", "event_type", "value", "timestamp"
+        )
         for pk, user_id, item_id, event_type, value, timestamp in events.iterator(chunk_size=20000):
             event = features.Event(user_id, item_id, event_type, value, timestamp.timestamp())
             if user_id in user_states:
@@ -138,10 +147,16 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         for row in item_rows:
             _item_state_to_row(item_states[row.item_id], row)
         # An upsert over locked rows: the same effect as bulk_update, at a fraction of its cost.
-        UserFeatures.objects.bulk_create(user_rows, update_conflicts=True, unique_fields=["user"],
-                                         update_fields=list(USER_STATE_FIELDS), batch_size=1000)
-        ItemFeatures.objects.bulk_create(item_rows, update_conflicts=True, unique_fields=["item"],
-                                         update_fields=_ITEM_FIELDS, batch_size=1000)
+        UserFeatures.objects.bulk_create(
+            user_rows,
+            update_conflicts=True,
+            unique_fields=["user"],
+            update_fields=list(USER_STATE_FIELDS),
+            batch_size=1000,
+        )
+        ItemFeatures.objects.bulk_create(
+            item_rows, update_conflicts=True, unique_fields=["item"], update_fields=_ITEM_FIELDS, batch_size=1000
+        )
     return {"users": len(user_rows), "items": len(item_rows)}
 
 
@@ -155,7 +170,9 @@ def _lock_rows(model, key: str, ids: list[int], *, whole_table: bool) -> None:
         return
     for start in range(0, len(ids), _IN_LIST_LIMIT):
         chunk = ids[start : start + _IN_LIST_LIMIT]
-        list(model.objects.select_for_update().filter(**{f"{key}__in": chunk}).order_by(key).values_list(key, flat=True))
+        list(
+            model.objects.select_for_update().filter(**{f"{key}__in": chunk}).order_by(key).values_list(key, flat=True)
+        )
 
 
 _ITEM_FIELDS = features.ITEM_STATE_COLUMNS  # ItemFeatures has one column per ItemState field

@@ -11,7 +11,7 @@ new items on top.
 """
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +89,7 @@ def synthetic_dataset_write(
     _validate(users=users, items=items, events=events, drift_at=drift_at, days=days, new_items=new_items)
     rng = np.random.default_rng(seed)
     world, genres, drifting = _world(rng, users, items, new_items, drift_at * days * DAY, days * DAY)
-    begin = datetime(start.year, start.month, start.day, tzinfo=timezone.utc)
+    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
     output.mkdir(parents=True, exist_ok=True)
     _movies_write(output / "movies.csv", rng, genres, world.release, begin)
     counts = _activity(rng, users, events, cap=(items - new_items) // 2)

@@ -165,8 +165,9 @@ class Poller:
 
     def __init__(self, *holders):
         self._holders = holders
-        self._thread = PeriodicThread(name="serving-poller", seconds=lambda: settings.MODEL_POLL_SECONDS,
-                                      tick=self._refresh_due)
+        self._thread = PeriodicThread(
+            name="serving-poller", seconds=lambda: settings.MODEL_POLL_SECONDS, tick=self._refresh_due
+        )
 
     def ensure_fresh(self) -> None:
         if not self._thread.alive:
@@ -183,4 +184,3 @@ class Poller:
     def _refresh_due(self) -> None:
         for holder in self._holders:
             holder.refresh_if_due()
-

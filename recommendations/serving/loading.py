@@ -4,11 +4,11 @@ imports this module (to evaluate the champion and precompile a new ranker) witho
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from django.conf import settings

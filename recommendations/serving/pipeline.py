@@ -2,7 +2,7 @@
 no database and holds no state; the one read it needs (which items are inactive now, when the snapshot's
 flags may be stale) is a function the caller passes in."""
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -13,17 +13,30 @@ from recommendations.serving.loading import ServingModel
 InactiveOf = Callable[[list[int]], set[int]]  # which of these Item keys are inactive now
 
 
-def ranked_items(*, model: ServingModel, snapshot: ItemSnapshot, user: features.UserState, seen: set[int],
-                 excluded: set[int], category: str | None, k: int, at: float, explain: bool,
-                 inactive_of: InactiveOf | None, checkpoint: Callable[[], None] = lambda: None) -> list[dict] | None:
+def ranked_items(
+    *,
+    model: ServingModel,
+    snapshot: ItemSnapshot,
+    user: features.UserState,
+    seen: set[int],
+    excluded: set[int],
+    category: str | None,
+    k: int,
+    at: float,
+    explain: bool,
+    inactive_of: InactiveOf | None,
+    checkpoint: Callable[[], None] = lambda: None,
+) -> list[dict] | None:
     """The model's top k of its candidates for the user that the snapshot holds as active (and in
     `category`), neither seen nor excluded; None when no candidate is left. With `inactive_of` the served
     items' active flags are re-read through it (see first_active). `checkpoint` is called between the
     stages (a shadow job uses it to give way to a live request)."""
     collaborative = model.trained.collaborative
     found = ranking.candidates_generate(
-        collaborative, histories=[collaborative.codes_of(np.fromiter(seen, dtype=np.int64, count=len(seen)))],
-        n_collaborative=model.params["n_collaborative"], n_popular=model.params["n_popular"],
+        collaborative,
+        histories=[collaborative.codes_of(np.fromiter(seen, dtype=np.int64, count=len(seen)))],
+        n_collaborative=model.params["n_collaborative"],
+        n_popular=model.params["n_popular"],
     )[0]
     checkpoint()
     pks = collaborative.item_pks[found.codes]
@@ -33,10 +46,17 @@ def ranked_items(*, model: ServingModel, snapshot: ItemSnapshot, user: features.
         return None
     found = ranking.Candidates(found.codes[keep], found.cf_score[keep], found.cf_rank[keep], found.source[keep])
     pks, rows = pks[keep], rows[keep]
-    candidate_items = ranking.CandidateItems(columns=snapshot.columns[rows], categories=snapshot.categories[rows],
-                                             category_names=snapshot.category_names)
-    matrix = ranking.ranker_feature_matrix(collaborative, candidates=found, user=user, at=at, items=candidate_items,
-                                           category_share=model.trained.category_share)
+    candidate_items = ranking.CandidateItems(
+        columns=snapshot.columns[rows], categories=snapshot.categories[rows], category_names=snapshot.category_names
+    )
+    matrix = ranking.ranker_feature_matrix(
+        collaborative,
+        candidates=found,
+        user=user,
+        at=at,
+        items=candidate_items,
+        category_share=model.trained.category_share,
+    )
     checkpoint()
     scores = model.scores(matrix)
     checkpoint()
@@ -78,13 +98,22 @@ def _sources(flags: int) -> list[str]:
     return [name for bit, name in named if flags & bit]
 
 
-def popular_items(*, snapshot: ItemSnapshot, blocked: set[int], category: str | None, k: int, at: float,
-                  inactive_of: InactiveOf | None) -> list[dict]:
+def popular_items(
+    *,
+    snapshot: ItemSnapshot,
+    blocked: set[int],
+    category: str | None,
+    k: int,
+    at: float,
+    inactive_of: InactiveOf | None,
+) -> list[dict]:
     """Trending first: decayed 7-day distinct users (its order does not depend on the clock), then all-time;
     scored at `at` (UNIX seconds)."""
     rows = snapshot.trending[~np.isin(snapshot.pks[snapshot.trending], list(blocked))]
     if category:
         rows = rows[snapshot.in_category(rows, category)]
     rows = rows[first_active(snapshot.pks[rows], k, inactive_of=inactive_of)]
-    return [{"_pk": int(snapshot.pks[row]), "item_id": snapshot.external_ids[row],
-             "score": snapshot.trend_score(row, at)} for row in rows.tolist()]
+    return [
+        {"_pk": int(snapshot.pks[row]), "item_id": snapshot.external_ids[row], "score": snapshot.trend_score(row, at)}
+        for row in rows.tolist()
+    ]

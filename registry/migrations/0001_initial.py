@@ -5,67 +5,139 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField(editable=False, unique=True)),
-                ('status', models.CharField(choices=[('training', 'Training'), ('candidate', 'Candidate'), ('rejected', 'Rejected'), ('active', 'Active'), ('retired', 'Retired'), ('failed', 'Failed')], db_index=True, default='candidate', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('training_window_start', models.DateTimeField(blank=True, null=True)),
-                ('training_window_end', models.DateTimeField(blank=True, null=True)),
-                ('trigger_reason', models.CharField(blank=True, default='', max_length=200)),
-                ('dataset_stats', models.JSONField(blank=True, default=dict)),
-                ('parameters', models.JSONField(blank=True, default=dict)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('baseline_metrics', models.JSONField(blank=True, default=dict)),
-                ('manifest', models.JSONField(blank=True, default=dict)),
-                ('artifact_path', models.CharField(blank=True, default='', max_length=500)),
-                ('artifact_size', models.BigIntegerField(blank=True, null=True)),
-                ('artifact_sha256', models.CharField(blank=True, default='', max_length=64)),
-                ('training_duration_s', models.FloatField(blank=True, null=True)),
-                ('training_run_id', models.BigIntegerField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("version", models.PositiveIntegerField(editable=False, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("training", "Training"),
+                            ("candidate", "Candidate"),
+                            ("rejected", "Rejected"),
+                            ("active", "Active"),
+                            ("retired", "Retired"),
+                            ("failed", "Failed"),
+                        ],
+                        db_index=True,
+                        default="candidate",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("training_window_start", models.DateTimeField(blank=True, null=True)),
+                ("training_window_end", models.DateTimeField(blank=True, null=True)),
+                ("trigger_reason", models.CharField(blank=True, default="", max_length=200)),
+                ("dataset_stats", models.JSONField(blank=True, default=dict)),
+                ("parameters", models.JSONField(blank=True, default=dict)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("baseline_metrics", models.JSONField(blank=True, default=dict)),
+                ("manifest", models.JSONField(blank=True, default=dict)),
+                ("artifact_path", models.CharField(blank=True, default="", max_length=500)),
+                ("artifact_size", models.BigIntegerField(blank=True, null=True)),
+                ("artifact_sha256", models.CharField(blank=True, default="", max_length=64)),
+                ("training_duration_s", models.FloatField(blank=True, null=True)),
+                ("training_run_id", models.BigIntegerField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-version'],
+                "ordering": ["-version"],
             },
         ),
         migrations.CreateModel(
-            name='DeploymentChange',
+            name="DeploymentChange",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('alias', models.CharField(choices=[('champion', 'Champion'), ('challenger', 'Challenger')], max_length=16)),
-                ('action', models.CharField(choices=[('promote', 'Promote'), ('rollback', 'Rollback'), ('reject', 'Reject'), ('challenger_start', 'Challenger Start'), ('challenger_stop', 'Challenger Stop'), ('traffic', 'Traffic')], max_length=20)),
-                ('actor', models.CharField(max_length=150)),
-                ('reason', models.TextField(blank=True, default='')),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('from_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.modelversion')),
-                ('to_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "alias",
+                    models.CharField(choices=[("champion", "Champion"), ("challenger", "Challenger")], max_length=16),
+                ),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            ("promote", "Promote"),
+                            ("rollback", "Rollback"),
+                            ("reject", "Reject"),
+                            ("challenger_start", "Challenger Start"),
+                            ("challenger_stop", "Challenger Stop"),
+                            ("traffic", "Traffic"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("actor", models.CharField(max_length=150)),
+                ("reason", models.TextField(blank=True, default="")),
+                ("details", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "from_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
+                (
+                    "to_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Deployment',
+            name="Deployment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('alias', models.CharField(choices=[('champion', 'Champion'), ('challenger', 'Challenger')], max_length=16, unique=True)),
-                ('mode', models.CharField(choices=[('none', 'None'), ('shadow', 'Shadow'), ('ab', 'Ab'), ('canary', 'Canary')], default='none', max_length=8)),
-                ('traffic_percent', models.PositiveSmallIntegerField(default=0)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "alias",
+                    models.CharField(
+                        choices=[("champion", "Champion"), ("challenger", "Challenger")], max_length=16, unique=True
+                    ),
+                ),
+                (
+                    "mode",
+                    models.CharField(
+                        choices=[("none", "None"), ("shadow", "Shadow"), ("ab", "Ab"), ("canary", "Canary")],
+                        default="none",
+                        max_length=8,
+                    ),
+                ),
+                ("traffic_percent", models.PositiveSmallIntegerField(default=0)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('traffic_percent__lte', 100)), name='traffic_percent_at_most_100')],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("traffic_percent__lte", 100)), name="traffic_percent_at_most_100"
+                    )
+                ],
             },
         ),
     ]

@@ -5,47 +5,98 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0001_initial'),
+        ("registry", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Experiment',
+            name="Experiment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('mode', models.CharField(choices=[('none', 'None'), ('shadow', 'Shadow'), ('ab', 'Ab'), ('canary', 'Canary')], max_length=8)),
-                ('status', models.CharField(choices=[('running', 'Running'), ('promoted', 'Promoted'), ('rolled_back', 'Rolled Back'), ('stopped', 'Stopped')], db_index=True, default='running', max_length=12)),
-                ('traffic_percent', models.PositiveSmallIntegerField(default=0)),
-                ('steps', models.JSONField(blank=True, default=list, help_text='canary: the traffic percentages, in order')),
-                ('step_index', models.PositiveSmallIntegerField(default=0)),
-                ('step_started_at', models.DateTimeField(blank=True, null=True)),
-                ('min_step_seconds', models.PositiveIntegerField(default=3600)),
-                ('min_impressions', models.PositiveIntegerField(default=1000, help_text='per arm, before the arms are compared')),
-                ('started_by', models.CharField(max_length=150)),
-                ('started_at', models.DateTimeField()),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('outcome_reason', models.TextField(blank=True, default='')),
-                ('last_report', models.JSONField(blank=True, default=dict)),
-                ('champion', models.ForeignKey(blank=True, help_text='the champion when the experiment started', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.modelversion')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='experiments', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "mode",
+                    models.CharField(
+                        choices=[("none", "None"), ("shadow", "Shadow"), ("ab", "Ab"), ("canary", "Canary")],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("promoted", "Promoted"),
+                            ("rolled_back", "Rolled Back"),
+                            ("stopped", "Stopped"),
+                        ],
+                        db_index=True,
+                        default="running",
+                        max_length=12,
+                    ),
+                ),
+                ("traffic_percent", models.PositiveSmallIntegerField(default=0)),
+                (
+                    "steps",
+                    models.JSONField(blank=True, default=list, help_text="canary: the traffic percentages, in order"),
+                ),
+                ("step_index", models.PositiveSmallIntegerField(default=0)),
+                ("step_started_at", models.DateTimeField(blank=True, null=True)),
+                ("min_step_seconds", models.PositiveIntegerField(default=3600)),
+                (
+                    "min_impressions",
+                    models.PositiveIntegerField(default=1000, help_text="per arm, before the arms are compared"),
+                ),
+                ("started_by", models.CharField(max_length=150)),
+                ("started_at", models.DateTimeField()),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                ("outcome_reason", models.TextField(blank=True, default="")),
+                ("last_report", models.JSONField(blank=True, default=dict)),
+                (
+                    "champion",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="the champion when the experiment started",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="experiments",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='experiment',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.experiment'),
+            model_name="deployment",
+            name="experiment",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="registry.experiment",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='experiment',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'running')), fields=('status',), name='one_running_experiment'),
+            model_name="experiment",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "running")), fields=("status",), name="one_running_experiment"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='experiment',
-            constraint=models.CheckConstraint(condition=models.Q(('traffic_percent__lte', 100)), name='experiment_traffic_at_most_100'),
+            model_name="experiment",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("traffic_percent__lte", 100)), name="experiment_traffic_at_most_100"
+            ),
         ),
     ]

@@ -12,25 +12,37 @@ def retire_extra_actives(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0002_experiments'),
+        ("registry", "0002_experiments"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelversion',
-            name='compiled_checksums',
+            model_name="modelversion",
+            name="compiled_checksums",
             field=models.JSONField(blank=True, default=dict),
         ),
         migrations.AlterField(
-            model_name='deploymentchange',
-            name='action',
-            field=models.CharField(choices=[('promote', 'Promote'), ('rollback', 'Rollback'), ('reject', 'Reject'), ('challenger_start', 'Challenger Start'), ('challenger_stop', 'Challenger Stop'), ('traffic', 'Traffic'), ('refuse', 'Refused (artifact invalid)')], max_length=20),
+            model_name="deploymentchange",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("promote", "Promote"),
+                    ("rollback", "Rollback"),
+                    ("reject", "Reject"),
+                    ("challenger_start", "Challenger Start"),
+                    ("challenger_stop", "Challenger Stop"),
+                    ("traffic", "Traffic"),
+                    ("refuse", "Refused (artifact invalid)"),
+                ],
+                max_length=20,
+            ),
         ),
         migrations.RunPython(retire_extra_actives, migrations.RunPython.noop),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'active')), fields=('status',), name='one_active_version'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "active")), fields=("status",), name="one_active_version"
+            ),
         ),
     ]

@@ -4,18 +4,29 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0003_one_champion_and_compiled_checksums'),
+        ("registry", "0003_one_champion_and_compiled_checksums"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='experiment',
-            options={'ordering': ['-id'], 'permissions': [('start_experiment', 'Can start an experiment'), ('stop_experiment', 'Can stop an experiment (and reject its challenger)')]},
+            name="experiment",
+            options={
+                "ordering": ["-id"],
+                "permissions": [
+                    ("start_experiment", "Can start an experiment"),
+                    ("stop_experiment", "Can stop an experiment (and reject its challenger)"),
+                ],
+            },
         ),
         migrations.AlterModelOptions(
-            name='modelversion',
-            options={'ordering': ['-version'], 'permissions': [('promote_modelversion', 'Can promote a model version to champion'), ('rollback_modelversion', 'Can roll the champion back to an earlier version')]},
+            name="modelversion",
+            options={
+                "ordering": ["-version"],
+                "permissions": [
+                    ("promote_modelversion", "Can promote a model version to champion"),
+                    ("rollback_modelversion", "Can roll the champion back to an earlier version"),
+                ],
+            },
         ),
     ]

@@ -5,117 +5,216 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('registry', '0001_initial'),
+        ("registry", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DriftReport',
+            name="DriftReport",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('window_start', models.DateTimeField()),
-                ('window_end', models.DateTimeField()),
-                ('events_in_window', models.PositiveIntegerField()),
-                ('sampled_rows', models.PositiveIntegerField(default=0)),
-                ('feature_scores', models.JSONField(default=dict)),
-                ('extra_scores', models.JSONField(default=dict, help_text='event-type mix, label and prediction drift')),
-                ('drifted_share', models.FloatField(default=0.0)),
-                ('overall_score', models.FloatField(default=0.0)),
-                ('verdict', models.CharField(choices=[('ok', 'Ok'), ('warning', 'Warning'), ('drift', 'Drift')], max_length=8)),
-                ('duration_s', models.FloatField(default=0.0)),
-                ('reference_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("window_start", models.DateTimeField()),
+                ("window_end", models.DateTimeField()),
+                ("events_in_window", models.PositiveIntegerField()),
+                ("sampled_rows", models.PositiveIntegerField(default=0)),
+                ("feature_scores", models.JSONField(default=dict)),
+                (
+                    "extra_scores",
+                    models.JSONField(default=dict, help_text="event-type mix, label and prediction drift"),
+                ),
+                ("drifted_share", models.FloatField(default=0.0)),
+                ("overall_score", models.FloatField(default=0.0)),
+                (
+                    "verdict",
+                    models.CharField(choices=[("ok", "Ok"), ("warning", "Warning"), ("drift", "Drift")], max_length=8),
+                ),
+                ("duration_s", models.FloatField(default=0.0)),
+                (
+                    "reference_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='RetrainPolicy',
+            name="RetrainPolicy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(default='default', max_length=100)),
-                ('active', models.BooleanField(default=True)),
-                ('time_enabled', models.BooleanField(default=True)),
-                ('time_interval_hours', models.FloatField(default=168)),
-                ('volume_enabled', models.BooleanField(default=True)),
-                ('volume_min_events', models.PositiveIntegerField(default=10000)),
-                ('performance_enabled', models.BooleanField(default=True)),
-                ('performance_ratio', models.FloatField(default=0.95, help_text='fires when online hit rate < ratio × its value at promotion')),
-                ('performance_window_hours', models.FloatField(default=24)),
-                ('performance_min_impressions', models.PositiveIntegerField(default=500)),
-                ('drift_enabled', models.BooleanField(default=True)),
-                ('drift_window_days', models.FloatField(default=7)),
-                ('drift_window_min_events', models.PositiveIntegerField(default=10000)),
-                ('drift_psi_warning', models.FloatField(default=0.1)),
-                ('drift_psi_threshold', models.FloatField(default=0.2)),
-                ('drift_share_threshold', models.FloatField(default=0.5, help_text='share of drifted features that makes the dataset drift')),
-                ('drift_key_features', models.JSONField(blank=True, default=list, help_text='features whose drift alone is enough')),
-                ('cooldown_minutes', models.FloatField(default=60)),
-                ('check_interval_minutes', models.PositiveIntegerField(default=5)),
-                ('gate_min_relative_gain', models.FloatField(default=0.01)),
-                ('gate_guardrail_tolerance', models.FloatField(default=0.05, help_text='relative regression allowed on Recall@10, coverage@10, RMSE')),
-                ('gate_bootstrap_tolerance', models.FloatField(default=0.005, help_text='refuse if the CI lower bound of ΔNDCG@10 is below −this')),
-                ('gate_bootstrap_samples', models.PositiveIntegerField(default=1000)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(default="default", max_length=100)),
+                ("active", models.BooleanField(default=True)),
+                ("time_enabled", models.BooleanField(default=True)),
+                ("time_interval_hours", models.FloatField(default=168)),
+                ("volume_enabled", models.BooleanField(default=True)),
+                ("volume_min_events", models.PositiveIntegerField(default=10000)),
+                ("performance_enabled", models.BooleanField(default=True)),
+                (
+                    "performance_ratio",
+                    models.FloatField(
+                        default=0.95, help_text="fires when online hit rate < ratio × its value at promotion"
+                    ),
+                ),
+                ("performance_window_hours", models.FloatField(default=24)),
+                ("performance_min_impressions", models.PositiveIntegerField(default=500)),
+                ("drift_enabled", models.BooleanField(default=True)),
+                ("drift_window_days", models.FloatField(default=7)),
+                ("drift_window_min_events", models.PositiveIntegerField(default=10000)),
+                ("drift_psi_warning", models.FloatField(default=0.1)),
+                ("drift_psi_threshold", models.FloatField(default=0.2)),
+                (
+                    "drift_share_threshold",
+                    models.FloatField(default=0.5, help_text="share of drifted features that makes the dataset drift"),
+                ),
+                (
+                    "drift_key_features",
+                    models.JSONField(blank=True, default=list, help_text="features whose drift alone is enough"),
+                ),
+                ("cooldown_minutes", models.FloatField(default=60)),
+                ("check_interval_minutes", models.PositiveIntegerField(default=5)),
+                ("gate_min_relative_gain", models.FloatField(default=0.01)),
+                (
+                    "gate_guardrail_tolerance",
+                    models.FloatField(
+                        default=0.05, help_text="relative regression allowed on Recall@10, coverage@10, RMSE"
+                    ),
+                ),
+                (
+                    "gate_bootstrap_tolerance",
+                    models.FloatField(
+                        default=0.005, help_text="refuse if the CI lower bound of ΔNDCG@10 is below −this"
+                    ),
+                ),
+                ("gate_bootstrap_samples", models.PositiveIntegerField(default=1000)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name_plural': 'retrain policies',
-                'constraints': [models.UniqueConstraint(condition=models.Q(('active', True)), fields=('active',), name='one_active_policy')],
+                "verbose_name_plural": "retrain policies",
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("active", True)), fields=("active",), name="one_active_policy"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='TrainingRun',
+            name="TrainingRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('trigger', models.CharField(choices=[('time', 'Time'), ('volume', 'Volume'), ('performance', 'Performance'), ('drift', 'Drift'), ('manual', 'Manual')], max_length=12)),
-                ('evidence', models.JSONField(blank=True, default=dict)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('training', 'Training'), ('evaluating', 'Evaluating'), ('promoted', 'Promoted'), ('rejected', 'Rejected'), ('failed', 'Failed')], db_index=True, default='queued', max_length=12)),
-                ('in_flight', models.BooleanField(default=True, editable=False, null=True)),
-                ('requested_by', models.CharField(blank=True, default='', max_length=150)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('trained_at', models.DateTimeField(blank=True, null=True)),
-                ('evaluated_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('lease_seconds', models.PositiveIntegerField(default=600)),
-                ('data_until', models.DateTimeField(blank=True, help_text='training cut-off (the system clock at the trigger)', null=True)),
-                ('stage_timings', models.JSONField(blank=True, default=dict)),
-                ('log', models.JSONField(blank=True, default=list)),
-                ('gate', models.JSONField(blank=True, default=dict)),
-                ('error', models.TextField(blank=True, default='')),
-                ('model_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='training_runs', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "trigger",
+                    models.CharField(
+                        choices=[
+                            ("time", "Time"),
+                            ("volume", "Volume"),
+                            ("performance", "Performance"),
+                            ("drift", "Drift"),
+                            ("manual", "Manual"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                ("evidence", models.JSONField(blank=True, default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("training", "Training"),
+                            ("evaluating", "Evaluating"),
+                            ("promoted", "Promoted"),
+                            ("rejected", "Rejected"),
+                            ("failed", "Failed"),
+                        ],
+                        db_index=True,
+                        default="queued",
+                        max_length=12,
+                    ),
+                ),
+                ("in_flight", models.BooleanField(default=True, editable=False, null=True)),
+                ("requested_by", models.CharField(blank=True, default="", max_length=150)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("trained_at", models.DateTimeField(blank=True, null=True)),
+                ("evaluated_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("lease_seconds", models.PositiveIntegerField(default=600)),
+                (
+                    "data_until",
+                    models.DateTimeField(
+                        blank=True, help_text="training cut-off (the system clock at the trigger)", null=True
+                    ),
+                ),
+                ("stage_timings", models.JSONField(blank=True, default=dict)),
+                ("log", models.JSONField(blank=True, default=list)),
+                ("gate", models.JSONField(blank=True, default=dict)),
+                ("error", models.TextField(blank=True, default="")),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="training_runs",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='TriggerEvaluation',
+            name="TriggerEvaluation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('clock', models.DateTimeField(help_text='the system clock the triggers were evaluated at')),
-                ('results', models.JSONField(default=dict)),
-                ('fired', models.CharField(blank=True, default='', max_length=12)),
-                ('action', models.CharField(blank=True, default='', max_length=200)),
-                ('run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='retraining.trainingrun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("clock", models.DateTimeField(help_text="the system clock the triggers were evaluated at")),
+                ("results", models.JSONField(default=dict)),
+                ("fired", models.CharField(blank=True, default="", max_length=12)),
+                ("action", models.CharField(blank=True, default="", max_length=200)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="retraining.trainingrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.AddConstraint(
-            model_name='trainingrun',
-            constraint=models.UniqueConstraint(fields=('in_flight',), name='one_training_run_in_flight'),
+            model_name="trainingrun",
+            constraint=models.UniqueConstraint(fields=("in_flight",), name="one_training_run_in_flight"),
         ),
         migrations.AddConstraint(
-            model_name='trainingrun',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('status__in', ('queued', 'training', 'evaluating')), ('in_flight', True)), models.Q(models.Q(('status__in', ('queued', 'training', 'evaluating')), _negated=True), ('in_flight__isnull', True)), _connector='OR'), name='in_flight_matches_status'),
+            model_name="trainingrun",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("status__in", ("queued", "training", "evaluating")), ("in_flight", True)),
+                    models.Q(
+                        models.Q(("status__in", ("queued", "training", "evaluating")), _negated=True),
+                        ("in_flight__isnull", True),
+                    ),
+                    _connector="OR",
+                ),
+                name="in_flight_matches_status",
+            ),
         ),
     ]

@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('retraining', '0001_initial'),
+        ("retraining", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='retrainpolicy',
-            name='refit_on_full_data',
-            field=models.BooleanField(default=False, help_text="after the gate passes, train the same configuration again on every event up to the cut-off (holdout included) and register that model; its metrics are the gated model's on the holdout"),
+            model_name="retrainpolicy",
+            name="refit_on_full_data",
+            field=models.BooleanField(
+                default=False,
+                help_text="after the gate passes, train the same configuration again on every event up to the cut-off (holdout included) and register that model; its metrics are the gated model's on the holdout",
+            ),
         ),
     ]

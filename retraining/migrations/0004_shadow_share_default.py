@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('retraining', '0003_policy_rollout'),
+        ("retraining", "0003_policy_rollout"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='retrainpolicy',
-            name='shadow_traffic_percent',
-            field=models.PositiveSmallIntegerField(default=25, help_text='share of requests the challenger shadows (each costs the web process a second scoring)'),
+            model_name="retrainpolicy",
+            name="shadow_traffic_percent",
+            field=models.PositiveSmallIntegerField(
+                default=25,
+                help_text="share of requests the challenger shadows (each costs the web process a second scoring)",
+            ),
         ),
     ]

@@ -4,14 +4,16 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('retraining', '0004_shadow_share_default'),
+        ("retraining", "0004_shadow_share_default"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='trainingrun',
-            options={'ordering': ['-created_at', '-id'], 'permissions': [('start_trainingrun', 'Can start a training run')]},
+            name="trainingrun",
+            options={
+                "ordering": ["-created_at", "-id"],
+                "permissions": [("start_trainingrun", "Can start a training run")],
+            },
         ),
     ]

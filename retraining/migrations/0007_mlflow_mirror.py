@@ -4,25 +4,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('retraining', '0006_lease_seconds'),
+        ("retraining", "0006_lease_seconds"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='MlflowMirror',
+            name="MlflowMirror",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('claimed_until', models.DateTimeField(blank=True, help_text='a mirror holds the lease until then', null=True)),
-                ('successes', models.PositiveBigIntegerField(default=0)),
-                ('failures', models.PositiveBigIntegerField(default=0)),
-                ('last_success_at', models.DateTimeField(blank=True, null=True)),
-                ('last_failure_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True, default='')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "claimed_until",
+                    models.DateTimeField(blank=True, help_text="a mirror holds the lease until then", null=True),
+                ),
+                ("successes", models.PositiveBigIntegerField(default=0)),
+                ("failures", models.PositiveBigIntegerField(default=0)),
+                ("last_success_at", models.DateTimeField(blank=True, null=True)),
+                ("last_failure_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True, default="")),
             ],
             options={
-                'verbose_name': 'MLflow mirror',
+                "verbose_name": "MLflow mirror",
             },
         ),
     ]

@@ -20,31 +20,55 @@ def runs_record_triggers(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('retraining', '0007_mlflow_mirror'),
+        ("retraining", "0007_mlflow_mirror"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='retrainpolicy',
-            name='min_new_holdout_users',
-            field=models.PositiveIntegerField(default=0, help_text="a fired trigger starts a run only when at least this many users have events after the champion's training cut-off (the users the gate compares on); 0: off"),
+            model_name="retrainpolicy",
+            name="min_new_holdout_users",
+            field=models.PositiveIntegerField(
+                default=0,
+                help_text="a fired trigger starts a run only when at least this many users have events after the champion's training cut-off (the users the gate compares on); 0: off",
+            ),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='triggers',
-            field=models.JSONField(blank=True, default=list, help_text='every trigger kind that fired for this run'),
+            model_name="trainingrun",
+            name="triggers",
+            field=models.JSONField(blank=True, default=list, help_text="every trigger kind that fired for this run"),
         ),
         migrations.AddField(
-            model_name='triggerevaluation',
-            name='held_reason',
-            field=models.CharField(blank=True, choices=[('experiment_running', 'an experiment is running'), ('cooling_down', 'cooling down after the last run'), ('not_enough_new_data', "too few users with events since the champion's cut-off"), ('run_in_flight', 'a run is already in flight'), ('broker_unavailable', 'the broker was unavailable')], default='', help_text='why triggers that fired started no run; empty when a run started or nothing fired', max_length=32),
+            model_name="triggerevaluation",
+            name="held_reason",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("experiment_running", "an experiment is running"),
+                    ("cooling_down", "cooling down after the last run"),
+                    ("not_enough_new_data", "too few users with events since the champion's cut-off"),
+                    ("run_in_flight", "a run is already in flight"),
+                    ("broker_unavailable", "the broker was unavailable"),
+                ],
+                default="",
+                help_text="why triggers that fired started no run; empty when a run started or nothing fired",
+                max_length=32,
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingrun',
-            name='trigger',
-            field=models.CharField(choices=[('time', 'Time'), ('volume', 'Volume'), ('performance', 'Performance'), ('drift', 'Drift'), ('manual', 'Manual')], help_text='the first of `triggers`', max_length=12),
+            model_name="trainingrun",
+            name="trigger",
+            field=models.CharField(
+                choices=[
+                    ("time", "Time"),
+                    ("volume", "Volume"),
+                    ("performance", "Performance"),
+                    ("drift", "Drift"),
+                    ("manual", "Manual"),
+                ],
+                help_text="the first of `triggers`",
+                max_length=12,
+            ),
         ),
         migrations.RunPython(runs_record_triggers, migrations.RunPython.noop),
     ]

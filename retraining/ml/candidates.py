@@ -70,8 +70,15 @@ def _ease_weights(users, items, modelled, n_items, n_users, l2) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def item_knn_lists(*, log: EventLog, mask: np.ndarray, model: CollaborativeModel, histories: list[np.ndarray],
-                   users: np.ndarray, k: int) -> list[np.ndarray]:
+def item_knn_lists(
+    *,
+    log: EventLog,
+    mask: np.ndarray,
+    model: CollaborativeModel,
+    histories: list[np.ndarray],
+    users: np.ndarray,
+    k: int,
+) -> list[np.ndarray]:
     """The item-kNN baseline's top-k per user: item-item cosine similarity on the binary user x item matrix
     of the events in `mask` (over the collaborative model's modelled items, as EASE), a user's score for an
     item the sum of its similarities to the items in the user's history; seen and inactive items excluded."""
@@ -80,19 +87,26 @@ def item_knn_lists(*, log: EventLog, mask: np.ndarray, model: CollaborativeModel
     with np.errstate(divide="ignore", invalid="ignore"):
         similarity = np.nan_to_num(gram / np.outer(norms, norms)).astype(np.float32)
     similarity[np.diag_indices_from(similarity)] = 0.0
-    knn = CollaborativeModel(item_pks=model.item_pks, active=model.active, modelled=model.modelled,
-                             weights=similarity, popularity=model.popularity)
+    knn = CollaborativeModel(
+        item_pks=model.item_pks,
+        active=model.active,
+        modelled=model.modelled,
+        weights=similarity,
+        popularity=model.popularity,
+    )
     lists = []
     for start in range(0, len(users), CANDIDATE_BATCH):
         batch = users[start : start + CANDIDATE_BATCH]
-        found = ranking.candidates_generate(knn, histories=[histories[u] for u in batch], n_collaborative=k,
-                                            n_popular=0)
+        found = ranking.candidates_generate(
+            knn, histories=[histories[u] for u in batch], n_collaborative=k, n_popular=0
+        )
         lists += [c.codes[np.argsort(c.cf_rank, kind="stable")][:k] for c in found]
     return lists
 
 
-def candidates_for(model: CollaborativeModel, histories: list[np.ndarray], users: np.ndarray,
-                   params: TrainingParams) -> list[ranking.Candidates]:
+def candidates_for(
+    model: CollaborativeModel, histories: list[np.ndarray], users: np.ndarray, params: TrainingParams
+) -> list[ranking.Candidates]:
     """Each user's candidates (serving's own candidates_generate), computed in batches of users."""
     result = []
     for start in range(0, len(users), CANDIDATE_BATCH):

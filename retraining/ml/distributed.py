@@ -77,8 +77,17 @@ class Cluster:
     def map_shards(self, function: Callable, shards: list[np.ndarray], **shared) -> list:
         """`function(users=shard, **shared)` for each shard, spread over the workers (another one takes over
         from a worker that leaves), the results in shard order."""
-        futures = [self.client.submit(function, users=shard, pure=False, workers=[self.workers[i % len(self.workers)]],
-                                      allow_other_workers=True, **shared) for i, shard in enumerate(shards)]
+        futures = [
+            self.client.submit(
+                function,
+                users=shard,
+                pure=False,
+                workers=[self.workers[i % len(self.workers)]],
+                allow_other_workers=True,
+                **shared,
+            )
+            for i, shard in enumerate(shards)
+        ]
         return self.client.gather(futures)
 
 
@@ -90,8 +99,9 @@ class ClusterSteps:
         self.shared = {"log": cluster.scatter(log)}
         self.shared_split = cluster.scatter(split)
 
-    def ranker_examples(self, params: TrainingParams, category_share: dict,
-                        model: ranking.CollaborativeModel) -> RankerExamples:
+    def ranker_examples(
+        self, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel
+    ) -> RankerExamples:
         """ranker_examples_windows (the same windows, the same stopping rule), each window's users cut into
         shards on the workers."""
 
@@ -100,40 +110,81 @@ class ClusterSteps:
 
         return ranker_examples_windows(self.log, self.split, params, category_share, model, build=build)
 
-    def _window_examples(self, window: Split, model: ranking.CollaborativeModel, params: TrainingParams,
-                         category_share: dict) -> RankerExamples:
+    def _window_examples(
+        self, window: Split, model: ranking.CollaborativeModel, params: TrainingParams, category_share: dict
+    ) -> RankerExamples:
         """ranker_examples_build of one window, its users in shards; concatenated in order they are its rows."""
         users = ranker_users(self.log, window, params)
         split = self.shared_split if window is self.split else self.cluster.scatter(window)
-        parts = self.cluster.map_shards(_ranker_shard, self.cluster.shards(users), params=params, split=split,
-                                        category_share=category_share, model=model, **self.shared)
+        parts = self.cluster.map_shards(
+            _ranker_shard,
+            self.cluster.shards(users),
+            params=params,
+            split=split,
+            category_share=category_share,
+            model=model,
+            **self.shared,
+        )
         if not parts:
-            return RankerExamples(np.empty((0, len(ranking.RANKER_FEATURES))), np.empty(0, dtype=np.int8),
-                                  np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
-        return RankerExamples(*(np.concatenate([getattr(p, name) for p in parts])
-                                for name in ("matrix", "labels", "groups", "users")))
+            return RankerExamples(
+                np.empty((0, len(ranking.RANKER_FEATURES))),
+                np.empty(0, dtype=np.int8),
+                np.empty(0, dtype=np.int64),
+                np.empty(0, dtype=np.int64),
+            )
+        return RankerExamples(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in ("matrix", "labels", "groups", "users"))
+        )
 
-    def evaluation(self, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
-                   ranker: lgb.Booster | None, *, with_regressor: bool) -> Evaluation:
+    def evaluation(
+        self,
+        params: TrainingParams,
+        category_share: dict,
+        model: ranking.CollaborativeModel,
+        ranker: lgb.Booster | None,
+        *,
+        with_regressor: bool,
+    ) -> Evaluation:
         """evaluation_run per user shard; per-user results are independent, so the shards concatenate. The
         rating rows are put back in their in-process order: training rows in the log's order, held-out rows in
         the replay's (by holdout start, then user, then event), so that every sum over them is the same."""
         parts = self.cluster.map_shards(
-            _evaluation_shard, self.cluster.shards(np.arange(len(self.log.user_pks))), params=params,
-            category_share=category_share, model=model, with_regressor=with_regressor, split=self.shared_split,
-            ranker_text=ranker.model_to_string() if ranker is not None else None, **self.shared,
+            _evaluation_shard,
+            self.cluster.shards(np.arange(len(self.log.user_pks))),
+            params=params,
+            category_share=category_share,
+            model=model,
+            with_regressor=with_regressor,
+            split=self.shared_split,
+            ranker_text=ranker.model_to_string() if ranker is not None else None,
+            **self.shared,
         )
-        joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in (
-            "users", "regressor_train", "regressor_train_target", "regressor_train_events", "regressor_holdout",
-            "regressor_holdout_target", "regressor_holdout_events")}
+        joined = {
+            name: np.concatenate([getattr(p, name) for p in parts])
+            for name in (
+                "users",
+                "regressor_train",
+                "regressor_train_target",
+                "regressor_train_events",
+                "regressor_holdout",
+                "regressor_holdout_target",
+                "regressor_holdout_events",
+            )
+        }
         _rows_order(joined, "regressor_train", np.argsort(joined["regressor_train_events"], kind="stable"))
         held_users = self.log.user[joined["regressor_holdout_events"]]
-        _rows_order(joined, "regressor_holdout", np.lexsort(
-            (joined["regressor_holdout_events"], held_users, self.split.cutoff[held_users])))
+        _rows_order(
+            joined,
+            "regressor_holdout",
+            np.lexsort((joined["regressor_holdout_events"], held_users, self.split.cutoff[held_users])),
+        )
         names = dict.fromkeys(name for p in parts for name in p.ranked)  # a shard may have no ranked user
-        return Evaluation(ranked={name: [codes for p in parts for codes in p.ranked.get(name, [])] for name in names},
-                          positives=[codes for p in parts for codes in p.positives],
-                          pools=[pool for p in parts for pool in p.pools], **joined)
+        return Evaluation(
+            ranked={name: [codes for p in parts for codes in p.ranked.get(name, [])] for name in names},
+            positives=[codes for p in parts for codes in p.positives],
+            pools=[pool for p in parts for pool in p.pools],
+            **joined,
+        )
 
     def ranker_fit(self, examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
         """ranker_fit: lambdarank over partitions of whole queries, early stopping applied afterwards."""
@@ -141,33 +192,49 @@ class ClusterSteps:
         groups = examples.groups[~validation]
         bounds = np.concatenate([[0], np.cumsum(groups)])
         matrix, target = examples.matrix[~rows_valid], labels[~rows_valid]
-        partitions = [(matrix[bounds[p[0]] : bounds[p[-1] + 1]], target[bounds[p[0]] : bounds[p[-1] + 1]], groups[p])
-                      for p in np.array_split(np.arange(len(groups)), len(self.cluster.workers)) if len(p)]
+        partitions = [
+            (matrix[bounds[p[0]] : bounds[p[-1] + 1]], target[bounds[p[0]] : bounds[p[-1] + 1]], groups[p])
+            for p in np.array_split(np.arange(len(groups)), len(self.cluster.workers))
+            if len(p)
+        ]
         options = ranker_options(len(examples.groups), params)
         rounds = params.max_rounds if validation.any() else params.ranker_min_rounds
         booster = _dask_fit(self.cluster, "DaskLGBMRanker", options, rounds, partitions, ranking.RANKER_FEATURES)
         if validation.any():
             valid_labels, valid_groups = labels[rows_valid], examples.groups[validation]
             stopping = replace(params, min_rounds=params.ranker_min_rounds)  # as ranker_fit's early stopping
-            _best_iteration_select(booster, examples.matrix[rows_valid], stopping,
-                                   lambda scores: ndcg_at(scores, valid_labels, valid_groups, params.k))
+            _best_iteration_select(
+                booster,
+                examples.matrix[rows_valid],
+                stopping,
+                lambda scores: ndcg_at(scores, valid_labels, valid_groups, params.k),
+            )
         return booster
 
-    def rating_model_fit(self, evaluation: Evaluation, params: TrainingParams,
-                         inner_model: ranking.CollaborativeModel) -> RatingModel:
+    def rating_model_fit(
+        self, evaluation: Evaluation, params: TrainingParams, inner_model: ranking.CollaborativeModel
+    ) -> RatingModel:
         """rating_model_fit: the biases here (two vectors), the residual trees by lightgbm.dask."""
         return rating_model_fit(self.log, self.split, evaluation, params, inner_model, trees_fit=self._trees_fit)
 
-    def _trees_fit(self, matrix: np.ndarray, residual: np.ndarray, validation: np.ndarray,
-                   params: TrainingParams) -> lgb.Booster:
+    def _trees_fit(
+        self, matrix: np.ndarray, residual: np.ndarray, validation: np.ndarray, params: TrainingParams
+    ) -> lgb.Booster:
         """residual_trees_fit, early stopping on the same held-aside rows applied afterwards."""
         rows = np.array_split(np.flatnonzero(~validation), len(self.cluster.workers))
         options = lgb_params(params, objective="regression", metric="rmse")
-        booster = _dask_fit(self.cluster, "DaskLGBMRegressor", options, params.max_rounds,
-                            [(matrix[r], residual[r], None) for r in rows if len(r)], RATING_FEATURES)
+        booster = _dask_fit(
+            self.cluster,
+            "DaskLGBMRegressor",
+            options,
+            params.max_rounds,
+            [(matrix[r], residual[r], None) for r in rows if len(r)],
+            RATING_FEATURES,
+        )
         actual = residual[validation]
-        _best_iteration_select(booster, matrix[validation], params,
-                               lambda predicted: -float(np.sqrt(np.mean((predicted - actual) ** 2))))
+        _best_iteration_select(
+            booster, matrix[validation], params, lambda predicted: -float(np.sqrt(np.mean((predicted - actual) ** 2)))
+        )
         return booster
 
 
@@ -185,21 +252,26 @@ def _evaluation_shard(*, users, log, split, params, category_share, model, ranke
     return evaluation_run(log, split, params, category_share, model, ranker, with_regressor, users=users)
 
 
-def _dask_fit(cluster: Cluster, estimator: str, options: dict, rounds: int, partitions: list,
-              feature_names: list[str]) -> lgb.Booster:
+def _dask_fit(
+    cluster: Cluster, estimator: str, options: dict, rounds: int, partitions: list, feature_names: list[str]
+) -> lgb.Booster:
     """One lightgbm.dask fit over these (matrix, target, groups) partitions, one Dask chunk each."""
     import dask
     import dask.array as da
     from lightgbm import dask as lgb_dask
 
-    futures = [cluster.client.scatter(part, workers=[cluster.workers[i % len(cluster.workers)]], hash=False)
-               for i, part in enumerate(partitions)]
+    futures = [
+        cluster.client.scatter(part, workers=[cluster.workers[i % len(cluster.workers)]], hash=False)
+        for i, part in enumerate(partitions)
+    ]
 
     def stacked(index: int, shape, dtype):
-        return da.concatenate([
-            da.from_delayed(dask.delayed(_column)(future, index), shape=shape(part), dtype=dtype)
-            for future, part in zip(futures, partitions)
-        ])
+        return da.concatenate(
+            [
+                da.from_delayed(dask.delayed(_column)(future, index), shape=shape(part), dtype=dtype)
+                for future, part in zip(futures, partitions)
+            ]
+        )
 
     width = partitions[0][0].shape[1]
     matrix = stacked(0, lambda part: (len(part[0]), width), np.float64)
@@ -218,8 +290,9 @@ def _column(part: tuple, index: int) -> np.ndarray:
     return np.asarray(part[index], dtype=np.int64 if index == 2 else np.float64)
 
 
-def _best_iteration_select(booster: lgb.Booster, matrix: np.ndarray, params: TrainingParams,
-                           score: Callable[[np.ndarray], float]) -> None:
+def _best_iteration_select(
+    booster: lgb.Booster, matrix: np.ndarray, params: TrainingParams, score: Callable[[np.ndarray], float]
+) -> None:
     """Sets booster.best_iteration by EarlyStoppingAfter's rule on `score` (higher is better) of the
     predictions after each tree, as the callback would have during training."""
     stopping = EarlyStoppingAfter(min_rounds=params.min_rounds, patience=params.early_stopping_rounds)

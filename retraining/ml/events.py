@@ -7,8 +7,8 @@ per item. Loading the log from the database is retraining.services.dataset's job
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class EventLog:
         total = sum(counts.values())
         return {c: n / total for c, n in sorted(counts.items())} if total else {}
 
-    def subset(self, mask: np.ndarray) -> "EventLog":
+    def subset(self, mask: np.ndarray) -> EventLog:
         return EventLog(
             event_pk=self.event_pk[mask],
             user=self.user[mask],
@@ -87,7 +87,6 @@ class EventLog:
             item_active=self.item_active,
             until=self.until,
         )
-
 
 
 class StateReplay:

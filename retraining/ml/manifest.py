@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import lightgbm as lgb
 import numpy as np
@@ -52,7 +52,7 @@ class Manifest:
     baselines: dict
     timings_s: dict
     rating_model: dict = field(default_factory=dict)  # RatingModel.manifest(): kind, the biases' λ, features
-    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def as_dict(self) -> dict:
         """The manifest.json document (strict JSON: NaN becomes null)."""
@@ -60,13 +60,15 @@ class Manifest:
             {
                 "format": FORMAT,
                 "created_at": self.created_at.isoformat(),
-                "features": {"ranker": ranking.RANKER_FEATURES,
-                             "regressor": self.rating_model.get("features", ranking.REGRESSOR_FEATURES)},
+                "features": {
+                    "ranker": ranking.RANKER_FEATURES,
+                    "regressor": self.rating_model.get("features", ranking.REGRESSOR_FEATURES),
+                },
                 "rating_model": self.rating_model,
                 "params": self._params(),
                 "training_window": self.training_window,
-                "dataset": self.dataset | {"ranker_examples": self.ranker_examples,
-                                           "ranker_groups": self.ranker_groups},
+                "dataset": self.dataset
+                | {"ranker_examples": self.ranker_examples, "ranker_groups": self.ranker_groups},
                 "category_share": self.category_share,
                 "reference_distributions": self.reference_distributions,
                 "metrics": self.metrics,
@@ -81,8 +83,11 @@ class Manifest:
             "ranker": _booster_params(self.ranker),
             "ranker_best_iteration": self.ranker.best_iteration or self.ranker.current_iteration(),
             "regressor": _booster_params(self.regressor) if self.regressor else None,
-            "collaborative": {"name": CF_NAME, "l2": self.params.ease_l2,
-                              "modelled_items": int(len(self.collaborative.modelled))},
+            "collaborative": {
+                "name": CF_NAME,
+                "l2": self.params.ease_l2,
+                "modelled_items": len(self.collaborative.modelled),
+            },
             "refit_on_full_data": self.refit,
             "metrics_from": METRICS_FROM_GATED_MODEL if self.refit else METRICS_FROM_OWN_HOLDOUT,
         }
@@ -100,9 +105,9 @@ def training_window(log: EventLog, split: Split) -> dict:
 
 def dataset_statistics(log: EventLog, split: Split) -> dict[str, int]:
     return {
-        "users": int(len(np.unique(log.user))),
+        "users": len(np.unique(log.user)),
         "items": int(log.item_active.sum()),
-        "events": int(len(log)),
+        "events": len(log),
         "train_events": int(split.train.sum()),
         "holdout_events": int(split.holdout.sum()),
     }
@@ -113,4 +118,4 @@ def _booster_params(booster: lgb.Booster) -> dict:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None or not math.isfinite(ts) else datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+    return None if ts is None or not math.isfinite(ts) else datetime.fromtimestamp(ts, tz=UTC).isoformat()

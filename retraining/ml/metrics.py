@@ -64,7 +64,7 @@ def rating_metrics(*, actual: np.ndarray, predicted: np.ndarray) -> dict[str, fl
         "rmse": float(root_mean_squared_error(actual, predicted)),
         "mae": float(mean_absolute_error(actual, predicted)),
         "r2": float(r2_score(actual, predicted)) if np.ptp(actual) else math.nan,
-        "ratings": int(len(actual)),
+        "ratings": len(actual),
     }
 
 
@@ -85,14 +85,20 @@ def candidate_order(candidates: Candidates, *, popularity_rank: np.ndarray) -> n
     return candidates.codes[np.lexsort((popularity_rank[candidates.codes], first))]
 
 
-def candidate_recall(*, pools: list[np.ndarray], positives: list[np.ndarray],
-                     n: int = CANDIDATE_RECALL_AT) -> dict[str, float]:
+def candidate_recall(
+    *, pools: list[np.ndarray], positives: list[np.ndarray], n: int = CANDIDATE_RECALL_AT
+) -> dict[str, float]:
     """How much of the held-out positives the candidate stage puts in front of the ranker, averaged over users
     with a positive: among the first `n` candidates (`candidate_recall@n`) and in the whole pool
     (`candidate_recall`, of `candidates_per_user` items on average). The ranker's recall@k cannot exceed the
     latter: it judges candidate generation apart from ranking."""
-    rows = np.array([(np.isin(relevant, pool[:n]).mean(), np.isin(relevant, pool).mean(), len(pool))
-                     for pool, relevant in zip(pools, positives) if len(relevant)]).reshape(-1, 3)
+    rows = np.array(
+        [
+            (np.isin(relevant, pool[:n]).mean(), np.isin(relevant, pool).mean(), len(pool))
+            for pool, relevant in zip(pools, positives)
+            if len(relevant)
+        ]
+    ).reshape(-1, 3)
     at_n, whole, size = rows.mean(axis=0) if len(rows) else (0.0, 0.0, 0.0)
     return {f"candidate_recall@{n}": float(at_n), "candidate_recall": float(whole), "candidates_per_user": float(size)}
 
@@ -102,8 +108,9 @@ def metric_keys(metrics: dict[str, float], k: int) -> dict[str, float]:
     return {f"{name}@{k}": float(metrics[name]) for name in RANKING_METRICS}
 
 
-def ranking_metrics_at(*, recommended: list[np.ndarray], positives: list[np.ndarray], k: int,
-                       n_active_items: int) -> dict[str, float]:
+def ranking_metrics_at(
+    *, recommended: list[np.ndarray], positives: list[np.ndarray], k: int, n_active_items: int
+) -> dict[str, float]:
     """ranking_metrics under the report's names ("ndcg@10", ...)."""
     return metric_keys(
         ranking_metrics(recommended=recommended, positives=positives, k=k, n_active_items=n_active_items), k
@@ -133,8 +140,9 @@ class BiasModel:
         return self.mean + self.user_bias[user] + self.item_bias[item]
 
 
-def bias_fit(*, user: np.ndarray, item: np.ndarray, rating: np.ndarray, n_users: int, n_items: int,
-             l2: float) -> BiasModel:
+def bias_fit(
+    *, user: np.ndarray, item: np.ndarray, rating: np.ndarray, n_users: int, n_items: int, l2: float
+) -> BiasModel:
     """Regularised user + item biases by alternating least squares (each bias shrunk by count / (count + λ))."""
     rating = np.asarray(rating, dtype=np.float64)
     mean = float(rating.mean()) if len(rating) else math.nan
@@ -147,15 +155,24 @@ def bias_fit(*, user: np.ndarray, item: np.ndarray, rating: np.ndarray, n_users:
     return BiasModel(mean=mean, user_bias=user_bias, item_bias=item_bias, l2=l2)
 
 
-def bias_l2_choose(*, fit: tuple[np.ndarray, np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray, np.ndarray],
-                   n_users: int, n_items: int) -> float:
+def bias_l2_choose(
+    *,
+    fit: tuple[np.ndarray, np.ndarray, np.ndarray],
+    valid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    n_users: int,
+    n_items: int,
+) -> float:
     """The λ of BIAS_L2_GRID with the lowest RMSE on `valid` for biases fitted on `fit` ((user, item, rating)
     arrays, both inside the training data); BIAS_L2_DEFAULT without ratings on either side."""
     if not len(fit[2]) or not len(valid[2]):
         return BIAS_L2_DEFAULT
     errors = [
-        root_mean_squared_error(valid[2], bias_fit(user=fit[0], item=fit[1], rating=fit[2], n_users=n_users,
-                                                   n_items=n_items, l2=l2).predict(user=valid[0], item=valid[1]))
+        root_mean_squared_error(
+            valid[2],
+            bias_fit(user=fit[0], item=fit[1], rating=fit[2], n_users=n_users, n_items=n_items, l2=l2).predict(
+                user=valid[0], item=valid[1]
+            ),
+        )
         for l2 in BIAS_L2_GRID
     ]
     return BIAS_L2_GRID[int(np.argmin(errors))]

@@ -32,8 +32,13 @@ class RankerExamples:
 
 
 def ranker_examples_windows(
-    log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
-    *, build: Callable[[Split, ranking.CollaborativeModel], RankerExamples] | None = None,
+    log: EventLog,
+    split: Split,
+    params: TrainingParams,
+    category_share: dict,
+    model: ranking.CollaborativeModel,
+    *,
+    build: Callable[[Split, ranking.CollaborativeModel], RankerExamples] | None = None,
 ) -> RankerExamples:
     """Queries from each user's label window at the end of the training portion and, while there are fewer
     than `min_ranker_groups` of them, from up to `label_windows - 1` earlier windows (split_earlier), each
@@ -45,8 +50,10 @@ def ranker_examples_windows(
     `model` is the collaborative model of the first window (fitted on `split.fit`). `build(window, model)`
     makes one window's examples: ranker_examples_build here, or its shards on a cluster (ClusterSteps)."""
     if build is None:
+
         def build(window: Split, model: ranking.CollaborativeModel) -> RankerExamples:
             return ranker_examples_build(log, window, params, category_share, model)
+
     parts, window = [], split
     for _ in range(params.label_windows):
         if not window.label.any():
@@ -57,8 +64,9 @@ def ranker_examples_windows(
         if sum(len(part.groups) for part in parts) >= params.min_ranker_groups:
             break
         window = split_earlier(window, log, params)
-    return RankerExamples(*(np.concatenate([getattr(part, name) for part in parts])
-                            for name in ("matrix", "labels", "groups", "users")))
+    return RankerExamples(
+        *(np.concatenate([getattr(part, name) for part in parts]) for name in ("matrix", "labels", "groups", "users"))
+    )
 
 
 def ranker_examples_build(
@@ -77,8 +85,13 @@ def ranker_users(log: EventLog, split: Split, params: TrainingParams) -> np.ndar
 
 
 def ranker_examples_for(
-    log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
-    *, users: np.ndarray,
+    log: EventLog,
+    split: Split,
+    params: TrainingParams,
+    category_share: dict,
+    model: ranking.CollaborativeModel,
+    *,
+    users: np.ndarray,
 ) -> RankerExamples:
     """The examples of these users only (a shard of ranker_users on a cluster), in their order."""
     grade = grades(log)
@@ -174,10 +187,16 @@ def ranker_validation_split(examples: RankerExamples, params: TrainingParams) ->
 def ranker_options(n_groups: int, params: TrainingParams) -> dict:
     """LightGBM's lambdarank parameters for this many queries (in-process and on a cluster)."""
     return lgb_params(
-        params, objective="lambdarank", metric="ndcg", eval_at=[params.k],
-        num_leaves=ranker_num_leaves(n_groups, params), min_data_in_leaf=params.ranker_min_data_in_leaf,
-        lambda_l2=params.ranker_lambda_l2, feature_fraction=params.ranker_feature_fraction,
-        bagging_fraction=params.ranker_bagging_fraction, bagging_freq=1,
+        params,
+        objective="lambdarank",
+        metric="ndcg",
+        eval_at=[params.k],
+        num_leaves=ranker_num_leaves(n_groups, params),
+        min_data_in_leaf=params.ranker_min_data_in_leaf,
+        lambda_l2=params.ranker_lambda_l2,
+        feature_fraction=params.ranker_feature_fraction,
+        bagging_fraction=params.ranker_bagging_fraction,
+        bagging_freq=1,
     )
 
 
@@ -188,15 +207,23 @@ def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
 
     def dataset(rows, groups, reference=None):
         return lgb.Dataset(
-            examples.matrix[rows], labels[rows], group=groups, feature_name=ranking.RANKER_FEATURES,
-            reference=reference, free_raw_data=True,
+            examples.matrix[rows],
+            labels[rows],
+            group=groups,
+            feature_name=ranking.RANKER_FEATURES,
+            reference=reference,
+            free_raw_data=True,
         )
 
     train = dataset(~rows_valid, examples.groups[~validation])
     if not validation.any():
         return lgb.train(options, train, num_boost_round=params.ranker_min_rounds)
-    return booster_train(options, train, dataset(rows_valid, examples.groups[validation], reference=train),
-                         replace(params, min_rounds=params.ranker_min_rounds))
+    return booster_train(
+        options,
+        train,
+        dataset(rows_valid, examples.groups[validation], reference=train),
+        replace(params, min_rounds=params.ranker_min_rounds),
+    )
 
 
 def ranker_num_leaves(n_queries: int, params: TrainingParams) -> int:

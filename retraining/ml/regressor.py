@@ -45,8 +45,11 @@ class RatingModel:
     booster: lgb.Booster | None  # the residual trees (kind bias+residual) or the whole model (kind direct)
 
     def manifest(self) -> dict:
-        return {"kind": self.kind, "bias_l2": self.bias_l2,
-                "features": RATING_FEATURES if self.kind == KIND_RESIDUAL else ranking.REGRESSOR_FEATURES}
+        return {
+            "kind": self.kind,
+            "bias_l2": self.bias_l2,
+            "features": RATING_FEATURES if self.kind == KIND_RESIDUAL else ranking.REGRESSOR_FEATURES,
+        }
 
     def predict(self, *, matrix: np.ndarray, context: RatingContext, events: np.ndarray) -> np.ndarray:
         """Ratings for rows of REGRESSOR_FEATURES of these rating events."""
@@ -80,15 +83,28 @@ class RatingContext:
     @classmethod
     def fit(cls, log: EventLog, mask: np.ndarray, l2: float, collaborative: ranking.CollaborativeModel):
         ratings = mask & log.is_rating()
-        biases = bias_fit(user=log.user[ratings], item=log.item[ratings], rating=log.value[ratings],
-                          n_users=len(log.user_pks), n_items=len(log.item_pks), l2=l2)
+        biases = bias_fit(
+            user=log.user[ratings],
+            item=log.item[ratings],
+            rating=log.value[ratings],
+            n_users=len(log.user_pks),
+            n_items=len(log.item_pks),
+            l2=l2,
+        )
         return cls(log, mask, biases, collaborative)
 
     def columns(self, matrix: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The rows with BIAS_FEATURES appended (RATING_FEATURES order)."""
         user, item, biases = self.log.user[events], self.log.item[events], self.biases
-        return np.column_stack([matrix, biases.user_bias[user], biases.item_bias[item],
-                                biases.predict(user=user, item=item), self._neighbours(user, item)])
+        return np.column_stack(
+            [
+                matrix,
+                biases.user_bias[user],
+                biases.item_bias[item],
+                biases.predict(user=user, item=item),
+                self._neighbours(user, item),
+            ]
+        )
 
     def _neighbours(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         """Per row: Σ_j B[j, i] r̃_uj / Σ_j |B[j, i]| and Σ_j |B[j, i]| over the modelled items j that u rated in
@@ -126,16 +142,25 @@ def _groups(values: np.ndarray):
 ResidualTreesFit = Callable[[np.ndarray, np.ndarray, np.ndarray, TrainingParams], lgb.Booster]
 
 
-def rating_model_fit(log: EventLog, split: Split, evaluation: Evaluation, params: TrainingParams,
-                     inner_collaborative: ranking.CollaborativeModel, *,
-                     trees_fit: ResidualTreesFit | None = None) -> RatingModel:
+def rating_model_fit(
+    log: EventLog,
+    split: Split,
+    evaluation: Evaluation,
+    params: TrainingParams,
+    inner_collaborative: ranking.CollaborativeModel,
+    *,
+    trees_fit: ResidualTreesFit | None = None,
+) -> RatingModel:
     """λ chosen on the label windows, then the residual trees, kept only if they beat the biases alone.
     `inner_collaborative`: EASE fitted on the fit portion. `trees_fit`: residual_trees_fit in this process, or
     its lightgbm.dask counterpart (retraining.ml.distributed); the biases are small and fitted here."""
     fit, label = split.fit & log.is_rating(), split.label & log.is_rating()
-    l2 = bias_l2_choose(fit=(log.user[fit], log.item[fit], log.value[fit]),
-                        valid=(log.user[label], log.item[label], log.value[label]),
-                        n_users=len(log.user_pks), n_items=len(log.item_pks))
+    l2 = bias_l2_choose(
+        fit=(log.user[fit], log.item[fit], log.value[fit]),
+        valid=(log.user[label], log.item[label], log.value[label]),
+        n_users=len(log.user_pks),
+        n_items=len(log.item_pks),
+    )
     events, target = evaluation.regressor_train_events, evaluation.regressor_train_target.astype(np.float64)
     if len(target) < 4 * params.min_data_in_leaf:
         return RatingModel(KIND_BIAS, l2, None)
@@ -143,23 +168,26 @@ def rating_model_fit(log: EventLog, split: Split, evaluation: Evaluation, params
     matrix = context.columns(evaluation.regressor_train, events)
     base = context.biases.predict(user=log.user[events], item=log.item[events])
     validation = regressor_validation_rows(len(target), params)
-    booster = (trees_fit or residual_trees_fit)(matrix, target - base, validation,
-                                                replace(params, min_rounds=MIN_RESIDUAL_ROUNDS))
-    with_trees = base[validation] + booster.predict(matrix[validation], num_iteration=booster.best_iteration,
-                                                    num_threads=1)
-    if root_mean_squared_error(target[validation], with_trees) >= root_mean_squared_error(target[validation],
-                                                                                          base[validation]):
+    booster = (trees_fit or residual_trees_fit)(
+        matrix, target - base, validation, replace(params, min_rounds=MIN_RESIDUAL_ROUNDS)
+    )
+    with_trees = base[validation] + booster.predict(
+        matrix[validation], num_iteration=booster.best_iteration, num_threads=1
+    )
+    if root_mean_squared_error(target[validation], with_trees) >= root_mean_squared_error(
+        target[validation], base[validation]
+    ):
         return RatingModel(KIND_BIAS, l2, None)
     return RatingModel(KIND_RESIDUAL, l2, booster)
 
 
-def residual_trees_fit(matrix: np.ndarray, residual: np.ndarray, validation: np.ndarray,
-                       params: TrainingParams) -> lgb.Booster:
+def residual_trees_fit(
+    matrix: np.ndarray, residual: np.ndarray, validation: np.ndarray, params: TrainingParams
+) -> lgb.Booster:
     """LightGBM regression on the biases' residual, early stopping on the `validation` rows."""
     options = lgb_params(params, objective="regression", metric="rmse")
     train = lgb.Dataset(matrix[~validation], residual[~validation], feature_name=RATING_FEATURES)
-    return booster_train(options, train, lgb.Dataset(matrix[validation], residual[validation], reference=train),
-                         params)
+    return booster_train(options, train, lgb.Dataset(matrix[validation], residual[validation], reference=train), params)
 
 
 def regressor_validation_rows(n_rows: int, params: TrainingParams) -> np.ndarray:
@@ -167,11 +195,13 @@ def regressor_validation_rows(n_rows: int, params: TrainingParams) -> np.ndarray
     return np.random.default_rng(params.seed).random(n_rows) < params.validation_fraction
 
 
-def rating_holdout_predict(model: RatingModel, context: RatingContext, evaluation: Evaluation,
-                           bounds: tuple[float, float]) -> np.ndarray:
+def rating_holdout_predict(
+    model: RatingModel, context: RatingContext, evaluation: Evaluation, bounds: tuple[float, float]
+) -> np.ndarray:
     """The model's clipped predictions for the evaluation's held-out ratings."""
-    predicted = model.predict(matrix=evaluation.regressor_holdout, context=context,
-                              events=evaluation.regressor_holdout_events)
+    predicted = model.predict(
+        matrix=evaluation.regressor_holdout, context=context, events=evaluation.regressor_holdout_events
+    )
     return np.clip(predicted, *bounds)
 
 
@@ -180,27 +210,40 @@ def rating_bounds(ratings: np.ndarray) -> tuple[float, float]:
     return (float(ratings.min()), float(ratings.max())) if len(ratings) else (0.0, 0.0)
 
 
-def rating_scores(model: RatingModel | None, *, log: EventLog, split: Split, evaluation: Evaluation,
-                  collaborative: ranking.CollaborativeModel, bounds: tuple[float, float]) -> dict[str, float]:
+def rating_scores(
+    model: RatingModel | None,
+    *,
+    log: EventLog,
+    split: Split,
+    evaluation: Evaluation,
+    collaborative: ranking.CollaborativeModel,
+    bounds: tuple[float, float],
+) -> dict[str, float]:
     """RMSE, MAE and R² of the model on the evaluation's held-out ratings (NaN without a model); its bias
     features from the training portion and `collaborative` (EASE fitted on it)."""
     if model is None:
         return dict.fromkeys(RATING_METRICS, math.nan)
-    context = RatingContext.fit(log, split.train, model.bias_l2 if math.isfinite(model.bias_l2) else 0.0,
-                                collaborative)
+    context = RatingContext.fit(log, split.train, model.bias_l2 if math.isfinite(model.bias_l2) else 0.0, collaborative)
     predicted = rating_holdout_predict(model, context, evaluation, bounds)
     rating = rating_metrics(actual=evaluation.regressor_holdout_target, predicted=predicted)
     return {name: rating[name] for name in RATING_METRICS}
 
 
-def rating_baselines(log: EventLog, split: Split, evaluation: Evaluation, *, bias_l2: float,
-                     bounds: tuple[float, float]) -> dict[str, dict]:
+def rating_baselines(
+    log: EventLog, split: Split, evaluation: Evaluation, *, bias_l2: float, bounds: tuple[float, float]
+) -> dict[str, dict]:
     """The global mean of the training ratings and the bias model (λ = `bias_l2`), on the same held-out ratings
     as the model."""
     events, actual = evaluation.regressor_holdout_events, evaluation.regressor_holdout_target
     ratings = split.train & log.is_rating()
-    biases = bias_fit(user=log.user[ratings], item=log.item[ratings], rating=log.value[ratings],
-                      n_users=len(log.user_pks), n_items=len(log.item_pks), l2=bias_l2)
+    biases = bias_fit(
+        user=log.user[ratings],
+        item=log.item[ratings],
+        rating=log.value[ratings],
+        n_users=len(log.user_pks),
+        n_items=len(log.item_pks),
+        l2=bias_l2,
+    )
     predictions = {
         "global_mean": np.full(len(events), biases.mean),
         "bias": biases.predict(user=log.user[events], item=log.item[events]),

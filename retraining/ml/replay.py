@@ -43,24 +43,36 @@ class EvaluationReplay:
     With `users` (a shard on a cluster) only those users are evaluated and only their rating events become
     rows; every event still feeds the item states, which all users share."""
 
-    def __init__(self, log: EventLog, split: Split, params: TrainingParams, *, category_share: dict,
-                 model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool,
-                 users: np.ndarray | None = None):
+    def __init__(
+        self,
+        log: EventLog,
+        split: Split,
+        params: TrainingParams,
+        *,
+        category_share: dict,
+        model: ranking.CollaborativeModel,
+        ranker: lgb.Booster | None,
+        with_regressor: bool,
+        users: np.ndarray | None = None,
+    ):
         self.log, self.split, self.params = log, split, params
         self.category_share, self.model, self.ranker = category_share, model, ranker
         histories = histories_by_user(log, split.train)
         positive_holdout = split.holdout & log.positive() & log.item_active[log.item]
         self.held_users = np.flatnonzero(~np.isnan(split.cutoff))
-        self.shard = np.ones(len(log.user_pks), dtype=bool) if users is None else np.isin(
-            np.arange(len(log.user_pks)), users)
+        self.shard = (
+            np.ones(len(log.user_pks), dtype=bool) if users is None else np.isin(np.arange(len(log.user_pks)), users)
+        )
         self.held_users = self.held_users[self.shard[self.held_users]]
         self.positives = _positives_by_user(log, positive_holdout, histories)
         self.ranked_users = np.array([u for u in self.held_users.tolist() if len(self.positives[u])], dtype=np.int64)
-        self.candidates = dict(zip(self.ranked_users.tolist(),
-                                   candidates_for(model, histories, self.ranked_users, params)))
+        self.candidates = dict(
+            zip(self.ranked_users.tolist(), candidates_for(model, histories, self.ranked_users, params))
+        )
         self.train_ratings = self._train_ratings() if with_regressor else np.empty(0, dtype=np.int64)
-        self.holdout_ratings = (_events_by_user(log, split.holdout & log.is_rating() & self.shard[log.user])
-                                if with_regressor else {})
+        self.holdout_ratings = (
+            _events_by_user(log, split.holdout & log.is_rating() & self.shard[log.user]) if with_regressor else {}
+        )
         n_holdout_rows = sum(len(v) for v in self.holdout_ratings.values())
         width = len(ranking.REGRESSOR_FEATURES)
         self.regressor_train = np.empty((len(self.train_ratings), width), dtype=np.float32)
@@ -75,10 +87,12 @@ class EvaluationReplay:
 
     def run(self) -> Evaluation:
         log, n_users = self.log, len(self.held_users)
-        times = np.concatenate([self.split.cutoff[self.held_users],
-                                self.split.label_start[log.user[self.train_ratings]]])
-        self.replay.run(times, lambda q: self._on_user(int(self.held_users[q])) if q < n_users
-                        else self._on_rating(q - n_users))
+        times = np.concatenate(
+            [self.split.cutoff[self.held_users], self.split.label_start[log.user[self.train_ratings]]]
+        )
+        self.replay.run(
+            times, lambda q: self._on_user(int(self.held_users[q])) if q < n_users else self._on_rating(q - n_users)
+        )
         self._score_pending()
         order = self.ranked_users.tolist()
         return Evaluation(
@@ -105,8 +119,10 @@ class EvaluationReplay:
     def _regressor_row(self, u: int, item: int, at: float) -> np.ndarray:
         return ranking.regressor_feature_row(
             user=self.replay.user_states.get(u, features.UserState()),
-            item=self.replay.item_states.get(item, features.ItemState()), categories=self.categories[item],
-            at=at, category_share=self.category_share,
+            item=self.replay.item_states.get(item, features.ItemState()),
+            categories=self.categories[item],
+            at=at,
+            category_share=self.category_share,
         )
 
     def _on_user(self, u: int) -> None:
@@ -122,10 +138,19 @@ class EvaluationReplay:
         for name, codes in baseline_lists(found, popularity_rank=self.model.popularity_rank, k=self.params.k).items():
             self.ranked[name][u] = codes
         if self.ranker is not None:
-            self.pending.append((u, ranking.ranker_feature_matrix(
-                self.model, candidates=found, user=self.replay.user_states.get(u, features.UserState()),
-                items=self.replay.candidate_items(found.codes), at=at, category_share=self.category_share,
-            )))
+            self.pending.append(
+                (
+                    u,
+                    ranking.ranker_feature_matrix(
+                        self.model,
+                        candidates=found,
+                        user=self.replay.user_states.get(u, features.UserState()),
+                        items=self.replay.candidate_items(found.codes),
+                        at=at,
+                        category_share=self.category_share,
+                    ),
+                )
+            )
             if len(self.pending) == SCORING_BATCH:
                 self._score_pending()
 
@@ -144,16 +169,32 @@ class EvaluationReplay:
     def _on_rating(self, row: int) -> None:
         event = self.train_ratings[row]
         user = int(self.log.user[event])
-        self.regressor_train[row] = self._regressor_row(user, int(self.log.item[event]),
-                                                        float(self.split.label_start[user]))
+        self.regressor_train[row] = self._regressor_row(
+            user, int(self.log.item[event]), float(self.split.label_start[user])
+        )
 
 
-def evaluation_run(log: EventLog, split: Split, params: TrainingParams, category_share: dict,
-                   model: ranking.CollaborativeModel, ranker: lgb.Booster | None, with_regressor: bool,
-                   users: np.ndarray | None = None) -> Evaluation:
+def evaluation_run(
+    log: EventLog,
+    split: Split,
+    params: TrainingParams,
+    category_share: dict,
+    model: ranking.CollaborativeModel,
+    ranker: lgb.Booster | None,
+    with_regressor: bool,
+    users: np.ndarray | None = None,
+) -> Evaluation:
     """EvaluationReplay in one call."""
-    return EvaluationReplay(log, split, params, category_share=category_share, model=model, ranker=ranker,
-                            with_regressor=with_regressor, users=users).run()
+    return EvaluationReplay(
+        log,
+        split,
+        params,
+        category_share=category_share,
+        model=model,
+        ranker=ranker,
+        with_regressor=with_regressor,
+        users=users,
+    ).run()
 
 
 def _events_by_user(log: EventLog, mask: np.ndarray) -> dict[int, list[int]]:

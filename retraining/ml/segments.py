@@ -45,8 +45,9 @@ def segment_bounds(name: str) -> str:
     return f"{low}+" if high is None else f"{low}–{high}"
 
 
-def segments_table(*, lists: dict[str, list[np.ndarray]], positives: list[np.ndarray], segments: np.ndarray,
-                   k: int) -> dict[str, dict]:
+def segments_table(
+    *, lists: dict[str, list[np.ndarray]], positives: list[np.ndarray], segments: np.ndarray, k: int
+) -> dict[str, dict]:
     """Per segment: its bounds, its users and, per model, NDCG, recall and hit rate at k over those users (no
     metrics for a segment without users). `lists[model][i]`, `positives[i]` and `segments[i]` describe the same
     evaluated user i."""
@@ -55,8 +56,9 @@ def segments_table(*, lists: dict[str, list[np.ndarray]], positives: list[np.nda
         members = np.flatnonzero(segments == name)
         row = {"training_events": segment_bounds(name), "users": len(members)}
         for model, top in lists.items() if len(members) else ():
-            scored = ranking_metrics(recommended=[top[i] for i in members], positives=[positives[i] for i in members],
-                                     k=k, n_active_items=0)
+            scored = ranking_metrics(
+                recommended=[top[i] for i in members], positives=[positives[i] for i in members], k=k, n_active_items=0
+            )
             row[model] = {f"{metric}@{k}": float(scored[metric]) for metric in SEGMENT_METRICS}
         table[name] = row
     return table

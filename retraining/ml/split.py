@@ -60,8 +60,9 @@ def split_compute(log: EventLog, params: TrainingParams, *, holdout: bool = True
     """`holdout=False` (a refit on all data): nothing is held out, every event is in the training portion."""
     n_users = len(log.user_pks)
     everything = np.ones(len(log), dtype=bool)
-    options = dict(user=log.user, ts=log.ts, n_users=n_users, fraction=params.holdout_fraction,
-                   min_events=params.min_user_events)
+    options = dict(
+        user=log.user, ts=log.ts, n_users=n_users, fraction=params.holdout_fraction, min_events=params.min_user_events
+    )
     outer = holdout_split(mask=everything if holdout else ~everything, **options)
     train = ~outer.holdout
     inner = holdout_split(mask=train, **options)
@@ -71,8 +72,14 @@ def split_compute(log: EventLog, params: TrainingParams, *, holdout: bool = True
 def split_earlier(split: Split, log: EventLog, params: TrainingParams) -> Split:
     """The inner split one step back in time: the fit portion becomes the training portion and each user's
     last share of it the label window (the ranker's earlier windows, see ranker.ranker_examples_windows)."""
-    inner = holdout_split(user=log.user, ts=log.ts, mask=split.fit, n_users=len(log.user_pks),
-                          fraction=params.holdout_fraction, min_events=params.min_user_events)
+    inner = holdout_split(
+        user=log.user,
+        ts=log.ts,
+        mask=split.fit,
+        n_users=len(log.user_pks),
+        fraction=params.holdout_fraction,
+        min_events=params.min_user_events,
+    )
     return Split(split.fit, split.label, split.label_start, split.fit & ~inner.holdout, inner.holdout, inner.cutoff)
 
 

@@ -19,17 +19,26 @@ class LocalSteps:
     def __init__(self, log: EventLog, split: Split):
         self.log, self.split = log, split
 
-    def ranker_examples(self, params: TrainingParams, category_share: dict,
-                        model: ranking.CollaborativeModel) -> RankerExamples:
+    def ranker_examples(
+        self, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel
+    ) -> RankerExamples:
         return ranker_examples_windows(self.log, self.split, params, category_share, model)
 
     def ranker_fit(self, examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
         return ranker_fit(examples, params)
 
-    def evaluation(self, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel,
-                   ranker: lgb.Booster | None, *, with_regressor: bool) -> Evaluation:
+    def evaluation(
+        self,
+        params: TrainingParams,
+        category_share: dict,
+        model: ranking.CollaborativeModel,
+        ranker: lgb.Booster | None,
+        *,
+        with_regressor: bool,
+    ) -> Evaluation:
         return evaluation_run(self.log, self.split, params, category_share, model, ranker, with_regressor)
 
-    def rating_model_fit(self, evaluation: Evaluation, params: TrainingParams,
-                         inner_model: ranking.CollaborativeModel) -> RatingModel:
+    def rating_model_fit(
+        self, evaluation: Evaluation, params: TrainingParams, inner_model: ranking.CollaborativeModel
+    ) -> RatingModel:
         return rating_model_fit(self.log, self.split, evaluation, params, inner_model)

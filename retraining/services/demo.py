@@ -43,13 +43,15 @@ def demo_credentials_path() -> Path:
     return settings.VAR_DIR / "demo_credentials.json"
 
 
-def demo_dataset_load(*, dataset: Path | None = None, users: int = 300, items: int = 500, events: int = 30_000,
-                      seed: int = 7) -> int:
+def demo_dataset_load(
+    *, dataset: Path | None = None, users: int = 300, items: int = 500, events: int = 30_000, seed: int = 7
+) -> int:
     """Import `dataset` (a MovieLens directory) or a synthetic one; returns the events imported."""
     if dataset is None:
         dataset = settings.VAR_DIR / "demo-dataset"
-        synthetic_dataset_write(output=dataset, users=users, items=items, events=events, drift_at=0.8, seed=seed,
-                                start=date(2025, 1, 1))
+        synthetic_dataset_write(
+            output=dataset, users=users, items=items, events=events, drift_at=0.8, seed=seed, start=date(2025, 1, 1)
+        )
     return movielens_import(path=Path(dataset), progress=False).events_imported
 
 
@@ -129,8 +131,14 @@ def _demo_credentials_write(credentials: dict) -> None:
 
 # --- The retraining demo ------------------------------------------------------------------------
 
-DEMO_METRICS = [("rmse", "RMSE", False), ("mae", "MAE", False), ("r2", "R²", True),
-                ("recall@10", "Recall@10", True), ("map@10", "MAP@10", True), ("ndcg@10", "NDCG@10", True)]
+DEMO_METRICS = [
+    ("rmse", "RMSE", False),
+    ("mae", "MAE", False),
+    ("r2", "R²", True),
+    ("recall@10", "Recall@10", True),
+    ("map@10", "MAP@10", True),
+    ("ndcg@10", "NDCG@10", True),
+]
 
 
 @dataclass
@@ -150,8 +158,9 @@ def demo_timeline_prepare(*, dataset: Path | None, first_part: float, say) -> li
 
     if dataset is None:
         dataset = settings.VAR_DIR / "demo-dataset"
-        synthetic_dataset_write(output=dataset, users=300, items=500, events=30_000, drift_at=0.8, seed=7,
-                                start=date(2025, 1, 1))
+        synthetic_dataset_write(
+            output=dataset, users=300, items=500, events=30_000, drift_at=0.8, seed=7, start=date(2025, 1, 1)
+        )
     ratings = movielens_ratings(path=Path(dataset))
     split = ratings[int(len(ratings) * first_part)].moment
     imported = movielens_import(path=Path(dataset), progress=False, before=split).events_imported
@@ -163,11 +172,19 @@ def demo_timeline_prepare(*, dataset: Path | None, first_part: float, say) -> li
     say(f"set-up: v1 {first.status}: {'; '.join(first.gate.get('failures') or first.gate.get('reasons', [])[:1])}")
     rest = [r for r in ratings if r.moment >= split]
     for start in range(0, len(rest), 1000):
-        event_ingest(events=[
-            EventInput(user_id=r.user_id, item_id=r.movie_id, event_type="rating", value=r.value, timestamp=r.moment,
-                       event_id=uuid.uuid5(EVENT_ID_NAMESPACE, f"movielens:{r.user_id}:{r.movie_id}:{r.ts}"))
-            for r in rest[start : start + 1000]
-        ])
+        event_ingest(
+            events=[
+                EventInput(
+                    user_id=r.user_id,
+                    item_id=r.movie_id,
+                    event_type="rating",
+                    value=r.value,
+                    timestamp=r.moment,
+                    event_id=uuid.uuid5(EVENT_ID_NAMESPACE, f"movielens:{r.user_id}:{r.movie_id}:{r.ts}"),
+                )
+                for r in rest[start : start + 1000]
+            ]
+        )
     say(f"set-up: {len(rest):,} newer events arrived through the ingestion service")
     return [f"{imported:,} events imported", f"v1 {first.status}", f"{len(rest):,} events ingested since"]
 
@@ -183,9 +200,16 @@ def demo_comparison_rows(run: TrainingRun) -> list[dict]:
         before, after = old.get(key), new.get(key)
         change = (after - before) / abs(before) if before not in (None, 0) and after is not None else None
         better = None if change is None or after == before else ((after > before) == higher_is_better)
-        rows.append({"label": f"{label} {'↑' if higher_is_better else '↓'}", "old": before, "new": after,
-                     "change": change, "better": better,
-                     "baselines": {name: metrics.get(key) for name, metrics in baselines.items()}})
+        rows.append(
+            {
+                "label": f"{label} {'↑' if higher_is_better else '↓'}",
+                "old": before,
+                "new": after,
+                "change": change,
+                "better": better,
+                "baselines": {name: metrics.get(key) for name, metrics in baselines.items()},
+            }
+        )
     return rows
 
 
@@ -204,7 +228,12 @@ def demo_comparison_events(run: TrainingRun) -> str:
         stats = run.model_version.dataset_stats if run.model_version else {}
         return f"the new version's whole holdout: {stats.get('holdout_events', 0):,} held-out events (no champion)"
     after = gate.get("comparison_holdout_after")
-    since = f"after v{gate['champion_version']}'s training cut-off {after[:16].replace('T', ' ')}" if after else \
-        f"of the whole holdout (v{gate['champion_version']} records no training cut-off)"
-    return (f"the {gate.get('comparison_events', 0):,} held-out events {since}, "
-            f"{gate.get('comparison_users', 0):,} users with a held-out positive")
+    since = (
+        f"after v{gate['champion_version']}'s training cut-off {after[:16].replace('T', ' ')}"
+        if after
+        else f"of the whole holdout (v{gate['champion_version']} records no training cut-off)"
+    )
+    return (
+        f"the {gate.get('comparison_events', 0):,} held-out events {since}, "
+        f"{gate.get('comparison_users', 0):,} users with a held-out positive"
+    )

@@ -27,8 +27,8 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from recommendations.models import Impression, Interaction, Item, ItemFeatures
-from retraining.models import DriftReport, RetrainPolicy
 from registry.models import ModelVersion
+from retraining.models import DriftReport, RetrainPolicy
 
 NUMERIC = ["user_activity", "item_popularity_rank", "rating_value"]
 RANKED_ITEMS_KEPT = 20_000
@@ -53,8 +53,14 @@ def drift_window(*, end: datetime, days: float, min_events: int) -> Window:
     before_end = Interaction.objects.filter(timestamp__lt=end)
     count = before_end.filter(timestamp__gte=start).count()
     if count < min_events:
-        boundary = before_end.order_by("-timestamp").values_list("timestamp", flat=True)[min_events - 1 : min_events].first()
-        start = boundary if boundary is not None else (before_end.order_by("timestamp").values_list("timestamp", flat=True).first() or start)
+        boundary = (
+            before_end.order_by("-timestamp").values_list("timestamp", flat=True)[min_events - 1 : min_events].first()
+        )
+        start = (
+            boundary
+            if boundary is not None
+            else (before_end.order_by("timestamp").values_list("timestamp", flat=True).first() or start)
+        )
         count = before_end.filter(timestamp__gte=start).count()
     return Window(start=start, end=end, events=count)
 
@@ -70,14 +76,21 @@ def drift_profile(*, window: Window, popularity_rank: dict[str, float] | None = 
     own_rank = _popularity_rank(item_counts)
     ranks = popularity_rank if popularity_rank is not None else own_rank
     item_rank = np.array([ranks.get(str(item_id), 1.0) for item_id in item_counts], dtype=float)
-    ratings = events.filter(event_type="rating", value__isnull=False).values("value").annotate(c=Count("id")).values_list("value", "c")
+    ratings = (
+        events.filter(event_type="rating", value__isnull=False)
+        .values("value")
+        .annotate(c=Count("id"))
+        .values_list("value", "c")
+    )
     rng = np.random.default_rng(seed)
     numeric = {
         "user_activity": _weighted_sample(per_user, per_user, rng),
         "item_popularity_rank": _weighted_sample(item_rank, counts, rng),
         "rating_value": _weighted_sample(*_pairs(ratings), rng),
     }
-    first_seen = dict(ItemFeatures.objects.filter(item_id__in=item_counts.keys()).values_list("item_id", "first_event_at"))
+    first_seen = dict(
+        ItemFeatures.objects.filter(item_id__in=item_counts.keys()).values_list("item_id", "first_event_at")
+    )
     categories = dict(Item.objects.filter(pk__in=item_counts.keys()).values_list("pk", "categories"))
     category_mix, novelty = Counter(), Counter()
     for item_id, count in item_counts.items():
@@ -93,7 +106,7 @@ def drift_profile(*, window: Window, popularity_rank: dict[str, float] | None = 
         "window": {"start": window.start.isoformat(), "end": window.end.isoformat(), "events": total},
         "numeric": {name: sample.tolist() for name, sample in numeric.items()},
         "categorical": {name: _shares(mix) for name, mix in categorical.items()},
-        "rows": {**{name: int(len(sample)) for name, sample in numeric.items()}, "events": total},
+        "rows": {**{name: len(sample) for name, sample in numeric.items()}, "events": total},
         "popularity_rank": own_rank,
     }
 
@@ -101,8 +114,12 @@ def drift_profile(*, window: Window, popularity_rank: dict[str, float] | None = 
 def drift_reference(*, profile: dict) -> dict:
     """The reference stored in a manifest: quantile bins and shares per numeric feature (plus a sample
     for distances), shares per category."""
-    reference = {"window": profile["window"], "numeric": {}, "categorical": profile["categorical"],
-                 "popularity_rank": profile["popularity_rank"]}
+    reference = {
+        "window": profile["window"],
+        "numeric": {},
+        "categorical": profile["categorical"],
+        "popularity_rank": profile["popularity_rank"],
+    }
     for name, values in profile["numeric"].items():
         sample = np.asarray(values, dtype=float)
         if not len(sample):
@@ -122,8 +139,9 @@ def drift_compare(*, reference: dict, profile: dict, policy: RetrainPolicy) -> d
     scores = {}
     for name in NUMERIC:
         current = np.asarray(profile["numeric"].get(name, []), dtype=float)
-        scores[name] = _numeric_score(reference["numeric"].get(name), current,
-                                      int(profile["rows"].get(name, len(current))), policy)
+        scores[name] = _numeric_score(
+            reference["numeric"].get(name), current, int(profile["rows"].get(name, len(current))), policy
+        )
     for name in CATEGORICAL:
         ref, current = reference["categorical"].get(name) or {}, profile["categorical"].get(name) or {}
         if not ref or not current:
@@ -132,8 +150,12 @@ def drift_compare(*, reference: dict, profile: dict, policy: RetrainPolicy) -> d
         keys = sorted(set(ref) | set(current))
         r, c = np.array([ref.get(k, 0.0) for k in keys]), np.array([current.get(k, 0.0) for k in keys])
         psi = _psi(r, c)
-        scores[name] = {"kind": "categorical", "psi": psi, "js_distance": float(jensenshannon(r, c, base=2)),
-                        "verdict": _verdict(psi, policy)}
+        scores[name] = {
+            "kind": "categorical",
+            "psi": psi,
+            "js_distance": float(jensenshannon(r, c, base=2)),
+            "verdict": _verdict(psi, policy),
+        }
     return drift_overall(features=scores, policy=policy)
 
 
@@ -150,20 +172,30 @@ def drift_overall(*, features: dict, policy: RetrainPolicy) -> dict:
     else:
         verdict = DriftReport.Verdict.OK
     psis = [s["psi"] for s in judged if s["psi"] is not None]
-    return {"features": features, "drifted": drifted, "key_drifted": key_drift, "drifted_share": share,
-            "overall_score": float(np.mean(psis)) if psis else 0.0, "verdict": verdict}
+    return {
+        "features": features,
+        "drifted": drifted,
+        "key_drifted": key_drift,
+        "drifted_share": share,
+        "overall_score": float(np.mean(psis)) if psis else 0.0,
+        "verdict": verdict,
+    }
 
 
 def _numeric_score(reference: dict | None, current: np.ndarray, rows: int, policy: RetrainPolicy) -> dict:
     """PSI over the reference's quantile bins, the Wasserstein distance normalised by the reference's IQR,
     and a two-sample KS test when there are few rows."""
     if not reference or not reference["sample"] or not len(current):
-        return {"kind": "numeric", "psi": None, "verdict": "no data", "rows": int(len(current))}
+        return {"kind": "numeric", "psi": None, "verdict": "no data", "rows": len(current)}
     psi = _psi(np.asarray(reference["shares"]), _bin_shares(current, np.asarray(reference["edges"])))
     ref_sample = np.asarray(reference["sample"])
     spread = float(np.subtract(*np.quantile(ref_sample, [0.75, 0.25]))) or float(np.std(ref_sample)) or 1.0
-    entry = {"kind": "numeric", "psi": psi, "rows": rows,
-             "wasserstein_normed": float(stats.wasserstein_distance(ref_sample, current) / spread)}
+    entry = {
+        "kind": "numeric",
+        "psi": psi,
+        "rows": rows,
+        "wasserstein_normed": float(stats.wasserstein_distance(ref_sample, current) / spread),
+    }
     if rows < KS_BELOW:
         result = stats.ks_2samp(ref_sample, current)
         entry.update(ks_statistic=float(result.statistic), ks_pvalue=float(result.pvalue))
@@ -183,14 +215,15 @@ def prediction_drift(*, champion: ModelVersion, window: Window, policy: RetrainP
     reference = _served_scores(served.filter(served_at__gte=first, served_at__lt=baseline_end))
     current = _served_scores(served.filter(served_at__gte=max(window.start, baseline_end), served_at__lt=window.end))
     if len(reference) < MIN_SERVED_LISTS * 10 or len(current) < MIN_SERVED_LISTS * 10:
-        return {**empty, "rows": int(len(current))}
-    bins = drift_reference(profile={"window": {}, "categorical": {}, "popularity_rank": {},
-                                    "numeric": {"score": reference.tolist()}})["numeric"]["score"]
-    return _numeric_score(bins, current, int(len(current)), policy)
+        return {**empty, "rows": len(current)}
+    bins = drift_reference(
+        profile={"window": {}, "categorical": {}, "popularity_rank": {}, "numeric": {"score": reference.tolist()}}
+    )["numeric"]["score"]
+    return _numeric_score(bins, current, len(current), policy)
 
 
 def _served_scores(impressions) -> np.ndarray:
-    lists = impressions.order_by("-served_at").values_list("scores", flat=True)[:SAMPLE // 10]
+    lists = impressions.order_by("-served_at").values_list("scores", flat=True)[: SAMPLE // 10]
     return np.array([score for scores in lists for score in scores], dtype=float)
 
 
@@ -207,12 +240,22 @@ def drift_check_run(*, policy: RetrainPolicy, now: datetime, champion: ModelVers
     result = drift_overall(features=features, policy=policy)
     extra = {name: result["features"][name] for name in ("event_type", "rating_value")}
     return DriftReport.objects.create(
-        window_start=window.start, window_end=window.end, events_in_window=window.events,
-        sampled_rows=max(profile["rows"].values()), reference_version=champion, feature_scores=result["features"],
-        extra_scores={"event_type_mix": extra["event_type"], "label_drift": extra["rating_value"],
-                      "prediction_drift": result["features"]["prediction_score"],
-                      "drifted": result["drifted"], "key_drifted": result["key_drifted"]},
-        drifted_share=result["drifted_share"], overall_score=result["overall_score"], verdict=result["verdict"],
+        window_start=window.start,
+        window_end=window.end,
+        events_in_window=window.events,
+        sampled_rows=max(profile["rows"].values()),
+        reference_version=champion,
+        feature_scores=result["features"],
+        extra_scores={
+            "event_type_mix": extra["event_type"],
+            "label_drift": extra["rating_value"],
+            "prediction_drift": result["features"]["prediction_score"],
+            "drifted": result["drifted"],
+            "key_drifted": result["key_drifted"],
+        },
+        drifted_share=result["drifted_share"],
+        overall_score=result["overall_score"],
+        verdict=result["verdict"],
         duration_s=time.perf_counter() - started,
     )
 
@@ -265,4 +308,3 @@ def _pairs(rows) -> tuple[np.ndarray, np.ndarray]:
 def _shares(mix: dict) -> dict:
     total = sum(mix.values())
     return {str(k): v / total for k, v in mix.items()} if total else {}
-

@@ -80,10 +80,13 @@ def gate_decide(
 
     compared_users = None if candidate_user_ndcg is None else len(candidate_user_ndcg)
     if champion is not None and compared_users is not None and compared_users < MIN_COMPARISON_USERS:
-        refuse(f"not enough new holdout data since the champion's cut-off: {compared_users} users with a held-out "
-               f"positive, {MIN_COMPARISON_USERS} needed; a later run will have more")
-        return GateDecision(passed=False, reasons=reasons, numbers=numbers, failures=failures,
-                            refusal_code=NOT_ENOUGH_NEW_DATA)
+        refuse(
+            f"not enough new holdout data since the champion's cut-off: {compared_users} users with a held-out "
+            f"positive, {MIN_COMPARISON_USERS} needed; a later run will have more"
+        )
+        return GateDecision(
+            passed=False, reasons=reasons, numbers=numbers, failures=failures, refusal_code=NOT_ENOUGH_NEW_DATA
+        )
     ndcg = candidate.get("ndcg@10")
     if ndcg is None or ndcg <= popularity.get("ndcg@10", 0.0):
         refuse(f"NDCG@10 {number(ndcg)} is not above most-popular's {number(popularity.get('ndcg@10'))}")
@@ -108,33 +111,49 @@ def gate_decide(
         limit = old * (1 - guardrail_tolerance) if higher_is_better else old * (1 + guardrail_tolerance)
         regressed = new < limit if higher_is_better else new > limit
         if regressed:
-            refuse(f"guardrail {key}: {number(new)} vs champion {number(old)} "
-                   f"is beyond the {guardrail_tolerance:.0%} tolerance")
+            refuse(
+                f"guardrail {key}: {number(new)} vs champion {number(old)} "
+                f"is beyond the {guardrail_tolerance:.0%} tolerance"
+            )
         elif key == "rmse":
-            reasons.append(f"guardrail rmse: {number(new)} vs champion {number(old)} within the "
-                           f"{guardrail_tolerance:.0%} tolerance")
+            reasons.append(
+                f"guardrail rmse: {number(new)} vs champion {number(old)} within the "
+                f"{guardrail_tolerance:.0%} tolerance"
+            )
     if candidate_user_ndcg is not None and champion_user_ndcg is not None:
         mean, low, high = mean_interval(
             np.asarray(candidate_user_ndcg) - np.asarray(champion_user_ndcg), samples=bootstrap_samples
         )
-        numbers["ndcg_difference"] = {"mean": mean, "ci95_low": low, "ci95_high": high,
-                                      "users": int(len(candidate_user_ndcg)), "samples": bootstrap_samples}
+        numbers["ndcg_difference"] = {
+            "mean": mean,
+            "ci95_low": low,
+            "ci95_high": high,
+            "users": len(candidate_user_ndcg),
+            "samples": bootstrap_samples,
+        }
         if low < -bootstrap_tolerance:
-            refuse(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] reaches below −{bootstrap_tolerance:g}: not distinguishable from a loss")
+            refuse(
+                f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] reaches below −{bootstrap_tolerance:g}: "
+                "not distinguishable from a loss"
+            )
         else:
             reasons.append(f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}] stays above −{bootstrap_tolerance:g}")
     if segments and user_segments is not None and "ndcg_difference" in numbers:
         checks, numbers["segments"] = segment_checks(
-            segments=segments, user_segments=user_segments, difference=np.asarray(candidate_user_ndcg) -
-            np.asarray(champion_user_ndcg), tolerance=bootstrap_tolerance, samples=bootstrap_samples,
+            segments=segments,
+            user_segments=user_segments,
+            difference=np.asarray(candidate_user_ndcg) - np.asarray(champion_user_ndcg),
+            tolerance=bootstrap_tolerance,
+            samples=bootstrap_samples,
         )
         for reason, refused in checks:
             (refuse if refused else reasons.append)(reason)
     return GateDecision(passed=not failures, reasons=reasons, numbers=numbers, failures=failures)
 
 
-def segment_checks(*, segments: dict, user_segments: np.ndarray, difference: np.ndarray, tolerance: float,
-                   samples: int) -> tuple[list[tuple[str, bool]], dict]:
+def segment_checks(
+    *, segments: dict, user_segments: np.ndarray, difference: np.ndarray, tolerance: float, samples: int
+) -> tuple[list[tuple[str, bool]], dict]:
     """Per segment, a sentence and whether it refuses: refused when the 95% interval of the mean per-user ΔNDCG@10
     (candidate − champion) lies entirely below −tolerance, i.e. the candidate is worse there beyond noise. A
     loss hidden by a larger gain elsewhere is what this catches. Also returns `segments` with each row's
@@ -150,8 +169,10 @@ def segment_checks(*, segments: dict, user_segments: np.ndarray, difference: np.
             continue
         mean, low, high = mean_interval(difference[members], samples=samples)
         table[name] = {**row, "ndcg_difference": {"mean": mean, "ci95_low": low, "ci95_high": high}}
-        compared = (f"NDCG@10 {number(row['candidate']['ndcg@10'])} vs champion {number(row['champion']['ndcg@10'])}, "
-                    f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}]")
+        compared = (
+            f"NDCG@10 {number(row['candidate']['ndcg@10'])} vs champion {number(row['champion']['ndcg@10'])}, "
+            f"95% CI of ΔNDCG@10 [{low:+.4f}, {high:+.4f}]"
+        )
         if high < -tolerance:
             checks.append((f"{label}: {compared} lies below −{tolerance:g}: significantly worse", True))
         else:

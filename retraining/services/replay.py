@@ -16,17 +16,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from recommendations.clock import clock_set, replay_clock_check, system_now
 from recommendations.models import Interaction
 from recommendations.runtime import process_runtime
-from recommendations.serving.recommend import recommendations_for
 from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.movielens import EVENT_ID_NAMESPACE, movielens_import, movielens_ratings
+from recommendations.serving.recommend import recommendations_for
 from recsite.errors import ApplicationError
 from retraining.services.pipeline import training_run_process
 from retraining.services.policy import policy_active
@@ -93,15 +94,32 @@ class _Client:
 
 
 def _as_json(event: EventInput) -> dict:
-    return {"event_id": str(event.event_id), "user_id": event.user_id, "item_id": event.item_id,
-            "event_type": event.event_type, "value": event.value, "timestamp": event.timestamp.isoformat(),
-            "recommendation_id": str(event.recommendation_id) if event.recommendation_id else None}
+    return {
+        "event_id": str(event.event_id),
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "event_type": event.event_type,
+        "value": event.value,
+        "timestamp": event.timestamp.isoformat(),
+        "recommendation_id": str(event.recommendation_id) if event.recommendation_id else None,
+    }
 
 
-def replay_run(*, path: Path, start_fraction: float, speed: float, api_url: str | None = None,
-               api_key: str | None = None, check_every_s: int = 2, max_idle_s: float = 1.0, batch_size: int = 500,
-               out: TextIO | None = None, on_tick: Callable[[ReplayReport], None] | None = None,
-               rollout: str | None = None, rollout_min_impressions: int = 200) -> ReplayReport:
+def replay_run(
+    *,
+    path: Path,
+    start_fraction: float,
+    speed: float,
+    api_url: str | None = None,
+    api_key: str | None = None,
+    check_every_s: int = 2,
+    max_idle_s: float = 1.0,
+    batch_size: int = 500,
+    out: TextIO | None = None,
+    on_tick: Callable[[ReplayReport], None] | None = None,
+    rollout: str | None = None,
+    rollout_min_impressions: int = 200,
+) -> ReplayReport:
     replay_clock_check()
     if not 0 < start_fraction < 1:
         raise ApplicationError("start_fraction must be between 0 and 1.")
@@ -115,7 +133,9 @@ def replay_run(*, path: Path, start_fraction: float, speed: float, api_url: str 
         raise ApplicationError(f"{path} holds too few ratings to replay.")
     split = int(len(ratings) * start_fraction)
     report = ReplayReport(split_time=ratings[split].moment, end_time=ratings[-1].moment)
-    report.imported_events = movielens_import(path=path, progress=out is not None, before=report.split_time).events_imported
+    report.imported_events = movielens_import(
+        path=path, progress=out is not None, before=report.split_time
+    ).events_imported
     say(f"imported {report.imported_events:,} events before {report.split_time:%Y-%m-%d %H:%M}; training v1")
     clock_set(simulated_now=report.split_time, speed=speed)
     run = training_run_request(trigger="manual", requested_by="replay", data_until=report.split_time, enqueue=False)
@@ -124,7 +144,10 @@ def replay_run(*, path: Path, start_fraction: float, speed: float, api_url: str 
     say(f"v1: run {run.pk} {run.status} ({'; '.join(run.gate.get('reasons', []))})")
     if rollout:
         _policy_rollout_set(rollout, rollout_min_impressions)
-        say(f"gated candidates will start as {rollout} challengers (at least {rollout_min_impressions} lists per arm and step)")
+        say(
+            f"gated candidates will start as {rollout} challengers "
+            f"(at least {rollout_min_impressions} lists per arm and step)"
+        )
     periodic_tasks_setup(check_every_seconds=check_every_s, rollout_every_seconds=check_every_s)
     clock_set(simulated_now=report.split_time, speed=speed)
     _stream(ratings[split:], _Client(api_url, api_key, report), report, speed, max_idle_s, batch_size, say, on_tick)
@@ -138,8 +161,9 @@ def _policy_rollout_set(rollout: str, min_impressions: int) -> None:
     policy.save()
 
 
-def _stream(ratings, client: _Client, report: ReplayReport, speed: float, max_idle_s: float, batch_size: int,
-            say, on_tick) -> None:
+def _stream(
+    ratings, client: _Client, report: ReplayReport, speed: float, max_idle_s: float, batch_size: int, say, on_tick
+) -> None:
     sessions: dict[str, tuple[datetime, str | None]] = {}
     position, total, last_said = 0, len(ratings), time.monotonic()
     while position < total:
@@ -168,11 +192,19 @@ def _stream(ratings, client: _Client, report: ReplayReport, speed: float, max_id
                 rec_id, version = client.recommend(rating.user_id)
                 report.versions_seen.append(version)
                 sessions[rating.user_id] = (rating.moment, rec_id)
-            events.append(EventInput(
-                event_id=uuid.uuid5(EVENT_ID_NAMESPACE, f"movielens:{rating.user_id}:{rating.movie_id}:{rating.ts}"),
-                user_id=rating.user_id, item_id=rating.movie_id, event_type="rating", value=rating.value,
-                timestamp=rating.moment, recommendation_id=uuid.UUID(rec_id) if rec_id else None,
-            ))
+            events.append(
+                EventInput(
+                    event_id=uuid.uuid5(
+                        EVENT_ID_NAMESPACE, f"movielens:{rating.user_id}:{rating.movie_id}:{rating.ts}"
+                    ),
+                    user_id=rating.user_id,
+                    item_id=rating.movie_id,
+                    event_type="rating",
+                    value=rating.value,
+                    timestamp=rating.moment,
+                    recommendation_id=uuid.UUID(rec_id) if rec_id else None,
+                )
+            )
         client.send(events)
         position = due_end
         if on_tick:

@@ -20,11 +20,14 @@ def metrics_table(*, metrics: dict | None, baselines: dict, dataset: dict, k: in
             lift = f"{metrics[f'ndcg@{k}'] / base:.2f}x" if base else "n/a"
             lines.append(f"NDCG@{k} lift over {name}: {lift}")
         if "candidate_recall@100" in metrics:
-            lines.append(f"candidate stage: recall@100 {metrics['candidate_recall@100']:.4f}, whole pool "
-                         f"{metrics['candidate_recall']:.4f} ({metrics['candidates_per_user']:.0f} items per user)")
+            lines.append(
+                f"candidate stage: recall@100 {metrics['candidate_recall@100']:.4f}, whole pool "
+                f"{metrics['candidate_recall']:.4f} ({metrics['candidates_per_user']:.0f} items per user)"
+            )
         lines.append(f"rating model: RMSE {metrics['rmse']:.4f}  MAE {metrics['mae']:.4f}  R2 {metrics['r2']:.4f}")
-        lines += [rating_baseline_line(name, baselines[name], metrics)
-                  for name in RATING_BASELINES if name in baselines]
+        lines += [
+            rating_baseline_line(name, baselines[name], metrics) for name in RATING_BASELINES if name in baselines
+        ]
     return "\n".join(lines)
 
 
@@ -33,5 +36,7 @@ def rating_baseline_line(name: str, row: dict, metrics: dict) -> str:
     label = f"{name} (λ={row['l2']:g})" if "l2" in row else name
     known = row.get("rmse") and metrics.get("rmse") is not None
     change = f"{metrics['rmse'] / row['rmse'] - 1:+.1%}" if known else "n/a"
-    return (f"  baseline {label}: RMSE {number(row.get('rmse'))}  MAE {number(row.get('mae'))}  "
-            f"R2 {number(row.get('r2'))}  (model's RMSE {change})")
+    return (
+        f"  baseline {label}: RMSE {number(row.get('rmse'))}  MAE {number(row.get('mae'))}  "
+        f"R2 {number(row.get('r2'))}  (model's RMSE {change})"
+    )

@@ -38,9 +38,15 @@ class HoldoutScores:
     segments: dict = field(default_factory=dict)  # segments_table: every model, and the first model's baselines
 
 
-def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, models: dict[str, ranking.TrainedModel],
-                            after: datetime | None = None, log: EventLog | None = None,
-                            cluster: str | None = None) -> HoldoutScores:
+def models_score_on_holdout(
+    *,
+    until: datetime | None,
+    params: TrainingParams,
+    models: dict[str, ranking.TrainedModel],
+    after: datetime | None = None,
+    log: EventLog | None = None,
+    cluster: str | None = None,
+) -> HoldoutScores:
     """Every model evaluated by the same replay of the same split. Items the log knows but a model does
     not (new since it was trained) are simply never its candidates. `after`: see `holdout_after`. With
     `cluster` (a Dask scheduler's address) the replays run partitioned by user on that cluster."""
@@ -55,8 +61,9 @@ def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, m
         for name, trained in models.items():
             rating_model = rating_model_of(booster=trained.regressor, manifest=trained.manifest)
             collaborative = collaborative_reindex(trained.collaborative, item_pks=log.item_pks, active=log.item_active)
-            evaluation = steps.evaluation(params, trained.category_share, collaborative, trained.ranker,
-                                          with_regressor=rating_model is not None)
+            evaluation = steps.evaluation(
+                params, trained.category_share, collaborative, trained.ranker, with_regressor=rating_model is not None
+            )
             lists, positives = evaluation.ranked.get("ranker", []), evaluation.positives  # none without a user
             metrics, popularity, ease = (
                 ranking_metrics_at(recommended=top, positives=positives, k=params.k, n_active_items=n_active)
@@ -64,19 +71,36 @@ def models_score_on_holdout(*, until: datetime | None, params: TrainingParams, m
             )
             metrics.update(candidate_recall(pools=evaluation.pools, positives=positives))
             if rating_model is not None:
-                metrics.update(rating_scores(rating_model, log=log, split=split, evaluation=evaluation,
-                                             collaborative=collaborative, bounds=bounds))
+                metrics.update(
+                    rating_scores(
+                        rating_model,
+                        log=log,
+                        split=split,
+                        evaluation=evaluation,
+                        collaborative=collaborative,
+                        bounds=bounds,
+                    )
+                )
                 if not baselines and rating_model.kind != "direct":  # the first model's λ (the candidate's, by order)
                     baselines = rating_baselines(log, split, evaluation, bias_l2=rating_model.bias_l2, bounds=bounds)
-            per_user = np.array([
-                ranking_metrics(recommended=[top], positives=[relevant], k=params.k, n_active_items=n_active)["ndcg"]
-                for top, relevant in zip(lists, positives)
-            ])
+            per_user = np.array(
+                [
+                    ranking_metrics(recommended=[top], positives=[relevant], k=params.k, n_active_items=n_active)[
+                        "ndcg"
+                    ]
+                    for top, relevant in zip(lists, positives)
+                ]
+            )
             scored[name] = Scored(metrics=metrics, popularity=popularity, user_ndcg=per_user, ease=ease)
             baseline_lists = {} if ranked else {b: evaluation.ranked.get(b, []) for b in ("popularity", CF_NAME)}
             ranked = {**ranked, name: lists, **baseline_lists}
     segments = segment_names(user_history_counts(log, split, users=evaluation.users))
-    return HoldoutScores(models=scored, after=after, events=int(split.holdout.sum()), users=len(evaluation.users),
-                         rating_baselines=baselines, user_segments=segments,
-                         segments=segments_table(lists=ranked, positives=evaluation.positives, segments=segments,
-                                                 k=params.k))
+    return HoldoutScores(
+        models=scored,
+        after=after,
+        events=int(split.holdout.sum()),
+        users=len(evaluation.users),
+        rating_baselines=baselines,
+        user_segments=segments,
+        segments=segments_table(lists=ranked, positives=evaluation.positives, segments=segments, k=params.k),
+    )

@@ -13,9 +13,9 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 from rest_framework.status import HTTP_503_SERVICE_UNAVAILABLE
 
-from recsite.errors import ApplicationError, ConflictError
 from recommendations.clock import system_now
-from retraining.models import IN_FLIGHT, RunStatus, Trigger, TrainingRun
+from recsite.errors import ApplicationError, ConflictError
+from retraining.models import IN_FLIGHT, RunStatus, TrainingRun, Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +37,29 @@ class BrokerUnavailable(ApplicationError):
     code = "broker_unavailable"
 
 
-def training_run_request(*, trigger: str, evidence: dict | None = None, requested_by: str = "",
-                         data_until: datetime | None = None, enqueue: bool = True,
-                         triggers: list[str] | None = None) -> TrainingRun:
+def training_run_request(
+    *,
+    trigger: str,
+    evidence: dict | None = None,
+    requested_by: str = "",
+    data_until: datetime | None = None,
+    enqueue: bool = True,
+    triggers: list[str] | None = None,
+) -> TrainingRun:
     """Create a queued run and send it to the trainer once committed (`enqueue=False`: the caller processes it
     in-process). If a run is already in flight the database's unique constraint refuses the new row and
     RunInFlight carries the existing run's id, unless that run is stale: then it is failed and the new run
     takes its place, so a dead trainer never blocks the next request even with no beat and no worker running.
     If the broker cannot take the message, BrokerUnavailable is raised after the commit (see
     training_run_enqueue). `triggers`: every kind that fired, `trigger` first (default: just `trigger`)."""
-    fields = dict(trigger=trigger, triggers=triggers or [str(trigger)], evidence=evidence or {},
-                  requested_by=requested_by, data_until=data_until, dispatched_at=None if enqueue else timezone.now())
+    fields = dict(
+        trigger=trigger,
+        triggers=triggers or [str(trigger)],
+        evidence=evidence or {},
+        requested_by=requested_by,
+        data_until=data_until,
+        dispatched_at=None if enqueue else timezone.now(),
+    )
     try:
         return _training_run_create(fields=fields, enqueue=enqueue)
     except RunInFlight:
@@ -189,5 +201,9 @@ def training_runs_reconciler_start(*, every_seconds: float) -> threading.Thread:
 def retrain_request(*, requested_by: str, now: datetime | None = None) -> TrainingRun:
     """The one service behind the admin button, the API and `manage.py retrain`; the run's cut-off is `now`
     (default: the runtime's clock)."""
-    return training_run_request(trigger=Trigger.MANUAL, requested_by=requested_by, data_until=now or system_now(),
-                                evidence={"requested_by": requested_by})
+    return training_run_request(
+        trigger=Trigger.MANUAL,
+        requested_by=requested_by,
+        data_until=now or system_now(),
+        evidence={"requested_by": requested_by},
+    )

@@ -11,30 +11,49 @@ RECONCILE_RUNS_SECONDS = 60
 RECORD_OUTCOMES_SECONDS = 60  # as often as the rollout check that reads them
 
 
-def periodic_tasks_setup(*, check_every_seconds: int, rollout_every_seconds: int = ROLLOUT_CHECK_SECONDS) -> list[PeriodicTask]:
+def periodic_tasks_setup(
+    *, check_every_seconds: int, rollout_every_seconds: int = ROLLOUT_CHECK_SECONDS
+) -> list[PeriodicTask]:
     """Create or update the trigger check, the rollout check, the training-run reconciler and the outcome recorder;
     other periodic tasks are left alone (never delete-all)."""
     return [
         trigger_check_schedule(every_seconds=check_every_seconds),
-        _interval_task(CHECK_ROLLOUT, "retraining.check_rollout", rollout_every_seconds,
-                       "Judge the running experiment; advance, promote or roll back a canary."),
-        _interval_task(RECONCILE_RUNS, "retraining.reconcile_runs", RECONCILE_RUNS_SECONDS,
-                       "Fail training runs whose trainer died; re-send runs committed but never sent."),
-        _interval_task(RECORD_OUTCOMES, "recommendations.outcomes_record", RECORD_OUTCOMES_SECONDS,
-                       "Record what each served list earned once its attribution window has closed."),
+        _interval_task(
+            CHECK_ROLLOUT,
+            "retraining.check_rollout",
+            rollout_every_seconds,
+            "Judge the running experiment; advance, promote or roll back a canary.",
+        ),
+        _interval_task(
+            RECONCILE_RUNS,
+            "retraining.reconcile_runs",
+            RECONCILE_RUNS_SECONDS,
+            "Fail training runs whose trainer died; re-send runs committed but never sent.",
+        ),
+        _interval_task(
+            RECORD_OUTCOMES,
+            "recommendations.outcomes_record",
+            RECORD_OUTCOMES_SECONDS,
+            "Record what each served list earned once its attribution window has closed.",
+        ),
     ]
 
 
 def trigger_check_schedule(*, every_seconds: int) -> PeriodicTask:
     """Create or move the trigger check to every `every_seconds`. Saving the PeriodicTask bumps
     PeriodicTasks.changed, which a running beat (DatabaseScheduler) polls, so beat follows without a restart."""
-    return _interval_task(CHECK_TRIGGERS, "retraining.check_triggers", every_seconds,
-                          "Evaluate the retraining triggers and start a run when one fires.")
+    return _interval_task(
+        CHECK_TRIGGERS,
+        "retraining.check_triggers",
+        every_seconds,
+        "Evaluate the retraining triggers and start a run when one fires.",
+    )
 
 
 def _interval_task(name: str, task: str, seconds: int, description: str) -> PeriodicTask:
     schedule, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
     periodic, _ = PeriodicTask.objects.update_or_create(
-        name=name, defaults={"task": task, "interval": schedule, "enabled": True, "queue": "default", "description": description},
+        name=name,
+        defaults={"task": task, "interval": schedule, "enabled": True, "queue": "default", "description": description},
     )
     return periodic

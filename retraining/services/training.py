@@ -85,36 +85,56 @@ def model_train(
         if not split.label.any() or (holdout and not split.holdout.any()):
             raise ValueError("too few events to train: no user has enough events for a holdout")
         with training_steps(log, split, cluster) as steps:
-            ranker, rating_model, model, examples, evaluation = _models_train(stages, steps, log, split, params,
-                                                                              item_knn=holdout)
+            ranker, rating_model, model, examples, evaluation = _models_train(
+                stages, steps, log, split, params, item_knn=holdout
+            )
         with stages.stage("metrics"):
             metrics, baselines = (
-                _scores(evaluation, log, split, params, rating_model, model) if holdout
+                _scores(evaluation, log, split, params, rating_model, model)
+                if holdout
                 else (refit_of.metrics, refit_of.baselines)
             )
             segments = _segments(evaluation, log, split, params) if holdout else refit_of.segments
         dataset = dataset_statistics(log, split)
         manifest = Manifest(
-            params=params, ranker=ranker, regressor=rating_model.booster, collaborative=model, refit=not holdout,
+            params=params,
+            ranker=ranker,
+            regressor=rating_model.booster,
+            collaborative=model,
+            refit=not holdout,
             rating_model=rating_model.manifest(),
-            training_window=training_window(log, split), dataset=dataset,
-            ranker_examples=int(len(examples.labels)), ranker_groups=int(len(examples.groups)),
+            training_window=training_window(log, split),
+            dataset=dataset,
+            ranker_examples=len(examples.labels),
+            ranker_groups=len(examples.groups),
             category_share=category_share,
             reference_distributions={
                 "ranker": model_directory.reference_distributions(examples.matrix, ranking.RANKER_FEATURES),
             },
-            metrics=metrics, baselines=baselines, timings_s=stages.timings_s,
+            metrics=metrics,
+            baselines=baselines,
+            timings_s=stages.timings_s,
         ).as_dict()
         if output_dir is not None:
             with stages.stage("artifacts"):
                 model_directory.model_directory_write(
-                    directory=Path(output_dir), ranker=ranker, regressor=rating_model.booster, collaborative=model,
-                    item_external_ids=log.item_external_ids, manifest=manifest,
+                    directory=Path(output_dir),
+                    ranker=ranker,
+                    regressor=rating_model.booster,
+                    collaborative=model,
+                    item_external_ids=log.item_external_ids,
+                    manifest=manifest,
                 )
     return TrainingResult(
-        metrics=metrics, baselines=baselines, dataset=dataset, timings_s=dict(stages.timings_s),
-        peak_memory_mb=round(profiling.peak_memory_mb(), 1), stage_peak_memory_mb=dict(stages.peak_memory_mb),
-        output_dir=Path(output_dir) if output_dir is not None else None, manifest=manifest, segments=segments,
+        metrics=metrics,
+        baselines=baselines,
+        dataset=dataset,
+        timings_s=dict(stages.timings_s),
+        peak_memory_mb=round(profiling.peak_memory_mb(), 1),
+        stage_peak_memory_mb=dict(stages.peak_memory_mb),
+        output_dir=Path(output_dir) if output_dir is not None else None,
+        manifest=manifest,
+        segments=segments,
     )
 
 
@@ -132,8 +152,9 @@ def training_steps(log: EventLog, split: Split, cluster: str | None):
         yield distributed.ClusterSteps(connected, log, split)
 
 
-def _models_train(stages: profiling.Stages, steps, log: EventLog, split: Split, params: TrainingParams, *,
-                  item_knn: bool):
+def _models_train(
+    stages: profiling.Stages, steps, log: EventLog, split: Split, params: TrainingParams, *, item_knn: bool
+):
     """The ranker (on examples from the label windows), the collaborative model on the training portion, the
     evaluation replay (with the item-kNN baseline's lists if `item_knn`, from the gathered users) and the rating
     model, each a stage."""
@@ -157,16 +178,26 @@ def _models_train(stages: profiling.Stages, steps, log: EventLog, split: Split, 
     return ranker, rating_model, model, examples, evaluation
 
 
-def model_refit(*, gated: TrainingResult, until: datetime | None, output_dir: Path | None,
-                progress: TextIO | None = sys.stderr, cluster: str | None = None) -> TrainingResult:
+def model_refit(
+    *,
+    gated: TrainingResult,
+    until: datetime | None,
+    output_dir: Path | None,
+    progress: TextIO | None = sys.stderr,
+    cluster: str | None = None,
+) -> TrainingResult:
     """The gated model's configuration trained again on every event up to `until`, holdout included."""
     params = TrainingParams(**gated.manifest["params"]["training"])
-    return model_train(until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated,
-                       cluster=cluster)
+    return model_train(
+        until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated, cluster=cluster
+    )
 
 
 def baselines_evaluate(
-    *, until: datetime | None = None, params: TrainingParams = TrainingParams(), progress: TextIO | None = sys.stderr,
+    *,
+    until: datetime | None = None,
+    params: TrainingParams = TrainingParams(),
+    progress: TextIO | None = sys.stderr,
     log: EventLog | None = None,
 ) -> dict:
     """Most-popular and EASE alone, on the same split and protocol as model_train."""
@@ -181,16 +212,26 @@ def baselines_evaluate(
             evaluation = evaluation_run(log, split, params, {}, model, None, with_regressor=False)
             _item_knn_add(evaluation, log, split, model, params)
             baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in evaluation.ranked}
-    return {"baselines": baselines, "candidates": _candidate_recall(evaluation),
-            "dataset": dataset_statistics(log, split), "timings_s": stages.timings_s}
+    return {
+        "baselines": baselines,
+        "candidates": _candidate_recall(evaluation),
+        "dataset": dataset_statistics(log, split),
+        "timings_s": stages.timings_s,
+    }
 
 
-def _item_knn_add(evaluation: Evaluation, log: EventLog, split: Split, model: ranking.CollaborativeModel,
-                  params: TrainingParams) -> None:
+def _item_knn_add(
+    evaluation: Evaluation, log: EventLog, split: Split, model: ranking.CollaborativeModel, params: TrainingParams
+) -> None:
     """The item-kNN baseline's lists for the evaluated users, fitted on the training portion as EASE is."""
-    evaluation.ranked[KNN_NAME] = item_knn_lists(log=log, mask=split.train, model=model,
-                                                 histories=histories_by_user(log, split.train),
-                                                 users=evaluation.users, k=params.k)
+    evaluation.ranked[KNN_NAME] = item_knn_lists(
+        log=log,
+        mask=split.train,
+        model=model,
+        histories=histories_by_user(log, split.train),
+        users=evaluation.users,
+        k=params.k,
+    )
 
 
 def _candidate_recall(evaluation: Evaluation) -> dict:
@@ -198,25 +239,39 @@ def _candidate_recall(evaluation: Evaluation) -> dict:
 
 
 def _ranked_metrics(evaluation: Evaluation, log: EventLog, params: TrainingParams, name: str) -> dict:
-    return ranking_metrics_at(recommended=evaluation.ranked[name], positives=evaluation.positives, k=params.k,
-                              n_active_items=int(log.item_active.sum()))
+    return ranking_metrics_at(
+        recommended=evaluation.ranked[name],
+        positives=evaluation.positives,
+        k=params.k,
+        n_active_items=int(log.item_active.sum()),
+    )
 
 
-def _scores(evaluation: Evaluation, log: EventLog, split: Split, params: TrainingParams,
-            rating_model: RatingModel, collaborative: ranking.CollaborativeModel) -> tuple[dict, dict]:
+def _scores(
+    evaluation: Evaluation,
+    log: EventLog,
+    split: Split,
+    params: TrainingParams,
+    rating_model: RatingModel,
+    collaborative: ranking.CollaborativeModel,
+) -> tuple[dict, dict]:
     """The model's metrics; the ranking baselines' and the rating baselines' on the same held-out events."""
     metrics = _ranked_metrics(evaluation, log, params, "ranker") | _candidate_recall(evaluation)
     bounds = rating_bounds(log.value[log.is_rating()])
-    metrics.update(rating_scores(rating_model, log=log, split=split, evaluation=evaluation,
-                                 collaborative=collaborative, bounds=bounds))
+    metrics.update(
+        rating_scores(
+            rating_model, log=log, split=split, evaluation=evaluation, collaborative=collaborative, bounds=bounds
+        )
+    )
     baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in ("popularity", CF_NAME, KNN_NAME)}
     return metrics, baselines | rating_baselines(log, split, evaluation, bias_l2=rating_model.bias_l2, bounds=bounds)
 
 
 def _segments(evaluation: Evaluation, log: EventLog, split: Split, params: TrainingParams) -> dict:
     counts = user_history_counts(log, split, users=evaluation.users)
-    return segments_table(lists=evaluation.ranked, positives=evaluation.positives, segments=segment_names(counts),
-                          k=params.k)
+    return segments_table(
+        lists=evaluation.ranked, positives=evaluation.positives, segments=segment_names(counts), k=params.k
+    )
 
 
 @contextmanager

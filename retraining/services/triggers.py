@@ -2,11 +2,11 @@
 
 from datetime import datetime, timedelta
 
-from recommendations.selectors import events_after, online_hit_rate, users_with_events_after, outcome_first_served_at
+from recommendations.clock import system_now
+from recommendations.selectors import events_after, online_hit_rate, outcome_first_served_at, users_with_events_after
 from registry.models import ModelVersion
 from registry.selectors import champion_version, running_experiment
-from retraining.models import HoldReason, RetrainPolicy, Trigger, TrainingRun, TriggerEvaluation
-from recommendations.clock import system_now
+from retraining.models import HoldReason, RetrainPolicy, TrainingRun, Trigger, TriggerEvaluation
 from retraining.services.drift import drift_check_run
 from retraining.services.policy import policy_active
 from retraining.services.runs import BrokerUnavailable, RunInFlight, training_run_request, training_runs_fail_stale
@@ -27,14 +27,18 @@ def triggers_check(*, now: datetime | None = None) -> TriggerEvaluation:
         Trigger.DRIFT: _drift(policy, champion, clock),
     }
     fired = [name for name in PRIORITY if results[name]["verdict"] == "fire"]
-    evaluation = TriggerEvaluation(clock=clock, results={str(k): v for k, v in results.items()}, fired=fired[0] if fired else "")
+    evaluation = TriggerEvaluation(
+        clock=clock, results={str(k): v for k, v in results.items()}, fired=fired[0] if fired else ""
+    )
     notes = [f"failed stale runs {stale}"] if stale else []
     if not fired:
         evaluation.action = "; ".join([*notes, "nothing fired"])
     elif (experiment := running_experiment()) is not None:
         # A running experiment is judged on a fixed pair of models; a new candidate would supersede it.
         evaluation.held_reason = HoldReason.EXPERIMENT
-        evaluation.action = "; ".join([*notes, f"{fired[0]} fired; held while {experiment} runs (stop it to retrain now)"])
+        evaluation.action = "; ".join(
+            [*notes, f"{fired[0]} fired; held while {experiment} runs (stop it to retrain now)"]
+        )
     elif (cooling := _cooldown_until(policy, clock)) is not None:
         evaluation.held_reason = HoldReason.COOLDOWN
         evaluation.action = "; ".join([*notes, f"{fired[0]} fired; cooling down until {cooling:%Y-%m-%d %H:%M}"])
@@ -44,12 +48,15 @@ def triggers_check(*, now: datetime | None = None) -> TriggerEvaluation:
     else:
         evidence = {"fired": [str(name) for name in fired], **{str(name): results[name] for name in fired}}
         try:
-            evaluation.run = training_run_request(trigger=fired[0], triggers=evidence["fired"], evidence=evidence,
-                                                  requested_by="beat", data_until=clock)
+            evaluation.run = training_run_request(
+                trigger=fired[0], triggers=evidence["fired"], evidence=evidence, requested_by="beat", data_until=clock
+            )
             evaluation.action = "; ".join([*notes, f"started run {evaluation.run.pk}"])
         except RunInFlight as exc:
             evaluation.held_reason = HoldReason.RUN_IN_FLIGHT
-            evaluation.action = "; ".join([*notes, f"{fired[0]} fired; run {exc.extra.get('run_id')} already in flight"])
+            evaluation.action = "; ".join(
+                [*notes, f"{fired[0]} fired; run {exc.extra.get('run_id')} already in flight"]
+            )
         except BrokerUnavailable as exc:
             evaluation.held_reason = HoldReason.BROKER_UNAVAILABLE
             failed = f"{fired[0]} fired; run {exc.extra['run_id']} failed: {exc.message}"
@@ -67,8 +74,13 @@ def _time(policy: RetrainPolicy, champion: ModelVersion | None, clock: datetime)
     if champion is None or champion.training_window_end is None:
         return _result(policy.time_enabled, detail="no champion yet")
     hours = (clock - champion.training_window_end).total_seconds() / 3600
-    return _result(policy.time_enabled, round(hours, 2), policy.time_interval_hours, hours >= policy.time_interval_hours,
-                   f"hours since {champion}'s training cut-off")
+    return _result(
+        policy.time_enabled,
+        round(hours, 2),
+        policy.time_interval_hours,
+        hours >= policy.time_interval_hours,
+        f"hours since {champion}'s training cut-off",
+    )
 
 
 def _volume(policy: RetrainPolicy, champion: ModelVersion | None, clock: datetime) -> dict:
@@ -90,11 +102,18 @@ def _performance(policy: RetrainPolicy, champion: ModelVersion | None, clock: da
     current = online_hit_rate(model_version=champion.version, start=clock - window, end=clock)
     minimum = policy.performance_min_impressions
     if baseline.impressions < minimum or current.impressions < minimum or not baseline.rate:
-        return _result(policy.performance_enabled,
-                       detail=f"impressions: baseline {baseline.impressions}, current {current.impressions}, minimum {minimum}")
+        return _result(
+            policy.performance_enabled,
+            detail=f"impressions: baseline {baseline.impressions}, current {current.impressions}, minimum {minimum}",
+        )
     threshold = policy.performance_ratio * baseline.rate
-    return _result(policy.performance_enabled, round(current.rate, 5), round(threshold, 5), current.rate < threshold,
-                   f"hit rate now {current.rate:.4f} ({current.impressions} lists) vs {baseline.rate:.4f} after promotion")
+    return _result(
+        policy.performance_enabled,
+        round(current.rate, 5),
+        round(threshold, 5),
+        current.rate < threshold,
+        f"hit rate now {current.rate:.4f} ({current.impressions} lists) vs {baseline.rate:.4f} after promotion",
+    )
 
 
 def _drift(policy: RetrainPolicy, champion: ModelVersion | None, clock: datetime) -> dict:
@@ -103,8 +122,13 @@ def _drift(policy: RetrainPolicy, champion: ModelVersion | None, clock: datetime
     report = drift_check_run(policy=policy, now=clock, champion=champion)
     if report is None:
         return _result(True, detail="the champion has no drift reference")
-    return _result(True, round(report.drifted_share, 4), policy.drift_share_threshold, report.verdict == "drift",
-                   f"drift report {report.pk}: {report.verdict}, drifted {report.extra_scores.get('drifted')}")
+    return _result(
+        True,
+        round(report.drifted_share, 4),
+        policy.drift_share_threshold,
+        report.verdict == "drift",
+        f"drift report {report.pk}: {report.verdict}, drifted {report.extra_scores.get('drifted')}",
+    )
 
 
 def _new_data_shortfall(policy: RetrainPolicy, champion: ModelVersion | None, clock: datetime) -> str | None:
@@ -116,8 +140,10 @@ def _new_data_shortfall(policy: RetrainPolicy, champion: ModelVersion | None, cl
     users = users_with_events_after(moment=champion.training_window_end, until=clock)
     if users >= required:
         return None
-    return (f"{users} users with events after {champion}'s training cut-off, {required} required "
-            f"(policy min_new_holdout_users)")
+    return (
+        f"{users} users with events after {champion}'s training cut-off, {required} required "
+        f"(policy min_new_holdout_users)"
+    )
 
 
 def _cooldown_until(policy: RetrainPolicy, clock: datetime) -> datetime | None:

@@ -50,8 +50,14 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     f"--window-size={WIDTH},1000", "--hide-scrollbars"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={WIDTH},1000",
+        "--hide-scrollbars",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.implicitly_wait(0)
@@ -100,7 +106,8 @@ def log_in(driver, live_server, django_user_model) -> None:
 
 
 def test_an_operator_reads_the_dashboard_retrains_and_follows_a_user(
-        browser, artifacts, live_server, django_user_model, settings, tmp_path, training_queue_purged):
+    browser, artifacts, live_server, django_user_model, settings, tmp_path, training_queue_purged
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
 

@@ -6,7 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-
 from django.conf import settings
 from django.db.models import Max
 
@@ -22,8 +21,13 @@ from tests.retraining.factories import dataset_store, learnable_dataset
 
 def train_and_register(tmp_path: Path, name: str = "run") -> ModelVersion:
     result = model_train(output_dir=tmp_path / name, progress=None)
-    data = VersionInput(metrics=result.metrics, baseline_metrics=result.baselines, dataset_stats=result.dataset,
-                        parameters=result.manifest["params"], manifest=result.manifest)
+    data = VersionInput(
+        metrics=result.metrics,
+        baseline_metrics=result.baselines,
+        dataset_stats=result.dataset,
+        parameters=result.manifest["params"],
+        manifest=result.manifest,
+    )
     return model_version_register(artifact_dir=tmp_path / name, data=data)
 
 
@@ -36,17 +40,32 @@ def user(name="u1"):
     return EndUser.objects.get_or_create(external_id=name)[0]
 
 
-def serve(who, items, at, *, version=1, arm="champion", strategy="model", experiment=None, shadow_of=None) -> Impression:
+def serve(
+    who, items, at, *, version=1, arm="champion", strategy="model", experiment=None, shadow_of=None
+) -> Impression:
     return Impression.objects.create(
-        recommendation_id=uuid.uuid4(), user=who, model_version=version if strategy == "model" else None,
-        routed_version=version, strategy=strategy, arm=arm, experiment_id=experiment, shadow_of=shadow_of,
-        items=[item.pk for item in items], served_at=at,
+        recommendation_id=uuid.uuid4(),
+        user=who,
+        model_version=version if strategy == "model" else None,
+        routed_version=version,
+        strategy=strategy,
+        arm=arm,
+        experiment_id=experiment,
+        shadow_of=shadow_of,
+        items=[item.pk for item in items],
+        served_at=at,
     )
 
 
 def event(who, item, kind, at, *, rec=None, value=None):
-    return Interaction.objects.create(user=who, item=item, event_type=kind, timestamp=at, value=value,
-                                      recommendation_id=rec.recommendation_id if rec else None)
+    return Interaction.objects.create(
+        user=who,
+        item=item,
+        event_type=kind,
+        timestamp=at,
+        value=value,
+        recommendation_id=rec.recommendation_id if rec else None,
+    )
 
 
 def outcomes_recorded() -> int:
@@ -55,12 +74,26 @@ def outcomes_recorded() -> int:
     latest = Impression.objects.aggregate(latest=Max("served_at"))["latest"]
     if latest is None:
         return 0
-    return impression_outcomes_record(now=latest + attribution_window() + timedelta(seconds=settings.OUTCOME_LATE_SECONDS))
+    return impression_outcomes_record(
+        now=latest + attribution_window() + timedelta(seconds=settings.OUTCOME_LATE_SECONDS)
+    )
 
 
-def experiment_traffic(*, experiment: int, items, users: int, start, control_rate: float, treatment_rate: float,
-                       versions=(1, 2), treatment_arm="challenger", treatment_errors: float = 0.0, lists_per_user: int = 3,
-                       seed: int = 0, prefix: str = "x") -> None:
+def experiment_traffic(
+    *,
+    experiment: int,
+    items,
+    users: int,
+    start,
+    control_rate: float,
+    treatment_rate: float,
+    versions=(1, 2),
+    treatment_arm="challenger",
+    treatment_errors: float = 0.0,
+    lists_per_user: int = 3,
+    seed: int = 0,
+    prefix: str = "x",
+) -> None:
     """Users alternate between the champion's arm and the treatment arm; each sees `lists_per_user` lists of
     its arm, and clicks one of a list's items with its arm's probability. A share `treatment_errors` of the
     treatment's lists are fallbacks after an error."""
@@ -71,7 +104,14 @@ def experiment_traffic(*, experiment: int, items, users: int, start, control_rat
         for k in range(lists_per_user):
             at = start + timedelta(minutes=10 * k)
             failed = treated and rng.random() < treatment_errors
-            shown = serve(who, items[:10], at, version=versions[treated], arm=treatment_arm if treated else "champion",
-                          experiment=experiment, strategy="error" if failed else "model")
+            shown = serve(
+                who,
+                items[:10],
+                at,
+                version=versions[treated],
+                arm=treatment_arm if treated else "champion",
+                experiment=experiment,
+                strategy="error" if failed else "model",
+            )
             if rng.random() < (treatment_rate if treated else control_rate):
                 event(who, items[k % 10], "click", at + timedelta(minutes=2), rec=shown)

@@ -29,7 +29,8 @@ def test_a_users_features_page_is_read_only_and_named(staff_client):
 
 
 def test_a_users_json_features_are_definition_lists(staff_client):
-    features = UserFeatures.objects.create(user=EndUser.objects.create(external_id="u2"), category_counts={"drama": 3},
-                                           recent_items=[4, 5])
+    features = UserFeatures.objects.create(
+        user=EndUser.objects.create(external_id="u2"), category_counts={"drama": 3}, recent_items=[4, 5]
+    )
     html = staff_client.get(f"/admin/recommendations/userfeatures/{features.pk}/change/").content.decode()
     assert "<dt>drama</dt><dd>3</dd>" in html and "4, 5" in html and '{"drama"' not in html

@@ -21,8 +21,11 @@ def model_file(tmp_path_factory):
     matrix[rng.random(matrix.shape) < 0.1] = np.nan
     label = (np.nan_to_num(matrix[:, 0]) + np.nan_to_num(matrix[:, 7]) * 0.5 + rng.normal(size=3000) > 0.8).astype(int)
     data = lgb.Dataset(matrix, label, group=[30] * 100, feature_name=ranking.RANKER_FEATURES)
-    booster = lgb.train({"objective": "lambdarank", "num_leaves": 15, "min_data_in_leaf": 20, "verbose": -1,
-                         "num_threads": 1}, data, num_boost_round=40)
+    booster = lgb.train(
+        {"objective": "lambdarank", "num_leaves": 15, "min_data_in_leaf": 20, "verbose": -1, "num_threads": 1},
+        data,
+        num_boost_round=40,
+    )
     path = tmp_path_factory.mktemp("ranker") / ranking.RANKER_FILE
     booster.save_model(str(path))
     return path

@@ -36,7 +36,12 @@ def test_a_single_event_object_is_accepted(ingest_client):
     assert response.status_code == 201
     assert response.json() == {"accepted": 1, "duplicates": 0}
     stored = Interaction.objects.get()
-    assert (stored.user.external_id, stored.item.external_id, stored.event_type, stored.value) == ("u1", "i1", "rating", 4.0)
+    assert (stored.user.external_id, stored.item.external_id, stored.event_type, stored.value) == (
+        "u1",
+        "i1",
+        "rating",
+        4.0,
+    )
     assert stored.timestamp.isoformat() == "2024-05-01T12:00:00+00:00"
 
 
@@ -74,7 +79,11 @@ def test_optional_fields_are_stored(ingest_client):
     body = event(event_id=str(ev_id), recommendation_id=str(rec_id), context={"page": "home", "position": 3})
     assert post(ingest_client, body).status_code == 201
     stored = Interaction.objects.get()
-    assert (stored.event_id, stored.recommendation_id, stored.context) == (ev_id, rec_id, {"page": "home", "position": 3})
+    assert (stored.event_id, stored.recommendation_id, stored.context) == (
+        ev_id,
+        rec_id,
+        {"page": "home", "position": 3},
+    )
 
 
 def test_a_retry_with_the_same_event_id_adds_nothing(ingest_client):
@@ -146,7 +155,9 @@ def test_a_timestamp_more_than_five_minutes_ahead_is_refused(ingest_client):
     assert response.json()["errors"][0]["field"] == "timestamp"
 
 
-@pytest.mark.parametrize("raw", ['{"user_id": "u", "item_id": "i", "event_type": "rating", "value": NaN}', '{"value": Infinity}'])
+@pytest.mark.parametrize(
+    "raw", ['{"user_id": "u", "item_id": "i", "event_type": "rating", "value": NaN}', '{"value": Infinity}']
+)
 def test_nan_and_infinity_are_refused(ingest_client, raw):
     response = ingest_client.post(URL, raw, content_type="application/json")
     assert response.status_code == 400
@@ -155,7 +166,19 @@ def test_nan_and_infinity_are_refused(ingest_client, raw):
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "not json", "[]", "[1, 2]", '"text"', "42", "null", '{"events": []}', '{"events": {}}', '{"events": [1]}', '{"events": [], "x": 1}'],
+    [
+        "",
+        "not json",
+        "[]",
+        "[1, 2]",
+        '"text"',
+        "42",
+        "null",
+        '{"events": []}',
+        '{"events": {}}',
+        '{"events": [1]}',
+        '{"events": [], "x": 1}',
+    ],
 )
 def test_malformed_bodies_get_a_400_and_never_a_500(ingest_client, raw):
     response = ingest_client.post(URL, raw, content_type="application/json")
@@ -179,7 +202,9 @@ def test_an_oversize_batch_is_refused_whole(ingest_client):
 def test_the_default_batch_limit_is_one_thousand(ingest_client):
     response = post(ingest_client, {"events": [event(item_id="i", event_type="view", value=None)] * 1001})
     assert response.status_code == 400
-    assert post(ingest_client, {"events": [event(item_id="i", event_type="view", value=None)] * 1000}).status_code == 201
+    assert (
+        post(ingest_client, {"events": [event(item_id="i", event_type="view", value=None)] * 1000}).status_code == 201
+    )
 
 
 @override_settings(RATING_MIN=1.0, RATING_MAX=5.0)

@@ -2,7 +2,7 @@
 within that time, and nothing the database does not hold is ever remembered."""
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.db import transaction
@@ -13,7 +13,7 @@ from recsite.errors import ApplicationError
 
 pytestmark = pytest.mark.django_db
 
-AT = datetime(2024, 5, 1, tzinfo=timezone.utc)
+AT = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 def view(user_id, item_id="i1"):
@@ -38,7 +38,9 @@ def test_within_the_cache_time_events_fold_the_categories_read_before(settings, 
     assert categories_counted_for("u2") == {"Drama": 1}
 
 
-def test_a_category_change_reaches_new_events_once_the_cache_time_has_passed(settings, django_capture_on_commit_callbacks):
+def test_a_category_change_reaches_new_events_once_the_cache_time_has_passed(
+    settings, django_capture_on_commit_callbacks
+):
     settings.INGEST_CACHE_SECONDS = 0.3
     Item.objects.create(external_id="i1", categories=["Drama"])
     ingest_and_commit([view("u1")], django_capture_on_commit_callbacks)
@@ -48,7 +50,9 @@ def test_a_category_change_reaches_new_events_once_the_cache_time_has_passed(set
     assert categories_counted_for("u2") == {"War": 1}
 
 
-def test_an_item_created_by_an_ingest_that_rolled_back_stays_unknown_to_a_strict_catalog(django_capture_on_commit_callbacks):
+def test_an_item_created_by_an_ingest_that_rolled_back_stays_unknown_to_a_strict_catalog(
+    django_capture_on_commit_callbacks,
+):
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError), transaction.atomic():
         event_ingest(events=[view("u1", item_id="phantom")], catalog_strict=False)
         raise RuntimeError("the caller's transaction fails after the ingest")
@@ -80,7 +84,9 @@ def test_an_item_deleted_while_cached_is_created_again_by_its_next_event(setting
     assert Interaction.objects.get().item.external_id == "gone"
 
 
-def test_a_user_created_by_an_ingest_that_rolled_back_is_created_again_by_their_next_event(django_capture_on_commit_callbacks):
+def test_a_user_created_by_an_ingest_that_rolled_back_is_created_again_by_their_next_event(
+    django_capture_on_commit_callbacks,
+):
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError), transaction.atomic():
         event_ingest(events=[view("ghost")])
         raise RuntimeError("the caller's transaction fails after the ingest")

@@ -4,8 +4,8 @@ from django.db.models import F
 
 from recommendations import features, item_snapshot
 from recommendations.models import Item, ItemFeatures
-from recommendations.serving.holders import ItemSnapshotHolder
 from recommendations.services.online_features import item_state_from_row, online_features_rebuild
+from recommendations.serving.holders import ItemSnapshotHolder
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db
@@ -40,8 +40,9 @@ def test_an_item_created_after_the_snapshot_is_not_servable_from_it(catalogue):
 def test_the_trending_order_is_decayed_distinct_users_then_users_then_events_and_only_active_items(catalogue):
     Item.objects.filter(pk=Item.objects.order_by("pk").first().pk).update(active=False)
     snapshot = item_snapshot.item_snapshot_build()
-    expected = ItemFeatures.objects.filter(item__active=True).order_by(F("log_users_7d").desc(nulls_last=True),
-                                                                        "-user_count", "-event_count", "item_id")
+    expected = ItemFeatures.objects.filter(item__active=True).order_by(
+        F("log_users_7d").desc(nulls_last=True), "-user_count", "-event_count", "item_id"
+    )
     assert snapshot.pks[snapshot.trending].tolist() == list(expected.values_list("item_id", flat=True))
 
 

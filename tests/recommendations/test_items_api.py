@@ -11,7 +11,12 @@ def test_put_creates_an_item_with_all_fields(ingest_client):
     assert response.status_code == 201
     assert response.json() == {"created": 1, "updated": 0}
     item = Item.objects.get(external_id="6")
-    assert (item.title, item.categories, item.attributes, item.active) == ("Heat (1995)", ["Action", "Crime"], {"year": 1995}, True)
+    assert (item.title, item.categories, item.attributes, item.active) == (
+        "Heat (1995)",
+        ["Action", "Crime"],
+        {"year": 1995},
+        True,
+    )
 
 
 def test_put_replaces_an_existing_item(ingest_client):

@@ -1,6 +1,6 @@
 import shutil
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 
@@ -12,8 +12,8 @@ from recommendations import features
 from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
 from recommendations.services import movielens
 from recommendations.services.events import EventInput, event_ingest
-from recommendations.services.online_features import item_state_from_row
 from recommendations.services.movielens import movielens_import
+from recommendations.services.online_features import item_state_from_row
 from tests.recommendations.test_online_features import first_event_of_each_pair
 
 pytestmark = pytest.mark.django_db
@@ -104,7 +104,7 @@ def test_ratings_become_rating_events_with_their_original_utc_timestamps(path, m
 
     first = Interaction.objects.filter(user__external_id="1").order_by("timestamp").first()
     assert (first.item.external_id, first.event_type, first.value) == (movie, "rating", value)
-    assert first.timestamp == datetime(1997, 11, 21, 8, 13, 20, tzinfo=timezone.utc)
+    assert first.timestamp == datetime(1997, 11, 21, 8, 13, 20, tzinfo=UTC)
     assert first.timestamp.timestamp() == 880100000
 
 
@@ -166,7 +166,7 @@ def test_online_features_after_import_equal_the_replay_of_the_shared_definitions
 
 
 def test_online_features_include_the_events_that_users_had_before_the_import():
-    view = EventInput(user_id="1", item_id="3", event_type="view", timestamp=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    view = EventInput(user_id="1", item_id="3", event_type="view", timestamp=datetime(2020, 1, 1, tzinfo=UTC))
     event_ingest(events=[view], catalog_strict=False)
     movielens_import(path=MINI_CSV, progress=False)
 

@@ -4,7 +4,7 @@ whatever the batching, ordering or concurrency of ingestion."""
 import math
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, connections
@@ -15,7 +15,7 @@ from recommendations.models import Interaction, Item, ItemFeatures, UserFeatures
 from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.online_features import item_state_from_row, online_features_rebuild
 
-START = datetime(2023, 1, 1, tzinfo=timezone.utc)
+START = datetime(2023, 1, 1, tzinfo=UTC)
 
 
 def random_events(n, seed=0, users=8, items=12):
@@ -39,7 +39,10 @@ def random_events(n, seed=0, users=8, items=12):
 def catalog(items=12):
     genres = ["Action", "Comedy", "Drama", "Horror"]
     Item.objects.bulk_create(
-        [Item(external_id=f"i{n}", categories=[genres[n % 4], genres[(n + 1) % 4]] if n % 5 else []) for n in range(items)]
+        [
+            Item(external_id=f"i{n}", categories=[genres[n % 4], genres[(n + 1) % 4]] if n % 5 else [])
+            for n in range(items)
+        ]
     )
 
 
@@ -129,7 +132,9 @@ def test_decayed_popularity_weighs_recent_events_more():
     now = START + timedelta(days=100)
     event_ingest(events=[EventInput("u1", "i1", "view", now - timedelta(days=1)) for _ in range(2)])
     event_ingest(events=[EventInput("u1", "i2", "view", now - timedelta(days=60)) for _ in range(4)])
-    recent = features.item_features(item_state_from_row(ItemFeatures.objects.get(item__external_id="i1")), now.timestamp())
+    recent = features.item_features(
+        item_state_from_row(ItemFeatures.objects.get(item__external_id="i1")), now.timestamp()
+    )
     old = features.item_features(item_state_from_row(ItemFeatures.objects.get(item__external_id="i2")), now.timestamp())
     pop_7d = features.ITEM_FEATURES.index("item_pop_7d")
     assert recent[pop_7d] == pytest.approx(2 * 0.5 ** (1 / 7))
@@ -174,7 +179,8 @@ def test_concurrent_retries_of_the_same_events_write_them_once():
 
     catalog()
     batch = [
-        EventInput(f"u{n}", f"i{n % 12}", "view", START + timedelta(minutes=n), event_id=uuid.uuid4()) for n in range(200)
+        EventInput(f"u{n}", f"i{n % 12}", "view", START + timedelta(minutes=n), event_id=uuid.uuid4())
+        for n in range(200)
     ]
     results, errors = [], []
 
@@ -230,8 +236,8 @@ def test_concurrent_batches_on_shared_users_lose_and_double_no_update():
 @pytest.mark.django_db
 def test_events_decades_apart_fold_into_the_same_item_without_overflow():
     catalog()
-    event_ingest(events=[EventInput("u1", "i1", "view", datetime(2018, 6, 1, tzinfo=timezone.utc))])
-    event_ingest(events=[EventInput("u2", "i1", "view", datetime(1996, 6, 1, tzinfo=timezone.utc))])
-    event_ingest(events=[EventInput("u3", "i1", "view", datetime(2040, 6, 1, tzinfo=timezone.utc) - timedelta(days=365 * 20))])
+    event_ingest(events=[EventInput("u1", "i1", "view", datetime(2018, 6, 1, tzinfo=UTC))])
+    event_ingest(events=[EventInput("u2", "i1", "view", datetime(1996, 6, 1, tzinfo=UTC))])
+    event_ingest(events=[EventInput("u3", "i1", "view", datetime(2040, 6, 1, tzinfo=UTC) - timedelta(days=365 * 20))])
     assert ItemFeatures.objects.get(item__external_id="i1").event_count == 3
     assert_online_equals_replay()

@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -9,7 +9,7 @@ from retraining.services.experiments import arms_compare
 from tests.recommendations.factories import event, experiment_traffic, outcomes_recorded, serve, user
 
 pytestmark = pytest.mark.django_db
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -112,8 +112,15 @@ def test_online_hit_rate_counts_the_lists_a_version_served(catalog):
 
 
 def simulate_experiment(catalog, *, users, control_rate, treatment_rate, seed=0):
-    experiment_traffic(experiment=7, items=catalog, users=users, start=T0, control_rate=control_rate,
-                       treatment_rate=treatment_rate, seed=seed)
+    experiment_traffic(
+        experiment=7,
+        items=catalog,
+        users=users,
+        start=T0,
+        control_rate=control_rate,
+        treatment_rate=treatment_rate,
+        seed=seed,
+    )
     outcomes_recorded()
 
 
@@ -149,12 +156,22 @@ def test_a_shadow_report_measures_the_overlap_of_the_two_lists(catalog):
 
 @pytest.mark.parametrize("treatment", ["challenger", "shadow"])
 def test_the_report_from_outcome_rows_equals_the_raw_attribution_of_the_experiments_lists(catalog, treatment):
-    experiment_traffic(experiment=7, items=catalog, users=80, start=T0, control_rate=0.4, treatment_rate=0.25,
-                       treatment_arm=treatment, treatment_errors=0.1, seed=5)
+    experiment_traffic(
+        experiment=7,
+        items=catalog,
+        users=80,
+        start=T0,
+        control_rate=0.4,
+        treatment_rate=0.25,
+        treatment_arm=treatment,
+        treatment_errors=0.1,
+        seed=5,
+    )
     outcomes_recorded()
     report = arms_compare(experiment_id=7, treatment_arm=treatment, min_impressions=10)
-    raw = impression_outcomes(impressions=Impression.objects.filter(experiment_id=7),
-                              by_recommendation_id=treatment != "shadow")
+    raw = impression_outcomes(
+        impressions=Impression.objects.filter(experiment_id=7), by_recommendation_id=treatment != "shadow"
+    )
     rates = {}
     for arm in ("champion", treatment):
         lists, summary = raw[raw["arm"] == arm], report["arms"][arm]

@@ -3,7 +3,7 @@ resumed from a watermark, and the readers that aggregate the rows instead of raw
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -19,7 +19,7 @@ from recommendations.tasks import outcomes_record_task
 from retraining.services.schedule import periodic_tasks_setup
 from tests.recommendations.factories import event, experiment_traffic, outcomes_recorded, serve, user
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -22,8 +22,18 @@ from recommendations.process_cache import ProcessCache
 from recommendations.runtime import ServingRuntime, process_runtime
 
 THREAD_NAMES = {"serving-poller", "impression-flusher", "shadow-scorer"}
-PROCESS_STATE = (ProcessCache, ServingRuntime, threading.Thread, threading.Event, type(threading.Lock()),
-                 type(threading.RLock()), queue.Queue, collections.deque, collections.Counter, weakref.WeakSet)
+PROCESS_STATE = (
+    ProcessCache,
+    ServingRuntime,
+    threading.Thread,
+    threading.Event,
+    type(threading.Lock()),
+    type(threading.RLock()),
+    queue.Queue,
+    collections.deque,
+    collections.Counter,
+    weakref.WeakSet,
+)
 
 
 def _recommendations_modules():
@@ -39,10 +49,15 @@ def _running(names=THREAD_NAMES) -> set[str]:
 def test_no_module_of_recommendations_holds_per_process_state_of_its_own():
     found = []
     for module in _recommendations_modules():
-        found += [f"{module.__name__}.{name}" for name, value in vars(module).items() if isinstance(value, PROCESS_STATE)]
+        found += [
+            f"{module.__name__}.{name}" for name, value in vars(module).items() if isinstance(value, PROCESS_STATE)
+        ]
         source = Path(module.__file__).read_text()
-        found += [f"{module.__name__}: a global statement" for line in source.splitlines()
-                  if line.strip().startswith("global ")]
+        found += [
+            f"{module.__name__}: a global statement"
+            for line in source.splitlines()
+            if line.strip().startswith("global ")
+        ]
     assert found == []
 
 
@@ -84,8 +99,9 @@ def test_stopping_the_runtime_writes_the_buffered_impressions(settings, runtime)
     settings.IMPRESSION_FLUSH_SECONDS = 60
     user = EndUser.objects.create(external_id="someone")
     runtime.start()
-    runtime.impressions.log(Impression(recommendation_id=uuid.uuid4(), user=user, strategy="popular",
-                                       served_at=timezone.now()))
+    runtime.impressions.log(
+        Impression(recommendation_id=uuid.uuid4(), user=user, strategy="popular", served_at=timezone.now())
+    )
     assert not Impression.objects.exists() and runtime.counters()["impressions_buffered"] == 1
     runtime.stop()
     assert Impression.objects.count() == 1 and runtime.counters()["impressions_written"] == 1
@@ -107,10 +123,13 @@ def test_the_counters_are_one_plain_dict_of_this_processs_counts(settings, runti
 
 
 def test_the_trainer_loads_models_without_importing_the_web_runtime():
-    code = ("import django, sys; django.setup(); import recommendations.serving.loading; "
-            "print(sorted(m for m in sys.modules if m.startswith(('recommendations.serving.', 'recommendations.shadow', "
-            "'recommendations.services.impressions'))))")
+    code = (
+        "import django, sys; django.setup(); import recommendations.serving.loading; "
+        "print(sorted(m for m in sys.modules if m.startswith(('recommendations.serving.', 'recommendations.shadow', "
+        "'recommendations.services.impressions'))))"
+    )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "recsite.settings_test"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
     assert result.stdout.strip().splitlines()[-1] == "['recommendations.serving.loading']"

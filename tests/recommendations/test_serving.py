@@ -5,9 +5,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
 
-from recommendations.serving import recommend
 from recommendations.models import CatalogState, Impression, Interaction, Item
 from recommendations.services.catalog import ItemInput, item_upsert
+from recommendations.serving import recommend
 from registry.services import model_version_promote
 from tests.recommendations.factories import store_history, train_and_register
 
@@ -79,8 +79,20 @@ def test_an_unknown_user_gets_the_labelled_popular_fallback(served, serve_client
     assert body["model_version"] is None and body["strategy"] == "popular" and len(body["items"]) == 5
 
 
-@pytest.mark.parametrize("query", [{"k": 0}, {"k": 101}, {"k": "ten"}, {"explain": "maybe"}, {"k": "5.0"}, {"k": " 5"},
-                                   {"k": "\uff15"}, {"k": "5.0", "explain": "false"}, {"k": 0, "category": "a"}])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"k": 0},
+        {"k": 101},
+        {"k": "ten"},
+        {"explain": "maybe"},
+        {"k": "5.0"},
+        {"k": " 5"},
+        {"k": "\uff15"},
+        {"k": "5.0", "explain": "false"},
+        {"k": 0, "category": "a"},
+    ],
+)
 def test_bad_parameters_get_a_400(served, serve_client, query):
     assert get(serve_client, "user-3", **query).status_code == 400
 
@@ -109,9 +121,17 @@ def test_every_served_list_is_logged_as_an_impression(served, serve_client):
 def test_an_event_changes_the_next_recommendation(served, serve_client, ingest_client):
     before = get(serve_client, "user-7", k=10).json()
     top = before["items"][0]["item_id"]
-    response = ingest_client.post("/api/v1/events", {"user_id": "user-7", "item_id": top, "event_type": "rating",
-                                                     "value": 5.0, "recommendation_id": before["recommendation_id"]},
-                                  format="json")
+    response = ingest_client.post(
+        "/api/v1/events",
+        {
+            "user_id": "user-7",
+            "item_id": top,
+            "event_type": "rating",
+            "value": 5.0,
+            "recommendation_id": before["recommendation_id"],
+        },
+        format="json",
+    )
     assert response.status_code == 201
     after = get(serve_client, "user-7", k=10).json()
     assert top not in {i["item_id"] for i in after["items"]}
@@ -189,8 +209,9 @@ def _deactivate_by_upsert(external_id):
 
 
 @pytest.mark.parametrize("deactivate", [_deactivate_by_update, _deactivate_by_sql, _deactivate_by_upsert])
-def test_any_deactivation_is_counted_and_makes_serving_re_read_the_flags(counted_catalog, flag_reads, serve_client,
-                                                                        deactivate):
+def test_any_deactivation_is_counted_and_makes_serving_re_read_the_flags(
+    counted_catalog, flag_reads, serve_client, deactivate
+):
     first = [item["item_id"] for item in get(serve_client, "user-3", k=10).json()["items"]]
     assert flag_reads == [], "nothing was deactivated since the snapshot: the flags are not re-read"
     before = CatalogState.objects.get().deactivations
@@ -218,9 +239,29 @@ def test_without_the_counter_serving_always_re_reads_the_flags(counted_catalog, 
     assert len(flag_reads) == 2
 
 
-@pytest.mark.parametrize("query", ["", "k=1", "k=10", "k=100", "k=007", "k=101", "k=0", "k=-1", "k=", "k=1.0",
-                                   "k= 5", "k=\u0665", "k=5&k=7", "k=5&explain=true", "explain=false", "category=a",
-                                   "k=5&exclude=x,y", "k=99999999999999999999"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "k=1",
+        "k=10",
+        "k=100",
+        "k=007",
+        "k=101",
+        "k=0",
+        "k=-1",
+        "k=",
+        "k=1.0",
+        "k= 5",
+        "k=\u0665",
+        "k=5&k=7",
+        "k=5&explain=true",
+        "explain=false",
+        "category=a",
+        "k=5&exclude=x,y",
+        "k=99999999999999999999",
+    ],
+)
 def test_the_direct_reading_of_k_agrees_with_the_serializer(query):
     from django.http import QueryDict
 

@@ -1,7 +1,7 @@
 """Serving during an experiment: routing by arm, shadow scoring, a failing challenger, and a canary judged on
 what users did with the lists the API actually served."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from tests.recommendations.factories import outcomes_recorded, store_history, tr
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("replay_clock")]
 URL = "/api/v1/users/{}/recommendations"
 USERS = [f"user-{n}" for n in range(80)]
-T0 = datetime(2026, 7, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 7, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,13 @@ def two_versions(django_db_setup, django_db_blocker, tmp_path_factory):
 
 
 def _same_data(version):
-    return VersionInput(metrics=version.metrics, baseline_metrics=version.baseline_metrics,
-                        dataset_stats=version.dataset_stats, parameters=version.parameters, manifest=version.manifest)
+    return VersionInput(
+        metrics=version.metrics,
+        baseline_metrics=version.baseline_metrics,
+        dataset_stats=version.dataset_stats,
+        parameters=version.parameters,
+        manifest=version.manifest,
+    )
 
 
 @pytest.fixture
@@ -67,7 +72,11 @@ def test_each_user_is_served_by_the_version_of_their_arm_and_the_impression_says
         expected = versions[1].version if route.arm == "challenger" else versions[0].version
         assert body["model_version"] == expected and body["strategy"] == "model"
         impression = Impression.objects.get(recommendation_id=body["recommendation_id"])
-        assert (impression.arm, impression.routed_version, impression.experiment_id) == (route.arm, expected, experiment.pk)
+        assert (impression.arm, impression.routed_version, impression.experiment_id) == (
+            route.arm,
+            expected,
+            experiment.pk,
+        )
     arms = set(Impression.objects.values_list("arm", flat=True))
     assert arms == {"champion", "challenger"}
 
@@ -80,7 +89,11 @@ def test_shadow_never_changes_the_response_and_logs_the_challengers_list(version
         assert body["model_version"] == versions[0].version
         assert body["items"] == before[user]["items"]
         mirrored = Impression.objects.get(shadow_of=body["recommendation_id"])
-        assert (mirrored.arm, mirrored.routed_version, mirrored.experiment_id) == ("shadow", versions[1].version, experiment.pk)
+        assert (mirrored.arm, mirrored.routed_version, mirrored.experiment_id) == (
+            "shadow",
+            versions[1].version,
+            experiment.pk,
+        )
         shown = Impression.objects.get(recommendation_id=body["recommendation_id"])
         assert mirrored.items == shown.items, "the same model scored the same request"
 
@@ -99,7 +112,9 @@ def _explode(*args, **kwargs):
     raise RuntimeError("the challenger exploded")
 
 
-def test_a_challenger_that_cannot_load_is_replaced_by_the_champion_and_counted_as_errors(versions, serve_client, tmp_path):
+def test_a_challenger_that_cannot_load_is_replaced_by_the_champion_and_counted_as_errors(
+    versions, serve_client, tmp_path
+):
     broken = _broken_version(versions[0], tmp_path)
     start(broken, "ab", traffic_percent=100)
     Path(broken.artifact_path).write_bytes(b"damaged after the registry verified it")
@@ -126,9 +141,13 @@ def serve_round(client, *, click_rate: dict, rng, at):
     for user in USERS:
         body = client.get(URL.format(user), {"k": 5}).json()
         if rng.random() < click_rate[body["model_version"]]:
-            Interaction.objects.create(user_id=Impression.objects.get(recommendation_id=body["recommendation_id"]).user_id,
-                                       item=Item.objects.get(external_id=body["items"][0]["item_id"]), event_type="click",
-                                       timestamp=at + timedelta(minutes=1), recommendation_id=body["recommendation_id"])
+            Interaction.objects.create(
+                user_id=Impression.objects.get(recommendation_id=body["recommendation_id"]).user_id,
+                item=Item.objects.get(external_id=body["items"][0]["item_id"]),
+                event_type="click",
+                timestamp=at + timedelta(minutes=1),
+                recommendation_id=body["recommendation_id"],
+            )
 
 
 @pytest.fixture
@@ -139,12 +158,19 @@ def canary_policy():
     return policy
 
 
-def test_a_canary_users_dislike_is_rolled_back_and_everyone_returns_to_the_champion(versions, serve_client, canary_policy):
+def test_a_canary_users_dislike_is_rolled_back_and_everyone_returns_to_the_champion(
+    versions, serve_client, canary_policy
+):
     champion, challenger = versions
     start(challenger, "canary")
     rng = np.random.default_rng(0)
     for n in range(6):
-        serve_round(serve_client, click_rate={champion.version: 0.6, challenger.version: 0.05}, rng=rng, at=T0 + timedelta(minutes=n))
+        serve_round(
+            serve_client,
+            click_rate={champion.version: 0.6, challenger.version: 0.05},
+            rng=rng,
+            at=T0 + timedelta(minutes=n),
+        )
     outcomes_recorded()
     check = rollout_check(now=T0 + timedelta(minutes=7))
     assert check.action == "rolled_back", check.reason

@@ -1,11 +1,10 @@
 import pytest
 
 from recommendations.models import ItemFeatures, UserFeatures
-from recommendations.tasks import online_features_rebuild_task
-from tests.support.processes import wait_until
-from tests.recommendations.test_online_features import assert_online_equals_replay, catalog, random_events
-
 from recommendations.services.events import event_ingest
+from recommendations.tasks import online_features_rebuild_task
+from tests.recommendations.test_online_features import assert_online_equals_replay, catalog, random_events
+from tests.support.processes import wait_until
 
 
 @pytest.mark.worker

@@ -17,11 +17,17 @@ def _tiny_boosters(seed: int) -> tuple[str, str]:
     rng = np.random.default_rng(seed)
     params = {"verbose": -1, "num_leaves": 4, "min_data_in_leaf": 5, "num_threads": 1}
     ranker_x = rng.normal(size=(60, len(ranking.RANKER_FEATURES)))
-    ranker = lgb.train({**params, "objective": "lambdarank"}, num_boost_round=2, train_set=lgb.Dataset(
-        ranker_x, rng.integers(0, 2, 60), group=[10] * 6, feature_name=ranking.RANKER_FEATURES))
+    ranker = lgb.train(
+        {**params, "objective": "lambdarank"},
+        num_boost_round=2,
+        train_set=lgb.Dataset(ranker_x, rng.integers(0, 2, 60), group=[10] * 6, feature_name=ranking.RANKER_FEATURES),
+    )
     regressor_x = rng.normal(size=(60, len(ranking.REGRESSOR_FEATURES)))
-    regressor = lgb.train({**params, "objective": "regression"}, num_boost_round=2, train_set=lgb.Dataset(
-        regressor_x, rng.uniform(1, 5, 60), feature_name=ranking.REGRESSOR_FEATURES))
+    regressor = lgb.train(
+        {**params, "objective": "regression"},
+        num_boost_round=2,
+        train_set=lgb.Dataset(regressor_x, rng.uniform(1, 5, 60), feature_name=ranking.REGRESSOR_FEATURES),
+    )
     return ranker.model_to_string(), regressor.model_to_string()
 
 
@@ -32,9 +38,14 @@ def artifact_dir(tmp_path: Path, marker: str = "a", *, seed: int = 0) -> Path:
     ranker, regressor = _tiny_boosters(seed)
     (folder / ranking.RANKER_FILE).write_text(ranker)
     (folder / ranking.REGRESSOR_FILE).write_text(regressor)
-    np.savez(folder / ranking.COLLABORATIVE_FILE, item_pks=np.arange(1, 4, dtype=np.int64),
-             active=np.ones(3, dtype=bool), modelled=np.arange(3, dtype=np.int32),
-             weights=np.zeros((3, 3), dtype=np.float32), popularity=np.ones(3))
+    np.savez(
+        folder / ranking.COLLABORATIVE_FILE,
+        item_pks=np.arange(1, 4, dtype=np.int64),
+        active=np.ones(3, dtype=bool),
+        modelled=np.arange(3, dtype=np.int32),
+        weights=np.zeros((3, 3), dtype=np.float32),
+        popularity=np.ones(3),
+    )
     (folder / ranking.ID_MAPS_FILE).write_text(json.dumps({"item_external_ids": ["i1", "i2", "i3"]}))
     manifest = {"marker": marker, "features": {"ranker": ranking.RANKER_FEATURES}}
     (folder / ranking.MANIFEST_FILE).write_text(json.dumps(manifest))

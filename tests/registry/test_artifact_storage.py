@@ -14,10 +14,10 @@ from botocore.config import Config
 from registry.artifacts import ArtifactError, artifact_cache_dir, artifact_read, artifact_store
 from registry.models import Deployment, DeploymentChange
 from registry.services import model_version_promote
-from tests.support.processes import REPO, free_port
-from tests.support.object_store import ObjectStore, s3_server
 from tests.recommendations.factories import store_history, train_and_register
 from tests.registry.factories import artifact_dir, registered_version
+from tests.support.object_store import ObjectStore, s3_server
+from tests.support.processes import REPO, free_port
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _flip(data: bytes, at: int = 600) -> bytes:
-    return data[:at] + bytes(b ^ 0xFF for b in data[at:at + 16]) + data[at + 16:]
+    return data[:at] + bytes(b ^ 0xFF for b in data[at : at + 16]) + data[at + 16 :]
 
 
 def test_a_failed_local_write_leaves_neither_the_artifact_nor_a_temporary_file(model_store, tmp_path, monkeypatch):
@@ -69,10 +69,13 @@ def test_an_artifact_in_s3_is_never_overwritten(s3, tmp_path):
     assert [o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket)["Contents"]] == [s3.key("v1.tar")]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda data: _flip(data), "sha256"),
-    (lambda data: data[:-700], "truncated"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: _flip(data), "sha256"),
+        (lambda data: data[:-700], "truncated"),
+    ],
+)
 def test_a_corrupted_object_in_s3_is_refused_and_not_cached(s3, tmp_path, damage, message):
     stored = artifact_store(source_dir=artifact_dir(tmp_path), name="v1")
     s3.write(stored.path, damage(s3.read(stored.path)))
@@ -96,8 +99,9 @@ def test_a_cached_copy_is_verified_on_every_read_and_a_damaged_one_is_fetched_ag
     cached.write_bytes(_flip(cached.read_bytes()))
     assert artifact_read(path=stored.path, size=stored.size, sha256=stored.sha256) == _files(source)
     s3.client.delete_object(Bucket=s3.bucket, Key=s3.key(stored.path))
-    assert artifact_read(path=stored.path, size=stored.size, sha256=stored.sha256) == _files(source), \
+    assert artifact_read(path=stored.path, size=stored.size, sha256=stored.sha256) == _files(source), (
         "the repaired copy serves while the store is unreachable or the object gone"
+    )
 
 
 def test_the_cache_keeps_only_the_most_recently_used_copies(s3, tmp_path, settings):
@@ -109,8 +113,9 @@ def test_the_cache_keeps_only_the_most_recently_used_copies(s3, tmp_path, settin
 
 
 @pytest.mark.django_db
-def test_the_registry_verifies_and_promotes_a_version_stored_in_s3_and_refuses_a_corrupted_one(s3, tmp_path,
-                                                                                               admin_client_api):
+def test_the_registry_verifies_and_promotes_a_version_stored_in_s3_and_refuses_a_corrupted_one(
+    s3, tmp_path, admin_client_api
+):
     champion, candidate = registered_version(tmp_path, marker="c1"), registered_version(tmp_path, marker="c2")
     response = admin_client_api.post(f"/api/v1/models/{champion.version}/promote", {}, format="json")
     assert response.status_code == 200, response.content
@@ -123,8 +128,9 @@ def test_the_registry_verifies_and_promotes_a_version_stored_in_s3_and_refuses_a
 
 
 @pytest.mark.django_db
-def test_a_model_trained_registered_and_promoted_in_s3_is_served_from_the_local_cache(s3, tmp_path, serve_client,
-                                                                                       settings):
+def test_a_model_trained_registered_and_promoted_in_s3_is_served_from_the_local_cache(
+    s3, tmp_path, serve_client, settings
+):
     settings.MODEL_POLL_SECONDS = 0
     store_history()
     version = train_and_register(tmp_path)
@@ -138,18 +144,30 @@ def test_a_model_trained_registered_and_promoted_in_s3_is_served_from_the_local_
 
 
 def _settings_of(**env) -> subprocess.CompletedProcess:
-    script = ("import django, json; django.setup(); from django.conf import settings; "
-              "print(json.dumps(settings.STORAGES['artifacts']))")
+    script = (
+        "import django, json; django.setup(); from django.conf import settings; "
+        "print(json.dumps(settings.STORAGES['artifacts']))"
+    )
     environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "recsite.settings_test", **env}
-    return subprocess.run([sys.executable, "-c", script], check=False, cwd=REPO, env=environment, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"ARTIFACT_STORAGE": "s3", "ARTIFACT_S3_BUCKET": ""}, "ARTIFACT_STORAGE=s3 needs ARTIFACT_S3_BUCKET"),
-    ({"ARTIFACT_STORAGE": "gcs"}, "ARTIFACT_STORAGE must be 'local' or 's3', got 'gcs'"),
-    ({"ARTIFACT_CACHE_KEEP": "1"}, "ARTIFACT_CACHE_KEEP must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ARTIFACT_STORAGE": "s3", "ARTIFACT_S3_BUCKET": ""}, "ARTIFACT_STORAGE=s3 needs ARTIFACT_S3_BUCKET"),
+        ({"ARTIFACT_STORAGE": "gcs"}, "ARTIFACT_STORAGE must be 'local' or 's3', got 'gcs'"),
+        ({"ARTIFACT_CACHE_KEEP": "1"}, "ARTIFACT_CACHE_KEEP must be >= 2"),
+    ],
+)
 def test_a_bad_artifact_storage_setting_stops_the_service_with_its_reason(env, message):
     done = _settings_of(**env)
     assert done.returncode != 0 and f"ImproperlyConfigured: {message}" in done.stderr

@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -28,7 +28,7 @@ from retraining.models import RetrainPolicy
 from tests.registry.factories import registered_version
 
 pytestmark = pytest.mark.django_db
-T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -46,11 +46,20 @@ def start(version, mode="ab", **kwargs):
 def test_starting_an_ab_test_points_the_challenger_and_audits_it(versions):
     champion, candidate, _ = versions
     experiment = start(candidate, traffic_percent=30)
-    assert serving_pointers() == type(serving_pointers())(champion=champion.version, challenger=candidate.version,
-                                                          mode="ab", traffic_percent=30, experiment_id=experiment.pk)
+    assert serving_pointers() == type(serving_pointers())(
+        champion=champion.version,
+        challenger=candidate.version,
+        mode="ab",
+        traffic_percent=30,
+        experiment_id=experiment.pk,
+    )
     assert experiment.champion == champion and experiment.status == "running"
     change = DeploymentChange.objects.filter(alias=Alias.CHALLENGER).first()
-    assert change.action == "challenger_start" and change.to_version == candidate and change.details["traffic_percent"] == 30
+    assert (
+        change.action == "challenger_start"
+        and change.to_version == candidate
+        and change.details["traffic_percent"] == 30
+    )
 
 
 def test_a_canary_starts_at_its_first_step(versions):
@@ -78,8 +87,13 @@ def test_a_second_experiment_is_a_conflict_unless_it_replaces_the_first(versions
     first = start(versions[1], traffic_percent=20)
     with pytest.raises(ConflictError):
         start(versions[2], traffic_percent=20)
-    second = challenger_start(data=ChallengerInput(version=versions[2].version, mode="shadow", traffic_percent=100),
-                              actor="op", reason="newer", at=T0, replace=True)
+    second = challenger_start(
+        data=ChallengerInput(version=versions[2].version, mode="shadow", traffic_percent=100),
+        actor="op",
+        reason="newer",
+        at=T0,
+        replace=True,
+    )
     first.refresh_from_db()
     assert first.status == "stopped" and "superseded" in first.outcome_reason
     assert serving_pointers().challenger == versions[2].version and second.status == "running"
@@ -88,7 +102,9 @@ def test_a_second_experiment_is_a_conflict_unless_it_replaces_the_first(versions
 def test_advancing_a_canary_is_a_compare_and_set_on_its_step(versions):
     experiment = start(versions[1], mode="canary", steps=(10, 50, 100))
     later = T0 + timedelta(hours=2)
-    advanced = challenger_traffic_advance(experiment_id=experiment.pk, step_index=0, actor="rollout", reason="healthy", at=later)
+    advanced = challenger_traffic_advance(
+        experiment_id=experiment.pk, step_index=0, actor="rollout", reason="healthy", at=later
+    )
     assert (advanced.step_index, advanced.traffic_percent, advanced.step_started_at) == (1, 50, later)
     assert Deployment.objects.get(alias=Alias.CHALLENGER).traffic_percent == 50
     with pytest.raises(ConflictError):
@@ -101,7 +117,10 @@ def test_stopping_with_reject_clears_the_pointer_and_rejects_the_version(version
     versions[1].refresh_from_db()
     assert stopped.status == "rolled_back" and versions[1].status == ModelStatus.REJECTED
     assert serving_pointers().challenger is None and serving_pointers().traffic_percent == 0
-    assert list(DeploymentChange.objects.filter(alias=Alias.CHALLENGER).values_list("action", flat=True)[:2]) == ["reject", "challenger_stop"]
+    assert list(DeploymentChange.objects.filter(alias=Alias.CHALLENGER).values_list("action", flat=True)[:2]) == [
+        "reject",
+        "challenger_stop",
+    ]
 
 
 def test_stopping_when_nothing_runs_is_a_clear_error(versions):
@@ -137,8 +156,9 @@ def test_the_registry_policy_and_services_accept_the_same_canary_schedules(steps
     RetrainPolicy(canary_steps=list(steps)).clean()
 
 
-@pytest.mark.parametrize("steps", [[], [50, 10, 100], [10, 50], [0, 100], [10, 10, 100], [10, True, 100], [10.5, 100],
-                                   "10,100", None])
+@pytest.mark.parametrize(
+    "steps", [[], [50, 10, 100], [10, 50], [0, 100], [10, 10, 100], [10, True, 100], [10.5, 100], "10,100", None]
+)
 def test_the_policy_refuses_with_the_registrys_message_what_the_registry_refuses(steps):
     assert canary_steps_error(steps) == CANARY_STEPS_ERROR
     with pytest.raises(ValidationError, match="Canary steps must be whole percentages"):

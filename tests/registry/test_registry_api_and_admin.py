@@ -32,7 +32,9 @@ def test_a_version_detail_includes_the_manifest(versions, admin_client_api):
 
 def test_promote_and_rollback_through_the_api_are_audited(versions, admin_client_api):
     assert admin_client_api.post("/api/v1/models/1/promote", {"reason": "first"}, format="json").status_code == 200
-    response = admin_client_api.post("/api/v1/models/3/promote", {"reason": "better", "expected_current": 1}, format="json")
+    response = admin_client_api.post(
+        "/api/v1/models/3/promote", {"reason": "better", "expected_current": 1}, format="json"
+    )
     assert response.status_code == 200
     assert response.json()["from_version"] == 1 and response.json()["to_version"] == 3
     response = admin_client_api.post("/api/v1/models/rollback", {"reason": "CTR fell"}, format="json")
@@ -77,8 +79,10 @@ def test_export_model_comparison_writes_the_markdown_table(versions, tmp_path):
     output = tmp_path / "MODEL_COMPARISON.md"
     call_command("export_model_comparison", "--output", str(output))
     text = output.read_text()
-    assert ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
-            "| NDCG@10 | Candidate recall@100 | Status |") in text
+    assert (
+        "| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 | MAP@10 "
+        "| NDCG@10 | Candidate recall@100 | Status |"
+    ) in text
     assert "| **v2** |" in text
 
 
@@ -89,7 +93,9 @@ def test_the_admin_lists_versions_with_metrics_and_promotes_after_confirmation(v
     confirmation = staff_client.get(f"/admin/registry/modelversion/{versions[0].pk}/promote/")
     assert confirmation.status_code == 200 and b"csrfmiddlewaretoken" in confirmation.content
     assert champion_version() is None
-    staff_client.post(f"/admin/registry/modelversion/{versions[0].pk}/promote/", {"reason": "go", "expected_current": ""})
+    staff_client.post(
+        f"/admin/registry/modelversion/{versions[0].pk}/promote/", {"reason": "go", "expected_current": ""}
+    )
     assert champion_version().version == 1
     assert DeploymentChange.objects.get().actor == "admin:ops"
 
@@ -99,7 +105,9 @@ def test_the_admin_rolls_back_to_an_earlier_version(versions, staff_client):
     model_version_promote(version=3, actor="ops")
     page = staff_client.get(f"/admin/registry/modelversion/{versions[0].pk}/change/").content
     assert b"Roll back to this version" in page
-    staff_client.post(f"/admin/registry/modelversion/{versions[0].pk}/rollback/", {"reason": "bad", "expected_current": "3"})
+    staff_client.post(
+        f"/admin/registry/modelversion/{versions[0].pk}/rollback/", {"reason": "bad", "expected_current": "3"}
+    )
     assert champion_version().version == 1
 
 

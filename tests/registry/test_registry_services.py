@@ -132,12 +132,15 @@ def test_compare_puts_two_versions_side_by_side_with_which_is_better(tmp_path):
 @pytest.mark.django_db
 def test_the_history_table_marks_the_active_version(tmp_path):
     registered_version(tmp_path, ndcg=0.1), registered_version(tmp_path, ndcg=0.1234)
-    ModelVersion.objects.filter(version=2).update(baseline_metrics={"bias": {"rmse": 0.9321},
-                                                                    "global_mean": {"rmse": 1.0543}})
+    ModelVersion.objects.filter(version=2).update(
+        baseline_metrics={"bias": {"rmse": 0.9321}, "global_mean": {"rmse": 1.0543}}
+    )
     model_version_promote(version=2, actor="ops")
     table = model_history_markdown().splitlines()
-    assert table[0] == ("| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 "
-                        "| MAP@10 | NDCG@10 | Candidate recall@100 | Status |")
+    assert table[0] == (
+        "| Version | Date | RMSE | RMSE bias baseline | RMSE global mean | MAE | R² | Recall@10 "
+        "| MAP@10 | NDCG@10 | Candidate recall@100 | Status |"
+    )
     assert table[2].startswith("| **v2** |") and "0.1234" in table[2] and "active" in table[2]
     assert "| 0.9000 | 0.9321 | 1.0543 | 0.7000 |" in table[2]  # the model's RMSE, then its rating baselines'
     assert "| 0.9000 | — | — | 0.7000 |" in table[3]  # a version from before the rating baselines
@@ -169,8 +172,22 @@ def test_of_a_concurrent_promote_and_rollback_exactly_one_wins(tmp_path):
         promote_to, roll_back_to = [v for v in (1, 2, 3) if v != current]
         outcomes.clear()
         threads = [
-            threading.Thread(target=run, args=(lambda to=promote_to, seen=current: model_version_promote(version=to, actor="a", expected_current=seen),)),
-            threading.Thread(target=run, args=(lambda to=roll_back_to, seen=current: model_version_rollback(actor="b", version=to, expected_current=seen),)),
+            threading.Thread(
+                target=run,
+                args=(
+                    lambda to=promote_to, seen=current: model_version_promote(
+                        version=to, actor="a", expected_current=seen
+                    ),
+                ),
+            ),
+            threading.Thread(
+                target=run,
+                args=(
+                    lambda to=roll_back_to, seen=current: model_version_rollback(
+                        actor="b", version=to, expected_current=seen
+                    ),
+                ),
+            ),
         ]
         for thread in threads:
             thread.start()

@@ -16,13 +16,15 @@ from recommendations.models import EndUser, Interaction, Item, ItemFeatures, Use
 NO_ANSWER = 0  # the status recorded when the server could not be reached or did not answer in time
 
 
-def http_json(url: str, key: str = "", method: str = "GET", body: dict | None = None,
-              timeout: float = 10) -> tuple[int, dict]:
+def http_json(
+    url: str, key: str = "", method: str = "GET", body: dict | None = None, timeout: float = 10
+) -> tuple[int, dict]:
     """(status, JSON body); (NO_ANSWER, {}) when the connection failed. A non-JSON body (an HTML error page)
     is returned as {"non_json": text} so that tests can refuse it."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, method=method, data=data,
-                                     headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, method=method, data=data, headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
@@ -53,9 +55,11 @@ class LedgerReport:
     abandoned: int  # events whose batch was never acknowledged before the client gave up
 
     def __str__(self):
-        return (f"{self.acknowledged} acknowledged, {self.stored} stored, {self.duplicates} duplicates, "
-                f"{self.resent} batches re-sent on purpose, {self.answers_lost} committed batches whose answer was "
-                f"lost, {self.abandoned} abandoned")
+        return (
+            f"{self.acknowledged} acknowledged, {self.stored} stored, {self.duplicates} duplicates, "
+            f"{self.resent} batches re-sent on purpose, {self.answers_lost} committed batches whose answer was "
+            f"lost, {self.abandoned} abandoned"
+        )
 
 
 @dataclass
@@ -79,8 +83,11 @@ class Ledger:
         with self.lock:  # the load's threads share one seeded generator
             user, item = self.random.randrange(self.users), self.random.randrange(self.items)
             kind = self.random.random()
-        event = {"event_id": str(uuid.uuid4()), "user_id": f"{self.prefix}-u{user}",
-                 "item_id": f"{self.prefix}-i{item}"}
+        event = {
+            "event_id": str(uuid.uuid4()),
+            "user_id": f"{self.prefix}-u{user}",
+            "item_id": f"{self.prefix}-i{item}",
+        }
         if kind < 0.5:
             return {**event, "event_type": "rating", "value": float(1 + item % 5)}
         return {**event, "event_type": "click" if kind < 0.8 else "view"}
@@ -99,9 +106,14 @@ class Ledger:
         counts = {str(uuid.UUID(str(event_id))): count for event_id, count in cursor.fetchall()}
         missing = [event_id for event_id in self.acknowledged if event_id not in counts]
         assert not missing, f"{len(missing)} acknowledged events are not stored, e.g. {missing[:3]}"
-        return LedgerReport(acknowledged=len(self.acknowledged), stored=len(counts),
-                            duplicates=sum(count - 1 for count in counts.values()), resent=self.resent,
-                            answers_lost=self.answers_lost, abandoned=len(self.abandoned))
+        return LedgerReport(
+            acknowledged=len(self.acknowledged),
+            stored=len(counts),
+            duplicates=sum(count - 1 for count in counts.values()),
+            resent=self.resent,
+            answers_lost=self.answers_lost,
+            abandoned=len(self.abandoned),
+        )
 
     def assert_features_add_up(self, cursor) -> None:
         """The online features of the ledger's users and items sum to what their stored events say."""
@@ -130,8 +142,17 @@ class IngestLoad:
     again with the same event ids until it is, or until `give_up_s`. Every `resend_every`-th acknowledged batch
     is sent once more on purpose: a retry after a lost answer, which must add nothing."""
 
-    def __init__(self, base: str, key: str, ledger: Ledger, *, threads: int = 3, batch: int = 4,
-                 resend_every: int = 5, give_up_s: float = 60):
+    def __init__(
+        self,
+        base: str,
+        key: str,
+        ledger: Ledger,
+        *,
+        threads: int = 3,
+        batch: int = 4,
+        resend_every: int = 5,
+        give_up_s: float = 60,
+    ):
         self.url, self.key, self.ledger = f"{base}/api/v1/events", key, ledger
         self.batch, self.resend_every, self.give_up_s = batch, resend_every, give_up_s
         self.attempts: list[Attempt] = []

@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg2
 import redis
 
-from tests.support.processes import REPO, free_port, start_process, stop_process, wait_until
 from tests.reliability.ledger import http_json
+from tests.support.processes import REPO, free_port, start_process, stop_process, wait_until
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_OWNER = "postgres"  # initdb refuses to run as root: the cluster belongs to this user when the tests run as root
@@ -113,8 +113,11 @@ class PrivatePostgres:
         key with the admin scope (which includes the others) in it: `self.api_key`, also valid in copies."""
         url = self.create_database(name)
         # One process for both: Django's start-up is most of the time of either.
-        output = _checked([sys.executable, "manage.py", "shell", "--command", _MIGRATE_AND_CREATE_KEY], cwd=REPO,
-                          env={**os.environ, "DATABASE_URL": url})
+        output = _checked(
+            [sys.executable, "manage.py", "shell", "--command", _MIGRATE_AND_CREATE_KEY],
+            cwd=REPO,
+            env={**os.environ, "DATABASE_URL": url},
+        )
         self.api_key = output.strip().splitlines()[-1]
 
     @contextmanager
@@ -143,8 +146,9 @@ def _checked(args: list[str], **kwargs) -> str:
     """The command's output; an error showing its output if it fails (CalledProcessError hides it)."""
     result = subprocess.run(args, capture_output=True, text=True, **kwargs)
     if result.returncode:
-        raise RuntimeError(f"{' '.join(args)} exited with {result.returncode}:\n{result.stdout[-2000:]}"
-                           f"{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(args)} exited with {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     return result.stdout
 
 
@@ -172,8 +176,19 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.folder)]
+        args = [
+            shutil.which("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.folder),
+        ]
         self.process = start_process(args, self.folder / f"redis-{self.port}.log")
         wait_until(self.answers, 15, message="redis-server")
 
@@ -216,8 +231,16 @@ class Gunicorn:
         extra = {"DATABASE_URL": database_url, "DEBUG": "false", **env}
         if redis_url is not None:
             extra["REDIS_URL"] = redis_url
-        args = [str(BIN / "gunicorn"), "recsite.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(workers), "--access-logfile", "-"]
+        args = [
+            str(BIN / "gunicorn"),
+            "recsite.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+            "--access-logfile",
+            "-",
+        ]
         self.process = start_process(args, self.log, **extra)
 
     def wait_healthy(self, timeout: float = 60) -> None:

@@ -84,8 +84,11 @@ ADMIN_ROUTES = [route for route, _ in routes("admin/")]
 
 
 def test_the_admin_matrix_covers_the_custom_admin_views():
-    custom = {"registry/modelversion/<int:pk>/promote/", "registry/modelversion/<int:pk>/rollback/",
-              "retraining/trainingrun/retrain/"}
+    custom = {
+        "registry/modelversion/<int:pk>/promote/",
+        "registry/modelversion/<int:pk>/rollback/",
+        "retraining/trainingrun/retrain/",
+    }
     assert {route.removeprefix("admin/") for route in ADMIN_ROUTES} >= custom
 
 

@@ -43,10 +43,13 @@ def grant(user, *permissions: str) -> None:
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
 
 
-@pytest.mark.parametrize("action, version, permission", [
-    ("promote", 3, "registry.promote_modelversion"), ("rollback", 1, "registry.rollback_modelversion")])
-def test_promote_and_rollback_in_the_admin_need_their_own_permission(client, operator, versions, action, version,
-                                                                       permission):
+@pytest.mark.parametrize(
+    "action, version, permission",
+    [("promote", 3, "registry.promote_modelversion"), ("rollback", 1, "registry.rollback_modelversion")],
+)
+def test_promote_and_rollback_in_the_admin_need_their_own_permission(
+    client, operator, versions, action, version, permission
+):
     grant(operator, "registry.view_modelversion", "registry.change_modelversion")
     url = f"/admin/registry/modelversion/{versions[version - 1].pk}/{action}/"
     page = f"/admin/registry/modelversion/{versions[version - 1].pk}/change/"
@@ -78,8 +81,10 @@ def test_starting_an_experiment_in_the_admin_needs_the_start_permission(client, 
 @pytest.mark.parametrize("reject", ["", "1"])
 def test_stopping_an_experiment_in_the_admin_needs_the_stop_permission(client, operator, experiment, reject):
     grant(operator, "registry.view_experiment", "registry.start_experiment", "registry.promote_modelversion")
-    stop, page = (f"/admin/registry/experiment/{experiment.pk}/stop/",
-                  f"/admin/registry/experiment/{experiment.pk}/change/")
+    stop, page = (
+        f"/admin/registry/experiment/{experiment.pk}/stop/",
+        f"/admin/registry/experiment/{experiment.pk}/change/",
+    )
     assert "Stop and reject" not in client.get(page).content.decode()
     assert client.post(stop, {"reason": "enough", "reject": reject}).status_code == 403
     experiment.refresh_from_db()
@@ -94,8 +99,10 @@ def test_stopping_an_experiment_in_the_admin_needs_the_stop_permission(client, o
 
 def test_promoting_an_experiments_challenger_in_the_admin_needs_the_promote_permission(client, operator, experiment):
     grant(operator, "registry.view_experiment", "registry.start_experiment", "registry.stop_experiment")
-    promote, page = (f"/admin/registry/experiment/{experiment.pk}/promote/",
-                     f"/admin/registry/experiment/{experiment.pk}/change/")
+    promote, page = (
+        f"/admin/registry/experiment/{experiment.pk}/promote/",
+        f"/admin/registry/experiment/{experiment.pk}/change/",
+    )
     assert promote not in client.get(page).content.decode()
     assert client.post(promote, {"reason": "looks good"}).status_code == 403
     experiment.refresh_from_db()

@@ -7,7 +7,7 @@ import io
 import subprocess
 import sys
 import tarfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,14 +17,18 @@ from registry.artifacts import ArtifactError
 from registry.models import Deployment, DeploymentChange, ModelStatus, ModelVersion
 from registry.selectors import running_experiment, serving_pointers
 from registry.services import (
-    ChallengerInput, challenger_start, challenger_traffic_advance, model_version_promote, model_version_rollback,
+    ChallengerInput,
+    challenger_start,
+    challenger_traffic_advance,
+    model_version_promote,
+    model_version_rollback,
 )
 from retraining.services.policy import policy_active
 from retraining.services.rollout import candidate_deploy
-from tests.support.processes import REPO, process_env
 from tests.registry.factories import artifact_dir, registered_version
+from tests.support.processes import REPO, process_env
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -36,7 +40,7 @@ def champion_and_candidate(tmp_path):
 
 def _flip_bytes(path: Path, at: int = 600, count: int = 16) -> None:
     data = bytearray(path.read_bytes())
-    data[at:at + count] = bytes(b ^ 0xFF for b in data[at:at + count])
+    data[at : at + count] = bytes(b ^ 0xFF for b in data[at : at + count])
     path.write_bytes(bytes(data))
 
 
@@ -48,8 +52,13 @@ def _register_as_is(path: Path, data: bytes) -> ModelVersion:
     """A version whose artifact is `data` with a matching size and sha256 (damage that no checksum shows)."""
     path.write_bytes(data)
     number = (ModelVersion.objects.order_by("-version").values_list("version", flat=True).first() or 0) + 1
-    return ModelVersion.objects.create(version=number, status=ModelStatus.CANDIDATE, artifact_path=str(path),
-                                       artifact_size=len(data), artifact_sha256=hashlib.sha256(data).hexdigest())
+    return ModelVersion.objects.create(
+        version=number,
+        status=ModelStatus.CANDIDATE,
+        artifact_path=str(path),
+        artifact_size=len(data),
+        artifact_sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 def _tar_of(files: dict[str, bytes]) -> bytes:
@@ -81,8 +90,9 @@ def _assert_refused(champion: ModelVersion, refused: ModelVersion, action: str, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_promoting_a_version_with_flipped_bytes_is_a_422_that_moves_nothing_and_is_audited(champion_and_candidate,
-                                                                                           admin_client_api):
+def test_promoting_a_version_with_flipped_bytes_is_a_422_that_moves_nothing_and_is_audited(
+    champion_and_candidate, admin_client_api
+):
     champion, candidate = champion_and_candidate
     _flip_bytes(Path(candidate.artifact_path))
     response = admin_client_api.post(f"/api/v1/models/{candidate.version}/promote", {}, format="json")
@@ -97,9 +107,14 @@ def test_promoting_a_version_with_flipped_bytes_is_a_422_that_moves_nothing_and_
 def test_manage_py_promote_of_a_truncated_artifact_exits_non_zero_with_the_message(champion_and_candidate, settings):
     champion, candidate = champion_and_candidate
     _truncate(Path(candidate.artifact_path))
-    finished = subprocess.run([sys.executable, "manage.py", "promote", str(candidate.version)], cwd=REPO,
-                              env=process_env(MODEL_STORE=str(settings.MODEL_STORE)), capture_output=True, text=True,
-                              timeout=120)
+    finished = subprocess.run(
+        [sys.executable, "manage.py", "promote", str(candidate.version)],
+        cwd=REPO,
+        env=process_env(MODEL_STORE=str(settings.MODEL_STORE)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert finished.returncode != 0
     assert f"v{candidate.version} cannot be deployed" in finished.stderr and "truncated" in finished.stderr
     _assert_refused(champion, candidate, "promote")
@@ -116,14 +131,17 @@ def test_the_promote_and_rollback_commands_exit_non_zero_on_a_truncated_artifact
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("damage, problem", [
-    (lambda folder, path: path.unlink(), "missing"),
-    (lambda folder, path: _register_as_is(path, b"not a tar archive " * 600), "not a readable archive"),
-    (lambda folder, path: _rebuilt(folder, path, "manifest.json", None), "no manifest.json"),
-    (lambda folder, path: _rebuilt(folder, path, "manifest.json", b"{not json"), "not JSON"),
-    (lambda folder, path: _rebuilt(folder, path, "ranker.txt", b"tree\nnonsense"), "models do not load"),
-    (lambda folder, path: _rebuilt(folder, path, "regressor.txt", None), "regressor"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda folder, path: path.unlink(), "missing"),
+        (lambda folder, path: _register_as_is(path, b"not a tar archive " * 600), "not a readable archive"),
+        (lambda folder, path: _rebuilt(folder, path, "manifest.json", None), "no manifest.json"),
+        (lambda folder, path: _rebuilt(folder, path, "manifest.json", b"{not json"), "not JSON"),
+        (lambda folder, path: _rebuilt(folder, path, "ranker.txt", b"tree\nnonsense"), "models do not load"),
+        (lambda folder, path: _rebuilt(folder, path, "regressor.txt", None), "regressor"),
+    ],
+)
 def test_any_damage_to_an_artifact_is_refused_with_what_failed(champion_and_candidate, tmp_path, damage, problem):
     champion, candidate = champion_and_candidate
     damaged = damage(artifact_dir(tmp_path, "c2"), Path(candidate.artifact_path)) or candidate
@@ -149,14 +167,16 @@ def test_the_gates_automatic_promotion_is_refused_for_a_damaged_candidate(champi
     champion, candidate = champion_and_candidate
     _truncate(Path(candidate.artifact_path))
     with pytest.raises(ArtifactError):
-        candidate_deploy(version=candidate.version, champion=champion.version, reason="gate passed",
-                         policy=policy_active())
+        candidate_deploy(
+            version=candidate.version, champion=champion.version, reason="gate passed", policy=policy_active()
+        )
     _assert_refused(champion, candidate, "promote")
 
 
 @pytest.mark.django_db
 def test_a_damaged_challenger_is_not_started_and_a_canary_damaged_later_neither_advances_nor_is_promoted(
-        champion_and_candidate, tmp_path):
+    champion_and_candidate, tmp_path
+):
     champion, candidate = champion_and_candidate
     data = ChallengerInput(version=candidate.version, mode="canary", steps=(10, 50, 100))
     original = Path(candidate.artifact_path).read_bytes()

@@ -9,7 +9,6 @@ from django.middleware.common import CommonMiddleware
 from rest_framework.test import APIClient
 
 from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
-from recommendations.services.api_keys import api_key_create
 
 pytestmark = pytest.mark.django_db
 
@@ -49,6 +48,7 @@ def assert_refused(response, status: int = 400) -> dict:
 
 # --- Numbers ------------------------------------------------------------------------------------------------------
 
+
 def test_a_value_of_four_hundred_digits_is_a_400(ingest_client):
     raw = json.dumps(event(event_type="rating")).replace('"view"', '"rating"')[:-1] + ', "value": ' + "9" * 400 + "}"
     assert_refused(post_raw(ingest_client, raw))
@@ -65,6 +65,7 @@ def test_an_integer_beyond_64_bits_in_the_context_is_a_400(ingest_client):
 
 
 # --- NUL characters -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "body",
@@ -109,6 +110,7 @@ def test_a_nul_in_a_header_is_a_400(db):
 
 
 # --- Nesting and size ---------------------------------------------------------------------------------------------
+
 
 def test_a_context_nested_a_thousand_deep_is_a_400(ingest_client):
     raw = json.dumps(event())[:-1] + ', "context": ' + '{"a": ' * 1000 + "1" + "}" * 1000 + "}"
@@ -175,6 +177,7 @@ def test_more_than_32_categories_is_a_400(ingest_client):
 
 # --- Timestamps ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "timestamp",
     ["0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00"],
@@ -189,6 +192,7 @@ def test_an_event_at_the_1970_floor_is_accepted(ingest_client):
 
 
 # --- The error shape for parse errors, 415 and unknown paths ----------------------------------------------------
+
 
 def test_a_parse_error_has_the_errors_list(ingest_client):
     body = assert_refused(post_raw(ingest_client, "{"))
@@ -214,8 +218,10 @@ def test_a_missing_api_key_is_a_json_401_in_the_same_shape(db):
 
 # --- What still escapes -------------------------------------------------------------------------------------------
 
-def test_an_unexpected_error_in_a_view_is_a_json_500_with_a_request_id_and_no_detail(ingest_client, monkeypatch,
-                                                                                       caplog):
+
+def test_an_unexpected_error_in_a_view_is_a_json_500_with_a_request_id_and_no_detail(
+    ingest_client, monkeypatch, caplog
+):
     def broken(**kwargs):
         raise RuntimeError("secret internal detail")
 

@@ -56,7 +56,8 @@ def distinct_users(external_id: str) -> int:
 
 
 def test_a_thousand_views_by_one_user_do_not_lead_the_cold_start_list_over_an_item_with_more_users(
-        catalogue, ingest_client, serve_client):
+    catalogue, ingest_client, serve_client
+):
     post_events(ingest_client, [view(f"fan-{n}", "i1") for n in range(5)])
     post_events(ingest_client, [view("fan-0", "i2")] * 2)
     post_events(ingest_client, [view("bot", "i3", minutes_ago=60 - n / 100) for n in range(1000)])
@@ -118,7 +119,8 @@ def test_concurrent_batches_of_one_user_on_one_item_count_the_user_once():
 
 
 def test_an_item_named_only_by_an_event_is_not_served_until_the_catalogue_defines_it(
-        catalogue, ingest_client, serve_client):
+    catalogue, ingest_client, serve_client
+):
     fans = [view(f"fan-{n}", "undefined") for n in range(10)]
     post_events(ingest_client, [*fans, view("fan-0", "i1"), view("fan-1", "i2")])
     stored = Item.objects.get(external_id="undefined")
@@ -126,8 +128,12 @@ def test_an_item_named_only_by_an_event_is_not_served_until_the_catalogue_define
     assert "undefined" not in {item["item_id"] for item in cold_start_list(serve_client)}
     similar = serve_client.get("/api/v1/items/i1/similar", {"k": 10}).json()["items"]
     assert similar and "undefined" not in {item["item_id"] for item in similar}
-    assert ingest_client.put("/api/v1/items/undefined", {"title": "Now defined", "categories": ["drama"]},
-                             format="json").status_code == 200
+    assert (
+        ingest_client.put(
+            "/api/v1/items/undefined", {"title": "Now defined", "categories": ["drama"]}, format="json"
+        ).status_code
+        == 200
+    )
     assert cold_start_list(serve_client)[0]["item_id"] == "undefined"
     assert serve_client.get("/api/v1/items/i1/similar", {"k": 10}).json()["items"][0]["item_id"] == "undefined"
 

@@ -8,8 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -22,8 +21,8 @@ from retraining.models import TrainingRun
 from retraining.services.policy import policy_active
 from retraining.services.runs import TRAINING_QUEUE, training_runs_reconcile
 from retraining.services.triggers import triggers_check
-from tests.support.processes import wait_until
 from tests.retraining.factories import dataset_store, learnable_dataset
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 FAST_SECONDS = 3.0
@@ -41,8 +40,22 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         wait_until(self._answers, 10, 0.05, "the private redis-server")
 
     def kill(self) -> None:
@@ -88,7 +101,8 @@ def _in_flight() -> list[TrainingRun]:
 
 
 def test_retrain_with_the_broker_down_answers_a_json_503_at_once_and_the_next_after_it_returns_is_accepted(
-        broker, admin_client_api):
+    broker, admin_client_api
+):
     admin_client_api.get("/api/v1/training-runs")  # the process's first request warms up (imports, the runtime)
     broker.kill()
     started = time.monotonic()
@@ -131,7 +145,7 @@ def test_a_trigger_that_fires_with_the_broker_down_records_why_and_leaves_nothin
     policy.volume_min_events = 1
     policy.save()
     broker.kill()
-    evaluation = triggers_check(now=datetime(2030, 1, 1, tzinfo=dt_timezone.utc))
+    evaluation = triggers_check(now=datetime(2030, 1, 1, tzinfo=UTC))
     assert evaluation.fired == "volume" and "broker is unavailable" in evaluation.action
     assert _in_flight() == []
 

@@ -29,8 +29,9 @@ def _register_precompiled(tmp_path, marker: str, seed: int) -> tuple[ModelVersio
     """As a training run registers a version (retraining.services.pipeline.candidate_register)."""
     folder = artifact_dir(tmp_path, marker, seed=seed)
     compiled = loading.ranker_precompile(folder)
-    version = model_version_register(artifact_dir=folder, data=VersionInput({}, {}, {}, {}, {"marker": marker},
-                                                                            compiled_checksums=compiled))
+    version = model_version_register(
+        artifact_dir=folder, data=VersionInput({}, {}, {}, {}, {"marker": marker}, compiled_checksums=compiled)
+    )
     return version, lgb.Booster(model_file=str(folder / ranking.RANKER_FILE))
 
 
@@ -46,8 +47,9 @@ def test_registration_records_the_compiled_rankers_checksum_in_the_database(comp
     assert not list(loading.ranker_cache_dir().glob("*.sha256")), "no sidecar is written or trusted"
 
 
-def test_another_versions_object_code_copied_over_is_detected_and_the_right_scores_served(compiled_store, tmp_path,
-                                                                                          caplog):
+def test_another_versions_object_code_copied_over_is_detected_and_the_right_scores_served(
+    compiled_store, tmp_path, caplog
+):
     first, first_booster = _register_precompiled(tmp_path, "a", seed=1)
     second, second_booster = _register_precompiled(tmp_path, "b", seed=2)
     probe = _probe()
@@ -67,8 +69,9 @@ def test_another_versions_object_code_copied_over_is_detected_and_the_right_scor
     assert second.compiled_checksums == {second_key: replaced}, "the recorded checksum is not overwritten"
 
 
-def test_an_untrusted_cached_object_is_compiled_again_and_the_first_trusted_compile_is_recorded(compiled_store,
-                                                                                                tmp_path):
+def test_an_untrusted_cached_object_is_compiled_again_and_the_first_trusted_compile_is_recorded(
+    compiled_store, tmp_path
+):
     first, _ = _register_precompiled(tmp_path, "a", seed=1)
     folder = artifact_dir(tmp_path, "c", seed=2)
     version = model_version_register(artifact_dir=folder, data=VersionInput({}, {}, {}, {}, {}))  # no checksum

@@ -60,8 +60,7 @@ def test_an_event_posted_during_an_outage_gets_a_json_503_and_succeeds_once_the_
     assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201
 
 
-def test_an_api_key_that_cannot_be_checked_during_an_outage_gets_a_503_not_a_401(ingest_client, database_down,
-                                                                                 runtime):
+def test_an_api_key_that_cannot_be_checked_during_an_outage_gets_a_503_not_a_401(ingest_client, database_down, runtime):
     runtime.verified_keys.clear()
     database_down()
     assert_database_unavailable(ingest_client.post("/api/v1/events", EVENT, format="json"))
@@ -78,8 +77,9 @@ def test_an_api_key_that_cannot_be_checked_during_an_outage_gets_a_503_not_a_401
         ("get", "/api/v1/deployments", None),
     ],
 )
-def test_every_kind_of_endpoint_answers_a_json_503_during_an_outage(admin_client_api, database_down, method, path,
-                                                                    body):
+def test_every_kind_of_endpoint_answers_a_json_503_during_an_outage(
+    admin_client_api, database_down, method, path, body
+):
     admin_client_api.get("/api/v1/models")  # the key is verified and cached: the view itself meets the outage
     database_down()
     assert_database_unavailable(getattr(admin_client_api, method)(path, body, format="json"))
@@ -87,8 +87,9 @@ def test_every_kind_of_endpoint_answers_a_json_503_during_an_outage(admin_client
     assert not Item.objects.exists()
 
 
-def test_a_request_on_a_connection_the_database_terminated_gets_a_503_and_the_next_one_reconnects(ingest_client,
-                                                                                                 transactional_db):
+def test_a_request_on_a_connection_the_database_terminated_gets_a_503_and_the_next_one_reconnects(
+    ingest_client, transactional_db
+):
     assert ingest_client.post("/api/v1/events", EVENT, format="json").status_code == 201  # the key is cached now
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.processes import wait_until
 from tests.reliability.ledger import NO_ANSWER, IngestLoad, Ledger, http_json
 from tests.reliability.servers import PrivatePostgres, gunicorn_running, postgres_copy
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.reliability
 LOAD_BEFORE_S = 2.0  # ingest load before the fault, so that requests are in flight when it strikes
@@ -54,9 +54,18 @@ def outage_under_load(web, server: PrivatePostgres, key: str, mode: str) -> Outa
     with IngestLoad(web.base, key, ledger) as load:
         down, up = database_down_and_back(server, load, mode)
         time.sleep(LOAD_AFTER_S)
-    return Outage(mode=mode, server=server, ledger=ledger, load=load, down=down, up=up,
-                  recovered_s=load.first_success_after(up) - up, workers_before=workers,
-                  workers_after=web.worker_pids, health_after=http_json(f"{web.base}/api/v1/health")[0])
+    return Outage(
+        mode=mode,
+        server=server,
+        ledger=ledger,
+        load=load,
+        down=down,
+        up=up,
+        recovered_s=load.first_success_after(up) - up,
+        workers_before=workers,
+        workers_after=web.worker_pids,
+        health_after=http_json(f"{web.base}/api/v1/health")[0],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +84,11 @@ def outage(request, web_on_private_postgres):
     with server.cursor() as cursor:
         report = happened.ledger.report(cursor)
     failed = happened.load.failures_between(happened.down, happened.up + happened.recovered_s)
-    print(f"\npostgres {happened.mode}: {report}; {len(failed)} failed attempts while down "
-          f"({happened.up - happened.down:.1f}s); first acknowledged batch {happened.recovered_s:.2f}s after "
-          f"the server was back; {len(happened.load.attempts)} attempts in all")
+    print(
+        f"\npostgres {happened.mode}: {report}; {len(failed)} failed attempts while down "
+        f"({happened.up - happened.down:.1f}s); first acknowledged batch {happened.recovered_s:.2f}s after "
+        f"the server was back; {len(happened.load.attempts)} attempts in all"
+    )
     return happened
 
 
@@ -152,7 +163,9 @@ def test_repeated_crashes_under_heavier_load_lose_no_acknowledged_event(private_
     with private_postgres.cursor() as cursor:
         report = ledger.report(cursor)
         ledger.assert_features_add_up(cursor)
-    print(f"\n{SOAK_CRASHES} postgres crashes in {time.monotonic() - started:.0f}s: {report}; first acknowledged "
-          f"batch after each restart: {', '.join(f'{seconds:.2f}s' for seconds in recoveries)}")
+    print(
+        f"\n{SOAK_CRASHES} postgres crashes in {time.monotonic() - started:.0f}s: {report}; first acknowledged "
+        f"batch after each restart: {', '.join(f'{seconds:.2f}s' for seconds in recoveries)}"
+    )
     assert report.duplicates == 0 and report.abandoned == 0 and not ledger.wrong_answers
     assert not load.client_errors() and web.worker_pids == workers

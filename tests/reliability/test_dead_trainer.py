@@ -6,27 +6,27 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import lightgbm
 import numpy as np
 import pytest
-from django_celery_beat.models import PeriodicTask
 from django.conf import settings as django_settings
 from django.utils import timezone as django_timezone
+from django_celery_beat.models import PeriodicTask
 
 from recsite.celery import app
 from registry.models import ModelVersion
 from retraining.models import TrainingRun
 from retraining.services import pipeline
-from retraining.services.schedule import periodic_tasks_setup
 from retraining.services.runs import TRAINING_TASK, training_run_claim, training_run_fail, training_run_request
+from retraining.services.schedule import periodic_tasks_setup
 from retraining.tasks import training_run_process_task
-from tests.support.processes import start_process, stop_process, wait_until
 from tests.retraining.factories import dataset_store, learnable_dataset
+from tests.support.processes import start_process, stop_process, wait_until
 
-CUTOFF = datetime(2025, 6, 1, tzinfo=timezone.utc)
+CUTOFF = datetime(2025, 6, 1, tzinfo=UTC)
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 
@@ -109,8 +109,26 @@ def test_the_heartbeat_keeps_beating_through_a_long_lightgbm_native_call(setting
 
 # --- Real worker processes, no beat -----------------------------------------------------------------------
 def _worker(queue: str, log: Path, **env):
-    process = start_process([CELERY, "-A", "recsite", "worker", "-Q", queue, "-c", "1", "--loglevel", "INFO",
-                             "--without-gossip", "--without-mingle", "-n", f"{queue}-{os.getpid()}@%h"], log, **env)
+    process = start_process(
+        [
+            CELERY,
+            "-A",
+            "recsite",
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"{queue}-{os.getpid()}@%h",
+        ],
+        log,
+        **env,
+    )
     wait_until(lambda: b"ready" in log.read_bytes() or process.poll() is not None, 60, 0.1, f"the {queue} worker")
     assert process.poll() is None, log.read_text()
     return process

@@ -11,13 +11,25 @@ import sys
 from tests.support.processes import REPO
 
 STRONG_KEY = "k3y-only-for-this-test-" + "x7Qm2Rv9Lp4Zt8Wn5Bc1Hd6Jf0Gs3Ya" * 2
-SETTINGS_SHOWN = ["DEBUG", "DEPLOYMENT", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SESSION_COOKIE_SECURE",
-                  "CSRF_COOKIE_SECURE", "SECURE_PROXY_SSL_HEADER", "AXES_FAILURE_LIMIT", "AXES_COOLOFF_TIME"]
+SETTINGS_SHOWN = [
+    "DEBUG",
+    "DEPLOYMENT",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+    "SECURE_PROXY_SSL_HEADER",
+    "AXES_FAILURE_LIMIT",
+    "AXES_COOLOFF_TIME",
+]
 
 
 def service_env(tmp_path, **extra) -> dict:
-    env = {name: value for name, value in os.environ.items()
-           if name not in ("SECRET_KEY", "DEBUG", "DEPLOYMENT") and not name.startswith(("SECURE_", "AXES_"))}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("SECRET_KEY", "DEBUG", "DEPLOYMENT") and not name.startswith(("SECURE_", "AXES_"))
+    }
     return {**env, "DJANGO_SETTINGS_MODULE": "recsite.settings", "RECSITE_VAR_DIR": str(tmp_path), **extra}
 
 
@@ -26,8 +38,10 @@ def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 def settings_in(tmp_path, **extra) -> dict:
-    script = ("import django, json; django.setup(); from django.conf import settings; "
-              f"print(json.dumps({{name: getattr(settings, name, None) for name in {SETTINGS_SHOWN!r}}}, default=str))")
+    script = (
+        "import django, json; django.setup(); from django.conf import settings; "
+        f"print(json.dumps({{name: getattr(settings, name, None) for name in {SETTINGS_SHOWN!r}}}, default=str))"
+    )
     done = run([sys.executable, "-c", script], service_env(tmp_path, **extra))
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
@@ -58,8 +72,10 @@ def test_the_production_settings_pass_the_deployment_checklist(tmp_path):
 
 
 def test_the_local_defaults_fail_the_deployment_checklist_on_https_settings(tmp_path):
-    done = run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-               service_env(tmp_path, SECRET_KEY=STRONG_KEY))
+    done = run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        service_env(tmp_path, SECRET_KEY=STRONG_KEY),
+    )
     assert done.returncode != 0
     for warning in ["W004", "W008", "W012", "W016"]:
         assert f"security.{warning}" in done.stderr
@@ -70,8 +86,9 @@ def test_the_local_defaults_keep_plain_http_working_and_production_turns_https_o
     local = settings_in(tmp_path, SECRET_KEY=STRONG_KEY)
     assert local["DEPLOYMENT"] == "local" and local["SECURE_HSTS_SECONDS"] == 0
     assert not (local["SECURE_SSL_REDIRECT"] or local["SESSION_COOKIE_SECURE"] or local["CSRF_COOKIE_SECURE"])
-    production = settings_in(tmp_path, SECRET_KEY=STRONG_KEY, DEPLOYMENT="production", SECURE_SSL_REDIRECT="false",
-                             BEHIND_TLS_PROXY="true")
+    production = settings_in(
+        tmp_path, SECRET_KEY=STRONG_KEY, DEPLOYMENT="production", SECURE_SSL_REDIRECT="false", BEHIND_TLS_PROXY="true"
+    )
     assert production["SECURE_HSTS_SECONDS"] >= 3600 and production["SESSION_COOKIE_SECURE"]
     assert production["CSRF_COOKIE_SECURE"] and production["SECURE_SSL_REDIRECT"] is False  # each one overridable
     assert production["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]

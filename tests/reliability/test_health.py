@@ -55,9 +55,15 @@ def test_a_process_still_serving_the_previous_champion_is_degraded_but_stays_in_
     _damage(second)
     response = api_client.get(URL)
     assert response.status_code == 200
-    assert response.json() == {"status": "degraded", "database": "ok", "model": {
-        "serving_version": first.version, "expected_version": second.version,
-        "error": f"v{second.version} could not be loaded: its artifact fails verification"}}
+    assert response.json() == {
+        "status": "degraded",
+        "database": "ok",
+        "model": {
+            "serving_version": first.version,
+            "expected_version": second.version,
+            "error": f"v{second.version} could not be loaded: its artifact fails verification",
+        },
+    }
 
 
 def _closed_port() -> int:
@@ -68,8 +74,9 @@ def _closed_port() -> int:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif("connection.vendor != 'postgresql'", reason="a database server to be unreachable")
-def test_with_the_database_down_health_is_unavailable_with_a_fixed_message_and_no_connection_details(api_client,
-                                                                                                      caplog):
+def test_with_the_database_down_health_is_unavailable_with_a_fixed_message_and_no_connection_details(
+    api_client, caplog
+):
     port, saved = _closed_port(), dict(connection.settings_dict)
     connection.close()
     connection.settings_dict.update(HOST="127.0.0.1", PORT=str(port))
@@ -80,7 +87,10 @@ def test_with_the_database_down_health_is_unavailable_with_a_fixed_message_and_n
         connection.settings_dict.clear()
         connection.settings_dict.update(saved)
     assert response.status_code == 503 and response["Content-Type"] == "application/json"
-    assert response.json() == {"status": "unavailable", "database": "unreachable",
-                               "message": "The database is unreachable."}
+    assert response.json() == {
+        "status": "unavailable",
+        "database": "unreachable",
+        "message": "The database is unreachable.",
+    }
     assert str(port) not in response.content.decode() and "127.0.0.1" not in response.content.decode()
     assert any(str(port) in record.exc_text for record in caplog.records if record.exc_text), "details go to the log"

@@ -15,8 +15,12 @@ pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
 
 def ingest(events: list[dict]) -> None:
-    event_ingest(events=[EventInput(**{**event, "event_id": uuid.UUID(event["event_id"]), "timestamp": timezone.now()})
-                         for event in events])
+    event_ingest(
+        events=[
+            EventInput(**{**event, "event_id": uuid.UUID(event["event_id"]), "timestamp": timezone.now()})
+            for event in events
+        ]
+    )
 
 
 def test_the_ledger_counts_what_was_acknowledged_and_stored():

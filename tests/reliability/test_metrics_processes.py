@@ -46,8 +46,12 @@ def get(url: str, **headers) -> tuple[int, bytes]:
 
 
 def samples_of(text: bytes, name: str) -> list:
-    return [sample for family in text_string_to_metric_families(text.decode()) for sample in family.samples
-            if sample.name == name]
+    return [
+        sample
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 @pytest.fixture
@@ -55,12 +59,17 @@ def web(tmp_path):
     port = port_in_range()
     log = tmp_path / "web.log"
     process = start_process(
-        [str(BIN / "gunicorn"), "recsite.wsgi:application", "--workers", "2", "--bind", f"127.0.0.1:{port}"], log,
-        DEBUG="false", METRICS_TOKEN=TOKEN, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+        [str(BIN / "gunicorn"), "recsite.wsgi:application", "--workers", "2", "--bind", f"127.0.0.1:{port}"],
+        log,
+        DEBUG="false",
+        METRICS_TOKEN=TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: get(f"{base}/api/v1/health")[0] == 200 or process.poll() is not None, 120,
-                   message="gunicorn")
+        wait_until(
+            lambda: get(f"{base}/api/v1/health")[0] == 200 or process.poll() is not None, 120, message="gunicorn"
+        )
         assert process.poll() is None, log.read_text()
         yield base, process
     finally:
@@ -83,9 +92,12 @@ def test_two_gunicorn_workers_add_up_in_every_scrape_and_a_dead_workers_gauges_g
     _, key = api_key_create(name="metrics", scopes=["ingest"])
     for n in range(12):  # one connection each, so the kernel hands them to both workers
         body = json.dumps({"user_id": f"u{n}", "item_id": "i1", "event_type": "view", "event_id": str(uuid.uuid4())})
-        request = urllib.request.Request(f"{base}/api/v1/events", data=body.encode(), method="POST",
-                                         headers={"Authorization": f"Api-Key {key}",
-                                                  "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base}/api/v1/events",
+            data=body.encode(),
+            method="POST",
+            headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 201
     pids = worker_pids(master.pid)
@@ -117,9 +129,26 @@ def test_a_celery_worker_serves_its_pools_metrics_on_its_port(tmp_path):
     log = tmp_path / "worker.log"
     queue = f"metrics-{port}"  # its own queue: the session's worker on `default` must not take the task
     process = start_process(
-        [str(BIN / "celery"), "-A", "recsite", "worker", "--loglevel", "INFO", "--queues", queue,
-         "--concurrency", "1", "--hostname", f"metrics-{port}@%h", "--without-gossip", "--without-mingle"],
-        log, CELERY_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+        [
+            str(BIN / "celery"),
+            "-A",
+            "recsite",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--queues",
+            queue,
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"metrics-{port}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        log,
+        CELERY_METRICS_PORT=str(port),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         wait_until(lambda: b"ready" in log.read_bytes() or process.poll() is not None, 60, message="the worker")
@@ -129,8 +158,10 @@ def test_a_celery_worker_serves_its_pools_metrics_on_its_port(tmp_path):
         def succeeded() -> float:
             status, text = get(url)
             return status == 200 and sum(
-                s.value for s in samples_of(text, "recsite_celery_tasks_total")
-                if s.labels == {"task": "retraining.reconcile_runs", "outcome": "success"})
+                s.value
+                for s in samples_of(text, "recsite_celery_tasks_total")
+                if s.labels == {"task": "retraining.reconcile_runs", "outcome": "success"}
+            )
 
         assert wait_until(succeeded, 60, message="the task counted on the worker's port") == 1
         assert samples_of(get(url)[1], "recsite_celery_task_duration_seconds_count")

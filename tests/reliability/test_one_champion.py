@@ -2,6 +2,7 @@
 winner, an audit trail whose `from_version` is the true previous champion, and at most one active version —
 the last enforced by the database itself."""
 
+import itertools
 import random
 import threading
 from functools import partial
@@ -15,7 +16,6 @@ from registry.services import model_version_promote, model_version_rollback
 from retraining.services.policy import policy_active
 from retraining.services.rollout import candidate_deploy
 from tests.registry.factories import registered_version
-import itertools
 
 ROUNDS = 60
 pytestmark = [
@@ -45,8 +45,10 @@ def _flips(current: int, first: int, second: int, round_number: int) -> list:
         partial(candidate_deploy, version=second, champion=current, reason="gate", policy=policy_active()),
         partial(model_version_promote, version=second, actor="op", expected_current=current),
     ]
-    return [partial(model_version_promote, version=first, actor="op", expected_current=current),
-            others[round_number % len(others)]]
+    return [
+        partial(model_version_promote, version=first, actor="op", expected_current=current),
+        others[round_number % len(others)],
+    ]
 
 
 def _race(calls: list) -> list:
@@ -79,8 +81,7 @@ def _assert_one_champion(previous: int) -> DeploymentChange:
     return change
 
 
-def test_of_two_concurrent_flips_from_one_champion_exactly_one_wins_and_the_audit_names_the_true_predecessor(
-        versions):
+def test_of_two_concurrent_flips_from_one_champion_exactly_one_wins_and_the_audit_names_the_true_predecessor(versions):
     rng = random.Random(7)
     for round_number in range(ROUNDS):
         current = _champion()

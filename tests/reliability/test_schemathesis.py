@@ -48,7 +48,12 @@ def admin_headers(db):
 
 @schema.parametrize()
 # Derandomized: CI explores the same inputs each run, so a red run is a regression, not a lucky draw.
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck),
-          derandomize=True, database=None)
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
 def test_no_generated_request_gets_a_server_error_or_an_undocumented_answer(case, two_versions, admin_headers):
     case.call_and_validate(headers=admin_headers, checks=CHECKS)

@@ -34,8 +34,9 @@ def test_a_request_that_waited_too_long_for_a_thread_gets_a_503_with_retry_after
     ingest_client, settings
 ):
     settings.SHED_QUEUE_SECONDS = 0.5
-    response = ingest_client.post(EVENTS, event_body(str(uuid.uuid4())), format="json",
-                                  **{QUEUED_AT: time.monotonic() - 0.6})
+    response = ingest_client.post(
+        EVENTS, event_body(str(uuid.uuid4())), format="json", **{QUEUED_AT: time.monotonic() - 0.6}
+    )
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
     body = response.json()
@@ -46,8 +47,9 @@ def test_a_request_that_waited_too_long_for_a_thread_gets_a_503_with_retry_after
 @pytest.mark.django_db
 def test_a_request_that_waited_less_than_the_bound_is_served(ingest_client, settings):
     settings.SHED_QUEUE_SECONDS = 0.5
-    response = ingest_client.post(EVENTS, event_body(str(uuid.uuid4())), format="json",
-                                  **{QUEUED_AT: time.monotonic() - 0.4})
+    response = ingest_client.post(
+        EVENTS, event_body(str(uuid.uuid4())), format="json", **{QUEUED_AT: time.monotonic() - 0.4}
+    )
     assert response.status_code == 201
 
 
@@ -61,8 +63,9 @@ def test_health_checks_and_requests_without_a_queued_time_are_never_shed(ingest_
 @pytest.mark.django_db
 def test_a_zero_bound_turns_shedding_off(ingest_client, settings):
     settings.SHED_QUEUE_SECONDS = 0
-    response = ingest_client.post(EVENTS, event_body(str(uuid.uuid4())), format="json",
-                                  **{QUEUED_AT: time.monotonic() - 60})
+    response = ingest_client.post(
+        EVENTS, event_body(str(uuid.uuid4())), format="json", **{QUEUED_AT: time.monotonic() - 60}
+    )
     assert response.status_code == 201
 
 
@@ -88,8 +91,12 @@ def procfile_web_command() -> list[str]:
 def request_json(port: int, method: str, path: str, body=None, key: str = "", connection=None):
     """(status, headers, body) of one request; `connection` is reused (keep-alive) when given."""
     connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request(method, path, json.dumps(body) if body is not None else None,
-                       {"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
+    connection.request(
+        method,
+        path,
+        json.dumps(body) if body is not None else None,
+        {"Authorization": f"Api-Key {key}", "Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     return response.status, response, json.loads(response.read() or b"null")
 
@@ -98,8 +105,9 @@ def request_json(port: int, method: str, path: str, body=None, key: str = "", co
 def procfile_server(tmp_path):
     port = free_port()
     log = tmp_path / "web.log"
-    process = start_process(procfile_web_command(), log, PORT=str(port), SHED_QUEUE_SECONDS=str(SHED_QUEUE_SECONDS),
-                            DEBUG="false")
+    process = start_process(
+        procfile_web_command(), log, PORT=str(port), SHED_QUEUE_SECONDS=str(SHED_QUEUE_SECONDS), DEBUG="false"
+    )
     try:
         wait_until(lambda: _healthy(port) or process.poll() is not None, 120, message="gunicorn")
         assert process.poll() is None, log.read_text()
@@ -131,10 +139,18 @@ def burst(port: int, key: str, *, connections: int, seconds: float) -> list[tupl
             began = time.monotonic()
             try:
                 connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                status, response, body = request_json(port, "POST", EVENTS, event_body(event_id, f"u{n}"), key,
-                                                      connection)
-                mine.append((status, time.monotonic() - began, response.getheader("Retry-After"),
-                             (body or {}).get("error"), event_id))
+                status, response, body = request_json(
+                    port, "POST", EVENTS, event_body(event_id, f"u{n}"), key, connection
+                )
+                mine.append(
+                    (
+                        status,
+                        time.monotonic() - began,
+                        response.getheader("Retry-After"),
+                        (body or {}).get("error"),
+                        event_id,
+                    )
+                )
                 if response.getheader("Connection", "").lower() == "close":
                     connection.close()
                     connection = None
@@ -179,7 +195,11 @@ def test_a_saturating_burst_is_shed_with_retry_after_answered_requests_stay_fast
 
     acknowledged = [event_id for status, *_, event_id in results if status == 201]
     refused = [event_id for status, *_, event_id in results if status == 503]
-    stored = Counter(str(event_id) for event_id in Interaction.objects.filter(
-        event_id__in=acknowledged + refused).values_list("event_id", flat=True))
+    stored = Counter(
+        str(event_id)
+        for event_id in Interaction.objects.filter(event_id__in=acknowledged + refused).values_list(
+            "event_id", flat=True
+        )
+    )
     assert all(stored[event_id] == 1 for event_id in acknowledged)
     assert not any(stored[event_id] for event_id in refused)

@@ -23,8 +23,10 @@ EVENTS = "/api/v1/events"
 @pytest.fixture
 def rates(settings):
     def set_rates(**scoped):
-        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
-                                   "DEFAULT_THROTTLE_RATES": {**settings.THROTTLE_RATE_DEFAULTS, **scoped}}
+        settings.REST_FRAMEWORK = {
+            **settings.REST_FRAMEWORK,
+            "DEFAULT_THROTTLE_RATES": {**settings.THROTTLE_RATE_DEFAULTS, **scoped},
+        }
 
     return set_rates
 
@@ -43,8 +45,9 @@ def unique_address() -> str:
 
 
 def post_event(api: APIClient):
-    return api.post(EVENTS, {"event_id": str(uuid.uuid4()), "user_id": "u", "item_id": "i", "event_type": "view"},
-                    format="json")
+    return api.post(
+        EVENTS, {"event_id": str(uuid.uuid4()), "user_id": "u", "item_id": "i", "event_type": "view"}, format="json"
+    )
 
 
 def assert_throttled(response):
@@ -125,8 +128,9 @@ def test_behind_a_proxy_failures_are_counted_per_forwarded_address(rates, settin
     proxy = unique_address()
 
     def guess(client_address):
-        return APIClient(REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR=client_address,
-                         HTTP_AUTHORIZATION="Api-Key abcdefgh.notarealsecret").post(EVENTS, {}, format="json")
+        return APIClient(
+            REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR=client_address, HTTP_AUTHORIZATION="Api-Key abcdefgh.notarealsecret"
+        ).post(EVENTS, {}, format="json")
 
     first, second = unique_address(), unique_address()
     assert [guess(first).status_code for _ in range(3)] == [401, 401, 429]
@@ -138,8 +142,11 @@ def test_without_proxies_a_forged_forwarded_address_does_not_escape_the_limit(ra
     address = unique_address()
 
     def guess():
-        return APIClient(REMOTE_ADDR=address, HTTP_X_FORWARDED_FOR=unique_address(),
-                         HTTP_AUTHORIZATION="Api-Key abcdefgh.notarealsecret").post(EVENTS, {}, format="json")
+        return APIClient(
+            REMOTE_ADDR=address,
+            HTTP_X_FORWARDED_FOR=unique_address(),
+            HTTP_AUTHORIZATION="Api-Key abcdefgh.notarealsecret",
+        ).post(EVENTS, {}, format="json")
 
     assert [guess().status_code for _ in range(3)] == [401, 401, 429]
 
@@ -151,9 +158,13 @@ def closed_port() -> int:
 
 
 def redis_cache_at(settings, port: int) -> None:
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": f"redis://127.0.0.1:{port}/0",
-                                   "OPTIONS": {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.25, "socket_timeout": 0.25},
+        }
+    }
 
 
 def test_when_the_cache_is_down_requests_are_let_through_and_the_outage_is_logged_once(rates, settings, caplog):

@@ -11,11 +11,11 @@ import pytest
 
 from recommendations.services.api_keys import api_key_create
 from registry.services import model_version_promote
-from tests.support.processes import test_database_url as the_test_database_url  # not collected as a test
-from tests.support.processes import wait_until
-from tests.support.object_store import s3_server
 from tests.recommendations.factories import store_history, train_and_register
 from tests.reliability.ledger import http_json
+from tests.support.object_store import s3_server
+from tests.support.processes import test_database_url as the_test_database_url  # not collected as a test
+from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 KNOWN_USER = "user-3"  # in store_history's data
@@ -56,9 +56,14 @@ def test_a_version_promoted_through_one_host_is_served_by_both_from_the_shared_s
     first, second = two_versions
     _, key = api_key_create(name="two-hosts", scopes=["admin"])
     hosts = [
-        start_gunicorn(database_url=the_test_database_url(), redis_url=os.environ.get("REDIS_URL"),
-                       MODEL_STORE=str(tmp_path / name), MODEL_POLL_SECONDS=str(POLL_SECONDS),
-                       RANKER_COMPILED="false", **s3.environment())
+        start_gunicorn(
+            database_url=the_test_database_url(),
+            redis_url=os.environ.get("REDIS_URL"),
+            MODEL_STORE=str(tmp_path / name),
+            MODEL_POLL_SECONDS=str(POLL_SECONDS),
+            RANKER_COMPILED="false",
+            **s3.environment(),
+        )
         for name in ("host-a", "host-b")
     ]
     wait_until(partial(_served_by_every_worker, hosts, key, first.version), 60, message=f"v{first.version} served")
@@ -66,10 +71,16 @@ def test_a_version_promoted_through_one_host_is_served_by_both_from_the_shared_s
     status, body = http_json(f"{hosts[0].base}/api/v1/models/{second.version}/promote", key, "POST", {})
     promoted = time.monotonic()
     assert status == 200, body
-    wait_until(partial(_served_by_every_worker, hosts, key, second.version), POLL_SECONDS + LOAD_ALLOWANCE_SECONDS,
-               interval=0.1, message=f"v{second.version} served by both hosts")
-    print(f"\nboth hosts served v{second.version} {time.monotonic() - promoted:.2f} s after the promotion "
-          f"(poll interval {POLL_SECONDS} s)")
+    wait_until(
+        partial(_served_by_every_worker, hosts, key, second.version),
+        POLL_SECONDS + LOAD_ALLOWANCE_SECONDS,
+        interval=0.1,
+        message=f"v{second.version} served by both hosts",
+    )
+    print(
+        f"\nboth hosts served v{second.version} {time.monotonic() - promoted:.2f} s after the promotion "
+        f"(poll interval {POLL_SECONDS} s)"
+    )
     for name in ("host-a", "host-b"):
         cached = sorted(p.name for p in (tmp_path / name / "cache").glob("*.tar"))
         assert cached == sorted({f"{first.artifact_sha256}.tar", f"{second.artifact_sha256}.tar"}), name

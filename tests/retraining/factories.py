@@ -4,14 +4,14 @@ database through the models."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
 from recommendations.models import EndUser, Interaction, Item
 from retraining.ml.events import EVENT_TYPES, EventLog
 
-START = datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp()
+START = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
 DAY = 86400.0
 
 
@@ -31,8 +31,9 @@ class RawDataset:
     events: list[RawEvent]
 
 
-def learnable_dataset(*, users: int = 160, items: int = 120, per_user: int = 30, seed: int = 0,
-                      genres: int = 6) -> RawDataset:
+def learnable_dataset(
+    *, users: int = 160, items: int = 120, per_user: int = 30, seed: int = 0, genres: int = 6
+) -> RawDataset:
     """Users with one favourite genre, items with one genre and a popularity. A user mostly picks items of
     the favourite genre and rates them high; other picks are rated low. Popularity alone cannot tell users
     apart; the ranker (genre affinity, collaborative score) can."""
@@ -94,7 +95,7 @@ def dataset_store(dataset: RawDataset) -> None:
                 item=items[e.item],
                 event_type=e.event_type,
                 value=e.value,
-                timestamp=datetime.fromtimestamp(e.ts, tz=timezone.utc),
+                timestamp=datetime.fromtimestamp(e.ts, tz=UTC),
             )
             for e in dataset.events
         ],

@@ -3,7 +3,7 @@ and definition lists with rounded numbers; no "X object (1)"; the experiment for
 version."""
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,15 +12,23 @@ from retraining.models import DriftReport, RunStatus, TrainingRun, TriggerEvalua
 from tests.registry.factories import registered_version
 
 pytestmark = pytest.mark.django_db
-CLOCK = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
+CLOCK = datetime(2026, 3, 4, 5, 6, tzinfo=UTC)
 
 
 def test_a_training_runs_gate_and_timings_read_without_raw_json(staff_client):
     run = TrainingRun.objects.create(
-        trigger="manual", status=RunStatus.REJECTED, in_flight=None, stage_timings={"train": 4.814395558000001},
+        trigger="manual",
+        status=RunStatus.REJECTED,
+        in_flight=None,
+        stage_timings={"train": 4.814395558000001},
         evidence={"events_since": 1200},
-        gate={"passed": False, "reasons": ["Δ below −0.01"], "failures": ["Δ below −0.01"],
-              "numbers": {"candidate": {"ndcg@10": 0.123456789}}})
+        gate={
+            "passed": False,
+            "reasons": ["Δ below −0.01"],
+            "failures": ["Δ below −0.01"],
+            "numbers": {"candidate": {"ndcg@10": 0.123456789}},
+        },
+    )
     html = staff_client.get(f"/admin/retraining/trainingrun/{run.pk}/change/").content.decode()
     assert "Refused" in html and "Δ below −0.01" in html and "\\u" not in html
     assert "0.1235" in html and "0.123456789" not in html
@@ -29,8 +37,9 @@ def test_a_training_runs_gate_and_timings_read_without_raw_json(staff_client):
 
 
 def test_a_trigger_evaluation_has_a_readable_name_and_its_results_as_a_list():
-    evaluation = TriggerEvaluation.objects.create(clock=CLOCK, fired="volume",
-                                                  results={"volume": {"verdict": "fire", "value": 0.333333333}})
+    evaluation = TriggerEvaluation.objects.create(
+        clock=CLOCK, fired="volume", results={"volume": {"verdict": "fire", "value": 0.333333333}}
+    )
     assert str(evaluation) == "trigger check at 2026-03-04 05:06: volume fired"
 
 
@@ -43,8 +52,14 @@ def test_a_trigger_evaluations_page_shows_its_results_rounded(staff_client):
 
 def test_a_drift_reports_extras_are_tables_with_rounded_numbers(staff_client):
     report = DriftReport.objects.create(
-        window_start=CLOCK, window_end=CLOCK, events_in_window=10, verdict="ok", drifted_share=0.1666666667,
-        duration_s=0.52345, extra_scores={"event_type_mix": {"psi": 0.0123456789, "verdict": "ok"}})
+        window_start=CLOCK,
+        window_end=CLOCK,
+        events_in_window=10,
+        verdict="ok",
+        drifted_share=0.1666666667,
+        duration_s=0.52345,
+        extra_scores={"event_type_mix": {"psi": 0.0123456789, "verdict": "ok"}},
+    )
     html = staff_client.get(f"/admin/retraining/driftreport/{report.pk}/change/").content.decode()
     assert "<dt>psi</dt><dd>0.0123</dd>" in html and "0.0123456789" not in html
     assert "0.1667" in html and "0.5 s" in html and "DriftReport object" not in html
@@ -59,8 +74,9 @@ def test_the_experiment_form_defaults_to_the_newest_candidate_never_a_rejected_v
 
 def test_an_experiments_canary_steps_read_as_a_list(staff_client, tmp_path):
     version = registered_version(tmp_path)
-    experiment = Experiment.objects.create(version=version, mode="canary", steps=[10, 50, 100], started_by="ops",
-                                           started_at=CLOCK)
+    experiment = Experiment.objects.create(
+        version=version, mode="canary", steps=[10, 50, 100], started_by="ops", started_at=CLOCK
+    )
     html = staff_client.get(f"/admin/registry/experiment/{experiment.pk}/change/").content.decode()
     assert "10, 50, 100" in html and "[10, 50, 100]" not in html
 

@@ -56,23 +56,33 @@ def test_the_loaded_model_reproduces_the_reported_ndcg(trained):
     log, directory, result = trained
     model = ranking.trained_model_load(directory)
     split = split_compute(log, PARAMS)
-    evaluation = evaluation_run(log, split, PARAMS, model.category_share, model.collaborative, model.ranker,
-                                with_regressor=False)
-    scores = ranking_metrics(recommended=evaluation.ranked["ranker"], positives=evaluation.positives, k=10,
-                             n_active_items=int(log.item_active.sum()))
+    evaluation = evaluation_run(
+        log, split, PARAMS, model.category_share, model.collaborative, model.ranker, with_regressor=False
+    )
+    scores = ranking_metrics(
+        recommended=evaluation.ranked["ranker"],
+        positives=evaluation.positives,
+        k=10,
+        n_active_items=int(log.item_active.sum()),
+    )
     assert metric_keys(scores, 10)["ndcg@10"] == pytest.approx(result.metrics["ndcg@10"])
 
 
 def test_explanations_name_the_features_that_moved_the_score(trained):
     log, directory, _ = trained
     model = ranking.trained_model_load(directory)
-    found = ranking.candidates_generate(model.collaborative, histories=[np.array([0, 1, 2])], n_collaborative=20,
-                                        n_popular=5)[0]
+    found = ranking.candidates_generate(
+        model.collaborative, histories=[np.array([0, 1, 2])], n_collaborative=20, n_popular=5
+    )[0]
     from recommendations import features
 
     matrix = ranking.ranker_feature_matrix(
-        model.collaborative, candidates=found, user=features.UserState(),
-        items=ranking.candidate_items(found.codes, item_states={}, item_categories={}), at=float(log.ts[-1]), category_share=model.category_share,
+        model.collaborative,
+        candidates=found,
+        user=features.UserState(),
+        items=ranking.candidate_items(found.codes, item_states={}, item_categories={}),
+        at=float(log.ts[-1]),
+        category_share=model.category_share,
     )
     explained = ranking.ranker_explain(model.ranker, matrix)
     assert len(explained) == len(found.codes)

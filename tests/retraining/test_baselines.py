@@ -9,8 +9,11 @@ from tests.retraining.factories import RawDataset, RawEvent, event_log_from
 
 
 def _log(histories: list[list[int]], n_items: int, inactive: tuple[int, ...] = ()):
-    events = [RawEvent(u, item, "like", None, float(u * 100 + t)) for u, items in enumerate(histories)
-              for t, item in enumerate(items)]
+    events = [
+        RawEvent(u, item, "like", None, float(u * 100 + t))
+        for u, items in enumerate(histories)
+        for t, item in enumerate(items)
+    ]
     active = np.ones(n_items, dtype=bool)
     active[list(inactive)] = False
     return event_log_from(RawDataset(len(histories), [()] * n_items, events), active=active)
@@ -33,16 +36,22 @@ def test_item_knn_never_recommends_a_seen_or_inactive_item():
     log = _log([[0, 1, 2]] * 3 + [[1, 3]], n_items=4, inactive=(2,))
     everything = np.ones(len(log), dtype=bool)
     model = collaborative_fit(log=log, mask=everything, n_modelled=10, l2=1.0)
-    lists = item_knn_lists(log=log, mask=everything, model=model, histories=[np.array([0, 1])],
-                           users=np.array([0]), k=10)
+    lists = item_knn_lists(
+        log=log, mask=everything, model=model, histories=[np.array([0, 1])], users=np.array([0]), k=10
+    )
     assert lists[0].tolist() == [3]
 
 
 def test_candidate_order_puts_the_collaborative_picks_by_rank_before_the_popular_extras():
-    found = Candidates(codes=np.array([1, 4, 6, 9]), cf_score=np.array([0.5, np.nan, 0.9, 0.1], dtype=np.float32),
-                       cf_rank=np.array([2, np.nan, 1, 3], dtype=np.float32),
-                       source=np.array([SOURCE_COLLABORATIVE, SOURCE_POPULAR, SOURCE_COLLABORATIVE | SOURCE_POPULAR,
-                                        SOURCE_COLLABORATIVE], dtype=np.int8))
+    found = Candidates(
+        codes=np.array([1, 4, 6, 9]),
+        cf_score=np.array([0.5, np.nan, 0.9, 0.1], dtype=np.float32),
+        cf_rank=np.array([2, np.nan, 1, 3], dtype=np.float32),
+        source=np.array(
+            [SOURCE_COLLABORATIVE, SOURCE_POPULAR, SOURCE_COLLABORATIVE | SOURCE_POPULAR, SOURCE_COLLABORATIVE],
+            dtype=np.int8,
+        ),
+    )
     popularity_rank = np.arange(10, 0, -1).astype(np.float32)  # code 9 the most popular
     assert candidate_order(found, popularity_rank=popularity_rank).tolist() == [6, 1, 9, 4]
 

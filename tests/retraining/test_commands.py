@@ -1,6 +1,6 @@
 import json
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from io import StringIO
 
 import numpy as np
@@ -22,7 +22,7 @@ def stored(db):
 
 
 def test_the_dataset_builder_reads_the_events_before_the_cut_off_in_time_order(stored):
-    until = datetime.fromtimestamp(START + 60 * DAY, tz=timezone.utc)
+    until = datetime.fromtimestamp(START + 60 * DAY, tz=UTC)
     log = event_log_load(until=until, chunk_size=97)
     expected = sorted(e.ts for e in stored.events if e.ts < until.timestamp())
     assert log.ts.tolist() == pytest.approx(expected)
@@ -33,8 +33,9 @@ def test_the_dataset_builder_reads_the_events_before_the_cut_off_in_time_order(s
 
 def test_train_json_prints_the_contract_as_the_last_line_and_writes_the_model(stored, tmp_path):
     out = StringIO()
-    call_command("train", "--json", "--output", str(tmp_path / "model"), "--threads", "1", stdout=out,
-                 stderr=StringIO())
+    call_command(
+        "train", "--json", "--output", str(tmp_path / "model"), "--threads", "1", stdout=out, stderr=StringIO()
+    )
     result = json.loads(out.getvalue().strip().splitlines()[-1])
     assert RANKING_KEYS | {"rmse", "mae", "r2"} <= result["metrics"].keys()
     assert result["baselines"].keys() == {"popularity", "ease", "itemknn", "global_mean", "bias"}
@@ -57,8 +58,17 @@ def test_train_json_prints_the_contract_as_the_last_line_and_writes_the_model(st
 
 def test_train_with_refit_keeps_the_model_trained_on_every_event_and_the_evaluated_models_metrics(stored, tmp_path):
     out = StringIO()
-    call_command("train", "--json", "--refit-on-full-data", "--output", str(tmp_path / "model"), "--threads", "1",
-                 stdout=out, stderr=StringIO())
+    call_command(
+        "train",
+        "--json",
+        "--refit-on-full-data",
+        "--output",
+        str(tmp_path / "model"),
+        "--threads",
+        "1",
+        stdout=out,
+        stderr=StringIO(),
+    )
     result = json.loads(out.getvalue().strip().splitlines()[-1])
     assert result["dataset"]["holdout_events"] == 0 and result["dataset"]["train_events"] == len(stored.events)
     assert RANKING_KEYS | {"rmse"} <= result["metrics"].keys()

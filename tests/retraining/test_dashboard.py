@@ -54,8 +54,10 @@ def test_the_offline_chart_marks_the_promoted_and_the_rejected_version_and_draws
     assert chart["data"]["labels"] == ["v1", "v2", "v3"]
     assert model["data"] == [0.12, 0.11, 0.14]
     assert model["pointStyle"] == ["triangle", "crossRot", "circle"]
-    assert {b["label"]: b["data"] for b in baselines} == {"collaborative baseline": [0.09] * 3,
-                                                          "popularity baseline": [0.05] * 3}
+    assert {b["label"]: b["data"] for b in baselines} == {
+        "collaborative baseline": [0.09] * 3,
+        "popularity baseline": [0.05] * 3,
+    }
 
 
 def test_the_online_chart_has_ctr_and_hit_rate_per_version_and_day_from_the_attributed_events(history):
@@ -80,8 +82,12 @@ def test_the_drift_chart_has_psi_per_feature_and_the_threshold_lines(history):
 def test_the_experiment_chart_has_both_arms_during_the_experiment(history):
     chart = dashboard_charts(now=history.now)["experiment"]
     labels = {d["label"] for d in chart["data"]["datasets"]}
-    assert labels == {"champion (v1) CTR", "champion (v1) hit rate@10", "challenger (v3) CTR",
-                      "challenger (v3) hit rate@10"}
+    assert labels == {
+        "champion (v1) CTR",
+        "champion (v1) hit rate@10",
+        "challenger (v3) CTR",
+        "challenger (v3) hit rate@10",
+    }
     assert f"experiment {history.experiment_id}" in chart["title"] and "per hour" in chart["title"]
 
 
@@ -104,8 +110,9 @@ def test_an_empty_system_shows_no_data_and_never_for_every_process(staff_client)
 def test_health_reads_each_process_from_what_it_writes_and_flags_a_late_beat(db):
     now = timezone.now()
     every = IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS)
-    PeriodicTask.objects.create(name=CHECK_TRIGGERS, task="retraining.check_triggers", interval=every,
-                                last_run_at=now - timedelta(hours=1))
+    PeriodicTask.objects.create(
+        name=CHECK_TRIGGERS, task="retraining.check_triggers", interval=every, last_run_at=now - timedelta(hours=1)
+    )
     evaluation = TriggerEvaluation.objects.create(clock=now)
     health = {beat.process: beat for beat in dashboard_health()}
     assert health["worker"].at == evaluation.created_at and not health["worker"].late(now=now)
@@ -135,7 +142,9 @@ def test_shadow_lists_do_not_count_in_the_online_chart(history):
 
 def test_the_trainer_is_late_only_when_its_claimed_run_stops_beating(db):
     now = timezone.now()
-    TrainingRun.objects.create(trigger="manual", status="promoted", in_flight=None, heartbeat_at=now - timedelta(days=1))
+    TrainingRun.objects.create(
+        trigger="manual", status="promoted", in_flight=None, heartbeat_at=now - timedelta(days=1)
+    )
     queued = TrainingRun.objects.create(trigger="manual")
     trainer = {beat.process: beat for beat in dashboard_health()}["trainer"]
     assert not trainer.late(now=now) and trainer.detail == f"run {queued.pk} is queued"

@@ -14,8 +14,8 @@ from recommendations.services.movielens import movielens_import
 from retraining.ml.params import TrainingParams
 from retraining.services.dataset import event_log_load
 from retraining.services.training import model_train
-from tests.support.processes import REPO, process_env
 from tests.retraining.factories import DAY, learnable_dataset
+from tests.support.processes import REPO, process_env
 
 PARAMS = TrainingParams(num_threads=1)
 
@@ -25,8 +25,10 @@ def movielens_copy_write(folder: Path, *, shuffle_seed: int | None) -> Path:
     time (as MovieLens' whole seconds do), items with two genres each; rows shuffled with `shuffle_seed`."""
     dataset = learnable_dataset(users=120, items=90, per_user=30)
     genres = [f"{categories[0]}|extra-{i % 3}" for i, categories in enumerate(dataset.item_categories)]
-    ratings = [(f"{e.user + 1}", f"{e.item + 1}", e.value if e.value is not None else 3.0, int(e.ts // DAY * DAY))
-               for e in dataset.events]
+    ratings = [
+        (f"{e.user + 1}", f"{e.item + 1}", e.value if e.value is not None else 3.0, int(e.ts // DAY * DAY))
+        for e in dataset.events
+    ]
     movies = [(f"{i + 1}", f"Movie {i + 1} (2001)", genres[i]) for i in range(len(genres))]
     if shuffle_seed is not None:
         rng = np.random.default_rng(shuffle_seed)
@@ -47,8 +49,7 @@ def catalogue_clear() -> None:
 
 def rounded(result: dict) -> dict:
     """Every number of the metrics and baselines, to 4 decimals."""
-    return {name: {key: round(value, 4) for key, value in sorted(numbers.items())}
-            for name, numbers in result.items()}
+    return {name: {key: round(value, 4) for key, value in sorted(numbers.items())} for name, numbers in result.items()}
 
 
 def train_in_process() -> dict:
@@ -73,8 +74,15 @@ def test_a_shuffled_import_under_other_keys_gives_the_same_metrics_to_four_decim
 
 
 def command_in_subprocess(args: list[str], *, hash_seed: str) -> str:
-    completed = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, capture_output=True, text=True,
-                               check=False, env=process_env(PYTHONHASHSEED=hash_seed), timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=process_env(PYTHONHASHSEED=hash_seed),
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout
 
@@ -87,8 +95,10 @@ def test_import_and_training_in_processes_with_different_hash_seeds_give_the_sam
     for hash_seed in ("1", "2"):
         catalogue_clear()
         command_in_subprocess(["import_movielens", str(folder), "--no-progress"], hash_seed=hash_seed)
-        output = command_in_subprocess(["train", "--json", "--no-register", "--threads", "1",
-                                        "--output", str(tmp_path / f"model-{hash_seed}")], hash_seed=hash_seed)
+        output = command_in_subprocess(
+            ["train", "--json", "--no-register", "--threads", "1", "--output", str(tmp_path / f"model-{hash_seed}")],
+            hash_seed=hash_seed,
+        )
         summary = json.loads(output.strip().splitlines()[-1])
         results.append(rounded({"model": summary["metrics"], **summary["baselines"]}))
     assert results[0] == results[1]

@@ -44,9 +44,14 @@ def cluster_ports() -> dict:
 @pytest.fixture(scope="module")
 def dask_cluster():
     """Two worker processes of one thread each; the scheduler's HTTP server (health, no dashboard) on a test port."""
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=f"127.0.0.1:{free_port()}", worker_dashboard_address=None,
-                                  **cluster_ports()) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2,
+        processes=True,
+        threads_per_worker=1,
+        dashboard_address=f"127.0.0.1:{free_port()}",
+        worker_dashboard_address=None,
+        **cluster_ports(),
+    ) as cluster:
         yield cluster.scheduler_address
 
 
@@ -109,24 +114,31 @@ def test_the_partitioned_evaluation_replay_ranks_and_builds_rating_rows_as_in_pr
         assert [c.tolist() for c in found.ranked[name]] == [c.tolist() for c in expected.ranked[name]]
     np.testing.assert_array_equal(found.regressor_train, expected.regressor_train)
     assert [p.tolist() for p in found.pools] == [p.tolist() for p in expected.pools]
-    for name in ("regressor_train_target", "regressor_train_events", "regressor_holdout", "regressor_holdout_target",
-                 "regressor_holdout_events"):  # held-out rows come per shard and are put back in the replay's order
+    for name in (
+        "regressor_train_target",
+        "regressor_train_events",
+        "regressor_holdout",
+        "regressor_holdout_target",
+        "regressor_holdout_events",
+    ):  # held-out rows come per shard and are put back in the replay's order
         np.testing.assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)
 
 
 def test_the_rating_model_on_the_cluster_fits_its_residual_trees_there_and_scores_as_in_process(
-        log, dask_cluster, steps_inputs):
+    log, dask_cluster, steps_inputs
+):
     split, share, local, inner, model = steps_inputs
     evaluation = local.evaluation(PARAMS, share, model, None, with_regressor=True)
     expected = local.rating_model_fit(evaluation, PARAMS, inner)
-    with cluster_connect(dask_cluster) as cluster, \
-            distributed.get_task_stream(client=cluster.client) as stream:
+    with cluster_connect(dask_cluster) as cluster, distributed.get_task_stream(client=cluster.client) as stream:
         found = ClusterSteps(cluster, log, split).rating_model_fit(evaluation, PARAMS, inner)
     assert found.kind == expected.kind == KIND_RESIDUAL and found.bias_l2 == expected.bias_l2
     assert "train_part" in {key_split(task["key"]) for task in stream.data}, "the trees were fitted by the workers"
     bounds = rating_bounds(log.value[log.is_rating()])
-    scores = {name: rating_scores(rating, log=log, split=split, evaluation=evaluation, collaborative=model,
-                                  bounds=bounds) for name, rating in (("local", expected), ("cluster", found))}
+    scores = {
+        name: rating_scores(rating, log=log, split=split, evaluation=evaluation, collaborative=model, bounds=bounds)
+        for name, rating in (("local", expected), ("cluster", found))
+    }
     assert scores["cluster"]["rmse"] == pytest.approx(scores["local"]["rmse"], rel=RATING_TOLERANCE)
 
 
@@ -159,24 +171,32 @@ def test_ndcg_at_k_is_lightgbms_lambdarank_metric():
     matrix, labels = rng.normal(size=(groups.sum(), 4)), rng.integers(0, 3, groups.sum())
     recorded = {}
     data = lgb.Dataset(matrix, labels, group=groups)
-    booster = lgb.train({"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "verbosity": -1,
-                         "num_threads": 1}, data, num_boost_round=5, valid_sets=[data],
-                        callbacks=[lgb.record_evaluation(recorded)])
+    booster = lgb.train(
+        {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "verbosity": -1, "num_threads": 1},
+        data,
+        num_boost_round=5,
+        valid_sets=[data],
+        callbacks=[lgb.record_evaluation(recorded)],
+    )
     assert ndcg_at(booster.predict(matrix), labels, groups, 10) == pytest.approx(
-        recorded["training"]["ndcg@10"][-1], abs=1e-6)
+        recorded["training"]["ndcg@10"][-1], abs=1e-6
+    )
 
 
 @pytest.mark.django_db
 def test_with_a_scheduler_address_set_training_runs_train_and_gate_on_the_cluster_and_register(
-        dask_cluster, settings, tmp_path):
+    dask_cluster, settings, tmp_path
+):
     settings.MODEL_STORE = tmp_path / "store"
     settings.DASK_SCHEDULER_ADDRESS = dask_cluster
     dataset_store(learnable_dataset(users=120, items=80, per_user=24))
     first = run_now(until=datetime(2025, 4, 21, tzinfo=UTC))  # the history runs to about May 1
     assert first.status == "promoted", (first.gate, first.error)
     assert champion_version() == first.model_version
-    with distributed.Client(dask_cluster, set_as_default=False) as client, \
-            distributed.get_task_stream(client=client) as stream:
+    with (
+        distributed.Client(dask_cluster, set_as_default=False) as client,
+        distributed.get_task_stream(client=client) as stream,
+    ):
         second = run_now(until=datetime(2025, 6, 1, tzinfo=UTC))
     assert second.status in ("promoted", "rejected"), (second.gate, second.error)
     assert second.model_version is not None and second.gate["comparison_users"] > 0

@@ -1,5 +1,5 @@
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -10,17 +10,25 @@ from retraining.services.policy import policy_active
 from tests.registry.factories import registered_version
 
 pytestmark = pytest.mark.django_db
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def serve(version, user, start, lists, mean, seed):
     rng = np.random.default_rng(seed)
-    Impression.objects.bulk_create([
-        Impression(recommendation_id=uuid.uuid4(), user=user, model_version=version.version, strategy="model",
-                   items=list(range(10)), scores=sorted(rng.normal(mean, 1.0, 10).tolist(), reverse=True),
-                   served_at=start + timedelta(minutes=10 * n))
-        for n in range(lists)
-    ])
+    Impression.objects.bulk_create(
+        [
+            Impression(
+                recommendation_id=uuid.uuid4(),
+                user=user,
+                model_version=version.version,
+                strategy="model",
+                items=list(range(10)),
+                scores=sorted(rng.normal(mean, 1.0, 10).tolist(), reverse=True),
+                served_at=start + timedelta(minutes=10 * n),
+            )
+            for n in range(lists)
+        ]
+    )
 
 
 @pytest.mark.parametrize("later_mean, verdict", [(0.0, "ok"), (1.5, "drift")])

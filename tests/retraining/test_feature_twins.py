@@ -14,9 +14,7 @@ SHARE = {"drama": 0.5, "comedy": 0.3, "crime": 0.2}  # "kids" is not in the cata
 def _random_history(rng, n_users=5, n_items=30, n_events=400):
     users = [features.UserState() for _ in range(n_users)]
     items = [features.ItemState() for _ in range(n_items)]
-    item_categories = [
-        list(rng.choice(CATEGORIES, size=rng.integers(0, 3), replace=True)) for _ in range(n_items)
-    ]
+    item_categories = [list(rng.choice(CATEGORIES, size=rng.integers(0, 3), replace=True)) for _ in range(n_items)]
     start = 1.2e9
     seen = set()
     for _ in range(n_events):
@@ -55,6 +53,7 @@ def test_pair_features_batch_equals_pair_features_for_every_user_and_item(seed):
 def test_the_twins_handle_a_catalogue_without_categories():
     names: dict[str, int] = {}
     matrix = features.category_matrix([[], []], names)
-    result = features.pair_features_batch(features.UserState(), features.item_state_columns([features.ItemState()] * 2),
-                                          matrix, names, 1e9, {})
+    result = features.pair_features_batch(
+        features.UserState(), features.item_state_columns([features.ItemState()] * 2), matrix, names, 1e9, {}
+    )
     assert result.shape == (2, len(features.PAIR_FEATURES)) and all(math.isnan(v) for v in result.ravel())

@@ -13,8 +13,14 @@ def metrics(ndcg, recall=0.1, coverage=0.2, rmse=0.9):
 
 
 def decide(candidate, champion=None, cand_users=None, champ_users=None):
-    return gate_decide(candidate=candidate, popularity=POP, champion=champion, candidate_user_ndcg=cand_users,
-                       champion_user_ndcg=champ_users, **DEFAULTS)
+    return gate_decide(
+        candidate=candidate,
+        popularity=POP,
+        champion=champion,
+        candidate_user_ndcg=cand_users,
+        champion_user_ndcg=champ_users,
+        **DEFAULTS,
+    )
 
 
 def test_the_first_candidate_is_promoted_when_it_beats_most_popular():
@@ -73,13 +79,25 @@ def test_a_rating_model_worse_than_the_bias_baseline_is_refused_with_or_without_
     rng = np.random.default_rng(2)
     champion_users = rng.random(2000) * 0.2
     for champion, users in ((None, None), (metrics(0.10, rmse=0.95), champion_users + 0.02)):
-        refused = gate_decide(candidate=metrics(0.15, rmse=0.95), popularity=POP, champion=champion,
-                              candidate_user_ndcg=users, champion_user_ndcg=None if users is None else champion_users,
-                              rating_bias={"rmse": 0.88}, **DEFAULTS)
+        refused = gate_decide(
+            candidate=metrics(0.15, rmse=0.95),
+            popularity=POP,
+            champion=champion,
+            candidate_user_ndcg=users,
+            champion_user_ndcg=None if users is None else champion_users,
+            rating_bias={"rmse": 0.88},
+            **DEFAULTS,
+        )
         assert not refused.passed
         assert any("guardrail rmse: RMSE 0.9500 vs the bias baseline's 0.8800" in f for f in refused.failures)
         assert refused.numbers["rating_bias"] == {"rmse": 0.88}
-        passed = gate_decide(candidate=metrics(0.15, rmse=0.86), popularity=POP, champion=champion,
-                             candidate_user_ndcg=users, champion_user_ndcg=None if users is None else champion_users,
-                             rating_bias={"rmse": 0.88}, **DEFAULTS)
+        passed = gate_decide(
+            candidate=metrics(0.15, rmse=0.86),
+            popularity=POP,
+            champion=champion,
+            candidate_user_ndcg=users,
+            champion_user_ndcg=None if users is None else champion_users,
+            rating_bias={"rmse": 0.88},
+            **DEFAULTS,
+        )
         assert passed.passed and any("bias baseline's 0.8800" in reason for reason in passed.reasons)

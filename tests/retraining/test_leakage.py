@@ -24,14 +24,25 @@ def _features_at(log, model, user, at, candidates):
     def on_query(_):
         state = replay.user_states.get(user, features.UserState())
         result["ranker"] = ranking.ranker_feature_matrix(
-            model, candidates=candidates, user=state, items=replay.candidate_items(candidates.codes), at=at,
+            model,
+            candidates=candidates,
+            user=state,
+            items=replay.candidate_items(candidates.codes),
+            at=at,
             category_share=log.category_share(),
         )
-        result["regressor"] = np.array([
-            ranking.regressor_feature_row(user=state, item=replay.item_states.get(int(c), features.ItemState()),
-                                          categories=categories[int(c)], at=at, category_share=log.category_share())
-            for c in candidates.codes
-        ])
+        result["regressor"] = np.array(
+            [
+                ranking.regressor_feature_row(
+                    user=state,
+                    item=replay.item_states.get(int(c), features.ItemState()),
+                    categories=categories[int(c)],
+                    at=at,
+                    category_share=log.category_share(),
+                )
+                for c in candidates.codes
+            ]
+        )
 
     replay.run(np.array([at]), on_query)
     return result
@@ -53,8 +64,9 @@ def test_features_for_an_example_at_time_t_ignore_every_event_at_or_after_t():
         for item in candidates.codes[:8]
         for kind, value, offset in [("rating", 5.0, 0.0), ("purchase", None, 1.0), ("like", None, 3 * DAY)]
     ]
-    after = _features_at(event_log_from(dataset_with_events(dataset, dataset.events + later)), model, user, at,
-                         candidates)
+    after = _features_at(
+        event_log_from(dataset_with_events(dataset, dataset.events + later)), model, user, at, candidates
+    )
 
     assert np.isfinite(before["ranker"]).any()
     np.testing.assert_array_equal(before["ranker"], after["ranker"])
@@ -66,12 +78,14 @@ def test_an_event_just_before_t_does_change_the_features():
     log = event_log_from(dataset)
     model = collaborative_fit(log=log, mask=np.ones(len(log), bool), n_modelled=50, l2=10.0)
     at = float(np.median(log.ts[log.user == 3]))
-    candidates = ranking.candidates_generate(model, histories=[np.empty(0, np.int64)], n_collaborative=5,
-                                             n_popular=5)[0]
+    candidates = ranking.candidates_generate(model, histories=[np.empty(0, np.int64)], n_collaborative=5, n_popular=5)[
+        0
+    ]
     earlier = [RawEvent(3, int(candidates.codes[0]), "rating", 5.0, at - 1.0)]
     before = _features_at(log, model, 3, at, candidates)
-    after = _features_at(event_log_from(dataset_with_events(dataset, dataset.events + earlier)), model, 3, at,
-                         candidates)
+    after = _features_at(
+        event_log_from(dataset_with_events(dataset, dataset.events + earlier)), model, 3, at, candidates
+    )
     assert not np.array_equal(before["ranker"], after["ranker"], equal_nan=True)
 
 

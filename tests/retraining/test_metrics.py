@@ -15,8 +15,9 @@ from retraining.ml.metrics import (
 
 def test_ranking_metrics_match_a_hand_computed_case():
     # Hits at positions 2 and 4 of 4; three relevant items, one never recommended.
-    result = ranking_metrics(recommended=[np.array([10, 11, 12, 13])], positives=[np.array([11, 13, 99])], k=4,
-                             n_active_items=8)
+    result = ranking_metrics(
+        recommended=[np.array([10, 11, 12, 13])], positives=[np.array([11, 13, 99])], k=4, n_active_items=8
+    )
     assert result["recall"] == pytest.approx(2 / 3)
     assert result["precision"] == pytest.approx(2 / 4)
     assert result["map"] == pytest.approx((1 / 2 + 2 / 4) / 3)
@@ -27,8 +28,7 @@ def test_ranking_metrics_match_a_hand_computed_case():
 
 
 def test_a_perfect_list_scores_one_and_the_ideal_is_capped_at_k():
-    result = ranking_metrics(recommended=[np.array([1, 2])], positives=[np.array([1, 2, 3, 4])], k=2,
-                             n_active_items=4)
+    result = ranking_metrics(recommended=[np.array([1, 2])], positives=[np.array([1, 2, 3, 4])], k=2, n_active_items=4)
     assert result["ndcg"] == pytest.approx(1.0)
     assert result["map"] == pytest.approx(1.0)
     assert result["recall"] == pytest.approx(0.5)

@@ -30,9 +30,9 @@ from retraining.services import mlflow_mirror
 from retraining.services.mlflow_mirror import MirrorBusy, mlflow_mirror_counts, mlflow_sync
 from retraining.services.pipeline import training_run_process
 from retraining.services.runs import training_run_request
-from tests.support.processes import free_port
 from tests.registry.factories import registered_version
 from tests.retraining.factories import dataset_store, learnable_dataset
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db
 CUTOFF = datetime(2025, 6, 1, tzinfo=UTC)

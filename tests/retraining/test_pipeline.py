@@ -1,5 +1,5 @@
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,8 +19,8 @@ from retraining.services.runs import training_run_request
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 pytestmark = pytest.mark.django_db
-CUTOFF = datetime(2025, 6, 1, tzinfo=timezone.utc)
-EARLIER = datetime(2025, 4, 21, tzinfo=timezone.utc)  # the history runs to about May 1: days of it are newer
+CUTOFF = datetime(2025, 6, 1, tzinfo=UTC)
+EARLIER = datetime(2025, 4, 21, tzinfo=UTC)  # the history runs to about May 1: days of it are newer
 
 
 @pytest.fixture
@@ -49,7 +49,10 @@ def test_the_first_candidate_that_beats_the_baseline_becomes_champion(history):
     assert champion_version() == version and version.status == ModelStatus.ACTIVE
     assert version.training_run_id == run.pk and version.trigger_reason == "manual"
     assert run.gate["passed"] and run.gate["champion_version"] is None
-    assert "drift_reference" in version.manifest and version.metrics["ndcg@10"] > version.baseline_metrics["popularity"]["ndcg@10"]
+    assert (
+        "drift_reference" in version.manifest
+        and version.metrics["ndcg@10"] > version.baseline_metrics["popularity"]["ndcg@10"]
+    )
     assert DeploymentChange.objects.get().actor == "gate"
     assert {"load_events", "ranker_fit", "total"} <= set(run.stage_timings)
     assert any("promoted" in line for line in run.log)
@@ -131,7 +134,7 @@ def test_by_default_the_registered_model_is_the_gated_one_and_the_record_says_it
     version = run.model_version
     assert version.parameters["refit_on_full_data"] is False and run.gate["refit_on_full_data"] is False
     assert version.parameters["metrics_from"] == METRICS_FROM_OWN_HOLDOUT
-    assert 0 < version.dataset_stats["holdout_events"] and "refit" not in run.stage_timings
+    assert version.dataset_stats["holdout_events"] > 0 and "refit" not in run.stage_timings
 
 
 def test_with_refit_on_the_promoted_model_was_trained_on_the_holdout_too_and_carries_the_gated_metrics(history):
@@ -170,8 +173,9 @@ def test_a_candidate_the_gate_refuses_is_not_refit(history):
 
 def test_a_failed_refit_fails_the_run_registers_nothing_and_leaves_the_champion(history, monkeypatch):
     first = run_now(until=EARLIER)
-    policy_set(refit_on_full_data=True, gate_min_relative_gain=-1.0, gate_guardrail_tolerance=1.0,
-               gate_bootstrap_tolerance=1.0)
+    policy_set(
+        refit_on_full_data=True, gate_min_relative_gain=-1.0, gate_guardrail_tolerance=1.0, gate_bootstrap_tolerance=1.0
+    )
     monkeypatch.setattr(pipeline, "model_refit", disk_full)
     run = run_that_fails()
     assert run.status == "failed" and run.in_flight is None and run.model_version is None
@@ -190,7 +194,11 @@ def test_with_a_canary_policy_a_candidate_that_passes_the_gate_starts_as_the_cha
     assert second.status == "challenger", second.gate
     assert champion_version() == first.model_version
     pointers = serving_pointers()
-    assert (pointers.challenger, pointers.mode, pointers.traffic_percent) == (second.model_version.version, "canary", 10)
+    assert (pointers.challenger, pointers.mode, pointers.traffic_percent) == (
+        second.model_version.version,
+        "canary",
+        10,
+    )
     assert second.model_version.experiments.get().started_by == "gate"
 
 
@@ -201,8 +209,10 @@ def test_the_gate_record_holds_candidate_champion_and_baselines_per_user_segment
     assert set(segments) == {"new", "light", "heavy"}  # a jsonb object keeps no key order
     assert sum(row["users"] for row in segments.values()) == gate["comparison_users"]
     for name, row in segments.items():
-        assert any(reason.startswith(f"segment {name} ({row['training_events']} training events, {row['users']} users)")
-                   for reason in gate["reasons"])
+        assert any(
+            reason.startswith(f"segment {name} ({row['training_events']} training events, {row['users']} users)")
+            for reason in gate["reasons"]
+        )
         if row["users"]:
             assert {"candidate", "champion", "popularity", "ease"} <= set(row)
             assert set(row["candidate"]) == {"ndcg@10", "recall@10", "hit_rate@10"}

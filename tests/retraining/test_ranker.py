@@ -9,8 +9,11 @@ from retraining.ml.ranker import EarlyStoppingAfter
 def _after_each_tree(stopping: EarlyStoppingAfter, scores: list[float], higher_is_better: bool = True) -> int:
     """Feed the callback one validation score per tree; returns the trees built when it stopped."""
     for iteration, score in enumerate(scores):
-        stopping(SimpleNamespace(iteration=iteration,
-                                 evaluation_result_list=[("valid_0", "metric", score, higher_is_better)]))
+        stopping(
+            SimpleNamespace(
+                iteration=iteration, evaluation_result_list=[("valid_0", "metric", score, higher_is_better)]
+            )
+        )
     return len(scores)
 
 

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -14,16 +14,23 @@ PARAMS = TrainingParams(num_threads=1)
 
 
 def _moment(days: float) -> datetime:
-    return datetime.fromtimestamp(START + days * DAY, tz=timezone.utc)
+    return datetime.fromtimestamp(START + days * DAY, tz=UTC)
 
 
 def test_the_comparison_holdout_keeps_the_held_out_events_after_the_cut_off_and_makes_earlier_ones_history():
     # Ten events each, one a day; the last two are held out: days 8-9, 3-4 and 13-14.
     offsets = [0, -5, 5]
-    log = event_log_from(RawDataset(3, [()] * 30, [
-        RawEvent(user, user * 10 + i, "view", None, START + (offset + i) * DAY)
-        for user, offset in enumerate(offsets) for i in range(10)
-    ]))
+    log = event_log_from(
+        RawDataset(
+            3,
+            [()] * 30,
+            [
+                RawEvent(user, user * 10 + i, "view", None, START + (offset + i) * DAY)
+                for user, offset in enumerate(offsets)
+                for i in range(10)
+            ],
+        )
+    )
     split = split_compute(log, PARAMS)
     restricted = holdout_after(split, log, moment=_moment(8.5))
     assert set(log.ts[restricted.holdout].tolist()) == {START + d * DAY for d in (9, 13, 14)}

@@ -14,7 +14,7 @@ def test_the_demo_shows_old_against_new_on_the_same_holdout_and_the_gates_verdic
     call_command("retraining_demo", "--output", str(tmp_path / "MC.md"))  # no champion yet: first version
     call_command("retraining_demo", "--output", str(tmp_path / "MC.md"))  # now old vs new
     out = capsys.readouterr().out
-    table = out[out.rindex("(3) Old vs new"):out.rindex("(4) Gate")]
+    table = out[out.rindex("(3) Old vs new") : out.rindex("(4) Gate")]
     for label in ["RMSE ↓", "MAE ↓", "R² ↑", "Recall@10 ↑", "MAP@10 ↑", "NDCG@10 ↑"]:
         assert label in table
     assert "popularity" in table and "ease" in table

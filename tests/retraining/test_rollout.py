@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -10,8 +10,8 @@ from registry.models import Alias, DeploymentChange, Experiment, ModelStatus
 from registry.selectors import serving_pointers
 from registry.services import model_version_promote
 from retraining.models import RunStatus
-from retraining.services.policy import policy_active
 from retraining.selectors import experiment_rows, experiments_table
+from retraining.services.policy import policy_active
 from retraining.services.rollout import candidate_deploy, challenger_deploy, rollout_check
 from retraining.services.triggers import triggers_check
 from tests.recommendations.factories import experiment_traffic, outcomes_recorded
@@ -19,7 +19,7 @@ from tests.registry.factories import registered_version
 
 # The tests freeze time with clock_set.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("replay_clock")]
-T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -48,9 +48,18 @@ def canary(versions, policy):
 
 
 def traffic(experiment, catalog, versions, *, start, control, treatment, errors=0.0, seed=0):
-    experiment_traffic(experiment=experiment.pk, items=catalog, users=300, start=start, control_rate=control,
-                       treatment_rate=treatment, versions=(versions[0].version, versions[1].version),
-                       treatment_errors=errors, seed=seed, prefix=f"s{seed}-")
+    experiment_traffic(
+        experiment=experiment.pk,
+        items=catalog,
+        users=300,
+        start=start,
+        control_rate=control,
+        treatment_rate=treatment,
+        versions=(versions[0].version, versions[1].version),
+        treatment_errors=errors,
+        seed=seed,
+        prefix=f"s{seed}-",
+    )
     outcomes_recorded()
 
 
@@ -91,7 +100,10 @@ def test_a_better_canary_is_held_then_advanced_step_by_step_and_becomes_champion
     assert experiment.status == "promoted"
     assert serving_pointers().champion == versions[1].version and serving_pointers().challenger is None
     assert list(DeploymentChange.objects.filter(actor="rollout").values_list("action", flat=True)) == [
-        "challenger_stop", "promote", "traffic"]
+        "challenger_stop",
+        "promote",
+        "traffic",
+    ]
 
 
 def test_an_ab_test_is_only_reported_never_acted_on(versions, policy, catalog):
@@ -106,10 +118,19 @@ def test_an_ab_test_is_only_reported_never_acted_on(versions, policy, catalog):
 
 
 def test_a_rollout_check_reads_neither_impressions_nor_events_and_its_queries_do_not_grow_with_traffic(
-        versions, policy, catalog):
+    versions, policy, catalog
+):
     experiment = canary(versions, policy)
-    experiment_traffic(experiment=experiment.pk, items=catalog, users=4, start=T0, control_rate=0.5, treatment_rate=0.5,
-                       versions=(versions[0].version, versions[1].version), prefix="few-")
+    experiment_traffic(
+        experiment=experiment.pk,
+        items=catalog,
+        users=4,
+        start=T0,
+        control_rate=0.5,
+        treatment_rate=0.5,
+        versions=(versions[0].version, versions[1].version),
+        prefix="few-",
+    )
     outcomes_recorded()
     with CaptureQueriesContext(connection) as few:
         assert rollout_check(now=T0 + timedelta(minutes=5)).action == "held"
@@ -118,8 +139,11 @@ def test_a_rollout_check_reads_neither_impressions_nor_events_and_its_queries_do
         check = rollout_check(now=T0 + timedelta(minutes=6))
     assert check.action == "held" and check.report["arms"]["challenger"]["impressions"] == 456
     raw_tables = ('"recommendations_impression"', '"recommendations_interaction"')
-    assert not [query["sql"] for query in few.captured_queries + many.captured_queries
-                if any(table in query["sql"] for table in raw_tables)]
+    assert not [
+        query["sql"]
+        for query in few.captured_queries + many.captured_queries
+        if any(table in query["sql"] for table in raw_tables)
+    ]
     assert len(many.captured_queries) == len(few.captured_queries)
 
 
@@ -127,18 +151,29 @@ def test_nothing_happens_without_an_experiment(versions, policy):
     assert rollout_check(now=T0) is None
 
 
-@pytest.mark.parametrize("rollout, status, mode", [("promote", RunStatus.PROMOTED, None), ("canary", RunStatus.CHALLENGER, "canary"),
-                                                   ("shadow", RunStatus.CHALLENGER, "shadow")])
+@pytest.mark.parametrize(
+    "rollout, status, mode",
+    [
+        ("promote", RunStatus.PROMOTED, None),
+        ("canary", RunStatus.CHALLENGER, "canary"),
+        ("shadow", RunStatus.CHALLENGER, "shadow"),
+    ],
+)
 def test_the_policy_chooses_what_a_gated_candidate_does(versions, policy, rollout, status, mode):
     policy.candidate_rollout = rollout
     policy.save()
-    result = candidate_deploy(version=versions[1].version, champion=versions[0].version, reason="gate passed", policy=policy)
+    result = candidate_deploy(
+        version=versions[1].version, champion=versions[0].version, reason="gate passed", policy=policy
+    )
     assert result == status
     pointers = serving_pointers()
     if mode is None:
         assert pointers.champion == versions[1].version and pointers.challenger is None
     else:
-        assert pointers.champion == versions[0].version and (pointers.challenger, pointers.mode) == (versions[1].version, mode)
+        assert pointers.champion == versions[0].version and (pointers.challenger, pointers.mode) == (
+            versions[1].version,
+            mode,
+        )
 
 
 def test_the_first_model_is_promoted_whatever_the_policy(tmp_path, policy):

@@ -28,37 +28,53 @@ def test_deployments_show_the_champion_and_no_challenger_at_first(admin_client_a
 
 
 def test_starting_a_canary_takes_the_policys_steps_and_shows_in_deployments(admin_client_api, versions):
-    response = admin_client_api.post(CHALLENGER, {"version": versions[1].version, "mode": "canary", "reason": "try"}, format="json")
+    response = admin_client_api.post(
+        CHALLENGER, {"version": versions[1].version, "mode": "canary", "reason": "try"}, format="json"
+    )
     assert response.status_code == 201, response.json()
     assert response.json()["steps"] == [10, 50, 100] and response.json()["traffic_percent"] == 10
     challenger = admin_client_api.get("/api/v1/deployments").json()["challenger"]
-    assert (challenger["version"], challenger["mode"], challenger["traffic_percent"]) == (versions[1].version, "canary", 10)
+    assert (challenger["version"], challenger["mode"], challenger["traffic_percent"]) == (
+        versions[1].version,
+        "canary",
+        10,
+    )
     assert DeploymentChange.objects.filter(action="challenger_start", actor__startswith="api-key:").exists()
 
 
 def test_a_second_challenger_is_a_conflict_unless_it_replaces(admin_client_api, versions, tmp_path):
     third = registered_version(tmp_path)
-    assert admin_client_api.post(CHALLENGER, {"version": versions[1].version, "mode": "ab", "traffic_percent": 20}, format="json").status_code == 201
+    assert (
+        admin_client_api.post(
+            CHALLENGER, {"version": versions[1].version, "mode": "ab", "traffic_percent": 20}, format="json"
+        ).status_code
+        == 201
+    )
     conflict = admin_client_api.post(CHALLENGER, {"version": third.version, "mode": "shadow"}, format="json")
     assert conflict.status_code == 409 and conflict.json()["experiment_id"]
-    replaced = admin_client_api.post(CHALLENGER, {"version": third.version, "mode": "shadow", "replace": True}, format="json")
+    replaced = admin_client_api.post(
+        CHALLENGER, {"version": third.version, "mode": "shadow", "replace": True}, format="json"
+    )
     assert replaced.status_code == 201
     assert replaced.json()["traffic_percent"] == policy_active().shadow_traffic_percent == 25
 
 
-@pytest.mark.parametrize("body, status", [
-    ({"version": 2, "mode": "blue-green"}, 400),
-    ({"version": 2, "mode": "ab", "steps": [10, 100]}, 400),
-    ({"version": 2, "mode": "canary", "steps": [50, 10]}, 400),
-    ({"version": 2, "mode": "canary", "traffic_percent": 10}, 400),
-    ({"version": 2, "mode": "ab", "traffic_percent": 150}, 400),
-    ({"version": 2, "mode": "ab", "traffic_percent": 0}, 400),
-    ({"version": "2", "mode": "ab"}, 400),
-    ({"version": 2, "mode": "ab", "colour": "red"}, 400),
-    ({"version": 1, "mode": "ab"}, 400),
-    ({"version": 99, "mode": "ab"}, 404),
-    ([1, 2], 400),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"version": 2, "mode": "blue-green"}, 400),
+        ({"version": 2, "mode": "ab", "steps": [10, 100]}, 400),
+        ({"version": 2, "mode": "canary", "steps": [50, 10]}, 400),
+        ({"version": 2, "mode": "canary", "traffic_percent": 10}, 400),
+        ({"version": 2, "mode": "ab", "traffic_percent": 150}, 400),
+        ({"version": 2, "mode": "ab", "traffic_percent": 0}, 400),
+        ({"version": "2", "mode": "ab"}, 400),
+        ({"version": 2, "mode": "ab", "colour": "red"}, 400),
+        ({"version": 1, "mode": "ab"}, 400),
+        ({"version": 99, "mode": "ab"}, 404),
+        ([1, 2], 400),
+    ],
+)
 def test_a_bad_challenger_request_is_refused_and_changes_nothing(admin_client_api, versions, body, status):
     response = admin_client_api.post(CHALLENGER, body, format="json")
     assert response.status_code == status, response.json()
@@ -80,8 +96,15 @@ def test_the_report_compares_the_arms_of_the_running_experiment(admin_client_api
     assert admin_client_api.get(f"{CHALLENGER}/report").status_code == 404
     experiment = admin_client_api.post(CHALLENGER, {"version": versions[1].version, "mode": "ab"}, format="json").json()
     items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
-    experiment_traffic(experiment=experiment["id"], items=items, users=40, start=system_now() - timedelta(hours=1),
-                       control_rate=0.5, treatment_rate=0.5, versions=(versions[0].version, versions[1].version))
+    experiment_traffic(
+        experiment=experiment["id"],
+        items=items,
+        users=40,
+        start=system_now() - timedelta(hours=1),
+        control_rate=0.5,
+        treatment_rate=0.5,
+        versions=(versions[0].version, versions[1].version),
+    )
     outcomes_recorded()
     report = admin_client_api.get(f"{CHALLENGER}/report").json()
     assert report["arms"]["champion"]["impressions"] == report["arms"]["challenger"]["impressions"] == 60
@@ -93,14 +116,26 @@ def test_the_report_compares_the_arms_of_the_running_experiment(admin_client_api
 
 def test_online_metrics_of_a_version_by_day(admin_client_api, versions):
     items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
-    experiment_traffic(experiment=None, items=items, users=10, start=system_now() - timedelta(hours=2), control_rate=1.0,
-                       treatment_rate=0.0, versions=(versions[0].version, versions[1].version))
+    experiment_traffic(
+        experiment=None,
+        items=items,
+        users=10,
+        start=system_now() - timedelta(hours=2),
+        control_rate=1.0,
+        treatment_rate=0.0,
+        versions=(versions[0].version, versions[1].version),
+    )
     outcomes_recorded()
-    body = admin_client_api.get(f"/api/v1/models/{versions[0].version}/online-metrics", {"bucket": "hour", "days": 1}).json()
+    body = admin_client_api.get(
+        f"/api/v1/models/{versions[0].version}/online-metrics", {"bucket": "hour", "days": 1}
+    ).json()
     assert sum(row["impressions"] for row in body["rows"]) == 15
     assert all(row["ctr"] == 1.0 and row["arm"] == "champion" for row in body["rows"])
     assert admin_client_api.get("/api/v1/models/99/online-metrics").status_code == 404
-    assert admin_client_api.get(f"/api/v1/models/{versions[0].version}/online-metrics", {"bucket": "week"}).status_code == 400
+    assert (
+        admin_client_api.get(f"/api/v1/models/{versions[0].version}/online-metrics", {"bucket": "week"}).status_code
+        == 400
+    )
 
 
 def test_the_deployment_endpoints_need_the_admin_scope(serve_client, versions):
@@ -111,8 +146,10 @@ def test_the_deployment_endpoints_need_the_admin_scope(serve_client, versions):
 def test_the_admin_starts_an_experiment_and_shows_its_arms_side_by_side(staff_client, versions):
     form = staff_client.get("/admin/registry/experiment/start/")
     assert form.status_code == 200 and b"csrfmiddlewaretoken" in form.content
-    response = staff_client.post("/admin/registry/experiment/start/", {"version": versions[1].version, "mode": "canary",
-                                                                      "steps": "20, 100", "reason": "trial"})
+    response = staff_client.post(
+        "/admin/registry/experiment/start/",
+        {"version": versions[1].version, "mode": "canary", "steps": "20, 100", "reason": "trial"},
+    )
     experiment = Experiment.objects.get()
     assert response.status_code == 302 and (experiment.steps, experiment.started_by) == ([20, 100], "admin:ops")
     page = staff_client.get(f"/admin/registry/experiment/{experiment.pk}/change/").content.decode()
@@ -121,8 +158,11 @@ def test_the_admin_starts_an_experiment_and_shows_its_arms_side_by_side(staff_cl
 
 
 def test_a_bad_start_in_the_admin_is_an_error_message_not_an_experiment(staff_client, versions):
-    response = staff_client.post("/admin/registry/experiment/start/", {"version": versions[1].version, "mode": "canary",
-                                                                      "steps": "50, 10"}, follow=True)
+    response = staff_client.post(
+        "/admin/registry/experiment/start/",
+        {"version": versions[1].version, "mode": "canary", "steps": "50, 10"},
+        follow=True,
+    )
     assert b"Canary steps" in response.content and not Experiment.objects.exists()
 
 
@@ -141,14 +181,23 @@ def test_the_admin_stops_and_rejects_or_promotes_the_challenger(staff_client, ve
 
 
 def admin_start(client, version) -> Experiment:
-    client.post("/admin/registry/experiment/start/", {"version": version.version, "mode": "ab", "traffic_percent": "30"})
+    client.post(
+        "/admin/registry/experiment/start/", {"version": version.version, "mode": "ab", "traffic_percent": "30"}
+    )
     return Experiment.objects.get(status="running")
 
 
 def test_the_admin_shows_a_versions_online_metrics(staff_client, versions):
     items = [Item.objects.create(external_id=f"i{n}") for n in range(10)]
-    experiment_traffic(experiment=None, items=items, users=6, start=system_now() - timedelta(hours=2), control_rate=1.0,
-                       treatment_rate=0.0, versions=(versions[0].version, versions[1].version))
+    experiment_traffic(
+        experiment=None,
+        items=items,
+        users=6,
+        start=system_now() - timedelta(hours=2),
+        control_rate=1.0,
+        treatment_rate=0.0,
+        versions=(versions[0].version, versions[1].version),
+    )
     outcomes_recorded()
     assert b"Online metrics" in staff_client.get(f"/admin/registry/modelversion/{versions[0].pk}/change/").content
     page = staff_client.get(f"/admin/registry/experiment/online-metrics/{versions[0].version}/").content.decode()

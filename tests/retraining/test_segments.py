@@ -13,8 +13,11 @@ GATE = dict(min_relative_gain=0.01, guardrail_tolerance=0.05, bootstrap_toleranc
 
 
 def _log(per_user_counts):
-    events = [RawEvent(user, user, "view", None, START + i) for user, count in enumerate(per_user_counts)
-              for i in range(count)]
+    events = [
+        RawEvent(user, user, "view", None, START + i)
+        for user, count in enumerate(per_user_counts)
+        for i in range(count)
+    ]
     return event_log_from(RawDataset(len(per_user_counts), [()] * len(per_user_counts), events))
 
 
@@ -39,12 +42,21 @@ def _decide(groups):
     names = np.concatenate([[name] * users for name, users, _ in groups]).astype(object)
     champion = np.full(len(names), 0.3)
     candidate = champion + np.concatenate([gain + rng.normal(0, 0.02, users) for _, users, gain in groups])
-    segments = {name: _segment(name, candidate=candidate[names == name].mean() if users else 0.0, champion=0.3)
-                for name, users, _ in groups}
+    segments = {
+        name: _segment(name, candidate=candidate[names == name].mean() if users else 0.0, champion=0.3)
+        for name, users, _ in groups
+    }
     overall = {"ndcg@10": candidate.mean(), "recall@10": 0.1, "coverage@10": 0.2}
-    return gate_decide(candidate=overall, popularity={"ndcg@10": 0.1}, champion={**overall, "ndcg@10": 0.3},
-                       candidate_user_ndcg=candidate, champion_user_ndcg=champion, segments=segments,
-                       user_segments=names, **GATE)
+    return gate_decide(
+        candidate=overall,
+        popularity={"ndcg@10": 0.1},
+        champion={**overall, "ndcg@10": 0.3},
+        candidate_user_ndcg=candidate,
+        champion_user_ndcg=champion,
+        segments=segments,
+        user_segments=names,
+        **GATE,
+    )
 
 
 def test_a_candidate_better_overall_but_clearly_worse_on_one_segment_is_refused_with_that_segments_numbers():

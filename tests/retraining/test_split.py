@@ -2,7 +2,7 @@ import numpy as np
 
 from retraining.ml.params import TrainingParams
 from retraining.ml.split import holdout_split, split_compute
-from tests.retraining.factories import RawDataset, RawEvent, START, event_log_from, learnable_dataset
+from tests.retraining.factories import START, RawDataset, RawEvent, event_log_from, learnable_dataset
 
 
 def _log(per_user_counts, ties=False):

@@ -32,10 +32,17 @@ def test_the_timeline_lists_each_served_list_newest_first_with_version_arm_and_e
 def test_each_list_names_the_deployment_change_that_made_its_version_current_with_the_gate(admin_client_api, history):
     newest, _, oldest = admin_client_api.get("/api/v1/users/user-1/timeline").json()["lists"]
     champion = oldest["deployment"]
-    assert (champion["action"], champion["alias"], champion["actor"], champion["reason"]) == \
-        ("promote", "champion", "admin:ops", "first model")
-    assert champion["gate"] == {"passed": True, "reasons": ["NDCG@10 0.12 against None"],
-                                "ndcg_at_10": {"candidate": 0.12, "champion": None, "popularity": 0.05}}
+    assert (champion["action"], champion["alias"], champion["actor"], champion["reason"]) == (
+        "promote",
+        "champion",
+        "admin:ops",
+        "first model",
+    )
+    assert champion["gate"] == {
+        "passed": True,
+        "reasons": ["NDCG@10 0.12 against None"],
+        "ndcg_at_10": {"candidate": 0.12, "champion": None, "popularity": 0.05},
+    }
     challenger = newest["deployment"]
     assert (challenger["action"], challenger["alias"], challenger["version"]) == ("challenger_start", "challenger", 3)
     assert challenger["gate"]["ndcg_at_10"] == {"candidate": 0.14, "champion": 0.12, "popularity": 0.05}
@@ -57,8 +64,9 @@ def test_a_later_promotion_does_not_explain_an_earlier_list(admin_client_api, hi
 
 def test_the_events_sent_back_with_a_lists_recommendation_id_are_attributed_to_it(admin_client_api, history):
     lists = admin_client_api.get("/api/v1/users/user-0/timeline").json()["lists"]
-    assert [[(e["event_type"], e["item_id"]) for e in entry["events"]] for entry in lists] == \
-        [[("click", "item-0")]] * 3
+    assert [[(e["event_type"], e["item_id"]) for e in entry["events"]] for entry in lists] == [
+        [("click", "item-0")]
+    ] * 3
     odd = admin_client_api.get("/api/v1/users/user-1/timeline").json()["lists"]
     assert [len(entry["events"]) for entry in odd] == [1, 0, 0]
 
@@ -72,8 +80,9 @@ def test_the_timeline_is_paginated_and_bounded(admin_client_api, history):
     assert len(set(ids)) == 3 == Impression.objects.filter(user__external_id="user-1").count()
 
 
-@pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=101", "limit"), ("offset=-1", "offset"),
-                                          ("limit=ten", "limit")])
+@pytest.mark.parametrize(
+    "query, field", [("limit=0", "limit"), ("limit=101", "limit"), ("offset=-1", "offset"), ("limit=ten", "limit")]
+)
 def test_a_bad_limit_or_offset_is_a_400_naming_the_field(admin_client_api, history, query, field):
     answer = admin_client_api.get(f"/api/v1/users/user-1/timeline?{query}")
     assert answer.status_code == 400

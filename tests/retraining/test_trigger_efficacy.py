@@ -30,6 +30,7 @@ def by_trigger(rows):
 
 # --- which triggers started a run ---------------------------------------------------------------------------------
 
+
 def test_a_run_records_every_trigger_that_fired_for_it(policy, tmp_path):
     policy.drift_enabled = False
     policy.save()
@@ -50,11 +51,15 @@ def test_a_manual_run_records_manual_as_its_only_trigger():
 
 def test_the_data_migration_fills_triggers_from_what_the_beat_recorded_and_codes_old_refusals():
     migration = importlib.import_module("retraining.migrations.0008_trigger_efficacy")
-    fired_together = TrainingRun.objects.create(trigger="drift", evidence={"fired": ["drift", "volume"]},
-                                                status=RunStatus.FAILED, in_flight=None)
+    fired_together = TrainingRun.objects.create(
+        trigger="drift", evidence={"fired": ["drift", "volume"]}, status=RunStatus.FAILED, in_flight=None
+    )
     refused = TrainingRun.objects.create(
-        trigger="time", status=RunStatus.REJECTED, in_flight=None,
-        gate={"passed": False, "failures": ["not enough new holdout data since the champion's cut-off: 3 users"]})
+        trigger="time",
+        status=RunStatus.REJECTED,
+        in_flight=None,
+        gate={"passed": False, "failures": ["not enough new holdout data since the champion's cut-off: 3 users"]},
+    )
     manual = TrainingRun.objects.create(trigger="manual", status=RunStatus.QUEUED)
     TrainingRun.objects.update(triggers=[])
     migration.runs_record_triggers(apps, None)
@@ -67,13 +72,21 @@ def test_the_data_migration_fills_triggers_from_what_the_beat_recorded_and_codes
 
 # --- the gate's refusal code --------------------------------------------------------------------------------------
 
+
 def test_the_gate_codes_a_refusal_for_too_few_new_holdout_users_and_only_that_one():
     def decide(users, gain):
         champion_users = np.full(users, 0.1)
-        return gate_decide(candidate={"ndcg@10": 0.1 + gain}, popularity={"ndcg@10": 0.05}, champion={"ndcg@10": 0.1},
-                           candidate_user_ndcg=champion_users + gain, champion_user_ndcg=champion_users,
-                           min_relative_gain=0.01, guardrail_tolerance=0.05, bootstrap_tolerance=0.005,
-                           bootstrap_samples=200)
+        return gate_decide(
+            candidate={"ndcg@10": 0.1 + gain},
+            popularity={"ndcg@10": 0.05},
+            champion={"ndcg@10": 0.1},
+            candidate_user_ndcg=champion_users + gain,
+            champion_user_ndcg=champion_users,
+            min_relative_gain=0.01,
+            guardrail_tolerance=0.05,
+            bootstrap_tolerance=0.005,
+            bootstrap_samples=200,
+        )
 
     assert decide(MIN_COMPARISON_USERS - 1, 0.2).as_dict()["refusal_code"] == NOT_ENOUGH_NEW_DATA
     worse = decide(MIN_COMPARISON_USERS, -0.05)
@@ -82,6 +95,7 @@ def test_the_gate_codes_a_refusal_for_too_few_new_holdout_users_and_only_that_on
 
 
 # --- the policy's minimum of new holdout users -------------------------------------------------------------------
+
 
 def test_too_few_new_users_hold_a_fired_trigger_and_the_evaluation_says_why(policy, tmp_path):
     policy.drift_enabled = False
@@ -115,21 +129,33 @@ def test_the_minimum_of_new_users_is_off_at_zero_and_never_holds_the_first_model
 
 # --- the efficacy report on a fixture history ---------------------------------------------------------------------
 
+
 def finished_run(*, triggers, status, seconds, gate=None, version=None, created=None):
     start = datetime(2026, 1, 1, tzinfo=UTC)
     run = TrainingRun.objects.create(
-        trigger=triggers[0], triggers=triggers, status=status, in_flight=True if status == RunStatus.QUEUED else None,
+        trigger=triggers[0],
+        triggers=triggers,
+        status=status,
+        in_flight=True if status == RunStatus.QUEUED else None,
         started_at=None if status == RunStatus.QUEUED else start,
         finished_at=None if status == RunStatus.QUEUED else start + timedelta(seconds=seconds),
-        gate=gate or {}, model_version=version)
+        gate=gate or {},
+        model_version=version,
+    )
     if created is not None:
         TrainingRun.objects.filter(pk=run.pk).update(created_at=created)
     return run
 
 
 def gated(candidate, champion, **extra):
-    return {"passed": True, "numbers": {"candidate": {"ndcg@10": candidate},
-                                        "champion": None if champion is None else {"ndcg@10": champion}}, **extra}
+    return {
+        "passed": True,
+        "numbers": {
+            "candidate": {"ndcg@10": candidate},
+            "champion": None if champion is None else {"ndcg@10": champion},
+        },
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -139,23 +165,48 @@ def history(tmp_path):
     long_ago = django_timezone.now() - timedelta(days=30)
     versions = [registered_version(tmp_path, ndcg=ndcg) for ndcg in (0.10, 0.12, 0.11, 0.15)]
     model_version_promote(version=versions[0].version, actor="gate")
-    finished_run(triggers=["manual"], status=RunStatus.PROMOTED, seconds=100, gate=gated(0.10, None),
-                 version=versions[0], created=long_ago)
+    finished_run(
+        triggers=["manual"],
+        status=RunStatus.PROMOTED,
+        seconds=100,
+        gate=gated(0.10, None),
+        version=versions[0],
+        created=long_ago,
+    )
     model_version_promote(version=versions[1].version, actor="gate")
-    finished_run(triggers=["volume", "drift"], status=RunStatus.PROMOTED, seconds=200, gate=gated(0.12, 0.10),
-                 version=versions[1], created=long_ago)
+    finished_run(
+        triggers=["volume", "drift"],
+        status=RunStatus.PROMOTED,
+        seconds=200,
+        gate=gated(0.12, 0.10),
+        version=versions[1],
+        created=long_ago,
+    )
     model_version_reject(version=versions[2].version, actor="gate", reason="no new data")
-    finished_run(triggers=["volume"], status=RunStatus.REJECTED, seconds=50, version=versions[2], created=long_ago,
-                 gate={"passed": False, "refusal_code": NOT_ENOUGH_NEW_DATA,
-                       "numbers": {"candidate": {"ndcg@10": 0.11}, "champion": {"ndcg@10": 0.12}}})
+    finished_run(
+        triggers=["volume"],
+        status=RunStatus.REJECTED,
+        seconds=50,
+        version=versions[2],
+        created=long_ago,
+        gate={
+            "passed": False,
+            "refusal_code": NOT_ENOUGH_NEW_DATA,
+            "numbers": {"candidate": {"ndcg@10": 0.11}, "champion": {"ndcg@10": 0.12}},
+        },
+    )
     model_version_promote(version=versions[3].version, actor="gate")
-    finished_run(triggers=["drift"], status=RunStatus.PROMOTED, seconds=300, gate=gated(0.15, 0.12),
-                 version=versions[3])
+    finished_run(
+        triggers=["drift"], status=RunStatus.PROMOTED, seconds=300, gate=gated(0.15, 0.12), version=versions[3]
+    )
     finished_run(triggers=["time"], status=RunStatus.FAILED, seconds=10)
     finished_run(triggers=["volume"], status=RunStatus.QUEUED, seconds=0)
-    TriggerEvaluation.objects.create(clock=django_timezone.now(), fired="volume",
-                                     held_reason=HoldReason.NOT_ENOUGH_NEW_DATA,
-                                     results={"volume": {"verdict": "fire"}, "time": {"verdict": "quiet"}})
+    TriggerEvaluation.objects.create(
+        clock=django_timezone.now(),
+        fired="volume",
+        held_reason=HoldReason.NOT_ENOUGH_NEW_DATA,
+        results={"volume": {"verdict": "fire"}, "time": {"verdict": "quiet"}},
+    )
     return long_ago
 
 
@@ -198,15 +249,27 @@ def test_since_leaves_out_older_runs_and_checks(history):
 
 # --- the API, the admin page, MODEL_COMPARISON.md -----------------------------------------------------------------
 
+
 def test_the_efficacy_api_answers_one_row_per_trigger_kind(history, admin_client_api):
     response = admin_client_api.get("/api/v1/triggers/efficacy")
     assert response.status_code == 200
     body = response.json()
     assert body["since"] is None
     assert set(body["triggers"][0]) == {
-        "trigger", "runs", "finished", "promotions", "promotions_compared", "mean_ndcg_gain", "best_ndcg_gain",
-        "rejected", "rejected_for_no_new_data", "no_new_data_share", "failed", "training_seconds",
-        "held_for_no_new_data"}
+        "trigger",
+        "runs",
+        "finished",
+        "promotions",
+        "promotions_compared",
+        "mean_ndcg_gain",
+        "best_ndcg_gain",
+        "rejected",
+        "rejected_for_no_new_data",
+        "no_new_data_share",
+        "failed",
+        "training_seconds",
+        "held_for_no_new_data",
+    }
     drift = by_trigger(body["triggers"])["drift"]
     assert drift["runs"] == 2 and drift["best_ndcg_gain"] == pytest.approx(0.03)
     since = (history + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,11 +1,11 @@
 import random
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.test.utils import CaptureQueriesContext
 from django.db import IntegrityError, connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from recommendations.models import EndUser, Impression, Interaction, Item
 from recommendations.services.events import EventInput, event_ingest
@@ -20,7 +20,7 @@ from retraining.services.triggers import triggers_check
 from tests.registry.factories import registered_version
 
 pytestmark = pytest.mark.django_db
-T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 
 
@@ -42,11 +42,18 @@ def ingest(n, start, *, users=60, items=40, genre_bias=None, seed=0, hours=24.0)
     """n rating events spread over `hours` from `start`; genre_bias shifts which items are chosen."""
     rng = random.Random(seed)
     if not Item.objects.exists():
-        Item.objects.bulk_create([Item(external_id=f"i{k}", categories=[GENRES[k % len(GENRES)]]) for k in range(items)])
+        Item.objects.bulk_create(
+            [Item(external_id=f"i{k}", categories=[GENRES[k % len(GENRES)]]) for k in range(items)]
+        )
     pool = [f"i{k}" for k in range(items) if genre_bias is None or GENRES[k % len(GENRES)] in genre_bias]
     events = [
-        EventInput(user_id=f"u{rng.randrange(users)}", item_id=rng.choice(pool), event_type="rating",
-                   value=rng.choice([3.0, 4.0, 5.0]), timestamp=start + timedelta(seconds=rng.uniform(0, hours * 3600)))
+        EventInput(
+            user_id=f"u{rng.randrange(users)}",
+            item_id=rng.choice(pool),
+            event_type="rating",
+            value=rng.choice([3.0, 4.0, 5.0]),
+            timestamp=start + timedelta(seconds=rng.uniform(0, hours * 3600)),
+        )
         for _ in range(n)
     ]
     for offset in range(0, n, 1000):
@@ -152,10 +159,18 @@ def test_performance_fires_when_the_online_hit_rate_falls(policy, tmp_path):
         for k in range(n):
             rec = uuid.uuid4()
             at = start + timedelta(minutes=5 * k)
-            Impression.objects.create(recommendation_id=rec, user=user, model_version=champion.version,
-                                      strategy="model", items=[item.pk], served_at=at)
+            Impression.objects.create(
+                recommendation_id=rec,
+                user=user,
+                model_version=champion.version,
+                strategy="model",
+                items=[item.pk],
+                served_at=at,
+            )
             if k < n * hit_share:
-                Interaction.objects.create(user=user, item=item, event_type="click", timestamp=at, recommendation_id=rec)
+                Interaction.objects.create(
+                    user=user, item=item, event_type="click", timestamp=at, recommendation_id=rec
+                )
 
     first = T0 + timedelta(days=2)
     serve(first, 100, 0.30)
@@ -167,8 +182,9 @@ def test_performance_fires_when_the_online_hit_rate_falls(policy, tmp_path):
     impression_outcomes_record(now=first + timedelta(hours=48 + 9))
     with CaptureQueriesContext(connection) as queries:
         fallen = triggers_check(now=first + timedelta(hours=48 + 9))
-    assert not [q["sql"] for q in queries.captured_queries if '"recommendations_impression"' in q["sql"]], \
+    assert not [q["sql"] for q in queries.captured_queries if '"recommendations_impression"' in q["sql"]], (
         "the performance trigger reads the recorded outcomes, not the served lists"
+    )
     assert verdicts(fallen)["performance"] == "fire", fallen.results["performance"]
     assert fallen.run.trigger == "performance"
 
@@ -214,8 +230,11 @@ def test_two_trigger_checks_and_a_manual_retrain_racing_start_exactly_one_run(tm
             connections.close_all()
 
     now = T0 + timedelta(days=2)
-    actions = [lambda: triggers_check(now=now), lambda: triggers_check(now=now),
-               lambda: training_run_request(trigger="manual", requested_by="ops")]
+    actions = [
+        lambda: triggers_check(now=now),
+        lambda: triggers_check(now=now),
+        lambda: training_run_request(trigger="manual", requested_by="ops"),
+    ]
     threads = [threading.Thread(target=run, args=(a,)) for a in actions]
     for thread in threads:
         thread.start()

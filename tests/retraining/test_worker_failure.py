@@ -2,7 +2,7 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,11 +12,11 @@ from retraining.models import TrainingRun
 from retraining.services.pipeline import training_run_process
 from retraining.services.runs import training_run_request
 from retraining.services.triggers import triggers_check
-from tests.support.processes import start_process, stop_process, wait_until
 from tests.retraining.factories import dataset_store, learnable_dataset
+from tests.support.processes import start_process, stop_process, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-CUTOFF = datetime(2025, 6, 1, tzinfo=timezone.utc)
+CUTOFF = datetime(2025, 6, 1, tzinfo=UTC)
 
 
 def test_a_worker_killed_mid_training_leaves_the_champion_and_the_next_run_can_start(tmp_path, settings):
@@ -28,11 +28,29 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_next_run_can_s
     assert champion is not None
 
     celery = str(Path(sys.executable).with_name("celery"))
-    trainer = start_process([celery, "-A", "recsite", "worker", "-Q", "training", "-c", "1", "--max-tasks-per-child", "1",
-                             "-n", f"doomed-{os.getpid()}@%h"], tmp_path / "trainer.log", MODEL_STORE=str(settings.MODEL_STORE))
+    trainer = start_process(
+        [
+            celery,
+            "-A",
+            "recsite",
+            "worker",
+            "-Q",
+            "training",
+            "-c",
+            "1",
+            "--max-tasks-per-child",
+            "1",
+            "-n",
+            f"doomed-{os.getpid()}@%h",
+        ],
+        tmp_path / "trainer.log",
+        MODEL_STORE=str(settings.MODEL_STORE),
+    )
     try:
         run = training_run_request(trigger="volume", data_until=CUTOFF)
-        wait_until(lambda: TrainingRun.objects.get(pk=run.pk).status == "training", 60, 0.02, "the run to start training")
+        wait_until(
+            lambda: TrainingRun.objects.get(pk=run.pk).status == "training", 60, 0.02, "the run to start training"
+        )
         os.killpg(trainer.pid, signal.SIGKILL)  # the worker and its pool child: nothing gets to clean up
         trainer.wait(timeout=10)
     finally:
@@ -49,4 +67,3 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_next_run_can_s
     training_run_process(run_id=next_run.pk)
     next_run.refresh_from_db()
     assert next_run.status in ("promoted", "rejected")
-

@@ -11,8 +11,11 @@ from moto.server import ThreadedMotoServer
 
 from tests.support.processes import free_port
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "test-key",
+    "AWS_SECRET_ACCESS_KEY": "test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 PREFIX = "artifacts"
 
 
@@ -23,21 +26,39 @@ class ObjectStore:
 
     @property
     def client(self):
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def environment(self) -> dict[str, str]:
         """What a process the test starts needs to use this store as its artifact storage (recsite/settings.py)."""
-        return {"ARTIFACT_STORAGE": "s3", "ARTIFACT_S3_BUCKET": self.bucket, "ARTIFACT_S3_ENDPOINT_URL": self.endpoint,
-                "ARTIFACT_S3_PREFIX": PREFIX, "ARTIFACT_S3_REGION": "us-east-1", **CREDENTIALS}
+        return {
+            "ARTIFACT_STORAGE": "s3",
+            "ARTIFACT_S3_BUCKET": self.bucket,
+            "ARTIFACT_S3_ENDPOINT_URL": self.endpoint,
+            "ARTIFACT_S3_PREFIX": PREFIX,
+            "ARTIFACT_S3_REGION": "us-east-1",
+            **CREDENTIALS,
+        }
 
     def storage(self) -> dict:
         """The STORAGES["artifacts"] entry recsite/settings.py builds from environment()."""
-        options = {"bucket_name": self.bucket, "endpoint_url": self.endpoint, "region_name": "us-east-1",
-                   "location": PREFIX, "addressing_style": "path", "file_overwrite": False, "default_acl": None,
-                   "querystring_auth": False, "access_key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                   "secret_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+        options = {
+            "bucket_name": self.bucket,
+            "endpoint_url": self.endpoint,
+            "region_name": "us-east-1",
+            "location": PREFIX,
+            "addressing_style": "path",
+            "file_overwrite": False,
+            "default_acl": None,
+            "querystring_auth": False,
+            "access_key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "secret_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        }
         return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
 
     def key(self, name: str) -> str:

@@ -29,7 +29,7 @@ def process_env(**extra) -> dict:
 
 
 def start_process(args: list[str], log: Path, **extra_env) -> subprocess.Popen:
-    handle = open(log, "wb")
+    handle = open(log, "wb")  # noqa: SIM115 - the process writes to it after we return
     # Its own session, so that a test can kill the process with all its children (a worker's pool).
     return subprocess.Popen(
         args, cwd=REPO, env=process_env(**extra_env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True

@@ -16,5 +16,7 @@ class Command(BaseCommand):
             api_key, secret = api_key_create(name=name, scopes=[s.strip() for s in scopes.split(",") if s.strip()])
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
-        self.stdout.write(f"Created API key '{api_key.name}' (prefix {api_key.prefix}) with scopes {', '.join(api_key.scopes)}.")
+        self.stdout.write(
+            f"Created API key '{api_key.name}' (prefix {api_key.prefix}) with scopes {', '.join(api_key.scopes)}."
+        )
         self.stdout.write(secret)

@@ -7,12 +7,16 @@ from retraining.services.demo import demo_credentials_path, demo_setup
 
 
 class Command(BaseCommand):
-    help = ("Prepare a demo installation: load a synthetic dataset when the database is empty, set up the beat "
-            "schedule, keep a demo admin login and API key (reused on the next run while they work, kept in "
-            "var/demo_credentials.json, owner-only) and queue a first training run.")
+    help = (
+        "Prepare a demo installation: load a synthetic dataset when the database is empty, set up the beat "
+        "schedule, keep a demo admin login and API key (reused on the next run while they work, kept in "
+        "var/demo_credentials.json, owner-only) and queue a first training run."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--dataset", type=Path, default=None, help="a MovieLens directory instead of synthetic data")
+        parser.add_argument(
+            "--dataset", type=Path, default=None, help="a MovieLens directory instead of synthetic data"
+        )
         parser.add_argument("--no-train", action="store_true")
 
     def handle(self, *args, dataset, no_train, **options):

@@ -4,8 +4,8 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from retraining.management.commands.train import parse_until
-from retraining.services.reporting import metrics_table
 from retraining.ml.manifest import json_safe
+from retraining.services.reporting import metrics_table
 from retraining.services.training import baselines_evaluate
 
 

@@ -15,16 +15,22 @@ EFFICACY_INTRO = (
 
 
 class Command(BaseCommand):
-    help = ("Write the version history as a Markdown table, and the trigger efficacy report "
-            "(default MODEL_COMPARISON.md).")
+    help = (
+        "Write the version history as a Markdown table, and the trigger efficacy report (default MODEL_COMPARISON.md)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--output", default="MODEL_COMPARISON.md")
 
     def handle(self, *args, output, **options):
         path = Path(output)
-        text = ("# Model versions\n\nNewest first; the active version is in bold.\n\n" + model_history_markdown()
-                + "\n## Trigger efficacy\n\n" + EFFICACY_INTRO + trigger_efficacy_table(trigger_efficacy_rows()))
+        text = (
+            "# Model versions\n\nNewest first; the active version is in bold.\n\n"
+            + model_history_markdown()
+            + "\n## Trigger efficacy\n\n"
+            + EFFICACY_INTRO
+            + trigger_efficacy_table(trigger_efficacy_rows())
+        )
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(text)
         temporary.replace(path)

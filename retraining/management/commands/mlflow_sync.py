@@ -15,7 +15,7 @@ class Command(BaseCommand):
         try:
             done = mlflow_sync()
         except MirrorBusy as exc:
-            raise CommandError(f"{exc}; retry in a moment.")
+            raise CommandError(f"{exc}; retry in a moment.") from exc
         except Exception as exc:
             raise CommandError(f"MLflow refused or did not answer: {type(exc).__name__}: {exc}") from exc
         self.stdout.write(f"mirrored {done['training_runs']} training runs and {done['versions']} versions to MLflow")

@@ -6,17 +6,19 @@ from django.core.management.base import BaseCommand, CommandError
 
 from recommendations.clock import system_now
 from recommendations.services.outcomes import impression_outcomes_record
-from retraining.models import IN_FLIGHT, TrainingRun
+from recsite.errors import ApplicationError
 from registry.models import Experiment
+from retraining.models import IN_FLIGHT, TrainingRun
 from retraining.selectors import experiment_rows, experiments_table, version_story_rows, version_story_table
 from retraining.services.replay import replay_run
-from recsite.errors import ApplicationError
 
 
 class Command(BaseCommand):
-    help = ("Replay a MovieLens (or synthetic) timeline through the running system: import the first part, train "
-            "and promote v1, then stream the rest at an accelerated clock while beat and the worker retrain on their "
-            "own. Needs an empty database, and a Celery worker and beat running (make run starts them).")
+    help = (
+        "Replay a MovieLens (or synthetic) timeline through the running system: import the first part, train "
+        "and promote v1, then stream the rest at an accelerated clock while beat and the worker retrain on their "
+        "own. Needs an empty database, and a Celery worker and beat running (make run starts them)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("path", type=Path)
@@ -25,22 +27,55 @@ class Command(BaseCommand):
         parser.add_argument("--via-api", default=None, metavar="URL")
         parser.add_argument("--api-key", default=None)
         parser.add_argument("--check-every", type=int, default=2, help="real seconds between trigger checks")
-        parser.add_argument("--max-idle", type=float, default=1.0, help="skip quiet stretches longer than this (real s)")
+        parser.add_argument(
+            "--max-idle", type=float, default=1.0, help="skip quiet stretches longer than this (real s)"
+        )
         parser.add_argument("--wait-at-end", type=float, default=300, help="seconds to wait for a run in flight")
         parser.add_argument("--output", default="MODEL_COMPARISON.md")
-        parser.add_argument("--rollout", choices=["shadow", "ab", "canary"], default=None,
-                            help="start each gated candidate as this kind of challenger instead of promoting it")
-        parser.add_argument("--rollout-min-impressions", type=int, default=200,
-                            help="lists per arm (and per canary step) before an experiment is judged")
+        parser.add_argument(
+            "--rollout",
+            choices=["shadow", "ab", "canary"],
+            default=None,
+            help="start each gated candidate as this kind of challenger instead of promoting it",
+        )
+        parser.add_argument(
+            "--rollout-min-impressions",
+            type=int,
+            default=200,
+            help="lists per arm (and per canary step) before an experiment is judged",
+        )
 
-    def handle(self, *args, path, start_fraction, speed, via_api, api_key, check_every, max_idle, wait_at_end,
-               output, rollout, rollout_min_impressions, **options):
+    def handle(
+        self,
+        *args,
+        path,
+        start_fraction,
+        speed,
+        via_api,
+        api_key,
+        check_every,
+        max_idle,
+        wait_at_end,
+        output,
+        rollout,
+        rollout_min_impressions,
+        **options,
+    ):
         if via_api and not api_key:
             raise CommandError("--via-api needs --api-key")
         try:
-            report = replay_run(path=path, start_fraction=start_fraction, speed=speed, api_url=via_api,
-                                api_key=api_key, check_every_s=check_every, max_idle_s=max_idle, out=self.stdout,
-                                rollout=rollout, rollout_min_impressions=rollout_min_impressions)
+            report = replay_run(
+                path=path,
+                start_fraction=start_fraction,
+                speed=speed,
+                api_url=via_api,
+                api_key=api_key,
+                check_every_s=check_every,
+                max_idle_s=max_idle,
+                out=self.stdout,
+                rollout=rollout,
+                rollout_min_impressions=rollout_min_impressions,
+            )
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
         deadline = time.monotonic() + wait_at_end
