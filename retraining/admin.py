@@ -17,7 +17,7 @@ from registry.admin import PROMOTE
 from registry.models import DeploymentMode, Experiment, ModelStatus, ModelVersion
 from registry.services import PROMOTABLE
 from retraining.api import TriggerEfficacyQuery
-from retraining.models import DriftReport, RetrainPolicy, TrainingRun, TriggerEvaluation
+from retraining.models import DriftReport, RetrainPolicy, TrainingRun, Trigger, TriggerEvaluation
 from retraining.selectors import trigger_efficacy_rows
 from retraining.services.gate import MIN_COMPARISON_USERS
 from retraining.services.policy import policy_active, policy_save
@@ -136,7 +136,8 @@ class TrainingRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="triggers")
     def triggers_shown(self, obj):
-        return " + ".join(obj.triggers or [obj.trigger])
+        labels = dict(Trigger.choices)
+        return " + ".join(labels.get(kind, kind) for kind in obj.triggers or [obj.trigger])
 
     @admin.display(description="gate")
     def gate_summary(self, obj):

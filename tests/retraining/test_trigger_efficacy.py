@@ -290,7 +290,7 @@ def test_the_efficacy_api_needs_the_admin_scope(serve_client):
 
 def test_the_admin_efficacy_page_is_linked_from_the_runs_and_shows_a_row_per_trigger(history, staff_client):
     runs = staff_client.get("/admin/retraining/trainingrun/")
-    assert b'id="trigger-efficacy-link"' in runs.content and b"volume + drift" in runs.content
+    assert b'id="trigger-efficacy-link"' in runs.content and b"Volume + Drift" in runs.content
     page = staff_client.get("/admin/retraining/trainingrun/efficacy/")
     assert page.status_code == 200
     html = page.content.decode()
