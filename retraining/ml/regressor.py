@@ -70,6 +70,19 @@ def rating_model_of(*, booster: lgb.Booster | None, manifest: dict) -> RatingMod
     return RatingModel(spec["kind"], float(spec["bias_l2"]), booster)
 
 
+def log_biases(log: EventLog, mask: np.ndarray, l2: float) -> BiasModel:
+    """User + item biases fitted on the ratings among the events of `mask`."""
+    ratings = mask & log.is_rating()
+    return bias_fit(
+        user=log.user[ratings],
+        item=log.item[ratings],
+        rating=log.value[ratings],
+        n_users=len(log.user_pks),
+        n_items=len(log.item_pks),
+        l2=l2,
+    )
+
+
 @dataclass
 class RatingContext:
     """What the bias features of a prediction are computed from: the ratings in `mask` (the data before the
@@ -82,16 +95,7 @@ class RatingContext:
 
     @classmethod
     def fit(cls, log: EventLog, mask: np.ndarray, l2: float, collaborative: ranking.CollaborativeModel):
-        ratings = mask & log.is_rating()
-        biases = bias_fit(
-            user=log.user[ratings],
-            item=log.item[ratings],
-            rating=log.value[ratings],
-            n_users=len(log.user_pks),
-            n_items=len(log.item_pks),
-            l2=l2,
-        )
-        return cls(log, mask, biases, collaborative)
+        return cls(log, mask, log_biases(log, mask, l2), collaborative)
 
     def columns(self, matrix: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The rows with BIAS_FEATURES appended (RATING_FEATURES order)."""
@@ -235,15 +239,7 @@ def rating_baselines(
     """The global mean of the training ratings and the bias model (λ = `bias_l2`), on the same held-out ratings
     as the model."""
     events, actual = evaluation.regressor_holdout_events, evaluation.regressor_holdout_target
-    ratings = split.train & log.is_rating()
-    biases = bias_fit(
-        user=log.user[ratings],
-        item=log.item[ratings],
-        rating=log.value[ratings],
-        n_users=len(log.user_pks),
-        n_items=len(log.item_pks),
-        l2=bias_l2,
-    )
+    biases = log_biases(log, split.train, bias_l2)
     predictions = {
         "global_mean": np.full(len(events), biases.mean),
         "bias": biases.predict(user=log.user[events], item=log.item[events]),
