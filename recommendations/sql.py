@@ -9,10 +9,14 @@ WHEN per field cost more again, and an additive upsert (ON CONFLICT DO UPDATE wi
 no ORM spelling. Everything else in the app uses the ORM."""
 
 import functools
+import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
+import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from recommendations import features
 from recommendations.models import (
@@ -325,6 +329,73 @@ def item_deltas_upsert(*, deltas: list[tuple[int, "features.ItemState"]]) -> Non
     values = ", ".join(["(" + ", ".join(["%s"] * 11) + ")"] * len(deltas))
     with connection.cursor() as cursor:
         cursor.execute(_ITEM_UPSERT_SQL.format(values=values), params)
+
+
+# --- Serving: the item snapshot ------------------------------------------------------------------
+
+_SNAPSHOT_TIMES = ("first_event_at", "last_event_at")
+
+
+def _snapshot_state_expressions(vendor: str) -> list[str]:
+    """ITEM_STATE_COLUMNS of an item's features row `f` (times as UNIX seconds on PostgreSQL, ISO text on SQLite)."""
+    epoch = "extract(epoch FROM f.{c})" if vendor == "postgresql" else "f.{c}"
+    return [
+        epoch.format(c=name) if name in _SNAPSHOT_TIMES else f"f.{ItemFeatures._meta.get_field(name).column}"
+        for name in features.ITEM_STATE_COLUMNS
+    ]
+
+
+def item_snapshot_columns() -> list:
+    """Every item and its online features as columns in Item key order: keys, external ids, active flags,
+    categories (JSON text), then ITEM_STATE_COLUMNS (NaN or None where an item has no features row yet). Numbers
+    are numpy arrays on PostgreSQL, lists on SQLite.
+
+    On PostgreSQL each numeric column comes as one bytea of binary values (float8send, int8send, boolsend) that
+    numpy reads as it is, and the two text columns as JSON arrays: the web process holds the GIL for a few
+    short calls (~7 ms of CPU for 10,000 items) instead of iterating the rows in Python (~70 ms every
+    ITEM_SNAPSHOT_SECONDS, during which the requests of the same process waited)."""
+    source = f"FROM {_ITEM_TABLE} i LEFT JOIN {_ITEM_FEATURES_TABLE} f ON f.item_id = i.id"
+    state = _snapshot_state_expressions(connection.vendor)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            binary = [
+                "int8send(i.id)",
+                "boolsend(i.active)",
+                *(f"float8send(coalesce(({expression})::float8, 'NaN'))" for expression in state),
+            ]
+            texts = ["i.external_id", "i.categories::text"]
+            cursor.execute(
+                "SELECT "
+                + ", ".join(
+                    [f"string_agg({e}, ''::bytea ORDER BY i.id)" for e in binary]
+                    + [f"json_agg({e} ORDER BY i.id)::text" for e in texts]
+                )
+                + f" {source}"
+            )
+            row = cursor.fetchone()
+            if row[0] is None:  # no items
+                return [[] for _ in range(4 + len(state))]
+            pks, active, *numbers = (bytes(value) for value in row[: len(binary)])
+            external_ids, categories = (json.loads(value) for value in row[len(binary) :])
+            return [
+                np.frombuffer(pks, dtype=">i8").astype(np.int64),
+                external_ids,
+                np.frombuffer(active, dtype=np.uint8).astype(bool),
+                categories,
+                *(np.frombuffer(column, dtype=">f8").astype(np.float64) for column in numbers),
+            ]
+        cursor.execute(f"SELECT i.id, i.external_id, i.active, i.categories, {', '.join(state)} {source} ORDER BY i.id")
+        rows = cursor.fetchall()
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(4 + len(state))]
+    for name in _SNAPSHOT_TIMES:  # SQLite keeps times in UTC without a zone (Django's converter reads a datetime)
+        column = columns[4 + features.ITEM_STATE_COLUMNS.index(name)]
+        column[:] = [None if value is None else _sqlite_seconds(value) for value in column]
+    return columns
+
+
+def _sqlite_seconds(value: datetime | str) -> float:
+    moment = value if isinstance(value, datetime) else parse_datetime(value)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 # --- Serving: a request's own reads --------------------------------------------------------------

@@ -165,6 +165,33 @@ def test_the_served_user_row_holds_the_seen_items_and_none_for_a_stranger():
     assert sql.inactive_items(pks=[item.pk, Item.objects.create(external_id="i2").pk]) == {item.pk}
 
 
+def test_the_item_snapshot_columns_hold_every_item_in_key_order_with_its_features_or_none():
+    assert [len(column) for column in sql.item_snapshot_columns()] == [0] * (4 + len(features.ITEM_STATE_COLUMNS))
+    plain = Item.objects.create(external_id='b "quoted", with comma', categories=["drama", "war"])
+    rated = Item.objects.create(external_id="a", active=False)
+    late = T0 + timedelta(days=3, microseconds=250)
+    delta = features.item_delta(
+        [
+            features.Event(1, rated.pk, "rating", 5.0, T0.timestamp()),
+            features.Event(1, rated.pk, "view", None, late.timestamp()),
+        ],
+        [features.Event(1, rated.pk, "rating", 5.0, T0.timestamp())],
+    )
+    sql.item_deltas_upsert(deltas=[(rated.pk, delta)])
+    pks, external_ids, active, categories, *state = sql.item_snapshot_columns()
+    assert list(pks) == [plain.pk, rated.pk] and external_ids == ['b "quoted", with comma', "a"]
+    assert list(active) == [True, False] and [json.loads(text) for text in categories] == [["drama", "war"], []]
+    stored = item_state_from_row(ItemFeatures.objects.get(item=rated))
+    for name, column in zip(features.ITEM_STATE_COLUMNS, state, strict=True):
+        empty, value = column[0], column[1]
+        assert empty is None or empty != empty, name  # no features row: None (SQLite) or NaN (PostgreSQL)
+        expected = getattr(stored, name)
+        assert (value is None or value != value) if expected is None else value == pytest.approx(expected, abs=1e-6), (
+            name
+        )
+    assert state[features.ITEM_STATE_COLUMNS.index("last_event_at")][1] == pytest.approx(late.timestamp(), abs=1e-6)
+
+
 def test_the_database_answers_a_ping_and_statistics_refresh_runs():
     sql.database_ping()
     sql.statistics_refresh(models=[Item, EndUser])
