@@ -8,13 +8,15 @@ version never trained on its own holdout and the earlier one never saw anything 
 has seen these events. Two exceptions, each explained in the record:
 - the later version was refit on all its data (it trained on its holdout too): the holdout of every event so
   far, restricted to the events after the later version's cut-off (those may be few or none yet);
-- both were trained up to the same cut-off without a refit: the shared split's whole holdout (neither trained on it).
+- no event arrived between the two cut-offs and the earlier one was not refit: both trained on the training
+  portion of the same split, so its whole holdout is compared (neither trained on any of it).
 The baselines (most-popular, EASE, and the rating baselines) are those of the later version's replay, as in the
 gate: fitted on the same training portion, ranked for the same users."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
@@ -31,6 +33,7 @@ from retraining.ml.manifest import json_safe
 from retraining.ml.metrics import CF_NAME, RATING_BASELINES
 from retraining.ml.params import TrainingParams
 from retraining.models import ComparisonStatus, VersionComparison
+from retraining.services.dataset import event_log_load
 from retraining.services.pipeline import training_cluster
 from retraining.services.rescoring import HoldoutScores, models_score_on_holdout
 from retraining.services.runs import TRAINING_QUEUE, BrokerUnavailable
@@ -148,24 +151,27 @@ def _comparison_finish(comparison_id: int, *, status: str, **fields) -> None:
     )
 
 
-def comparison_holdout(*, earlier: ModelVersion, later: ModelVersion) -> ComparisonHoldout:
-    """Which held-out events two versions are compared on (the module's docstring says why)."""
+def comparison_holdout(*, earlier: ModelVersion, later: ModelVersion, log_times: np.ndarray) -> ComparisonHoldout:
+    """Which held-out events two versions are compared on (the module's docstring says why). `log_times`: the
+    times of the events up to the later version's cut-off."""
     if later.parameters.get("refit_on_full_data") is True:
         return ComparisonHoldout(
             until=None,
             after=later.training_window_end,
             basis=f"{later} was refit on all its data, holdout included: the held-out events after its own cut-off",
         )
-    same_cutoff = earlier.training_window_end == later.training_window_end
-    if same_cutoff and earlier.parameters.get("refit_on_full_data") is not True:
+    after = earlier.training_window_end
+    refit = earlier.parameters.get("refit_on_full_data") is True
+    if after is not None and not refit and not (log_times >= after.timestamp()).any():
         return ComparisonHoldout(
             until=later.training_window_end,
             after=None,
-            basis="both were trained up to the same cut-off: their shared split's whole holdout",
+            basis=f"no event arrived between {earlier}'s cut-off and {later}'s: both were trained on the training "
+            "portion of the same split, and neither on its holdout, the whole of which is compared",
         )
     return ComparisonHoldout(
         until=later.training_window_end,
-        after=earlier.training_window_end,
+        after=after,
         basis=f"{later}'s holdout, only the events after {earlier}'s cut-off: neither version trained on them",
     )
 
@@ -174,7 +180,9 @@ def version_comparison_scores(*, a: ModelVersion, b: ModelVersion) -> dict:
     """The holdout, rows and segments of a comparison, a and b in the order asked (a model replay: minutes on
     large data)."""
     earlier, later = sorted((a, b), key=_cutoff_order)
-    holdout = comparison_holdout(earlier=earlier, later=later)
+    refit = later.parameters.get("refit_on_full_data") is True
+    log = event_log_load(until=None if refit else later.training_window_end)
+    holdout = comparison_holdout(earlier=earlier, later=later, log_times=log.ts)
     models = {}
     for version in (later, earlier):  # the later version first: the baselines are its replay's (see the gate)
         try:
@@ -189,6 +197,7 @@ def version_comparison_scores(*, a: ModelVersion, b: ModelVersion) -> dict:
         after=holdout.after,
         params=TrainingParams(**training),
         models=models,
+        log=log,
         cluster=training_cluster(),
     )
     if scores.users == 0:

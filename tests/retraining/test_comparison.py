@@ -106,9 +106,12 @@ def test_every_row_of_a_comparison_is_scored_on_the_same_documented_held_out_eve
     assert {row["name"]: row["metrics"] for row in swapped.rows} == {name: row["metrics"] for name, row in rows.items()}
 
 
-def test_versions_trained_up_to_the_same_cut_off_are_compared_on_their_shared_whole_holdout(two_trained_versions):
+@pytest.mark.parametrize("later", [CUTOFF, CUTOFF + timedelta(days=30)])
+def test_versions_with_no_event_between_their_cut_offs_are_compared_on_their_shared_whole_holdout(
+    two_trained_versions, later
+):
     _, second_run = two_trained_versions
-    third = run_now(until=CUTOFF).model_version
+    third = run_now(until=later).model_version  # the history ends in May: no event after CUTOFF
     comparison, _ = version_comparison_request(
         versions=[second_run.model_version.version, third.version], requested_by="t"
     )
@@ -116,7 +119,7 @@ def test_versions_trained_up_to_the_same_cut_off_are_compared_on_their_shared_wh
     comparison.refresh_from_db()
     assert comparison.status == ComparisonStatus.DONE, comparison.error
     assert comparison.holdout["after"] is None and comparison.holdout["events"] == third.dataset_stats["holdout_events"]
-    assert comparison.holdout["basis"].startswith("both were trained up to the same cut-off")
+    assert comparison.holdout["basis"].startswith("no event arrived between v2's cut-off and v3's")
 
 
 # --- The task: claimed once, written once -------------------------------------------------------------------
