@@ -525,21 +525,30 @@ class VersionComparisonAdmin(ReadOnlyAdmin):
     def holdout_shown(self, obj):
         if not obj.holdout:
             return "not computed yet" if obj.status in (ComparisonStatus.QUEUED, ComparisonStatus.RUNNING) else "—"
-        return format_html(
-            "{}.<br>{}.", obj.holdout["description"][:1].upper() + obj.holdout["description"][1:], obj.holdout["basis"]
-        )
+        sentences = [text[:1].upper() + text[1:] for text in (obj.holdout["description"], obj.holdout["basis"])]
+        return format_html("{}.<br>{}.", *sentences)
 
     @admin.display(description="every row on those events")
     def rows_table(self, obj):
+        """Two tables: the ranking metrics (versions and ranking baselines), then the rating metrics (versions and
+        rating baselines)."""
         if not obj.rows:
             return "—"
-        keys = [
-            key for key in RANKING_KEYS + RATING_KEYS if any(row["metrics"].get(key) is not None for row in obj.rows)
-        ]
-        return table_html(
-            ["", "users", *keys],
-            [[row["name"], row["users"], *(row["metrics"].get(key) for key in keys)] for row in obj.rows],
-        )
+        tables = []
+        for keys, first in ((RANKING_KEYS, ["users"]), (RATING_KEYS, [])):
+            rows = [row for row in obj.rows if any(row["metrics"].get(key) is not None for key in keys)]
+            tables.append(
+                table_html(
+                    ["", *first, *keys],
+                    [
+                        [row["name"], *([row["users"]] if first else []), *(row["metrics"].get(k) for k in keys)]
+                        for row in rows
+                    ],
+                )
+                if rows
+                else ""
+            )
+        return format_html("{}<br>{}", *tables)
 
     @admin.display(description="by user segment")
     def segments_table(self, obj):
