@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from registry.models import ModelVersion
 from registry.services import model_version_promote
@@ -297,3 +298,20 @@ def test_comparing_in_the_admin_needs_its_own_permission(versions, client):
     operator.user_permissions.add(Permission.objects.get(codename="add_versioncomparison"))
     assert client.post("/admin/retraining/versioncomparison/compare/", {"a": "1", "b": "2"}).status_code == 302
     assert VersionComparison.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the request's own commit sends the task, as in production
+def test_a_comparison_the_broker_cannot_take_is_failed_and_answered_with_a_503(versions, admin_client_api, monkeypatch):
+    def broker_down(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(comparison_service.current_app, "send_task", broker_down)
+    response = admin_client_api.post("/api/v1/comparisons", {"versions": [1, 2]}, format="json")
+    assert response.status_code == 503 and response.json()["error"] == "broker_unavailable"
+    comparison = VersionComparison.objects.get()
+    assert comparison.status == ComparisonStatus.FAILED and "the broker is unavailable" in comparison.error
+    sent = []
+    monkeypatch.setattr(comparison_service.current_app, "send_task", lambda *args, **kwargs: sent.append(kwargs))
+    again = admin_client_api.post("/api/v1/comparisons", {"versions": [1, 2]}, format="json")
+    assert again.status_code == 202 and again.json()["id"] != comparison.pk  # the failed one is not in progress
+    assert sent == [{"args": [again.json()["id"]], "queue": "training"}]
