@@ -91,16 +91,19 @@ def dataset_log(spec: str, scratch: Path) -> EventLog:
 
 
 def quality(log: EventLog, params: TrainingParams) -> dict:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = model_train(output_dir=None, params=params, progress=None, log=log)
-    row = {"ranker": result.metrics["ndcg@10"], **{name: b["ndcg@10"] for name, b in result.baselines.items()}}
+    ranking_baselines = {name: b["ndcg@10"] for name, b in result.baselines.items() if "ndcg@10" in b}
+    row = {"ranker": result.metrics["ndcg@10"], **ranking_baselines}
     best = max(row["ease"], row["itemknn"])
     row |= {
         "vs_best_baseline": row["ranker"] / best if best else None,
         "vs_popularity": row["ranker"] / row["popularity"] if row["popularity"] else None,
         "candidate_recall@100": result.metrics["candidate_recall@100"],
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
         "stages": result.timings_s,
+        "ranker_selection": result.manifest["params"]["ranker_selection"],
     }
     return {name: round(value, 4) if isinstance(value, float) else value for name, value in row.items()}
 
