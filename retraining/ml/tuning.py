@@ -113,7 +113,8 @@ def _window_positives(log: EventLog, split: Split, params: TrainingParams, users
 
 
 def _ndcg(booster: lgb.Booster, validation: RankerExamples, n_positives: np.ndarray, n_users: int, k: int) -> float:
-    """Mean NDCG@k over `n_users`, each query's candidates ranked by the booster (ties by candidate order)."""
+    """Mean NDCG@k over `n_users` as metrics.ranking_metrics defines it (binary gains, ideal DCG over min(k, |P|)),
+    each query's candidates ranked by the booster (ties by candidate order, as ranking.top_k)."""
     scores = ranking.ranker_scores(booster, validation.matrix)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     total, start = 0.0, 0
