@@ -384,6 +384,10 @@ API_KEY_CACHE_SECONDS = _seconds("API_KEY_CACHE_SECONDS", 5.0)
 # categories reaches the user features folded from new events within that time (unknown ids are always read).
 INGEST_CACHE_SECONDS = _seconds("INGEST_CACHE_SECONDS", 30.0)
 
+# How often each web process folds the event batches left waiting for the online features (a crash between an
+# ingest's commit and its fold, or more waiting than a request folds): the bound on their features' lag. 0: never.
+FOLD_SWEEP_SECONDS = _seconds("FOLD_SWEEP_SECONDS", 1.0)
+
 # --- Input limits (recsite/parsers.py, recsite/errors.py): bad input is a JSON 4xx, never a 5xx -----------------
 # A body may hold a full batch whose every record is near its limits (8 KiB each); a larger one is a 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=MAX_EVENTS_PER_REQUEST * 8192)

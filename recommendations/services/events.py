@@ -1,5 +1,8 @@
-"""Event ingestion: one transaction writes the events and folds them into the online features."""
+"""Event ingestion: one transaction writes the events and folds them into the online features, or leaves them
+to the transaction folding at that moment (services.online_features: feature rows are written by one
+transaction at a time, and no batch waits for another's)."""
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -7,13 +10,13 @@ from datetime import datetime
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, transaction
 
-from recommendations import features, sql
+from recommendations import sql
 from recommendations.models import Item
 from recommendations.process_cache import ProcessCache
 from recommendations.runtime import process_runtime
-from recommendations.services.online_features import first_interactions, online_features_update
+from recommendations.services.online_features import online_features_fold_or_defer, online_features_fold_pending
 from recsite import metrics
 from recsite.errors import ApplicationError, ConflictError
 
@@ -41,12 +44,15 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
 
     An event whose `event_id` is already stored (or repeated in the same batch) is a duplicate and is
     skipped by the insert itself (ON CONFLICT DO NOTHING), also when a concurrent request writes it; a
-    deadlock with a concurrent batch (rare: pairs and rows are locked in key order) is retried."""
+    deadlock with a concurrent batch (rare: pairs and rows are locked in key order) is retried. Once the events are
+    committed, the batches other requests left waiting are folded while nobody else folds them (a failure there
+    does not fail the request: its events are committed, and the sweeper folds them)."""
     strict = settings.CATALOG_STRICT if catalog_strict is None else catalog_strict
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 fresh = _ingest(events, strict)
+            _fold_waiting()
             return _ingest_counted(events, fresh)
         except (IntegrityError, OperationalError) as exc:
             # A cached user or item may have been deleted since (the foreign key fails at commit): read them again.
@@ -61,6 +67,16 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
 
 
 _ATTEMPTS = 3
+logger = logging.getLogger(__name__)
+
+
+def _fold_waiting() -> None:
+    try:
+        online_features_fold_pending()
+    except DatabaseError:
+        logger.warning("Folding the waiting event batches failed; the sweeper retries.", exc_info=True)
+
+
 _RETRYABLE_PG_CODES = {"40P01", "40001"}  # deadlock detected, serialization failure
 
 
@@ -82,18 +98,11 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
     """The events written (the others are duplicates)."""
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
-    # Locked before the events are stored, so that first_interactions sees a concurrent batch with the same pair.
+    # Locked before the events are stored, so that the fold finds each pair's first event exactly.
     sql.user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id][0]) for event in events})
     fresh, fresh_pks = sql.interactions_insert(events=events, users=users, items=items)
-    if fresh:
-        online_features_update(
-            events=[
-                features.Event(users[e.user_id], items[e.item_id][0], e.event_type, e.value, e.timestamp.timestamp())
-                for e in fresh
-            ],
-            arrivals=first_interactions(event_pks=fresh_pks),
-            item_categories={pk: categories for pk, categories in items.values()},
-        )
+    if fresh_pks:
+        online_features_fold_or_defer(event_pks=fresh_pks)
     return fresh
 
 

@@ -1,28 +1,38 @@
-"""The online feature store: folds accepted events into UserFeatures / ItemFeatures rows, inside the
-ingest transaction, with the definitions of recommendations.features.
+"""The online feature store: folds stored events into UserFeatures / ItemFeatures rows with the definitions
+of recommendations.features.
 
-Freshness: synchronous. The rows are updated in the same transaction as the events, so a recommendation
-request issued after the 201 sees them (0 s lag).
+Who folds, and when (online_features_fold_or_defer, online_features_fold_pending): feature rows are written by
+one transaction at a time, the holder of the folder's lock (sql.fold_lock_try), and nobody waits for it. An
+ingest transaction that gets the lock folds its own events, and any batches waiting, just before it commits;
+one that does not (another batch is being folded) leaves its events as a PendingFold row and commits. After its
+commit every ingest folds what is waiting, in transactions of its own, while the lock is free and something
+waits (at most FOLD_BUDGET_SECONDS of it). A batch left waiting is so folded by the transaction that held the
+lock (it looks again after its commit) or by whoever takes the lock next; a web process's sweeper
+(FOLD_SWEEP_SECONDS, 1 s) folds what a crash between the two commits left, or what the budget did not reach.
 
-Contention: neither a hot item nor users shared by concurrent batches may serialize ingestion. On
-PostgreSQL, item and user rows are each updated with one `INSERT ... ON CONFLICT DO UPDATE` for the whole
-batch that merges the batch's deltas (pre-aggregated per row in Python with the shared definitions) into
-the stored row: sums add, first/last times take the min/max, per-type and per-category counts add key by
-key, the recent items merge by time and keep the newest. The merge is commutative, so no row is read
-first; users then items, each in key order, as the last statements before commit, so a row is locked for
-one statement plus the commit. (Other backends write one transaction at a time: there the user rows are
-read, folded and written back.) bench/ingest.py measures the hot-item and shared-users cases.
+Freshness: a user's features include an acknowledged batch at once when no other batch was being folded (the
+common case, and always on SQLite), else within that other fold's time, at most FOLD_SWEEP_SECONDS. The user's
+events themselves (seen items) are read from the log and visible at once.
+
+Contention: batches that share users or a hot item never wait for each other's feature rows, and the rows are
+written once per fold for all the batches it holds. On PostgreSQL item and user rows are each updated with one
+`INSERT ... ON CONFLICT DO UPDATE` that merges the fold's deltas (pre-aggregated per row in Python with the
+shared definitions) into the stored row: sums add, first/last times take the min/max, per-type and per-category
+counts add key by key, the recent items merge by time and keep the newest. (Other backends write one
+transaction at a time: there the user rows are read, folded and written back.) bench/ingest.py measures the
+hot-item and shared-users cases.
 
 Distinct users: an item counts a user once, at the user's first stored event with it (features.ItemState).
-first_interactions finds those events with one index probe each; a transaction-scoped lock per (user,
-item) pair, taken in key order before the events are stored, makes the answer exact when two batches of
-the same user and item race (tests/reliability/test_bought_popularity.py) without making batches that
-merely share users wait for each other.
+sql.fold_event_rows finds those events with one index probe each; the transaction-scoped lock per (user, item)
+pair taken before the events are stored (sql.user_item_pairs_lock) makes the answer exact when two batches of
+the same user and item race (tests/reliability/test_bought_popularity.py).
 """
 
+import logging
+import time
 from collections import defaultdict
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Min, Q
 
 from recommendations import features, sql
@@ -36,6 +46,11 @@ from recommendations.models import (
     utc_datetime,
     utc_seconds,
 )
+
+logger = logging.getLogger(__name__)
+
+FOLD_BUDGET_SECONDS = 0.5  # of folding others' batches after an ingest's commit; the sweeper does the rest
+FOLD_WAITING_BATCHES = 20  # waiting batches folded per transaction (20,000 events at most)
 
 
 def item_state_from_row(row: ItemFeatures) -> features.ItemState:
@@ -53,11 +68,60 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
     )
 
 
-def online_features_update(
-    *, events: list[features.Event], arrivals: list[features.Event], item_categories: dict[int, list[str]]
-) -> None:
-    """Fold `events` (already written, in the caller's transaction) into the online feature rows.
-    `arrivals`: those that are their user's first with the item (first_interactions)."""
+def online_features_fold_or_defer(*, event_pks: list[int]) -> None:
+    """In the ingest transaction, after its events are stored: fold them, with the batches waiting, if no other
+    transaction is folding; else leave them waiting (a PendingFold row) for that one, and do not wait."""
+    if sql.fold_lock_try():
+        _fold_with_waiting(event_pks)
+    else:
+        sql.pending_fold_insert(event_pks=event_pks)
+
+
+def online_features_fold_pending(*, budget_seconds: float = FOLD_BUDGET_SECONDS) -> int:
+    """Fold the batches waiting, each round in a transaction of its own, until none waits, another transaction
+    holds the folder's lock (it looks again after its commit), or `budget_seconds` are spent (the sweeper
+    continues). Called after every ingest commit and by the sweeper. Returns the events folded."""
+    deadline, folded = time.monotonic() + budget_seconds, 0
+    while sql.pending_folds_exist():
+        with transaction.atomic():
+            if not sql.fold_lock_try():
+                break
+            folded += _fold_with_waiting([])
+        if time.monotonic() >= deadline:
+            break
+    return folded
+
+
+def online_features_sweep() -> None:
+    """The sweeper's tick (a web process's daemon thread): fold what waits; a failure waits for the next tick."""
+    try:
+        online_features_fold_pending()
+    except DatabaseError:
+        logger.warning("Folding the waiting event batches failed; the next sweep retries.", exc_info=True)
+
+
+def _fold_with_waiting(event_pks: list[int]) -> int:
+    """Fold `event_pks` and the oldest waiting batches (deleted in the same transaction), holding the lock."""
+    waiting = sql.pending_folds_take(limit=FOLD_WAITING_BATCHES)
+    keys = list(event_pks) + [pk for _, pks in waiting for pk in pks]
+    if keys:
+        online_features_fold(event_pks=keys)
+    if waiting:
+        sql.pending_folds_delete(ids=[pk for pk, _ in waiting])
+    return len(keys)
+
+
+def online_features_fold(*, event_pks: list[int]) -> None:
+    """Fold these stored events into the online feature rows, in the caller's transaction (which holds the
+    folder's lock: sql.fold_lock_try)."""
+    rows = sql.fold_event_rows(event_pks=event_pks)
+    item_categories = sql.item_categories(item_pks=sorted({row[1] for row in rows}))
+    events, arrivals = [], []
+    for user_id, item_id, event_type, value, timestamp, first in rows:
+        event = features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
+        events.append(event)
+        if first:
+            arrivals.append(event)
     _users_update(events, item_categories)
     _items_update(events, arrivals)
 
@@ -77,22 +141,6 @@ def _users_update(events: list[features.Event], item_categories: dict[int, list[
     (sql.user_deltas_upsert if merge else sql.user_rows_write)(rows=[rows[uid] for uid in user_ids])
 
 
-def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
-    """Those of these stored events that are the first (lowest key) of their user with their item.
-
-    Exact under concurrency when the pairs were locked (sql.user_item_pairs_lock) before the events were
-    stored: then every other event of these pairs is committed, and visible here (read committed: each
-    statement sees what was committed before it), or waits for this transaction. (The MovieLens import writes
-    events without these locks and then rebuilds the features of what it touched.) One probe of the
-    (user, item) index per event."""
-    if not event_pks:
-        return []
-    return [
-        features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
-        for user_id, item_id, event_type, value, timestamp in sql.first_interaction_rows(event_pks=event_pks)
-    ]
-
-
 def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:
     by_item: dict[int, list[features.Event]] = defaultdict(list)
     for event in events:
@@ -107,10 +155,14 @@ def _items_update(events: list[features.Event], arrivals: list[features.Event]) 
 def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list[int] | None = None) -> dict:
     """Recompute online feature rows from the event log with the shared definitions.
 
-    For bulk imports and repairs. Rows are locked before the events are read, so an ingest racing with
-    the rebuild either committed before it (and is in the replay) or waits and folds its events on top.
-    Returns the number of users and items rebuilt."""
+    For bulk imports and repairs. First the waiting batches are folded, with no batch left waiting or folded
+    elsewhere until the rebuild commits (sql.pending_folds_lock), and the rows are locked before the events are
+    read: an ingest racing with the rebuild either committed before it (its events are in the replay, folded or
+    not) or waits and folds its events on top. Returns the number of users and items rebuilt."""
     with transaction.atomic():
+        sql.pending_folds_lock()
+        while _fold_with_waiting([]):
+            pass
         users = sorted(user_ids if user_ids is not None else EndUser.objects.values_list("pk", flat=True))
         items = sorted(item_ids if item_ids is not None else Item.objects.values_list("pk", flat=True))
         UserFeatures.objects.bulk_create(
