@@ -1,6 +1,6 @@
-"""Event ingestion: one transaction writes the events and folds them into the online features, or leaves them
-to the transaction folding at that moment (services.online_features: feature rows are written by one
-transaction at a time, and no batch waits for another's)."""
+"""Event ingestion: one transaction writes the events and leaves them for the fold into the online features,
+which the request runs after its commit unless another transaction is folding (services.online_features:
+feature rows are written by one transaction at a time, and no batch waits for another's)."""
 
 import logging
 from collections import Counter
@@ -16,7 +16,7 @@ from recommendations import sql
 from recommendations.models import Item
 from recommendations.process_cache import ProcessCache
 from recommendations.runtime import process_runtime
-from recommendations.services.online_features import online_features_fold_or_defer, online_features_fold_pending
+from recommendations.services.online_features import online_features_fold_enqueue, online_features_fold_pending
 from recsite import metrics
 from recsite.errors import ApplicationError, ConflictError
 
@@ -44,9 +44,9 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
 
     An event whose `event_id` is already stored (or repeated in the same batch) is a duplicate and is
     skipped by the insert itself (ON CONFLICT DO NOTHING), also when a concurrent request writes it; a
-    deadlock with a concurrent batch (rare: pairs and rows are locked in key order) is retried. Once the events are
-    committed, the batches other requests left waiting are folded while nobody else folds them (a failure there
-    does not fail the request: its events are committed, and the sweeper folds them)."""
+    deadlock with a concurrent batch (rare: pairs are locked in key order) is retried. Once the events are
+    committed they are folded, with what other requests left waiting, unless another transaction is folding (then
+    it folds them); a failure there does not fail the request: its events are committed, the sweeper folds them."""
     strict = settings.CATALOG_STRICT if catalog_strict is None else catalog_strict
     for attempt in range(1, _ATTEMPTS + 1):
         try:
@@ -102,7 +102,7 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
     sql.user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id][0]) for event in events})
     fresh, fresh_pks = sql.interactions_insert(events=events, users=users, items=items)
     if fresh_pks:
-        online_features_fold_or_defer(event_pks=fresh_pks)
+        online_features_fold_enqueue(event_pks=fresh_pks)
     return fresh
 
 

@@ -1,18 +1,18 @@
 """The online feature store: folds stored events into UserFeatures / ItemFeatures rows with the definitions
 of recommendations.features.
 
-Who folds, and when (online_features_fold_or_defer, online_features_fold_pending): feature rows are written by
-one transaction at a time, the holder of the folder's lock (sql.fold_lock_try), and nobody waits for it. An
-ingest transaction that gets the lock folds its own events, and any batches waiting, just before it commits;
-one that does not (another batch is being folded) leaves its events as a PendingFold row and commits. After its
-commit every ingest folds what is waiting, in transactions of its own, while the lock is free and something
-waits (at most FOLD_BUDGET_SECONDS of it). A batch left waiting is so folded by the transaction that held the
-lock (it looks again after its commit) or by whoever takes the lock next; a web process's sweeper
-(FOLD_SWEEP_SECONDS, 1 s) folds what a crash between the two commits left, or what the budget did not reach.
+Who folds, and when (online_features_fold_enqueue, online_features_fold_pending): the ingest transaction stores
+its events and a PendingFold row naming them, and commits; then, in transactions of their own, it folds what is
+waiting while the folder's lock (sql.fold_lock_try) is free and something waits, for FOLD_BUDGET_SECONDS at most.
+Feature rows are so written by one transaction at a time, the lock's holder, and nobody waits for it: a request
+that finds the lock taken returns, and its batch is folded by the holder (it looks again after each commit), by
+whoever takes the lock next, or by a web process's sweeper (FOLD_SWEEP_SECONDS, 1 s), which also folds what a
+crash between the two commits left. The row is deleted in the transaction that folds its events: a batch is
+folded once, never lost.
 
 Freshness: a user's features include an acknowledged batch at once when no other batch was being folded (the
-common case, and always on SQLite), else within that other fold's time, at most FOLD_SWEEP_SECONDS. The user's
-events themselves (seen items) are read from the log and visible at once.
+common case, and always on SQLite, which writes one transaction at a time), else within that other fold's time,
+at most FOLD_SWEEP_SECONDS later. The user's events themselves (seen items) are read from the log, at once.
 
 Contention: batches that share users or a hot item never wait for each other's feature rows, and the rows are
 written once per fold for all the batches it holds. On PostgreSQL item and user rows are each updated with one
@@ -68,13 +68,11 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
     )
 
 
-def online_features_fold_or_defer(*, event_pks: list[int]) -> None:
-    """In the ingest transaction, after its events are stored: fold them, with the batches waiting, if no other
-    transaction is folding; else leave them waiting (a PendingFold row) for that one, and do not wait."""
-    if sql.fold_lock_try():
-        _fold_with_waiting(event_pks)
-    else:
-        sql.pending_fold_insert(event_pks=event_pks)
+def online_features_fold_enqueue(*, event_pks: list[int]) -> None:
+    """In the ingest transaction, after its events are stored: leave them for the fold (a PendingFold row), which
+    runs after the commit, so that the transaction holds its (user, item) pair locks for no longer than its own
+    writes take."""
+    sql.pending_fold_insert(event_pks=event_pks)
 
 
 def online_features_fold_pending(*, budget_seconds: float = FOLD_BUDGET_SECONDS) -> int:
