@@ -524,19 +524,19 @@ class FoldBacklog(PostgresBackends):
             cursor.execute(statement)
             return cursor.fetchone()[0]
 
-    def waiting(self) -> int:
+    def waiting_events(self) -> int:
         if not self.exists:
             return 0
         return self._query(f"SELECT coalesce(sum(jsonb_array_length(event_ids)), 0) FROM {self.TABLE}")
 
     def __call__(self) -> list[int]:
-        self.max_waiting = max(self.max_waiting, self.waiting())
+        self.max_waiting = max(self.max_waiting, self.waiting_events())
         return super().__call__()
 
     def drain(self, *, timeout: float = 30.0) -> tuple[int, float]:
         """(events waiting when the load stopped, seconds until none was), polled every 50 ms."""
-        started, at_stop = time.monotonic(), self.waiting()
-        while self.waiting() and time.monotonic() - started < timeout:
+        started, at_stop = time.monotonic(), self.waiting_events()
+        while self.waiting_events() and time.monotonic() - started < timeout:
             time.sleep(0.05)
         return at_stop, time.monotonic() - started
 
