@@ -1,7 +1,8 @@
 """All raw SQL of the recommendations app, in one module. Every statement runs on PostgreSQL and SQLite (where they
 differ, both spellings are here); tests/recommendations/test_sql.py runs each function on both. Some exist only on
-PostgreSQL, for concurrent ingestion (SQLite writes one transaction at a time and needs none of them):
-user_item_pairs_lock, fold_lock_try and pending_folds_lock (no-ops elsewhere) and user_deltas_upsert (jsonb).
+PostgreSQL, for concurrent ingestion (SQLite writes one transaction at a time and needs none of them): the locks
+user_item_pairs_lock, fold_lock_try, fold_lock_wait and pending_folds_lock (no-ops elsewhere), and
+user_deltas_upsert (jsonb).
 
 Why SQL and not the ORM, each time: on the request paths (ingestion, serving) compiling the ORM's queries cost more
 CPU than the statements themselves (~1 ms per single-event ingest, 1.5 ms per recommendation), bulk_update's CASE
@@ -193,6 +194,22 @@ def fold_lock_try() -> bool:
         return cursor.fetchone()[0]
 
 
+def fold_lock_wait() -> None:
+    """Take the folder's lock until the transaction ends, waiting for its holder's commit, FOLD_LOCK_WAIT_SECONDS
+    at most (then OperationalError: a holder that hangs must not hold requests). A no-op where one transaction
+    writes at a time."""
+    db = transaction.get_connection()
+    if db.vendor != "postgresql":
+        return
+    with db.cursor() as cursor:
+        cursor.execute(f"SET LOCAL lock_timeout = '{FOLD_LOCK_WAIT_SECONDS * 1000:.0f}ms'")
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _FOLD_LOCK_KEYS)
+        cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
+
+
+FOLD_LOCK_WAIT_SECONDS = 5
+
+
 def pending_fold_insert(*, event_pks: list[int]) -> None:
     """Leave a batch's stored events for the folder (in the transaction that stores them)."""
     event_ids = PendingFold._meta.get_field("event_ids").get_db_prep_save(list(event_pks), connection)
@@ -203,10 +220,11 @@ def pending_fold_insert(*, event_pks: list[int]) -> None:
         )
 
 
-def pending_folds_exist() -> bool:
+def pending_folds_count() -> int:
+    """How many batches wait (the table holds a few rows: those not yet folded)."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {_PENDING_TABLE})")
-        return bool(cursor.fetchone()[0])
+        cursor.execute(f"SELECT count(*) FROM {_PENDING_TABLE}")
+        return cursor.fetchone()[0]
 
 
 def pending_folds_take(*, limit: int) -> list[tuple[int, list[int]]]:

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 FOLD_BUDGET_SECONDS = 0.5  # of folding others' batches after an ingest's commit; the sweeper does the rest
 FOLD_WAITING_BATCHES = 20  # waiting batches folded per transaction (20,000 events at most)
+FOLD_BACKLOG_BATCHES = 4  # this many waiting (its own counted): an ingest waits for the folder (backpressure)
 
 
 def item_state_from_row(row: ItemFeatures) -> features.ItemState:
@@ -78,12 +79,16 @@ def online_features_fold_enqueue(*, event_pks: list[int]) -> None:
 def online_features_fold_pending(*, budget_seconds: float = FOLD_BUDGET_SECONDS) -> int:
     """Fold the batches waiting, each round in a transaction of its own, until none waits, another transaction
     holds the folder's lock (it looks again after its commit), or `budget_seconds` are spent (the sweeper
-    continues). Called after every ingest commit and by the sweeper. Returns the events folded."""
+    continues). Called after every ingest commit and by the sweeper. Backpressure: when FOLD_BACKLOG_BATCHES or
+    more wait, the caller waits for the lock rather than leave, so that the folder's lag stays bounded when
+    batches arrive faster than one fold at a time keeps up with. Returns the events folded."""
     deadline, folded = time.monotonic() + budget_seconds, 0
-    while sql.pending_folds_exist():
+    while waiting := sql.pending_folds_count():
         with transaction.atomic():
             if not sql.fold_lock_try():
-                break
+                if waiting < FOLD_BACKLOG_BATCHES:
+                    break
+                sql.fold_lock_wait()
             folded += _fold_with_waiting([])
         if time.monotonic() >= deadline:
             break

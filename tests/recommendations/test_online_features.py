@@ -16,6 +16,7 @@ from recommendations import features, sql
 from recommendations.models import Interaction, Item, ItemFeatures, PendingFold, UserFeatures
 from recommendations.services.events import EventInput, event_ingest
 from recommendations.services.online_features import (
+    FOLD_BACKLOG_BATCHES,
     item_state_from_row,
     online_features_fold_pending,
     online_features_rebuild,
@@ -393,4 +394,30 @@ def test_a_batch_is_acknowledged_while_another_batch_of_the_same_users_is_being_
     assert acknowledged_meanwhile, "the second batch waited for the first one's fold"
     online_features_fold_pending()
     assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == 120
+    assert_online_equals_replay()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrency is tested on PostgreSQL")
+def test_once_enough_batches_wait_an_ingest_waits_for_the_folder_and_folds_them_all():
+    """Backpressure: while the folder is busy, batches are left waiting until FOLD_BACKLOG_BATCHES wait; the
+    ingest that makes them so many waits for the folder, then folds everything."""
+    catalog()
+    holder = _fold_keys_held_elsewhere()
+    try:
+        for seed in range(FOLD_BACKLOG_BATCHES - 1):
+            event_ingest(events=random_events(10, seed=seed))  # each returns at once
+        assert PendingFold.objects.count() == FOLD_BACKLOG_BATCHES - 1
+        thread = threading.Thread(
+            target=lambda: (event_ingest(events=random_events(10, seed=99)), connections.close_all())
+        )
+        thread.start()
+        thread.join(timeout=3)
+        assert thread.is_alive(), "the ingest left a batch waiting beyond the backlog instead of waiting"
+    finally:
+        holder.rollback()
+        holder.close()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not PendingFold.objects.exists()
+    assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == 10 * FOLD_BACKLOG_BATCHES
     assert_online_equals_replay()

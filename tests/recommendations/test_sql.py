@@ -89,17 +89,17 @@ def test_item_categories_are_read_by_key():
 
 
 def test_waiting_batches_are_taken_oldest_first_and_deleted_once_folded():
-    assert not sql.pending_folds_exist() and sql.pending_folds_take(limit=5) == []
+    assert sql.pending_folds_count() == 0 and sql.pending_folds_take(limit=5) == []
     sql.pending_fold_insert(event_pks=[3, 1, 2])
     sql.pending_fold_insert(event_pks=[7])
-    assert sql.pending_folds_exist()
+    assert sql.pending_folds_count() == 2
     taken = sql.pending_folds_take(limit=1)
     assert [pks for _, pks in taken] == [[3, 1, 2]]
     sql.pending_folds_delete(ids=[pk for pk, _ in taken])
     assert [pks for _, pks in sql.pending_folds_take(limit=5)] == [[7]]
     with transaction.atomic():
         sql.pending_folds_lock()  # the rebuild's lock: a plain read passes it
-        assert sql.pending_folds_exist()
+        assert sql.pending_folds_count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -109,6 +109,7 @@ def test_the_folders_lock_is_refused_while_another_transaction_holds_it_and_free
     try:
         with transaction.atomic():
             assert sql.fold_lock_try() and sql.fold_lock_try()  # taken again by its holder
+            sql.fold_lock_wait()  # its holder does not wait for itself
             with other.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", sql._FOLD_LOCK_KEYS)
                 assert cursor.fetchone() == (False,)
