@@ -64,19 +64,13 @@ def _placeholders(values) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def item_lookup(*, external_ids: set[str]) -> dict[str, tuple[int, list[str]]]:
-    categories_field = Item._meta.get_field("categories")
+def item_lookup(*, external_ids: set[str]) -> dict[str, int]:
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id, external_id, categories FROM {_ITEM_TABLE} "
-            f"WHERE external_id IN ({_placeholders(external_ids)})",
+            f"SELECT external_id, id FROM {_ITEM_TABLE} WHERE external_id IN ({_placeholders(external_ids)})",
             list(external_ids),
         )
-        rows = cursor.fetchall()
-    return {
-        external_id: (pk, categories_field.from_db_value(categories, None, connection) or [])
-        for pk, external_id, categories in rows
-    }
+        return dict(cursor.fetchall())
 
 
 _INSERTED_COLUMNS = (
@@ -96,9 +90,7 @@ _INTERACTION_INSERT_SQL = (
 )
 
 
-def interactions_insert(
-    *, events: list, users: dict[str, int], items: dict[str, tuple[int, list[str]]]
-) -> tuple[list, list[int]]:
+def interactions_insert(*, events: list, users: dict[str, int], items: dict[str, int]) -> tuple[list, list[int]]:
     """Insert the events in one statement that skips stored (or repeated) event_ids; returns the events
     written and their keys. ON CONFLICT DO NOTHING waits for a concurrent writer of the same event_id and
     then skips it, so duplicates need neither a SELECT beforehand nor a retry."""
@@ -111,7 +103,7 @@ def interactions_insert(
         params += [
             event_id_field.get_db_prep_value(event.event_id, connection),
             users[event.user_id],
-            items[event.item_id][0],
+            items[event.item_id],
             event.event_type,
             event.value,
             adapt_time(event.timestamp),

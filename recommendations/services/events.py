@@ -99,7 +99,7 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
     # Locked before the events are stored, so that the fold finds each pair's first event exactly.
-    sql.user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id][0]) for event in events})
+    sql.user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id]) for event in events})
     fresh, fresh_pks = sql.interactions_insert(events=events, users=users, items=items)
     if fresh_pks:
         online_features_fold_enqueue(event_pks=fresh_pks)
@@ -119,14 +119,13 @@ def _read_through(cache: ProcessCache, keys: set[str], read: Callable[[set[str]]
     return found
 
 
-def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
-    """(pk, categories) of each event's item, creating unknown items (inactive) unless the catalog is strict. Cached
-    categories may be INGEST_CACHE_SECONDS old: a change of categories reaches features within that time."""
+def _items_for(events: list[EventInput], strict: bool) -> dict[str, int]:
+    """The pk of each event's item, creating unknown items (inactive) unless the catalog is strict."""
     wanted = {event.item_id for event in events}
     return _read_through(process_runtime().known_items, wanted, lambda unread: _items_read(unread, events, strict))
 
 
-def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
+def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, int]:
     found = sql.item_lookup(external_ids=wanted)
     missing = wanted - found.keys()
     if missing and strict:

@@ -31,13 +31,11 @@ def test_users_are_inserted_once_and_looked_up_by_external_id():
     }
 
 
-def test_items_are_looked_up_with_their_categories():
+def test_items_are_looked_up_by_external_id():
     item = Item.objects.create(external_id="i1", categories=["drama", "war"])
-    Item.objects.create(external_id="i2")
-    assert sql.item_lookup(external_ids={"i1", "i2", "nope"}) == {
-        "i1": (item.pk, ["drama", "war"]),
-        "i2": (Item.objects.get(external_id="i2").pk, []),
-    }
+    assert sql.item_lookup(external_ids={"i1", "i2", "nope"}) == {"i1": item.pk}
+    other = Item.objects.create(external_id="i2")
+    assert sql.item_lookup(external_ids={"i2", "i1"}) == {"i1": item.pk, "i2": other.pk}
 
 
 def _events(users: dict, items: dict, *event_ids):
@@ -59,7 +57,7 @@ def _events(users: dict, items: dict, *event_ids):
 def test_an_event_id_already_stored_or_repeated_in_the_batch_is_inserted_once():
     users, items = (
         {"u": EndUser.objects.create(external_id="u").pk},
-        {"i1": (Item.objects.create(external_id="i1").pk, [])},
+        {"i1": Item.objects.create(external_id="i1").pk},
     )
     one, two = uuid.uuid4(), uuid.uuid4()
     fresh, pks = _events(users, items, one, one, None)
