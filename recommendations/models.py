@@ -74,6 +74,20 @@ class Interaction(models.Model):
         return f"{self.user_id} {self.event_type} {self.item_id} @ {self.timestamp:%Y-%m-%d %H:%M}"
 
 
+class PendingFold(models.Model):
+    """A committed batch of events not yet folded into the online features (on PostgreSQL ingestion folds after
+    its commit, in a transaction of its own: services.online_features.online_features_fold_pending). Written in
+    the transaction that stores the events and deleted in the one that folds them, so a crash between the two
+    leaves the row, and the next fold (any request's, or a web process's sweeper within FOLD_SWEEP_SECONDS)
+    folds the batch: never lost, never folded twice."""
+
+    event_ids = models.JSONField(help_text="Interaction keys of the batch's stored events.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"{len(self.event_ids)} events to fold, stored {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
 class UserFeatures(models.Model):
     """Online features of one user, updated in the transaction that writes the user's events.
     Field meanings and update rules: recommendations.features (shared with training)."""

@@ -1,7 +1,8 @@
 """All raw SQL of the recommendations app, in one module. Every statement runs on PostgreSQL and SQLite (where they
-differ, both spellings are here); tests/recommendations/test_sql.py runs each function on both. Two exist only on
-PostgreSQL, for concurrent ingestion (SQLite writes one transaction at a time and needs neither):
-user_item_pairs_lock (a no-op elsewhere) and user_deltas_upsert (jsonb).
+differ, both spellings are here); tests/recommendations/test_sql.py runs each function on both. Some exist only on
+PostgreSQL, for concurrent ingestion (SQLite writes one transaction at a time and needs none of them): the locks
+user_item_pairs_lock, fold_lock_try, fold_lock_wait and pending_folds_lock (no-ops elsewhere), and
+user_deltas_upsert (jsonb).
 
 Why SQL and not the ORM, each time: on the request paths (ingestion, serving) compiling the ORM's queries cost more
 CPU than the statements themselves (~1 ms per single-event ingest, 1.5 ms per recommendation), bulk_update's CASE
@@ -26,6 +27,7 @@ from recommendations.models import (
     Interaction,
     Item,
     ItemFeatures,
+    PendingFold,
     UserFeatures,
     utc_datetime,
 )
@@ -65,19 +67,13 @@ def _placeholders(values) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def item_lookup(*, external_ids: set[str]) -> dict[str, tuple[int, list[str]]]:
-    categories_field = Item._meta.get_field("categories")
+def item_lookup(*, external_ids: set[str]) -> dict[str, int]:
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id, external_id, categories FROM {_ITEM_TABLE} "
-            f"WHERE external_id IN ({_placeholders(external_ids)})",
+            f"SELECT external_id, id FROM {_ITEM_TABLE} WHERE external_id IN ({_placeholders(external_ids)})",
             list(external_ids),
         )
-        rows = cursor.fetchall()
-    return {
-        external_id: (pk, categories_field.from_db_value(categories, None, connection) or [])
-        for pk, external_id, categories in rows
-    }
+        return dict(cursor.fetchall())
 
 
 _INSERTED_COLUMNS = (
@@ -97,9 +93,7 @@ _INTERACTION_INSERT_SQL = (
 )
 
 
-def interactions_insert(
-    *, events: list, users: dict[str, int], items: dict[str, tuple[int, list[str]]]
-) -> tuple[list, list[int]]:
+def interactions_insert(*, events: list, users: dict[str, int], items: dict[str, int]) -> tuple[list, list[int]]:
     """Insert the events in one statement that skips stored (or repeated) event_ids; returns the events
     written and their keys. ON CONFLICT DO NOTHING waits for a concurrent writer of the same event_id and
     then skips it, so duplicates need neither a SELECT beforehand nor a retry."""
@@ -112,7 +106,7 @@ def interactions_insert(
         params += [
             event_id_field.get_db_prep_value(event.event_id, connection),
             users[event.user_id],
-            items[event.item_id][0],
+            items[event.item_id],
             event.event_type,
             event.value,
             adapt_time(event.timestamp),
@@ -138,18 +132,119 @@ def interactions_insert(
 # --- Online features ----------------------------------------------------------------------------
 
 _INTERACTION_TABLE = Interaction._meta.db_table
-_FIRST_SQL = (
-    f"SELECT f.user_id, f.item_id, f.event_type, f.value, f.timestamp FROM {_INTERACTION_TABLE} f "
-    f"WHERE f.id IN ({{keys}}) AND NOT EXISTS (SELECT 1 FROM {_INTERACTION_TABLE} o "
-    "WHERE o.user_id = f.user_id AND o.item_id = f.item_id AND o.id < f.id)"
+_FOLD_EVENTS_SQL = (
+    "SELECT f.user_id, f.item_id, f.event_type, f.value, f.timestamp, "
+    f"NOT EXISTS (SELECT 1 FROM {_INTERACTION_TABLE} o "
+    "WHERE o.user_id = f.user_id AND o.item_id = f.item_id AND o.id < f.id) "
+    f"FROM {_INTERACTION_TABLE} f WHERE f.id {{keys}} ORDER BY f.id"
 )
 
 
-def first_interaction_rows(*, event_pks: list[int]) -> list[tuple]:
-    """(user, item, type, value, timestamp) of those of these events that are their user's first with their item."""
+def fold_event_rows(*, event_pks: list[int]) -> list[tuple]:
+    """(user, item, type, value, timestamp, first) of these stored events, in key order; `first`: the event is its
+    user's first (lowest key) with its item. One probe of the (user, item) index per event."""
     with connection.cursor() as cursor:
-        cursor.execute(_FIRST_SQL.format(keys=", ".join(["%s"] * len(event_pks))), event_pks)
-        return cursor.fetchall()
+        cursor.execute(_FOLD_EVENTS_SQL.format(keys=_in_list(connection, event_pks)), _in_params(connection, event_pks))
+        return [(*row[:5], bool(row[5])) for row in cursor.fetchall()]
+
+
+def _in_list(db, values) -> str:
+    """`IN (...)` for `values`: one array parameter on PostgreSQL (a fold may hold many batches' keys), placeholders
+    elsewhere (SQLite folds one batch at a time)."""
+    return "= ANY(%s)" if db.vendor == "postgresql" else f"IN ({_placeholders(values)})"
+
+
+def _in_params(db, values) -> list:
+    return [list(values)] if db.vendor == "postgresql" else list(values)
+
+
+def item_categories(*, item_pks: list[int]) -> dict[int, list[str]]:
+    """The categories of these items (read when their events are folded: a change reaches the next fold)."""
+    categories_field = Item._meta.get_field("categories")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, categories FROM {_ITEM_TABLE} WHERE id {_in_list(connection, item_pks)}",
+            _in_params(connection, item_pks),
+        )
+        rows = cursor.fetchall()
+    return {pk: categories_field.from_db_value(categories, None, connection) or [] for pk, categories in rows}
+
+
+# --- Batches waiting for the fold (PendingFold) ----------------------------------------------------------
+
+_PENDING_TABLE = PendingFold._meta.db_table
+# The folder's lock: two int4 keys, a key space apart from the (user, item) pair locks' single bigint keys.
+_FOLD_LOCK_KEYS = [0x72656373, 0x666F6C64]  # "recs", "fold"
+
+
+def fold_lock_try() -> bool:
+    """Take the folder's lock until the transaction ends unless another transaction holds it (then False at once,
+    without waiting). Only its holder folds, so feature rows are written by one transaction at a time and nobody
+    waits for them. PostgreSQL advisory lock; other backends write one transaction at a time (always True there)."""
+    db = transaction.get_connection()
+    if db.vendor != "postgresql":
+        return True
+    with db.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", _FOLD_LOCK_KEYS)
+        return cursor.fetchone()[0]
+
+
+def fold_lock_wait() -> None:
+    """Take the folder's lock until the transaction ends, waiting for its holder's commit, FOLD_LOCK_WAIT_SECONDS
+    at most (then OperationalError: a holder that hangs must not hold requests). A no-op where one transaction
+    writes at a time."""
+    db = transaction.get_connection()
+    if db.vendor != "postgresql":
+        return
+    with db.cursor() as cursor:
+        cursor.execute(f"SET LOCAL lock_timeout = '{FOLD_LOCK_WAIT_SECONDS * 1000:.0f}ms'")
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _FOLD_LOCK_KEYS)
+        cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
+
+
+FOLD_LOCK_WAIT_SECONDS = 5
+
+
+def pending_fold_insert(*, event_pks: list[int]) -> None:
+    """Leave a batch's stored events for the folder (in the transaction that stores them)."""
+    event_ids = PendingFold._meta.get_field("event_ids").get_db_prep_save(list(event_pks), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_PENDING_TABLE} (event_ids, created_at) VALUES (%s, %s)",
+            [event_ids, connection.ops.adapt_datetimefield_value(timezone.now())],
+        )
+
+
+def pending_folds_count() -> int:
+    """How many batches wait (the table holds a few rows: those not yet folded)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {_PENDING_TABLE}")
+        return cursor.fetchone()[0]
+
+
+def pending_folds_take(*, limit: int) -> list[tuple[int, list[int]]]:
+    """(id, event keys) of the oldest `limit` waiting batches, locked until the transaction ends (FOR UPDATE: a
+    rebuild's table lock, pending_folds_lock, waits for this fold and this fold for it)."""
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, event_ids FROM {_PENDING_TABLE} ORDER BY id LIMIT %s{lock}", [limit])
+        rows = cursor.fetchall()
+    return [(pk, json.loads(event_ids) if isinstance(event_ids, str) else event_ids) for pk, event_ids in rows]
+
+
+def pending_folds_delete(*, ids: list[int]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {_PENDING_TABLE} WHERE id IN ({_placeholders(ids)})", ids)
+
+
+def pending_folds_lock() -> None:
+    """Until the transaction ends, no batch is left waiting and no other fold takes waiting batches (a rebuild: it
+    folds what waits, then replays the log, with nothing arriving in between). PostgreSQL's EXCLUSIVE table lock,
+    which plain reads pass; other backends write one transaction at a time (a no-op there)."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {_PENDING_TABLE} IN EXCLUSIVE MODE")
 
 
 # The feature rows of one request are read and written in raw SQL: compiling the ORM's queries cost more
@@ -161,9 +256,10 @@ _USER_FEATURES_TABLE = UserFeatures._meta.db_table
 
 def user_item_pairs_lock(*, pairs: Iterable[tuple[int, int]]) -> None:
     """Lock these (user, item) pairs until the transaction ends, in key order (so concurrent batches cannot
-    deadlock on them). Ingestion takes them before it stores the events, so that first_interaction_rows sees a
-    concurrent batch with the same pair: it committed before, or it waits for this transaction. PostgreSQL
-    advisory locks; other backends write one transaction at a time and need none (a no-op there)."""
+    deadlock on them). Ingestion takes them before it stores the events, so that a pair's events get their keys in
+    the order their batches commit: once a batch is committed, every event of its pairs with a lower key is too,
+    and fold_event_rows finds each pair's first exactly whenever the fold runs. PostgreSQL advisory locks; other
+    backends write one transaction at a time and need none (a no-op there)."""
     db = transaction.get_connection()
     if db.vendor != "postgresql":
         return

@@ -1,28 +1,38 @@
-"""The online feature store: folds accepted events into UserFeatures / ItemFeatures rows, inside the
-ingest transaction, with the definitions of recommendations.features.
+"""The online feature store: folds stored events into UserFeatures / ItemFeatures rows with the definitions
+of recommendations.features.
 
-Freshness: synchronous. The rows are updated in the same transaction as the events, so a recommendation
-request issued after the 201 sees them (0 s lag).
+Who folds, and when (online_features_fold_enqueue, online_features_fold_pending): the ingest transaction stores
+its events and a PendingFold row naming them, and commits; then, in transactions of their own, it folds what is
+waiting while the folder's lock (sql.fold_lock_try) is free and something waits, for FOLD_BUDGET_SECONDS at most.
+Feature rows are so written by one transaction at a time, the lock's holder, and nobody waits for it: a request
+that finds the lock taken returns, and its batch is folded by the holder (it looks again after each commit), by
+whoever takes the lock next, or by a web process's sweeper (FOLD_SWEEP_SECONDS, 1 s), which also folds what a
+crash between the two commits left. The row is deleted in the transaction that folds its events: a batch is
+folded once, never lost.
 
-Contention: neither a hot item nor users shared by concurrent batches may serialize ingestion. On
-PostgreSQL, item and user rows are each updated with one `INSERT ... ON CONFLICT DO UPDATE` for the whole
-batch that merges the batch's deltas (pre-aggregated per row in Python with the shared definitions) into
-the stored row: sums add, first/last times take the min/max, per-type and per-category counts add key by
-key, the recent items merge by time and keep the newest. The merge is commutative, so no row is read
-first; users then items, each in key order, as the last statements before commit, so a row is locked for
-one statement plus the commit. (Other backends write one transaction at a time: there the user rows are
-read, folded and written back.) bench/ingest.py measures the hot-item and shared-users cases.
+Freshness: a user's features include an acknowledged batch at once when no other batch was being folded (the
+common case, and always on SQLite, which writes one transaction at a time), else within that other fold's time,
+at most FOLD_SWEEP_SECONDS later. The user's events themselves (seen items) are read from the log, at once.
+
+Contention: batches that share users or a hot item never wait for each other's feature rows, and the rows are
+written once per fold for all the batches it holds. On PostgreSQL item and user rows are each updated with one
+`INSERT ... ON CONFLICT DO UPDATE` that merges the fold's deltas (pre-aggregated per row in Python with the
+shared definitions) into the stored row: sums add, first/last times take the min/max, per-type and per-category
+counts add key by key, the recent items merge by time and keep the newest. (Other backends write one
+transaction at a time: there the user rows are read, folded and written back.) bench/ingest.py measures the
+hot-item and shared-users cases.
 
 Distinct users: an item counts a user once, at the user's first stored event with it (features.ItemState).
-first_interactions finds those events with one index probe each; a transaction-scoped lock per (user,
-item) pair, taken in key order before the events are stored, makes the answer exact when two batches of
-the same user and item race (tests/reliability/test_bought_popularity.py) without making batches that
-merely share users wait for each other.
+sql.fold_event_rows finds those events with one index probe each; the transaction-scoped lock per (user, item)
+pair taken before the events are stored (sql.user_item_pairs_lock) makes the answer exact when two batches of
+the same user and item race (tests/reliability/test_bought_popularity.py).
 """
 
+import logging
+import time
 from collections import defaultdict
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Min, Q
 
 from recommendations import features, sql
@@ -36,6 +46,12 @@ from recommendations.models import (
     utc_datetime,
     utc_seconds,
 )
+
+logger = logging.getLogger(__name__)
+
+FOLD_BUDGET_SECONDS = 0.5  # of folding others' batches after an ingest's commit; the sweeper does the rest
+FOLD_WAITING_BATCHES = 20  # waiting batches folded per transaction (20,000 events at most)
+FOLD_BACKLOG_BATCHES = 4  # this many waiting (its own counted): an ingest waits for the folder (backpressure)
 
 
 def item_state_from_row(row: ItemFeatures) -> features.ItemState:
@@ -53,11 +69,62 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
     )
 
 
-def online_features_update(
-    *, events: list[features.Event], arrivals: list[features.Event], item_categories: dict[int, list[str]]
-) -> None:
-    """Fold `events` (already written, in the caller's transaction) into the online feature rows.
-    `arrivals`: those that are their user's first with the item (first_interactions)."""
+def online_features_fold_enqueue(*, event_pks: list[int]) -> None:
+    """In the ingest transaction, after its events are stored: leave them for the fold (a PendingFold row), which
+    runs after the commit, so that the transaction holds its (user, item) pair locks for no longer than its own
+    writes take."""
+    sql.pending_fold_insert(event_pks=event_pks)
+
+
+def online_features_fold_pending(*, budget_seconds: float = FOLD_BUDGET_SECONDS) -> int:
+    """Fold the batches waiting, each round in a transaction of its own, until none waits, another transaction
+    holds the folder's lock (it looks again after its commit), or `budget_seconds` are spent (the sweeper
+    continues). Called after every ingest commit and by the sweeper. Backpressure: when FOLD_BACKLOG_BATCHES or
+    more wait, the caller waits for the lock rather than leave, so that the folder's lag stays bounded when
+    batches arrive faster than one fold at a time keeps up with. Returns the events folded."""
+    deadline, folded = time.monotonic() + budget_seconds, 0
+    while waiting := sql.pending_folds_count():
+        with transaction.atomic():
+            if not sql.fold_lock_try():
+                if waiting < FOLD_BACKLOG_BATCHES:
+                    break
+                sql.fold_lock_wait()
+            folded += _fold_with_waiting([])
+        if time.monotonic() >= deadline:
+            break
+    return folded
+
+
+def online_features_sweep() -> None:
+    """The sweeper's tick (a web process's daemon thread): fold what waits; a failure waits for the next tick."""
+    try:
+        online_features_fold_pending()
+    except DatabaseError:
+        logger.warning("Folding the waiting event batches failed; the next sweep retries.", exc_info=True)
+
+
+def _fold_with_waiting(event_pks: list[int]) -> int:
+    """Fold `event_pks` and the oldest waiting batches (deleted in the same transaction), holding the lock."""
+    waiting = sql.pending_folds_take(limit=FOLD_WAITING_BATCHES)
+    keys = list(event_pks) + [pk for _, pks in waiting for pk in pks]
+    if keys:
+        online_features_fold(event_pks=keys)
+    if waiting:
+        sql.pending_folds_delete(ids=[pk for pk, _ in waiting])
+    return len(keys)
+
+
+def online_features_fold(*, event_pks: list[int]) -> None:
+    """Fold these stored events into the online feature rows, in the caller's transaction (which holds the
+    folder's lock: sql.fold_lock_try)."""
+    rows = sql.fold_event_rows(event_pks=event_pks)
+    item_categories = sql.item_categories(item_pks=sorted({row[1] for row in rows}))
+    events, arrivals = [], []
+    for user_id, item_id, event_type, value, timestamp, first in rows:
+        event = features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
+        events.append(event)
+        if first:
+            arrivals.append(event)
     _users_update(events, item_categories)
     _items_update(events, arrivals)
 
@@ -77,22 +144,6 @@ def _users_update(events: list[features.Event], item_categories: dict[int, list[
     (sql.user_deltas_upsert if merge else sql.user_rows_write)(rows=[rows[uid] for uid in user_ids])
 
 
-def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
-    """Those of these stored events that are the first (lowest key) of their user with their item.
-
-    Exact under concurrency when the pairs were locked (sql.user_item_pairs_lock) before the events were
-    stored: then every other event of these pairs is committed, and visible here (read committed: each
-    statement sees what was committed before it), or waits for this transaction. (The MovieLens import writes
-    events without these locks and then rebuilds the features of what it touched.) One probe of the
-    (user, item) index per event."""
-    if not event_pks:
-        return []
-    return [
-        features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
-        for user_id, item_id, event_type, value, timestamp in sql.first_interaction_rows(event_pks=event_pks)
-    ]
-
-
 def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:
     by_item: dict[int, list[features.Event]] = defaultdict(list)
     for event in events:
@@ -107,10 +158,14 @@ def _items_update(events: list[features.Event], arrivals: list[features.Event]) 
 def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list[int] | None = None) -> dict:
     """Recompute online feature rows from the event log with the shared definitions.
 
-    For bulk imports and repairs. Rows are locked before the events are read, so an ingest racing with
-    the rebuild either committed before it (and is in the replay) or waits and folds its events on top.
-    Returns the number of users and items rebuilt."""
+    For bulk imports and repairs. First the waiting batches are folded, with no batch left waiting or folded
+    elsewhere until the rebuild commits (sql.pending_folds_lock), and the rows are locked before the events are
+    read: an ingest racing with the rebuild either committed before it (its events are in the replay, folded or
+    not) or waits and folds its events on top. Returns the number of users and items rebuilt."""
     with transaction.atomic():
+        sql.pending_folds_lock()
+        while _fold_with_waiting([]):
+            pass
         users = sorted(user_ids if user_ids is not None else EndUser.objects.values_list("pk", flat=True))
         items = sorted(item_ids if item_ids is not None else Item.objects.values_list("pk", flat=True))
         UserFeatures.objects.bulk_create(

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from recommendations import features, sql
 from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
@@ -31,13 +31,11 @@ def test_users_are_inserted_once_and_looked_up_by_external_id():
     }
 
 
-def test_items_are_looked_up_with_their_categories():
+def test_items_are_looked_up_by_external_id():
     item = Item.objects.create(external_id="i1", categories=["drama", "war"])
-    Item.objects.create(external_id="i2")
-    assert sql.item_lookup(external_ids={"i1", "i2", "nope"}) == {
-        "i1": (item.pk, ["drama", "war"]),
-        "i2": (Item.objects.get(external_id="i2").pk, []),
-    }
+    assert sql.item_lookup(external_ids={"i1", "i2", "nope"}) == {"i1": item.pk}
+    other = Item.objects.create(external_id="i2")
+    assert sql.item_lookup(external_ids={"i2", "i1"}) == {"i1": item.pk, "i2": other.pk}
 
 
 def _events(users: dict, items: dict, *event_ids):
@@ -59,7 +57,7 @@ def _events(users: dict, items: dict, *event_ids):
 def test_an_event_id_already_stored_or_repeated_in_the_batch_is_inserted_once():
     users, items = (
         {"u": EndUser.objects.create(external_id="u").pk},
-        {"i1": (Item.objects.create(external_id="i1").pk, [])},
+        {"i1": Item.objects.create(external_id="i1").pk},
     )
     one, two = uuid.uuid4(), uuid.uuid4()
     fresh, pks = _events(users, items, one, one, None)
@@ -70,14 +68,54 @@ def test_an_event_id_already_stored_or_repeated_in_the_batch_is_inserted_once():
     assert (stored.timestamp, stored.context, stored.value) == (T0 + timedelta(minutes=1), {"n": 1}, 4.0)
 
 
-def test_only_the_first_event_of_a_user_with_an_item_is_a_first_interaction():
+def test_the_rows_to_fold_come_in_key_order_and_only_the_first_event_of_a_user_with_an_item_is_first():
     user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
-    first, second = (
-        Interaction.objects.create(user=user, item=item, event_type="view", timestamp=T0 + timedelta(hours=n))
-        for n in range(2)
+    other = Item.objects.create(external_id="i2")
+    first, second, third = (
+        Interaction.objects.create(user=user, item=it, event_type="view", timestamp=T0 + timedelta(hours=n))
+        for n, it in enumerate([item, item, other])
     )
-    rows = sql.first_interaction_rows(event_pks=[first.pk, second.pk])
-    assert len(rows) == 1 and rows[0][:3] == (user.pk, item.pk, "view")
+    rows = sql.fold_event_rows(event_pks=[third.pk, second.pk, first.pk])
+    assert [(row[1], row[5]) for row in rows] == [(item.pk, True), (item.pk, False), (other.pk, True)]
+    assert rows[0][:4] == (user.pk, item.pk, "view", None)
+    assert [row[5] for row in sql.fold_event_rows(event_pks=[second.pk])] == [False]
+
+
+def test_item_categories_are_read_by_key():
+    drama, plain = Item.objects.create(external_id="i1", categories=["drama"]), Item.objects.create(external_id="i2")
+    assert sql.item_categories(item_pks=[drama.pk, plain.pk, 999_999]) == {drama.pk: ["drama"], plain.pk: []}
+
+
+def test_waiting_batches_are_taken_oldest_first_and_deleted_once_folded():
+    assert sql.pending_folds_count() == 0 and sql.pending_folds_take(limit=5) == []
+    sql.pending_fold_insert(event_pks=[3, 1, 2])
+    sql.pending_fold_insert(event_pks=[7])
+    assert sql.pending_folds_count() == 2
+    taken = sql.pending_folds_take(limit=1)
+    assert [pks for _, pks in taken] == [[3, 1, 2]]
+    sql.pending_folds_delete(ids=[pk for pk, _ in taken])
+    assert [pks for _, pks in sql.pending_folds_take(limit=5)] == [[7]]
+    with transaction.atomic():
+        sql.pending_folds_lock()  # the rebuild's lock: a plain read passes it
+        assert sql.pending_folds_count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite writes one transaction at a time: no lock")
+def test_the_folders_lock_is_refused_while_another_transaction_holds_it_and_free_after_its_commit():
+    other = connections.create_connection("default")
+    try:
+        with transaction.atomic():
+            assert sql.fold_lock_try() and sql.fold_lock_try()  # taken again by its holder
+            sql.fold_lock_wait()  # its holder does not wait for itself
+            with other.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", sql._FOLD_LOCK_KEYS)
+                assert cursor.fetchone() == (False,)
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", sql._FOLD_LOCK_KEYS)
+            assert cursor.fetchone() == (True,)
+    finally:
+        other.close()
 
 
 def test_user_feature_rows_written_are_read_back_and_equal():
