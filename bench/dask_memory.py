@@ -112,8 +112,9 @@ def report(local: dict, on_cluster: dict, idle: dict, done: dict) -> None:
         peak = done[address]["max_rss_mb"]
         cpu = done[address]["cpu_s"] - idle[address]["cpu_s"]
         print(f"| {address} | {idle[address]['rss_mb']:.0f} | {peak:.0f} | {peak / in_process:.2f} | {cpu:.1f} |")
-    print("stage times in-process:", json.dumps(local["timings_s"]))
-    print("stage times on Dask:   ", json.dumps(on_cluster["timings_s"]))
+    for name, r in (("in-process", local), ("on Dask", on_cluster)):
+        print(f"stage times {name}:", json.dumps(r["timings_s"]))
+        print(f"peak RSS after each stage {name}:", json.dumps(r["stage_peak_memory_mb"]))
 
 
 def main() -> None:
