@@ -332,7 +332,7 @@ def _item_states(part: EventLog, asked: list[ItemStatesAt], *, items_from: int, 
     key order, where this partition's items are one contiguous run)."""
     pairs = [a.pairs(items_from, items_to) for a in asked]
     columns = item_states_answer(part, np.concatenate([i for i, _ in pairs]), np.concatenate([t for _, t in pairs]))
-    return np.split(columns, np.cumsum([len(i) for i, _ in pairs])[:-1])
+    return [piece.copy() for piece in np.split(columns, np.cumsum([len(i) for i, _ in pairs])[:-1])]  # not views
 
 
 def _ranker_queries(shard: UserShard, split: Split, *, params, model, users) -> RankerQueries:
@@ -342,7 +342,7 @@ def _ranker_queries(shard: UserShard, split: Split, *, params, model, users) -> 
 def _ranker_examples(
     queries: RankerQueries, asked: ItemStatesAt, answers: list[np.ndarray], *, category_share
 ) -> RankerExamples:
-    return queries.examples(category_share, asked.answered(np.concatenate(answers)))
+    return queries.examples(category_share, asked.answered(answers))
 
 
 def _evaluation_queries(
@@ -365,7 +365,7 @@ def _evaluation_finish(
     queries: EvaluationReplay, shard: UserShard, asked: ItemStatesAt, answers: list[np.ndarray]
 ) -> Evaluation:
     """The shard's evaluation, its rating rows' events as positions in the whole log."""
-    evaluation = queries.run(asked.answered(np.concatenate(answers)))
+    evaluation = queries.run(asked.answered(answers))
     evaluation.regressor_train_events = shard.index[evaluation.regressor_train_events]
     evaluation.regressor_holdout_events = shard.index[evaluation.regressor_holdout_events]
     return evaluation

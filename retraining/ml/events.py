@@ -192,7 +192,7 @@ class ItemStatesAt:
 
     times: np.ndarray
     keys: np.ndarray
-    columns: np.ndarray | None = None  # None: the pairs are asked for, not yet answered
+    columns: list[np.ndarray] | None = None  # the answers in key order, in pieces (one per item partition); None: asked
 
     @classmethod
     def asked(cls, items: np.ndarray, times: np.ndarray) -> ItemStatesAt:
@@ -206,10 +206,12 @@ class ItemStatesAt:
         keys = self.keys[np.searchsorted(self.keys, items_from * n) : np.searchsorted(self.keys, items_to * n)]
         return keys // n, self.times[keys % n]
 
-    def answered(self, columns: np.ndarray) -> ItemStatesAt:
-        if len(columns) != len(self.keys):
-            raise ValueError(f"{len(columns)} item states answer {len(self.keys)} pairs")
-        return ItemStatesAt(self.times, self.keys, columns)
+    def answered(self, pieces: list[np.ndarray]) -> ItemStatesAt:
+        """These pairs with their states, in pieces that follow each other in key order (kept apart: joining them
+        would hold every answer twice)."""
+        if sum(len(piece) for piece in pieces) != len(self.keys):
+            raise ValueError(f"{sum(len(piece) for piece in pieces)} item states answer {len(self.keys)} pairs")
+        return ItemStatesAt(self.times, self.keys, pieces)
 
     def rows(self, codes: np.ndarray, at: float) -> np.ndarray:
         """The states of these items at `at`, which must have been asked for (nothing is guessed)."""
@@ -218,7 +220,13 @@ class ItemStatesAt:
         found = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         if time == len(self.times) or self.times[time] != at or not np.array_equal(self.keys[found], keys):
             raise KeyError(f"item states at {at} were not computed for all of these items")
-        return self.columns[found]
+        starts = np.cumsum([0] + [len(piece) for piece in self.columns])
+        which = np.searchsorted(starts, found, side="right") - 1
+        rows = np.empty((len(codes), len(features.ITEM_STATE_COLUMNS)), dtype=np.float64)
+        for index, piece in enumerate(self.columns):
+            here = which == index
+            rows[here] = piece[found[here] - starts[index]]
+        return rows
 
 
 def item_states_answer(log: EventLog, items: np.ndarray, times: np.ndarray) -> np.ndarray:

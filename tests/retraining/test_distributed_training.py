@@ -202,13 +202,14 @@ def test_item_states_answered_by_an_item_partition_are_those_of_a_replay_of_the_
     asked = ItemStatesAt.asked(items, times)
     pair_items, pair_times = asked.pairs(0, half)
     partition = log.subset(split.fit & (log.item < half))
-    answered = asked.answered(item_states_answer(partition, pair_items, pair_times))
+    columns = item_states_answer(partition, pair_items, pair_times)
+    answered = asked.answered([columns[:100], columns[100:]])  # as the pieces of two partitions
 
     whole = StateReplay(log.subset(split.fit), users=np.empty(0, dtype=np.int64))
     expected = {}
     distinct = np.unique(times)
     whole.run(distinct, lambda q: expected.update({distinct[q]: whole.item_columns(items[times == distinct[q]])}))
-    assert (answered.columns[:, 0] > 0).any(), "some items have events before their time"
+    assert (columns[:, 0] > 0).any(), "some items have events before their time"
     for at, columns in expected.items():
         np.testing.assert_array_equal(answered.rows(items[times == at], at), columns)
     with pytest.raises(KeyError):  # a pair nobody asked about is not guessed
