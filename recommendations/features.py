@@ -287,6 +287,18 @@ def item_state_row(state: ItemState) -> tuple[float, ...]:
     return tuple(math.nan if v is None else float(v) for v in (getattr(state, c) for c in ITEM_STATE_COLUMNS))
 
 
+_ITEM_COUNT_COLUMNS = {f.name for f in fields(ItemState) if f.type == "int"}
+
+
+def item_state_of_row(row) -> ItemState:
+    """The inverse of item_state_row (NaN -> None, counts back to int): the same state, value for value."""
+    values = {
+        c: (None if v != v else int(v) if c in _ITEM_COUNT_COLUMNS else float(v))
+        for c, v in zip(ITEM_STATE_COLUMNS, row.tolist())
+    }
+    return ItemState(**values)
+
+
 def item_state_columns(states: Iterable[ItemState]) -> np.ndarray:
     import numpy as np
 

@@ -1,10 +1,13 @@
 """Training on a Dask cluster: the same steps as in-process, with the work that grows with events and users
 spread over the workers.
 
-- The log is scattered once to every worker. Users are cut into contiguous shards (one per worker); each
-  shard's point-in-time rows come from the same functions as in-process (ranker_examples_for, the
-  EvaluationReplay with `users`), which replay every event for the item states, which all users share, and
-  keep user states for the shard only. Concatenating the shards in order gives the in-process rows. The
+- No worker holds the whole log. Users are cut into contiguous shards of about equal events (one per
+  worker), each holding only its users' events; items into partitions the same way, each replaying only its
+  items' events. A shard's point-in-time rows come from the same code as in-process (RankerQueries, the
+  EvaluationReplay with `users`) in two halves: the shard first lists its queries' (item, time) pairs, the
+  item partitions answer them with the items' states (ItemStatesAt: the same item_apply sequence per item as a
+  replay of the whole log, so the same values), and the shard then replays its users' events for their states
+  with the answered item states. Concatenating the shards in order gives the in-process rows, exactly. The
   ranker's earlier label windows (ranker_examples_windows) are chosen here by the in-process rule, each
   window's collaborative model fitted here and its examples built in shards.
 - The ranker (lambdarank) and the rating model's residual trees are fitted by lightgbm.dask (data-parallel
@@ -21,29 +24,30 @@ of band); the ranker goes as LightGBM text, the format of the artifacts, not as 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import lightgbm as lgb
 import numpy as np
 
 from recommendations import ranking
-from retraining.ml.events import EventLog
+from retraining.ml.events import EventLog, ItemStatesAt, item_states_answer
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import (
     EarlyStoppingAfter,
     RankerExamples,
+    RankerQueries,
     lgb_params,
-    ranker_examples_for,
     ranker_examples_windows,
     ranker_options,
     ranker_users,
     ranker_validation_split,
 )
 from retraining.ml.regressor import RATING_FEATURES, RatingModel, rating_model_fit
-from retraining.ml.replay import Evaluation, evaluation_run
+from retraining.ml.replay import Evaluation, EvaluationReplay, regressor_train_events
 from retraining.ml.split import Split
 
 CONNECT_TIMEOUT_S = 30
@@ -59,7 +63,8 @@ def cluster_connect(address: str) -> Iterator[Cluster]:
 
 
 class Cluster:
-    """A connected client and the workers it had when training started (one shard each)."""
+    """A connected client and the workers it had when training started (one user shard and one item
+    partition each)."""
 
     def __init__(self, client):
         self.client = client
@@ -67,43 +72,97 @@ class Cluster:
         if not self.workers:
             raise RuntimeError("the Dask cluster has no workers")
 
-    def shards(self, users: np.ndarray) -> list[np.ndarray]:
-        """Contiguous runs of the sorted users, one per worker (none empty)."""
-        return [shard for shard in np.array_split(np.sort(users), len(self.workers)) if len(shard)]
+    def put(self, value, part: int):
+        """`value` held by the worker of this shard or partition only."""
+        return self.client.scatter(value, workers=[self.workers[part % len(self.workers)]], hash=False)
 
-    def scatter(self, value):
-        return self.client.scatter(value, broadcast=True, hash=False)
+    def submit(self, function: Callable, part: int, *args, **kwargs):
+        """`function` on the worker of this shard or partition (another one takes over from a worker that leaves)."""
+        worker = self.workers[part % len(self.workers)]
+        return self.client.submit(function, *args, pure=False, workers=[worker], allow_other_workers=True, **kwargs)
 
-    def map_shards(self, function: Callable, shards: list[np.ndarray], **shared) -> list:
-        """`function(users=shard, **shared)` for each shard, spread over the workers (another one takes over
-        from a worker that leaves), the results in shard order."""
-        futures = [
-            self.client.submit(
-                function,
-                users=shard,
-                pure=False,
-                workers=[self.workers[i % len(self.workers)]],
-                allow_other_workers=True,
-                **shared,
-            )
-            for i, shard in enumerate(shards)
-        ]
-        return self.client.gather(futures)
+
+def balanced_bounds(counts: np.ndarray, parts: int) -> np.ndarray:
+    """`parts` + 1 bounds cutting the codes 0..len(counts) into contiguous runs of about equal total count."""
+    cuts = np.searchsorted(np.cumsum(counts), np.arange(1, parts) * counts.sum() / parts, side="right")
+    return np.concatenate([[0], np.minimum(cuts, len(counts)), [len(counts)]]).astype(np.int64)
+
+
+@dataclass
+class UserShard:
+    """The events of one contiguous run of users: `log` holds them (codes still into the whole catalogue),
+    `index` their positions in the whole log."""
+
+    log: EventLog
+    index: np.ndarray
 
 
 class ClusterSteps:
-    """retraining.ml.steps.LocalSteps on a cluster: the log and the split are scattered to every worker once."""
+    """retraining.ml.steps.LocalSteps on a cluster. No worker holds the whole log:
+
+    - users are cut into contiguous shards of about equal events, one per worker, each holding only its users'
+      events (UserShard), scattered once; the shard builds its queries (candidates, rating rows) and replays
+      its users' events for their states;
+    - the items' point-in-time states, which depend on every user's events, are computed per item partition
+      (contiguous runs of items of about equal events, one per worker, holding only those items' events) at the
+      (item, time) pairs the shards ask for (ItemStatesAt), with the same item_apply sequence as a replay of
+      the whole log, and each shard receives the answers to its own pairs only.
+
+    The shards' rows, concatenated in order, are the in-process rows."""
 
     def __init__(self, cluster: Cluster, log: EventLog, split: Split):
         self.cluster, self.log, self.split = cluster, log, split
-        self.shared = {"log": cluster.scatter(log)}
-        self.shared_split = cluster.scatter(split)
+        parts = len(cluster.workers)
+        self.user_bounds = balanced_bounds(np.bincount(log.user, minlength=len(log.user_pks)), parts)
+        self.item_bounds = balanced_bounds(np.bincount(log.item, minlength=len(log.item_pks)), parts)
+        shard_of_event = np.searchsorted(self.user_bounds, log.user, side="right") - 1
+        self.shards = []
+        for part in range(parts):
+            index = np.flatnonzero(shard_of_event == part)
+            self.shards.append(cluster.put(UserShard(log.subset(index), index), part))
+        self.shard_splits = self._shard_splits(split)
+
+    def _shard_splits(self, split: Split) -> list:
+        return [
+            self.cluster.put(_split_subset(split, np.flatnonzero(self._shard_of(self.log.user) == part)), part)
+            for part in range(len(self.shards))
+        ]
+
+    def _shard_of(self, users: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.user_bounds, users, side="right") - 1
+
+    def shard_users(self, users: np.ndarray) -> list[np.ndarray]:
+        """These users (sorted) by shard, every shard's (possibly empty)."""
+        users = np.sort(users)
+        return np.split(users, np.searchsorted(users, self.user_bounds[1:-1]))
+
+    def _answered(self, queries: list, portion: np.ndarray) -> tuple[list, list]:
+        """Per shard, the (item, time) pairs its queries ask about and the item partitions' answers (one piece
+        each, computed and cut on the partition's worker): each partition replays its items' events in `portion`
+        (a mask over the log: the portion the queries replay)."""
+        asked = [self.cluster.submit(_item_pairs, part, q) for part, q in enumerate(queries)]
+        item_of_event = np.searchsorted(self.item_bounds, self.log.item, side="right") - 1
+        answers = [
+            self.cluster.submit(
+                _item_states,
+                part,
+                self.cluster.put(self.log.subset(portion & (item_of_event == part)), part),
+                asked,
+                items_from=int(self.item_bounds[part]),
+                items_to=int(self.item_bounds[part + 1]),
+            )
+            for part in range(len(self.item_bounds) - 1)
+        ]
+        pieces = [
+            [self.cluster.submit(operator.getitem, part, answer, shard) for part, answer in enumerate(answers)]
+            for shard in range(len(queries))
+        ]
+        return asked, pieces
 
     def ranker_examples(
         self, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel
     ) -> RankerExamples:
-        """ranker_examples_windows (the same windows, the same stopping rule), each window's users cut into
-        shards on the workers."""
+        """ranker_examples_windows (the same windows, the same stopping rule), each window's users in shards."""
 
         def build(window: Split, window_model: ranking.CollaborativeModel) -> RankerExamples:
             return self._window_examples(window, window_model, params, category_share)
@@ -114,24 +173,23 @@ class ClusterSteps:
         self, window: Split, model: ranking.CollaborativeModel, params: TrainingParams, category_share: dict
     ) -> RankerExamples:
         """ranker_examples_build of one window, its users in shards; concatenated in order they are its rows."""
-        users = ranker_users(self.log, window, params)
-        split = self.shared_split if window is self.split else self.cluster.scatter(window)
-        parts = self.cluster.map_shards(
-            _ranker_shard,
-            self.cluster.shards(users),
-            params=params,
-            split=split,
-            category_share=category_share,
-            model=model,
-            **self.shared,
-        )
-        if not parts:
-            return RankerExamples(
-                np.empty((0, len(ranking.RANKER_FEATURES))),
-                np.empty(0, dtype=np.int8),
-                np.empty(0, dtype=np.int64),
-                np.empty(0, dtype=np.int64),
+        splits = self.shard_splits if window is self.split else self._shard_splits(window)
+        model_future = self.cluster.client.scatter(model, broadcast=True, hash=False)
+        queries = [
+            self.cluster.submit(_ranker_queries, part, shard, split, params=params, model=model_future, users=users)
+            for part, (shard, split, users) in enumerate(
+                zip(self.shards, splits, self.shard_users(ranker_users(self.log, window, params)))
             )
+        ]
+        asked, answers = self._answered(queries, window.fit)
+        parts = self.cluster.client.gather(
+            [
+                self.cluster.submit(
+                    _ranker_examples, part, q, asked[part], answers[part], category_share=category_share
+                )
+                for part, q in enumerate(queries)
+            ]
+        )
         return RankerExamples(
             *(np.concatenate([getattr(p, name) for p in parts]) for name in ("matrix", "labels", "groups", "users"))
         )
@@ -148,16 +206,31 @@ class ClusterSteps:
         """evaluation_run per user shard; per-user results are independent, so the shards concatenate. The
         rating rows are put back in their in-process order: training rows in the log's order, held-out rows in
         the replay's (by holdout start, then user, then event), so that every sum over them is the same."""
-        parts = self.cluster.map_shards(
-            _evaluation_shard,
-            self.cluster.shards(np.arange(len(self.log.user_pks))),
-            params=params,
-            category_share=category_share,
-            model=model,
-            with_regressor=with_regressor,
-            split=self.shared_split,
-            ranker_text=ranker.model_to_string() if ranker is not None else None,
-            **self.shared,
+        train_ratings = regressor_train_events(self.log, self.split, params)
+        by_shard = self._shard_of(self.log.user[train_ratings])
+        model_future = self.cluster.client.scatter(model, broadcast=True, hash=False)
+        queries = [
+            self.cluster.submit(
+                _evaluation_queries,
+                part,
+                shard,
+                split,
+                params=params,
+                category_share=category_share,
+                model=model_future,
+                ranker_text=ranker.model_to_string() if ranker is not None else None,
+                with_regressor=with_regressor,
+                users=np.arange(self.user_bounds[part], self.user_bounds[part + 1]),
+                train_ratings=train_ratings[by_shard == part],
+            )
+            for part, (shard, split) in enumerate(zip(self.shards, self.shard_splits))
+        ]
+        asked, answers = self._answered(queries, self.split.train)
+        parts = self.cluster.client.gather(
+            [
+                self.cluster.submit(_evaluation_finish, part, q, shard, asked[part], answers[part])
+                for part, (q, shard) in enumerate(zip(queries, self.shards))
+            ]
         )
         joined = {
             name: np.concatenate([getattr(p, name) for p in parts])
@@ -243,13 +316,59 @@ def _rows_order(joined: dict, prefix: str, order: np.ndarray) -> None:
         joined[name] = joined[name][order]
 
 
-def _ranker_shard(*, users, log, split, params, category_share, model) -> RankerExamples:
-    return ranker_examples_for(log, split, params, category_share, model, users=users)
+def _split_subset(split: Split, index: np.ndarray) -> Split:
+    """The split of these events of the log (per-event masks cut to them; per-user arrays whole)."""
+    return Split(
+        split.train[index], split.holdout[index], split.cutoff, split.fit[index], split.label[index], split.label_start
+    )
 
 
-def _evaluation_shard(*, users, log, split, params, category_share, model, ranker_text, with_regressor) -> Evaluation:
-    ranker = lgb.Booster(model_str=ranker_text) if ranker_text is not None else None
-    return evaluation_run(log, split, params, category_share, model, ranker, with_regressor, users=users)
+def _item_pairs(queries) -> ItemStatesAt:
+    return queries.item_pairs()
+
+
+def _item_states(part: EventLog, asked: list[ItemStatesAt], *, items_from: int, items_to: int) -> list[np.ndarray]:
+    """Per shard, the states of this partition's items at the pairs that shard asked about them (its pairs in
+    key order, where this partition's items are one contiguous run)."""
+    pairs = [a.pairs(items_from, items_to) for a in asked]
+    columns = item_states_answer(part, np.concatenate([i for i, _ in pairs]), np.concatenate([t for _, t in pairs]))
+    return [piece.copy() for piece in np.split(columns, np.cumsum([len(i) for i, _ in pairs])[:-1])]  # not views
+
+
+def _ranker_queries(shard: UserShard, split: Split, *, params, model, users) -> RankerQueries:
+    return RankerQueries(shard.log, split, params, model, users=users)
+
+
+def _ranker_examples(
+    queries: RankerQueries, asked: ItemStatesAt, answers: list[np.ndarray], *, category_share
+) -> RankerExamples:
+    return queries.examples(category_share, asked.answered(answers))
+
+
+def _evaluation_queries(
+    shard: UserShard, split: Split, *, params, category_share, model, ranker_text, with_regressor, users, train_ratings
+) -> EvaluationReplay:
+    return EvaluationReplay(
+        shard.log,
+        split,
+        params,
+        category_share=category_share,
+        model=model,
+        ranker=lgb.Booster(model_str=ranker_text) if ranker_text is not None else None,
+        with_regressor=with_regressor,
+        users=users,
+        train_ratings=np.searchsorted(shard.index, train_ratings),
+    )
+
+
+def _evaluation_finish(
+    queries: EvaluationReplay, shard: UserShard, asked: ItemStatesAt, answers: list[np.ndarray]
+) -> Evaluation:
+    """The shard's evaluation, its rating rows' events as positions in the whole log."""
+    evaluation = queries.run(asked.answered(answers))
+    evaluation.regressor_train_events = shard.index[evaluation.regressor_train_events]
+    evaluation.regressor_holdout_events = shard.index[evaluation.regressor_holdout_events]
+    return evaluation
 
 
 def _dask_fit(
@@ -260,10 +379,7 @@ def _dask_fit(
     import dask.array as da
     from lightgbm import dask as lgb_dask
 
-    futures = [
-        cluster.client.scatter(part, workers=[cluster.workers[i % len(cluster.workers)]], hash=False)
-        for i, part in enumerate(partitions)
-    ]
+    futures = [cluster.put(part, i) for i, part in enumerate(partitions)]
 
     def stacked(index: int, shape, dtype):
         return da.concatenate(

@@ -7,6 +7,7 @@ per item. Loading the log from the database is retraining.services.dataset's job
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from recommendations.ranking import RECENT_ITEMS_FOR_SIMILARITY, CandidateItems
 # the two equal). An event's type is stored as its index here.
 EVENT_TYPES = ["view", "click", "like", "rating", "purchase", "dislike"]
 EVENT_TYPE_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
+REPLAY_CHUNK = 65_536  # events turned into Python values at once by StateReplay
 
 
 @dataclass
@@ -95,13 +97,18 @@ class StateReplay:
     `run(query_times, on_query)` calls `on_query(index)` for each query, in time order, when exactly the
     events with ts < query time have been applied: an example at time t never sees an event at or after t.
     States are keyed by code; `user_states[u].recent_items` holds Item keys, as the online rows do.
-    `candidate_items(codes)` gives the items' states as columns for the vectorized feature twins.
+    `candidate_items(codes)` gives the items' states as columns for the vectorized feature twins, and
+    `item_state(code)` one item's state, both at the current query's time.
+
+    With `item_states` (ItemStatesAt: the items' states at the query times, computed elsewhere, e.g. on a
+    cluster's item partitions) the log need only hold the tracked users' events: items are not replayed.
 
     Users' `recent_items` are cut to the RECENT_ITEMS_FOR_SIMILARITY newest after each event: the ranker
     reads no more, and the newest n of a list are the newest n of its newest n plus the new event, so the
-    kept prefix equals the online one while each insertion stays O(n) instead of O(50)."""
+    kept prefix equals the online one while each insertion stays O(n) instead of O(50). The log's columns
+    are turned into Python values a chunk at a time, so that the replay adds little to the arrays' memory."""
 
-    def __init__(self, log: EventLog, *, users: np.ndarray | None = None):
+    def __init__(self, log: EventLog, *, users: np.ndarray | None = None, item_states: ItemStatesAt | None = None):
         """`users`: the only users whose states are needed (default: all)."""
         self.log = log
         self._tracked = np.ones(len(log.user_pks), dtype=bool)
@@ -110,42 +117,131 @@ class StateReplay:
             self._tracked[users] = True
         self.user_states: dict[int, features.UserState] = {}
         self.item_states: dict[int, features.ItemState] = {}
+        self._given = item_states
+        self._at = math.nan
         self._applied = 0
-        self._columns = np.tile(features.item_state_row(features.ItemState()), (len(log.item_pks), 1))
+        self._columns = (
+            None
+            if item_states is not None
+            else np.tile(features.item_state_row(features.ItemState()), (len(log.item_pks), 1))
+        )
         self._changed: set[int] = set()
         self._category_names: dict[str, int] = {}
         self._categories = features.category_matrix(log.item_categories, self._category_names)
 
-    def candidate_items(self, codes: np.ndarray) -> CandidateItems:
+    def item_columns(self, codes: np.ndarray) -> np.ndarray:
+        """The items' states as rows of features.ITEM_STATE_COLUMNS."""
+        if self._given is not None:
+            return self._given.rows(codes, self._at)
         for code in self._changed:
             self._columns[code] = features.item_state_row(self.item_states[code])
         self._changed.clear()
-        return CandidateItems(self._columns[codes], self._categories[codes], self._category_names)
+        return self._columns[codes]
+
+    def candidate_items(self, codes: np.ndarray) -> CandidateItems:
+        return CandidateItems(self.item_columns(codes), self._categories[codes], self._category_names)
+
+    def item_state(self, code: int) -> features.ItemState:
+        if self._given is not None:
+            return features.item_state_of_row(self._given.rows(np.array([code]), self._at)[0])
+        return self.item_states.get(code, features.ItemState())
 
     def run(self, query_times: np.ndarray, on_query: Callable[[int], None]) -> None:
         order = np.argsort(query_times, kind="stable")
         bounds = np.searchsorted(self.log.ts, query_times[order], side="left")
-        user, item, value, ts, first = (
-            a.tolist() for a in (self.log.user, self.log.item, self.log.value, self.log.ts, self.log.first_of_pair())
-        )
-        kind = [EVENT_TYPES[k] for k in self.log.event_type.tolist()]
+        first = self.log.first_of_pair() if self._given is None else None
         item_pks, categories = self.log.item_pks.tolist(), self.log.item_categories
         user_states, item_states, changed = self.user_states, self.item_states, self._changed
-        tracked = self._tracked.tolist()
+        tracked, replay_items = self._tracked.tolist(), self._given is None
         position = self._applied
         for query, bound in zip(order.tolist(), bounds.tolist()):
             if bound < position:
                 raise ValueError("queries must not go back in time across calls")
-            for i in range(position, bound):
-                u, it = user[i], item[i]
-                v = None if value[i] != value[i] else value[i]
-                event = features.Event(u, item_pks[it], kind[i], v, ts[i])
-                if tracked[u]:
-                    state = user_states.setdefault(u, features.UserState())
-                    features.user_apply(state, event, categories[it])
-                    del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
-                features.item_apply(item_states.setdefault(it, features.ItemState()), event, first_of_user=first[i])
-                changed.add(it)
+            for start in range(position, bound, REPLAY_CHUNK):
+                chunk = slice(start, min(start + REPLAY_CHUNK, bound))
+                user, item, value, ts = (
+                    a[chunk].tolist() for a in (self.log.user, self.log.item, self.log.value, self.log.ts)
+                )
+                kinds = [EVENT_TYPES[k] for k in self.log.event_type[chunk].tolist()]
+                firsts = first[chunk].tolist() if replay_items else None
+                for i, (u, it) in enumerate(zip(user, item)):
+                    if not (tracked[u] or replay_items):
+                        continue
+                    v = None if value[i] != value[i] else value[i]
+                    event = features.Event(u, item_pks[it], kinds[i], v, ts[i])
+                    if tracked[u]:
+                        state = user_states.setdefault(u, features.UserState())
+                        features.user_apply(state, event, categories[it])
+                        del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
+                    if replay_items:
+                        features.item_apply(
+                            item_states.setdefault(it, features.ItemState()), event, first_of_user=firsts[i]
+                        )
+                        changed.add(it)
             position = max(position, bound)
+            self._at = float(query_times[query])
             on_query(query)
         self._applied = position
+
+
+@dataclass
+class ItemStatesAt:
+    """Items' states (rows of features.ITEM_STATE_COLUMNS) at some (item, time) pairs: what a replay of every
+    event of those items would hold at that time. `times` are the distinct times; `keys` (sorted, distinct)
+    encode each pair as item * len(times) + the time's index."""
+
+    times: np.ndarray
+    keys: np.ndarray
+    columns: list[np.ndarray] | None = None  # the answers in key order, in pieces (one per item partition); None: asked
+
+    @classmethod
+    def asked(cls, items: np.ndarray, times: np.ndarray) -> ItemStatesAt:
+        """The distinct (item, time) pairs among these, to be answered by item_states_answer."""
+        distinct, index = np.unique(times, return_inverse=True)
+        return cls(distinct, np.unique(items.astype(np.int64) * len(distinct) + index.reshape(-1)))
+
+    def pairs(self, items_from: int, items_to: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (items, times) asked about the items with codes in [items_from, items_to), in key order."""
+        n = len(self.times)
+        keys = self.keys[np.searchsorted(self.keys, items_from * n) : np.searchsorted(self.keys, items_to * n)]
+        return keys // n, self.times[keys % n]
+
+    def answered(self, pieces: list[np.ndarray]) -> ItemStatesAt:
+        """These pairs with their states, in pieces that follow each other in key order (kept apart: joining them
+        would hold every answer twice)."""
+        if sum(len(piece) for piece in pieces) != len(self.keys):
+            raise ValueError(f"{sum(len(piece) for piece in pieces)} item states answer {len(self.keys)} pairs")
+        return ItemStatesAt(self.times, self.keys, pieces)
+
+    def rows(self, codes: np.ndarray, at: float) -> np.ndarray:
+        """The states of these items at `at`, which must have been asked for (nothing is guessed)."""
+        time = np.searchsorted(self.times, at)
+        keys = codes.astype(np.int64) * len(self.times) + time
+        found = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        if time == len(self.times) or self.times[time] != at or not np.array_equal(self.keys[found], keys):
+            raise KeyError(f"item states at {at} were not computed for all of these items")
+        starts = np.cumsum([0] + [len(piece) for piece in self.columns])
+        which = np.searchsorted(starts, found, side="right") - 1
+        rows = np.empty((len(codes), len(features.ITEM_STATE_COLUMNS)), dtype=np.float64)
+        for index, piece in enumerate(self.columns):
+            here = which == index
+            rows[here] = piece[found[here] - starts[index]]
+        return rows
+
+
+def item_states_answer(log: EventLog, items: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The state of each item at each time (pairs in any order), from a replay of `log`, which must hold every
+    event of these items (an item partition of the log): the same per-item sequence of item_apply as a
+    replay of the whole log, so the same values."""
+    replay = StateReplay(log, users=np.empty(0, dtype=np.int64))
+    distinct, which = np.unique(times, return_inverse=True)
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(distinct) + 1))
+    columns = np.empty((len(items), len(features.ITEM_STATE_COLUMNS)), dtype=np.float64)
+
+    def on_query(index: int) -> None:
+        rows = order[bounds[index] : bounds[index + 1]]
+        columns[rows] = replay.item_columns(items[rows])
+
+    replay.run(distinct, on_query)
+    return columns

@@ -12,7 +12,7 @@ import numpy as np
 
 from recommendations import features, ranking
 from retraining.ml.candidates import candidates_for, collaborative_fit
-from retraining.ml.events import EventLog, StateReplay
+from retraining.ml.events import EventLog, ItemStatesAt, StateReplay
 from retraining.ml.params import TrainingParams
 from retraining.ml.split import Split, histories_by_user, split_earlier
 
@@ -109,7 +109,7 @@ def ranker_examples_build(
     log: EventLog, split: Split, params: TrainingParams, category_share: dict, model: ranking.CollaborativeModel
 ) -> RankerExamples:
     """Candidates and features at the start of each user's label window, from the fit portion only."""
-    return ranker_examples_for(log, split, params, category_share, model, users=ranker_users(log, split, params))
+    return RankerQueries(log, split, params, model, users=ranker_users(log, split, params)).examples(category_share)
 
 
 def ranker_users(log: EventLog, split: Split, params: TrainingParams) -> np.ndarray:
@@ -120,45 +120,57 @@ def ranker_users(log: EventLog, split: Split, params: TrainingParams) -> np.ndar
     return users
 
 
-def ranker_examples_for(
-    log: EventLog,
-    split: Split,
-    params: TrainingParams,
-    category_share: dict,
-    model: ranking.CollaborativeModel,
-    *,
-    users: np.ndarray,
-) -> RankerExamples:
-    """The examples of these users only (a shard of ranker_users on a cluster), in their order."""
-    grade = grades(log)
-    wanted: dict[tuple[int, int], int] = {}
-    for u, it, g in zip(log.user[split.label].tolist(), log.item[split.label].tolist(), grade[split.label].tolist()):
-        wanted[(u, it)] = max(g, wanted.get((u, it), 0))
-    candidates = candidates_for(model, histories_by_user(log, split.fit), users, params)
-    blocks: list[np.ndarray | None] = [None] * len(users)
-    labels: list[np.ndarray | None] = [None] * len(users)
-    replay = StateReplay(log.subset(split.fit), users=users)
+class RankerQueries:
+    """The ranker's queries of some users: their candidates and labels at the start of their label windows.
 
-    def on_query(index: int) -> None:
-        u, found = int(users[index]), candidates[index]
-        labels[index] = np.array([wanted.get((u, c), 0) for c in found.codes.tolist()], dtype=np.int8)
-        blocks[index] = ranking.ranker_feature_matrix(
-            model,
-            candidates=found,
-            user=replay.user_states.get(u, features.UserState()),
-            items=replay.candidate_items(found.codes),
-            at=float(split.label_start[u]),
-            category_share=category_share,
+    `log` needs every event of these users; `examples` replays it for their states, and for the items' states
+    too unless they come as `item_states` (answering `item_pairs()`; a cluster's user shard holds only its
+    users' events)."""
+
+    def __init__(
+        self, log: EventLog, split: Split, params: TrainingParams, model: ranking.CollaborativeModel, *, users
+    ):
+        self.log, self.split, self.model, self.users = log, split, model, users
+        grade = grades(log)
+        self.wanted: dict[tuple[int, int], int] = {}
+        for u, it, g in zip(
+            log.user[split.label].tolist(), log.item[split.label].tolist(), grade[split.label].tolist()
+        ):
+            self.wanted[(u, it)] = max(g, self.wanted.get((u, it), 0))
+        self.candidates = candidates_for(model, histories_by_user(log, split.fit), users, params)
+
+    def item_pairs(self) -> ItemStatesAt:
+        """The (item, time) pairs whose states the examples read: each candidate at its user's label start."""
+        codes = [found.codes for found in self.candidates]
+        times = np.repeat(self.split.label_start[self.users], [len(c) for c in codes])
+        return ItemStatesAt.asked(np.concatenate(codes) if codes else np.empty(0, np.int64), times)
+
+    def examples(self, category_share: dict, item_states: ItemStatesAt | None = None) -> RankerExamples:
+        users, split, candidates = self.users, self.split, self.candidates
+        blocks: list[np.ndarray | None] = [None] * len(users)
+        labels: list[np.ndarray | None] = [None] * len(users)
+        replay = StateReplay(self.log.subset(split.fit), users=users, item_states=item_states)
+
+        def on_query(index: int) -> None:
+            u, found = int(users[index]), candidates[index]
+            labels[index] = np.array([self.wanted.get((u, c), 0) for c in found.codes.tolist()], dtype=np.int8)
+            blocks[index] = ranking.ranker_feature_matrix(
+                self.model,
+                candidates=found,
+                user=replay.user_states.get(u, features.UserState()),
+                items=replay.candidate_items(found.codes),
+                at=float(split.label_start[u]),
+                category_share=category_share,
+            )
+
+        replay.run(split.label_start[users], on_query)
+        keep = [i for i in range(len(users)) if labels[i].any()]
+        return RankerExamples(
+            matrix=np.concatenate([blocks[i] for i in keep]) if keep else np.empty((0, len(ranking.RANKER_FEATURES))),
+            labels=np.concatenate([labels[i] for i in keep]) if keep else np.empty(0, dtype=np.int8),
+            groups=np.array([len(labels[i]) for i in keep], dtype=np.int64),
+            users=users[keep].astype(np.int64),
         )
-
-    replay.run(split.label_start[users], on_query)
-    keep = [i for i in range(len(users)) if labels[i].any()]
-    return RankerExamples(
-        matrix=np.concatenate([blocks[i] for i in keep]) if keep else np.empty((0, len(ranking.RANKER_FEATURES))),
-        labels=np.concatenate([labels[i] for i in keep]) if keep else np.empty(0, dtype=np.int8),
-        groups=np.array([len(labels[i]) for i in keep], dtype=np.int64),
-        users=users[keep].astype(np.int64),
-    )
 
 
 def lgb_params(params: TrainingParams, **overrides) -> dict:

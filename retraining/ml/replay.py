@@ -12,7 +12,7 @@ import numpy as np
 
 from recommendations import features, ranking
 from retraining.ml.candidates import candidates_for
-from retraining.ml.events import EventLog, StateReplay
+from retraining.ml.events import EventLog, ItemStatesAt, StateReplay
 from retraining.ml.metrics import CF_NAME, baseline_lists, candidate_order
 from retraining.ml.params import TrainingParams
 from retraining.ml.split import Split, histories_by_user
@@ -41,7 +41,9 @@ class EvaluationReplay:
     baselines are ranked; without `with_regressor` no rating rows are built.
 
     With `users` (a shard on a cluster) only those users are evaluated and only their rating events become
-    rows; every event still feeds the item states, which all users share."""
+    rows; `log` then needs only those users' events if the items' states come to `run` as `item_states`
+    (answering `item_pairs()`), and `train_ratings` are the shard's rows of regressor_train_events (indexes
+    into `log`)."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class EvaluationReplay:
         ranker: lgb.Booster | None,
         with_regressor: bool,
         users: np.ndarray | None = None,
+        train_ratings: np.ndarray | None = None,
     ):
         self.log, self.split, self.params = log, split, params
         self.category_share, self.model, self.ranker = category_share, model, ranker
@@ -69,7 +72,12 @@ class EvaluationReplay:
         self.candidates = dict(
             zip(self.ranked_users.tolist(), candidates_for(model, histories, self.ranked_users, params))
         )
-        self.train_ratings = self._train_ratings() if with_regressor else np.empty(0, dtype=np.int64)
+        if not with_regressor:
+            train_ratings = np.empty(0, dtype=np.int64)
+        elif train_ratings is None:
+            train_ratings = regressor_train_events(log, split, params)
+            train_ratings = train_ratings[self.shard[log.user[train_ratings]]]
+        self.train_ratings = train_ratings
         self.holdout_ratings = (
             _events_by_user(log, split.holdout & log.is_rating() & self.shard[log.user]) if with_regressor else {}
         )
@@ -82,16 +90,37 @@ class EvaluationReplay:
         self.holdout_filled = 0
         self.ranked: dict[str, dict[int, np.ndarray]] = {"ranker": {}, "popularity": {}, CF_NAME: {}}
         self.pending: list[tuple[int, np.ndarray]] = []  # (user, feature matrix) awaiting one batched predict
-        self.replay = StateReplay(log.subset(split.train), users=users)
+        self.users = users
         self.categories = dict(enumerate(log.item_categories))
 
-    def run(self) -> Evaluation:
-        log, n_users = self.log, len(self.held_users)
-        times = np.concatenate(
-            [self.split.cutoff[self.held_users], self.split.label_start[log.user[self.train_ratings]]]
+    def _query_times(self) -> np.ndarray:
+        """Each evaluated user's holdout start, then each training rating row's label window start."""
+        return np.concatenate(
+            [self.split.cutoff[self.held_users], self.split.label_start[self.log.user[self.train_ratings]]]
         )
+
+    def item_pairs(self) -> ItemStatesAt:
+        """The (item, time) pairs whose states `run` reads: the ranked candidates and the held-out rated items at
+        their user's holdout start, each training rating's item at its user's label window start."""
+        at_cutoff = [
+            np.concatenate(
+                [
+                    self.candidates[u].codes if self.ranker is not None and u in self.candidates else [],
+                    self.log.item[self.holdout_ratings.get(u, [])],
+                ]
+            ).astype(np.int64)
+            for u in self.held_users.tolist()
+        ]
+        items = np.concatenate([*at_cutoff, self.log.item[self.train_ratings]]).astype(np.int64)
+        repeats = [len(codes) for codes in at_cutoff] + [1] * len(self.train_ratings)
+        return ItemStatesAt.asked(items, np.repeat(self._query_times(), repeats))
+
+    def run(self, item_states: ItemStatesAt | None = None) -> Evaluation:
+        log, n_users = self.log, len(self.held_users)
+        self.replay = StateReplay(log.subset(self.split.train), users=self.users, item_states=item_states)
         self.replay.run(
-            times, lambda q: self._on_user(int(self.held_users[q])) if q < n_users else self._on_rating(q - n_users)
+            self._query_times(),
+            lambda q: self._on_user(int(self.held_users[q])) if q < n_users else self._on_rating(q - n_users),
         )
         self._score_pending()
         order = self.ranked_users.tolist()
@@ -108,18 +137,10 @@ class EvaluationReplay:
             regressor_holdout_events=self.holdout_events,
         )
 
-    def _train_ratings(self) -> np.ndarray:
-        """The label windows' rating events, sampled down to max_regressor_examples."""
-        events = np.flatnonzero(self.split.label & self.log.is_rating())
-        if len(events) > self.params.max_regressor_examples:
-            rng = np.random.default_rng(self.params.seed)
-            events = np.sort(rng.choice(events, self.params.max_regressor_examples, replace=False))
-        return events[self.shard[self.log.user[events]]]
-
     def _regressor_row(self, u: int, item: int, at: float) -> np.ndarray:
         return ranking.regressor_feature_row(
             user=self.replay.user_states.get(u, features.UserState()),
-            item=self.replay.item_states.get(item, features.ItemState()),
+            item=self.replay.item_state(item),
             categories=self.categories[item],
             at=at,
             category_share=self.category_share,
@@ -172,6 +193,15 @@ class EvaluationReplay:
         self.regressor_train[row] = self._regressor_row(
             user, int(self.log.item[event]), float(self.split.label_start[user])
         )
+
+
+def regressor_train_events(log: EventLog, split: Split, params: TrainingParams) -> np.ndarray:
+    """The label windows' rating events (indexes into the log), sampled down to max_regressor_examples."""
+    events = np.flatnonzero(split.label & log.is_rating())
+    if len(events) > params.max_regressor_examples:
+        rng = np.random.default_rng(params.seed)
+        events = np.sort(rng.choice(events, params.max_regressor_examples, replace=False))
+    return events
 
 
 def evaluation_run(

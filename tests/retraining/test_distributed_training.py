@@ -15,6 +15,7 @@ from recommendations.serving.loading import artifact_models_check
 from registry.selectors import champion_version
 from retraining.ml.candidates import collaborative_fit
 from retraining.ml.distributed import ClusterSteps, cluster_connect, ndcg_at
+from retraining.ml.events import ItemStatesAt, StateReplay, item_states_answer
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import ranker_fit
 from retraining.ml.regressor import KIND_RESIDUAL, rating_bounds, rating_scores
@@ -24,6 +25,7 @@ from retraining.services.pipeline import training_run_process
 from retraining.services.runs import training_run_request
 from retraining.services.training import model_train
 from tests.retraining.factories import dataset_store, event_log_from, learnable_dataset
+from tests.support.dask_plugins import EventsHeld
 from tests.support.processes import free_port
 
 PARAMS = TrainingParams(num_threads=1)
@@ -73,8 +75,9 @@ def test_the_cluster_builds_exactly_the_ranker_examples_built_in_process(log, da
     model = collaborative_fit(log=log, mask=split.fit, n_modelled=PARAMS.ease_items, l2=PARAMS.ease_l2)
     expected = LocalSteps(log, split).ranker_examples(PARAMS, log.category_share(), model)
     with cluster_connect(dask_cluster) as cluster:
-        assert len(cluster.shards(np.arange(len(log.user_pks)))) == 2
-        found = ClusterSteps(cluster, log, split).ranker_examples(PARAMS, log.category_share(), model)
+        steps = ClusterSteps(cluster, log, split)
+        assert [len(users) > 0 for users in steps.shard_users(expected.users)] == [True, True]
+        found = steps.ranker_examples(PARAMS, log.category_share(), model)
     assert len(expected.groups) > 20
     np.testing.assert_array_equal(found.groups, expected.groups)
     np.testing.assert_array_equal(found.labels, expected.labels)
@@ -92,6 +95,31 @@ def test_the_cluster_takes_the_ranker_queries_from_earlier_windows_by_the_in_pro
     assert len(expected.groups) > len(np.unique(expected.users)), "some user has queries from several windows"
     for name in ("matrix", "labels", "groups", "users"):
         np.testing.assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)
+
+
+def test_no_worker_holds_the_whole_log_and_each_user_shard_holds_only_its_users_events(log, dask_cluster):
+    split = split_compute(log, PARAMS)
+    model = collaborative_fit(log=log, mask=split.fit, n_modelled=PARAMS.ease_items, l2=PARAMS.ease_l2)
+    with cluster_connect(dask_cluster) as cluster:
+        cluster.client.register_plugin(EventsHeld())
+        try:
+            steps = ClusterSteps(cluster, log, split)
+            steps.ranker_examples(PARAMS, log.category_share(), model)
+            steps.evaluation(PARAMS, log.category_share(), model, None, with_regressor=True)
+            held = cluster.client.run(lambda dask_worker: dask_worker.plugins["events-held"].logs)
+        finally:
+            cluster.client.unregister_worker_plugin("events-held")
+    assert len(held) == 2
+    shards = {}
+    for worker, logs in held.items():
+        events = set().union(*(set(pks) for _, pks, _ in logs))
+        assert logs and len(events) < 0.8 * len(log), f"{worker} held {len(events)} of {len(log)} events"
+        users = [set(shard_users) for kind, _, shard_users in logs if kind == "UserShard"]
+        assert len(users) == 1, "one user shard per worker"
+        shards[worker] = users[0]
+    first, second = shards.values()
+    assert not first & second, "no user's events are in two shards"
+    assert first | second == set(log.user.tolist())
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +193,29 @@ def test_the_model_directory_trained_on_the_cluster_passes_the_serving_check_and
     assert model.ranker.num_trees() == on_cluster.manifest["params"]["ranker_best_iteration"]
 
 
+def test_item_states_answered_by_an_item_partition_are_those_of_a_replay_of_the_whole_log(log):
+    split = split_compute(log, PARAMS)
+    rng = np.random.default_rng(0)
+    half = len(log.item_pks) // 2
+    times = rng.choice(split.label_start[~np.isnan(split.label_start)], 400)
+    items = rng.integers(0, half, 400)
+    asked = ItemStatesAt.asked(items, times)
+    pair_items, pair_times = asked.pairs(0, half)
+    partition = log.subset(split.fit & (log.item < half))
+    columns = item_states_answer(partition, pair_items, pair_times)
+    answered = asked.answered([columns[:100], columns[100:]])  # as the pieces of two partitions
+
+    whole = StateReplay(log.subset(split.fit), users=np.empty(0, dtype=np.int64))
+    expected = {}
+    distinct = np.unique(times)
+    whole.run(distinct, lambda q: expected.update({distinct[q]: whole.item_columns(items[times == distinct[q]])}))
+    assert (columns[:, 0] > 0).any(), "some items have events before their time"
+    for at, columns in expected.items():
+        np.testing.assert_array_equal(answered.rows(items[times == at], at), columns)
+    with pytest.raises(KeyError):  # a pair nobody asked about is not guessed
+        answered.rows(np.array([half]), float(times[0]))
+
+
 def test_ndcg_at_k_is_lightgbms_lambdarank_metric():
     rng = np.random.default_rng(0)
     groups = rng.integers(5, 40, 60)
@@ -202,9 +253,9 @@ def test_with_a_scheduler_address_set_training_runs_train_and_gate_on_the_cluste
     assert second.model_version is not None and second.gate["comparison_users"] > 0
     assert second.gate["champion_version"] == first.model_version.version
     ran = [key_split(task["key"]) for task in stream.data]  # key_split drops the leading _
-    assert {"ranker_shard", "evaluation_shard", "train_part"} <= set(ran), ran
+    assert {"ranker_examples", "item_states", "evaluation_finish", "train_part"} <= set(ran), ran
     # 2 shards each: the training's evaluation, then the candidate and the champion re-scored for the gate
-    assert ran.count("evaluation_shard") == 6
+    assert ran.count("evaluation_finish") == 6
     assert any("Dask cluster" in line for line in second.log)
 
 
