@@ -90,9 +90,11 @@ def sizes_parse(text: str) -> list[int]:
 
 
 def size_label(events: int) -> str:
-    for unit, suffix in ((1_000_000, "M"), (1_000, "k")):
-        if events % unit == 0 or events >= 10 * unit:
-            return f"{events / unit:g}{suffix}"
+    """1M, 1.5M, 500k, 1234: millions to two decimals, else thousands, else the number."""
+    if events >= 1_000_000 and events % 10_000 == 0:
+        return f"{events / 1_000_000:g}M"
+    if events % 1000 == 0:
+        return f"{events // 1000}k"
     return str(events)
 
 
