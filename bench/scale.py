@@ -390,29 +390,31 @@ class DaskCluster:
         from distributed import Client
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard")
-        self.worker_processes = [
-            self._start(
-                f"worker-{i}",
-                "worker",
-                self.address,
-                "--name",
-                f"worker-{i}",
-                "--nthreads",
-                "1",
-                "--no-nanny",
-                "--memory-limit",
-                "0",
-                "--no-dashboard",
-                "--host",
-                "127.0.0.1",
-                "--local-directory",
-                str(self.log_dir / f"worker-{i}"),
-            )
-            for i in range(1, self.workers + 1)
+        worker_options = [
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--memory-limit",
+            "0",
+            "--no-dashboard",
+            "--host",
+            "127.0.0.1",
         ]
-        with Client(self.address, timeout=60) as client:
-            client.wait_for_workers(self.workers, timeout=120)
+        try:
+            self._start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard")
+            self.worker_processes = [
+                self._start(
+                    f"worker-{i}",
+                    *("worker", self.address, "--name", f"worker-{i}", *worker_options),
+                    *("--local-directory", str(self.log_dir / f"worker-{i}")),
+                )
+                for i in range(1, self.workers + 1)
+            ]
+            with Client(self.address, timeout=60) as client:
+                client.wait_for_workers(self.workers, timeout=120)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def worker_peaks_mb(self) -> list[float]:
