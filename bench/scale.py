@@ -208,7 +208,7 @@ def steps_lines(rows: list[ScaleRow]) -> list[str]:
                 f"| {size_label(s.smaller)} -> {size_label(s.larger)} | {s.size_ratio:.2f} | {path} | "
                 f"{s.time_ratio:.2f}x | {s.normalised:.2f} | {s.per_doubling:.2f}x |"
             )
-    return lines
+    return lines if len(lines) > 2 else ["no step between sizes: one size measured"]
 
 
 def quality_lines(rows: list[ScaleRow]) -> list[str]:

@@ -134,6 +134,7 @@ def test_the_tables_carry_the_figures_and_a_dash_where_nothing_was_measured(scal
     assert table[3] == "| 3M | 60 | 900 | 400 | 2,000 | - | - | - |"
     assert "| 1M -> 3M | 3.00 | train in-process | 3.33x | 1.11 | 2.14x |" in steps
     assert not any("train on Dask" in line for line in steps)
+    assert scale.steps_lines(rows[:1]) == ["no step between sizes: one size measured"]
     assert quality[0].startswith("| events | NDCG@10 ranker | ease | popularity |")
     assert quality[2] == "| 1M | 0.2000 | 0.1600 | 0.1000 | 1.25x | 0.1900 |"
 
