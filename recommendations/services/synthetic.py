@@ -10,12 +10,14 @@ trending genres, new items (mostly of those genres) are released, and popularity
 new items on top.
 """
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from recsite.errors import ApplicationError
 
@@ -46,7 +48,7 @@ BLOCK_EVENTS = 50_000
 
 @dataclass(frozen=True)
 class SyntheticReport:
-    output: Path
+    output: Path | None  # None for a stream that was not written
     users: int
     items: int
     events: int
@@ -70,6 +72,52 @@ class _World:
     active: np.ndarray  # (2, users): seconds from the start to the user's first and last possible session
 
 
+@dataclass(frozen=True)
+class SyntheticStream:
+    """A dataset as it is generated: the catalogue, then the ratings as a generator of DataFrames (the
+    ratings.csv columns), one per block of consecutive users of about BLOCK_EVENTS events, in file order."""
+
+    report: SyntheticReport
+    movies: pd.DataFrame
+    ratings: Iterator[pd.DataFrame]
+
+
+def synthetic_dataset_stream(
+    *,
+    users: int,
+    items: int,
+    events: int,
+    drift_at: float,
+    seed: int,
+    start: date = date(2020, 1, 1),
+    days: int = 365,
+) -> SyntheticStream:
+    """A synthetic dataset whose ratings are generated block by block as they are consumed.
+
+    Memory is bounded by the catalogue, a few numbers per user and BLOCK_EVENTS, not by `events`: a block's
+    ratings are drawn when the consumer asks for them, and no user's ratings straddle two blocks (a user
+    rates an item at most once, checked within the block)."""
+    new_items = round(items * NEW_ITEM_SHARE)
+    _validate(users=users, items=items, events=events, drift_at=drift_at, days=days, new_items=new_items)
+    rng = np.random.default_rng(seed)
+    world, genres, drifting = _world(rng, users, items, new_items, drift_at * days * DAY, days * DAY)
+    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    movies = _movies_frame(rng, genres, world.release, begin)
+    counts = _activity(rng, users, events, cap=(items - new_items) // 2)
+    report = SyntheticReport(
+        output=None,
+        users=users,
+        items=items,
+        events=events,
+        new_items=new_items,
+        drifting_users=int(drifting.sum()),
+        start=begin,
+        drift_time=begin + timedelta(seconds=world.drift),
+        end=begin + timedelta(days=days),
+    )
+    return SyntheticStream(report=report, movies=movies, ratings=_ratings_blocks(rng, world, counts, begin))
+
+
 def synthetic_dataset_write(
     *,
     output: Path,
@@ -80,36 +128,33 @@ def synthetic_dataset_write(
     seed: int,
     start: date = date(2020, 1, 1),
     days: int = 365,
+    progress: bool = False,
 ) -> SyntheticReport:
     """Write ratings.csv and movies.csv of a synthetic dataset to `output`; the same arguments give the same files.
 
-    Every user rates at least once and no user rates an item twice. Memory is bounded by the catalogue and
-    BLOCK_EVENTS: events are generated and appended for a block of users at a time."""
-    new_items = round(items * NEW_ITEM_SHARE)
-    _validate(users=users, items=items, events=events, drift_at=drift_at, days=days, new_items=new_items)
-    rng = np.random.default_rng(seed)
-    world, genres, drifting = _world(rng, users, items, new_items, drift_at * days * DAY, days * DAY)
-    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    Every user rates at least once and no user rates an item twice. The ratings are appended to the file
+    block by block as synthetic_dataset_stream generates them, so memory does not grow with `events`."""
+    stream = synthetic_dataset_stream(
+        users=users, items=items, events=events, drift_at=drift_at, seed=seed, start=start, days=days
+    )
     output.mkdir(parents=True, exist_ok=True)
-    _movies_write(output / "movies.csv", rng, genres, world.release, begin)
-    counts = _activity(rng, users, events, cap=(items - new_items) // 2)
+    stream.movies.to_csv(output / "movies.csv", index=False)
     ratings = output / "ratings.csv"
     ratings.unlink(missing_ok=True)
+    with tqdm(total=events, unit="events", desc="ratings.csv", disable=not progress) as bar:
+        for block in stream.ratings:
+            block.to_csv(ratings, mode="a", header=not ratings.exists(), index=False)
+            bar.update(len(block))
+    return replace(stream.report, output=output)
+
+
+def _ratings_blocks(
+    rng: np.random.Generator, world: _World, counts: np.ndarray, begin: datetime
+) -> Iterator[pd.DataFrame]:
     for block_users in _user_blocks(counts):
         block = _block_ratings(rng, world, block_users, counts[block_users])
         block["timestamp"] += int(begin.timestamp())
-        block.to_csv(ratings, mode="a", header=not ratings.exists(), index=False)
-    return SyntheticReport(
-        output=output,
-        users=users,
-        items=items,
-        events=events,
-        new_items=new_items,
-        drifting_users=int(drifting.sum()),
-        start=begin,
-        drift_time=begin + timedelta(seconds=world.drift),
-        end=begin + timedelta(days=days),
-    )
+        yield block
 
 
 def _validate(*, users: int, items: int, events: int, drift_at: float, days: int, new_items: int) -> None:
@@ -287,18 +332,16 @@ def _sorted_contains(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
     return haystack[np.minimum(np.searchsorted(haystack, needles), haystack.size - 1)] == needles
 
 
-def _movies_write(
-    path: Path, rng: np.random.Generator, genres: np.ndarray, release: np.ndarray, begin: datetime
-) -> None:
+def _movies_frame(rng: np.random.Generator, genres: np.ndarray, release: np.ndarray, begin: datetime) -> pd.DataFrame:
     """Titles carry a year: the release year of new items, a year before the start (mostly recent) for the others."""
     age = np.minimum(rng.exponential(8.0, len(release)), 80).astype(int)
     released = np.array([(begin + timedelta(seconds=float(seconds))).year for seconds in release])
     years = np.where(release > 0, released, begin.year - 1 - age)
     names = np.array(GENRES)
-    pd.DataFrame(
+    return pd.DataFrame(
         {
             "movieId": np.arange(1, len(release) + 1),
             "title": [f"Synthetic Movie {i} ({year})" for i, year in enumerate(years, start=1)],
             "genres": ["|".join(names[row.astype(bool)]) for row in genres],
         }
-    ).to_csv(path, index=False)
+    )

@@ -1,4 +1,6 @@
+import hashlib
 import re
+import tracemalloc
 from datetime import date
 from io import StringIO
 
@@ -8,8 +10,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from recommendations.models import EndUser, Interaction, Item
+from recommendations.services import synthetic
 from recommendations.services.movielens import movielens_import
-from recommendations.services.synthetic import synthetic_dataset_write
+from recommendations.services.synthetic import synthetic_dataset_stream, synthetic_dataset_write
 
 USERS, ITEMS, EVENTS = 300, 600, 20_000
 
@@ -126,6 +129,49 @@ def test_the_same_seed_writes_identical_files_and_another_seed_different_ones(tm
 
     assert written(1, "again") == first
     assert written(2, "other")[0] != first[0]
+
+
+def test_the_files_are_byte_for_byte_those_written_before_the_generator_was_streamed(tmp_path):
+    # sha256 of the files the generator wrote before synthetic_dataset_stream (commit e54bc1d), with the pinned
+    # numpy and pandas: the demo's data set and every figure measured on synthetic data stay as they were
+    synthetic_dataset_write(output=tmp_path, users=40, items=80, events=1200, drift_at=0.5, seed=1)
+
+    assert [hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("ratings.csv", "movies.csv")] == [
+        "d3eaa54497c818faa6608928103724d013458ee180d3d2ef1322d3daf9ccdd5c",
+        "2b7974cb40a5617dab6de04c4f3df33e2caa8d2e434356bbfa2974b7ca335479",
+    ]
+
+
+def test_the_stream_yields_blocks_of_whole_users_that_make_up_the_written_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "BLOCK_EVENTS", 500)
+    arguments = {"users": 80, "items": 100, "events": 3000, "drift_at": 0.6, "seed": 4}
+    synthetic_dataset_write(output=tmp_path, **arguments)
+
+    blocks = list(synthetic_dataset_stream(**arguments).ratings)
+
+    assert len(blocks) >= 4
+    users_per_block = [set(block.userId) for block in blocks]
+    assert sum(len(users) for users in users_per_block) == len(set().union(*users_per_block)) == 80
+    streamed = pd.concat(blocks, ignore_index=True)
+    pd.testing.assert_frame_equal(streamed, pd.read_csv(tmp_path / "ratings.csv"))
+
+
+def _stream_peak_bytes(events: int) -> int:
+    tracemalloc.start()
+    try:
+        stream = synthetic_dataset_stream(users=1000, items=1000, events=events, drift_at=0.7, seed=1)
+        assert sum(len(block) for block in stream.ratings) == events
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_generating_ten_times_the_events_takes_about_the_same_memory(monkeypatch):
+    monkeypatch.setattr(synthetic, "BLOCK_EVENTS", 2000)
+
+    small, large = _stream_peak_bytes(10_000), _stream_peak_bytes(100_000)
+
+    assert large < 1.3 * small
 
 
 @pytest.mark.django_db

@@ -22,8 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--start", type=date.fromisoformat, default=date(2020, 1, 1), help="YYYY-MM-DD")
         parser.add_argument("--days", type=int, default=365, help="length of the timeline")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    def handle(self, *args, users, items, events, drift_at, output, seed, start, days, **options):
+    def handle(self, *args, users, items, events, drift_at, output, seed, start, days, no_progress, **options):
         try:
             report = synthetic_dataset_write(
                 output=output,
@@ -34,6 +35,7 @@ class Command(BaseCommand):
                 seed=seed,
                 start=start,
                 days=days,
+                progress=not no_progress,
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
