@@ -9,7 +9,10 @@ WHEN per field cost more again, and an additive upsert (ON CONFLICT DO UPDATE wi
 no ORM spelling. Everything else in the app uses the ORM."""
 
 import functools
+import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from uuid import UUID
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -19,10 +22,12 @@ from recommendations.models import (
     USER_STATE_FIELDS,
     CatalogState,
     EndUser,
+    EventReceipt,
     Interaction,
     Item,
     ItemFeatures,
     UserFeatures,
+    UserItemFirstSeen,
     utc_datetime,
 )
 
@@ -87,22 +92,33 @@ _INSERTED_COLUMNS = (
     "context",
     "received_at",
 )
-_INTERACTION_INSERT_SQL = (
-    f"INSERT INTO {Interaction._meta.db_table} ({', '.join(_INSERTED_COLUMNS)}) VALUES {{values}} "
-    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING RETURNING id, event_id"
-)
+_INTERACTION_INSERT_SQL = f"INSERT INTO {Interaction._meta.db_table} ({', '.join(_INSERTED_COLUMNS)}) VALUES {{values}}"
 
 
-def interactions_insert(
-    *, events: list, users: dict[str, int], items: dict[str, tuple[int, list[str]]]
-) -> tuple[list, list[int]]:
-    """Insert the events in one statement that skips stored (or repeated) event_ids; returns the events
-    written and their keys. ON CONFLICT DO NOTHING waits for a concurrent writer of the same event_id and
-    then skips it, so duplicates need neither a SELECT beforehand nor a retry."""
+def interactions_insert(*, events: list, users: dict[str, int], items: dict[str, tuple[int, list[str]]]) -> list:
+    """Insert those of the events whose event_id is new (event_receipts_insert: not stored before, nor repeated
+    earlier in the batch) in one statement; returns the events written."""
+    received = timezone.now()
+    fresh_ids = event_receipts_insert(
+        event_ids=[event.event_id for event in events if event.event_id is not None], received_at=received
+    )
+    fresh = []
+    for event in events:
+        if event.event_id is None:
+            fresh.append(event)
+        elif event.event_id in fresh_ids:
+            fresh_ids.discard(event.event_id)  # a repeat later in the batch is the duplicate
+            fresh.append(event)
+    if fresh:
+        _interactions_write(fresh, users, items, received)
+    return fresh
+
+
+def _interactions_write(events: list, users: dict, items: dict, received: datetime) -> None:
     fields = [Interaction._meta.get_field(name) for name in ("event_id", "recommendation_id", "context")]
     event_id_field, recommendation_field, context_field = fields
     adapt_time = connection.ops.adapt_datetimefield_value
-    now = adapt_time(timezone.now())
+    now = adapt_time(received)
     params: list = []
     for event in events:
         params += [
@@ -119,33 +135,51 @@ def interactions_insert(
     row = "(" + ", ".join(["%s"] * len(_INSERTED_COLUMNS)) + ")"
     with connection.cursor() as cursor:
         cursor.execute(_INTERACTION_INSERT_SQL.format(values=", ".join([row] * len(events))), params)
-        returned = cursor.fetchall()
-    written = {event_id_field.to_python(event_id) for _, event_id in returned}
-    fresh = []
-    for event in events:
-        if event.event_id is None:
-            fresh.append(event)
-        elif event.event_id in written:
-            written.discard(event.event_id)  # a repeat later in the batch is the duplicate
-            fresh.append(event)
-    return fresh, [pk for pk, _ in returned]
 
 
-# --- Online features ----------------------------------------------------------------------------
+# --- Idempotency and first-seen pairs: the unique keys a table partitioned by time cannot hold -----
 
-_INTERACTION_TABLE = Interaction._meta.db_table
-_FIRST_SQL = (
-    f"SELECT f.user_id, f.item_id, f.event_type, f.value, f.timestamp FROM {_INTERACTION_TABLE} f "
-    f"WHERE f.id IN ({{keys}}) AND NOT EXISTS (SELECT 1 FROM {_INTERACTION_TABLE} o "
-    "WHERE o.user_id = f.user_id AND o.item_id = f.item_id AND o.id < f.id)"
+_RECEIPT_INSERT_SQL = (
+    f"INSERT INTO {EventReceipt._meta.db_table} (event_id, received_at) VALUES {{values}} "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
 
 
-def first_interaction_rows(*, event_pks: list[int]) -> list[tuple]:
-    """(user, item, type, value, timestamp) of those of these events that are their user's first with their item."""
+def event_receipts_insert(*, event_ids: list[UUID], received_at: datetime) -> set[UUID]:
+    """Record these event ids as received; returns those that were new. ON CONFLICT DO NOTHING waits for a
+    concurrent writer of the same id and then skips it, so a duplicate needs neither a SELECT beforehand nor a
+    retry; the ids go in key order, so two batches sharing ids wait for each other in one order, never in a cycle."""
+    if not event_ids:
+        return set()
+    field = EventReceipt._meta.get_field("event_id")
+    when = connection.ops.adapt_datetimefield_value(received_at)
+    ordered = sorted(set(event_ids))
+    params = [value for event_id in ordered for value in (field.get_db_prep_value(event_id, connection), when)]
     with connection.cursor() as cursor:
-        cursor.execute(_FIRST_SQL.format(keys=", ".join(["%s"] * len(event_pks))), event_pks)
-        return cursor.fetchall()
+        cursor.execute(_RECEIPT_INSERT_SQL.format(values=", ".join(["(%s, %s)"] * len(ordered))), params)
+        return {field.to_python(event_id) for (event_id,) in cursor.fetchall()}
+
+
+_FIRST_SEEN_INSERT_SQL = (
+    f"INSERT INTO {UserItemFirstSeen._meta.db_table} (user_id, item_id, first_seen) VALUES {{values}} "
+    "ON CONFLICT (user_id, item_id) DO NOTHING RETURNING user_id, item_id"
+)
+
+
+def user_item_first_seen_insert(*, first_seen: dict[tuple[int, int], datetime]) -> set[tuple[int, int]]:
+    """Record the (user, item) pairs of `first_seen` (pair → time of its first event here) that are not recorded
+    yet; returns those. In key order; a concurrent writer of the same pair is waited for, as for receipts."""
+    if not first_seen:
+        return set()
+    adapt = connection.ops.adapt_datetimefield_value
+    ordered = sorted(first_seen)
+    params = [value for pair in ordered for value in (*pair, adapt(first_seen[pair]))]
+    with connection.cursor() as cursor:
+        cursor.execute(_FIRST_SEEN_INSERT_SQL.format(values=", ".join(["(%s, %s, %s)"] * len(ordered))), params)
+        return set(cursor.fetchall())
+
+
+# --- Online features ----------------------------------------------------------------------------
 
 
 # The feature rows of one request are read and written in raw SQL: compiling the ORM's queries cost more
@@ -157,9 +191,10 @@ _USER_FEATURES_TABLE = UserFeatures._meta.db_table
 
 def user_item_pairs_lock(*, pairs: Iterable[tuple[int, int]]) -> None:
     """Lock these (user, item) pairs until the transaction ends, in key order (so concurrent batches cannot
-    deadlock on them). Ingestion takes them before it stores the events, so that first_interaction_rows sees a
-    concurrent batch with the same pair: it committed before, or it waits for this transaction. PostgreSQL
-    advisory locks; other backends write one transaction at a time and need none (a no-op there)."""
+    deadlock on them). Ingestion takes them before it stores the events, so that a concurrent batch with the same
+    pair committed before, or waits for this transaction. (user_item_first_seen_insert's unique key now decides
+    first interactions exactly by itself.) PostgreSQL advisory locks; other backends write one transaction at a
+    time and need none (a no-op there)."""
     db = transaction.get_connection()
     if db.vendor != "postgresql":
         return
@@ -392,3 +427,70 @@ def statistics_refresh(*, models: list) -> None:
         return
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE " + ", ".join(model._meta.db_table for model in models))
+
+
+# --- Event partitions (PostgreSQL only: other backends keep one plain table) ------------------------
+
+_PARTITIONS_SQL = (
+    "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = %s::regclass"
+)
+_INTERACTION_TABLE = Interaction._meta.db_table
+_BOUNDS = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+DEFAULT_PARTITION = f"{_INTERACTION_TABLE}_default"
+# Partition DDL waits this long for the table's lock at most, then gives up until the next run, rather than queue
+# every ingest and serving query behind it.
+_DDL_LOCK_TIMEOUT = "5s"
+
+
+def event_partitions() -> dict[str, tuple[datetime, datetime] | None]:
+    """The partitions of the events table: name → [start, end) of its range (None for the default one)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PARTITIONS_SQL, [_INTERACTION_TABLE])
+        rows = cursor.fetchall()
+    partitions = {}
+    for name, bound in rows:
+        found = _BOUNDS.search(bound)
+        partitions[name] = found and (_timestamp(found[1]), _timestamp(found[2]))
+    return partitions
+
+
+def _timestamp(text: str) -> datetime:
+    """A bound as pg_get_expr prints it, in the session's time zone (Django's connections use UTC)."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def event_partition_create(*, name: str, start: datetime, end: datetime) -> int:
+    """Create partition `name` for [start, end), moving into it the rows the default partition holds for that range
+    (a partition cannot be attached while they are there); returns how many were moved. The default partition is
+    locked meanwhile (it holds only strays: events of months without a partition); the table itself is not
+    (ATTACH PARTITION takes a lock that lets reads and writes go on). One transaction."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
+        cursor.execute(f"CREATE TABLE {name} (LIKE {_INTERACTION_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        cursor.execute(
+            f'WITH moved AS (DELETE FROM {DEFAULT_PARTITION} WHERE "timestamp" >= %s AND "timestamp" < %s RETURNING *) '
+            f"INSERT INTO {name} SELECT * FROM moved",
+            [start, end],
+        )
+        moved = cursor.rowcount
+        cursor.execute(
+            f"ALTER TABLE {_INTERACTION_TABLE} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [start, end]
+        )
+    return moved
+
+
+def event_partition_drop(*, name: str) -> None:
+    """Detach and drop partition `name`, with its events (retention). One transaction."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
+        cursor.execute(f"ALTER TABLE {_INTERACTION_TABLE} DETACH PARTITION {name}")
+        cursor.execute(f"DROP TABLE {name}")
+
+
+def default_partition_delete_before(*, moment: datetime) -> int:
+    """Delete the default partition's events before `moment` (retention of the months without a partition)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f'DELETE FROM {DEFAULT_PARTITION} WHERE "timestamp" < %s', [moment])
+        return cursor.rowcount

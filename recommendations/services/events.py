@@ -39,8 +39,9 @@ class IngestResult:
 def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None) -> IngestResult:
     """Append `events` and update online features, all or nothing.
 
-    An event whose `event_id` is already stored (or repeated in the same batch) is a duplicate and is
-    skipped by the insert itself (ON CONFLICT DO NOTHING), also when a concurrent request writes it; a
+    An event whose `event_id` was received before (or is repeated in the same batch) is a duplicate, whatever its
+    timestamp: its receipt (EventReceipt, one insert with ON CONFLICT DO NOTHING) is already there, also when a
+    concurrent request wrote it, and the event is not stored; a
     deadlock with a concurrent batch (rare: pairs and rows are locked in key order) is retried."""
     strict = settings.CATALOG_STRICT if catalog_strict is None else catalog_strict
     for attempt in range(1, _ATTEMPTS + 1):
@@ -82,16 +83,16 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
     """The events written (the others are duplicates)."""
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
-    # Locked before the events are stored, so that first_interactions sees a concurrent batch with the same pair.
     sql.user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id][0]) for event in events})
-    fresh, fresh_pks = sql.interactions_insert(events=events, users=users, items=items)
+    fresh = sql.interactions_insert(events=events, users=users, items=items)
     if fresh:
+        stored = [
+            features.Event(users[e.user_id], items[e.item_id][0], e.event_type, e.value, e.timestamp.timestamp())
+            for e in fresh
+        ]
         online_features_update(
-            events=[
-                features.Event(users[e.user_id], items[e.item_id][0], e.event_type, e.value, e.timestamp.timestamp())
-                for e in fresh
-            ],
-            arrivals=first_interactions(event_pks=fresh_pks),
+            events=stored,
+            arrivals=first_interactions(events=stored),
             item_categories={pk: categories for pk, categories in items.values()},
         )
     return fresh

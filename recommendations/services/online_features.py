@@ -14,10 +14,10 @@ one statement plus the commit. (Other backends write one transaction at a time: 
 read, folded and written back.) bench/ingest.py measures the hot-item and shared-users cases.
 
 Distinct users: an item counts a user once, at the user's first stored event with it (features.ItemState).
-first_interactions finds those events with one index probe each; a transaction-scoped lock per (user,
-item) pair, taken in key order before the events are stored, makes the answer exact when two batches of
-the same user and item race (tests/reliability/test_bought_popularity.py) without making batches that
-merely share users wait for each other.
+first_interactions finds those events by recording the batch's pairs in UserItemFirstSeen (one insert that
+skips recorded pairs): exact when two batches of the same user and item race, since the unique key makes the
+second wait for the first (tests/reliability/test_bought_popularity.py), and still exact once retention has
+dropped a pair's old events (the table keeps every pair).
 """
 
 from collections import defaultdict
@@ -33,6 +33,7 @@ from recommendations.models import (
     Item,
     ItemFeatures,
     UserFeatures,
+    UserItemFirstSeen,
     utc_datetime,
     utc_seconds,
 )
@@ -77,20 +78,18 @@ def _users_update(events: list[features.Event], item_categories: dict[int, list[
     (sql.user_deltas_upsert if merge else sql.user_rows_write)(rows=[rows[uid] for uid in user_ids])
 
 
-def first_interactions(*, event_pks: list[int]) -> list[features.Event]:
-    """Those of these stored events that are the first (lowest key) of their user with their item.
-
-    Exact under concurrency when the pairs were locked (sql.user_item_pairs_lock) before the events were
-    stored: then every other event of these pairs is committed, and visible here (read committed: each
-    statement sees what was committed before it), or waits for this transaction. (The MovieLens import writes
-    events without these locks and then rebuilds the features of what it touched.) One probe of the
-    (user, item) index per event."""
-    if not event_pks:
-        return []
-    return [
-        features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
-        for user_id, item_id, event_type, value, timestamp in sql.first_interaction_rows(event_pks=event_pks)
-    ]
+def first_interactions(*, events: list[features.Event]) -> list[features.Event]:
+    """Those of these events (just stored, in the caller's transaction) that are the first of their user with their
+    item: the pair's first event in the batch, when the batch is the first to record the pair in UserItemFirstSeen.
+    That table outlives the events retention drops, and its unique key makes the answer exact when two batches of
+    the same pair race: the second waits for the first to commit and finds the pair recorded."""
+    first_in_batch: dict[tuple[int, int], features.Event] = {}
+    for event in events:
+        first_in_batch.setdefault((event.user_id, event.item_id), event)
+    new_pairs = sql.user_item_first_seen_insert(
+        first_seen={pair: utc_datetime(event.ts) for pair, event in first_in_batch.items()}
+    )
+    return [event for pair, event in first_in_batch.items() if pair in new_pairs]
 
 
 def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:
@@ -131,6 +130,7 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         first = set(
             events.order_by().values("user_id", "item_id").annotate(first=Min("pk")).values_list("first", flat=True)
         )
+        pairs_first_seen: list[UserItemFirstSeen] = []
         events = events.order_by("timestamp", "pk").values_list(
             "pk", "user_id", "item_id", "event_type", "value", "timestamp"
         )
@@ -140,6 +140,8 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
                 features.user_apply(user_states[user_id], event, categories.get(item_id) or ())
             if item_id in item_states:
                 features.item_apply(item_states[item_id], event, first_of_user=pk in first)
+            if pk in first:
+                pairs_first_seen.append(UserItemFirstSeen(user_id=user_id, item_id=item_id, first_seen=timestamp))
         user_rows = [UserFeatures(user_id=u) for u in users]
         for row in user_rows:
             row.state_set(user_states[row.user_id])
@@ -157,6 +159,8 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         ItemFeatures.objects.bulk_create(
             item_rows, update_conflicts=True, unique_fields=["item"], update_fields=_ITEM_FIELDS, batch_size=1000
         )
+        # Events written in bulk (an import) have not recorded their pairs yet; pairs recorded before stay.
+        UserItemFirstSeen.objects.bulk_create(pairs_first_seen, ignore_conflicts=True, batch_size=5000)
     return {"users": len(user_rows), "items": len(item_rows)}
 
 

@@ -13,7 +13,15 @@ import pytest
 from django.db import connection, transaction
 
 from recommendations import features, sql
-from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
+from recommendations.models import (
+    EndUser,
+    EventReceipt,
+    Interaction,
+    Item,
+    ItemFeatures,
+    UserFeatures,
+    UserItemFirstSeen,
+)
 from recommendations.services.events import EventInput
 from recommendations.services.online_features import item_state_from_row
 
@@ -62,22 +70,30 @@ def test_an_event_id_already_stored_or_repeated_in_the_batch_is_inserted_once():
         {"i1": (Item.objects.create(external_id="i1").pk, [])},
     )
     one, two = uuid.uuid4(), uuid.uuid4()
-    fresh, pks = _events(users, items, one, one, None)
-    assert [event.event_id for event in fresh] == [one, None] and len(pks) == 2
-    fresh, pks = _events(users, items, one, two)
-    assert [event.event_id for event in fresh] == [two] and len(pks) == 1
+    fresh = _events(users, items, one, one, None)
+    assert [event.event_id for event in fresh] == [one, None] and Interaction.objects.count() == 2
+    fresh = _events(users, items, one, two)
+    assert [event.event_id for event in fresh] == [two] and Interaction.objects.count() == 3
     stored = Interaction.objects.get(event_id=two)
     assert (stored.timestamp, stored.context, stored.value) == (T0 + timedelta(minutes=1), {"n": 1}, 4.0)
 
 
-def test_only_the_first_event_of_a_user_with_an_item_is_a_first_interaction():
+def test_event_receipts_are_new_once_whatever_the_order():
+    one, two, three = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert sql.event_receipts_insert(event_ids=[two, one, two], received_at=T0) == {one, two}
+    assert sql.event_receipts_insert(event_ids=[three, one], received_at=T0) == {three}
+    assert sql.event_receipts_insert(event_ids=[], received_at=T0) == set()
+    assert EventReceipt.objects.get(event_id=three).received_at == T0
+
+
+def test_a_user_item_pair_is_first_seen_once():
     user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
-    first, second = (
-        Interaction.objects.create(user=user, item=item, event_type="view", timestamp=T0 + timedelta(hours=n))
-        for n in range(2)
-    )
-    rows = sql.first_interaction_rows(event_pks=[first.pk, second.pk])
-    assert len(rows) == 1 and rows[0][:3] == (user.pk, item.pk, "view")
+    other = Item.objects.create(external_id="i2")
+    assert sql.user_item_first_seen_insert(first_seen={(user.pk, item.pk): T0}) == {(user.pk, item.pk)}
+    later = T0 + timedelta(days=40)
+    new = sql.user_item_first_seen_insert(first_seen={(user.pk, other.pk): later, (user.pk, item.pk): later})
+    assert new == {(user.pk, other.pk)}
+    assert UserItemFirstSeen.objects.get(user=user, item=item).first_seen == T0
 
 
 def test_user_feature_rows_written_are_read_back_and_equal():
