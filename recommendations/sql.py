@@ -1,7 +1,8 @@
 """All raw SQL of the recommendations app, in one module. Every statement runs on PostgreSQL and SQLite (where they
 differ, both spellings are here); tests/recommendations/test_sql.py runs each function on both. Two exist only on
 PostgreSQL, for concurrent ingestion (SQLite writes one transaction at a time and needs neither):
-user_item_pairs_lock (a no-op elsewhere) and user_deltas_upsert (jsonb).
+user_item_pairs_lock (a no-op elsewhere) and user_deltas_upsert (jsonb); and the events' partition DDL, at the end
+(tests/recommendations/test_partitions.py).
 
 Why SQL and not the ORM, each time: on the request paths (ingestion, serving) compiling the ORM's queries cost more
 CPU than the statements themselves (~1 ms per single-event ingest, 1.5 ms per recommendation), bulk_update's CASE
