@@ -3,7 +3,8 @@
 On PostgreSQL recommendations_interaction is range-partitioned by month on `timestamp` (migration 0011): a
 partition per month from the month partitioning began, created `MONTHS_AHEAD` months ahead, and a DEFAULT
 partition that takes the events of every other month (imported history, far-future strays), so that no timestamp
-is ever refused. When a month's partition is created, its rows move out of the DEFAULT partition.
+is ever refused. When a month's partition is created, its rows move out of the DEFAULT partition. With retention
+on, every month the horizon keeps gets its partition too, so that it is dropped whole when its turn comes.
 
 Retention (RetrainPolicy.event_retention_days; 0 keeps everything) removes the events of every month that lies
 entirely before the horizon (now − retention): the month partitions are dropped whole (no row-by-row delete) and
@@ -40,10 +41,19 @@ def event_partitions_maintain(
     *, now: datetime, retention_days: int, months_ahead: int = MONTHS_AHEAD
 ) -> PartitionsReport:
     """Create the partitions of the months from `now`'s to `months_ahead` later (and from the real time's, when a
-    replay's clock is elsewhere), then apply retention. Idempotent; safe to run concurrently with ingestion."""
+    replay's clock is elsewhere) and, with retention on, of every month the horizon keeps, then apply retention.
+    Idempotent; safe to run concurrently with ingestion."""
     report = PartitionsReport()
     if connection.vendor == "postgresql":
-        _months_create(report, {month_start(now), month_start(timezone.now())}, months_ahead)
+        wanted = {
+            month_add(month_start(anchor), step) for anchor in (now, timezone.now()) for step in range(months_ahead + 1)
+        }
+        if retention_days:
+            month = retention_boundary(now=now, retention_days=retention_days)
+            while month < now:  # each kept month in a partition of its own, to be dropped whole in its turn
+                wanted.add(month)
+                month = month_add(month, 1)
+        _months_create(report, wanted)
     if retention_days:
         _retention_apply(report, now, retention_days)
     return report
@@ -68,10 +78,9 @@ def retention_boundary(*, now: datetime, retention_days: int) -> datetime:
     return month_start(now - timedelta(days=retention_days))
 
 
-def _months_create(report: PartitionsReport, anchors: set[datetime], months_ahead: int) -> None:
+def _months_create(report: PartitionsReport, months: set[datetime]) -> None:
     existing = sql.event_partitions()
-    wanted = sorted({month_add(anchor, step) for anchor in anchors for step in range(months_ahead + 1)})
-    for month in wanted:
+    for month in sorted(months):
         name = partition_name(month)
         if name in existing:
             continue

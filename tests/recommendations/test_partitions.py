@@ -95,6 +95,22 @@ def test_retention_drops_only_the_months_entirely_before_the_horizon():
     assert all(bounds[1] > at(4, 1, 0) for bounds in left.values() if bounds)
 
 
+@postgres_only
+def test_with_retention_on_every_kept_month_gets_its_partition_out_of_the_default_one():
+    kept, old = uuid.uuid4(), uuid.uuid4()
+    event_ingest(
+        events=[
+            view("u", "i", datetime(2036, 2, 10, tzinfo=UTC), kept),
+            view("u", "i", datetime(2035, 11, 3, tzinfo=UTC), old),
+        ]
+    )
+    assert partition_of(kept) == partition_of(old) == sql.DEFAULT_PARTITION
+    report = event_partitions_maintain(now=datetime(2036, 3, 20, tzinfo=UTC), retention_days=60, months_ahead=0)
+    assert "recommendations_interaction_p2036_01" in report.created and report.rows_moved == 1
+    assert partition_of(kept) == "recommendations_interaction_p2036_02"
+    assert report.events_deleted == 1 and not Interaction.objects.filter(event_id=old).exists()
+
+
 def test_retention_zero_keeps_every_event_and_event_id():
     event_ingest(events=[view("u", "i", datetime(2001, 1, 1, tzinfo=UTC), uuid.uuid4())])
     report = event_partitions_maintain(now=datetime(2040, 1, 1, tzinfo=UTC), retention_days=0)
