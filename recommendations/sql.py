@@ -439,9 +439,19 @@ _PARTITIONS_SQL = (
 _INTERACTION_TABLE = Interaction._meta.db_table
 _BOUNDS = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 DEFAULT_PARTITION = f"{_INTERACTION_TABLE}_default"
-# Partition DDL waits this long for the table's lock at most, then gives up until the next run, rather than queue
-# every ingest and serving query behind it.
+# Partition DDL waits this long for its locks at most, then gives up until the next run, rather than queue ingestion
+# and serving behind it for longer.
 _DDL_LOCK_TIMEOUT = "5s"
+_DETACH_LOCK_TIMEOUT = "1s"
+
+
+def _referenced_tables_lock(cursor) -> None:
+    """Lock the tables the events' foreign keys point to, as attaching or detaching a partition does (it adds or
+    drops the partition's foreign keys), but first and in ingestion's order (items, then users, then events): taken
+    last, while the partition DDL holds the events' default partition, they would wait for an ingest that holds
+    them and waits for that partition. (Another order elsewhere, e.g. an import writing users first, can still
+    deadlock with it: PostgreSQL then aborts one, and both sides retry.)"""
+    cursor.execute(f"LOCK TABLE {_ITEM_TABLE}, {_USER_TABLE} IN SHARE ROW EXCLUSIVE MODE")
 
 
 def event_partitions() -> dict[str, tuple[datetime, datetime] | None]:
@@ -465,10 +475,14 @@ def _timestamp(text: str) -> datetime:
 def event_partition_create(*, name: str, start: datetime, end: datetime) -> int:
     """Create partition `name` for [start, end), moving into it the rows the default partition holds for that range
     (a partition cannot be attached while they are there); returns how many were moved. The default partition is
-    locked meanwhile (it holds only strays: events of months without a partition); the table itself is not
+    locked meanwhile (events of months without a partition wait); the table and its other partitions are not
     (ATTACH PARTITION takes a lock that lets reads and writes go on). One transaction."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
+        _referenced_tables_lock(cursor)
+        # Taken before the move (ATTACH takes it anyway): no event may land in the default partition between the
+        # move and the attach, or the attach would find it there and fail.
+        cursor.execute(f"LOCK TABLE {DEFAULT_PARTITION} IN ACCESS EXCLUSIVE MODE")
         cursor.execute(f"CREATE TABLE {name} (LIKE {_INTERACTION_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
         cursor.execute(
             f'WITH moved AS (DELETE FROM {DEFAULT_PARTITION} WHERE "timestamp" >= %s AND "timestamp" < %s RETURNING *) '
@@ -485,7 +499,9 @@ def event_partition_create(*, name: str, start: datetime, end: datetime) -> int:
 def event_partition_drop(*, name: str) -> None:
     """Detach and drop partition `name`, with its events (retention). One transaction."""
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
+        # DETACH locks the whole table (CONCURRENTLY is refused beside a default partition): a short wait at most.
+        cursor.execute(f"SET LOCAL lock_timeout = '{_DETACH_LOCK_TIMEOUT}'")
+        _referenced_tables_lock(cursor)
         cursor.execute(f"ALTER TABLE {_INTERACTION_TABLE} DETACH PARTITION {name}")
         cursor.execute(f"DROP TABLE {name}")
 

@@ -14,8 +14,11 @@ What outlives retention: online features (folded when the events arrived), UserI
 pair, which keeps items' distinct-user counts exact), impressions and their outcomes, models and their metrics.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
 
 from django.db import OperationalError, connection
 from django.utils import timezone
@@ -25,6 +28,8 @@ from recommendations.models import EventReceipt, Interaction
 
 MONTHS_AHEAD = 3
 _LOCK_NOT_AVAILABLE = "55P03"
+_DEADLOCK_DETECTED = "40P01"
+_ATTEMPTS = 3
 
 
 @dataclass
@@ -84,12 +89,12 @@ def _months_create(report: PartitionsReport, months: set[datetime]) -> None:
         name = partition_name(month)
         if name in existing:
             continue
-        try:
-            report.rows_moved += sql.event_partition_create(name=name, start=month, end=month_add(month, 1))
-        except OperationalError as exc:
-            _postpone(report, name, exc)
-            continue
-        report.created.append(name)
+        done, moved = _ddl_run(
+            report, name, partial(sql.event_partition_create, name=name, start=month, end=month_add(month, 1))
+        )
+        if done:
+            report.rows_moved += moved
+            report.created.append(name)
 
 
 def _retention_apply(report: PartitionsReport, now: datetime, retention_days: int) -> None:
@@ -98,12 +103,9 @@ def _retention_apply(report: PartitionsReport, now: datetime, retention_days: in
         for name, bounds in sorted(sql.event_partitions().items()):
             if bounds is None or bounds[1] > boundary:
                 continue
-            try:
-                sql.event_partition_drop(name=name)
-            except OperationalError as exc:
-                _postpone(report, name, exc)
-                continue
-            report.dropped.append(name)
+            done, _ = _ddl_run(report, name, partial(sql.event_partition_drop, name=name))
+            if done:
+                report.dropped.append(name)
         report.events_deleted = sql.default_partition_delete_before(moment=boundary)
     else:
         report.events_deleted, _ = Interaction.objects.filter(timestamp__lt=boundary).delete()
@@ -111,7 +113,17 @@ def _retention_apply(report: PartitionsReport, now: datetime, retention_days: in
     report.receipts_deleted, _ = EventReceipt.objects.filter(received_at__lt=received_before).delete()
 
 
-def _postpone(report: PartitionsReport, name: str, exc: OperationalError) -> None:
-    if getattr(exc.__cause__, "pgcode", None) != _LOCK_NOT_AVAILABLE:
-        raise exc
-    report.postponed.append(name)
+def _ddl_run(report: PartitionsReport, name: str, ddl: Callable[[], Any]) -> tuple[bool, Any]:
+    """Run one partition's DDL (a transaction of its own), again after a deadlock (PostgreSQL aborted it, not the
+    ingest it met); after a lock timeout or the last deadlock, postpone it to the next run. (done, its result)."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return True, ddl()
+        except OperationalError as exc:
+            code = getattr(exc.__cause__, "pgcode", None)
+            if code not in (_LOCK_NOT_AVAILABLE, _DEADLOCK_DETECTED):
+                raise
+            if code == _LOCK_NOT_AVAILABLE or attempt == _ATTEMPTS:
+                report.postponed.append(name)
+                return False, None
+    raise AssertionError("unreachable")

@@ -196,3 +196,49 @@ def _retry_concurrently():
     assert Interaction.objects.count() == rounds == EventReceipt.objects.count()
     assert UserFeatures.objects.get().event_count == rounds
     assert ItemFeatures.objects.get().event_count == rounds
+
+
+@pytest.mark.django_db(transaction=True)
+@postgres_only
+def test_ingestion_goes_on_while_a_month_is_created_and_loses_nothing():
+    """Two threads ingest events of a month that has no partition yet (so into DEFAULT) while the month's partition
+    is created, which moves the rows already there: every event is stored once, in the month's partition."""
+    month = datetime(2034, 5, 1, tzinfo=UTC)
+    stop, errors, sent = threading.Event(), [], []
+
+    def ingest(worker: int):
+        try:
+            n = 0
+            while not stop.is_set() or n < 5:
+                # A new user and item every time: ingestion writes users and items before events.
+                event = view(f"u{worker}-{n}", f"i{worker}-{n}", month + timedelta(hours=n), uuid.uuid4())
+                event_ingest(events=[event])
+                sent.append(1)
+                n += 1
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=ingest, args=(worker,)) for worker in range(2)]
+    for thread in threads:
+        thread.start()
+    created = []
+    try:
+        while len(sent) < 10 and not errors:
+            threading.Event().wait(0.05)
+        created = event_partitions_maintain(now=month, retention_days=0, months_ahead=0).created
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        try:
+            assert errors == [] and created == ["recommendations_interaction_p2034_05"]
+            assert Interaction.objects.count() == len(sent) == EventReceipt.objects.count()
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT count(*) FROM {sql.DEFAULT_PARTITION}")
+                assert cursor.fetchone()[0] == 0
+            assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == len(sent)
+        finally:
+            for name in created:
+                sql.event_partition_drop(name=name)
