@@ -142,6 +142,8 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
                 features.item_apply(item_states[item_id], event, first_of_user=pk in first)
             if pk in first:
                 pairs_first_seen.append(UserItemFirstSeen(user_id=user_id, item_id=item_id, first_seen=timestamp))
+                if len(pairs_first_seen) == _FIRST_SEEN_CHUNK:
+                    _first_seen_record(pairs_first_seen)
         user_rows = [UserFeatures(user_id=u) for u in users]
         for row in user_rows:
             row.state_set(user_states[row.user_id])
@@ -159,11 +161,18 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         ItemFeatures.objects.bulk_create(
             item_rows, update_conflicts=True, unique_fields=["item"], update_fields=_ITEM_FIELDS, batch_size=1000
         )
-        # Events written in bulk (an import) have not recorded their pairs yet; pairs recorded before stay.
-        UserItemFirstSeen.objects.bulk_create(pairs_first_seen, ignore_conflicts=True, batch_size=5000)
+        _first_seen_record(pairs_first_seen)
     return {"users": len(user_rows), "items": len(item_rows)}
 
 
+def _first_seen_record(pairs: list[UserItemFirstSeen]) -> None:
+    """Record these pairs unless recorded (events written in bulk, by an import, have not recorded theirs; pairs
+    recorded before keep their first time), and empty the list: the rebuild holds one chunk at a time."""
+    UserItemFirstSeen.objects.bulk_create(pairs, ignore_conflicts=True)
+    pairs.clear()
+
+
+_FIRST_SEEN_CHUNK = 5000
 _IN_LIST_LIMIT = 5000  # above it, read the whole log rather than send a huge IN list (SQLite caps parameters)
 
 

@@ -9,8 +9,17 @@ import pytest
 from django.db import connection, connections
 
 from recommendations import sql
-from recommendations.models import EventReceipt, Interaction, Item, ItemFeatures, UserFeatures, UserItemFirstSeen
+from recommendations.models import (
+    EndUser,
+    EventReceipt,
+    Interaction,
+    Item,
+    ItemFeatures,
+    UserFeatures,
+    UserItemFirstSeen,
+)
 from recommendations.services.events import EventInput, event_ingest
+from recommendations.services.online_features import online_features_rebuild
 from recommendations.services.partitions import event_partitions_maintain, partition_name
 
 pytestmark = pytest.mark.django_db
@@ -242,3 +251,21 @@ def test_ingestion_goes_on_while_a_month_is_created_and_loses_nothing():
         finally:
             for name in created:
                 sql.event_partition_drop(name=name)
+
+
+def test_the_feature_rebuild_records_the_pairs_of_events_written_in_bulk():
+    """An import writes events in bulk and then rebuilds the features of what it touched: the pairs it wrote are
+    recorded, so that a later event of one of them does not count its user again (nor once retention dropped it)."""
+    event_ingest(events=[view("u", "i1", at(1, 5))])
+    user, (first_item, other_item) = EndUser.objects.get(), [Item.objects.get(), Item.objects.create(external_id="i2")]
+    Interaction.objects.bulk_create(
+        Interaction(user=user, item=item, event_type="view", timestamp=moment)
+        for item, moment in [(first_item, at(1, 1)), (other_item, at(1, 9)), (other_item, at(1, 2))]
+    )
+    online_features_rebuild(user_ids=[user.pk], item_ids=[first_item.pk, other_item.pk])
+    assert sorted(UserItemFirstSeen.objects.values_list("item__external_id", "first_seen")) == [
+        ("i1", at(1, 5)),  # recorded by ingestion first: kept
+        ("i2", at(1, 9)),  # the pair's first stored (lowest key) event
+    ]
+    event_ingest(events=[view("u", "i2", at(2, 1))])
+    assert ItemFeatures.objects.get(item=other_item).user_count == 1
