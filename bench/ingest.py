@@ -508,13 +508,46 @@ def step(message: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
+class FoldBacklog(PostgresBackends):
+    """PostgresBackends that also samples the events waiting for the online-features fold (PendingFold rows, where
+    the table exists): the largest backlog seen, and `drain()` to wait for it to empty once the load stops."""
+
+    TABLE = "recommendations_pendingfold"
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.max_waiting = 0
+        self.exists = self._query(f"SELECT to_regclass('{self.TABLE}') IS NOT NULL")
+
+    def _query(self, statement: str):
+        with self.connection.cursor() as cursor:
+            cursor.execute(statement)
+            return cursor.fetchone()[0]
+
+    def waiting_events(self) -> int:
+        if not self.exists:
+            return 0
+        return self._query(f"SELECT coalesce(sum(jsonb_array_length(event_ids)), 0) FROM {self.TABLE}")
+
+    def __call__(self) -> list[int]:
+        self.max_waiting = max(self.max_waiting, self.waiting_events())
+        return super().__call__()
+
+    def drain(self, *, timeout: float = 30.0) -> tuple[int, float]:
+        """(events waiting when the load stopped, seconds until none was), polled every 50 ms."""
+        started, at_stop = time.monotonic(), self.waiting_events()
+        while self.waiting_events() and time.monotonic() - started < timeout:
+            time.sleep(0.05)
+        return at_stop, time.monotonic() - started
+
+
 def scenario_measure(*, scenario: Scenario, server: GunicornServer, url: str, config: dict, log_dir: Path) -> dict:
     """Run one scenario; its tally gains the CPU spent by web workers, PostgreSQL backends, the load
     generator and the machine, and the number of its events found stored."""
     shape = f"{scenario.clients} clients x {scenario.batch_size} event(s)/request"
     step(f"{scenario.name}: {shape}, {config['duration']:g} s")
     prefix = f"{scenario.name}-{config['run_tag']}-"
-    backends = PostgresBackends(url)
+    backends = FoldBacklog(url)
     meter = CpuMeter(web=lambda: [server.process.pid, *child_pids(server.process.pid)], db=backends)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     meter.start()
@@ -523,6 +556,9 @@ def scenario_measure(*, scenario: Scenario, server: GunicornServer, url: str, co
     finally:
         cpu = meter.stop()
         cpu["lock_waits"] = backends.lock_waits()
+        # The server's fold runs after each commit; what waits is folded within FOLD_SWEEP_SECONDS.
+        at_stop, drain_seconds = backends.drain()
+        result["fold_backlog"] = {"max": backends.max_waiting, "at_stop": at_stop, "drain_seconds": drain_seconds}
         backends.close()
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu["loadgen"] = sum(getattr(children_after, f) - getattr(children_before, f) for f in ("ru_utime", "ru_stime"))
@@ -531,6 +567,11 @@ def scenario_measure(*, scenario: Scenario, server: GunicornServer, url: str, co
         f"{scenario.name}: {result['ok_requests']} requests, {result['events_acked']} events acknowledged "
         f"in {result['seconds']:.1f} s, {result['stored']} stored, errors {result['errors'] or 'none'} "
         f"(locust: {result['locust_requests']} requests, {result['locust_failures']} failures)"
+    )
+    backlog = result["fold_backlog"]
+    step(
+        f"{scenario.name}: events waiting for the features fold: at most {backlog['max']} (sampled every 0.5 s), "
+        f"{backlog['at_stop']} when the load stopped, none {backlog['drain_seconds']:.2f} s later"
     )
     return result
 
@@ -568,6 +609,9 @@ def run(args, scenarios: list[Scenario], log_dir: Path) -> dict:
         except BaseException:
             print(f"--- gunicorn log (tail) ---\n{server.log_tail()}", file=sys.stderr)
             raise
+        backlog = FoldBacklog(url)  # requests still in flight when the last scenario stopped fold meanwhile
+        backlog.drain()
+        backlog.close()
     figures = {
         "results": results,
         "acked_total": warm_up_acked + sum(r["events_acked"] for r in results.values()),

@@ -11,8 +11,7 @@ snapshot — then no item it holds as active can have been deactivated since. A 
 features and history are never taken from here (each request reads them).
 
 The snapshot does not depend on a model version: it is keyed by Item primary key, and a model maps its
-catalogue codes to rows with `rows_of`. A rebuild is one query over Item and ItemFeatures; it costs the
-process about 6 ms of CPU per 1,000 items (ml-latest-small, 9,742 items: ~55 ms every 5 s, ~1% of a core).
+catalogue codes to rows with `rows_of`. A rebuild is one query over Item and ItemFeatures (sql.item_snapshot_columns).
 """
 
 import json
@@ -22,15 +21,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from django.db.models import TextField
-from django.db.models.functions import Cast
 
 from recommendations import features
-from recommendations.models import Item
 from recommendations.selectors.request_reads import catalog_deactivations
+from recommendations.sql import item_snapshot_columns
 
-_STATE_FIELDS = [f"features__{name}" for name in features.ITEM_STATE_COLUMNS]
-_TIME_COLUMNS = {features.ITEM_STATE_COLUMNS.index(name) for name in ("first_event_at", "last_event_at")}
 _EMPTY_STATE = features.item_state_row(features.ItemState())
 EVENT_COUNT = features.ITEM_STATE_COLUMNS.index("event_count")
 USER_COUNT = features.ITEM_STATE_COLUMNS.index("user_count")
@@ -47,6 +42,7 @@ class ItemSnapshot:
     columns: np.ndarray  # float64 [n, len(ITEM_STATE_COLUMNS)]: the ItemFeatures rows (an empty ItemState if none)
     trending: np.ndarray  # rows of the active items with features, the popular fallback's order
     deactivations: int | None = None  # CatalogState.deactivations, read before the items
+    category_texts: list[str | None] = field(default_factory=list, repr=False)  # as read: the next build reuses
     built_at: float = field(default_factory=time.monotonic)
 
     def rows_of(self, pks: np.ndarray) -> np.ndarray:
@@ -81,28 +77,30 @@ class ItemSnapshot:
         return dict(zip(self.external_ids, self.pks.tolist()))
 
 
-def item_snapshot_build() -> ItemSnapshot:
+def item_snapshot_build(previous: ItemSnapshot | None = None) -> ItemSnapshot:
     """All items and their online features, read now in one query. The catalogue's deactivation count is
-    read before it: a deactivation committed in between is then seen twice (harmless), never missed."""
+    read before it: a deactivation committed in between is then seen twice (harmless), never missed. The
+    category matrix of `previous` is reused when every item's categories read the same (they seldom change,
+    and decoding them was half of a rebuild's CPU)."""
     deactivations = catalog_deactivations()
-    rows = list(
-        Item.objects.order_by("pk").values_list(
-            "pk", "external_id", "active", Cast("categories", TextField()), *_STATE_FIELDS
-        )
-    )
-    columns, has_features = _state_columns([row[4:] for row in rows])
-    categories, names = _category_matrix([row[3] for row in rows])
-    pks = np.array([row[0] for row in rows], dtype=np.int64)
-    active = np.array([row[2] for row in rows], dtype=bool)
+    pks, external_ids, active, categories, *state = item_snapshot_columns()
+    columns, has_features = _state_columns(state)
+    if previous is not None and previous.category_texts == categories:
+        category_rows, names, categories = previous.categories, previous.category_names, previous.category_texts
+    else:
+        category_rows, names = _category_matrix(categories)
+    pks = np.asarray(pks, dtype=np.int64)
+    active = np.asarray(active, dtype=bool)
     return ItemSnapshot(
         pks=pks,
-        external_ids=[row[1] for row in rows],
+        external_ids=external_ids,
         active=active,
-        categories=categories,
+        categories=category_rows,
         category_names=names,
         columns=columns,
         trending=_trending_order(pks, active, columns, has_features=has_features),
         deactivations=deactivations,
+        category_texts=categories,
     )
 
 
@@ -116,16 +114,12 @@ def _category_matrix(texts: list[str | None]) -> tuple[np.ndarray, dict[str, int
     return matrix[index].reshape(len(texts), matrix.shape[1]), names
 
 
-def _state_columns(states: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
-    """ItemFeatures rows read through their Items (all None for an item without a row yet) as rows of
-    ITEM_STATE_COLUMNS, and which items have a row. The values are item_state_row(item_state_from_row(row)),
-    converted a column at a time (None -> NaN), 10x faster than a row at a time."""
-    columns = np.empty((len(states), len(features.ITEM_STATE_COLUMNS)), dtype=np.float64)
-    for index in range(columns.shape[1]):
-        values = [state[index] for state in states]
-        if index in _TIME_COLUMNS:
-            values = [None if value is None else value.timestamp() for value in values]
-        columns[:, index] = np.array(values, dtype=np.float64)
+def _state_columns(state: list[list]) -> tuple[np.ndarray, np.ndarray]:
+    """The ItemFeatures columns (None for an item without a row yet) as an array of ITEM_STATE_COLUMNS rows, and
+    which items have a row; an item without one gets the values of an empty ItemState."""
+    columns = np.empty((len(state[0]) if state else 0, len(features.ITEM_STATE_COLUMNS)), dtype=np.float64)
+    for index, values in enumerate(state):
+        columns[:, index] = np.asarray(values, dtype=np.float64)  # None -> NaN
     has_features = ~np.isnan(columns[:, EVENT_COUNT])
     columns[~has_features] = _EMPTY_STATE
     return columns, has_features

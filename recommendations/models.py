@@ -88,13 +88,16 @@ class EventReceipt(models.Model):
 
 
 class UserItemFirstSeen(models.Model):
-    """The first stored event of each (user, item) pair, kept forever (retention drops old events, not these):
-    ingestion counts an item's distinct users by whether its insert of the pair here is new, which stays exact
-    once the pair's old events are gone. `first_seen` is that event's timestamp."""
+    """The first stored event of each (user, item) pair (its lowest key), kept forever (retention drops old events,
+    not these): written by the ingest transaction that stores the pair's first event (an insert that skips recorded
+    pairs), read by the fold and the rebuild to know which event counts the user in the item's distinct users, which
+    so stays exact once the pair's old events are gone. `first_event` is that event's key (no foreign key: the
+    events table is partitioned), `first_seen` its timestamp."""
 
     # The unique constraint's index leads with the user: no index of its own.
     user = models.ForeignKey(EndUser, on_delete=models.CASCADE, related_name="+", db_index=False)
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="+")
+    first_event = models.BigIntegerField(help_text="Interaction key of the pair's first event.")
     first_seen = models.DateTimeField()
 
     class Meta:
@@ -105,9 +108,23 @@ class UserItemFirstSeen(models.Model):
         return f"user {self.user_id} first saw item {self.item_id} @ {self.first_seen:%Y-%m-%d %H:%M}"
 
 
+class PendingFold(models.Model):
+    """A committed batch of events not yet folded into the online features (on PostgreSQL ingestion folds after
+    its commit, in a transaction of its own: services.online_features.online_features_fold_pending). Written in
+    the transaction that stores the events and deleted in the one that folds them, so a crash between the two
+    leaves the row, and the next fold (any request's, or a web process's sweeper within FOLD_SWEEP_SECONDS)
+    folds the batch: never lost, never folded twice."""
+
+    event_ids = models.JSONField(help_text="Interaction keys of the batch's stored events.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"{len(self.event_ids)} events to fold, stored {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
 class UserFeatures(models.Model):
-    """Online features of one user, updated in the transaction that writes the user's events.
-    Field meanings and update rules: recommendations.features (shared with training)."""
+    """Online features of one user, updated by the fold of the user's events after their commit
+    (services.online_features). Field meanings and update rules: recommendations.features (shared with training)."""
 
     user = models.OneToOneField(EndUser, on_delete=models.CASCADE, primary_key=True, related_name="features")
     event_count = models.IntegerField(default=0)

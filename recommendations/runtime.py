@@ -8,7 +8,7 @@ Built in exactly one place, `process_runtime()`, the first time a process asks, 
 command each get their own, and a child never uses its parent's locks, caches or (absent) threads. The
 reference lives on the app's AppConfig, which Django builds once per process: no module holds it.
 
-Daemon threads (poller, impression flusher, shadow scorer) run only once `start()` is called: gunicorn's
+Daemon threads (poller, fold sweeper, impression flusher, shadow scorer) run only once `start()` is called: gunicorn's
 post_worker_init hook does it in each web worker (gunicorn.conf.py). Elsewhere nothing is started and the same
 work happens on the caller's path: models and the snapshot are refreshed when due, impressions are written at
 once and shadow jobs run inline."""
@@ -30,8 +30,9 @@ class ServingRuntime:
     def __init__(self):
         # Imported here, not at the top: these modules import process_runtime from this one.
         from recommendations.clock import ProcessClock
-        from recommendations.process_cache import ProcessCache
+        from recommendations.process_cache import PeriodicThread, ProcessCache
         from recommendations.services.impressions import ImpressionBuffer
+        from recommendations.services.online_features import online_features_sweep
         from recommendations.serving.holders import ItemSnapshotHolder, ModelHolder, Poller
         from recommendations.shadow import ShadowScorer
         from recommendations.throttling import CacheBreaker, LocalCounts
@@ -43,6 +44,10 @@ class ServingRuntime:
         self.metrics = RuntimeCountersExport(self.counters)
         # The poller's tick also copies the counters into the metrics /metrics exports (recsite.metrics).
         self.poller: Poller = Poller(self.models, self.items, self.metrics)
+        # Folds the event batches a crash (or a busy folder) left waiting: services.online_features.
+        self.fold_sweeper = PeriodicThread(
+            name="fold-sweeper", seconds=lambda: settings.FOLD_SWEEP_SECONDS, tick=online_features_sweep
+        )
         self.impressions = ImpressionBuffer()
         self.shadow = ShadowScorer()
         self.clock = ProcessClock()
@@ -53,16 +58,19 @@ class ServingRuntime:
         self.throttle_breaker = CacheBreaker()
 
     def start(self) -> None:
-        """Start the daemon threads the settings ask for (MODEL_POLL_THREAD, IMPRESSION_FLUSH_SECONDS > 0,
-        SHADOW_QUEUE_SIZE > 0)."""
+        """Start the daemon threads the settings ask for (MODEL_POLL_THREAD, FOLD_SWEEP_SECONDS > 0,
+        IMPRESSION_FLUSH_SECONDS > 0, SHADOW_QUEUE_SIZE > 0)."""
         if settings.MODEL_POLL_THREAD:
             self.poller.start()
+        if settings.FOLD_SWEEP_SECONDS > 0:
+            self.fold_sweeper.start()
         self.impressions.start()
         self.shadow.start()
 
     def stop(self) -> None:
         """Stop the threads (writing the buffered impressions); the process's work goes back to its callers."""
         self.poller.stop()
+        self.fold_sweeper.stop()
         self.shadow.stop()
         self.impressions.stop()
 

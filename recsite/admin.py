@@ -118,12 +118,12 @@ def gate_html(gate: dict):
 SEGMENT_MODELS = ("candidate", "champion", "ranker", "popularity", "ease")
 
 
-def segments_html(segments: dict):
+def segments_html(segments: dict, models: tuple | list = SEGMENT_MODELS):
     """The per-segment table of an evaluation (retraining.ml.segments): one row per segment, fewest events first
-    (a JSON column keeps no key order), each model's NDCG@10 / Recall@10 / HitRate@10, and the gate's ΔNDCG@10
-    interval or why the segment was not checked."""
+    (a JSON column keeps no key order), each of `models`' NDCG@10 / Recall@10 / HitRate@10, and the gate's
+    ΔNDCG@10 interval or why the segment was not checked."""
     rows = sorted(segments.items(), key=lambda item: int(re.match(r"\d*", str(item[1].get("training_events")))[0] or 0))
-    models = [name for name in SEGMENT_MODELS if any(name in row for _, row in rows)]
+    models = [name for name in models if any(name in row for _, row in rows)]
     checked = any("ndcg_difference" in row for _, row in rows)
     header = ["segment", "training events", "users", *(f"{name} NDCG / Recall / HitRate @10" for name in models)]
     body = [

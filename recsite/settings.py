@@ -380,9 +380,13 @@ def _seconds(name: str, default: float) -> float:
 
 # How long a web process trusts a verified API key without reading it again: the revocation delay.
 API_KEY_CACHE_SECONDS = _seconds("API_KEY_CACHE_SECONDS", 5.0)
-# How long a web process trusts the user ids, item ids and item categories it read for ingestion: a change of
-# categories reaches the user features folded from new events within that time (unknown ids are always read).
+# How long a web process trusts the user and item ids it read for ingestion (unknown ids are always read; the fold
+# reads items' categories afresh: services.online_features).
 INGEST_CACHE_SECONDS = _seconds("INGEST_CACHE_SECONDS", 30.0)
+
+# How often each web process folds the event batches left waiting for the online features (a crash between an
+# ingest's commit and its fold, or more waiting than a request folds): the bound on their features' lag. 0: never.
+FOLD_SWEEP_SECONDS = _seconds("FOLD_SWEEP_SECONDS", 1.0)
 
 # --- Input limits (recsite/parsers.py, recsite/errors.py): bad input is a JSON 4xx, never a 5xx -----------------
 # A body may hold a full batch whose every record is near its limits (8 KiB each); a larger one is a 413.

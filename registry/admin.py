@@ -60,6 +60,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
     ]
     fields = readonly_fields
     change_form_template = "admin/registry/modelversion/change_form.html"
+    change_list_template = "admin/registry/modelversion/change_list.html"
 
     @admin.display(description="training run")
     def training_run(self, obj):
@@ -80,7 +81,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
     def gate_decision(self, obj):
         return gate_html(_producing_gate(obj))
 
-    @admin.display(description="Metrics (model and baselines)")
+    @admin.display(description="Metrics (model and baselines, on its own holdout)")
     def metrics_table(self, obj):
         baselines = obj.baseline_metrics or {}
         rows = [[key, obj.metrics[key], *(b.get(key) for b in baselines.values())] for key in sorted(obj.metrics)]

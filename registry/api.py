@@ -133,6 +133,12 @@ class ModelRollbackApi(APIView):
         return Response(DeploymentChangeOutput(change).data)
 
 
+RECORDED_NOTE = (
+    "As recorded on each version's own holdout — not comparable: each version was scored on its own held-out "
+    "events. POST /api/v1/comparisons re-scores both, with the baselines, on one holdout."
+)
+
+
 class ModelCompareApi(APIView):
     required_scope = "admin"
 
@@ -150,6 +156,10 @@ class ModelCompareApi(APIView):
         relative_change = serializers.FloatField(allow_null=True, help_text="(b - a) / |a|; null when a is 0")
         better = serializers.ChoiceField(choices=["a", "b", "equal"], allow_null=True)
 
+    class RecordedHoldoutSerializer(serializers.Serializer):
+        holdout_events = serializers.IntegerField(allow_null=True, help_text="the version's own held-out events")
+        training_window_end = serializers.DateTimeField(allow_null=True, help_text="its training cut-off")
+
     @extend_schema(
         parameters=[QuerySerializer],
         responses={
@@ -158,19 +168,43 @@ class ModelCompareApi(APIView):
                 fields={
                     "a": serializers.IntegerField(),
                     "b": serializers.IntegerField(),
+                    "comparable": serializers.BooleanField(
+                        help_text="always false: the numbers come from two different holdouts"
+                    ),
+                    "note": serializers.CharField(),
+                    "holdouts": inline_serializer(
+                        "RecordedHoldouts", fields={"a": RecordedHoldoutSerializer(), "b": RecordedHoldoutSerializer()}
+                    ),
                     "metrics": MetricSerializer(many=True),
                 },
             ),
             404: OpenApiResponse(description="No such version."),
         },
-        summary="Two versions side by side on the same metrics",
+        summary="Two versions' recorded metrics side by side, each on its own holdout (not comparable)",
+        description=RECORDED_NOTE,
     )
     def get(self, request):
         query = validated(self.QuerySerializer, request.query_params)
         if query["a"] == query["b"]:
             raise ApplicationError("Compare two different versions.")
         a, b = model_version_get(version=query["a"]), model_version_get(version=query["b"])
-        return Response({"a": a.version, "b": b.version, "metrics": model_versions_compare(a=a, b=b)})
+        return Response(
+            {
+                "a": a.version,
+                "b": b.version,
+                "comparable": False,
+                "note": RECORDED_NOTE,
+                "holdouts": {name: _recorded_holdout(version) for name, version in (("a", a), ("b", b))},
+                "metrics": model_versions_compare(a=a, b=b),
+            }
+        )
+
+
+def _recorded_holdout(version: ModelVersion) -> dict:
+    return {
+        "holdout_events": (version.dataset_stats or {}).get("holdout_events"),
+        "training_window_end": version.training_window_end,
+    }
 
 
 class DeploymentHistoryApi(APIView):

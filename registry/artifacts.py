@@ -84,6 +84,22 @@ def artifact_read(*, path: str, size: int | None, sha256: str) -> dict[str, byte
         raise ArtifactError(f"Artifact {name} is not a readable archive: {exc}") from exc
 
 
+def artifact_present_check(*, path: str, sha256: str) -> None:
+    """A cheap check that an artifact is there to read (it is verified when read): raises ArtifactError if
+    the version has no artifact on record or its file is gone from the store."""
+    if not path or not SHA256.fullmatch(sha256 or ""):
+        raise ArtifactError("it has no artifact on record")
+    if os.path.isabs(path):
+        present = Path(path).is_file()
+    else:
+        try:
+            present = (artifact_cache_dir() / f"{sha256}.tar").is_file() or artifact_storage().exists(path)
+        except Exception as exc:  # the backend's own errors: network, credentials, permissions
+            raise ArtifactError(f"its artifact {path} could not be looked up ({type(exc).__name__}: {exc})") from exc
+    if not present:
+        raise ArtifactError(f"its artifact {Path(path).name} is missing from the artifact store")
+
+
 def artifact_local_file(*, path: str, size: int | None, sha256: str) -> Path:
     """A verified file of a stored artifact on this host: the stored file itself (local store) or this host's
     cached copy of the remote object (for uploading it elsewhere, e.g. to MLflow)."""

@@ -62,7 +62,8 @@ def running_experiment(*, lock: bool = False) -> Experiment | None:
 
 
 def model_versions_compare(*, a: ModelVersion, b: ModelVersion) -> list[dict]:
-    """Both versions side by side on the same metrics, with the change from a to b and which is better."""
+    """Both versions' recorded metrics side by side, with the change from a to b and which is better. Each number
+    is the one its version recorded on its own holdout: a caller must say so (the two holdouts differ)."""
     rows = []
     for key, label, higher_is_better in COMPARED_METRICS:
         left, right = a.metrics.get(key), b.metrics.get(key)

@@ -9,16 +9,26 @@ from django.views.decorators.http import require_POST
 
 from recommendations.clock import system_now
 from recommendations.selectors import online_metrics
-from recsite.admin import ReadOnlyAdmin, admin_action_view, data_field, gate_html, table_html
+from recsite.admin import ReadOnlyAdmin, admin_action_view, data_field, gate_html, segments_html, table_html
 from recsite.api import validated
 from recsite.errors import ApplicationError
 from recsite.formatting import duration, number
 from registry.admin import PROMOTE
 from registry.models import DeploymentMode, Experiment, ModelStatus, ModelVersion
+from registry.selectors import champion_version
 from registry.services import PROMOTABLE
 from retraining.api import TriggerEfficacyQuery
-from retraining.models import DriftReport, RetrainPolicy, TrainingRun, Trigger, TriggerEvaluation
+from retraining.models import (
+    ComparisonStatus,
+    DriftReport,
+    RetrainPolicy,
+    TrainingRun,
+    Trigger,
+    TriggerEvaluation,
+    VersionComparison,
+)
 from retraining.selectors import trigger_efficacy_rows
+from retraining.services.comparison import RANKING_KEYS, RATING_KEYS, version_comparison_request
 from retraining.services.gate import MIN_COMPARISON_USERS
 from retraining.services.policy import policy_active, policy_save
 from retraining.services.rollout import challenger_deploy, challenger_report, experiment_promote, experiment_stop
@@ -480,3 +490,110 @@ class ExperimentAdmin(ReadOnlyAdmin):
             "version": ModelVersion.objects.filter(version=version).first(),
         }
         return TemplateResponse(request, "admin/registry/modelversion/online_metrics.html", context)
+
+
+COMPARE = "retraining.add_versioncomparison"
+
+
+@admin.register(VersionComparison)
+class VersionComparisonAdmin(ReadOnlyAdmin):
+    """Two versions and the baselines on one holdout: ask for one ("Compare two versions"), then its rows."""
+
+    list_display = ["id", "versions_shown", "status", "created_at", "finished_at", "holdout_shown"]
+    list_filter = ["status"]
+    readonly_fields = [
+        "version_a",
+        "version_b",
+        "status",
+        "requested_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "holdout_shown",
+        "rows_table",
+        "segments_table",
+        "error",
+    ]
+    fields = readonly_fields
+    change_list_template = "admin/retraining/versioncomparison/change_list.html"
+    change_form_template = "admin/retraining/versioncomparison/change_form.html"
+
+    @admin.display(description="versions")
+    def versions_shown(self, obj):
+        return f"v{obj.version_a.version} vs v{obj.version_b.version}"
+
+    @admin.display(description="held-out events (the same for every row)")
+    def holdout_shown(self, obj):
+        if not obj.holdout:
+            return "not computed yet" if obj.status in (ComparisonStatus.QUEUED, ComparisonStatus.RUNNING) else "—"
+        sentences = [text[:1].upper() + text[1:] for text in (obj.holdout["description"], obj.holdout["basis"])]
+        return format_html("{}.<br>{}.", *sentences)
+
+    @admin.display(description="every row on those events")
+    def rows_table(self, obj):
+        """Two tables: the ranking metrics (versions and ranking baselines), then the rating metrics (versions and
+        rating baselines)."""
+        if not obj.rows:
+            return "—"
+        tables = []
+        for keys, first in ((RANKING_KEYS, ["users"]), (RATING_KEYS, [])):
+            rows = [row for row in obj.rows if any(row["metrics"].get(key) is not None for key in keys)]
+            tables.append(
+                table_html(
+                    ["", *first, *keys],
+                    [
+                        [row["name"], *([row["users"]] if first else []), *(row["metrics"].get(k) for k in keys)]
+                        for row in rows
+                    ],
+                )
+                if rows
+                else ""
+            )
+        return format_html("{}<br>{}", *tables)
+
+    @admin.display(description="by user segment")
+    def segments_table(self, obj):
+        if not obj.segments:
+            return "—"
+        names = [row["name"] for row in obj.rows if row["kind"] == "version"]
+        return segments_html(obj.segments, models=[*names, "popularity", "ease"])
+
+    def get_urls(self):
+        return [
+            path(
+                "compare/",
+                admin_action_view(self.admin_site, self.compare_view, permission=COMPARE),
+                name="retraining_versioncomparison_compare",
+            ),
+            *super().get_urls(),
+        ]
+
+    def compare_view(self, request):
+        """GET: the form (?a=&b= preselect two versions; by default the champion and the newest other version).
+        POST: queue the comparison and go to its page."""
+        if request.method == "POST":
+            try:
+                versions = [int(request.POST.get(name, "")) for name in ("a", "b")]
+                comparison, created = version_comparison_request(
+                    versions=versions, requested_by=f"admin:{request.user.get_username()}"
+                )
+            except (ApplicationError, ValueError) as exc:
+                self.message_user(request, getattr(exc, "message", "Choose two versions."), messages.ERROR)
+            else:
+                queued = "queued" if created else "already queued or running"
+                self.message_user(
+                    request, f"{comparison} {queued}: this page shows its rows once done.", messages.SUCCESS
+                )
+                return redirect(reverse("admin:retraining_versioncomparison_change", args=[comparison.pk]))
+        versions = ModelVersion.objects.exclude(artifact_sha256="").order_by("-version")
+        champion = champion_version()
+        newest_other = next((v.version for v in versions if champion is None or v.pk != champion.pk), None)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Compare two versions on one holdout",
+            "versions": versions,
+            "a": request.GET.get("a") or (str(champion.version) if champion else ""),
+            "b": request.GET.get("b") or str(newest_other or ""),
+        }
+        return TemplateResponse(request, "admin/retraining/versioncomparison/compare.html", context)

@@ -21,7 +21,9 @@ CHARTS = [
         "Offline NDCG@10 per version",
         (
             "Each version on its own holdout, with most-popular and the "
-            "collaborative model scored on the same holdout (dashed). ▲ became champion, ✕ rejected by the gate."
+            "collaborative model scored on the same holdout (dashed): compare a version with its own baselines, not "
+            "versions with each other (Version comparisons re-score two on one holdout). ▲ became champion, ✕ "
+            "rejected by the gate."
         ),
     ),
     (

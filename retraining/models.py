@@ -1,4 +1,5 @@
-"""Retraining state as rows: the policy, each trigger evaluation, each drift report, each training run."""
+"""Retraining state as rows: the policy, each trigger evaluation, each drift report, each training run, each
+comparison of two versions on one holdout."""
 
 import math
 
@@ -297,3 +298,35 @@ class MlflowMirror(models.Model):
 
     def __str__(self):
         return f"MLflow mirror: {self.successes} mirrored, {self.failures} failed"
+
+
+class ComparisonStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class VersionComparison(models.Model):
+    """Two versions and the baselines re-scored on one holdout (retraining.services.comparison): requested, computed
+    by a task on the training queue, then its rows and which held-out events they were computed on."""
+
+    version_a = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    version_b = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(
+        max_length=8, choices=ComparisonStatus.choices, default=ComparisonStatus.QUEUED, db_index=True
+    )
+    requested_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    holdout = models.JSONField(default=dict, blank=True, help_text="which held-out events every row was scored on")
+    rows = models.JSONField(default=list, blank=True, help_text="each version and baseline, its metrics@10")
+    segments = models.JSONField(default=dict, blank=True, help_text="the same rows per user segment")
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"comparison {self.pk}: v{self.version_a.version} vs v{self.version_b.version} ({self.status})"

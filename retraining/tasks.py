@@ -6,6 +6,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_failure
 from django.conf import settings
 
+from retraining.services.comparison import COMPARISON_TASK, version_comparison_compute, version_comparison_fail
 from retraining.services.mlflow_mirror import MIRROR_TASK, MirrorBusy, mlflow_mirror
 from retraining.services.pipeline import training_run_process
 from retraining.services.retention import event_partitions_apply
@@ -72,6 +73,25 @@ training_run_process_task = shared_task(name=TRAINING_TASK, **TRAINING_TASK_OPTI
 former_training_tasks = [
     shared_task(name=name, **TRAINING_TASK_OPTIONS)(_training_run_process) for name in TRAINING_TASK_FORMER_NAMES
 ]
+
+
+def _fail_comparison(task, exc, task_id, args, kwargs, einfo):
+    if args:
+        version_comparison_fail(comparison_id=args[0], error=f"{type(exc).__name__}: {exc}")
+
+
+@shared_task(
+    name=COMPARISON_TASK,
+    acks_late=True,
+    reject_on_worker_lost=False,
+    soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT,
+    time_limit=settings.TRAINING_TIME_LIMIT,
+    on_failure=_fail_comparison,
+    ignore_result=True,
+)
+def version_comparison_compute_task(comparison_id: int) -> None:
+    """Compute one comparison. A duplicate or redelivered message finds it claimed or finished and does nothing."""
+    version_comparison_compute(comparison_id=comparison_id)
 
 
 @task_failure.connect

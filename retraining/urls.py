@@ -1,6 +1,6 @@
 from django.urls import path
 
-from retraining import api, rollout_api
+from retraining import api, comparison_api, rollout_api
 
 urlpatterns = [
     path("retrain", api.RetrainApi.as_view(), name="retrain"),
@@ -11,6 +11,8 @@ urlpatterns = [
     path("drift-reports", api.DriftReportApi.as_view(), name="drift-reports"),
     path("drift-reports/latest", api.DriftReportLatestApi.as_view(), name="drift-report-latest"),
     path("users/<str:user_id>/timeline", api.UserTimelineApi.as_view(), name="user-timeline"),
+    path("comparisons", comparison_api.ComparisonCreateApi.as_view(), name="comparisons"),
+    path("comparisons/<int:comparison_id>", comparison_api.ComparisonDetailApi.as_view(), name="comparison"),
     path("deployments", rollout_api.DeploymentsApi.as_view(), name="deployments"),
     path("deployments/challenger", rollout_api.ChallengerApi.as_view(), name="deployments-challenger"),
     path(

@@ -104,6 +104,7 @@ def runtime(settings):
 
     settings.MODEL_POLL_THREAD = False
     settings.IMPRESSION_FLUSH_SECONDS = 0
+    settings.FOLD_SWEEP_SECONDS = 0
     settings.ITEM_SNAPSHOT_SECONDS = 0  # each request sees the items as the test left them
     fresh = ServingRuntime()
     previous = process_runtime_replace(fresh)

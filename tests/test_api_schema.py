@@ -109,6 +109,8 @@ def test_an_event_is_posted_alone_or_as_a_batch(schema):
     [
         ("/api/v1/items/{item_id}/similar", "get", ["200"]),
         ("/api/v1/models/compare", "get", ["200"]),
+        ("/api/v1/comparisons", "post", ["202", "404", "422", "503"]),
+        ("/api/v1/comparisons/{comparison_id}", "get", ["200", "404"]),
         ("/api/v1/models/{version}/online-metrics", "get", ["200"]),
         ("/api/v1/deployments", "get", ["200"]),
         ("/api/v1/deployments/challenger/report", "get", ["200", "404"]),
@@ -208,6 +210,8 @@ def test_the_answers_of_a_live_service_match_the_schema(running_experiment, admi
         ("GET", "/api/v1/deployments/challenger/report", {}),
         ("GET", "/api/v1/items/i1/similar", {}),
         ("GET", "/api/v1/models/compare?a=1&b=2", {}),
+        ("POST", "/api/v1/comparisons", {"versions": [1, 2]}),
+        ("GET", "/api/v1/comparisons/{comparison}", {}),  # the comparison the POST queued
         ("GET", "/api/v1/models/2/online-metrics?bucket=hour", {}),
         ("GET", "/api/v1/health", {}),
         ("POST", "/api/v1/models/2/promote", {"expected_current": 5}),  # 409: the champion is v1
@@ -215,15 +219,17 @@ def test_the_answers_of_a_live_service_match_the_schema(running_experiment, admi
         ("GET", "/api/v1/deployments/challenger/report", {}),  # the stopped experiment's final report
         ("DELETE", "/api/v1/deployments/challenger", {}),  # 400: nothing is running
     ]
-    statuses = []
+    statuses, comparison = [], None
     for method, url, body in calls:
+        url = url.format(comparison=comparison)
         response = admin_client_api.generic(method, url, json.dumps(body), content_type="application/json")
         path = url.split("?")[0]
         templates = [p for p in openapi.raw_schema["paths"] if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", p), path)]
         template = path if path in templates else templates[0]
         openapi[template][method].validate_response(_as_checked_response(response, method, url))
         statuses.append(response.status_code)
-    assert statuses == [200, 200, 200, 200, 200, 200, 409, 200, 200, 400]
+        comparison = response.json()["id"] if url == "/api/v1/comparisons" else comparison
+    assert statuses == [200, 200, 200, 200, 202, 200, 200, 200, 409, 200, 200, 400]
 
 
 def _as_checked_response(response, method: str, url: str) -> Response:

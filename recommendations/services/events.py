@@ -1,5 +1,8 @@
-"""Event ingestion: one transaction writes the events and folds them into the online features."""
+"""Event ingestion: one transaction writes the events and leaves them for the fold into the online features,
+which the request runs after its commit unless another transaction is folding (services.online_features:
+feature rows are written by one transaction at a time, and no batch waits for another's)."""
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -7,13 +10,13 @@ from datetime import datetime
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, transaction
 
-from recommendations import features, sql
+from recommendations import sql
 from recommendations.models import Item
 from recommendations.process_cache import ProcessCache
 from recommendations.runtime import process_runtime
-from recommendations.services.online_features import first_interactions, online_features_update
+from recommendations.services.online_features import online_features_fold_enqueue, online_features_fold_pending
 from recsite import metrics
 from recsite.errors import ApplicationError, ConflictError
 
@@ -41,13 +44,16 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
 
     An event whose `event_id` was received before (or is repeated in the same batch) is a duplicate, whatever its
     timestamp: its receipt (EventReceipt, one insert with ON CONFLICT DO NOTHING) is already there, also when a
-    concurrent request wrote it, and the event is not stored; a
-    deadlock with a concurrent batch (rare: pairs and rows are locked in key order) is retried."""
+    concurrent request wrote it, and the event is not stored; a deadlock with a concurrent batch (rare: receipts
+    and pairs are locked in key order) is retried. Once the events are committed they are folded, with what other
+    requests left waiting, unless another transaction is folding (then it folds them); a failure there does not
+    fail the request: its events are committed, the sweeper folds them."""
     strict = settings.CATALOG_STRICT if catalog_strict is None else catalog_strict
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 fresh = _ingest(events, strict)
+            _fold_waiting()
             return _ingest_counted(events, fresh)
         except (IntegrityError, OperationalError) as exc:
             # A cached user or item may have been deleted since (the foreign key fails at commit): read them again.
@@ -62,6 +68,16 @@ def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None
 
 
 _ATTEMPTS = 3
+logger = logging.getLogger(__name__)
+
+
+def _fold_waiting() -> None:
+    try:
+        online_features_fold_pending()
+    except DatabaseError:
+        logger.warning("Folding the waiting event batches failed; the sweeper retries.", exc_info=True)
+
+
 _RETRYABLE_PG_CODES = {"40P01", "40001"}  # deadlock detected, serialization failure
 
 
@@ -83,18 +99,11 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
     """The events written (the others are duplicates)."""
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
-    sql.user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id][0]) for event in events})
-    fresh = sql.interactions_insert(events=events, users=users, items=items)
-    if fresh:
-        stored = [
-            features.Event(users[e.user_id], items[e.item_id][0], e.event_type, e.value, e.timestamp.timestamp())
-            for e in fresh
-        ]
-        online_features_update(
-            events=stored,
-            arrivals=first_interactions(events=stored),
-            item_categories={pk: categories for pk, categories in items.values()},
-        )
+    # Locked before the events are stored, so that a pair's first event (its lowest key) is recorded exactly.
+    sql.user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id]) for event in events})
+    fresh, rows = sql.interactions_insert(events=events, users=users, items=items)
+    if rows:
+        online_features_fold_enqueue(event_rows=rows)
     return fresh
 
 
@@ -111,14 +120,13 @@ def _read_through(cache: ProcessCache, keys: set[str], read: Callable[[set[str]]
     return found
 
 
-def _items_for(events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
-    """(pk, categories) of each event's item, creating unknown items (inactive) unless the catalog is strict. Cached
-    categories may be INGEST_CACHE_SECONDS old: a change of categories reaches features within that time."""
+def _items_for(events: list[EventInput], strict: bool) -> dict[str, int]:
+    """The pk of each event's item, creating unknown items (inactive) unless the catalog is strict."""
     wanted = {event.item_id for event in events}
     return _read_through(process_runtime().known_items, wanted, lambda unread: _items_read(unread, events, strict))
 
 
-def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, tuple[int, list[str]]]:
+def _items_read(wanted: set[str], events: list[EventInput], strict: bool) -> dict[str, int]:
     found = sql.item_lookup(external_ids=wanted)
     missing = wanted - found.keys()
     if missing and strict:

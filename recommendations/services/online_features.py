@@ -1,29 +1,42 @@
-"""The online feature store: folds accepted events into UserFeatures / ItemFeatures rows, inside the
-ingest transaction, with the definitions of recommendations.features.
+"""The online feature store: folds stored events into UserFeatures / ItemFeatures rows with the definitions
+of recommendations.features.
 
-Freshness: synchronous. The rows are updated in the same transaction as the events, so a recommendation
-request issued after the 201 sees them (0 s lag).
+Who folds, and when (online_features_fold_enqueue, online_features_fold_pending): the ingest transaction stores
+its events and a PendingFold row naming them, and commits; then, in transactions of their own, it folds what is
+waiting while the folder's lock (sql.fold_lock_try) is free and something waits, for FOLD_BUDGET_SECONDS at most.
+Feature rows are so written by one transaction at a time, the lock's holder, and nobody waits for it: a request
+that finds the lock taken returns, and its batch is folded by the holder (it looks again after each commit), by
+whoever takes the lock next, or by a web process's sweeper (FOLD_SWEEP_SECONDS, 1 s), which also folds what a
+crash between the two commits left. The row is deleted in the transaction that folds its events: a batch is
+folded once, never lost.
 
-Contention: neither a hot item nor users shared by concurrent batches may serialize ingestion. On
-PostgreSQL, item and user rows are each updated with one `INSERT ... ON CONFLICT DO UPDATE` for the whole
-batch that merges the batch's deltas (pre-aggregated per row in Python with the shared definitions) into
-the stored row: sums add, first/last times take the min/max, per-type and per-category counts add key by
-key, the recent items merge by time and keep the newest. The merge is commutative, so no row is read
-first; users then items, each in key order, as the last statements before commit, so a row is locked for
-one statement plus the commit. (Other backends write one transaction at a time: there the user rows are
-read, folded and written back.) bench/ingest.py measures the hot-item and shared-users cases.
+Freshness: a user's features include an acknowledged batch at once when no other batch was being folded (the
+common case, and always on SQLite, which writes one transaction at a time), else within that other fold's time,
+at most FOLD_SWEEP_SECONDS later. The user's events themselves (seen items) are read from the log, at once.
+
+Contention: batches that share users or a hot item never wait for each other's feature rows, and the rows are
+written once per fold for all the batches it holds. On PostgreSQL item and user rows are each updated with one
+`INSERT ... ON CONFLICT DO UPDATE` that merges the fold's deltas (pre-aggregated per row in Python with the
+shared definitions) into the stored row: sums add, first/last times take the min/max, per-type and per-category
+counts add key by key, the recent items merge by time and keep the newest. (Other backends write one
+transaction at a time: there the user rows are read, folded and written back.) bench/ingest.py measures the
+hot-item and shared-users cases.
 
 Distinct users: an item counts a user once, at the user's first stored event with it (features.ItemState).
-first_interactions finds those events by recording the batch's pairs in UserItemFirstSeen (one insert that
-skips recorded pairs): exact when two batches of the same user and item race, since the unique key makes the
-second wait for the first (tests/reliability/test_bought_popularity.py), and still exact once retention has
-dropped a pair's old events (the table keeps every pair).
+UserItemFirstSeen records each pair's first event (its lowest key), written by the ingest transaction that
+stores it (online_features_fold_enqueue: one insert that skips recorded pairs) and kept when retention drops old
+events; sql.fold_event_rows reads it with one index probe per event. The transaction-scoped lock per (user, item)
+pair taken before the events are stored (sql.user_item_pairs_lock) makes the record exact when two batches of the
+same user and item race (tests/reliability/test_bought_popularity.py): the second's events get higher keys and
+find the pair recorded. Events written in bulk (an import) are recorded by the rebuild that follows.
 """
 
+import logging
+import time
 from collections import defaultdict
 
-from django.db import transaction
-from django.db.models import Min, Q
+from django.db import DatabaseError, transaction
+from django.db.models import Q
 
 from recommendations import features, sql
 from recommendations.models import (
@@ -37,6 +50,12 @@ from recommendations.models import (
     utc_datetime,
     utc_seconds,
 )
+
+logger = logging.getLogger(__name__)
+
+FOLD_BUDGET_SECONDS = 0.5  # of folding others' batches after an ingest's commit; the sweeper does the rest
+FOLD_WAITING_BATCHES = 20  # waiting batches folded per transaction (20,000 events at most)
+FOLD_BACKLOG_BATCHES = 4  # this many waiting (its own counted): an ingest waits for the folder (backpressure)
 
 
 def item_state_from_row(row: ItemFeatures) -> features.ItemState:
@@ -54,11 +73,68 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
     )
 
 
-def online_features_update(
-    *, events: list[features.Event], arrivals: list[features.Event], item_categories: dict[int, list[str]]
-) -> None:
-    """Fold `events` (already written, in the caller's transaction) into the online feature rows.
-    `arrivals`: those that are their user's first with the item (first_interactions)."""
+def online_features_fold_enqueue(*, event_rows: list[tuple[int, int, int]]) -> None:
+    """In the ingest transaction, after its events are stored ((key, user, item) each): record the pairs seen for
+    the first time at their lowest key here (UserItemFirstSeen), and leave the events for the fold (a PendingFold
+    row), which runs after the commit, so that the transaction holds its (user, item) pair locks for no longer
+    than its own writes take."""
+    first_in_batch: dict[tuple[int, int], int] = {}
+    for key, user_id, item_id in event_rows:
+        pair = (user_id, item_id)
+        first_in_batch[pair] = min(key, first_in_batch.get(pair, key))
+    sql.user_item_first_seen_insert(event_pks=first_in_batch.values())
+    sql.pending_fold_insert(event_pks=[key for key, _, _ in event_rows])
+
+
+def online_features_fold_pending(*, budget_seconds: float = FOLD_BUDGET_SECONDS) -> int:
+    """Fold the batches waiting, each round in a transaction of its own, until none waits, another transaction
+    holds the folder's lock (it looks again after its commit), or `budget_seconds` are spent (the sweeper
+    continues). Called after every ingest commit and by the sweeper. Backpressure: when FOLD_BACKLOG_BATCHES or
+    more wait, the caller waits for the lock rather than leave, so that the folder's lag stays bounded when
+    batches arrive faster than one fold at a time keeps up with. Returns the events folded."""
+    deadline, folded = time.monotonic() + budget_seconds, 0
+    while waiting := sql.pending_folds_count():
+        with transaction.atomic():
+            if not sql.fold_lock_try():
+                if waiting < FOLD_BACKLOG_BATCHES:
+                    break
+                sql.fold_lock_wait()
+            folded += _fold_with_waiting([])
+        if time.monotonic() >= deadline:
+            break
+    return folded
+
+
+def online_features_sweep() -> None:
+    """The sweeper's tick (a web process's daemon thread): fold what waits; a failure waits for the next tick."""
+    try:
+        online_features_fold_pending()
+    except DatabaseError:
+        logger.warning("Folding the waiting event batches failed; the next sweep retries.", exc_info=True)
+
+
+def _fold_with_waiting(event_pks: list[int]) -> int:
+    """Fold `event_pks` and the oldest waiting batches (deleted in the same transaction), holding the lock."""
+    waiting = sql.pending_folds_take(limit=FOLD_WAITING_BATCHES)
+    keys = list(event_pks) + [pk for _, pks in waiting for pk in pks]
+    if keys:
+        online_features_fold(event_pks=keys)
+    if waiting:
+        sql.pending_folds_delete(ids=[pk for pk, _ in waiting])
+    return len(keys)
+
+
+def online_features_fold(*, event_pks: list[int]) -> None:
+    """Fold these stored events into the online feature rows, in the caller's transaction (which holds the
+    folder's lock: sql.fold_lock_try)."""
+    rows = sql.fold_event_rows(event_pks=event_pks)
+    item_categories = sql.item_categories(item_pks=sorted({row[1] for row in rows}))
+    events, arrivals = [], []
+    for user_id, item_id, event_type, value, timestamp, first in rows:
+        event = features.Event(user_id, item_id, event_type, value, utc_seconds(timestamp))
+        events.append(event)
+        if first:
+            arrivals.append(event)
     _users_update(events, item_categories)
     _items_update(events, arrivals)
 
@@ -78,20 +154,6 @@ def _users_update(events: list[features.Event], item_categories: dict[int, list[
     (sql.user_deltas_upsert if merge else sql.user_rows_write)(rows=[rows[uid] for uid in user_ids])
 
 
-def first_interactions(*, events: list[features.Event]) -> list[features.Event]:
-    """Those of these events (just stored, in the caller's transaction) that are the first of their user with their
-    item: the pair's first event in the batch, when the batch is the first to record the pair in UserItemFirstSeen.
-    That table outlives the events retention drops, and its unique key makes the answer exact when two batches of
-    the same pair race: the second waits for the first to commit and finds the pair recorded."""
-    first_in_batch: dict[tuple[int, int], features.Event] = {}
-    for event in events:
-        first_in_batch.setdefault((event.user_id, event.item_id), event)
-    new_pairs = sql.user_item_first_seen_insert(
-        first_seen={pair: utc_datetime(event.ts) for pair, event in first_in_batch.items()}
-    )
-    return [event for pair, event in first_in_batch.items() if pair in new_pairs]
-
-
 def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:
     by_item: dict[int, list[features.Event]] = defaultdict(list)
     for event in events:
@@ -106,10 +168,22 @@ def _items_update(events: list[features.Event], arrivals: list[features.Event]) 
 def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list[int] | None = None) -> dict:
     """Recompute online feature rows from the event log with the shared definitions.
 
-    For bulk imports and repairs. Rows are locked before the events are read, so an ingest racing with
-    the rebuild either committed before it (and is in the replay) or waits and folds its events on top.
-    Returns the number of users and items rebuilt."""
+    For bulk imports and repairs. First the waiting batches are folded, with no batch left waiting or folded
+    elsewhere until the rebuild commits (sql.pending_folds_lock), and the rows are locked before the events are
+    read: an ingest racing with the rebuild either committed before it (its events are in the replay, folded or
+    not) or waits and folds its events on top. A user counts for an item at the pair's first event as
+    UserItemFirstSeen records it, as in the fold: the pairs of events written in bulk (an import) are recorded
+    first, at their lowest key, in a transaction of its own (an ingest holding a pair then commits first rather
+    than wait for the rebuild's locks). Returns the number of users and items rebuilt."""
+    scoped = user_ids is not None or item_ids is not None
+    if scoped and len(user_ids or []) + len(item_ids or []) > _IN_LIST_LIMIT:
+        sql.user_item_first_seen_backfill()
+    else:
+        sql.user_item_first_seen_backfill(user_ids=user_ids, item_ids=item_ids)
     with transaction.atomic():
+        sql.pending_folds_lock()
+        while _fold_with_waiting([]):
+            pass
         users = sorted(user_ids if user_ids is not None else EndUser.objects.values_list("pk", flat=True))
         items = sorted(item_ids if item_ids is not None else Item.objects.values_list("pk", flat=True))
         UserFeatures.objects.bulk_create(
@@ -123,14 +197,12 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         user_states = {u: features.UserState() for u in users}
         item_states = {i: features.ItemState() for i in items}
         categories = dict(Item.objects.values_list("pk", "categories"))
-        events = Interaction.objects.all()
-        if len(users) + len(items) <= _IN_LIST_LIMIT and (user_ids is not None or item_ids is not None):
+        events, pairs = Interaction.objects.all(), UserItemFirstSeen.objects.all()
+        if len(users) + len(items) <= _IN_LIST_LIMIT and scoped:
             events = events.filter(Q(user_id__in=users) | Q(item_id__in=items))
+            pairs = pairs.filter(Q(user_id__in=users) | Q(item_id__in=items))
         # Each (user, item) pair's first (lowest key) event: the one that counts its user (features.ItemState).
-        first = set(
-            events.order_by().values("user_id", "item_id").annotate(first=Min("pk")).values_list("first", flat=True)
-        )
-        pairs_first_seen: list[UserItemFirstSeen] = []
+        first = set(pairs.values_list("first_event", flat=True))
         events = events.order_by("timestamp", "pk").values_list(
             "pk", "user_id", "item_id", "event_type", "value", "timestamp"
         )
@@ -140,10 +212,6 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
                 features.user_apply(user_states[user_id], event, categories.get(item_id) or ())
             if item_id in item_states:
                 features.item_apply(item_states[item_id], event, first_of_user=pk in first)
-            if pk in first:
-                pairs_first_seen.append(UserItemFirstSeen(user_id=user_id, item_id=item_id, first_seen=timestamp))
-                if len(pairs_first_seen) == _FIRST_SEEN_CHUNK:
-                    _first_seen_record(pairs_first_seen)
         user_rows = [UserFeatures(user_id=u) for u in users]
         for row in user_rows:
             row.state_set(user_states[row.user_id])
@@ -161,18 +229,9 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         ItemFeatures.objects.bulk_create(
             item_rows, update_conflicts=True, unique_fields=["item"], update_fields=_ITEM_FIELDS, batch_size=1000
         )
-        _first_seen_record(pairs_first_seen)
     return {"users": len(user_rows), "items": len(item_rows)}
 
 
-def _first_seen_record(pairs: list[UserItemFirstSeen]) -> None:
-    """Record these pairs unless recorded (events written in bulk, by an import, have not recorded theirs; pairs
-    recorded before keep their first time), and empty the list: the rebuild holds one chunk at a time."""
-    UserItemFirstSeen.objects.bulk_create(pairs, ignore_conflicts=True)
-    pairs.clear()
-
-
-_FIRST_SEEN_CHUNK = 5000
 _IN_LIST_LIMIT = 5000  # above it, read the whole log rather than send a huge IN list (SQLite caps parameters)
 
 

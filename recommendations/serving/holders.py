@@ -151,7 +151,7 @@ class ItemSnapshotHolder:
         """Rebuild the snapshot. A failure keeps the old one (and is raised only with keep_going=False)."""
         with self._lock:
             try:
-                self._current = item_snapshot_build()
+                self._current = item_snapshot_build(previous=self._current)
             except Exception:
                 self.rebuild_failures += 1
                 if not keep_going:

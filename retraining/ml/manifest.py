@@ -52,6 +52,7 @@ class Manifest:
     baselines: dict
     timings_s: dict
     rating_model: dict = field(default_factory=dict)  # RatingModel.manifest(): kind, the biases' λ, features
+    ranker_selection: dict = field(default_factory=dict)  # retraining.ml.tuning.RankerSelection.manifest()
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def as_dict(self) -> dict:
@@ -80,6 +81,7 @@ class Manifest:
     def _params(self) -> dict:
         return {
             "training": asdict(self.params),
+            "ranker_selection": self.ranker_selection,
             "ranker": _booster_params(self.ranker),
             "ranker_best_iteration": self.ranker.best_iteration or self.ranker.current_iteration(),
             "regressor": _booster_params(self.regressor) if self.regressor else None,

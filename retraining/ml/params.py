@@ -40,5 +40,9 @@ class TrainingParams:
     # Earlier label windows are added while the ranker has fewer queries than this (ranker_examples_windows).
     label_windows: int = 3
     min_ranker_groups: int = 2_000
+    # Below min_ranker_groups queries the ranker's settings (earlier windows or not, how much regularisation) are
+    # chosen per training run among retraining.ml.tuning.RANKER_SETTINGS on the latest label window, inside the
+    # training portion; the values above are the defaults of a large timeline (and of a run that chose "scaled").
+    ranker_selection: bool = True
     max_regressor_examples: int = 300_000
     shuffle_labels: bool = False  # a leakage guard: a ranker trained on shuffled labels must not beat popularity

@@ -29,6 +29,28 @@ class RankerExamples:
     labels: np.ndarray
     groups: np.ndarray  # rows per query, in order
     users: np.ndarray  # the user (code) of each query
+    windows: np.ndarray | None = None  # the label window of each query: 0 the latest, 1 the one before, ...
+
+    def __post_init__(self):
+        if self.windows is None:
+            self.windows = np.zeros(len(self.groups), dtype=np.int64)
+
+    def queries(self, keep: np.ndarray) -> RankerExamples:
+        """The examples of the queries where `keep` (a bool per query) holds, in order."""
+        rows = np.repeat(keep, self.groups)
+        return RankerExamples(
+            self.matrix[rows], self.labels[rows], self.groups[keep], self.users[keep], self.windows[keep]
+        )
+
+    def windows_take(self, *, first: int, params: TrainingParams) -> RankerExamples:
+        """The queries of window `first` and of up to `label_windows - 1` windows before it, stopping once
+        there are `min_ranker_groups` of them: the rule by which the ranker takes earlier windows, applied
+        from any window (0 for the model, 1 for the validation of a setting, see retraining.ml.tuning)."""
+        counts = np.bincount(self.windows, minlength=first + params.label_windows)
+        last = first
+        while last + 1 < first + params.label_windows and counts[first : last + 1].sum() < params.min_ranker_groups:
+            last += 1
+        return self.queries((self.windows >= first) & (self.windows <= last))
 
 
 def ranker_examples_windows(
@@ -40,9 +62,10 @@ def ranker_examples_windows(
     *,
     build: Callable[[Split, ranking.CollaborativeModel], RankerExamples] | None = None,
 ) -> RankerExamples:
-    """Queries from each user's label window at the end of the training portion and, while there are fewer
-    than `min_ranker_groups` of them, from up to `label_windows - 1` earlier windows (split_earlier), each
-    with its candidates from a collaborative model fitted on the events before it.
+    """Queries from each user's label window at the end of the training portion and, while the latest window has
+    fewer than `min_ranker_groups` of them, from earlier windows (split_earlier, up to windows_needed in all),
+    each with its candidates from a collaborative model fitted on the events before it and its window number in
+    `windows`. RankerExamples.windows_take picks the windows a model trains on.
 
     A small timeline (a few hundred users) gives one query per user: too few for lambdarank to learn more than
     noise, and the ranker then loses to most-popular. Earlier windows of the same users are more queries of
@@ -55,18 +78,31 @@ def ranker_examples_windows(
             return ranker_examples_build(log, window, params, category_share, model)
 
     parts, window = [], split
-    for _ in range(params.label_windows):
+    for depth in range(windows_needed(params)):
         if not window.label.any():
             break
         if window is not split:
             model = collaborative_fit(log=log, mask=window.fit, n_modelled=params.ease_items, l2=params.ease_l2)
-        parts.append(build(window, model))
-        if sum(len(part.groups) for part in parts) >= params.min_ranker_groups:
+        part = build(window, model)
+        parts.append(replace(part, windows=np.full(len(part.groups), depth, dtype=np.int64)))
+        queries = sum(len(part.groups) for part in parts)
+        if len(parts[0].groups) >= params.min_ranker_groups or (
+            not params.ranker_selection and queries >= params.min_ranker_groups
+        ):
             break
         window = split_earlier(window, log, params)
     return RankerExamples(
-        *(np.concatenate([getattr(part, name) for part in parts]) for name in ("matrix", "labels", "groups", "users"))
+        *(
+            np.concatenate([getattr(part, name) for part in parts])
+            for name in ("matrix", "labels", "groups", "users", "windows")
+        )
     )
+
+
+def windows_needed(params: TrainingParams) -> int:
+    """How many label windows a small timeline builds: `label_windows` for the model, and one more when its
+    ranker settings are chosen on the latest window (the settings' own training then starts a window earlier)."""
+    return params.label_windows + int(params.ranker_selection)
 
 
 def ranker_examples_build(

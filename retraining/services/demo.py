@@ -17,6 +17,7 @@ from recommendations.services.api_keys import api_key_create
 from recommendations.services.movielens import movielens_import
 from recommendations.services.synthetic import synthetic_dataset_write
 from registry.selectors import champion_version
+from retraining.ml.metrics import CF_NAME, RATING_BASELINES
 from retraining.models import TrainingRun
 from retraining.services.policy import policy_active
 from retraining.services.runs import RunInFlight, retrain_request, training_run_request
@@ -141,6 +142,9 @@ DEMO_METRICS = [
 ]
 
 
+DEMO_BASELINE_COLUMNS = ("popularity", CF_NAME)
+
+
 @dataclass
 class DemoRun:
     champion_before: int | None
@@ -194,7 +198,9 @@ def demo_comparison_rows(run: TrainingRun) -> list[dict]:
     baselines' value on the same held-out events (demo_comparison_events)."""
     numbers = run.gate.get("numbers", {})
     old, new = numbers.get("champion") or {}, numbers.get("candidate") or {}
-    baselines = demo_comparison_baselines(run)
+    recorded = demo_comparison_baselines(run)
+    # A JSON column's keys come back in the database's order (PostgreSQL: shortest first): the columns take a fixed one.
+    baselines = {name: recorded[name] for name in DEMO_BASELINE_COLUMNS if name in recorded}
     rows = []
     for key, label, higher_is_better in DEMO_METRICS:
         before, after = old.get(key), new.get(key)
@@ -219,6 +225,13 @@ def demo_comparison_baselines(run: TrainingRun) -> dict[str, dict]:
     if run.gate.get("champion_version") is not None:
         return run.gate.get("comparison_baselines") or {}
     return run.model_version.baseline_metrics if run.model_version else {}
+
+
+def demo_rating_baselines(run: TrainingRun) -> tuple[dict[str, dict], dict]:
+    """The rating baselines on the comparison's held-out ratings, and the new version's metrics on the same ones
+    (what its RMSE is set against)."""
+    rating = {name: row for name, row in demo_comparison_baselines(run).items() if name in RATING_BASELINES}
+    return rating, run.gate.get("numbers", {}).get("candidate") or {}
 
 
 def demo_comparison_events(run: TrainingRun) -> str:

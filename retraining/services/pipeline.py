@@ -190,7 +190,12 @@ def _gate_decision(
         "comparison_holdout_after": scores.after.isoformat() if scores.after else None,
         "comparison_users": scores.users,
         "comparison_events": scores.events,
-        "comparison_baselines": {"popularity": candidate.popularity, CF_NAME: candidate.ease},
+        # most-popular, EASE and the rating baselines, on the same held-out events as candidate and champion
+        "comparison_baselines": {
+            "popularity": candidate.popularity,
+            CF_NAME: candidate.ease,
+            **scores.rating_baselines,
+        },
     }
 
 

@@ -8,13 +8,13 @@ import logging
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from recommendations import ranking
-from retraining.ml import profiling
+from retraining.ml import profiling, tuning
 from retraining.ml.candidates import collaborative_fit, item_knn_lists
 from retraining.ml.events import EventLog
 from retraining.ml.manifest import Manifest, dataset_statistics, training_window
@@ -25,6 +25,7 @@ from retraining.ml.replay import Evaluation, evaluation_run
 from retraining.ml.segments import segment_names, segments_table, user_history_counts
 from retraining.ml.split import Split, histories_by_user, split_compute
 from retraining.ml.steps import LocalSteps
+from retraining.ml.tuning import ranker_setting_select
 from retraining.services import model_directory
 from retraining.services.dataset import event_log_load
 
@@ -85,7 +86,7 @@ def model_train(
         if not split.label.any() or (holdout and not split.holdout.any()):
             raise ValueError("too few events to train: no user has enough events for a holdout")
         with training_steps(log, split, cluster) as steps:
-            ranker, rating_model, model, examples, evaluation = _models_train(
+            ranker, rating_model, model, examples, evaluation, selection = _models_train(
                 stages, steps, log, split, params, item_knn=holdout
             )
         with stages.stage("metrics"):
@@ -103,6 +104,7 @@ def model_train(
             collaborative=model,
             refit=not holdout,
             rating_model=rating_model.manifest(),
+            ranker_selection=selection.manifest(),
             training_window=training_window(log, split),
             dataset=dataset,
             ranker_examples=len(examples.labels),
@@ -162,11 +164,14 @@ def _models_train(
     with stages.stage("candidates_label_window"):  # also the rating model's neighbourhood
         inner_model = collaborative_fit(log=log, mask=split.fit, n_modelled=params.ease_items, l2=params.ease_l2)
     with stages.stage("ranker_examples"):
-        examples = steps.ranker_examples(params, category_share, inner_model)
-    if not len(examples.groups):
+        windows = steps.ranker_examples(params, category_share, inner_model)
+    if not len(windows.groups):
         raise ValueError("too few events to train: no label window has a positive event among its candidates")
+    with stages.stage("ranker_selection"):
+        selection = ranker_setting_select(windows, log=log, split=split, params=params, fit=steps.ranker_fit)
+    examples = windows.windows_take(first=0, params=selection.params)
     with stages.stage("ranker_fit"):
-        ranker = steps.ranker_fit(examples, params)
+        ranker = steps.ranker_fit(examples, selection.params)
     with stages.stage("candidates_training_portion"):
         model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
     with stages.stage("evaluation_replay"):
@@ -175,7 +180,7 @@ def _models_train(
             _item_knn_add(evaluation, log, split, model, params)
     with stages.stage("regressor_fit"):
         rating_model = steps.rating_model_fit(evaluation, params, inner_model)
-    return ranker, rating_model, model, examples, evaluation
+    return ranker, rating_model, model, examples, evaluation, selection
 
 
 def model_refit(
@@ -185,11 +190,16 @@ def model_refit(
     output_dir: Path | None,
     progress: TextIO | None = sys.stderr,
     cluster: str | None = None,
+    log: EventLog | None = None,
 ) -> TrainingResult:
-    """The gated model's configuration trained again on every event up to `until`, holdout included."""
+    """The gated model's configuration trained again on every event up to `until`, holdout included: the same
+    ranker setting as the gated model chose (retraining.ml.tuning), not chosen again."""
     params = TrainingParams(**gated.manifest["params"]["training"])
+    chosen = gated.manifest["params"].get("ranker_selection", {}).get("chosen")
+    if chosen is not None:
+        params = replace(params, **tuning.RANKER_SETTINGS[chosen], ranker_selection=False)
     return model_train(
-        until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated, cluster=cluster
+        until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated, cluster=cluster, log=log
     )
 
 

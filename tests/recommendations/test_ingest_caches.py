@@ -1,5 +1,5 @@
-"""Each web process caches items' ids and categories for ingestion (INGEST_CACHE_SECONDS): staleness stays
-within that time, and nothing the database does not hold is ever remembered."""
+"""Each web process caches user and item ids for ingestion (INGEST_CACHE_SECONDS): nothing the database does not
+hold is ever remembered, and the fold reads items' categories afresh."""
 
 import time
 from datetime import UTC, datetime
@@ -29,13 +29,17 @@ def ingest_and_commit(events, capture):
         return event_ingest(events=events)
 
 
-def test_within_the_cache_time_events_fold_the_categories_read_before(settings, django_capture_on_commit_callbacks):
+def test_a_category_change_reaches_the_next_fold_even_within_the_cache_time(
+    settings, django_capture_on_commit_callbacks
+):
+    """The fold reads the categories of the items it folds (services.online_features): the ids' cache does not
+    delay a category change."""
     settings.INGEST_CACHE_SECONDS = 60
     Item.objects.create(external_id="i1", categories=["Drama"])
     ingest_and_commit([view("u1")], django_capture_on_commit_callbacks)
     Item.objects.filter(external_id="i1").update(categories=["War"])
     ingest_and_commit([view("u2")], django_capture_on_commit_callbacks)
-    assert categories_counted_for("u2") == {"Drama": 1}
+    assert categories_counted_for("u1") == {"Drama": 1} and categories_counted_for("u2") == {"War": 1}
 
 
 def test_a_category_change_reaches_new_events_once_the_cache_time_has_passed(

@@ -30,6 +30,16 @@ def test_the_snapshot_holds_every_item_with_its_online_feature_row(catalogue):
     assert snapshot.in_category(fresh, "genre-1").all()
 
 
+def test_a_rebuild_reuses_the_category_matrix_only_while_every_items_categories_read_the_same(catalogue):
+    first = item_snapshot.item_snapshot_build()
+    again = item_snapshot.item_snapshot_build(previous=first)
+    assert again.categories is first.categories and again.category_names is first.category_names
+    Item.objects.filter(external_id="no-events-yet").update(categories=["genre-new"])
+    changed = item_snapshot.item_snapshot_build(previous=again)
+    row = changed.rows_of(np.array([Item.objects.get(external_id="no-events-yet").pk]))
+    assert changed.in_category(row, "genre-new").all() and not changed.in_category(row, "genre-1").any()
+
+
 def test_an_item_created_after_the_snapshot_is_not_servable_from_it(catalogue):
     snapshot = item_snapshot.item_snapshot_build()
     late = Item.objects.create(external_id="late")

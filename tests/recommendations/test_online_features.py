@@ -3,17 +3,26 @@ whatever the batching, ordering or concurrency of ingestion."""
 
 import math
 import random
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.db.models import Min
 
-from recommendations import features
-from recommendations.models import Interaction, Item, ItemFeatures, UserFeatures
+from recommendations import features, sql
+from recommendations.models import Interaction, Item, ItemFeatures, PendingFold, UserFeatures
 from recommendations.services.events import EventInput, event_ingest
-from recommendations.services.online_features import item_state_from_row, online_features_rebuild
+from recommendations.services.online_features import (
+    FOLD_BACKLOG_BATCHES,
+    item_state_from_row,
+    online_features_fold_pending,
+    online_features_rebuild,
+    online_features_sweep,
+)
+from tests.support.processes import REPO, process_env
 
 START = datetime(2023, 1, 1, tzinfo=UTC)
 
@@ -240,4 +249,175 @@ def test_events_decades_apart_fold_into_the_same_item_without_overflow():
     event_ingest(events=[EventInput("u2", "i1", "view", datetime(1996, 6, 1, tzinfo=UTC))])
     event_ingest(events=[EventInput("u3", "i1", "view", datetime(2040, 6, 1, tzinfo=UTC) - timedelta(days=365 * 20))])
     assert ItemFeatures.objects.get(item__external_id="i1").event_count == 3
+    assert_online_equals_replay()
+
+
+# --- The fold after the commit: one folder at a time, nobody waits, nothing lost -------------------------------
+
+
+def _fold_keys_held_elsewhere():
+    """A second connection holding the folder's lock in an open transaction (as a request folding right now)."""
+    other = connections.create_connection("default")
+    other.set_autocommit(False)
+    with other.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", sql._FOLD_LOCK_KEYS)
+    return other
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrency is tested on PostgreSQL")
+def test_an_ingest_that_finds_the_folder_busy_returns_at_once_and_its_batch_is_folded_after():
+    catalog()
+    holder = _fold_keys_held_elsewhere()
+    try:
+        done = []
+        thread = threading.Thread(
+            target=lambda: (done.append(event_ingest(events=random_events(40))), connections.close_all())
+        )
+        thread.start()
+        thread.join(timeout=20)
+        assert done and done[0].accepted == 40, "the ingest waited for the folder's lock"
+        assert Interaction.objects.count() == 40 and PendingFold.objects.count() == 1
+        assert not UserFeatures.objects.exists()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert online_features_fold_pending() == 40
+    assert not PendingFold.objects.exists()
+    assert_online_equals_replay()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fold_that_fails_after_the_commit_keeps_the_batch_waiting_and_the_sweeper_folds_it_once(monkeypatch):
+    catalog()
+    event_ingest(events=random_events(30, seed=1))
+
+    def broken(**_):
+        raise OperationalError("connection lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sql, "fold_event_rows", broken)
+        assert event_ingest(events=random_events(30, seed=2)).accepted == 30  # acknowledged: its events committed
+    assert Interaction.objects.count() == 60 and PendingFold.objects.count() == 1
+    assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == 30
+    online_features_sweep()
+    online_features_sweep()  # nothing left: folded once
+    assert not PendingFold.objects.exists()
+    assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == 60
+    assert_online_equals_replay()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the test database is shared with a process on PostgreSQL"
+)
+def test_a_process_killed_between_the_events_commit_and_the_fold_loses_no_fold(tmp_path):
+    """A real crash: a process stores a batch and dies (os._exit) where the fold would begin; the events are there,
+    their batch waits, and the next process's sweep folds it."""
+    catalog()
+    script = (
+        "import os, django; django.setup()\n"
+        "from datetime import datetime, UTC\n"
+        "from recommendations.services import events\n"
+        "events.online_features_fold_pending = lambda **_: os._exit(3)\n"
+        "events.event_ingest(events=[events.EventInput(f'u{n % 5}', f'i{n % 12}', 'view',"
+        " datetime(2023, 1, 1, n, tzinfo=UTC)) for n in range(20)])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=process_env(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert Interaction.objects.count() == 20 and PendingFold.objects.count() == 1
+    assert not UserFeatures.objects.exists()
+    online_features_sweep()
+    assert not PendingFold.objects.exists()
+    assert_online_equals_replay()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrency is tested on PostgreSQL")
+def test_a_rebuild_folds_the_waiting_batches_first_and_none_is_counted_twice():
+    catalog()
+    event_ingest(events=random_events(50, seed=5))
+    holder = _fold_keys_held_elsewhere()
+    try:
+        event_ingest(events=random_events(50, seed=6))  # left waiting: the lock is held elsewhere
+    finally:
+        holder.rollback()
+        holder.close()
+    assert PendingFold.objects.count() == 1
+    users = sorted(set(Interaction.objects.values_list("user_id", flat=True)))[:3]
+    online_features_rebuild(user_ids=users, item_ids=[])
+    assert not PendingFold.objects.exists()
+    assert online_features_fold_pending() == 0
+    assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == 100
+    assert_online_equals_replay()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrency is tested on PostgreSQL")
+def test_a_batch_is_acknowledged_while_another_batch_of_the_same_users_is_being_folded(monkeypatch):
+    """The first batch stops in the middle of its fold (its users' rows written, its items' not yet); a second
+    batch of the same users must not wait for it (the old code did: it locked the users' rows until the first
+    committed). Both end up folded, once."""
+    catalog()
+    upsert, folding, release = sql.item_deltas_upsert, threading.Event(), threading.Event()
+
+    def paused(**kwargs):
+        if threading.current_thread().name == "first":
+            folding.set()
+            release.wait(timeout=60)
+        return upsert(**kwargs)
+
+    monkeypatch.setattr(sql, "item_deltas_upsert", paused)
+    results, errors = {}, []
+
+    def ingest(name, seed):
+        try:
+            results[name] = event_ingest(events=random_events(60, seed=seed, users=4))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=ingest, args=("first", 1), name="first")
+    first.start()
+    assert folding.wait(timeout=30)
+    second = threading.Thread(target=ingest, args=("second", 2), name="second")
+    second.start()
+    second.join(timeout=15)
+    acknowledged_meanwhile = "second" in results
+    release.set()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert errors == []
+    assert acknowledged_meanwhile, "the second batch waited for the first one's fold"
+    online_features_fold_pending()
+    assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == 120
+    assert_online_equals_replay()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrency is tested on PostgreSQL")
+def test_once_enough_batches_wait_an_ingest_waits_for_the_folder_and_folds_them_all():
+    """Backpressure: while the folder is busy, batches are left waiting until FOLD_BACKLOG_BATCHES wait; the
+    ingest that makes them so many waits for the folder, then folds everything."""
+    catalog()
+    holder = _fold_keys_held_elsewhere()
+    try:
+        for seed in range(FOLD_BACKLOG_BATCHES - 1):
+            event_ingest(events=random_events(10, seed=seed))  # each returns at once
+        assert PendingFold.objects.count() == FOLD_BACKLOG_BATCHES - 1
+        thread = threading.Thread(
+            target=lambda: (event_ingest(events=random_events(10, seed=99)), connections.close_all())
+        )
+        thread.start()
+        thread.join(timeout=3)
+        assert thread.is_alive(), "the ingest left a batch waiting beyond the backlog instead of waiting"
+    finally:
+        holder.rollback()
+        holder.close()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not PendingFold.objects.exists()
+    assert sum(UserFeatures.objects.values_list("event_count", flat=True)) == 10 * FOLD_BACKLOG_BATCHES
     assert_online_equals_replay()

@@ -1,4 +1,4 @@
-"""Migrations 0009-0011 on a database that holds events: nothing is lost, the event ids and first-seen pairs are
+"""Migrations 0010-0012 on a database that holds events: nothing is lost, the event ids and first-seen pairs are
 backfilled, and on PostgreSQL the table comes out partitioned by month."""
 
 import uuid
@@ -12,8 +12,8 @@ from recommendations import sql
 from recommendations.models import EventReceipt, Interaction, UserItemFirstSeen
 from recommendations.services.events import EventInput, event_ingest
 
-BEFORE = [("recommendations", "0008_impression_outcomes")]
-AFTER = [("recommendations", "0011_interaction_partitioned")]
+BEFORE = [("recommendations", "0009_pending_fold")]
+AFTER = [("recommendations", "0012_interaction_partitioned")]
 
 
 def migrate(targets):

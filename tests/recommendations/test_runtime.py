@@ -89,7 +89,7 @@ def test_no_thread_starts_on_first_use_only_when_the_runtime_is_started_and_it_s
     assert ran.is_set(), "a runtime that was not started scores shadows inline"
     assert _running() == set()
     runtime.start()
-    assert _running() == {"impression-flusher", "shadow-scorer"}  # MODEL_POLL_THREAD is off in tests
+    assert _running() == {"impression-flusher", "shadow-scorer"}  # MODEL_POLL_THREAD, FOLD_SWEEP_SECONDS: 0 in tests
     runtime.stop()
     assert _running() == set()
 

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from recommendations import features, sql
 from recommendations.models import (
@@ -39,13 +39,11 @@ def test_users_are_inserted_once_and_looked_up_by_external_id():
     }
 
 
-def test_items_are_looked_up_with_their_categories():
+def test_items_are_looked_up_by_external_id():
     item = Item.objects.create(external_id="i1", categories=["drama", "war"])
-    Item.objects.create(external_id="i2")
-    assert sql.item_lookup(external_ids={"i1", "i2", "nope"}) == {
-        "i1": (item.pk, ["drama", "war"]),
-        "i2": (Item.objects.get(external_id="i2").pk, []),
-    }
+    assert sql.item_lookup(external_ids={"i1", "i2", "nope"}) == {"i1": item.pk}
+    other = Item.objects.create(external_id="i2")
+    assert sql.item_lookup(external_ids={"i2", "i1"}) == {"i1": item.pk, "i2": other.pk}
 
 
 def _events(users: dict, items: dict, *event_ids):
@@ -67,14 +65,15 @@ def _events(users: dict, items: dict, *event_ids):
 def test_an_event_id_already_stored_or_repeated_in_the_batch_is_inserted_once():
     users, items = (
         {"u": EndUser.objects.create(external_id="u").pk},
-        {"i1": (Item.objects.create(external_id="i1").pk, [])},
+        {"i1": Item.objects.create(external_id="i1").pk},
     )
     one, two = uuid.uuid4(), uuid.uuid4()
-    fresh = _events(users, items, one, one, None)
+    fresh, rows = _events(users, items, one, one, None)
     assert [event.event_id for event in fresh] == [one, None] and Interaction.objects.count() == 2
-    fresh = _events(users, items, one, two)
+    fresh, rows = _events(users, items, one, two)
     assert [event.event_id for event in fresh] == [two] and Interaction.objects.count() == 3
     stored = Interaction.objects.get(event_id=two)
+    assert rows == [(stored.pk, users["u"], items["i1"])]
     assert (stored.timestamp, stored.context, stored.value) == (T0 + timedelta(minutes=1), {"n": 1}, 4.0)
 
 
@@ -86,14 +85,85 @@ def test_event_receipts_are_new_once_whatever_the_order():
     assert EventReceipt.objects.get(event_id=three).received_at == T0
 
 
-def test_a_user_item_pair_is_first_seen_once():
+def test_a_user_item_pair_is_first_seen_once_at_the_event_given():
     user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
     other = Item.objects.create(external_id="i2")
-    assert sql.user_item_first_seen_insert(first_seen={(user.pk, item.pk): T0}) == {(user.pk, item.pk)}
-    later = T0 + timedelta(days=40)
-    new = sql.user_item_first_seen_insert(first_seen={(user.pk, other.pk): later, (user.pk, item.pk): later})
-    assert new == {(user.pk, other.pk)}
-    assert UserItemFirstSeen.objects.get(user=user, item=item).first_seen == T0
+    first, second, third = (
+        Interaction.objects.create(user=user, item=it, event_type="view", timestamp=T0 + timedelta(days=40 * n))
+        for n, it in enumerate([item, item, other])
+    )
+    assert sql.user_item_first_seen_insert(event_pks=[first.pk]) == {first.pk}
+    assert sql.user_item_first_seen_insert(event_pks=[third.pk, second.pk]) == {third.pk}
+    assert sql.user_item_first_seen_insert(event_pks=[]) == set()
+    recorded = UserItemFirstSeen.objects.get(user=user, item=item)
+    assert (recorded.first_event, recorded.first_seen) == (first.pk, T0)
+
+
+def test_the_backfill_records_unrecorded_pairs_at_their_lowest_key_and_keeps_recorded_ones():
+    user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
+    other, elsewhere = Item.objects.create(external_id="i2"), EndUser.objects.create(external_id="v")
+    first, second, third, fourth = (
+        Interaction.objects.create(user=u, item=it, event_type="view", timestamp=T0 + timedelta(hours=n))
+        for n, (u, it) in enumerate([(user, item), (user, item), (user, other), (elsewhere, other)])
+    )
+    UserItemFirstSeen.objects.create(user=user, item=item, first_event=second.pk, first_seen=T0)
+    assert sql.user_item_first_seen_backfill(user_ids=[user.pk], item_ids=[]) == 1  # (user, other) only
+    assert sql.user_item_first_seen_backfill() == 1  # (elsewhere, other)
+    assert sorted(UserItemFirstSeen.objects.values_list("first_event", flat=True)) == sorted(
+        [second.pk, third.pk, fourth.pk]
+    )
+    assert first.pk not in set(UserItemFirstSeen.objects.values_list("first_event", flat=True))
+
+
+def test_the_rows_to_fold_come_in_key_order_and_only_the_recorded_first_event_of_a_user_with_an_item_is_first():
+    user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
+    other = Item.objects.create(external_id="i2")
+    first, second, third = (
+        Interaction.objects.create(user=user, item=it, event_type="view", timestamp=T0 + timedelta(hours=n))
+        for n, it in enumerate([item, item, other])
+    )
+    sql.user_item_first_seen_insert(event_pks=[first.pk, third.pk])
+    rows = sql.fold_event_rows(event_pks=[third.pk, second.pk, first.pk])
+    assert [(row[1], row[5]) for row in rows] == [(item.pk, True), (item.pk, False), (other.pk, True)]
+    assert rows[0][:4] == (user.pk, item.pk, "view", None)
+    assert [row[5] for row in sql.fold_event_rows(event_pks=[second.pk])] == [False]
+
+
+def test_item_categories_are_read_by_key():
+    drama, plain = Item.objects.create(external_id="i1", categories=["drama"]), Item.objects.create(external_id="i2")
+    assert sql.item_categories(item_pks=[drama.pk, plain.pk, 999_999]) == {drama.pk: ["drama"], plain.pk: []}
+
+
+def test_waiting_batches_are_taken_oldest_first_and_deleted_once_folded():
+    assert sql.pending_folds_count() == 0 and sql.pending_folds_take(limit=5) == []
+    sql.pending_fold_insert(event_pks=[3, 1, 2])
+    sql.pending_fold_insert(event_pks=[7])
+    assert sql.pending_folds_count() == 2
+    taken = sql.pending_folds_take(limit=1)
+    assert [pks for _, pks in taken] == [[3, 1, 2]]
+    sql.pending_folds_delete(ids=[pk for pk, _ in taken])
+    assert [pks for _, pks in sql.pending_folds_take(limit=5)] == [[7]]
+    with transaction.atomic():
+        sql.pending_folds_lock()  # the rebuild's lock: a plain read passes it
+        assert sql.pending_folds_count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite writes one transaction at a time: no lock")
+def test_the_folders_lock_is_refused_while_another_transaction_holds_it_and_free_after_its_commit():
+    other = connections.create_connection("default")
+    try:
+        with transaction.atomic():
+            assert sql.fold_lock_try() and sql.fold_lock_try()  # taken again by its holder
+            sql.fold_lock_wait()  # its holder does not wait for itself
+            with other.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", sql._FOLD_LOCK_KEYS)
+                assert cursor.fetchone() == (False,)
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", sql._FOLD_LOCK_KEYS)
+            assert cursor.fetchone() == (True,)
+    finally:
+        other.close()
 
 
 def test_user_feature_rows_written_are_read_back_and_equal():
@@ -179,6 +249,33 @@ def test_the_served_user_row_holds_the_seen_items_and_none_for_a_stranger():
     seen = row[1] if isinstance(row[1], list) else json.loads(row[1])  # an array on PostgreSQL, JSON text on SQLite
     assert row[0] == user.pk and seen == [item.pk] and sql.served_user_row(external_id="stranger") is None
     assert sql.inactive_items(pks=[item.pk, Item.objects.create(external_id="i2").pk]) == {item.pk}
+
+
+def test_the_item_snapshot_columns_hold_every_item_in_key_order_with_its_features_or_none():
+    assert [len(column) for column in sql.item_snapshot_columns()] == [0] * (4 + len(features.ITEM_STATE_COLUMNS))
+    plain = Item.objects.create(external_id='b "quoted", with comma', categories=["drama", "war"])
+    rated = Item.objects.create(external_id="a", active=False)
+    late = T0 + timedelta(days=3, microseconds=250)
+    delta = features.item_delta(
+        [
+            features.Event(1, rated.pk, "rating", 5.0, T0.timestamp()),
+            features.Event(1, rated.pk, "view", None, late.timestamp()),
+        ],
+        [features.Event(1, rated.pk, "rating", 5.0, T0.timestamp())],
+    )
+    sql.item_deltas_upsert(deltas=[(rated.pk, delta)])
+    pks, external_ids, active, categories, *state = sql.item_snapshot_columns()
+    assert list(pks) == [plain.pk, rated.pk] and external_ids == ['b "quoted", with comma', "a"]
+    assert list(active) == [True, False] and [json.loads(text) for text in categories] == [["drama", "war"], []]
+    stored = item_state_from_row(ItemFeatures.objects.get(item=rated))
+    for name, column in zip(features.ITEM_STATE_COLUMNS, state, strict=True):
+        empty, value = column[0], column[1]
+        assert empty is None or empty != empty, name  # no features row: None (SQLite) or NaN (PostgreSQL)
+        expected = getattr(stored, name)
+        assert (value is None or value != value) if expected is None else value == pytest.approx(expected, abs=1e-6), (
+            name
+        )
+    assert state[features.ITEM_STATE_COLUMNS.index("last_event_at")][1] == pytest.approx(late.timestamp(), abs=1e-6)
 
 
 def test_the_database_answers_a_ping_and_statistics_refresh_runs():

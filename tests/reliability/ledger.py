@@ -11,7 +11,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
-from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
+from recommendations.models import EndUser, Interaction, Item, ItemFeatures, PendingFold, UserFeatures
 
 NO_ANSWER = 0  # the status recorded when the server could not be reached or did not answer in time
 
@@ -115,8 +115,15 @@ class Ledger:
             abandoned=len(self.abandoned),
         )
 
-    def assert_features_add_up(self, cursor) -> None:
-        """The online features of the ledger's users and items sum to what their stored events say."""
+    def assert_features_add_up(self, cursor, *, fold_wait_seconds: float = 10.0) -> None:
+        """The online features of the ledger's users and items sum to what their stored events say, once no batch
+        waits for the fold (a web process's sweeper folds what waits every FOLD_SWEEP_SECONDS: the contract)."""
+        deadline = time.monotonic() + fold_wait_seconds
+        while True:
+            cursor.execute(f"SELECT count(*) FROM {PendingFold._meta.db_table}")
+            if cursor.fetchone()[0] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         interactions, users, items = Interaction._meta.db_table, EndUser._meta.db_table, Item._meta.db_table
         cursor.execute(
             f"SELECT count(*), count(*) FILTER (WHERE i.event_type = 'rating'), "

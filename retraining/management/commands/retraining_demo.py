@@ -10,7 +10,12 @@ from recommendations.models import Interaction
 from recsite.formatting import number
 from registry.selectors import champion_version
 from retraining.ml.metrics import RATING_BASELINES
-from retraining.services.demo import demo_comparison_events, demo_comparison_rows, demo_timeline_prepare
+from retraining.services.demo import (
+    demo_comparison_events,
+    demo_comparison_rows,
+    demo_rating_baselines,
+    demo_timeline_prepare,
+)
 from retraining.services.pipeline import training_run_process
 from retraining.services.reporting import rating_baseline_line
 from retraining.services.runs import training_run_request
@@ -95,11 +100,8 @@ class Command(BaseCommand):
                 f"  {row['label']:<12} {number(row['old']):>9} {number(row['new']):>9} {change:>9}  {mark:<6}"
                 + "".join(f" {number(row['baselines'][name]):>10}" for name in names)
             )
-        bias = run.gate.get("numbers", {}).get("rating_bias")
-        if bias:
-            say(f"  bias baseline (user + item biases) on the same held-out ratings: RMSE {number(bias.get('rmse'))}")
-        say("  rating baselines (the new version's whole holdout):")
-        metrics_new = run.model_version.metrics
+        rating, new = demo_rating_baselines(run)
+        say("  rating baselines on the same held-out ratings (fitted on the same training events):")
         for name in RATING_BASELINES:
-            if name in run.model_version.baseline_metrics:
-                say("  " + rating_baseline_line(name, run.model_version.baseline_metrics[name], metrics_new))
+            if name in rating:
+                say("  " + rating_baseline_line(name, rating[name], new))

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("retraining", "0008_trigger_efficacy"),
+        ("retraining", "0009_version_comparison"),
     ]
 
     operations = [

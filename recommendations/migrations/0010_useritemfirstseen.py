@@ -8,14 +8,15 @@ def first_seen_backfill(apps, schema_editor):
     UserItemFirstSeen = apps.get_model("recommendations", "UserItemFirstSeen")
     events, first = Interaction._meta.db_table, UserItemFirstSeen._meta.db_table
     schema_editor.execute(
-        f"INSERT INTO {first} (user_id, item_id, first_seen) SELECT e.user_id, e.item_id, e.timestamp FROM {events} e "
+        f"INSERT INTO {first} (user_id, item_id, first_event, first_seen) "
+        f"SELECT e.user_id, e.item_id, e.id, e.timestamp FROM {events} e "
         f"WHERE e.id IN (SELECT min(id) FROM {events} GROUP BY user_id, item_id)"
     )
 
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("recommendations", "0008_impression_outcomes"),
+        ("recommendations", "0009_pending_fold"),
     ]
 
     operations = [
@@ -23,6 +24,7 @@ class Migration(migrations.Migration):
             name="UserItemFirstSeen",
             fields=[
                 ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("first_event", models.BigIntegerField(help_text="Interaction key of the pair's first event.")),
                 ("first_seen", models.DateTimeField()),
                 (
                     "item",

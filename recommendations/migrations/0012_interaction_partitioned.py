@@ -83,7 +83,7 @@ def _month_partition_sql(year_month: tuple[int, int]) -> str:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("recommendations", "0010_eventreceipt"),
+        ("recommendations", "0011_eventreceipt"),
     ]
 
     operations = [migrations.RunPython(partition, unpartition)]

@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
     cannot have without the time) to a table of its own."""
 
     dependencies = [
-        ("recommendations", "0009_useritemfirstseen"),
+        ("recommendations", "0010_useritemfirstseen"),
     ]
 
     operations = [
