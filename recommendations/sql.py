@@ -209,10 +209,13 @@ def user_item_first_seen_backfill(*, user_ids: list[int] | None = None, item_ids
 # --- Online features ----------------------------------------------------------------------------
 
 _INTERACTION_TABLE = Interaction._meta.db_table
+# The recorded first event as a scalar subquery (the pair's key makes it one row at most): PostgreSQL runs it as one
+# probe of that key per event. Spelt EXISTS, the planner could hash the whole table instead, which it did while the
+# table's statistics were stale (a fold's cost then grew with the table: bench/ingest.py's shared users, 3x).
 _FOLD_EVENTS_SQL = (
     "SELECT f.user_id, f.item_id, f.event_type, f.value, f.timestamp, "
-    f"EXISTS (SELECT 1 FROM {_FIRST_SEEN_TABLE} s "
-    "WHERE s.user_id = f.user_id AND s.item_id = f.item_id AND s.first_event = f.id) "
+    f"COALESCE((SELECT s.first_event FROM {_FIRST_SEEN_TABLE} s "
+    "WHERE s.user_id = f.user_id AND s.item_id = f.item_id) = f.id, FALSE) "
     f"FROM {_INTERACTION_TABLE} f WHERE f.id {{keys}} ORDER BY f.id"
 )
 
