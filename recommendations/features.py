@@ -79,7 +79,7 @@ class ItemState:
     log_pop_30d: float | None = None
     # Distinct users: each (user, item) pair counts once, at its first stored event (the lowest Interaction
     # key), so that one user repeating events cannot buy popularity. Online, that event is the one that
-    # finds no earlier event of the pair (services.online_features.first_interactions).
+    # UserItemFirstSeen records for the pair (services.online_features.online_features_fold_enqueue).
     user_count: int = 0
     log_users_7d: float | None = None  # decayed distinct users, a log-mass like log_pop_7d
 

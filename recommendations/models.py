@@ -44,7 +44,12 @@ class EndUser(models.Model):
 
 
 class Interaction(models.Model):
-    """One event, append-only: rows are inserted and never updated."""
+    """One event, append-only: rows are inserted and never updated.
+
+    On PostgreSQL the table is range-partitioned by month on `timestamp` (migration 0011; partitions created ahead
+    and dropped past the retention horizon by recommendations.services.partitions), so its database primary key is
+    (id, timestamp): `id` alone stays unique (one sequence) and is Django's pk, and no foreign key may point here.
+    A unique constraint would have to include `timestamp`, so idempotency by `event_id` lives in EventReceipt."""
 
     event_id = models.UUIDField(null=True, blank=True)
     user = models.ForeignKey(EndUser, on_delete=models.PROTECT, related_name="interactions")
@@ -57,14 +62,10 @@ class Interaction(models.Model):
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["event_id"], condition=Q(event_id__isnull=False), name="uniq_event_id"),
-        ]
         indexes = [
             models.Index(fields=["user", "timestamp"]),
             models.Index(fields=["item", "timestamp"]),
-            # Ingestion asks whether an event is its user's first with the item
-            # (services.online_features.first_interactions).
+            # A user's items (serving's seen items, the rebuild's first event of each pair).
             models.Index(fields=["user", "item"], name="ix_interaction_user_item"),
             models.Index(fields=["timestamp"]),
             models.Index(fields=["recommendation_id"], condition=Q(recommendation_id__isnull=False), name="ix_rec_id"),
@@ -72,6 +73,39 @@ class Interaction(models.Model):
 
     def __str__(self):
         return f"{self.user_id} {self.event_type} {self.item_id} @ {self.timestamp:%Y-%m-%d %H:%M}"
+
+
+class EventReceipt(models.Model):
+    """An event id received, written in the transaction that stores the event: the first insert of an id wins and
+    a retry (any timestamp, any partition) finds it here and is a duplicate. Not partitioned, so the id alone is
+    unique. Kept as long as the events are (RetrainPolicy.event_retention_days, counted from `received_at`)."""
+
+    event_id = models.UUIDField(primary_key=True)
+    received_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return str(self.event_id)
+
+
+class UserItemFirstSeen(models.Model):
+    """The first stored event of each (user, item) pair (its lowest key), kept forever (retention drops old events,
+    not these): written by the ingest transaction that stores the pair's first event (an insert that skips recorded
+    pairs), read by the fold and the rebuild to know which event counts the user in the item's distinct users, which
+    so stays exact once the pair's old events are gone. `first_event` is that event's key (no foreign key: the
+    events table is partitioned), `first_seen` its timestamp."""
+
+    # The unique constraint's index leads with the user: no index of its own.
+    user = models.ForeignKey(EndUser, on_delete=models.CASCADE, related_name="+", db_index=False)
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="+")
+    first_event = models.BigIntegerField(help_text="Interaction key of the pair's first event.")
+    first_seen = models.DateTimeField()
+
+    class Meta:
+        verbose_name = verbose_name_plural = "user-item first seen"
+        constraints = [models.UniqueConstraint(fields=["user", "item"], name="uniq_first_seen_user_item")]
+
+    def __str__(self):
+        return f"user {self.user_id} first saw item {self.item_id} @ {self.first_seen:%Y-%m-%d %H:%M}"
 
 
 class PendingFold(models.Model):
@@ -89,8 +123,8 @@ class PendingFold(models.Model):
 
 
 class UserFeatures(models.Model):
-    """Online features of one user, updated in the transaction that writes the user's events.
-    Field meanings and update rules: recommendations.features (shared with training)."""
+    """Online features of one user, updated by the fold of the user's events after their commit
+    (services.online_features). Field meanings and update rules: recommendations.features (shared with training)."""
 
     user = models.OneToOneField(EndUser, on_delete=models.CASCADE, primary_key=True, related_name="features")
     event_count = models.IntegerField(default=0)

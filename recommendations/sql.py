@@ -2,7 +2,7 @@
 differ, both spellings are here); tests/recommendations/test_sql.py runs each function on both. Some exist only on
 PostgreSQL, for concurrent ingestion (SQLite writes one transaction at a time and needs none of them): the locks
 user_item_pairs_lock, fold_lock_try, fold_lock_wait and pending_folds_lock (no-ops elsewhere), and
-user_deltas_upsert (jsonb).
+user_deltas_upsert (jsonb); and the events' partition DDL, at the end (tests/recommendations/test_partitions.py).
 
 Why SQL and not the ORM, each time: on the request paths (ingestion, serving) compiling the ORM's queries cost more
 CPU than the statements themselves (~1 ms per single-event ingest, 1.5 ms per recommendation), bulk_update's CASE
@@ -11,8 +11,10 @@ no ORM spelling. Everything else in the app uses the ORM."""
 
 import functools
 import json
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from uuid import UUID
 
 import numpy as np
 from django.db import connection, transaction
@@ -24,11 +26,13 @@ from recommendations.models import (
     USER_STATE_FIELDS,
     CatalogState,
     EndUser,
+    EventReceipt,
     Interaction,
     Item,
     ItemFeatures,
     PendingFold,
     UserFeatures,
+    UserItemFirstSeen,
     utc_datetime,
 )
 
@@ -89,18 +93,34 @@ _INSERTED_COLUMNS = (
 )
 _INTERACTION_INSERT_SQL = (
     f"INSERT INTO {Interaction._meta.db_table} ({', '.join(_INSERTED_COLUMNS)}) VALUES {{values}} "
-    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING RETURNING id, event_id"
+    "RETURNING id, user_id, item_id"
 )
 
 
-def interactions_insert(*, events: list, users: dict[str, int], items: dict[str, int]) -> tuple[list, list[int]]:
-    """Insert the events in one statement that skips stored (or repeated) event_ids; returns the events
-    written and their keys. ON CONFLICT DO NOTHING waits for a concurrent writer of the same event_id and
-    then skips it, so duplicates need neither a SELECT beforehand nor a retry."""
+def interactions_insert(
+    *, events: list, users: dict[str, int], items: dict[str, int]
+) -> tuple[list, list[tuple[int, int, int]]]:
+    """Insert those of the events whose event_id is new (event_receipts_insert: not stored before, nor repeated
+    earlier in the batch) in one statement; returns the events written and (key, user, item) of each row stored."""
+    received = timezone.now()
+    fresh_ids = event_receipts_insert(
+        event_ids=[event.event_id for event in events if event.event_id is not None], received_at=received
+    )
+    fresh = []
+    for event in events:
+        if event.event_id is None:
+            fresh.append(event)
+        elif event.event_id in fresh_ids:
+            fresh_ids.discard(event.event_id)  # a repeat later in the batch is the duplicate
+            fresh.append(event)
+    return fresh, (_interactions_write(fresh, users, items, received) if fresh else [])
+
+
+def _interactions_write(events: list, users: dict, items: dict, received: datetime) -> list[tuple[int, int, int]]:
     fields = [Interaction._meta.get_field(name) for name in ("event_id", "recommendation_id", "context")]
     event_id_field, recommendation_field, context_field = fields
     adapt_time = connection.ops.adapt_datetimefield_value
-    now = adapt_time(timezone.now())
+    now = adapt_time(received)
     params: list = []
     for event in events:
         params += [
@@ -117,32 +137,93 @@ def interactions_insert(*, events: list, users: dict[str, int], items: dict[str,
     row = "(" + ", ".join(["%s"] * len(_INSERTED_COLUMNS)) + ")"
     with connection.cursor() as cursor:
         cursor.execute(_INTERACTION_INSERT_SQL.format(values=", ".join([row] * len(events))), params)
-        returned = cursor.fetchall()
-    written = {event_id_field.to_python(event_id) for _, event_id in returned}
-    fresh = []
-    for event in events:
-        if event.event_id is None:
-            fresh.append(event)
-        elif event.event_id in written:
-            written.discard(event.event_id)  # a repeat later in the batch is the duplicate
-            fresh.append(event)
-    return fresh, [pk for pk, _ in returned]
+        return cursor.fetchall()
+
+
+# --- Idempotency and first-seen pairs: the unique keys a table partitioned by time cannot hold -----
+
+_RECEIPT_INSERT_SQL = (
+    f"INSERT INTO {EventReceipt._meta.db_table} (event_id, received_at) VALUES {{values}} "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+
+
+def event_receipts_insert(*, event_ids: list[UUID], received_at: datetime) -> set[UUID]:
+    """Record these event ids as received; returns those that were new. ON CONFLICT DO NOTHING waits for a
+    concurrent writer of the same id and then skips it, so a duplicate needs neither a SELECT beforehand nor a
+    retry; the ids go in key order, so two batches sharing ids wait for each other in one order, never in a cycle."""
+    if not event_ids:
+        return set()
+    field = EventReceipt._meta.get_field("event_id")
+    when = connection.ops.adapt_datetimefield_value(received_at)
+    ordered = sorted(set(event_ids))
+    params = [value for event_id in ordered for value in (field.get_db_prep_value(event_id, connection), when)]
+    with connection.cursor() as cursor:
+        cursor.execute(_RECEIPT_INSERT_SQL.format(values=", ".join(["(%s, %s)"] * len(ordered))), params)
+        return {field.to_python(event_id) for (event_id,) in cursor.fetchall()}
+
+
+_FIRST_SEEN_TABLE = UserItemFirstSeen._meta.db_table
+_FIRST_SEEN_INSERT_SQL = (
+    f"INSERT INTO {_FIRST_SEEN_TABLE} (user_id, item_id, first_event, first_seen) "
+    f'SELECT e.user_id, e.item_id, e.id, e."timestamp" FROM {Interaction._meta.db_table} e WHERE e.id {{keys}} '
+    "ORDER BY e.user_id, e.item_id ON CONFLICT (user_id, item_id) DO NOTHING RETURNING first_event"
+)
+
+
+def user_item_first_seen_insert(*, event_pks: Iterable[int]) -> set[int]:
+    """Record, for each (user, item) pair of these stored events (the batch's first of each pair: its lowest key),
+    the pair's first event, unless the pair is recorded; returns the keys recorded. Ingestion calls it in the
+    transaction that stores the events, holding the pairs' locks (user_item_pairs_lock): a pair recorded here has
+    no event of a lower key, committed or not. In pair order; the unique key skips a recorded pair."""
+    keys = sorted(event_pks)
+    if not keys:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(_FIRST_SEEN_INSERT_SQL.format(keys=_in_list(connection, keys)), _in_params(connection, keys))
+        return {key for (key,) in cursor.fetchall()}
+
+
+def user_item_first_seen_backfill(*, user_ids: list[int] | None = None, item_ids: list[int] | None = None) -> int:
+    """Record every pair of the events of these users or items (all events when both are None) that is not recorded
+    yet, at its lowest key: events written in bulk (an import) record none. Returns the pairs recorded."""
+    scope, params = "", []
+    if user_ids is not None or item_ids is not None:
+        users, items = user_ids or [], item_ids or []
+        scope = f"WHERE user_id {_in_list(connection, users)} OR item_id {_in_list(connection, items)}"
+        params = _in_params(connection, users) + _in_params(connection, items)
+    events = Interaction._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_FIRST_SEEN_TABLE} (user_id, item_id, first_event, first_seen) "
+            f'SELECT e.user_id, e.item_id, e.id, e."timestamp" FROM {events} e '
+            f"WHERE e.id IN (SELECT min(id) FROM {events} {scope} GROUP BY user_id, item_id) "
+            f"AND NOT EXISTS (SELECT 1 FROM {_FIRST_SEEN_TABLE} s "
+            "WHERE s.user_id = e.user_id AND s.item_id = e.item_id) "
+            "ORDER BY e.user_id, e.item_id ON CONFLICT (user_id, item_id) DO NOTHING",
+            params,
+        )
+        return cursor.rowcount
 
 
 # --- Online features ----------------------------------------------------------------------------
 
 _INTERACTION_TABLE = Interaction._meta.db_table
+# The recorded first event as a scalar subquery (the pair's key makes it one row at most): PostgreSQL runs it as one
+# probe of that key per event. Spelt EXISTS, the planner could hash the whole table instead, which it did while the
+# table's statistics were stale (a fold's cost then grew with the table: bench/ingest.py's shared users, 3x).
 _FOLD_EVENTS_SQL = (
     "SELECT f.user_id, f.item_id, f.event_type, f.value, f.timestamp, "
-    f"NOT EXISTS (SELECT 1 FROM {_INTERACTION_TABLE} o "
-    "WHERE o.user_id = f.user_id AND o.item_id = f.item_id AND o.id < f.id) "
+    f"COALESCE((SELECT s.first_event FROM {_FIRST_SEEN_TABLE} s "
+    "WHERE s.user_id = f.user_id AND s.item_id = f.item_id) = f.id, FALSE) "
     f"FROM {_INTERACTION_TABLE} f WHERE f.id {{keys}} ORDER BY f.id"
 )
 
 
 def fold_event_rows(*, event_pks: list[int]) -> list[tuple]:
     """(user, item, type, value, timestamp, first) of these stored events, in key order; `first`: the event is its
-    user's first (lowest key) with its item. One probe of the (user, item) index per event."""
+    user's first (lowest key) with its item, as UserItemFirstSeen records it (so still exact once retention has
+    dropped the pair's older events). One probe of that table's (user, item) key per event."""
     with connection.cursor() as cursor:
         cursor.execute(_FOLD_EVENTS_SQL.format(keys=_in_list(connection, event_pks)), _in_params(connection, event_pks))
         return [(*row[:5], bool(row[5])) for row in cursor.fetchall()]
@@ -257,9 +338,9 @@ _USER_FEATURES_TABLE = UserFeatures._meta.db_table
 def user_item_pairs_lock(*, pairs: Iterable[tuple[int, int]]) -> None:
     """Lock these (user, item) pairs until the transaction ends, in key order (so concurrent batches cannot
     deadlock on them). Ingestion takes them before it stores the events, so that a pair's events get their keys in
-    the order their batches commit: once a batch is committed, every event of its pairs with a lower key is too,
-    and fold_event_rows finds each pair's first exactly whenever the fold runs. PostgreSQL advisory locks; other
-    backends write one transaction at a time and need none (a no-op there)."""
+    the order their batches commit: a batch that records a pair in UserItemFirstSeen (user_item_first_seen_insert)
+    holds its lowest key, committed or not, and the fold and the rebuild count the user at that event.
+    PostgreSQL advisory locks; other backends write one transaction at a time and need none (a no-op there)."""
     db = transaction.get_connection()
     if db.vendor != "postgresql":
         return
@@ -559,3 +640,85 @@ def statistics_refresh(*, models: list) -> None:
         return
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE " + ", ".join(model._meta.db_table for model in models))
+
+
+# --- Event partitions (PostgreSQL only: other backends keep one plain table) ------------------------
+
+_PARTITIONS_SQL = (
+    "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = %s::regclass"
+)
+_BOUNDS = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+DEFAULT_PARTITION = f"{_INTERACTION_TABLE}_default"
+# Partition DDL waits this long for its locks at most, then gives up until the next run, rather than queue ingestion
+# and serving behind it for longer.
+_DDL_LOCK_TIMEOUT = "5s"
+_DETACH_LOCK_TIMEOUT = "1s"
+
+
+def _referenced_tables_lock(cursor) -> None:
+    """Lock the tables the events' foreign keys point to, as attaching or detaching a partition does (it adds or
+    drops the partition's foreign keys), but first and in ingestion's order (items, then users, then events): taken
+    last, while the partition DDL holds the events' default partition, they would wait for an ingest that holds
+    them and waits for that partition. (Another order elsewhere, e.g. an import writing users first, can still
+    deadlock with it: PostgreSQL then aborts one, and both sides retry.)"""
+    cursor.execute(f"LOCK TABLE {_ITEM_TABLE}, {_USER_TABLE} IN SHARE ROW EXCLUSIVE MODE")
+
+
+def event_partitions() -> dict[str, tuple[datetime, datetime] | None]:
+    """The partitions of the events table: name → [start, end) of its range (None for the default one)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PARTITIONS_SQL, [_INTERACTION_TABLE])
+        rows = cursor.fetchall()
+    partitions = {}
+    for name, bound in rows:
+        found = _BOUNDS.search(bound)
+        partitions[name] = found and (_timestamp(found[1]), _timestamp(found[2]))
+    return partitions
+
+
+def _timestamp(text: str) -> datetime:
+    """A bound as pg_get_expr prints it, in the session's time zone (Django's connections use UTC)."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def event_partition_create(*, name: str, start: datetime, end: datetime) -> int:
+    """Create partition `name` for [start, end), moving into it the rows the default partition holds for that range
+    (a partition cannot be attached while they are there); returns how many were moved. The default partition is
+    locked meanwhile (events of months without a partition wait); the table and its other partitions are not
+    (ATTACH PARTITION takes a lock that lets reads and writes go on). One transaction."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL lock_timeout = '{_DDL_LOCK_TIMEOUT}'")
+        _referenced_tables_lock(cursor)
+        # Taken before the move (ATTACH takes it anyway): no event may land in the default partition between the
+        # move and the attach, or the attach would find it there and fail.
+        cursor.execute(f"LOCK TABLE {DEFAULT_PARTITION} IN ACCESS EXCLUSIVE MODE")
+        cursor.execute(f"CREATE TABLE {name} (LIKE {_INTERACTION_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        cursor.execute(
+            f'WITH moved AS (DELETE FROM {DEFAULT_PARTITION} WHERE "timestamp" >= %s AND "timestamp" < %s RETURNING *) '
+            f"INSERT INTO {name} SELECT * FROM moved",
+            [start, end],
+        )
+        moved = cursor.rowcount
+        cursor.execute(
+            f"ALTER TABLE {_INTERACTION_TABLE} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [start, end]
+        )
+    return moved
+
+
+def event_partition_drop(*, name: str) -> None:
+    """Detach and drop partition `name`, with its events (retention). One transaction."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        # DETACH locks the whole table (CONCURRENTLY is refused beside a default partition): a short wait at most.
+        cursor.execute(f"SET LOCAL lock_timeout = '{_DETACH_LOCK_TIMEOUT}'")
+        _referenced_tables_lock(cursor)
+        cursor.execute(f"ALTER TABLE {_INTERACTION_TABLE} DETACH PARTITION {name}")
+        cursor.execute(f"DROP TABLE {name}")
+
+
+def default_partition_delete_before(*, moment: datetime) -> int:
+    """Delete the default partition's events before `moment` (retention of the months without a partition)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f'DELETE FROM {DEFAULT_PARTITION} WHERE "timestamp" < %s', [moment])
+        return cursor.rowcount

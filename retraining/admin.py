@@ -51,6 +51,7 @@ class RetrainPolicyAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "active", "check_interval_minutes", "cooldown_minutes", "min_new_holdout_users"]}),
         ("Time", {"fields": ["time_enabled", "time_interval_hours"]}),
         ("Volume", {"fields": ["volume_enabled", "volume_min_events"]}),
+        ("Event retention", {"fields": ["event_retention_days"]}),
         (
             "Online performance",
             {

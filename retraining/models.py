@@ -1,6 +1,8 @@
 """Retraining state as rows: the policy, each trigger evaluation, each drift report, each training run, each
 comparison of two versions on one holdout."""
 
+import math
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -59,6 +61,12 @@ class RetrainPolicy(models.Model):
         "champion's training cut-off (the users the gate compares on); 0: off",
     )
     check_interval_minutes = models.PositiveIntegerField(default=5)
+    event_retention_days = models.PositiveIntegerField(
+        default=0,
+        help_text="events of whole months older than this are dropped (training then learns from what is kept), "
+        "and event ids received longer ago forgotten; 0: keep everything. At least the longest window the policy "
+        "reads (drift, online performance)",
+    )
 
     gate_min_relative_gain = models.FloatField(default=0.01)
     gate_guardrail_tolerance = models.FloatField(
@@ -122,6 +130,17 @@ class RetrainPolicy(models.Model):
             raise ValidationError({"check_interval_minutes": "Must be at least 1 minute."})
         if not 0.5 <= self.rollout_confidence < 1:
             raise ValidationError({"rollout_confidence": "Must be in [0.5, 1)."})
+        if self.event_retention_days and self.event_retention_days < self.event_retention_minimum_days():
+            raise ValidationError(
+                {
+                    "event_retention_days": f"Must be 0 (keep everything) or at least "
+                    f"{self.event_retention_minimum_days()} days: the drift window and the online performance "
+                    "window read events that old."
+                }
+            )
+
+    def event_retention_minimum_days(self) -> int:
+        return math.ceil(max(self.drift_window_days, self.performance_window_hours / 24))
 
 
 class Trigger(models.TextChoices):

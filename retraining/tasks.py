@@ -9,6 +9,7 @@ from django.conf import settings
 from retraining.services.comparison import COMPARISON_TASK, version_comparison_compute, version_comparison_fail
 from retraining.services.mlflow_mirror import MIRROR_TASK, MirrorBusy, mlflow_mirror
 from retraining.services.pipeline import training_run_process
+from retraining.services.retention import event_partitions_apply
 from retraining.services.rollout import rollout_check
 from retraining.services.runs import (
     TRAINING_TASK,
@@ -33,6 +34,11 @@ def check_rollout_task() -> str:
 @shared_task(name="retraining.reconcile_runs", ignore_result=True)
 def reconcile_runs_task() -> dict:
     return training_runs_reconcile()
+
+
+@shared_task(name="retraining.maintain_event_partitions", ignore_result=True)
+def maintain_event_partitions_task() -> dict:
+    return event_partitions_apply()
 
 
 def _fail_run(task, exc, task_id, args, kwargs, einfo):

@@ -42,11 +42,12 @@ class IngestResult:
 def event_ingest(*, events: list[EventInput], catalog_strict: bool | None = None) -> IngestResult:
     """Append `events` and update online features, all or nothing.
 
-    An event whose `event_id` is already stored (or repeated in the same batch) is a duplicate and is
-    skipped by the insert itself (ON CONFLICT DO NOTHING), also when a concurrent request writes it; a
-    deadlock with a concurrent batch (rare: pairs are locked in key order) is retried. Once the events are
-    committed they are folded, with what other requests left waiting, unless another transaction is folding (then
-    it folds them); a failure there does not fail the request: its events are committed, the sweeper folds them."""
+    An event whose `event_id` was received before (or is repeated in the same batch) is a duplicate, whatever its
+    timestamp: its receipt (EventReceipt, one insert with ON CONFLICT DO NOTHING) is already there, also when a
+    concurrent request wrote it, and the event is not stored; a deadlock with a concurrent batch (rare: receipts
+    and pairs are locked in key order) is retried. Once the events are committed they are folded, with what other
+    requests left waiting, unless another transaction is folding (then it folds them); a failure there does not
+    fail the request: its events are committed, the sweeper folds them."""
     strict = settings.CATALOG_STRICT if catalog_strict is None else catalog_strict
     for attempt in range(1, _ATTEMPTS + 1):
         try:
@@ -98,11 +99,11 @@ def _ingest(events: list[EventInput], strict: bool) -> list[EventInput]:
     """The events written (the others are duplicates)."""
     items = _items_for(events, strict)
     users = _users_for(event.user_id for event in events)
-    # Locked before the events are stored, so that the fold finds each pair's first event exactly.
+    # Locked before the events are stored, so that a pair's first event (its lowest key) is recorded exactly.
     sql.user_item_pairs_lock(pairs={(users[event.user_id], items[event.item_id]) for event in events})
-    fresh, fresh_pks = sql.interactions_insert(events=events, users=users, items=items)
-    if fresh_pks:
-        online_features_fold_enqueue(event_pks=fresh_pks)
+    fresh, rows = sql.interactions_insert(events=events, users=users, items=items)
+    if rows:
+        online_features_fold_enqueue(event_rows=rows)
     return fresh
 
 

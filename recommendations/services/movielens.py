@@ -12,6 +12,7 @@ from typing import NamedTuple, TypeVar
 
 from django.conf import settings
 from django.db import models, transaction
+from django.utils import timezone
 from tqdm import tqdm
 
 from recommendations import sql
@@ -319,7 +320,7 @@ def _pks_resolve(model: type[models.Model], external_ids: set[str], known: dict[
 
 def _ratings_store(chunk: list[_Rating], users: dict[str, int], items: dict[str, int]) -> int:
     by_event_id = {uuid.uuid5(EVENT_ID_NAMESPACE, f"movielens:{r.user_id}:{r.movie_id}:{r.ts}"): r for r in chunk}
-    stored = set(Interaction.objects.filter(event_id__in=list(by_event_id)).values_list("event_id", flat=True))
+    fresh = sql.event_receipts_insert(event_ids=list(by_event_id), received_at=timezone.now())
     rows = [
         Interaction(
             event_id=event_id,
@@ -330,7 +331,7 @@ def _ratings_store(chunk: list[_Rating], users: dict[str, int], items: dict[str,
             timestamp=rating.moment,
         )
         for event_id, rating in by_event_id.items()
-        if event_id not in stored
+        if event_id in fresh
     ]
     Interaction.objects.bulk_create(rows, batch_size=CHUNK_SIZE)
     return len(rows)

@@ -23,9 +23,12 @@ transaction at a time: there the user rows are read, folded and written back.) b
 hot-item and shared-users cases.
 
 Distinct users: an item counts a user once, at the user's first stored event with it (features.ItemState).
-sql.fold_event_rows finds those events with one index probe each; the transaction-scoped lock per (user, item)
-pair taken before the events are stored (sql.user_item_pairs_lock) makes the answer exact when two batches of
-the same user and item race (tests/reliability/test_bought_popularity.py).
+UserItemFirstSeen records each pair's first event (its lowest key), written by the ingest transaction that
+stores it (online_features_fold_enqueue: one insert that skips recorded pairs) and kept when retention drops old
+events; sql.fold_event_rows reads it with one index probe per event. The transaction-scoped lock per (user, item)
+pair taken before the events are stored (sql.user_item_pairs_lock) makes the record exact when two batches of the
+same user and item race (tests/reliability/test_bought_popularity.py): the second's events get higher keys and
+find the pair recorded. Events written in bulk (an import) are recorded by the rebuild that follows.
 """
 
 import logging
@@ -33,7 +36,7 @@ import time
 from collections import defaultdict
 
 from django.db import DatabaseError, transaction
-from django.db.models import Min, Q
+from django.db.models import Q
 
 from recommendations import features, sql
 from recommendations.models import (
@@ -43,6 +46,7 @@ from recommendations.models import (
     Item,
     ItemFeatures,
     UserFeatures,
+    UserItemFirstSeen,
     utc_datetime,
     utc_seconds,
 )
@@ -69,11 +73,17 @@ def item_state_from_row(row: ItemFeatures) -> features.ItemState:
     )
 
 
-def online_features_fold_enqueue(*, event_pks: list[int]) -> None:
-    """In the ingest transaction, after its events are stored: leave them for the fold (a PendingFold row), which
-    runs after the commit, so that the transaction holds its (user, item) pair locks for no longer than its own
-    writes take."""
-    sql.pending_fold_insert(event_pks=event_pks)
+def online_features_fold_enqueue(*, event_rows: list[tuple[int, int, int]]) -> None:
+    """In the ingest transaction, after its events are stored ((key, user, item) each): record the pairs seen for
+    the first time at their lowest key here (UserItemFirstSeen), and leave the events for the fold (a PendingFold
+    row), which runs after the commit, so that the transaction holds its (user, item) pair locks for no longer
+    than its own writes take."""
+    first_in_batch: dict[tuple[int, int], int] = {}
+    for key, user_id, item_id in event_rows:
+        pair = (user_id, item_id)
+        first_in_batch[pair] = min(key, first_in_batch.get(pair, key))
+    sql.user_item_first_seen_insert(event_pks=first_in_batch.values())
+    sql.pending_fold_insert(event_pks=[key for key, _, _ in event_rows])
 
 
 def online_features_fold_pending(*, budget_seconds: float = FOLD_BUDGET_SECONDS) -> int:
@@ -161,7 +171,15 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
     For bulk imports and repairs. First the waiting batches are folded, with no batch left waiting or folded
     elsewhere until the rebuild commits (sql.pending_folds_lock), and the rows are locked before the events are
     read: an ingest racing with the rebuild either committed before it (its events are in the replay, folded or
-    not) or waits and folds its events on top. Returns the number of users and items rebuilt."""
+    not) or waits and folds its events on top. A user counts for an item at the pair's first event as
+    UserItemFirstSeen records it, as in the fold: the pairs of events written in bulk (an import) are recorded
+    first, at their lowest key, in a transaction of its own (an ingest holding a pair then commits first rather
+    than wait for the rebuild's locks). Returns the number of users and items rebuilt."""
+    scoped = user_ids is not None or item_ids is not None
+    if scoped and len(user_ids or []) + len(item_ids or []) > _IN_LIST_LIMIT:
+        sql.user_item_first_seen_backfill()
+    else:
+        sql.user_item_first_seen_backfill(user_ids=user_ids, item_ids=item_ids)
     with transaction.atomic():
         sql.pending_folds_lock()
         while _fold_with_waiting([]):
@@ -179,13 +197,12 @@ def online_features_rebuild(*, user_ids: list[int] | None = None, item_ids: list
         user_states = {u: features.UserState() for u in users}
         item_states = {i: features.ItemState() for i in items}
         categories = dict(Item.objects.values_list("pk", "categories"))
-        events = Interaction.objects.all()
-        if len(users) + len(items) <= _IN_LIST_LIMIT and (user_ids is not None or item_ids is not None):
+        events, pairs = Interaction.objects.all(), UserItemFirstSeen.objects.all()
+        if len(users) + len(items) <= _IN_LIST_LIMIT and scoped:
             events = events.filter(Q(user_id__in=users) | Q(item_id__in=items))
+            pairs = pairs.filter(Q(user_id__in=users) | Q(item_id__in=items))
         # Each (user, item) pair's first (lowest key) event: the one that counts its user (features.ItemState).
-        first = set(
-            events.order_by().values("user_id", "item_id").annotate(first=Min("pk")).values_list("first", flat=True)
-        )
+        first = set(pairs.values_list("first_event", flat=True))
         events = events.order_by("timestamp", "pk").values_list(
             "pk", "user_id", "item_id", "event_type", "value", "timestamp"
         )

@@ -6,16 +6,18 @@ CHECK_TRIGGERS = "retraining: check triggers"
 CHECK_ROLLOUT = "retraining: check rollout"
 RECONCILE_RUNS = "retraining: reconcile training runs"
 RECORD_OUTCOMES = "recommendations: record online outcomes"
+MAINTAIN_EVENT_PARTITIONS = "recommendations: event partitions and retention"
 ROLLOUT_CHECK_SECONDS = 60
 RECONCILE_RUNS_SECONDS = 60
 RECORD_OUTCOMES_SECONDS = 60  # as often as the rollout check that reads them
+MAINTAIN_EVENT_PARTITIONS_SECONDS = 3600  # partitions are made months ahead: hourly leaves days to spare
 
 
 def periodic_tasks_setup(
     *, check_every_seconds: int, rollout_every_seconds: int = ROLLOUT_CHECK_SECONDS
 ) -> list[PeriodicTask]:
-    """Create or update the trigger check, the rollout check, the training-run reconciler and the outcome recorder;
-    other periodic tasks are left alone (never delete-all)."""
+    """Create or update the trigger check, the rollout check, the training-run reconciler, the outcome recorder and
+    the event partitions' maintenance; other periodic tasks are left alone (never delete-all)."""
     return [
         trigger_check_schedule(every_seconds=check_every_seconds),
         _interval_task(
@@ -35,6 +37,12 @@ def periodic_tasks_setup(
             "recommendations.outcomes_record",
             RECORD_OUTCOMES_SECONDS,
             "Record what each served list earned once its attribution window has closed.",
+        ),
+        _interval_task(
+            MAINTAIN_EVENT_PARTITIONS,
+            "retraining.maintain_event_partitions",
+            MAINTAIN_EVENT_PARTITIONS_SECONDS,
+            "Create the events' monthly partitions ahead; drop the months past the policy's retention.",
         ),
     ]
 

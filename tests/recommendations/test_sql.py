@@ -13,7 +13,15 @@ import pytest
 from django.db import connection, connections, transaction
 
 from recommendations import features, sql
-from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
+from recommendations.models import (
+    EndUser,
+    EventReceipt,
+    Interaction,
+    Item,
+    ItemFeatures,
+    UserFeatures,
+    UserItemFirstSeen,
+)
 from recommendations.services.events import EventInput
 from recommendations.services.online_features import item_state_from_row
 
@@ -60,21 +68,61 @@ def test_an_event_id_already_stored_or_repeated_in_the_batch_is_inserted_once():
         {"i1": Item.objects.create(external_id="i1").pk},
     )
     one, two = uuid.uuid4(), uuid.uuid4()
-    fresh, pks = _events(users, items, one, one, None)
-    assert [event.event_id for event in fresh] == [one, None] and len(pks) == 2
-    fresh, pks = _events(users, items, one, two)
-    assert [event.event_id for event in fresh] == [two] and len(pks) == 1
+    fresh, rows = _events(users, items, one, one, None)
+    assert [event.event_id for event in fresh] == [one, None] and Interaction.objects.count() == 2
+    fresh, rows = _events(users, items, one, two)
+    assert [event.event_id for event in fresh] == [two] and Interaction.objects.count() == 3
     stored = Interaction.objects.get(event_id=two)
+    assert rows == [(stored.pk, users["u"], items["i1"])]
     assert (stored.timestamp, stored.context, stored.value) == (T0 + timedelta(minutes=1), {"n": 1}, 4.0)
 
 
-def test_the_rows_to_fold_come_in_key_order_and_only_the_first_event_of_a_user_with_an_item_is_first():
+def test_event_receipts_are_new_once_whatever_the_order():
+    one, two, three = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert sql.event_receipts_insert(event_ids=[two, one, two], received_at=T0) == {one, two}
+    assert sql.event_receipts_insert(event_ids=[three, one], received_at=T0) == {three}
+    assert sql.event_receipts_insert(event_ids=[], received_at=T0) == set()
+    assert EventReceipt.objects.get(event_id=three).received_at == T0
+
+
+def test_a_user_item_pair_is_first_seen_once_at_the_event_given():
+    user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
+    other = Item.objects.create(external_id="i2")
+    first, second, third = (
+        Interaction.objects.create(user=user, item=it, event_type="view", timestamp=T0 + timedelta(days=40 * n))
+        for n, it in enumerate([item, item, other])
+    )
+    assert sql.user_item_first_seen_insert(event_pks=[first.pk]) == {first.pk}
+    assert sql.user_item_first_seen_insert(event_pks=[third.pk, second.pk]) == {third.pk}
+    assert sql.user_item_first_seen_insert(event_pks=[]) == set()
+    recorded = UserItemFirstSeen.objects.get(user=user, item=item)
+    assert (recorded.first_event, recorded.first_seen) == (first.pk, T0)
+
+
+def test_the_backfill_records_unrecorded_pairs_at_their_lowest_key_and_keeps_recorded_ones():
+    user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
+    other, elsewhere = Item.objects.create(external_id="i2"), EndUser.objects.create(external_id="v")
+    first, second, third, fourth = (
+        Interaction.objects.create(user=u, item=it, event_type="view", timestamp=T0 + timedelta(hours=n))
+        for n, (u, it) in enumerate([(user, item), (user, item), (user, other), (elsewhere, other)])
+    )
+    UserItemFirstSeen.objects.create(user=user, item=item, first_event=second.pk, first_seen=T0)
+    assert sql.user_item_first_seen_backfill(user_ids=[user.pk], item_ids=[]) == 1  # (user, other) only
+    assert sql.user_item_first_seen_backfill() == 1  # (elsewhere, other)
+    assert sorted(UserItemFirstSeen.objects.values_list("first_event", flat=True)) == sorted(
+        [second.pk, third.pk, fourth.pk]
+    )
+    assert first.pk not in set(UserItemFirstSeen.objects.values_list("first_event", flat=True))
+
+
+def test_the_rows_to_fold_come_in_key_order_and_only_the_recorded_first_event_of_a_user_with_an_item_is_first():
     user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
     other = Item.objects.create(external_id="i2")
     first, second, third = (
         Interaction.objects.create(user=user, item=it, event_type="view", timestamp=T0 + timedelta(hours=n))
         for n, it in enumerate([item, item, other])
     )
+    sql.user_item_first_seen_insert(event_pks=[first.pk, third.pk])
     rows = sql.fold_event_rows(event_pks=[third.pk, second.pk, first.pk])
     assert [(row[1], row[5]) for row in rows] == [(item.pk, True), (item.pk, False), (other.pk, True)]
     assert rows[0][:4] == (user.pk, item.pk, "view", None)
