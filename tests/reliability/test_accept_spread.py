@@ -42,19 +42,23 @@ def test_two_kept_alive_connections_are_served_by_two_workers(tmp_path):
     )
     try:
         workers: list[psutil.Process] = []
+        serving: set[int] = set()
 
         def up() -> bool:
+            """Both workers answer (a worker still loading the application accepts nothing yet): fresh probe
+            connections land on either worker until each has answered one."""
             workers[:] = psutil.Process(master.pid).children()
             probe = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             try:
                 health(probe)
-                return len(workers) == 2
-            except OSError:
+                serving.add(owner(workers, probe))
+            except (OSError, AssertionError):
                 return False
             finally:
                 probe.close()
+            return len(workers) == 2 and len(serving) == 2
 
-        wait_until(lambda: master.poll() is not None or up(), 120, message="gunicorn")
+        wait_until(lambda: master.poll() is not None or up(), 120, interval=0.05, message="both gunicorn workers")
         assert master.poll() is None, log.read_text()
         owners = []
         for _ in range(6):  # without the spreading, each pair shares a worker half of the time

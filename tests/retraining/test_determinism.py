@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recommendations.models import EndUser, Interaction, Item, ItemFeatures, UserFeatures
+from recommendations.models import (
+    EndUser,
+    EventReceipt,
+    Interaction,
+    Item,
+    ItemFeatures,
+    PendingFold,
+    UserFeatures,
+    UserItemFirstSeen,
+)
 from recommendations.services.movielens import movielens_import
 from retraining.ml.params import TrainingParams
 from retraining.services.dataset import event_log_load
@@ -43,7 +52,8 @@ def movielens_copy_write(folder: Path, *, shuffle_seed: int | None) -> Path:
 
 
 def catalogue_clear() -> None:
-    for model in (Interaction, UserFeatures, ItemFeatures, EndUser, Item):
+    """Everything an import writes, receipts included (else the next import's events are duplicates of these)."""
+    for model in (Interaction, EventReceipt, UserItemFirstSeen, PendingFold, UserFeatures, ItemFeatures, EndUser, Item):
         model.objects.all().delete()
 
 
