@@ -116,7 +116,7 @@ class StateReplay:
             self._tracked[:] = False
             self._tracked[users] = True
         self.user_states: dict[int, features.UserState] = {}
-        self.item_states: dict[int, features.ItemState] = {}
+        self._item_rows: dict[int, list] = {}  # per item code, its state as features.item_row_apply keeps it
         self._given = item_states
         self._at = math.nan
         self._applied = 0
@@ -133,8 +133,9 @@ class StateReplay:
         """The items' states as rows of features.ITEM_STATE_COLUMNS."""
         if self._given is not None:
             return self._given.rows(codes, self._at)
+        rows = self._item_rows
         for code in self._changed:
-            self._columns[code] = features.item_state_row(self.item_states[code])
+            self._columns[code] = rows[code]
         self._changed.clear()
         return self._columns[codes]
 
@@ -144,14 +145,16 @@ class StateReplay:
     def item_state(self, code: int) -> features.ItemState:
         if self._given is not None:
             return features.item_state_of_row(self._given.rows(np.array([code]), self._at)[0])
-        return self.item_states.get(code, features.ItemState())
+        row = self._item_rows.get(code)
+        return features.item_state_of_row(row) if row is not None else features.ItemState()
 
     def run(self, query_times: np.ndarray, on_query: Callable[[int], None]) -> None:
         order = np.argsort(query_times, kind="stable")
         bounds = np.searchsorted(self.log.ts, query_times[order], side="left")
         first = self.log.first_of_pair() if self._given is None else None
         item_pks, categories = self.log.item_pks.tolist(), self.log.item_categories
-        user_states, item_states, changed = self.user_states, self.item_states, self._changed
+        user_states, item_rows, changed = self.user_states, self._item_rows, self._changed
+        user_apply, item_row_apply, item_row_new = features.user_apply, features.item_row_apply, features.item_row_new
         tracked, replay_items = self._tracked.tolist(), self._given is None
         position = self._applied
         for query, bound in zip(order.tolist(), bounds.tolist()):
@@ -168,15 +171,17 @@ class StateReplay:
                     if not (tracked[u] or replay_items):
                         continue
                     v = None if value[i] != value[i] else value[i]
-                    event = features.Event(u, item_pks[it], kinds[i], v, ts[i])
                     if tracked[u]:
-                        state = user_states.setdefault(u, features.UserState())
-                        features.user_apply(state, event, categories[it])
+                        state = user_states.get(u)
+                        if state is None:
+                            state = user_states[u] = features.UserState()
+                        user_apply(state, features.Event(u, item_pks[it], kinds[i], v, ts[i]), categories[it])
                         del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
                     if replay_items:
-                        features.item_apply(
-                            item_states.setdefault(it, features.ItemState()), event, first_of_user=firsts[i]
-                        )
+                        row = item_rows.get(it)
+                        if row is None:
+                            row = item_rows[it] = item_row_new()
+                        item_row_apply(row, kinds[i], v, ts[i], firsts[i])
                         changed.add(it)
             position = max(position, bound)
             self._at = float(query_times[query])
