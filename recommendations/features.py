@@ -291,50 +291,12 @@ _ITEM_COUNT_COLUMNS = {f.name for f in fields(ItemState) if f.type == "int"}
 
 
 def item_state_of_row(row) -> ItemState:
-    """The inverse of item_state_row (NaN -> None, counts back to int): the same state, value for value. `row`:
-    an array or a list (item_row_apply's)."""
+    """The inverse of item_state_row (NaN -> None, counts back to int): the same state, value for value."""
     values = {
         c: (None if v != v else int(v) if c in _ITEM_COUNT_COLUMNS else float(v))
-        for c, v in zip(ITEM_STATE_COLUMNS, row.tolist() if hasattr(row, "tolist") else row)
+        for c, v in zip(ITEM_STATE_COLUMNS, row.tolist())
     }
     return ItemState(**values)
-
-
-def item_row_new() -> list:
-    """An empty ItemState as a mutable row of ITEM_STATE_COLUMNS, for item_row_apply."""
-    return list(item_state_row(ItemState()))
-
-
-_RATE_7D, _RATE_30D = _rate(POPULARITY_HALF_LIVES_DAYS["7d"]), _rate(POPULARITY_HALF_LIVES_DAYS["30d"])
-
-
-def _log_add_row(a: float, b: float) -> float:
-    """log_add with NaN for None on the left (the right is always a value here)."""
-    if a != a:
-        return b
-    high, low = (a, b) if a >= b else (b, a)
-    return high + math.log1p(math.exp(low - high))
-
-
-def item_row_apply(row: list, event_type: str, value: float | None, ts: float, first_of_user: bool) -> None:
-    """item_apply on a row of ITEM_STATE_COLUMNS (NaN for None), in place: the same arithmetic in the same order,
-    so item_state_row(item_apply(state, ...)) equals the row value for value. The training replay folds every
-    event of its window through this: one list update instead of two ItemState merges and a row conversion
-    (tests/retraining/test_feature_twins.py holds the two equal)."""
-    is_rating = event_type == "rating" and value is not None
-    row[0] += 1
-    row[1] += int(is_positive(event_type, value))
-    row[2] += int(is_rating)
-    row[3] += float(value) if is_rating else 0.0
-    first, last = row[4], row[5]
-    row[4] = ts if first != first else min(first, ts)
-    row[5] = ts if last != last else max(last, ts)
-    arrival = _RATE_7D * (ts - EPOCH)
-    row[6] = _log_add_row(row[6], arrival)
-    row[7] = _log_add_row(row[7], _RATE_30D * (ts - EPOCH))
-    if first_of_user:
-        row[8] += 1
-        row[9] = _log_add_row(row[9], arrival)
 
 
 def item_state_columns(states: Iterable[ItemState]) -> np.ndarray:

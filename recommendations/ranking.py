@@ -245,20 +245,20 @@ def _recent_similarity(model: CollaborativeModel, codes: np.ndarray, user: featu
     return out
 
 
-def regressor_feature_row(
-    *,
-    user: features.UserState,
-    item: features.ItemState,
-    categories: Sequence[str],
-    at: float,
-    category_share: Mapping[str, float],
-) -> list[float]:
-    """One row in REGRESSOR_FEATURES order: the predicted rating of this user for this item at `at`."""
-    return (
-        features.item_features(item, at)
-        + features.user_features(user, at)
-        + features.pair_features(user, item, categories, at, category_share)
+def regressor_feature_matrix(
+    *, user: features.UserState, items: CandidateItems, at: float, category_share: Mapping[str, float]
+) -> np.ndarray:
+    """regressor_feature_row for many items of one user at once (the vectorized twins): rows in
+    REGRESSOR_FEATURES order, as float32 (the training replay's rating rows)."""
+    matrix = np.empty((len(items.columns), len(REGRESSOR_FEATURES)), dtype=np.float32)
+    first_user = len(features.ITEM_FEATURES)
+    first_pair = first_user + len(features.USER_FEATURES)
+    matrix[:, :first_user] = features.item_features_batch(items.columns, at)
+    matrix[:, first_user:first_pair] = features.user_features(user, at)
+    matrix[:, first_pair:] = features.pair_features_batch(
+        user, items.columns, items.categories, items.category_names, at, category_share
     )
+    return matrix
 
 
 # --- Loading and scoring ------------------------------------------------------------------------

@@ -92,13 +92,17 @@ class EventLog:
 
 
 class StateReplay:
-    """Replays a log in time order through features.user_apply / features.item_apply.
+    """Replays a log in time order through features.user_apply, with the items' states of features.item_apply.
 
     `run(query_times, on_query)` calls `on_query(index)` for each query, in time order, when exactly the
     events with ts < query time have been applied: an example at time t never sees an event at or after t.
     States are keyed by code; `user_states[u].recent_items` holds Item keys, as the online rows do.
     `candidate_items(codes)` gives the items' states as columns for the vectorized feature twins, and
     `item_state(code)` one item's state, both at the current query's time.
+
+    Items are not folded event by event: item_states_after computes, once and vectorized, every event's item
+    state right after it (the same values as item_apply, see its docstring), and a query reads each item's row
+    after its last applied event. The Python loop only folds the tracked users' events.
 
     With `item_states` (ItemStatesAt: the items' states at the query times, computed elsewhere, e.g. on a
     cluster's item partitions) the log need only hold the tracked users' events: items are not replayed.
@@ -116,16 +120,10 @@ class StateReplay:
             self._tracked[:] = False
             self._tracked[users] = True
         self.user_states: dict[int, features.UserState] = {}
-        self._item_rows: dict[int, list] = {}  # per item code, its state as features.item_row_apply keeps it
         self._given = item_states
         self._at = math.nan
         self._applied = 0
-        self._columns = (
-            None
-            if item_states is not None
-            else np.tile(features.item_state_row(features.ItemState()), (len(log.item_pks), 1))
-        )
-        self._changed: set[int] = set()
+        self._after: ItemStatesAfter | None = None
         self._category_names: dict[str, int] = {}
         self._categories = features.category_matrix(log.item_categories, self._category_names)
 
@@ -133,60 +131,105 @@ class StateReplay:
         """The items' states as rows of features.ITEM_STATE_COLUMNS."""
         if self._given is not None:
             return self._given.rows(codes, self._at)
-        rows = self._item_rows
-        for code in self._changed:
-            self._columns[code] = rows[code]
-        self._changed.clear()
-        return self._columns[codes]
+        if self._after is None:
+            self._after = item_states_after(self.log)
+        return self._after.rows(codes, self._applied)
 
     def candidate_items(self, codes: np.ndarray) -> CandidateItems:
         return CandidateItems(self.item_columns(codes), self._categories[codes], self._category_names)
 
     def item_state(self, code: int) -> features.ItemState:
-        if self._given is not None:
-            return features.item_state_of_row(self._given.rows(np.array([code]), self._at)[0])
-        row = self._item_rows.get(code)
-        return features.item_state_of_row(row) if row is not None else features.ItemState()
+        return features.item_state_of_row(self.item_columns(np.array([code]))[0])
 
     def run(self, query_times: np.ndarray, on_query: Callable[[int], None]) -> None:
         order = np.argsort(query_times, kind="stable")
         bounds = np.searchsorted(self.log.ts, query_times[order], side="left")
-        first = self.log.first_of_pair() if self._given is None else None
         item_pks, categories = self.log.item_pks.tolist(), self.log.item_categories
-        user_states, item_rows, changed = self.user_states, self._item_rows, self._changed
-        user_apply, item_row_apply, item_row_new = features.user_apply, features.item_row_apply, features.item_row_new
-        tracked, replay_items = self._tracked.tolist(), self._given is None
-        position = self._applied
+        user_states, user_apply, tracked = self.user_states, features.user_apply, self._tracked
         for query, bound in zip(order.tolist(), bounds.tolist()):
-            if bound < position:
+            if bound < self._applied:
                 raise ValueError("queries must not go back in time across calls")
-            for start in range(position, bound, REPLAY_CHUNK):
-                chunk = slice(start, min(start + REPLAY_CHUNK, bound))
+            for start in range(self._applied, bound, REPLAY_CHUNK):
+                stop = min(start + REPLAY_CHUNK, bound)
+                events = start + np.flatnonzero(tracked[self.log.user[start:stop]])
                 user, item, value, ts = (
-                    a[chunk].tolist() for a in (self.log.user, self.log.item, self.log.value, self.log.ts)
+                    a[events].tolist() for a in (self.log.user, self.log.item, self.log.value, self.log.ts)
                 )
-                kinds = [EVENT_TYPES[k] for k in self.log.event_type[chunk].tolist()]
-                firsts = first[chunk].tolist() if replay_items else None
-                for i, (u, it) in enumerate(zip(user, item)):
-                    if not (tracked[u] or replay_items):
-                        continue
-                    v = None if value[i] != value[i] else value[i]
-                    if tracked[u]:
-                        state = user_states.get(u)
-                        if state is None:
-                            state = user_states[u] = features.UserState()
-                        user_apply(state, features.Event(u, item_pks[it], kinds[i], v, ts[i]), categories[it])
-                        del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
-                    if replay_items:
-                        row = item_rows.get(it)
-                        if row is None:
-                            row = item_rows[it] = item_row_new()
-                        item_row_apply(row, kinds[i], v, ts[i], firsts[i])
-                        changed.add(it)
-            position = max(position, bound)
+                kinds = [EVENT_TYPES[k] for k in self.log.event_type[events].tolist()]
+                for u, it, kind, v, t in zip(user, item, kinds, value, ts):
+                    state = user_states.get(u)
+                    if state is None:
+                        state = user_states[u] = features.UserState()
+                    user_apply(state, features.Event(u, item_pks[it], kind, None if v != v else v, t), categories[it])
+                    del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
+            self._applied = max(self._applied, bound)
             self._at = float(query_times[query])
             on_query(query)
-        self._applied = position
+
+
+@dataclass
+class ItemStatesAfter:
+    """Every event's item state right after it (rows of features.ITEM_STATE_COLUMNS), keyed by item then event."""
+
+    keys: np.ndarray  # item * (events + 1) + event index, sorted
+    columns: np.ndarray  # [events, len(ITEM_STATE_COLUMNS)] in key order
+    n_events: int
+
+    def rows(self, codes: np.ndarray, applied: int) -> np.ndarray:
+        """The items' states once the events before index `applied` are folded: each item's row after its last
+        such event, or the empty state."""
+        base = codes.astype(np.int64) * (self.n_events + 1)
+        last = np.searchsorted(self.keys, base + applied, side="left") - 1
+        found = last >= 0
+        found[found] = self.keys[last[found]] >= base[found]
+        result = np.tile(_EMPTY_ITEM_ROW, (len(codes), 1))
+        result[found] = self.columns[last[found]]
+        return result
+
+
+_EMPTY_ITEM_ROW = np.array(features.item_state_row(features.ItemState()), dtype=np.float64)
+
+
+def item_states_after(log: EventLog) -> ItemStatesAfter:
+    """Each event's item state right after it, as features.item_apply folds the item's events in log order: the
+    counts as cumulative sums, first and last times as running min and max, and the decayed masses as running
+    np.logaddexp, which computes features.log_add's max + log1p(exp(low - high)) (tests/retraining hold the two
+    equal value for value). The floating-point sums run per item, in the fold's order."""
+    n = len(log)
+    order = np.argsort(log.item, kind="stable")
+    item = log.item[order].astype(np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], item[1:] != item[:-1]])) if n else np.empty(0, np.int64)
+    bounds = np.append(starts, n)
+    group_start = np.repeat(starts, np.diff(bounds))
+    value, ts = log.value[order].astype(np.float64), log.ts[order]
+    is_rating = log.is_rating()[order]
+    arrival = log.first_of_pair()[order]
+    column = {name: index for index, name in enumerate(features.ITEM_STATE_COLUMNS)}
+    columns = np.empty((n, len(column)), dtype=np.float64)
+
+    def running_count(flags: np.ndarray) -> np.ndarray:
+        total = np.cumsum(flags, dtype=np.int64)
+        return total - total[group_start] + flags[group_start]
+
+    columns[:, column["event_count"]] = np.arange(n) - group_start + 1
+    columns[:, column["positive_count"]] = running_count(log.positive()[order])
+    columns[:, column["rating_count"]] = running_count(is_rating)
+    columns[:, column["user_count"]] = running_count(arrival)
+    rating_added = np.where(is_rating, value, 0.0)
+    mass_7d = features.log_decay_mass(ts, features.POPULARITY_HALF_LIVES_DAYS["7d"])
+    mass_30d = features.log_decay_mass(ts, features.POPULARITY_HALF_LIVES_DAYS["30d"])
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        here = slice(start, stop)
+        columns[here, column["rating_sum"]] = np.cumsum(rating_added[here])
+        columns[here, column["first_event_at"]] = np.minimum.accumulate(ts[here])
+        columns[here, column["last_event_at"]] = np.maximum.accumulate(ts[here])
+        columns[here, column["log_pop_7d"]] = np.logaddexp.accumulate(mass_7d[here])
+        columns[here, column["log_pop_30d"]] = np.logaddexp.accumulate(mass_30d[here])
+        arrivals = np.flatnonzero(arrival[here])
+        users_7d = np.logaddexp.accumulate(mass_7d[here][arrivals])
+        latest = np.searchsorted(arrivals, np.arange(stop - start), side="right") - 1
+        columns[here, column["log_users_7d"]] = np.where(latest >= 0, users_7d[np.maximum(latest, 0)], np.nan)
+    return ItemStatesAfter(keys=item * (n + 1) + order, columns=columns, n_events=n)
 
 
 @dataclass

@@ -78,6 +78,11 @@ class EvaluationReplay:
             train_ratings = regressor_train_events(log, split, params)
             train_ratings = train_ratings[self.shard[log.user[train_ratings]]]
         self.train_ratings = train_ratings
+        # The rating rows are built per user (all of a user's rows share the label window's start): one query each.
+        rating_users = log.user[train_ratings]
+        by_user = np.argsort(rating_users, kind="stable")
+        self.rating_users, starts = np.unique(rating_users[by_user], return_index=True)
+        self.rating_rows = np.split(by_user, starts[1:]) if len(by_user) else []
         self.holdout_ratings = (
             _events_by_user(log, split.holdout & log.is_rating() & self.shard[log.user]) if with_regressor else {}
         )
@@ -91,13 +96,10 @@ class EvaluationReplay:
         self.ranked: dict[str, dict[int, np.ndarray]] = {"ranker": {}, "popularity": {}, CF_NAME: {}}
         self.pending: list[tuple[int, np.ndarray]] = []  # (user, feature matrix) awaiting one batched predict
         self.users = users
-        self.categories = dict(enumerate(log.item_categories))
 
     def _query_times(self) -> np.ndarray:
-        """Each evaluated user's holdout start, then each training rating row's label window start."""
-        return np.concatenate(
-            [self.split.cutoff[self.held_users], self.split.label_start[self.log.user[self.train_ratings]]]
-        )
+        """Each evaluated user's holdout start, then the label window start of each user with training rating rows."""
+        return np.concatenate([self.split.cutoff[self.held_users], self.split.label_start[self.rating_users]])
 
     def item_pairs(self) -> ItemStatesAt:
         """The (item, time) pairs whose states `run` reads: the ranked candidates and the held-out rated items at
@@ -112,8 +114,13 @@ class EvaluationReplay:
             for u in self.held_users.tolist()
         ]
         items = np.concatenate([*at_cutoff, self.log.item[self.train_ratings]]).astype(np.int64)
-        repeats = [len(codes) for codes in at_cutoff] + [1] * len(self.train_ratings)
-        return ItemStatesAt.asked(items, np.repeat(self._query_times(), repeats))
+        times = np.concatenate(
+            [
+                np.repeat(self.split.cutoff[self.held_users], [len(c) for c in at_cutoff]),
+                self.split.label_start[self.log.user[self.train_ratings]],
+            ]
+        )
+        return ItemStatesAt.asked(items, times)
 
     def run(self, item_states: ItemStatesAt | None = None) -> Evaluation:
         log, n_users = self.log, len(self.held_users)
@@ -137,22 +144,23 @@ class EvaluationReplay:
             regressor_holdout_events=self.holdout_events,
         )
 
-    def _regressor_row(self, u: int, item: int, at: float) -> np.ndarray:
-        return ranking.regressor_feature_row(
+    def _regressor_rows(self, u: int, events: np.ndarray, at: float) -> np.ndarray:
+        return ranking.regressor_feature_matrix(
             user=self.replay.user_states.get(u, features.UserState()),
-            item=self.replay.item_state(item),
-            categories=self.categories[item],
+            items=self.replay.candidate_items(self.log.item[events]),
             at=at,
             category_share=self.category_share,
         )
 
     def _on_user(self, u: int) -> None:
         at = float(self.split.cutoff[u])
-        for event in self.holdout_ratings.get(u, ()):
-            self.regressor_holdout[self.holdout_filled] = self._regressor_row(u, int(self.log.item[event]), at)
-            self.holdout_target[self.holdout_filled] = self.log.value[event]
-            self.holdout_events[self.holdout_filled] = event
-            self.holdout_filled += 1
+        events = np.asarray(self.holdout_ratings.get(u, ()), dtype=np.int64)
+        if len(events):
+            rows = slice(self.holdout_filled, self.holdout_filled + len(events))
+            self.regressor_holdout[rows] = self._regressor_rows(u, events, at)
+            self.holdout_target[rows] = self.log.value[events]
+            self.holdout_events[rows] = events
+            self.holdout_filled += len(events)
         if u not in self.candidates:
             return
         found = self.candidates[u]
@@ -187,11 +195,10 @@ class EvaluationReplay:
             start += len(codes)
         self.pending.clear()
 
-    def _on_rating(self, row: int) -> None:
-        event = self.train_ratings[row]
-        user = int(self.log.user[event])
-        self.regressor_train[row] = self._regressor_row(
-            user, int(self.log.item[event]), float(self.split.label_start[user])
+    def _on_rating(self, query: int) -> None:
+        user, rows = int(self.rating_users[query]), self.rating_rows[query]
+        self.regressor_train[rows] = self._regressor_rows(
+            user, self.train_ratings[rows], float(self.split.label_start[user])
         )
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from recommendations import features, ranking
+from retraining.ml.events import EVENT_TYPES, StateReplay
+from tests.retraining.factories import RawDataset, RawEvent, event_log_from
 
 CATEGORIES = ["drama", "comedy", "crime", "kids"]
 SHARE = {"drama": 0.5, "comedy": 0.3, "crime": 0.2}  # "kids" is not in the catalogue mix: no lift from it
@@ -59,26 +61,6 @@ def test_the_twins_handle_a_catalogue_without_categories():
     assert result.shape == (2, len(features.PAIR_FEATURES)) and all(math.isnan(v) for v in result.ravel())
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_item_row_apply_folds_events_into_the_same_row_as_item_apply(seed):
-    rng = np.random.default_rng(seed)
-    states = [features.ItemState() for _ in range(6)]
-    rows = [features.item_row_new() for _ in range(6)]
-    seen = set()
-    for _ in range(300):
-        kind = str(rng.choice(["view", "click", "rating", "like", "purchase", "dislike"]))
-        value = float(rng.choice([0.5, 2.0, 3.5, 4.0, 5.0])) if kind == "rating" and rng.random() < 0.9 else None
-        u, i = int(rng.integers(8)), int(rng.integers(6))
-        ts = 1.2e9 + float(rng.uniform(0, 4e8))  # out of order too: first/last and the log-adds see both
-        first = (u, i) not in seen
-        seen.add((u, i))
-        features.item_apply(states[i], features.Event(u, i, kind, value, ts), first_of_user=first)
-        features.item_row_apply(rows[i], kind, value, ts, first)
-    for state, row in zip(states, rows):
-        assert features.item_state_row(state) == pytest.approx(tuple(row), rel=0, abs=0, nan_ok=True)
-        assert features.item_state_of_row(row) == state
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_regressor_feature_matrix_equals_the_scalar_features_for_every_user_and_item(seed):
     users, items, item_categories, at = _random_history(np.random.default_rng(seed))
@@ -96,3 +78,37 @@ def test_regressor_feature_matrix_equals_the_scalar_features_for_every_user_and_
         ]
         assert matrix.dtype == np.float32 and matrix.shape == (len(items), len(ranking.REGRESSOR_FEATURES))
         np.testing.assert_allclose(matrix, np.array(scalar, dtype=np.float32), rtol=1e-6, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_replays_item_states_equal_item_apply_folding_the_events_before_each_query(seed):
+    rng = np.random.default_rng(seed)
+    kinds = ["view", "click", "rating", "like", "purchase", "dislike"]
+    events = [
+        RawEvent(
+            int(rng.integers(6)),
+            int(rng.integers(8)),
+            kind := str(rng.choice(kinds)),
+            float(rng.choice([0.5, 2.0, 4.0, 5.0])) if kind == "rating" and rng.random() < 0.9 else None,
+            1.6e9 + float(rng.integers(0, 400)) * 3600.0,  # repeated times: ties between events and with queries
+        )
+        for _ in range(500)
+    ]
+    log = event_log_from(RawDataset(6, [("drama",)] * 10, events))
+    queries = np.sort(rng.choice(np.unique(log.ts), 12, replace=False))
+    replay = StateReplay(log, users=np.empty(0, dtype=np.int64))
+    seen = []
+    replay.run(
+        queries, lambda q: seen.append((replay.item_columns(np.arange(10)), [*map(replay.item_state, range(10))]))
+    )
+    for at, (columns, one_by_one) in zip(queries, seen):
+        states, first = [features.ItemState() for _ in range(10)], set()
+        for u, it, kind, value, ts in zip(
+            *(a.tolist() for a in (log.user, log.item, log.event_type, log.value, log.ts))
+        ):
+            if ts < at:
+                event = features.Event(u, it + 1, EVENT_TYPES[kind], None if value != value else value, ts)
+                features.item_apply(states[it], event, first_of_user=(u, it) not in first)
+                first.add((u, it))
+        np.testing.assert_array_equal(columns, features.item_state_columns(states))
+        assert one_by_one == states

@@ -19,7 +19,6 @@ def _features_at(log, model, user, at, candidates):
     """Ranker and regressor features of `user` at `at`, as the dataset builder computes them."""
     result = {}
     replay = StateReplay(log)
-    categories = dict(enumerate(log.item_categories))
 
     def on_query(_):
         state = replay.user_states.get(user, features.UserState())
@@ -31,17 +30,8 @@ def _features_at(log, model, user, at, candidates):
             at=at,
             category_share=log.category_share(),
         )
-        result["regressor"] = np.array(
-            [
-                ranking.regressor_feature_row(
-                    user=state,
-                    item=replay.item_states.get(int(c), features.ItemState()),
-                    categories=categories[int(c)],
-                    at=at,
-                    category_share=log.category_share(),
-                )
-                for c in candidates.codes
-            ]
+        result["regressor"] = ranking.regressor_feature_matrix(
+            user=state, items=replay.candidate_items(candidates.codes), at=at, category_share=log.category_share()
         )
 
     replay.run(np.array([at]), on_query)
