@@ -41,6 +41,7 @@ class TrainingResult:
     output_dir: Path | None
     manifest: dict
     segments: dict = field(default_factory=dict)  # retraining.ml.segments.segments_table of the holdout
+    stage_cpu_s: dict = field(default_factory=dict)  # this process's CPU seconds per stage (profiling.Stages)
 
     def summary(self) -> dict:
         """The `train --json` contract."""
@@ -52,6 +53,7 @@ class TrainingResult:
             "timings_s": self.timings_s,
             "peak_memory_mb": self.peak_memory_mb,
             "stage_peak_memory_mb": self.stage_peak_memory_mb,
+            "stage_cpu_s": self.stage_cpu_s,
             "output_dir": str(self.output_dir) if self.output_dir else None,
         }
 
@@ -137,6 +139,7 @@ def model_train(
         output_dir=Path(output_dir) if output_dir is not None else None,
         manifest=manifest,
         segments=segments,
+        stage_cpu_s=dict(stages.cpu_s),
     )
 
 
