@@ -25,6 +25,18 @@ def collaborative_fit(*, log: EventLog, mask: np.ndarray, n_modelled: int, l2: f
     Popularity and the modelled items count distinct users, not events: a user repeating events on an item
     counts once, so that one client cannot make an item the most popular (the most-popular baseline and the
     popularity candidates)."""
+    return _collaborative_fits(log, mask, n_modelled, l2, item_knn=False)[0]
+
+
+def collaborative_and_item_knn_fit(
+    *, log: EventLog, mask: np.ndarray, n_modelled: int, l2: float
+) -> tuple[CollaborativeModel, CollaborativeModel]:
+    """collaborative_fit, and the item-kNN baseline's model over the same modelled items (for item_knn_lists):
+    item-item cosine similarity from the same X'X, computed once for both."""
+    return _collaborative_fits(log, mask, n_modelled, l2, item_knn=True)
+
+
+def _collaborative_fits(log: EventLog, mask: np.ndarray, n_modelled: int, l2: float, *, item_knn: bool):
     n_items = len(log.item_pks)
     users, items = log.user[mask], log.item[mask]
     reach = _distinct_users(users, items, n_items)
@@ -32,13 +44,10 @@ def collaborative_fit(*, log: EventLog, mask: np.ndarray, n_modelled: int, l2: f
     popularity = _distinct_users(users[positive], items[positive], n_items) + reach / (reach.max(initial=0.0) + 1.0)
     eligible = np.flatnonzero(log.item_active & (reach > 0))
     modelled = eligible[np.lexsort((eligible, -reach[eligible]))[:n_modelled]].astype(np.int32)
-    return CollaborativeModel(
-        item_pks=log.item_pks,
-        active=log.item_active,
-        modelled=modelled,
-        weights=_ease_weights(users, items, modelled, n_items, len(log.user_pks), l2),
-        popularity=popularity,
-    )
+    ease, similarity = _ease_weights(users, items, modelled, n_items, len(log.user_pks), l2, item_knn=item_knn)
+    models = dict(item_pks=log.item_pks, active=log.item_active, modelled=modelled, popularity=popularity)
+    knn = CollaborativeModel(weights=similarity, **models) if item_knn else None
+    return CollaborativeModel(weights=ease, **models), knn
 
 
 def _distinct_users(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
@@ -60,40 +69,36 @@ def _gram(users, items, modelled, n_items, n_users) -> np.ndarray:
     return (matrix.T @ matrix).toarray()
 
 
-def _ease_weights(users, items, modelled, n_items, n_users, l2) -> np.ndarray:
+def _ease_weights(
+    users, items, modelled, n_items, n_users, l2, *, item_knn: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """EASE's B, and with `item_knn` the cosine similarity from the same X'X (computed before EASE overwrites it)."""
     gram = _gram(users, items, modelled, n_items, n_users)
+    similarity = _cosine_similarity(gram) if item_knn else None
     gram[np.diag_indices_from(gram)] += l2
     inverse = np.linalg.inv(gram)
     del gram
     weights = inverse / -np.diag(inverse)
     weights[np.diag_indices_from(weights)] = 0.0
-    return weights.astype(np.float32)
+    return weights.astype(np.float32), similarity
 
 
-def item_knn_lists(
-    *,
-    log: EventLog,
-    mask: np.ndarray,
-    model: CollaborativeModel,
-    histories: list[np.ndarray],
-    users: np.ndarray,
-    k: int,
-) -> list[np.ndarray]:
-    """The item-kNN baseline's top-k per user: item-item cosine similarity on the binary user x item matrix
-    of the events in `mask` (over the collaborative model's modelled items, as EASE), a user's score for an
-    item the sum of its similarities to the items in the user's history; seen and inactive items excluded."""
-    gram = _gram(log.user[mask], log.item[mask], model.modelled, len(log.item_pks), len(log.user_pks))
+def _cosine_similarity(gram: np.ndarray) -> np.ndarray:
+    """Item-item cosine similarity from X'X of the binary matrix, zero diagonal (float32)."""
     norms = np.sqrt(np.diag(gram))
     with np.errstate(divide="ignore", invalid="ignore"):
         similarity = np.nan_to_num(gram / np.outer(norms, norms)).astype(np.float32)
     similarity[np.diag_indices_from(similarity)] = 0.0
-    knn = CollaborativeModel(
-        item_pks=model.item_pks,
-        active=model.active,
-        modelled=model.modelled,
-        weights=similarity,
-        popularity=model.popularity,
-    )
+    return similarity
+
+
+def item_knn_lists(
+    *, knn: CollaborativeModel, histories: list[np.ndarray], users: np.ndarray, k: int
+) -> list[np.ndarray]:
+    """The item-kNN baseline's top-k per user, `knn` from collaborative_and_item_knn_fit: item-item cosine
+    similarity on the binary user x item matrix of the fitted events (over the collaborative model's modelled
+    items, as EASE), a user's score for an item the sum of its similarities to the items in the user's history;
+    seen and inactive items excluded."""
     lists = []
     for start in range(0, len(users), CANDIDATE_BATCH):
         batch = users[start : start + CANDIDATE_BATCH]

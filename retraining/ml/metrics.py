@@ -149,9 +149,10 @@ def bias_fit(
     user_count = np.bincount(user, minlength=n_users) + l2
     item_count = np.bincount(item, minlength=n_items) + l2
     user_bias, item_bias = np.zeros(n_users), np.zeros(n_items)
+    centered = rating - mean  # rating - mean - bias is (rating - mean) - bias: the first difference once
     for _ in range(BIAS_SWEEPS):
-        item_bias = np.bincount(item, rating - mean - user_bias[user], minlength=n_items) / item_count
-        user_bias = np.bincount(user, rating - mean - item_bias[item], minlength=n_users) / user_count
+        item_bias = np.bincount(item, centered - user_bias[user], minlength=n_items) / item_count
+        user_bias = np.bincount(user, centered - item_bias[item], minlength=n_users) / user_count
     return BiasModel(mean=mean, user_bias=user_bias, item_bias=item_bias, l2=l2)
 
 

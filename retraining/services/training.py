@@ -15,7 +15,7 @@ from typing import TextIO
 
 from recommendations import ranking
 from retraining.ml import profiling, tuning
-from retraining.ml.candidates import collaborative_fit, item_knn_lists
+from retraining.ml.candidates import collaborative_and_item_knn_fit, collaborative_fit, item_knn_lists
 from retraining.ml.events import EventLog
 from retraining.ml.manifest import Manifest, dataset_statistics, training_window
 from retraining.ml.metrics import CF_NAME, KNN_NAME, candidate_recall, ranking_metrics_at
@@ -176,11 +176,11 @@ def _models_train(
     with stages.stage("ranker_fit"):
         ranker = steps.ranker_fit(examples, selection.params)
     with stages.stage("candidates_training_portion"):
-        model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
+        model, knn = _training_portion_fit(log, split, params, item_knn=item_knn)
     with stages.stage("evaluation_replay"):
         evaluation = steps.evaluation(params, category_share, model, ranker, with_regressor=True)
         if item_knn:
-            _item_knn_add(evaluation, log, split, model, params)
+            _item_knn_add(evaluation, log, split, knn, params)
     with stages.stage("regressor_fit"):
         rating_model = steps.rating_model_fit(evaluation, params, inner_model)
     return ranker, rating_model, model, examples, evaluation, selection
@@ -220,10 +220,10 @@ def baselines_evaluate(
             log = log if log is not None else event_log_load(until=until)
             split = split_compute(log, params)
         with stages.stage("candidates_training_portion"):
-            model = collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
+            model, knn = _training_portion_fit(log, split, params, item_knn=True)
         with stages.stage("evaluation"):
             evaluation = evaluation_run(log, split, params, {}, model, None, with_regressor=False)
-            _item_knn_add(evaluation, log, split, model, params)
+            _item_knn_add(evaluation, log, split, knn, params)
             baselines = {name: _ranked_metrics(evaluation, log, params, name) for name in evaluation.ranked}
     return {
         "baselines": baselines,
@@ -233,17 +233,19 @@ def baselines_evaluate(
     }
 
 
+def _training_portion_fit(log: EventLog, split: Split, params: TrainingParams, *, item_knn: bool):
+    """EASE on the training portion, and the item-kNN baseline's model (None unless `item_knn`) from the same X'X."""
+    if not item_knn:
+        return collaborative_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2), None
+    return collaborative_and_item_knn_fit(log=log, mask=split.train, n_modelled=params.ease_items, l2=params.ease_l2)
+
+
 def _item_knn_add(
-    evaluation: Evaluation, log: EventLog, split: Split, model: ranking.CollaborativeModel, params: TrainingParams
+    evaluation: Evaluation, log: EventLog, split: Split, knn: ranking.CollaborativeModel, params: TrainingParams
 ) -> None:
     """The item-kNN baseline's lists for the evaluated users, fitted on the training portion as EASE is."""
     evaluation.ranked[KNN_NAME] = item_knn_lists(
-        log=log,
-        mask=split.train,
-        model=model,
-        histories=histories_by_user(log, split.train),
-        users=evaluation.users,
-        k=params.k,
+        knn=knn, histories=histories_by_user(log, split.train), users=evaluation.users, k=params.k
     )
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from recommendations.ranking import SOURCE_COLLABORATIVE, SOURCE_POPULAR, Candidates
-from retraining.ml.candidates import collaborative_fit, item_knn_lists
+from retraining.ml.candidates import collaborative_and_item_knn_fit, item_knn_lists
 from retraining.ml.metrics import candidate_order, candidate_recall
 from tests.retraining.factories import RawDataset, RawEvent, event_log_from
 
@@ -24,9 +24,9 @@ def test_item_knn_recommends_the_unseen_item_most_similar_by_cosine_to_the_users
     histories = [[0, 1]] * 4 + [[0, 2], [2, 3], [2, 3], [2, 3], [0]]
     log = _log(histories, n_items=4)
     everything = np.ones(len(log), dtype=bool)
-    model = collaborative_fit(log=log, mask=everything, n_modelled=10, l2=1.0)
+    _, knn = collaborative_and_item_knn_fit(log=log, mask=everything, n_modelled=10, l2=1.0)
     seen = [np.array([0]), np.array([2])]
-    lists = item_knn_lists(log=log, mask=everything, model=model, histories=seen, users=np.array([0, 1]), k=2)
+    lists = item_knn_lists(knn=knn, histories=seen, users=np.array([0, 1]), k=2)
     # cos(0,1) = 4/sqrt(6*4) = 0.82 > cos(0,2) = 1/sqrt(6*4) = 0.20; from item 2: item 3 (0.87) before item 0
     assert lists[0].tolist() == [1, 2]
     assert lists[1].tolist() == [3, 0]
@@ -35,10 +35,8 @@ def test_item_knn_recommends_the_unseen_item_most_similar_by_cosine_to_the_users
 def test_item_knn_never_recommends_a_seen_or_inactive_item():
     log = _log([[0, 1, 2]] * 3 + [[1, 3]], n_items=4, inactive=(2,))
     everything = np.ones(len(log), dtype=bool)
-    model = collaborative_fit(log=log, mask=everything, n_modelled=10, l2=1.0)
-    lists = item_knn_lists(
-        log=log, mask=everything, model=model, histories=[np.array([0, 1])], users=np.array([0]), k=10
-    )
+    _, knn = collaborative_and_item_knn_fit(log=log, mask=everything, n_modelled=10, l2=1.0)
+    lists = item_knn_lists(knn=knn, histories=[np.array([0, 1])], users=np.array([0]), k=10)
     assert lists[0].tolist() == [3]
 
 
