@@ -1,8 +1,9 @@
 """The event log as compact arrays, and a point-in-time replay of it through the shared feature definitions.
 
 Memory: one event costs 29 bytes in the arrays (int64 key, int32 user and item codes, int8 type, float32
-value, float64 time), so 1M events take ~29 MB. The replay keeps one UserState per user and one ItemState
-per item. Loading the log from the database is retraining.services.dataset's job.
+value, float64 time), so 1M events take ~29 MB. The replay keeps every event of its window's item state
+(item_states_after: 88 bytes per event) and builds a user's state when asked. Loading the log from the database
+is retraining.services.dataset's job.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from recommendations.ranking import RECENT_ITEMS_FOR_SIMILARITY, CandidateItems
 # the two equal). An event's type is stored as its index here.
 EVENT_TYPES = ["view", "click", "like", "rating", "purchase", "dislike"]
 EVENT_TYPE_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
-REPLAY_CHUNK = 65_536  # events turned into Python values at once by StateReplay
 
 
 @dataclass
@@ -92,38 +92,31 @@ class EventLog:
 
 
 class StateReplay:
-    """Replays a log in time order through features.user_apply, with the items' states of features.item_apply.
+    """The users' and items' states at query times, as a replay of the log through features.user_apply and
+    features.item_apply would hold them.
 
     `run(query_times, on_query)` calls `on_query(index)` for each query, in time order, when exactly the
-    events with ts < query time have been applied: an example at time t never sees an event at or after t.
-    States are keyed by code; `user_states[u].recent_items` holds Item keys, as the online rows do.
-    `candidate_items(codes)` gives the items' states as columns for the vectorized feature twins, and
-    `item_state(code)` one item's state, both at the current query's time.
+    events with ts < query time count: an example at time t never sees an event at or after t. At a query,
+    `user_state(u)` is the user's state (`recent_items` holding Item keys, as the online rows do),
+    `candidate_items(codes)` the items' states as columns for the vectorized feature twins and `item_state(code)`
+    one item's state.
 
-    Items are not folded event by event: item_states_after computes, once and vectorized, every event's item
-    state right after it (the same values as item_apply, see its docstring), and a query reads each item's row
-    after its last applied event. The Python loop only folds the tracked users' events.
+    Nothing is folded event by event in Python. A user's state is computed when asked, from that user's events
+    before the query (user_state_of: the same values as user_apply folding them in log order); the items' states
+    come from item_states_after, computed once: every event's item state right after it.
 
     With `item_states` (ItemStatesAt: the items' states at the query times, computed elsewhere, e.g. on a
-    cluster's item partitions) the log need only hold the tracked users' events: items are not replayed.
+    cluster's item partitions) the log need only hold the asked users' events: items are not replayed.
 
-    Users' `recent_items` are cut to the RECENT_ITEMS_FOR_SIMILARITY newest after each event: the ranker
-    reads no more, and the newest n of a list are the newest n of its newest n plus the new event, so the
-    kept prefix equals the online one while each insertion stays O(n) instead of O(50). The log's columns
-    are turned into Python values a chunk at a time, so that the replay adds little to the arrays' memory."""
+    Users' `recent_items` hold the RECENT_ITEMS_FOR_SIMILARITY newest: the ranker reads no more."""
 
-    def __init__(self, log: EventLog, *, users: np.ndarray | None = None, item_states: ItemStatesAt | None = None):
-        """`users`: the only users whose states are needed (default: all)."""
+    def __init__(self, log: EventLog, *, item_states: ItemStatesAt | None = None):
         self.log = log
-        self._tracked = np.ones(len(log.user_pks), dtype=bool)
-        if users is not None:
-            self._tracked[:] = False
-            self._tracked[users] = True
-        self.user_states: dict[int, features.UserState] = {}
         self._given = item_states
         self._at = math.nan
         self._applied = 0
         self._after: ItemStatesAfter | None = None
+        self._users: UserEvents | None = None
         self._category_names: dict[str, int] = {}
         self._categories = features.category_matrix(log.item_categories, self._category_names)
 
@@ -141,30 +134,67 @@ class StateReplay:
     def item_state(self, code: int) -> features.ItemState:
         return features.item_state_of_row(self.item_columns(np.array([code]))[0])
 
+    def user_state(self, user: int) -> features.UserState:
+        if self._users is None:
+            self._users = UserEvents(self.log, self._categories, self._category_names)
+        return self._users.state(user, self._applied)
+
     def run(self, query_times: np.ndarray, on_query: Callable[[int], None]) -> None:
         order = np.argsort(query_times, kind="stable")
         bounds = np.searchsorted(self.log.ts, query_times[order], side="left")
-        item_pks, categories = self.log.item_pks.tolist(), self.log.item_categories
-        user_states, user_apply, tracked = self.user_states, features.user_apply, self._tracked
         for query, bound in zip(order.tolist(), bounds.tolist()):
             if bound < self._applied:
                 raise ValueError("queries must not go back in time across calls")
-            for start in range(self._applied, bound, REPLAY_CHUNK):
-                stop = min(start + REPLAY_CHUNK, bound)
-                events = start + np.flatnonzero(tracked[self.log.user[start:stop]])
-                user, item, value, ts = (
-                    a[events].tolist() for a in (self.log.user, self.log.item, self.log.value, self.log.ts)
-                )
-                kinds = [EVENT_TYPES[k] for k in self.log.event_type[events].tolist()]
-                for u, it, kind, v, t in zip(user, item, kinds, value, ts):
-                    state = user_states.get(u)
-                    if state is None:
-                        state = user_states[u] = features.UserState()
-                    user_apply(state, features.Event(u, item_pks[it], kind, None if v != v else v, t), categories[it])
-                    del state.recent_items[RECENT_ITEMS_FOR_SIMILARITY:]
-            self._applied = max(self._applied, bound)
+            self._applied = bound
             self._at = float(query_times[query])
             on_query(query)
+
+
+class UserEvents:
+    """Each user's events (indexes into the log, in log order), and a user's state from those before an index."""
+
+    def __init__(self, log: EventLog, categories: np.ndarray, category_names: dict[str, int]):
+        self.log, self.categories = log, categories
+        self.names = sorted(category_names, key=category_names.get)
+        self.by_user = np.argsort(log.user, kind="stable")
+        self.bounds = np.searchsorted(log.user[self.by_user], np.arange(len(log.user_pks) + 1))
+        self.is_rating, self.positive = log.is_rating(), log.positive()
+
+    def state(self, user: int, applied: int) -> features.UserState:
+        """What features.user_apply gives folding the user's events with index < `applied` in log order (the log
+        is in time order): counts, the ratings' running sum in that order, first and last times, the newest items
+        (the fold puts an event after the ones with the same time before it) and the categories' counts and
+        latest times, an item's categories counted as often as it lists them."""
+        log = self.log
+        mine = self.by_user[self.bounds[user] : self.bounds[user + 1]]
+        events = mine[: np.searchsorted(mine, applied)]
+        state = features.UserState()
+        if not len(events):
+            return state
+        ts = log.ts[events]
+        kinds = np.bincount(log.event_type[events], minlength=len(EVENT_TYPES))
+        rated = events[self.is_rating[events]]
+        state.event_count = len(events)
+        state.counts_by_type = {EVENT_TYPES[k]: n for k, n in enumerate(kinds.tolist()) if n}
+        state.positive_count = int(np.count_nonzero(self.positive[events]))
+        state.rating_count = len(rated)
+        state.rating_sum = float(np.cumsum(log.value[rated].astype(np.float64))[-1]) if len(rated) else 0.0
+        state.first_seen, state.last_seen = float(ts.min()), float(ts.max())
+        newest = np.searchsorted(ts, ts[max(0, len(ts) - RECENT_ITEMS_FOR_SIMILARITY)], side="left")
+        recent = np.lexsort((np.arange(newest, len(ts)), -ts[newest:]))[:RECENT_ITEMS_FOR_SIMILARITY] + newest
+        item_pks = log.item_pks[log.item[events[recent]]]
+        state.recent_items = [[pk, at] for pk, at in zip(item_pks.tolist(), ts[recent].tolist())]
+        categories = self.categories[log.item[events]]
+        listed = categories >= 0
+        if listed.any():
+            codes = categories[listed]
+            counts = np.bincount(codes, minlength=len(self.names))
+            latest = np.full(len(self.names), -np.inf)
+            np.maximum.at(latest, codes, np.broadcast_to(ts[:, None], categories.shape)[listed])
+            present = np.flatnonzero(counts).tolist()
+            state.category_counts = {self.names[c]: int(counts[c]) for c in present}
+            state.category_last_seen = {self.names[c]: float(latest[c]) for c in present}
+        return state
 
 
 @dataclass
@@ -281,7 +311,7 @@ def item_states_answer(log: EventLog, items: np.ndarray, times: np.ndarray) -> n
     """The state of each item at each time (pairs in any order), from a replay of `log`, which must hold every
     event of these items (an item partition of the log): the same per-item sequence of item_apply as a
     replay of the whole log, so the same values."""
-    replay = StateReplay(log, users=np.empty(0, dtype=np.int64))
+    replay = StateReplay(log)
     distinct, which = np.unique(times, return_inverse=True)
     order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(len(distinct) + 1))

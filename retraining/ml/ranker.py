@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import lightgbm as lgb
 import numpy as np
 
-from recommendations import features, ranking
+from recommendations import ranking
 from retraining.ml.candidates import candidates_for, collaborative_fit
 from retraining.ml.events import EventLog, ItemStatesAt, StateReplay
 from retraining.ml.params import TrainingParams
@@ -149,7 +149,7 @@ class RankerQueries:
         users, split, candidates = self.users, self.split, self.candidates
         blocks: list[np.ndarray | None] = [None] * len(users)
         labels: list[np.ndarray | None] = [None] * len(users)
-        replay = StateReplay(self.log.subset(split.fit), users=users, item_states=item_states)
+        replay = StateReplay(self.log.subset(split.fit), item_states=item_states)
 
         def on_query(index: int) -> None:
             u, found = int(users[index]), candidates[index]
@@ -157,7 +157,7 @@ class RankerQueries:
             blocks[index] = ranking.ranker_feature_matrix(
                 self.model,
                 candidates=found,
-                user=replay.user_states.get(u, features.UserState()),
+                user=replay.user_state(u),
                 items=replay.candidate_items(found.codes),
                 at=float(split.label_start[u]),
                 category_share=category_share,

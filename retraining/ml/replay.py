@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 
-from recommendations import features, ranking
+from recommendations import ranking
 from retraining.ml.candidates import candidates_for
 from retraining.ml.events import EventLog, ItemStatesAt, StateReplay
 from retraining.ml.metrics import CF_NAME, baseline_lists, candidate_order
@@ -95,7 +95,6 @@ class EvaluationReplay:
         self.holdout_filled = 0
         self.ranked: dict[str, dict[int, np.ndarray]] = {"ranker": {}, "popularity": {}, CF_NAME: {}}
         self.pending: list[tuple[int, np.ndarray]] = []  # (user, feature matrix) awaiting one batched predict
-        self.users = users
 
     def _query_times(self) -> np.ndarray:
         """Each evaluated user's holdout start, then the label window start of each user with training rating rows."""
@@ -124,7 +123,7 @@ class EvaluationReplay:
 
     def run(self, item_states: ItemStatesAt | None = None) -> Evaluation:
         log, n_users = self.log, len(self.held_users)
-        self.replay = StateReplay(log.subset(self.split.train), users=self.users, item_states=item_states)
+        self.replay = StateReplay(log.subset(self.split.train), item_states=item_states)
         self.replay.run(
             self._query_times(),
             lambda q: self._on_user(int(self.held_users[q])) if q < n_users else self._on_rating(q - n_users),
@@ -146,7 +145,7 @@ class EvaluationReplay:
 
     def _regressor_rows(self, u: int, events: np.ndarray, at: float) -> np.ndarray:
         return ranking.regressor_feature_matrix(
-            user=self.replay.user_states.get(u, features.UserState()),
+            user=self.replay.user_state(u),
             items=self.replay.candidate_items(self.log.item[events]),
             at=at,
             category_share=self.category_share,
@@ -173,7 +172,7 @@ class EvaluationReplay:
                     ranking.ranker_feature_matrix(
                         self.model,
                         candidates=found,
-                        user=self.replay.user_states.get(u, features.UserState()),
+                        user=self.replay.user_state(u),
                         items=self.replay.candidate_items(found.codes),
                         at=at,
                         category_share=self.category_share,

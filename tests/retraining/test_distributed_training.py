@@ -205,7 +205,7 @@ def test_item_states_answered_by_an_item_partition_are_those_of_a_replay_of_the_
     columns = item_states_answer(partition, pair_items, pair_times)
     answered = asked.answered([columns[:100], columns[100:]])  # as the pieces of two partitions
 
-    whole = StateReplay(log.subset(split.fit), users=np.empty(0, dtype=np.int64))
+    whole = StateReplay(log.subset(split.fit))
     expected = {}
     distinct = np.unique(times)
     whole.run(distinct, lambda q: expected.update({distinct[q]: whole.item_columns(items[times == distinct[q]])}))

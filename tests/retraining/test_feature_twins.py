@@ -81,7 +81,7 @@ def test_regressor_feature_matrix_equals_the_scalar_features_for_every_user_and_
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_the_replays_item_states_equal_item_apply_folding_the_events_before_each_query(seed):
+def test_the_replays_states_equal_user_apply_and_item_apply_folding_the_events_before_each_query(seed):
     rng = np.random.default_rng(seed)
     kinds = ["view", "click", "rating", "like", "purchase", "dislike"]
     events = [
@@ -94,21 +94,30 @@ def test_the_replays_item_states_equal_item_apply_folding_the_events_before_each
         )
         for _ in range(500)
     ]
-    log = event_log_from(RawDataset(6, [("drama",)] * 10, events))
+    categories = [("drama",), ("drama", "crime"), (), ("comedy", "comedy")] + [("kids",)] * 6
+    log = event_log_from(RawDataset(6, categories, events))
     queries = np.sort(rng.choice(np.unique(log.ts), 12, replace=False))
-    replay = StateReplay(log, users=np.empty(0, dtype=np.int64))
+    replay = StateReplay(log)
     seen = []
-    replay.run(
-        queries, lambda q: seen.append((replay.item_columns(np.arange(10)), [*map(replay.item_state, range(10))]))
-    )
-    for at, (columns, one_by_one) in zip(queries, seen):
-        states, first = [features.ItemState() for _ in range(10)], set()
+
+    def on_query(_):
+        items = [replay.item_state(code) for code in range(10)]
+        seen.append((replay.item_columns(np.arange(10)), items, [replay.user_state(u) for u in range(6)]))
+
+    replay.run(queries, on_query)
+    for at, (columns, items, users) in zip(queries, seen):
+        item_states, first = [features.ItemState() for _ in range(10)], set()
+        user_states = [features.UserState() for _ in range(6)]
         for u, it, kind, value, ts in zip(
             *(a.tolist() for a in (log.user, log.item, log.event_type, log.value, log.ts))
         ):
             if ts < at:
                 event = features.Event(u, it + 1, EVENT_TYPES[kind], None if value != value else value, ts)
-                features.item_apply(states[it], event, first_of_user=(u, it) not in first)
+                features.item_apply(item_states[it], event, first_of_user=(u, it) not in first)
+                features.user_apply(user_states[u], event, categories[it])
                 first.add((u, it))
-        np.testing.assert_array_equal(columns, features.item_state_columns(states))
-        assert one_by_one == states
+        np.testing.assert_array_equal(columns, features.item_state_columns(item_states))
+        assert items == item_states
+        for state in user_states:  # the replay keeps the newest items the ranker reads
+            del state.recent_items[ranking.RECENT_ITEMS_FOR_SIMILARITY :]
+        assert users == user_states

@@ -21,7 +21,7 @@ def _features_at(log, model, user, at, candidates):
     replay = StateReplay(log)
 
     def on_query(_):
-        state = replay.user_states.get(user, features.UserState())
+        state = replay.user_state(user)
         result["ranker"] = ranking.ranker_feature_matrix(
             model,
             candidates=candidates,
@@ -156,11 +156,10 @@ def test_a_replay_of_some_users_gives_them_the_online_states_and_every_item_its_
         features.item_apply(online_items[item], event, first_of_user=first[u, item] == log.event_pk[i])
         if u in online_users:
             features.user_apply(online_users[u], event, log.item_categories[item])
-    replay = StateReplay(log, users=tracked)
-    replay.run(np.array([at]), lambda _: None)
-    assert replay.user_states.keys() == online_users.keys()
+    replay, states = StateReplay(log), {}
+    replay.run(np.array([at]), lambda _: states.update({u: replay.user_state(u) for u in online_users}))
     for user, online in online_users.items():
-        state = replay.user_states[user]
+        state = states[user]
         assert state.recent_items == online.recent_items[: ranking.RECENT_ITEMS_FOR_SIMILARITY]
         state.recent_items = online.recent_items
         assert state == online
