@@ -179,23 +179,19 @@ class UserState:
 
 
 def user_apply(state: UserState, event: Event, item_categories: Iterable[str]) -> UserState:
-    """Fold one event of this user into `state` in place; events may arrive in any order. (Written with locals:
-    the training replay folds every event of its window through it.)"""
-    kind, value, ts = event.event_type, event.value, event.ts
+    """Fold one event of this user into `state` in place; events may arrive in any order."""
     state.event_count += 1
-    counts = state.counts_by_type
-    counts[kind] = counts.get(kind, 0) + 1
-    state.positive_count += int(is_positive(kind, value))
-    if kind == "rating" and value is not None:
+    state.counts_by_type[event.event_type] = state.counts_by_type.get(event.event_type, 0) + 1
+    state.positive_count += int(is_positive(event.event_type, event.value))
+    if event.event_type == "rating" and event.value is not None:
         state.rating_count += 1
-        state.rating_sum += float(value)
-    state.first_seen = _min(state.first_seen, ts)
-    state.last_seen = _max(state.last_seen, ts)
-    _remember_recent(state.recent_items, event.item_id, ts)
-    category_counts, category_last_seen = state.category_counts, state.category_last_seen
+        state.rating_sum += float(event.value)
+    state.first_seen = _min(state.first_seen, event.ts)
+    state.last_seen = _max(state.last_seen, event.ts)
+    _remember_recent(state.recent_items, event.item_id, event.ts)
     for category in item_categories:
-        category_counts[category] = category_counts.get(category, 0) + 1
-        category_last_seen[category] = _max(category_last_seen.get(category), ts)
+        state.category_counts[category] = state.category_counts.get(category, 0) + 1
+        state.category_last_seen[category] = _max(state.category_last_seen.get(category), event.ts)
     return state
 
 
