@@ -85,6 +85,27 @@ def test_event_receipts_are_new_once_whatever_the_order():
     assert EventReceipt.objects.get(event_id=three).received_at == T0
 
 
+def test_imported_rows_are_stored_once_in_the_chunks_order_and_only_when_their_ids_are_new():
+    users, items = sql.users_insert(external_ids=["u", "v"]), {"i1": Item.objects.create(external_id="i1").pk}
+    ids = [uuid.UUID(int=n) for n in (7, 3, 5)]  # the chunk's order is not the ids' order
+    rows = [
+        (ids[0], users["u"], items["i1"], "rating", 4.5, T0),
+        (ids[1], users["v"], items["i1"], "rating", None, T0 + timedelta(seconds=1)),
+        (ids[2], users["u"], items["i1"], "view", 1.0, T0 + timedelta(days=40)),
+    ]
+    received = T0 + timedelta(days=50)
+    sql.event_receipts_insert(event_ids=[ids[2]], received_at=received)  # received before: skipped
+    assert sql.interactions_import(rows=rows, received_at=received) == 2
+    stored = list(
+        Interaction.objects.order_by("pk").values_list("event_id", "user_id", "event_type", "value", "timestamp")
+    )
+    assert stored == [(ids[0], users["u"], "rating", 4.5, T0), (ids[1], users["v"], "rating", None, rows[1][5])]
+    assert set(Interaction.objects.values_list("received_at", flat=True)) == {received}
+    assert sql.interactions_import(rows=rows, received_at=received) == 0  # a second import of the same chunk
+    assert Interaction.objects.count() == 2 and EventReceipt.objects.count() == 3
+    assert sql.interactions_import(rows=[], received_at=received) == 0
+
+
 def test_a_user_item_pair_is_first_seen_once_at_the_event_given():
     user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1")
     other = Item.objects.create(external_id="i2")
