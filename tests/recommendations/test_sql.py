@@ -219,8 +219,8 @@ def test_user_deltas_merged_in_any_order_equal_one_fold_of_all_the_events():
         for m in minutes
     ]
     half = len(events) // 2
-    sql.user_deltas_upsert(rows=[_delta_row(user, events[:half])])
-    sql.user_deltas_upsert(rows=[_delta_row(user, events[half:])])
+    sql.user_deltas_upsert(deltas=[(user.pk, _delta_row(user, events[:half]).state())])
+    sql.user_deltas_upsert(deltas=[(user.pk, _delta_row(user, events[half:]).state())])
     assert UserFeatures.objects.get(pk=user.pk).state() == _delta_row(user, events).state()
 
 
