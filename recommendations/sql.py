@@ -385,12 +385,39 @@ def user_rows_write(*, rows: list[UserFeatures]) -> None:
     _user_rows_upsert(_USER_REPLACE_SQL, rows)
 
 
-def user_deltas_upsert(*, rows: list[UserFeatures]) -> None:
-    """Merge `rows`, each a batch's delta (its events folded into an empty UserState), into the stored rows in one
-    commutative upsert, without reading them first: sums add, first/last times take the min/max, per-type and
-    per-category counts add key by key, category times take the latest, the recent items merge by time and keep the
-    newest (features.user_apply's rules in SQL). PostgreSQL only (jsonb)."""
-    _user_rows_upsert(_USER_MERGE_SQL, rows)
+def user_deltas_upsert(*, deltas: list[tuple[int, "features.UserState"]]) -> None:
+    """Merge each (user key, UserState delta: a fold's events of the user folded into an empty state) into the
+    stored row in one commutative upsert, without reading it first: sums add, first/last times take the min/max,
+    per-type and per-category counts add key by key, category times take the latest, the recent items merge by time
+    and keep the newest (features.user_apply's rules in SQL). PostgreSQL only (jsonb). The values go as they are
+    (JSON as text, times as datetimes), without a model instance or the fields' preparation per row: a fold of
+    shared users writes ~600 rows, and that preparation was the larger part of the fold's Python time."""
+    now = timezone.now()
+    params: list = []
+    for user_id, delta in deltas:
+        params += [
+            user_id if kind == "user" else now if kind == "now" else _user_delta_value(kind, getattr(delta, name))
+            for name, kind in _USER_DELTA_COLUMNS
+        ]
+    values = ", ".join(["(" + ", ".join(["%s"] * len(_USER_COLUMNS)) + ")"] * len(deltas))
+    with connection.cursor() as cursor:
+        cursor.execute(_USER_MERGE_SQL.format(values=values), params)
+
+
+def _user_delta_value(kind: str, value):
+    if kind == "json":
+        return json.dumps(value)
+    return utc_datetime(value) if kind == "time" else value
+
+
+def _user_delta_kind(field) -> str:
+    """How user_deltas_upsert sends a UserFeatures column: the row's key, the time of writing, or a UserState value."""
+    if field.name in ("user", "updated_at"):
+        return "user" if field.name == "user" else "now"
+    return {"JSONField": "json", "DateTimeField": "time"}.get(field.get_internal_type(), "plain")
+
+
+_USER_DELTA_COLUMNS = [(field.name, _user_delta_kind(field)) for field in _USER_COLUMNS]
 
 
 def _user_rows_upsert(statement: str, rows: list[UserFeatures]) -> None:

@@ -27,6 +27,7 @@ class LoadSheddingMiddleware:
         waited = time.monotonic() - queued_at
         if waited <= settings.SHED_QUEUE_SECONDS:
             return self.get_response(request)
+        _body_discard(request)
         message = f"The service is overloaded (this request waited {waited:.2f} s for a worker); retry later."
         response = JsonResponse(
             {"error": "overloaded", "message": message, "errors": []},
@@ -37,3 +38,26 @@ class LoadSheddingMiddleware:
         # for it: gunicorn's access log records each 503.
         response._has_been_logged = True
         return response
+
+
+_DISCARD_CHUNK = 64 * 1024
+
+
+def _body_discard(request) -> None:
+    """Read the refused request's body (within the size the service accepts), so that the connection stays open
+    for the client's retry. gunicorn drains at most 64 KiB of a body the application left unread and otherwise
+    closes the connection with the rest unread, which makes the kernel reset it: a client still sending a batch
+    of 1,000 events (~150 KB) then got no answer at all instead of the 503 (bench/ingest.py's "0" errors). A
+    larger body is left to gunicorn: the request is refused either way, and the connection is closed."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if length <= 0 or (limit is not None and length > limit):
+        return
+    try:
+        while request.read(_DISCARD_CHUNK):
+            pass
+    except OSError:  # the client went away: nobody is left to answer
+        return

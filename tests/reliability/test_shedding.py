@@ -4,7 +4,6 @@ is lost or stored twice. The burst runs against gunicorn started from the Procfi
 
 import http.client
 import json
-import socket
 import threading
 import time
 import uuid
@@ -16,7 +15,7 @@ import pytest
 from recommendations.models import Interaction
 from recommendations.services.api_keys import api_key_create
 from recsite.gunicorn_worker import QUEUED_AT
-from tests.support.processes import start_process, stop_process, wait_until
+from tests.support.processes import free_port, start_process, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = "/api/v1/events"
@@ -75,12 +74,6 @@ CONNECTIONS = 64
 BURST_SECONDS = 10.0
 SHED_QUEUE_SECONDS = 0.1  # below the default, so that even a fast machine is saturated by the burst
 ANSWERED_P99_BOUND = 1.0  # seconds; with sync workers, p99 was 1.76 s at this load and nothing was shed
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def procfile_web_command() -> list[str]:
@@ -203,3 +196,49 @@ def test_a_saturating_burst_is_shed_with_retry_after_answered_requests_stay_fast
     )
     assert all(stored[event_id] == 1 for event_id in acknowledged)
     assert not any(stored[event_id] for event_id in refused)
+
+
+BATCH_EVENTS = 1000  # ~110 KB of JSON: more than the 64 KiB gunicorn drains of a body left unread
+
+
+def batch_burst(port: int, key: str, *, connections: int, seconds: float) -> list[tuple[int, list[str]]]:
+    """1,000-event batches from `connections` keep-alive clients for `seconds`: (status, event ids) per request,
+    status 0 when no answer came (a reset or closed connection)."""
+    results: list[tuple[int, list[str]]] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        connection, deadline = None, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            event_ids = [str(uuid.uuid4()) for _ in range(BATCH_EVENTS)]
+            body = {"events": [event_body(event_id, f"b{n}-{i % 7}") for i, event_id in enumerate(event_ids)]}
+            try:
+                connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                status = request_json(port, "POST", EVENTS, body, key, connection)[0]
+            except (OSError, http.client.HTTPException):
+                status, connection = 0, None
+            with lock:
+                results.append((status, event_ids))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_shed_batch_gets_its_503_on_a_connection_that_stays_open_however_large_its_body(procfile_server):
+    port, _log = procfile_server
+    _, key = api_key_create(name="batches", scopes=["ingest"])
+    assert request_json(port, "POST", EVENTS, event_body(str(uuid.uuid4()), "warm"), key)[0] == 201
+
+    results = batch_burst(port, key, connections=6, seconds=6.0)
+
+    statuses = Counter(status for status, _ in results)
+    print(f"{len(results)} batches: {dict(statuses)}")
+    assert statuses[503], "nothing was shed: the burst saturated nothing"
+    assert set(statuses) <= {201, 503}, dict(statuses)  # never a dropped connection: the client is answered
+    refused = [event_id for status, event_ids in results if status == 503 for event_id in event_ids]
+    assert not Interaction.objects.filter(event_id__in=refused).exists()
