@@ -432,6 +432,10 @@ if REDIS_URL:  # a cache that does not answer must not hold requests: throttling
     CACHES["default"]["OPTIONS"] = {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}
 # A request that waited longer than this for a gunicorn thread is answered 503 at once (0: never shed).
 SHED_QUEUE_SECONDS = _seconds("SHED_QUEUE_SECONDS", 0.5)
+# The same for events posted to /api/v1/events: their body has been sent (a batch's ~150 KB) and their clients are
+# pipelines that want them stored rather than answered fast; with a few batch writers each batch waits for the
+# others' 0.3-1 s of service, and 0.5 s refused 40-50% of the batches with nothing overloaded (bench/ingest.py).
+SHED_EVENTS_QUEUE_SECONDS = _seconds("SHED_EVENTS_QUEUE_SECONDS", 2.0)
 
 # --- Metrics (recsite/metrics*.py, README "Metrics") -------------------------------------------------------
 # GET /metrics is served to a request with "Authorization: Bearer METRICS_TOKEN" or from an address in

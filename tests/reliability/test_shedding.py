@@ -32,7 +32,7 @@ def event_body(event_id: str, user: str = "u") -> dict:
 def test_a_request_that_waited_too_long_for_a_thread_gets_a_503_with_retry_after_and_nothing_is_written(
     ingest_client, settings
 ):
-    settings.SHED_QUEUE_SECONDS = 0.5
+    settings.SHED_QUEUE_SECONDS = settings.SHED_EVENTS_QUEUE_SECONDS = 0.5
     response = ingest_client.post(
         EVENTS, event_body(str(uuid.uuid4())), format="json", **{QUEUED_AT: time.monotonic() - 0.6}
     )
@@ -45,7 +45,7 @@ def test_a_request_that_waited_too_long_for_a_thread_gets_a_503_with_retry_after
 
 @pytest.mark.django_db
 def test_a_request_that_waited_less_than_the_bound_is_served(ingest_client, settings):
-    settings.SHED_QUEUE_SECONDS = 0.5
+    settings.SHED_QUEUE_SECONDS = settings.SHED_EVENTS_QUEUE_SECONDS = 0.5
     response = ingest_client.post(
         EVENTS, event_body(str(uuid.uuid4())), format="json", **{QUEUED_AT: time.monotonic() - 0.4}
     )
@@ -54,18 +54,34 @@ def test_a_request_that_waited_less_than_the_bound_is_served(ingest_client, sett
 
 @pytest.mark.django_db
 def test_health_checks_and_requests_without_a_queued_time_are_never_shed(ingest_client, settings):
-    settings.SHED_QUEUE_SECONDS = 0.5
+    settings.SHED_QUEUE_SECONDS = settings.SHED_EVENTS_QUEUE_SECONDS = 0.5
     assert ingest_client.get("/api/v1/health", **{QUEUED_AT: time.monotonic() - 60}).status_code == 200
     assert ingest_client.post(EVENTS, event_body(str(uuid.uuid4())), format="json").status_code == 201
 
 
 @pytest.mark.django_db
 def test_a_zero_bound_turns_shedding_off(ingest_client, settings):
-    settings.SHED_QUEUE_SECONDS = 0
+    settings.SHED_QUEUE_SECONDS = settings.SHED_EVENTS_QUEUE_SECONDS = 0
     response = ingest_client.post(
         EVENTS, event_body(str(uuid.uuid4())), format="json", **{QUEUED_AT: time.monotonic() - 60}
     )
     assert response.status_code == 201
+
+
+@pytest.mark.django_db
+def test_posted_events_have_a_longer_bound_of_their_own_than_other_requests(ingest_client, settings):
+    """A batch's body has been sent and its client wants it stored: by default an event posted after 1 s in the
+    queue is still served, where a recommendation request is refused; past the events' bound, the event is too."""
+    assert (settings.SHED_QUEUE_SECONDS, settings.SHED_EVENTS_QUEUE_SECONDS) == (0.5, 2.0)  # the defaults
+    waited_1s, waited_2s = {QUEUED_AT: time.monotonic() - 1.0}, {QUEUED_AT: time.monotonic() - 2.1}
+    assert ingest_client.post(EVENTS, event_body(str(uuid.uuid4())), format="json", **waited_1s).status_code == 201
+    assert ingest_client.get("/api/v1/recommendations", {"user_id": "u"}, **waited_1s).status_code == 503
+    refused = str(uuid.uuid4())
+    assert ingest_client.post(EVENTS, event_body(refused), format="json", **waited_2s).status_code == 503
+    assert not Interaction.objects.filter(event_id=refused).exists()
+    settings.SHED_EVENTS_QUEUE_SECONDS = 0  # off for events only
+    assert ingest_client.post(EVENTS, event_body(str(uuid.uuid4())), format="json", **waited_2s).status_code == 201
+    assert ingest_client.get("/api/v1/recommendations", {"user_id": "u"}, **waited_2s).status_code == 503
 
 
 # --- A saturating burst on gunicorn as the Procfile runs it -----------------------------------------
@@ -99,7 +115,12 @@ def procfile_server(tmp_path):
     port = free_port()
     log = tmp_path / "web.log"
     process = start_process(
-        procfile_web_command(), log, PORT=str(port), SHED_QUEUE_SECONDS=str(SHED_QUEUE_SECONDS), DEBUG="false"
+        procfile_web_command(),
+        log,
+        PORT=str(port),
+        SHED_QUEUE_SECONDS=str(SHED_QUEUE_SECONDS),
+        SHED_EVENTS_QUEUE_SECONDS=str(SHED_QUEUE_SECONDS),
+        DEBUG="false",
     )
     try:
         wait_until(lambda: _healthy(port) or process.poll() is not None, 120, message="gunicorn")
