@@ -44,5 +44,8 @@ class TrainingParams:
     # chosen per training run among retraining.ml.tuning.RANKER_SETTINGS on the latest label window, inside the
     # training portion; the values above are the defaults of a large timeline (and of a run that chose "scaled").
     ranker_selection: bool = True
+    # The popularity prior's share in the score candidates are ranked by (ranker.ranker_blend_fit): 0 is the ranker
+    # alone. Chosen with the settings above on a small timeline (tuning.POPULARITY_WEIGHTS); a large one keeps 0.
+    ranker_popularity_weight: float = 0.0
     max_regressor_examples: int = 300_000
     shuffle_labels: bool = False  # a leakage guard: a ranker trained on shuffled labels must not beat popularity

@@ -274,6 +274,32 @@ def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
     )
 
 
+def ranker_blend_fit(booster: lgb.Booster, examples: RankerExamples, weight: float) -> ranking.RankerBlend:
+    """The blend that gives the popularity prior a share `weight` (0: the ranker alone, 1: most-popular's order)
+    once both scores are brought to one scale: each divided by its typical spread within a query (the mean
+    standard deviation over the queries of `examples`, the booster's training examples). Lambdarank's scores
+    have no fixed scale (it grows with the trees), so a weight chosen with one booster means the same with
+    another."""
+    if weight == 0.0:
+        return ranking.RANKER_ALONE
+    matrix = examples.matrix
+    ranker_spread = _spread_within_queries(ranking.ranker_scores(booster, matrix), examples.groups)
+    prior_spread = _spread_within_queries(ranking.popularity_prior(matrix), examples.groups)
+    return ranking.RankerBlend(
+        ranker_coefficient=(1.0 - weight) / (ranker_spread or 1.0),
+        prior_coefficient=weight / (prior_spread or 1.0),
+    )
+
+
+def _spread_within_queries(scores: np.ndarray, groups: np.ndarray) -> float:
+    """The mean over queries of the standard deviation of `scores` within each query."""
+    query = np.repeat(np.arange(len(groups)), groups)
+    sizes = groups.astype(np.float64)
+    mean = np.bincount(query, scores, minlength=len(groups)) / sizes
+    variance = np.bincount(query, (scores - mean[query]) ** 2, minlength=len(groups)) / sizes
+    return float(np.sqrt(variance).mean()) if len(groups) else 0.0
+
+
 def ranker_num_leaves(n_queries: int, params: TrainingParams) -> int:
     """One leaf per `ranker_queries_per_leaf` queries, between 7 and `num_leaves` (a large timeline keeps 31)."""
     return int(np.clip(n_queries // params.ranker_queries_per_leaf, 7, params.num_leaves))
