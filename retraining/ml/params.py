@@ -37,6 +37,7 @@ class TrainingParams:
     ranker_bagging_fraction: float = 0.8
     ranker_min_rounds: int = 10
     ranker_queries_per_leaf: int = 100
+    ranker_objective: str = "lambdarank"  # or "binary" (positive or not), one of tuning.RANKER_SETTINGS
     # Earlier label windows are added while the ranker has fewer queries than this (ranker_examples_windows).
     label_windows: int = 3
     min_ranker_groups: int = 2_000

@@ -219,10 +219,11 @@ def booster_train(options: dict, train: lgb.Dataset, valid: lgb.Dataset, params:
 
 
 def ranker_validation_split(examples: RankerExamples, params: TrainingParams) -> tuple[np.ndarray, ...]:
-    """The labels to learn (shuffled for the leakage guard), which groups are held aside for early stopping
+    """The labels to learn (graded for lambdarank, positive or not for the pointwise "binary" objective; shuffled
+    for the leakage guard), which groups are held aside for early stopping
     (a share of the users, all of a user's queries on one side, so that no user's earlier window validates a
     model trained on a later one; none under 20 users), and the same per row."""
-    labels = examples.labels
+    labels = examples.labels if params.ranker_objective == "lambdarank" else (examples.labels > 0).astype(np.int8)
     if params.shuffle_labels:
         labels = np.random.default_rng(params.seed).permutation(labels)
     n_groups = len(examples.groups)
@@ -233,10 +234,11 @@ def ranker_validation_split(examples: RankerExamples, params: TrainingParams) ->
 
 
 def ranker_options(n_groups: int, params: TrainingParams) -> dict:
-    """LightGBM's lambdarank parameters for this many queries (in-process and on a cluster)."""
+    """LightGBM's ranker parameters for this many queries (in-process and on a cluster): `ranker_objective`,
+    early stopping on NDCG@k either way."""
     return lgb_params(
         params,
-        objective="lambdarank",
+        objective=params.ranker_objective,
         metric="ndcg",
         eval_at=[params.k],
         num_leaves=ranker_num_leaves(n_groups, params),

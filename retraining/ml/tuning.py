@@ -32,6 +32,11 @@ from retraining.ml.split import Split
 # issue 15's small-data change (31 leaves, 50 examples a leaf, at least 50 trees, no bagging) were last on all six
 # and the costliest to fit; a still stronger one (7 leaves, 400 a leaf, L2 100, feature fraction 0.4, bagging
 # 0.6) was below "strong" on five and level on one. Each setting tried costs one more fit per small-data run.
+# "binary": a pointwise objective (is the candidate a positive?) instead of lambdarank. Lambdarank learns from
+# pairs within a query, a few per query with one to three positives among ~130 candidates; with a few hundred
+# queries those gradients are noisy, and a pointwise log-loss over every row is the lower-variance estimate of
+# the same order. Added with the popularity blend (2026-12-01), compared on 16 synthetic timelines not used
+# before (seeds 20-27, README): it is chosen on most of the 200-user ones, where lambdarank lost to most-popular.
 _SCALED: dict = {}
 _STRONG = {
     "ranker_queries_per_leaf": 300,
@@ -45,6 +50,8 @@ RANKER_SETTINGS: dict[str, dict] = {
     "scaled, latest window": _SCALED | {"label_windows": 1},
     "strong, earlier windows": _STRONG,
     "strong, latest window": _STRONG | {"label_windows": 1},
+    "binary, earlier windows": {"ranker_objective": "binary"},
+    "binary strong, earlier windows": _STRONG | {"ranker_objective": "binary"},
 }
 
 

@@ -106,3 +106,13 @@ def test_a_manifest_without_a_blend_ranks_by_the_ranker_alone():
     assert ranking.RankerBlend.of_manifest({"params": {}}) == ranking.RANKER_ALONE
     recorded = {"params": {"ranker_blend": {"ranker_coefficient": 0.5, "prior_coefficient": 0.25}}}
     assert ranking.RankerBlend.of_manifest(recorded) == ranking.RankerBlend(0.5, 0.25)
+
+
+def test_the_pointwise_setting_learns_whether_a_candidate_is_a_positive():
+    examples = _examples()
+    examples.labels[examples.labels > 0] = 2  # graded like a 5-star rating: still one class for "binary"
+    booster = ranker_fit(examples, TrainingParams(num_threads=1, ranker_objective="binary"))
+    scores = ranking.ranker_scores(booster, examples.matrix)
+    assert booster.params["objective"] == "binary" and ((scores > 0) & (scores < 1)).all()
+    positives = examples.labels > 0
+    assert scores[positives].mean() > scores[~positives].mean() + 0.2
