@@ -1,15 +1,18 @@
 """The small-data ranker's settings, chosen per training run on a validation split inside the training portion.
 
 With fewer than `min_ranker_groups` queries the ranker's settings matter and no constant fits every timeline:
-whether to take queries from earlier label windows, and how strongly to regularise. Each setting of
-RANKER_SETTINGS is trained one level down in time — on the queries of label window 1 and before, i.e. on the
-fit portion only — and scored by NDCG@10 on label window 0 (each user's last 20 % of the training portion, the
-evaluation protocol's split one level down: binary gains, unseen active items, the ideal DCG over min(k, |P|)).
-The best setting (the first of the list on a tie) then trains the model on window 0 and before. Nothing of the
+whether to take queries from earlier label windows, how strongly to regularise, which objective, and how much
+of the popularity prior to blend in. Each setting of RANKER_SETTINGS is trained one level down in time — on the
+queries of label window 1 and before, i.e. on the fit portion only — and scored, blended with each weight of
+POPULARITY_WEIGHTS, by NDCG@10 on label window 0 (each user's last 20 % of the training portion, the evaluation
+protocol's split one level down: binary gains, unseen active items, the ideal DCG over min(k, |P|)). The best
+(setting, weight) pair (the first setting, then the smallest weight, on a tie) then trains the model on window 0
+and before, and the weight is blended in with that model's own scale (ranker.ranker_blend_fit). Nothing of the
 holdout is read: its events are not in the windows, and the score uses only window 0's labels.
 
 A large timeline (at least `min_ranker_groups` queries in window 0) has a single window and keeps the defaults
-of TrainingParams, as does a run with `ranker_selection` off (a refit, which trains the gated setting again).
+of TrainingParams (no blend), as does a run with `ranker_selection` off (a refit, which trains the gated setting
+and weight again).
 """
 
 from __future__ import annotations
