@@ -157,7 +157,7 @@ def load_main(config: dict) -> None:
     rows = ratings_read(Path(config["dataset"]), original_timestamps=config["original_timestamps"])
     headers = {"Authorization": f"Api-Key {config['api_key']}", "Content-Type": "application/json"}
     tally = {"requests": 0, "ok_requests": 0, "events_sent": 0, "events_acked": 0, "duplicates": 0,
-             "rejected_events": 0, "unknown_outcome_events": 0, "errors": {}}  # fmt: skip
+             "rejected_events": 0, "unknown_outcome_events": 0, "errors": {}, "error_samples": {}}  # fmt: skip
     latencies: list[float] = []
     window = {"first": None, "last": None}
     deadline_box = {"deadline": float("inf")}
@@ -212,6 +212,8 @@ def load_main(config: dict) -> None:
             return
         key = str(response.status_code)
         tally["errors"][key] = tally["errors"].get(key, 0) + 1
+        # What a status 0 was (locust's word for no response: a reset, a timeout, a refused connection).
+        tally["error_samples"].setdefault(key, repr(getattr(response, "error", None) or response.text)[:300])
         # The contract: a 4xx writes nothing. A 5xx, a timeout or a reset connection may or may not have.
         if 400 <= (response.status_code or 0) < 500:
             tally["rejected_events"] += count
@@ -568,6 +570,8 @@ def scenario_measure(*, scenario: Scenario, server: GunicornServer, url: str, co
         f"in {result['seconds']:.1f} s, {result['stored']} stored, errors {result['errors'] or 'none'} "
         f"(locust: {result['locust_requests']} requests, {result['locust_failures']} failures)"
     )
+    for code, sample in result.get("error_samples", {}).items():
+        step(f"{scenario.name}: first {code}: {sample}")
     backlog = result["fold_backlog"]
     step(
         f"{scenario.name}: events waiting for the features fold: at most {backlog['max']} (sampled every 0.5 s), "

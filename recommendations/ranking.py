@@ -267,6 +267,40 @@ COLLABORATIVE_FILE, ID_MAPS_FILE, MANIFEST_FILE = "collaborative.npz", "id_maps.
 RANKER_FILE, REGRESSOR_FILE = "ranker.txt", "regressor.txt"
 
 
+POP_RANK_COLUMN = RANKER_FEATURES.index("pop_rank")
+
+
+@dataclass(frozen=True)
+class RankerBlend:
+    """The score a candidate is ranked by: `ranker_coefficient` x the ranker's score + `prior_coefficient` x the
+    popularity prior (-log of its popularity rank, a column of the feature matrix). Per row, so that filtering
+    the candidates (a category, exclusions) never reorders the rest. Training chooses the prior's share on a
+    validation window (retraining.ml.tuning) and fits the coefficients; the defaults are the ranker alone."""
+
+    ranker_coefficient: float = 1.0
+    prior_coefficient: float = 0.0
+
+    def scores(self, ranker_scores: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        if self == RANKER_ALONE:
+            return ranker_scores
+        return self.ranker_coefficient * ranker_scores + self.prior_coefficient * popularity_prior(matrix)
+
+    @classmethod
+    def of_manifest(cls, manifest: Mapping) -> RankerBlend:
+        """The blend a manifest records (`params.ranker_blend`); the ranker alone for a model without one."""
+        blend = manifest.get("params", {}).get("ranker_blend") or {}
+        names = ("ranker_coefficient", "prior_coefficient")
+        return cls(**{name: float(blend[name]) for name in names if name in blend})
+
+
+RANKER_ALONE = RankerBlend()
+
+
+def popularity_prior(matrix: np.ndarray) -> np.ndarray:
+    """-log(popularity rank) of each row's item: most-popular's order, on a scale that flattens in the tail."""
+    return -np.log(matrix[:, POP_RANK_COLUMN].astype(np.float64))
+
+
 @dataclass
 class TrainedModel:
     ranker: lgb.Booster
@@ -278,6 +312,10 @@ class TrainedModel:
     @property
     def category_share(self) -> dict[str, float]:
         return self.manifest["category_share"]
+
+    @property
+    def blend(self) -> RankerBlend:
+        return RankerBlend.of_manifest(self.manifest)
 
 
 def collaborative_load(directory: Path) -> CollaborativeModel:

@@ -122,9 +122,20 @@ def _database_config() -> dict:
     elif config["ENGINE"] == "django.db.backends.postgresql":
         config.setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
         config.setdefault("CONN_HEALTH_CHECKS", True)
+        options = config.setdefault("OPTIONS", {})
+        options["options"] = _without_jit(options.get("options", ""))
     else:
         raise ImproperlyConfigured(f"DATABASE_URL must be sqlite:// or postgres://, got engine {config['ENGINE']}")
     return config
+
+
+def _without_jit(options: str) -> str:
+    """libpq's `options` with JIT compilation off for the session (unless the URL sets jit itself). The service's
+    statements are short and many: the planner's cost guess for one of them (the fold reads 1,000 events by key
+    while a partition's statistics are stale: cost ~2M against jit_above_cost 100,000) made PostgreSQL compile it
+    with LLVM, 0.4-2.2 s of its CPU for a statement that runs in 5-15 ms, once per fold (bench/ingest.py's shared
+    users, README "Ingestion"). A session setting: the server's configuration is untouched."""
+    return options if "jit" in options else f"{options} -c jit=off".strip()
 
 
 DATABASES = {"default": _database_config()}
@@ -421,6 +432,10 @@ if REDIS_URL:  # a cache that does not answer must not hold requests: throttling
     CACHES["default"]["OPTIONS"] = {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}
 # A request that waited longer than this for a gunicorn thread is answered 503 at once (0: never shed).
 SHED_QUEUE_SECONDS = _seconds("SHED_QUEUE_SECONDS", 0.5)
+# The same for events posted to /api/v1/events: their body has been sent (a batch's ~150 KB) and their clients are
+# pipelines that want them stored rather than answered fast; with a few batch writers each batch waits for the
+# others' 0.3-1 s of service, and 0.5 s refused 40-50% of the batches with nothing overloaded (bench/ingest.py).
+SHED_EVENTS_QUEUE_SECONDS = _seconds("SHED_EVENTS_QUEUE_SECONDS", 2.0)
 
 # --- Metrics (recsite/metrics*.py, README "Metrics") -------------------------------------------------------
 # GET /metrics is served to a request with "Authorization: Bearer METRICS_TOKEN" or from an address in

@@ -320,18 +320,8 @@ def _pks_resolve(model: type[models.Model], external_ids: set[str], known: dict[
 
 def _ratings_store(chunk: list[_Rating], users: dict[str, int], items: dict[str, int]) -> int:
     by_event_id = {uuid.uuid5(EVENT_ID_NAMESPACE, f"movielens:{r.user_id}:{r.movie_id}:{r.ts}"): r for r in chunk}
-    fresh = sql.event_receipts_insert(event_ids=list(by_event_id), received_at=timezone.now())
     rows = [
-        Interaction(
-            event_id=event_id,
-            user_id=users[rating.user_id],
-            item_id=items[rating.movie_id],
-            event_type=EventType.RATING,
-            value=rating.value,
-            timestamp=rating.moment,
-        )
+        (event_id, users[rating.user_id], items[rating.movie_id], EventType.RATING.value, rating.value, rating.moment)
         for event_id, rating in by_event_id.items()
-        if event_id in fresh
     ]
-    Interaction.objects.bulk_create(rows, batch_size=CHUNK_SIZE)
-    return len(rows)
+    return sql.interactions_import(rows=rows, received_at=timezone.now())

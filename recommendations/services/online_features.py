@@ -140,18 +140,24 @@ def online_features_fold(*, event_pks: list[int]) -> None:
 
 
 def _users_update(events: list[features.Event], item_categories: dict[int, list[str]]) -> None:
-    """Fold the events into their users' rows: the batch's deltas merged into the stored rows on PostgreSQL (no row
-    is read), else the rows read, folded and written back (other backends write one transaction at a time)."""
-    merge = transaction.get_connection().vendor == "postgresql"
+    """Fold the events into their users' rows: on PostgreSQL each user's delta (its events folded into an empty
+    state) merged into the stored row (no row is read), else the rows read, folded and written back (other backends
+    write one transaction at a time)."""
+    if transaction.get_connection().vendor == "postgresql":
+        deltas: dict[int, features.UserState] = defaultdict(features.UserState)
+        for event in events:
+            features.user_apply(deltas[event.user_id], event, item_categories.get(event.item_id, ()))
+        sql.user_deltas_upsert(deltas=sorted(deltas.items()))  # in key order, as every writer of the rows
+        return
     user_ids = sorted({event.user_id for event in events})
-    stored = {} if merge else sql.user_rows_fetch(user_ids=user_ids)
+    stored = sql.user_rows_fetch(user_ids=user_ids)
     rows = {uid: stored.get(uid) or UserFeatures(user_id=uid) for uid in user_ids}
     states = {uid: row.state() for uid, row in rows.items()}
     for event in events:
         features.user_apply(states[event.user_id], event, item_categories.get(event.item_id, ()))
     for uid, row in rows.items():
         row.state_set(states[uid])
-    (sql.user_deltas_upsert if merge else sql.user_rows_write)(rows=[rows[uid] for uid in user_ids])
+    sql.user_rows_write(rows=[rows[uid] for uid in user_ids])
 
 
 def _items_update(events: list[features.Event], arrivals: list[features.Event]) -> None:

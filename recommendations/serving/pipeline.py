@@ -58,7 +58,7 @@ def ranked_items(
         category_share=model.trained.category_share,
     )
     checkpoint()
-    scores = model.scores(matrix)
+    scores = model.trained.blend.scores(model.scores(matrix), matrix)
     checkpoint()
     order = np.lexsort((found.codes, -scores))
     order = order[first_active(pks[order], k, inactive_of=inactive_of)]

@@ -202,6 +202,7 @@ class ClusterSteps:
         ranker: lgb.Booster | None,
         *,
         with_regressor: bool,
+        blend: ranking.RankerBlend = ranking.RANKER_ALONE,
     ) -> Evaluation:
         """evaluation_run per user shard; per-user results are independent, so the shards concatenate. The
         rating rows are put back in their in-process order: training rows in the log's order, held-out rows in
@@ -219,6 +220,7 @@ class ClusterSteps:
                 category_share=category_share,
                 model=model_future,
                 ranker_text=ranker.model_to_string() if ranker is not None else None,
+                blend=blend,
                 with_regressor=with_regressor,
                 users=np.arange(self.user_bounds[part], self.user_bounds[part + 1]),
                 train_ratings=train_ratings[by_shard == part],
@@ -346,7 +348,17 @@ def _ranker_examples(
 
 
 def _evaluation_queries(
-    shard: UserShard, split: Split, *, params, category_share, model, ranker_text, with_regressor, users, train_ratings
+    shard: UserShard,
+    split: Split,
+    *,
+    params,
+    category_share,
+    model,
+    ranker_text,
+    blend,
+    with_regressor,
+    users,
+    train_ratings,
 ) -> EvaluationReplay:
     return EvaluationReplay(
         shard.log,
@@ -355,6 +367,7 @@ def _evaluation_queries(
         category_share=category_share,
         model=model,
         ranker=lgb.Booster(model_str=ranker_text) if ranker_text is not None else None,
+        blend=blend,
         with_regressor=with_regressor,
         users=users,
         train_ratings=np.searchsorted(shard.index, train_ratings),

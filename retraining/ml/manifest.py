@@ -39,6 +39,7 @@ def json_safe(value):
 class Manifest:
     params: TrainingParams
     ranker: lgb.Booster
+    ranker_blend: ranking.RankerBlend
     regressor: lgb.Booster | None
     collaborative: ranking.CollaborativeModel
     refit: bool  # trained on all data after a gate: its metrics are the gated model's
@@ -82,6 +83,7 @@ class Manifest:
         return {
             "training": asdict(self.params),
             "ranker_selection": self.ranker_selection,
+            "ranker_blend": asdict(self.ranker_blend),
             "ranker": _booster_params(self.ranker),
             "ranker_best_iteration": self.ranker.best_iteration or self.ranker.current_iteration(),
             "regressor": _booster_params(self.regressor) if self.regressor else None,

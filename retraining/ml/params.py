@@ -37,6 +37,7 @@ class TrainingParams:
     ranker_bagging_fraction: float = 0.8
     ranker_min_rounds: int = 10
     ranker_queries_per_leaf: int = 100
+    ranker_objective: str = "lambdarank"  # or "binary" (positive or not), one of tuning.RANKER_SETTINGS
     # Earlier label windows are added while the ranker has fewer queries than this (ranker_examples_windows).
     label_windows: int = 3
     min_ranker_groups: int = 2_000
@@ -44,5 +45,8 @@ class TrainingParams:
     # chosen per training run among retraining.ml.tuning.RANKER_SETTINGS on the latest label window, inside the
     # training portion; the values above are the defaults of a large timeline (and of a run that chose "scaled").
     ranker_selection: bool = True
+    # The popularity prior's share in the score candidates are ranked by (ranker.ranker_blend_fit): 0 is the ranker
+    # alone. Chosen with the settings above on a small timeline (tuning.POPULARITY_WEIGHTS); a large one keeps 0.
+    ranker_popularity_weight: float = 0.0
     max_regressor_examples: int = 300_000
     shuffle_labels: bool = False  # a leakage guard: a ranker trained on shuffled labels must not beat popularity

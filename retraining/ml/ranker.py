@@ -219,10 +219,11 @@ def booster_train(options: dict, train: lgb.Dataset, valid: lgb.Dataset, params:
 
 
 def ranker_validation_split(examples: RankerExamples, params: TrainingParams) -> tuple[np.ndarray, ...]:
-    """The labels to learn (shuffled for the leakage guard), which groups are held aside for early stopping
+    """The labels to learn (graded for lambdarank, positive or not for the pointwise "binary" objective; shuffled
+    for the leakage guard), which groups are held aside for early stopping
     (a share of the users, all of a user's queries on one side, so that no user's earlier window validates a
     model trained on a later one; none under 20 users), and the same per row."""
-    labels = examples.labels
+    labels = examples.labels if params.ranker_objective == "lambdarank" else (examples.labels > 0).astype(np.int8)
     if params.shuffle_labels:
         labels = np.random.default_rng(params.seed).permutation(labels)
     n_groups = len(examples.groups)
@@ -233,10 +234,11 @@ def ranker_validation_split(examples: RankerExamples, params: TrainingParams) ->
 
 
 def ranker_options(n_groups: int, params: TrainingParams) -> dict:
-    """LightGBM's lambdarank parameters for this many queries (in-process and on a cluster)."""
+    """LightGBM's ranker parameters for this many queries (in-process and on a cluster): `ranker_objective`,
+    early stopping on NDCG@k either way."""
     return lgb_params(
         params,
-        objective="lambdarank",
+        objective=params.ranker_objective,
         metric="ndcg",
         eval_at=[params.k],
         num_leaves=ranker_num_leaves(n_groups, params),
@@ -272,6 +274,32 @@ def ranker_fit(examples: RankerExamples, params: TrainingParams) -> lgb.Booster:
         dataset(rows_valid, examples.groups[validation], reference=train),
         replace(params, min_rounds=params.ranker_min_rounds),
     )
+
+
+def ranker_blend_fit(booster: lgb.Booster, examples: RankerExamples, weight: float) -> ranking.RankerBlend:
+    """The blend that gives the popularity prior a share `weight` (0: the ranker alone, 1: most-popular's order)
+    once both scores are brought to one scale: each divided by its typical spread within a query (the mean
+    standard deviation over the queries of `examples`, the booster's training examples). Lambdarank's scores
+    have no fixed scale (it grows with the trees), so a weight chosen with one booster means the same with
+    another."""
+    if weight == 0.0:
+        return ranking.RANKER_ALONE
+    matrix = examples.matrix
+    ranker_spread = _spread_within_queries(ranking.ranker_scores(booster, matrix), examples.groups)
+    prior_spread = _spread_within_queries(ranking.popularity_prior(matrix), examples.groups)
+    return ranking.RankerBlend(
+        ranker_coefficient=(1.0 - weight) / (ranker_spread or 1.0),
+        prior_coefficient=weight / (prior_spread or 1.0),
+    )
+
+
+def _spread_within_queries(scores: np.ndarray, groups: np.ndarray) -> float:
+    """The mean over queries of the standard deviation of `scores` within each query."""
+    query = np.repeat(np.arange(len(groups)), groups)
+    sizes = groups.astype(np.float64)
+    mean = np.bincount(query, scores, minlength=len(groups)) / sizes
+    variance = np.bincount(query, (scores - mean[query]) ** 2, minlength=len(groups)) / sizes
+    return float(np.sqrt(variance).mean()) if len(groups) else 0.0
 
 
 def ranker_num_leaves(n_queries: int, params: TrainingParams) -> int:

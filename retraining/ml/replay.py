@@ -55,11 +55,12 @@ class EvaluationReplay:
         model: ranking.CollaborativeModel,
         ranker: lgb.Booster | None,
         with_regressor: bool,
+        blend: ranking.RankerBlend = ranking.RANKER_ALONE,
         users: np.ndarray | None = None,
         train_ratings: np.ndarray | None = None,
     ):
         self.log, self.split, self.params = log, split, params
-        self.category_share, self.model, self.ranker = category_share, model, ranker
+        self.category_share, self.model, self.ranker, self.blend = category_share, model, ranker, blend
         histories = histories_by_user(log, split.train)
         positive_holdout = split.holdout & log.positive() & log.item_active[log.item]
         self.held_users = np.flatnonzero(~np.isnan(split.cutoff))
@@ -186,7 +187,8 @@ class EvaluationReplay:
         """One predict call for many users: LightGBM's per-call overhead would dominate 250-row calls."""
         if not self.pending:
             return
-        scores = ranking.ranker_scores(self.ranker, np.concatenate([matrix for _, matrix in self.pending]))
+        matrix = np.concatenate([matrix for _, matrix in self.pending])
+        scores = self.blend.scores(ranking.ranker_scores(self.ranker, matrix), matrix)
         start = 0
         for u, _ in self.pending:
             codes = self.candidates[u].codes
@@ -219,6 +221,7 @@ def evaluation_run(
     ranker: lgb.Booster | None,
     with_regressor: bool,
     users: np.ndarray | None = None,
+    blend: ranking.RankerBlend = ranking.RANKER_ALONE,
 ) -> Evaluation:
     """EvaluationReplay in one call."""
     return EvaluationReplay(
@@ -229,6 +232,7 @@ def evaluation_run(
         model=model,
         ranker=ranker,
         with_regressor=with_regressor,
+        blend=blend,
         users=users,
     ).run()
 

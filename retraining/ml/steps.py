@@ -35,8 +35,9 @@ class LocalSteps:
         ranker: lgb.Booster | None,
         *,
         with_regressor: bool,
+        blend: ranking.RankerBlend = ranking.RANKER_ALONE,
     ) -> Evaluation:
-        return evaluation_run(self.log, self.split, params, category_share, model, ranker, with_regressor)
+        return evaluation_run(self.log, self.split, params, category_share, model, ranker, with_regressor, blend=blend)
 
     def rating_model_fit(
         self, evaluation: Evaluation, params: TrainingParams, inner_model: ranking.CollaborativeModel

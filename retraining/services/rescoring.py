@@ -62,7 +62,12 @@ def models_score_on_holdout(
             rating_model = rating_model_of(booster=trained.regressor, manifest=trained.manifest)
             collaborative = collaborative_reindex(trained.collaborative, item_pks=log.item_pks, active=log.item_active)
             evaluation = steps.evaluation(
-                params, trained.category_share, collaborative, trained.ranker, with_regressor=rating_model is not None
+                params,
+                trained.category_share,
+                collaborative,
+                trained.ranker,
+                with_regressor=rating_model is not None,
+                blend=trained.blend,
             )
             lists, positives = evaluation.ranked.get("ranker", []), evaluation.positives  # none without a user
             metrics, popularity, ease = (

@@ -20,6 +20,7 @@ from retraining.ml.events import EventLog
 from retraining.ml.manifest import Manifest, dataset_statistics, training_window
 from retraining.ml.metrics import CF_NAME, KNN_NAME, candidate_recall, ranking_metrics_at
 from retraining.ml.params import TrainingParams
+from retraining.ml.ranker import ranker_blend_fit
 from retraining.ml.regressor import RatingModel, rating_baselines, rating_bounds, rating_scores
 from retraining.ml.replay import Evaluation, evaluation_run
 from retraining.ml.segments import segment_names, segments_table, user_history_counts
@@ -88,7 +89,7 @@ def model_train(
         if not split.label.any() or (holdout and not split.holdout.any()):
             raise ValueError("too few events to train: no user has enough events for a holdout")
         with training_steps(log, split, cluster) as steps:
-            ranker, rating_model, model, examples, evaluation, selection = _models_train(
+            ranker, blend, rating_model, model, examples, evaluation, selection = _models_train(
                 stages, steps, log, split, params, item_knn=holdout
             )
         with stages.stage("metrics"):
@@ -102,6 +103,7 @@ def model_train(
         manifest = Manifest(
             params=params,
             ranker=ranker,
+            ranker_blend=blend,
             regressor=rating_model.booster,
             collaborative=model,
             refit=not holdout,
@@ -175,15 +177,16 @@ def _models_train(
     examples = windows.windows_take(first=0, params=selection.params)
     with stages.stage("ranker_fit"):
         ranker = steps.ranker_fit(examples, selection.params)
+        blend = ranker_blend_fit(ranker, examples, selection.params.ranker_popularity_weight)
     with stages.stage("candidates_training_portion"):
         model, knn = _training_portion_fit(log, split, params, item_knn=item_knn)
     with stages.stage("evaluation_replay"):
-        evaluation = steps.evaluation(params, category_share, model, ranker, with_regressor=True)
+        evaluation = steps.evaluation(params, category_share, model, ranker, with_regressor=True, blend=blend)
         if item_knn:
             _item_knn_add(evaluation, log, split, knn, params)
     with stages.stage("regressor_fit"):
         rating_model = steps.rating_model_fit(evaluation, params, inner_model)
-    return ranker, rating_model, model, examples, evaluation, selection
+    return ranker, blend, rating_model, model, examples, evaluation, selection
 
 
 def model_refit(
@@ -198,9 +201,14 @@ def model_refit(
     """The gated model's configuration trained again on every event up to `until`, holdout included: the same
     ranker setting as the gated model chose (retraining.ml.tuning), not chosen again."""
     params = TrainingParams(**gated.manifest["params"]["training"])
-    chosen = gated.manifest["params"].get("ranker_selection", {}).get("chosen")
-    if chosen is not None:
-        params = replace(params, **tuning.RANKER_SETTINGS[chosen], ranker_selection=False)
+    selection = gated.manifest["params"].get("ranker_selection", {})
+    if selection.get("chosen") is not None:
+        params = replace(
+            params,
+            **tuning.RANKER_SETTINGS[selection["chosen"]],
+            ranker_popularity_weight=float(selection.get("popularity_weight", 0.0)),
+            ranker_selection=False,
+        )
     return model_train(
         until=until, output_dir=output_dir, params=params, progress=progress, refit_of=gated, cluster=cluster, log=log
     )

@@ -15,12 +15,13 @@ from recommendations.services.online_features import online_features_rebuild
 from recommendations.services.outcomes import impression_outcomes_record
 from registry.models import ModelVersion
 from registry.services import VersionInput, model_version_register
+from retraining.ml.params import TrainingParams
 from retraining.services.training import model_train
 from tests.retraining.factories import dataset_store, learnable_dataset
 
 
-def train_and_register(tmp_path: Path, name: str = "run") -> ModelVersion:
-    result = model_train(output_dir=tmp_path / name, progress=None)
+def train_and_register(tmp_path: Path, name: str = "run", params: TrainingParams | None = None) -> ModelVersion:
+    result = model_train(output_dir=tmp_path / name, progress=None, params=params or TrainingParams())
     data = VersionInput(
         metrics=result.metrics,
         baseline_metrics=result.baselines,

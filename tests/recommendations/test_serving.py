@@ -7,8 +7,9 @@ from django.test import override_settings
 
 from recommendations.models import CatalogState, Impression, Interaction, Item
 from recommendations.services.catalog import ItemInput, item_upsert
-from recommendations.serving import recommend
+from recommendations.serving import loading, recommend
 from registry.services import model_version_promote
+from retraining.ml.params import TrainingParams
 from tests.recommendations.factories import store_history, train_and_register
 
 pytestmark = pytest.mark.django_db
@@ -148,6 +149,22 @@ def test_a_new_champion_is_served_and_a_failed_load_keeps_the_old(served, serve_
     Path(third.artifact_path).write_bytes(b"tampered")  # after the registry verified it, before this process loads it
     response = get(serve_client, "user-3")
     assert response.status_code == 200 and response.json()["model_version"] == second.version
+
+
+def test_a_model_whose_blend_is_all_popularity_serves_its_candidates_in_popularity_order(
+    served, serve_client, tmp_path
+):
+    """Serving ranks by the blend the manifest records (retraining.ml.ranker.ranker_blend_fit), not by the
+    ranker's score alone: with the prior's whole share, the order is most-popular's."""
+    params = TrainingParams(ranker_selection=False, ranker_popularity_weight=1.0)
+    version = train_and_register(tmp_path, "popular", params=params)
+    model_version_promote(version=version.version, actor="test")
+    items = get(serve_client, "user-3", k=10).json()["items"]
+    trained = loading.trained_model_of(version)
+    assert trained.blend.ranker_coefficient == 0.0 and trained.blend.prior_coefficient > 0.0
+    codes = [trained.item_external_ids.index(item["item_id"]) for item in items]
+    ranks = trained.collaborative.popularity_rank[codes].tolist()
+    assert len(ranks) == 10 and ranks == sorted(ranks)
 
 
 def test_similar_items_come_from_the_collaborative_model(served, serve_client):

@@ -2,6 +2,7 @@
 the tests start, compared with the in-process path on the same data."""
 
 import os
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import distributed
@@ -17,7 +18,7 @@ from retraining.ml.candidates import collaborative_fit
 from retraining.ml.distributed import ClusterSteps, cluster_connect, ndcg_at
 from retraining.ml.events import ItemStatesAt, StateReplay, item_states_answer
 from retraining.ml.params import TrainingParams
-from retraining.ml.ranker import ranker_fit
+from retraining.ml.ranker import ranker_blend_fit, ranker_fit
 from retraining.ml.regressor import KIND_RESIDUAL, rating_bounds, rating_scores
 from retraining.ml.split import split_compute
 from retraining.ml.steps import LocalSteps
@@ -150,6 +151,33 @@ def test_the_partitioned_evaluation_replay_ranks_and_builds_rating_rows_as_in_pr
         "regressor_holdout_events",
     ):  # held-out rows come per shard and are put back in the replay's order
         np.testing.assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)
+
+
+def test_the_partitioned_evaluation_ranks_by_the_popularity_blend_as_in_process(log, dask_cluster, steps_inputs):
+    split, share, local, inner, model = steps_inputs
+    examples = local.ranker_examples(PARAMS, share, inner)
+    ranker = ranker_fit(examples, PARAMS)
+    blend = ranker_blend_fit(ranker, examples, 0.4)
+    expected = local.evaluation(PARAMS, share, model, ranker, with_regressor=False, blend=blend)
+    alone = local.evaluation(PARAMS, share, model, ranker, with_regressor=False)
+    with cluster_connect(dask_cluster) as cluster:
+        found = ClusterSteps(cluster, log, split).evaluation(
+            PARAMS, share, model, ranker, with_regressor=False, blend=blend
+        )
+    lists = [c.tolist() for c in found.ranked["ranker"]]
+    assert lists == [c.tolist() for c in expected.ranked["ranker"]]
+    assert lists != [c.tolist() for c in alone.ranked["ranker"]]
+
+
+def test_the_pointwise_ranker_setting_fits_on_the_cluster(log, dask_cluster, steps_inputs):
+    split, share, local, inner, _ = steps_inputs
+    params = replace(PARAMS, ranker_objective="binary")
+    examples = local.ranker_examples(params, share, inner)
+    with cluster_connect(dask_cluster) as cluster:
+        booster = ClusterSteps(cluster, log, split).ranker_fit(examples, params)
+    scores = ranking.ranker_scores(booster, examples.matrix)
+    assert booster.dump_model()["objective"].startswith("binary") and ((scores > 0) & (scores < 1)).all()
+    assert scores[examples.labels > 0].mean() > scores[examples.labels == 0].mean()
 
 
 def test_the_rating_model_on_the_cluster_fits_its_residual_trees_there_and_scores_as_in_process(

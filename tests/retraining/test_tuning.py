@@ -9,12 +9,13 @@ import pytest
 from recommendations import ranking
 from retraining.ml.candidates import collaborative_fit
 from retraining.ml.events import EVENT_TYPE_CODE
+from retraining.ml.metrics import ranking_metrics_at
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import ranker_fit
 from retraining.ml.replay import evaluation_run
 from retraining.ml.split import split_compute
 from retraining.ml.steps import LocalSteps
-from retraining.ml.tuning import RANKER_SETTINGS, ranker_setting_select
+from retraining.ml.tuning import POPULARITY_WEIGHTS, RANKER_SETTINGS, ranker_setting_select
 from retraining.services.training import model_refit, model_train
 from tests.retraining.factories import event_log_from, learnable_dataset
 
@@ -76,7 +77,9 @@ def test_a_holdout_that_favours_another_setting_does_not_change_the_choice(learn
     assert on_trap(other) > on_trap(selection.chosen) + 0.1, "the trap must favour the other setting on the holdout"
     again, _, _ = _selection(trap)
     assert again.chosen == selection.chosen
+    assert again.params.ranker_popularity_weight == selection.params.ranker_popularity_weight
     assert again.validation_ndcg == selection.validation_ndcg
+    assert again.validation_ndcg_by_weight == selection.validation_ndcg_by_weight
 
 
 def test_the_settings_train_on_earlier_windows_and_are_scored_on_the_latest_before_every_users_holdout(
@@ -106,6 +109,39 @@ def test_the_same_data_gives_the_same_choice_and_scores(learnable_log, selected)
     assert len(set(again.validation_ndcg.values())) > 1  # the settings do differ on this data
 
 
+def test_every_setting_is_scored_at_every_popularity_weight_and_the_best_pair_is_chosen(selected):
+    selection = selected[0]
+    table = selection.validation_ndcg_by_weight
+    assert list(table) == list(RANKER_SETTINGS)
+    assert all(list(by_weight) == [str(w) for w in POPULARITY_WEIGHTS] for by_weight in table.values())
+    best = max(score for by_weight in table.values() for score in by_weight.values())
+    assert table[selection.chosen][str(selection.params.ranker_popularity_weight)] == best
+    # the whole prior is most-popular's order, whichever booster it is blended with
+    assert len({by_weight["1.0"] for by_weight in table.values()}) == 1
+    assert len({score for by_weight in table.values() for score in by_weight.values()}) > len(RANKER_SETTINGS)
+
+
+@pytest.mark.slow
+def test_the_holdout_is_ranked_by_the_blend_the_model_directory_records(learnable_log, tmp_path):
+    params = replace(PARAMS, ranker_selection=False, ranker_popularity_weight=0.6)
+    result = model_train(output_dir=tmp_path, log=learnable_log, progress=None, params=params)
+    trained = ranking.trained_model_load(tmp_path)
+    assert trained.blend.prior_coefficient > 0.0 and trained.blend.ranker_coefficient > 0.0
+    split = split_compute(learnable_log, params)
+    n_active = int(learnable_log.item_active.sum())
+
+    def ndcg(blend):
+        evaluation = evaluation_run(
+            learnable_log, split, params, learnable_log.category_share(), trained.collaborative, trained.ranker, False,
+            blend=blend,
+        )  # fmt: skip
+        lists, positives = evaluation.ranked["ranker"], evaluation.positives
+        return ranking_metrics_at(recommended=lists, positives=positives, k=10, n_active_items=n_active)["ndcg@10"]
+
+    assert result.metrics["ndcg@10"] == pytest.approx(ndcg(trained.blend), abs=1e-9)
+    assert result.metrics["ndcg@10"] != pytest.approx(ndcg(ranking.RANKER_ALONE), abs=1e-6)
+
+
 def test_a_timeline_with_enough_queries_in_its_latest_window_keeps_the_default_settings(learnable_log):
     params = replace(PARAMS, min_ranker_groups=50)
     selection, windows, _ = _selection(learnable_log, params=params)
@@ -122,3 +158,6 @@ def test_a_refit_trains_the_gated_setting_again_without_choosing(learnable_log):
     expected = _fixed(chosen)
     assert refit.manifest["params"]["training"]["label_windows"] == expected.label_windows
     assert refit.manifest["params"]["ranker"]["lambda_l2"] == expected.ranker_lambda_l2
+    weight = gated.manifest["params"]["ranker_selection"]["popularity_weight"]
+    assert refit.manifest["params"]["training"]["ranker_popularity_weight"] == weight
+    assert (refit.manifest["params"]["ranker_blend"]["prior_coefficient"] > 0.0) == (weight > 0.0)
