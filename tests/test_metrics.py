@@ -249,7 +249,7 @@ def test_the_settings_default_to_loopback_when_local_and_to_nothing_in_productio
 
 
 def test_a_shed_request_is_timed_under_its_route_with_its_503(client, ingest_client, settings):
-    settings.SHED_QUEUE_SECONDS = 0.5
+    settings.SHED_EVENTS_QUEUE_SECONDS = 0.5  # posted events' own bound
     labels = {"route": "api/v1/events", "method": "POST", "status": "503"}
     before = total(scrape(client), "recsite_http_request_duration_seconds_count", **labels)
     response = ingest_client.post(
