@@ -2,55 +2,16 @@
 alive gets them served by two workers, not queued behind each other in one while the other idles."""
 
 import http.client
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from recsite.gunicorn_worker import ConnectionTable
 from tests.support.processes import free_port, start_process, stop_process, wait_until
 
+pytestmark = [pytest.mark.django_db(transaction=True)]
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def other_worker():
-    """A live process standing in for another worker."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process.pid
-    process.kill()
-    process.wait()
-
-
-def a_dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
-def test_a_worker_leaves_a_new_connection_to_a_live_worker_holding_fewer(other_worker):
-    table = ConnectionTable(slots=4)
-    mine, theirs = table.claim(os.getpid()), table.claim(other_worker)
-    table.publish(mine, 1)
-    table.publish(theirs, 0)
-    assert table.fewer_elsewhere(mine, 1)
-    assert not table.fewer_elsewhere(theirs, 0)  # the idle one takes it at once
-    table.publish(theirs, 1)
-    assert not table.fewer_elsewhere(mine, 1)  # equal counts: whoever wakes first accepts, nobody waits
-    assert not table.fewer_elsewhere(theirs, 1)
-
-
-def test_a_dead_workers_slot_counts_for_nothing_and_is_taken_by_the_next_worker(other_worker):
-    table = ConnectionTable(slots=2)
-    mine, dead = table.claim(os.getpid()), table.claim(a_dead_pid())
-    table.publish(mine, 3)
-    table.publish(dead, 0)
-    assert not table.fewer_elsewhere(mine, 3)  # nobody is left to take the connection: accept it
-    assert table.claim(other_worker) == dead
-    assert table.claim(a_dead_pid()) is None  # every slot is a live worker's: the new one spreads nothing
 
 
 def owner(workers: list[psutil.Process], connection: http.client.HTTPConnection) -> int:
@@ -69,7 +30,6 @@ def health(connection: http.client.HTTPConnection) -> None:
     assert response.status == 200
 
 
-@pytest.mark.django_db(transaction=True)
 def test_two_kept_alive_connections_are_served_by_two_workers(tmp_path):
     port = free_port()
     log = tmp_path / "web.log"
