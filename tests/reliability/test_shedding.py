@@ -137,6 +137,15 @@ def _healthy(port: int) -> bool:
         return False
 
 
+def clients_run(client, connections: int) -> None:
+    """client(n) for n in range(connections), each in a thread of its own, until all return."""
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def burst(port: int, key: str, *, connections: int, seconds: float) -> list[tuple]:
     """Single events from `connections` keep-alive clients for `seconds`: (status, seconds, Retry-After,
     error code, event id) per request, status 0 when no answer came."""
@@ -174,11 +183,7 @@ def burst(port: int, key: str, *, connections: int, seconds: float) -> list[tupl
         with lock:
             results.extend(mine)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    clients_run(client, connections)
     return results
 
 
@@ -241,11 +246,7 @@ def batch_burst(port: int, key: str, *, connections: int, seconds: float) -> lis
             with lock:
                 results.append((status, event_ids))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    clients_run(client, connections)
     return results
 
 
