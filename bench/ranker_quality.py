@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -42,23 +43,34 @@ from retraining.services.training import model_train
 SHARED = {"ml-latest-small": ROOT.parent / "shared" / "datasets" / "ml-latest-small"}
 
 
+def ratings_read(path: Path, share: float = 1.0) -> list:
+    """The ratings as the importer reads them, in time order; with `share` < 1 only the first share of them."""
+    ratings = movielens.movielens_ratings(path=path)
+    if share < 1.0:
+        cut = ratings[int(len(ratings) * share)].moment
+        ratings = [r for r in ratings if r.moment < cut]
+    return ratings
+
+
+def users_ordered(ratings: list) -> list[str]:
+    """The users' external ids in the order of their codes (numeric ids in numeric order)."""
+    return sorted({r.user_id for r in ratings}, key=lambda u: (len(u), u))
+
+
 def event_log_read(path: Path, share: float = 1.0) -> EventLog:
     layout = movielens._layout_detect(path)
     report = movielens.ImportReport(layout=layout.name)
     movies = list(
         movielens._parsed(movielens._rows(path, layout, layout.movies), layout.movie_parse, layout.movies, report)
     )
-    ratings = movielens.movielens_ratings(path=path)
-    if share < 1.0:
-        cut = ratings[int(len(ratings) * share)].moment
-        ratings = [r for r in ratings if r.moment < cut]
+    ratings = ratings_read(path, share)
     external = [m.item_id for m in movies]
     categories = [tuple(m.categories) for m in movies]
     for movie_id in sorted({r.movie_id for r in ratings} - set(external)):  # rated but not listed: inactive
         external.append(movie_id)
         categories.append(())
     code = {e: k for k, e in enumerate(external)}
-    users = sorted({r.user_id for r in ratings}, key=lambda u: (len(u), u))
+    users = users_ordered(ratings)
     user_code = {u: k for k, u in enumerate(users)}
     n = len(ratings)
     return EventLog(
@@ -76,21 +88,42 @@ def event_log_read(path: Path, share: float = 1.0) -> EventLog:
     )
 
 
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """synthetic:USERS:ITEMS:EVENTS:SHARE:SEED — the first SHARE of generate_synthetic's timeline."""
+
+    users: int
+    items: int
+    events: int
+    share: float
+    seed: int
+    drift_at: float = 0.8
+    start: date = date(2025, 1, 1)
+
+    @classmethod
+    def parse(cls, spec: str) -> "SyntheticSpec":
+        users, items, events, share, seed = spec.split(":")[1:]
+        return cls(users=int(users), items=int(items), events=int(events), share=float(share), seed=int(seed))
+
+    def write(self, scratch: Path) -> Path:
+        output = scratch / f"synthetic-{self.users}-{self.items}-{self.events}-{self.seed}"
+        synthetic_dataset_write(
+            output=output,
+            users=self.users,
+            items=self.items,
+            events=self.events,
+            drift_at=self.drift_at,
+            seed=self.seed,
+            start=self.start,
+        )
+        return output
+
+
 def dataset_log(spec: str, scratch: Path) -> EventLog:
     if not spec.startswith("synthetic:"):
         return event_log_read(SHARED.get(spec, Path(spec)))
-    users, items, events, share, seed = spec.split(":")[1:]
-    output = scratch / spec.replace(":", "-")
-    synthetic_dataset_write(
-        output=output,
-        users=int(users),
-        items=int(items),
-        events=int(events),
-        drift_at=0.8,
-        seed=int(seed),
-        start=date(2025, 1, 1),
-    )
-    return event_log_read(output, float(share))
+    synthetic = SyntheticSpec.parse(spec)
+    return event_log_read(synthetic.write(scratch), synthetic.share)
 
 
 def quality(log: EventLog, params: TrainingParams) -> dict:

@@ -8,6 +8,10 @@ popularity, favouring the ones that match their taste; the rating is the rounded
 the item's quality, the taste match and noise. At the drift point a share of the users turn to a few
 trending genres, new items (mostly of those genres) are released, and popularity is re-ranked with the
 new items on top.
+
+The hidden parameters can be rebuilt (synthetic_world) to ask the generator what it knows: each user's
+probability of picking each item at a time (synthetic_pick_probabilities) and of rating it positively
+(synthetic_positive_probabilities) — the oracle that bounds what any model can reach on a timeline.
 """
 
 from collections.abc import Iterator
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 from tqdm import tqdm
 
 from recsite.errors import ApplicationError
@@ -60,7 +65,9 @@ class SyntheticReport:
 
 
 @dataclass(frozen=True)
-class _World:
+class SyntheticWorld:
+    """The hidden parameters a timeline is drawn from; times in seconds from its start."""
+
     span: float  # seconds from the start to the end of the timeline
     drift: float  # seconds from the start to the drift point
     item_vectors: np.ndarray  # (items, LATENT_DIM + genres): latent vector, then genre shares
@@ -148,8 +155,52 @@ def synthetic_dataset_write(
     return replace(stream.report, output=output)
 
 
+def synthetic_world(*, users: int, items: int, drift_at: float, seed: int, days: int = 365) -> SyntheticWorld:
+    """The hidden parameters of the timeline synthetic_dataset_stream generates with the same arguments (its
+    `events` and `start` do not change them): the world is the first thing drawn from the seed."""
+    rng = np.random.default_rng(seed)
+    return _world(rng, users, items, round(items * NEW_ITEM_SHARE), drift_at * days * DAY, days * DAY)[0]
+
+
+def synthetic_pick_probabilities(
+    world: SyntheticWorld, *, user: int, at: float, excluded: np.ndarray, rng: np.random.Generator, samples: int
+) -> np.ndarray:
+    """Per item, the probability that the user's rating at `at` (seconds from the start) is of that item under
+    the generator's rule (_items_pick), the `excluded` items (already rated) not eligible: CANDIDATES draws by
+    popularity, the best of the released, eligible ones by CHOICE_SHARPNESS × taste match + Gumbel noise, a
+    draw without an eligible candidate drawn again. Given the draw the choice is a softmax over the candidates
+    (one term per copy); its average over `samples` draws is the estimate. The uniform redraw after
+    POPULARITY_ROUNDS fruitless rounds is left out: it concerns users who rated most of the popular items."""
+    after = int(at >= world.drift)
+    eligible = world.release <= at
+    eligible[excluded] = False
+    affinity = world.item_vectors @ world.user_vectors[after, user]
+    weight = np.where(eligible, np.exp(CHOICE_SHARPNESS * (affinity - affinity.max())), 0.0)
+    n_items = len(weight)
+    candidates = np.minimum(
+        np.searchsorted(world.popularity_cdf[after], rng.random((samples, CANDIDATES)), side="right"), n_items - 1
+    )
+    drawn = weight[candidates]
+    total = drawn.sum(axis=1)
+    useful = total > 0
+    if not useful.any():
+        return eligible / max(eligible.sum(), 1)
+    share = drawn[useful] / total[useful, None]
+    return np.bincount(candidates[useful].ravel(), share.ravel(), minlength=n_items) / useful.sum()
+
+
+def synthetic_positive_probabilities(world: SyntheticWorld, *, user: int, at: float, threshold: float) -> np.ndarray:
+    """Per item, the probability that the user's rating of it at `at` is at least `threshold` (a half star):
+    the rating rounds GLOBAL_MEAN + bias + quality + taste match + N(0, RATING_NOISE) to half stars."""
+    after = int(at >= world.drift)
+    score = (
+        GLOBAL_MEAN + world.user_bias[user] + world.item_quality + world.item_vectors @ world.user_vectors[after, user]
+    )
+    return ndtr((score - (threshold - 0.25)) / RATING_NOISE)
+
+
 def _ratings_blocks(
-    rng: np.random.Generator, world: _World, counts: np.ndarray, begin: datetime
+    rng: np.random.Generator, world: SyntheticWorld, counts: np.ndarray, begin: datetime
 ) -> Iterator[pd.DataFrame]:
     for block_users in _user_blocks(counts):
         block = _block_ratings(rng, world, block_users, counts[block_users])
@@ -172,7 +223,7 @@ def _validate(*, users: int, items: int, events: int, drift_at: float, days: int
 
 def _world(
     rng: np.random.Generator, users: int, items: int, new_items: int, drift: float, span: float
-) -> tuple[_World, np.ndarray, np.ndarray]:
+) -> tuple[SyntheticWorld, np.ndarray, np.ndarray]:
     """The hidden parameters, the items' genre indicator matrix and the drifting users' mask."""
     genre_mix = rng.dirichlet(np.full(len(GENRES), 2.0))
     trending = np.zeros(len(GENRES))
@@ -189,7 +240,7 @@ def _world(
     tastes_after = np.where(drifting[:, None], 0.3 * tastes + 0.7 * trend_tastes, tastes)
     user_latent = rng.normal(0.0, LATENT_SCALE, (users, LATENT_DIM))
     item_latent = rng.normal(0.0, LATENT_SCALE, (items, LATENT_DIM))
-    world = _World(
+    world = SyntheticWorld(
         span=span,
         drift=drift,
         item_vectors=np.hstack([item_latent, genres / genres.sum(axis=1, keepdims=True)]).astype(np.float32),
@@ -261,7 +312,9 @@ def _user_blocks(counts: np.ndarray) -> list[np.ndarray]:
     return [block for block in np.split(np.arange(len(counts)), np.unique(boundaries + 1)) if block.size]
 
 
-def _block_ratings(rng: np.random.Generator, world: _World, users: np.ndarray, counts: np.ndarray) -> pd.DataFrame:
+def _block_ratings(
+    rng: np.random.Generator, world: SyntheticWorld, users: np.ndarray, counts: np.ndarray
+) -> pd.DataFrame:
     user = np.repeat(users, counts)
     at = _event_times(rng, world, user, counts)
     after = (at >= world.drift).astype(np.intp)
@@ -274,7 +327,7 @@ def _block_ratings(rng: np.random.Generator, world: _World, users: np.ndarray, c
     return pd.DataFrame({name: values[order] for name, values in columns.items()})
 
 
-def _event_times(rng: np.random.Generator, world: _World, user: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _event_times(rng: np.random.Generator, world: SyntheticWorld, user: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Seconds from the start: sessions at uniform times in the user's active window, ratings minutes apart."""
     position = np.arange(len(user)) - np.repeat(np.cumsum(counts) - counts, counts)
     opens = (position == 0) | (rng.random(len(user)) < 1.0 / MEAN_SESSION_LENGTH)
@@ -290,7 +343,7 @@ def _event_times(rng: np.random.Generator, world: _World, user: np.ndarray, coun
 
 
 def _items_pick(
-    rng: np.random.Generator, world: _World, user: np.ndarray, after: np.ndarray, at: np.ndarray
+    rng: np.random.Generator, world: SyntheticWorld, user: np.ndarray, after: np.ndarray, at: np.ndarray
 ) -> np.ndarray:
     """Each event's item: the best-matching of CANDIDATES drawn by popularity, among released items the user
     has not rated yet. Events without a valid pick are redrawn, after POPULARITY_ROUNDS uniformly."""

@@ -12,7 +12,13 @@ from django.core.management import CommandError, call_command
 from recommendations.models import EndUser, Interaction, Item
 from recommendations.services import synthetic
 from recommendations.services.movielens import movielens_import
-from recommendations.services.synthetic import synthetic_dataset_stream, synthetic_dataset_write
+from recommendations.services.synthetic import (
+    synthetic_dataset_stream,
+    synthetic_dataset_write,
+    synthetic_pick_probabilities,
+    synthetic_positive_probabilities,
+    synthetic_world,
+)
 
 USERS, ITEMS, EVENTS = 300, 600, 20_000
 
@@ -118,6 +124,70 @@ def test_new_items_appear_only_after_the_drift(dataset):
     assert len(new) == report.new_items > 0
     first_rated = ratings.groupby("movieId").timestamp.min()
     assert (first_rated[first_rated.index.isin(new)] >= report.drift_time.timestamp()).all()
+
+
+def _before_the_drift(report, ratings: pd.DataFrame) -> pd.DataFrame:
+    """The fixture's ratings before the drift, with their time in seconds from the start."""
+    seconds = ratings.timestamp - report.start.timestamp()
+    return ratings.assign(at=seconds)[ratings.timestamp < report.drift_time.timestamp()]
+
+
+def _pick_log_likelihood(world, ratings: pd.DataFrame) -> float:
+    """Mean log probability of each rated item under the world's pick rule, per user before the drift."""
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for user, rows in ratings.groupby("userId"):
+        pick = synthetic_pick_probabilities(
+            world, user=user - 1, at=0.0, excluded=np.empty(0, dtype=np.int64), rng=rng, samples=5_000
+        )
+        total += np.log(np.maximum(pick[rows.movieId.to_numpy() - 1], 1e-6)).sum()
+    return total / len(ratings)
+
+
+def test_the_rebuilt_world_explains_the_picks_better_than_another_seeds(dataset):
+    report, ratings, _ = dataset
+    early = _before_the_drift(report, ratings)
+    # Light users: a heavy user's later picks are redrawn (no item twice), eventually uniformly, which the pick
+    # rule of one rating leaves out.
+    light = early[early.userId.map(early.userId.value_counts()) <= 30]
+    light = light[light.userId <= 100]
+
+    own = _pick_log_likelihood(synthetic_world(users=USERS, items=ITEMS, drift_at=0.7, seed=7), light)
+    other = _pick_log_likelihood(synthetic_world(users=USERS, items=ITEMS, drift_at=0.7, seed=8), light)
+
+    assert own > other + 1.0
+    assert own > -np.log(ITEMS - report.new_items) + 0.5  # better than a uniform pick among the old items
+
+
+def test_pick_probabilities_add_up_to_one_over_released_items_not_excluded(dataset):
+    report, _, _ = dataset
+    world = synthetic_world(users=USERS, items=ITEMS, drift_at=0.7, seed=7)
+    excluded = np.array([0, 5, 9])
+
+    pick = synthetic_pick_probabilities(
+        world, user=3, at=0.0, excluded=excluded, rng=np.random.default_rng(1), samples=2_000
+    )
+
+    assert pick.sum() == pytest.approx(1.0)
+    assert (pick[excluded] == 0).all()
+    assert (pick[world.release > 0] == 0).all()  # the new items are released after the drift
+    assert (world.release > 0).sum() == report.new_items
+
+
+def test_positive_probabilities_match_the_share_of_ratings_of_four_or_more(dataset):
+    report, ratings, _ = dataset
+    early = _before_the_drift(report, ratings)
+    world = synthetic_world(users=USERS, items=ITEMS, drift_at=0.7, seed=7)
+
+    expected = np.concatenate(
+        [
+            synthetic_positive_probabilities(world, user=user - 1, at=0.0, threshold=4.0)[rows.movieId.to_numpy() - 1]
+            for user, rows in early.groupby("userId")
+        ]
+    )
+
+    assert expected.mean() == pytest.approx((early.rating >= 4.0).mean(), abs=0.02)
+    assert 0.2 < expected.mean() < 0.8
 
 
 def test_the_same_seed_writes_identical_files_and_another_seed_different_ones(tmp_path):

@@ -1,0 +1,45 @@
+"""bench/oracle_bound.py on a tiny timeline: the oracle's ranking uses the generator's probabilities, so on the same
+held-out events it beats most-popular, both collaborative baselines and the trained ranker."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def oracle_bound():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_oracle_bound", BENCH / "oracle_bound.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_oracle_bound"] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_on_a_tiny_timeline_the_oracle_beats_every_baseline_and_the_ranker(oracle_bound, tmp_path):
+    training = oracle_bound.TrainingParams(num_threads=1)
+
+    row = oracle_bound.oracle_bound("synthetic:150:300:8000:0.7:5", tmp_path, params=training, with_ranker=True)
+
+    assert row["users"] > 50
+    for model in ("popularity", "ease", "itemknn", "ranker"):
+        assert row["oracle_positive_all"] > row[model]
+        assert row["oracle_positive_candidates"] > row[model]
+    assert row["oracle_choice_all"] > row["popularity"]
+
+
+def test_held_out_events_in_one_state_of_the_world_share_one_time(oracle_bound):
+    world = oracle_bound.synthetic_world(users=5, items=40, drift_at=0.5, seed=3)
+    before = [10.0, 20.0, 30.0]
+    after = world.drift + 0.1 * (world.span - world.drift) + oracle_bound.np.array([1.0, 2.0])  # all new items out
+
+    moments = oracle_bound._distinct_moments(world, oracle_bound.np.array([*before, *after.tolist()]))
+
+    assert moments.tolist() == [10.0] * 3 + [after[0]] * 2
