@@ -33,6 +33,9 @@ def test_on_a_tiny_timeline_the_oracle_beats_every_baseline_and_the_ranker(oracl
         assert row["oracle_positive_all"] > row[model]
         assert row["oracle_positive_candidates"] > row[model]
     assert row["oracle_choice_all"] > row["popularity"]
+    assert row["oracle_positive_all"] > row["genre_popularity"]
+    assert set(row["genre_tilt_validation"]) == {str(tilt) for tilt in oracle_bound.GENRE_TILTS}
+    assert row["genre_tilt"] in oracle_bound.GENRE_TILTS
 
 
 def test_held_out_events_in_one_state_of_the_world_share_one_time(oracle_bound):
