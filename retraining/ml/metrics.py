@@ -34,13 +34,11 @@ def ranking_metrics(
     users = 0
     distinct: set[int] = set()
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    for items, relevant in zip(recommended, positives):
-        if not len(relevant):
-            continue
+    scored = [(np.asarray(items)[:k], relevant) for items, relevant in zip(recommended, positives) if len(relevant)]
+    found = _found_in([top for top, _ in scored], [relevant for _, relevant in scored])
+    for (top, relevant), hits in zip(scored, np.split(found, np.cumsum([len(top) for top, _ in scored])[:-1])):
         users += 1
-        top = np.asarray(items)[:k]
         distinct.update(top.tolist())
-        hits = np.isin(top, relevant)
         n_hits = int(hits.sum())
         ideal = min(k, len(relevant))
         totals["recall"] += n_hits / len(relevant)
@@ -92,15 +90,32 @@ def candidate_recall(
     with a positive: among the first `n` candidates (`candidate_recall@n`) and in the whole pool
     (`candidate_recall`, of `candidates_per_user` items on average). The ranker's recall@k cannot exceed the
     latter: it judges candidate generation apart from ranking."""
-    rows = np.array(
+    scored = [i for i, relevant in enumerate(positives) if len(relevant)]
+    relevant = [positives[i] for i in scored]
+    pool = [pools[i] for i in scored]
+    owner = np.repeat(np.arange(len(scored)), [len(r) for r in relevant])
+    counts = np.bincount(owner, minlength=len(scored))
+    rows = np.column_stack(
         [
-            (np.isin(relevant, pool[:n]).mean(), np.isin(relevant, pool).mean(), len(pool))
-            for pool, relevant in zip(pools, positives)
-            if len(relevant)
+            np.bincount(owner, weights=_found_in(relevant, [p[:n] for p in pool]), minlength=len(scored)) / counts,
+            np.bincount(owner, weights=_found_in(relevant, pool), minlength=len(scored)) / counts,
+            np.array([len(p) for p in pool], dtype=np.float64),
         ]
     ).reshape(-1, 3)
     at_n, whole, size = rows.mean(axis=0) if len(rows) else (0.0, 0.0, 0.0)
     return {f"candidate_recall@{n}": float(at_n), "candidate_recall": float(whole), "candidates_per_user": float(size)}
+
+
+def _found_in(wanted: list[np.ndarray], where: list[np.ndarray]) -> np.ndarray:
+    """np.isin(wanted[i], where[i]) for every i, concatenated: one call over all lists (each item keyed by its
+    list) instead of one per user, whose fixed cost dominated the metrics of a large holdout."""
+    wanted = [np.asarray(a, dtype=np.int64) for a in wanted]
+    where = [np.asarray(a, dtype=np.int64) for a in where]
+    if not wanted:
+        return np.empty(0, dtype=bool)
+    width = 1 + max(int(a.max(initial=-1)) for a in wanted + where)
+    keys = [np.concatenate([i * width + a for i, a in enumerate(arrays)]) for arrays in (wanted, where)]
+    return np.isin(keys[0], keys[1])
 
 
 def metric_keys(metrics: dict[str, float], k: int) -> dict[str, float]:
