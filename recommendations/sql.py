@@ -605,9 +605,13 @@ def _sqlite_seconds(value: datetime | str) -> float:
 
 # --- Serving: a request's own reads --------------------------------------------------------------
 
-_SEEN_AGGREGATE = {  # every Item key of the user's events, in the same statement as the user's row
-    "postgresql": "ARRAY(SELECT DISTINCT i.item_id FROM {table} i WHERE i.user_id = u.id)",
-    "sqlite": "(SELECT json_group_array(DISTINCT i.item_id) FROM {table} i WHERE i.user_id = u.id)",
+# Every Item key the user has an event with, in the same statement as the user's row: the user's UserItemFirstSeen
+# pairs, which every writer of events records (ingestion in its transaction, an import by the rebuild after it) and
+# retention keeps. One probe of the pairs' unique index, where the events' DISTINCT visited every month partition
+# (PostgreSQL CPU per call 0.33 against 0.48 ms with 5 partitions on ml-latest-small, growing with the months).
+_SEEN_AGGREGATE = {
+    "postgresql": "ARRAY(SELECT s.item_id FROM {table} s WHERE s.user_id = u.id)",
+    "sqlite": "(SELECT json_group_array(s.item_id) FROM {table} s WHERE s.user_id = u.id)",
 }
 _USER_SQL = (
     f"SELECT u.id, {{seen}}, (SELECT c.deactivations FROM {CatalogState._meta.db_table} c), "
@@ -643,7 +647,7 @@ _PREPARED_ON = "recsite_served_user_prepared_on"  # attribute of the connection:
 
 @functools.cache
 def _user_sql(vendor: str) -> str:
-    return _USER_SQL.format(seen=_SEEN_AGGREGATE[vendor].format(table=Interaction._meta.db_table))
+    return _USER_SQL.format(seen=_SEEN_AGGREGATE[vendor].format(table=_FIRST_SEEN_TABLE))
 
 
 def inactive_items(*, pks: list[int]) -> set[int]:

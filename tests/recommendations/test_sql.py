@@ -277,7 +277,8 @@ def test_item_deltas_add_up_keep_the_extremes_and_log_add_popularity():
 
 def test_the_served_user_row_holds_the_seen_items_and_none_for_a_stranger():
     user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1", active=False)
-    Interaction.objects.create(user=user, item=item, event_type="view", timestamp=T0)
+    event = Interaction.objects.create(user=user, item=item, event_type="view", timestamp=T0)
+    sql.user_item_first_seen_insert(event_pks=[event.pk])  # seen items are the user's recorded pairs
     row = sql.served_user_row(external_id="u")
     seen = row[1] if isinstance(row[1], list) else json.loads(row[1])  # an array on PostgreSQL, JSON text on SQLite
     assert row[0] == user.pk and seen == [item.pk] and sql.served_user_row(external_id="stranger") is None
