@@ -28,6 +28,7 @@ from recommendations.models import (
     CatalogState,
     EndUser,
     EventReceipt,
+    Impression,
     Interaction,
     Item,
     ItemFeatures,
@@ -657,6 +658,53 @@ def inactive_items(*, pks: list[int]) -> set[int]:
     with connection.cursor() as cursor:
         cursor.execute(_INACTIVE_SQL.format(keys=", ".join(["%s"] * len(pks))), pks)
         return {pk for (pk,) in cursor.fetchall()}
+
+
+IMPRESSION_COLUMNS = (
+    "recommendation_id",
+    "user_id",
+    "served_at",
+    "model_version",
+    "routed_version",
+    "strategy",
+    "arm",
+    "experiment_id",
+    "shadow_of",
+    "items",
+    "scores",
+)
+_IMPRESSION_INSERT_SQL = (
+    f"INSERT INTO {Impression._meta.db_table} ({', '.join(IMPRESSION_COLUMNS)}) VALUES {{values}} "
+    "ON CONFLICT (recommendation_id) DO NOTHING"
+)
+
+
+def impressions_insert(*, rows: list[tuple]) -> None:
+    """Store served lists (`rows` of IMPRESSION_COLUMNS: the ids as UUIDs, the time aware, items and scores as
+    lists) in one statement; a list whose recommendation_id is stored is skipped. The web process's impression
+    flush: bulk_create spent ~50 us of Python a row preparing each field, with the GIL held, while the requests
+    of the process waited for it."""
+    if not rows:
+        return
+    uuid_field = Impression._meta.get_field("recommendation_id")
+    adapt_time = connection.ops.adapt_datetimefield_value
+    params: list = []
+    for recommendation_id, user_id, served_at, model, routed, strategy, arm, experiment, shadow_of, *lists in rows:
+        params += [
+            uuid_field.get_db_prep_value(recommendation_id, connection),
+            user_id,
+            adapt_time(served_at),
+            model,
+            routed,
+            str(strategy),  # a TextChoices member is a str whose str() is its value
+            str(arm),
+            experiment,
+            None if shadow_of is None else uuid_field.get_db_prep_value(shadow_of, connection),
+            *map(json.dumps, lists),  # items, scores
+        ]
+    row = "(" + ", ".join(["%s"] * len(IMPRESSION_COLUMNS)) + ")"
+    with connection.cursor() as cursor:
+        cursor.execute(_IMPRESSION_INSERT_SQL.format(values=", ".join([row] * len(rows))), params)
 
 
 def database_ping() -> None:

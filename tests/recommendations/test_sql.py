@@ -16,6 +16,7 @@ from recommendations import features, sql
 from recommendations.models import (
     EndUser,
     EventReceipt,
+    Impression,
     Interaction,
     Item,
     ItemFeatures,
@@ -23,6 +24,7 @@ from recommendations.models import (
     UserItemFirstSeen,
 )
 from recommendations.services.events import EventInput
+from recommendations.services.impressions import ImpressionRow
 from recommendations.services.online_features import item_state_from_row
 
 pytestmark = pytest.mark.django_db
@@ -283,6 +285,22 @@ def test_the_served_user_row_holds_the_seen_items_and_none_for_a_stranger():
     seen = row[1] if isinstance(row[1], list) else json.loads(row[1])  # an array on PostgreSQL, JSON text on SQLite
     assert row[0] == user.pk and seen == [item.pk] and sql.served_user_row(external_id="stranger") is None
     assert sql.inactive_items(pks=[item.pk, Item.objects.create(external_id="i2").pk]) == {item.pk}
+
+
+def test_impressions_are_stored_as_the_orm_reads_them_and_a_repeated_list_is_skipped():
+    user, shown = EndUser.objects.create(external_id="u"), uuid.uuid4()
+    model = Impression.Strategy.MODEL
+    served = ImpressionRow(shown, user.pk, T0, 3, 3, model, "champion", 7, None, [5, 9], [0.5, 0.25])
+    shadow = ImpressionRow(uuid.uuid4(), user.pk, T0, 4, 4, "model", Impression.Arm.SHADOW, 7, shown, [9], [1.5])
+    sql.impressions_insert(rows=[served, shadow])
+    sql.impressions_insert(rows=[served._replace(items=[1])])  # the same recommendation_id again
+    stored = {row.recommendation_id: row for row in Impression.objects.all()}
+    assert set(stored) == {shown, shadow.recommendation_id}
+    first, second = stored[shown], stored[shadow.recommendation_id]
+    assert (first.user_id, first.served_at, first.model_version, first.routed_version) == (user.pk, T0, 3, 3)
+    assert (first.strategy, first.arm, first.experiment_id, first.shadow_of) == ("model", "champion", 7, None)
+    assert (first.items, first.scores) == ([5, 9], [0.5, 0.25])
+    assert (second.arm, second.shadow_of, second.items, second.scores) == ("shadow", shown, [9], [1.5])
 
 
 def test_the_item_snapshot_columns_hold_every_item_in_key_order_with_its_features_or_none():
