@@ -23,7 +23,6 @@ from recommendations.process_cache import PeriodicThread
 
 logger = logging.getLogger(__name__)
 MAX_BUFFERED = 100_000
-FLUSH_BATCH = 500  # rows per statement
 
 
 class ImpressionRow(NamedTuple):
@@ -70,8 +69,7 @@ class ImpressionBuffer:
             self._buffer.clear()
         if pending:
             try:
-                for start in range(0, len(pending), FLUSH_BATCH):
-                    sql.impressions_insert(rows=pending[start : start + FLUSH_BATCH])
+                sql.impressions_insert(rows=pending)
             except Exception:
                 with self._lock:  # keep them for the next flush, within a bound
                     self._buffer[:0] = pending[-MAX_BUFFERED:]

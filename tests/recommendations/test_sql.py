@@ -301,6 +301,14 @@ def test_impressions_are_stored_as_the_orm_reads_them_and_a_repeated_list_is_ski
     assert (first.strategy, first.arm, first.experiment_id, first.shadow_of) == ("model", "champion", 7, None)
     assert (first.items, first.scores) == ([5, 9], [0.5, 0.25])
     assert (second.arm, second.shadow_of, second.items, second.scores) == ("shadow", shown, [9], [1.5])
+    assert ImpressionRow._fields == sql.IMPRESSION_COLUMNS
+
+
+def test_a_flush_larger_than_one_statement_stores_every_list():
+    user = EndUser.objects.create(external_id="u")
+    row = ImpressionRow(uuid.uuid4(), user.pk, T0, None, None, "popular", "champion", None, None, [], [])
+    sql.impressions_insert(rows=[row._replace(recommendation_id=uuid.uuid4()) for _ in range(1201)])
+    assert Impression.objects.count() == 1201
 
 
 def test_the_item_snapshot_columns_hold_every_item_in_key_order_with_its_features_or_none():
