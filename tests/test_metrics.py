@@ -161,9 +161,7 @@ def test_a_database_that_fails_leaves_its_figures_out_and_still_serves_the_proce
 def test_an_impression_buffer_that_overflows_while_flushes_fail_counts_what_it_gave_up(settings, monkeypatch):
     buffer = ImpressionBuffer()
     buffer._buffer = [object()] * (MAX_BUFFERED + 7)
-    monkeypatch.setattr(
-        "recommendations.models.Impression.objects.bulk_create", mock.Mock(side_effect=OperationalError("down"))
-    )
+    monkeypatch.setattr("recommendations.sql.impressions_insert", mock.Mock(side_effect=OperationalError("down")))
     with pytest.raises(OperationalError):
         buffer.flush()
     assert buffer.dropped == 7 and buffer.buffered() == MAX_BUFFERED

@@ -22,6 +22,7 @@ from recommendations.models import Impression, Item
 from recommendations.routing import Route, route_for
 from recommendations.runtime import ServingRuntime
 from recommendations.selectors import ServedUser, inactive_items, served_user
+from recommendations.services.impressions import ImpressionRow
 from recommendations.serving.holders import Deployed, ServingHealth
 from recommendations.serving.loading import ServingModel
 from recommendations.serving.pipeline import InactiveOf, popular_items, ranked_items
@@ -197,16 +198,29 @@ def _ranked(model: ServingModel, request: _Request, *, kind: str, **options) -> 
 
 
 def _impression(
-    recommendation_id: uuid.UUID, request: _Request, served: list[dict], model: ServingModel | None, **fields
-) -> Impression:
-    return Impression(
+    recommendation_id: uuid.UUID,
+    request: _Request,
+    served: list[dict],
+    model: ServingModel | None,
+    *,
+    arm: str,
+    routed_version: int | None,
+    experiment_id: int | None,
+    strategy: str,
+    shadow_of: uuid.UUID | None = None,
+) -> ImpressionRow:
+    return ImpressionRow(
         recommendation_id=recommendation_id,
         user_id=request.user.pk,
         served_at=request.at,
         model_version=model.version if model else None,
+        routed_version=routed_version,
+        strategy=strategy,
+        arm=arm,
+        experiment_id=experiment_id,
+        shadow_of=shadow_of,
         items=[item["_pk"] for item in served],
         scores=[item["score"] for item in served] if model else [],
-        **fields,
     )
 
 

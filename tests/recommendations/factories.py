@@ -9,6 +9,7 @@ import numpy as np
 from django.conf import settings
 from django.db.models import Max
 
+from recommendations import sql
 from recommendations.models import EndUser, Impression, Interaction
 from recommendations.selectors.online import attribution_window
 from recommendations.services.online_features import online_features_rebuild
@@ -59,7 +60,8 @@ def serve(
 
 
 def event(who, item, kind, at, *, rec=None, value=None):
-    return Interaction.objects.create(
+    """An event stored as ingestion stores it: the row, and its (user, item) pair if the pair is new."""
+    stored = Interaction.objects.create(
         user=who,
         item=item,
         event_type=kind,
@@ -67,6 +69,8 @@ def event(who, item, kind, at, *, rec=None, value=None):
         value=value,
         recommendation_id=rec.recommendation_id if rec else None,
     )
+    sql.user_item_first_seen_insert(event_pks=[stored.pk])
+    return stored
 
 
 def outcomes_recorded() -> int:

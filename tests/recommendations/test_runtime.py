@@ -20,6 +20,7 @@ import recommendations
 from recommendations.models import EndUser, Impression
 from recommendations.process_cache import ProcessCache
 from recommendations.runtime import ServingRuntime, process_runtime
+from recommendations.services.impressions import ImpressionRow
 
 THREAD_NAMES = {"serving-poller", "impression-flusher", "shadow-scorer"}
 PROCESS_STATE = (
@@ -100,7 +101,7 @@ def test_stopping_the_runtime_writes_the_buffered_impressions(settings, runtime)
     user = EndUser.objects.create(external_id="someone")
     runtime.start()
     runtime.impressions.log(
-        Impression(recommendation_id=uuid.uuid4(), user=user, strategy="popular", served_at=timezone.now())
+        ImpressionRow(uuid.uuid4(), user.pk, timezone.now(), None, None, "popular", "champion", None, None, [], [])
     )
     assert not Impression.objects.exists() and runtime.counters()["impressions_buffered"] == 1
     runtime.stop()

@@ -60,6 +60,13 @@ def test_seen_and_inactive_items_never_appear(served, serve_client):
     assert first[0]["item_id"] not in served_ids
 
 
+def test_an_item_stays_seen_after_retention_dropped_the_events_with_it(served, serve_client):
+    seen = set(Interaction.objects.filter(user__external_id="user-3").values_list("item__external_id", flat=True))
+    Interaction.objects.filter(user__external_id="user-3").delete()  # as retention drops old months; pairs stay
+    served_ids = {item["item_id"] for item in get(serve_client, "user-3", k=50).json()["items"]}
+    assert seen and not served_ids & seen
+
+
 def test_category_and_exclude_filters(served, serve_client):
     body = get(serve_client, "user-5", k=10, category="genre-2").json()
     categories = dict(Item.objects.values_list("external_id", "categories"))

@@ -16,6 +16,7 @@ from recommendations import features, sql
 from recommendations.models import (
     EndUser,
     EventReceipt,
+    Impression,
     Interaction,
     Item,
     ItemFeatures,
@@ -23,6 +24,7 @@ from recommendations.models import (
     UserItemFirstSeen,
 )
 from recommendations.services.events import EventInput
+from recommendations.services.impressions import ImpressionRow
 from recommendations.services.online_features import item_state_from_row
 
 pytestmark = pytest.mark.django_db
@@ -277,11 +279,36 @@ def test_item_deltas_add_up_keep_the_extremes_and_log_add_popularity():
 
 def test_the_served_user_row_holds_the_seen_items_and_none_for_a_stranger():
     user, item = EndUser.objects.create(external_id="u"), Item.objects.create(external_id="i1", active=False)
-    Interaction.objects.create(user=user, item=item, event_type="view", timestamp=T0)
+    event = Interaction.objects.create(user=user, item=item, event_type="view", timestamp=T0)
+    sql.user_item_first_seen_insert(event_pks=[event.pk])  # seen items are the user's recorded pairs
     row = sql.served_user_row(external_id="u")
     seen = row[1] if isinstance(row[1], list) else json.loads(row[1])  # an array on PostgreSQL, JSON text on SQLite
     assert row[0] == user.pk and seen == [item.pk] and sql.served_user_row(external_id="stranger") is None
     assert sql.inactive_items(pks=[item.pk, Item.objects.create(external_id="i2").pk]) == {item.pk}
+
+
+def test_impressions_are_stored_as_the_orm_reads_them_and_a_repeated_list_is_skipped():
+    user, shown = EndUser.objects.create(external_id="u"), uuid.uuid4()
+    model = Impression.Strategy.MODEL
+    served = ImpressionRow(shown, user.pk, T0, 3, 3, model, "champion", 7, None, [5, 9], [0.5, 0.25])
+    shadow = ImpressionRow(uuid.uuid4(), user.pk, T0, 4, 4, "model", Impression.Arm.SHADOW, 7, shown, [9], [1.5])
+    sql.impressions_insert(rows=[served, shadow])
+    sql.impressions_insert(rows=[served._replace(items=[1])])  # the same recommendation_id again
+    stored = {row.recommendation_id: row for row in Impression.objects.all()}
+    assert set(stored) == {shown, shadow.recommendation_id}
+    first, second = stored[shown], stored[shadow.recommendation_id]
+    assert (first.user_id, first.served_at, first.model_version, first.routed_version) == (user.pk, T0, 3, 3)
+    assert (first.strategy, first.arm, first.experiment_id, first.shadow_of) == ("model", "champion", 7, None)
+    assert (first.items, first.scores) == ([5, 9], [0.5, 0.25])
+    assert (second.arm, second.shadow_of, second.items, second.scores) == ("shadow", shown, [9], [1.5])
+    assert ImpressionRow._fields == sql.IMPRESSION_COLUMNS
+
+
+def test_a_flush_larger_than_one_statement_stores_every_list():
+    user = EndUser.objects.create(external_id="u")
+    row = ImpressionRow(uuid.uuid4(), user.pk, T0, None, None, "popular", "champion", None, None, [], [])
+    sql.impressions_insert(rows=[row._replace(recommendation_id=uuid.uuid4()) for _ in range(1201)])
+    assert Impression.objects.count() == 1201
 
 
 def test_the_item_snapshot_columns_hold_every_item_in_key_order_with_its_features_or_none():
