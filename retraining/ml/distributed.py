@@ -25,6 +25,7 @@ of band); the ranker goes as LightGBM text, the format of the artifacts, not as 
 from __future__ import annotations
 
 import operator
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -34,7 +35,7 @@ import lightgbm as lgb
 import numpy as np
 
 from recommendations import ranking
-from retraining.ml.events import EventLog, ItemStatesAt, item_states_answer
+from retraining.ml.events import EventLog, ItemStatesAt, ItemStatesReplayed
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import (
     EarlyStoppingAfter,
@@ -51,6 +52,9 @@ from retraining.ml.replay import Evaluation, EvaluationReplay, regressor_train_e
 from retraining.ml.split import Split
 
 CONNECT_TIMEOUT_S = 30
+# A worker evaluates its shard's users this many at a time: a chunk's candidates, answered item states (80 bytes
+# a pair, up to 130 pairs a user) and rows take tens of MB, where a whole shard's grew with its users.
+EVALUATION_CHUNK_USERS = 2_000
 
 
 @contextmanager
@@ -110,8 +114,8 @@ class ClusterSteps:
 
     The shards' rows, concatenated in order, are the in-process rows."""
 
-    def __init__(self, cluster: Cluster, log: EventLog, split: Split):
-        self.cluster, self.log, self.split = cluster, log, split
+    def __init__(self, cluster: Cluster, log: EventLog, split: Split, *, chunk_users: int = EVALUATION_CHUNK_USERS):
+        self.cluster, self.log, self.split, self.chunk_users = cluster, log, split, chunk_users
         parts = len(cluster.workers)
         self.user_bounds = balanced_bounds(np.bincount(log.user, minlength=len(log.user_pks)), parts)
         self.item_bounds = balanced_bounds(np.bincount(log.item, minlength=len(log.item_pks)), parts)
@@ -131,31 +135,55 @@ class ClusterSteps:
     def _shard_of(self, users: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.user_bounds, users, side="right") - 1
 
+    def _evaluation_rounds(self) -> list[list[tuple[int, int, int]]]:
+        """The shards' users cut into chunks of at most `chunk_users` (contiguous codes, about equal sizes), as
+        rounds of (shard, first user, end user): round r holds each shard's r-th chunk."""
+        cuts = []
+        for first, end in zip(self.user_bounds[:-1].tolist(), self.user_bounds[1:].tolist()):
+            count = max(1, -(-(end - first) // self.chunk_users))
+            cuts.append(np.linspace(first, end, count + 1).round().astype(np.int64).tolist())
+        return [
+            [(shard, bounds[r], bounds[r + 1]) for shard, bounds in enumerate(cuts) if r + 1 < len(bounds)]
+            for r in range(max(len(bounds) - 1 for bounds in cuts))
+        ]
+
     def shard_users(self, users: np.ndarray) -> list[np.ndarray]:
         """These users (sorted) by shard, every shard's (possibly empty)."""
         users = np.sort(users)
         return np.split(users, np.searchsorted(users, self.user_bounds[1:-1]))
 
-    def _answered(self, queries: list, portion: np.ndarray) -> tuple[list, list]:
-        """Per shard, the (item, time) pairs its queries ask about and the item partitions' answers (one piece
-        each, computed and cut on the partition's worker): each partition replays its items' events in `portion`
-        (a mask over the log: the portion the queries replay)."""
-        asked = [self.cluster.submit(_item_pairs, part, q) for part, q in enumerate(queries)]
+    def _item_partitions(self, portion: np.ndarray) -> list:
+        """Per item partition, its items' states after each of their events in `portion` (a mask over the log:
+        the portion the queries replay), computed once on the partition's worker and kept there, so that the
+        shards' pairs are answered chunk after chunk by lookups, not by replaying again."""
         item_of_event = np.searchsorted(self.item_bounds, self.log.item, side="right") - 1
+        return [
+            self.cluster.submit(
+                ItemStatesReplayed.of,
+                part,
+                self.cluster.put(self.log.subset(portion & (item_of_event == part)), part),
+            )
+            for part in range(len(self.item_bounds) - 1)
+        ]
+
+    def _answered(self, queries: list, shards: list[int], partitions: list) -> tuple[list, list]:
+        """Per query set (each on the worker of its shard in `shards`), the (item, time) pairs it asks about and
+        the item partitions' answers (one piece per partition, looked up on the partition's worker)."""
+        asked = [self.cluster.submit(_item_pairs, shard, q) for q, shard in zip(queries, shards)]
         answers = [
             self.cluster.submit(
                 _item_states,
                 part,
-                self.cluster.put(self.log.subset(portion & (item_of_event == part)), part),
+                states,
                 asked,
                 items_from=int(self.item_bounds[part]),
                 items_to=int(self.item_bounds[part + 1]),
             )
-            for part in range(len(self.item_bounds) - 1)
+            for part, states in enumerate(partitions)
         ]
         pieces = [
-            [self.cluster.submit(operator.getitem, part, answer, shard) for part, answer in enumerate(answers)]
-            for shard in range(len(queries))
+            [self.cluster.submit(operator.getitem, part, answer, index) for part, answer in enumerate(answers)]
+            for index in range(len(queries))
         ]
         return asked, pieces
 
@@ -181,7 +209,7 @@ class ClusterSteps:
                 zip(self.shards, splits, self.shard_users(ranker_users(self.log, window, params)))
             )
         ]
-        asked, answers = self._answered(queries, window.fit)
+        asked, answers = self._answered(queries, list(range(len(queries))), self._item_partitions(window.fit))
         parts = self.cluster.client.gather(
             [
                 self.cluster.submit(
@@ -204,36 +232,51 @@ class ClusterSteps:
         with_regressor: bool,
         blend: ranking.RankerBlend = ranking.RANKER_ALONE,
     ) -> Evaluation:
-        """evaluation_run per user shard; per-user results are independent, so the shards concatenate. The
-        rating rows are put back in their in-process order: training rows in the log's order, held-out rows in
-        the replay's (by holdout start, then user, then event), so that every sum over them is the same."""
+        """evaluation_run per chunk of a shard's users (at most `chunk_users` each, so that a worker holds one or
+        two chunks' candidates, item states and rows, not its whole shard's); per-user results are independent, so
+        the chunks concatenate in user order. The item partitions replay once and answer every chunk. The rating
+        rows are put back in their in-process order: training rows in the log's order, held-out rows in the
+        replay's (by holdout start, then user, then event), so that every sum over them is the same."""
         train_ratings = regressor_train_events(self.log, self.split, params)
-        by_shard = self._shard_of(self.log.user[train_ratings])
-        model_future = self.cluster.client.scatter(model, broadcast=True, hash=False)
-        queries = [
-            self.cluster.submit(
-                _evaluation_queries,
-                part,
-                shard,
-                split,
-                params=params,
-                category_share=category_share,
-                model=model_future,
-                ranker_text=ranker.model_to_string() if ranker is not None else None,
-                blend=blend,
-                with_regressor=with_regressor,
-                users=np.arange(self.user_bounds[part], self.user_bounds[part + 1]),
-                train_ratings=train_ratings[by_shard == part],
-            )
-            for part, (shard, split) in enumerate(zip(self.shards, self.shard_splits))
-        ]
-        asked, answers = self._answered(queries, self.split.train)
-        parts = self.cluster.client.gather(
-            [
-                self.cluster.submit(_evaluation_finish, part, q, shard, asked[part], answers[part])
-                for part, (q, shard) in enumerate(zip(queries, self.shards))
+        rating_users = self.log.user[train_ratings]
+        shared = {
+            "params": params,
+            "category_share": category_share,
+            "model": self.cluster.client.scatter(model, broadcast=True, hash=False),
+            "ranker_text": (
+                self.cluster.client.scatter(ranker.model_to_string(), broadcast=True, hash=False)
+                if ranker is not None
+                else None
+            ),
+            "blend": blend,
+            "with_regressor": with_regressor,
+        }
+        partitions = self._item_partitions(self.split.train)
+
+        def chunks_run(chunks: list[tuple[int, int, int]]) -> list:
+            queries = [
+                self.cluster.submit(
+                    _evaluation_queries,
+                    shard,
+                    self.shards[shard],
+                    self.shard_splits[shard],
+                    users_from=first,
+                    users_to=end,
+                    train_ratings=train_ratings[(rating_users >= first) & (rating_users < end)],
+                    **shared,
+                )
+                for shard, first, end in chunks
             ]
-        )
+            asked, answers = self._answered(queries, [shard for shard, _, _ in chunks], partitions)
+            return [
+                self.cluster.submit(_evaluation_finish, shard, q, a, pieces)
+                for (shard, _, _), q, a, pieces in zip(chunks, queries, asked, answers)
+            ]
+
+        rounds = self._evaluation_rounds()
+        results = _pipelined(chunks_run, rounds, self.cluster.client.gather)
+        first_users = [first for chunks in rounds for _, first, _ in chunks]
+        parts = [results[index] for index in np.argsort(first_users, kind="stable")]
         joined = {
             name: np.concatenate([getattr(p, name) for p in parts])
             for name in (
@@ -329,12 +372,12 @@ def _item_pairs(queries) -> ItemStatesAt:
     return queries.item_pairs()
 
 
-def _item_states(part: EventLog, asked: list[ItemStatesAt], *, items_from: int, items_to: int) -> list[np.ndarray]:
-    """Per shard, the states of this partition's items at the pairs that shard asked about them (its pairs in
-    key order, where this partition's items are one contiguous run)."""
-    pairs = [a.pairs(items_from, items_to) for a in asked]
-    columns = item_states_answer(part, np.concatenate([i for i, _ in pairs]), np.concatenate([t for _, t in pairs]))
-    return [piece.copy() for piece in np.split(columns, np.cumsum([len(i) for i, _ in pairs])[:-1])]  # not views
+def _item_states(
+    states: ItemStatesReplayed, asked: list[ItemStatesAt], *, items_from: int, items_to: int
+) -> list[np.ndarray]:
+    """Per query set, the states of this partition's items at the pairs it asked about them (its pairs in key
+    order, where this partition's items are one contiguous run)."""
+    return [states.answer(*a.pairs(items_from, items_to)) for a in asked]
 
 
 def _ranker_queries(shard: UserShard, split: Split, *, params, model, users) -> RankerQueries:
@@ -347,41 +390,71 @@ def _ranker_examples(
     return queries.examples(category_share, asked.answered(answers))
 
 
+@dataclass
+class EvaluationChunk:
+    """The evaluation queries of a chunk of a shard's users, built from their events only (`index`: those
+    events' positions in the whole log)."""
+
+    queries: EvaluationReplay
+    index: np.ndarray
+
+    def item_pairs(self) -> ItemStatesAt:
+        return self.queries.item_pairs()
+
+
 def _evaluation_queries(
     shard: UserShard,
     split: Split,
     *,
+    users_from: int,
+    users_to: int,
     params,
     category_share,
     model,
     ranker_text,
     blend,
     with_regressor,
-    users,
     train_ratings,
-) -> EvaluationReplay:
-    return EvaluationReplay(
-        shard.log,
-        split,
+) -> EvaluationChunk:
+    """The queries of the shard's users in [users_from, users_to); `train_ratings` are theirs, as positions in the
+    whole log."""
+    mine = np.flatnonzero((shard.log.user >= users_from) & (shard.log.user < users_to))
+    index = shard.index[mine]
+    queries = EvaluationReplay(
+        shard.log.subset(mine),
+        _split_subset(split, mine),
         params,
         category_share=category_share,
         model=model,
         ranker=lgb.Booster(model_str=ranker_text) if ranker_text is not None else None,
         blend=blend,
         with_regressor=with_regressor,
-        users=users,
-        train_ratings=np.searchsorted(shard.index, train_ratings),
+        users=np.arange(users_from, users_to),
+        train_ratings=np.searchsorted(index, train_ratings),
     )
+    return EvaluationChunk(queries, index)
 
 
-def _evaluation_finish(
-    queries: EvaluationReplay, shard: UserShard, asked: ItemStatesAt, answers: list[np.ndarray]
-) -> Evaluation:
-    """The shard's evaluation, its rating rows' events as positions in the whole log."""
-    evaluation = queries.run(asked.answered(answers))
-    evaluation.regressor_train_events = shard.index[evaluation.regressor_train_events]
-    evaluation.regressor_holdout_events = shard.index[evaluation.regressor_holdout_events]
+def _evaluation_finish(chunk: EvaluationChunk, asked: ItemStatesAt, answers: list[np.ndarray]) -> Evaluation:
+    """The chunk's evaluation, its rating rows' events as positions in the whole log."""
+    evaluation = chunk.queries.run(asked.answered(answers))
+    evaluation.regressor_train_events = chunk.index[evaluation.regressor_train_events]
+    evaluation.regressor_holdout_events = chunk.index[evaluation.regressor_holdout_events]
     return evaluation
+
+
+def _pipelined(run: Callable[[list], list], rounds: list[list], gather: Callable[[list], list]) -> list:
+    """`run` each round's items (it returns their futures) and gather the results in order, the next round
+    submitted before the last one is gathered, so that at most two rounds are held at a time."""
+    results: list = []
+    in_flight: deque = deque()
+    for items in rounds:
+        in_flight.append(run(items))
+        if len(in_flight) > 1:
+            results.extend(gather(in_flight.popleft()))
+    while in_flight:
+        results.extend(gather(in_flight.popleft()))
+    return results
 
 
 def _dask_fit(
@@ -397,13 +470,14 @@ def _dask_fit(
     def stacked(index: int, shape, dtype):
         return da.concatenate(
             [
-                da.from_delayed(dask.delayed(_column)(future, index), shape=shape(part), dtype=dtype)
+                da.from_delayed(dask.delayed(_column)(future, index, dtype), shape=shape(part), dtype=dtype)
                 for future, part in zip(futures, partitions)
             ]
         )
 
     width = partitions[0][0].shape[1]
-    matrix = stacked(0, lambda part: (len(part[0]), width), np.float64)
+    # the matrix keeps its dtype (float32 features): LightGBM reads float32 and float64 as the same doubles
+    matrix = stacked(0, lambda part: (len(part[0]), width), partitions[0][0].dtype)
     target = stacked(1, lambda part: (len(part[1]),), np.float64)
     group = stacked(2, lambda part: (len(part[2]),), np.int64) if partitions[0][2] is not None else None
     options = {key: value for key, value in options.items() if key != "num_threads"}  # each worker's own threads
@@ -414,9 +488,9 @@ def _dask_fit(
     return model.booster_
 
 
-def _column(part: tuple, index: int) -> np.ndarray:
-    """The matrix (0), target (1) or group sizes (2) of a scattered partition, as _dask_fit declares them."""
-    return np.asarray(part[index], dtype=np.int64 if index == 2 else np.float64)
+def _column(part: tuple, index: int, dtype) -> np.ndarray:
+    """The matrix (0), target (1) or group sizes (2) of a scattered partition, of the dtype _dask_fit declares."""
+    return np.asarray(part[index], dtype=dtype)
 
 
 def _best_iteration_select(
