@@ -52,9 +52,10 @@ from retraining.ml.replay import Evaluation, EvaluationReplay, regressor_train_e
 from retraining.ml.split import Split
 
 CONNECT_TIMEOUT_S = 30
-# A worker evaluates its shard's users this many at a time: a chunk's candidates, answered item states (80 bytes
-# a pair, up to 130 pairs a user) and rows take tens of MB, where a whole shard's grew with its users.
-EVALUATION_CHUNK_USERS = 2_000
+# A worker evaluates its shard's users this many at a time (two chunks in flight): a chunk's candidates, answered
+# item states (80 bytes a pair, up to 130 pairs a user) and rows take ~15 MB, where a whole shard's grew with its
+# users (measured at 1M events: 2,000 users held 24 MB once built).
+EVALUATION_CHUNK_USERS = 1_000
 
 
 @contextmanager
