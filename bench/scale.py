@@ -373,6 +373,7 @@ class DaskCluster:
 
     def __init__(self, *, env: dict[str, str], workers: int, log_dir: Path):
         import dask
+        import distributed  # noqa: F401 - its defaults, the nanny's among them, join dask.config on import
 
         # What a nanny sets in its worker's environment (Dask's default deployment, as in docker-compose): above
         # all MALLOC_TRIM_THRESHOLD_, without which glibc keeps freed heap and the RSS shows it. The workers run
