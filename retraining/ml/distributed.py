@@ -52,10 +52,10 @@ from retraining.ml.replay import Evaluation, EvaluationReplay, regressor_train_e
 from retraining.ml.split import Split
 
 CONNECT_TIMEOUT_S = 30
-# A worker evaluates its shard's users this many at a time (two chunks in flight): a chunk's candidates, answered
-# item states (80 bytes a pair, up to 130 pairs a user) and rows take ~15 MB, where a whole shard's grew with its
-# users (measured at 1M events: 2,000 users held 24 MB once built).
-EVALUATION_CHUNK_USERS = 1_000
+# A worker builds its shard's ranker and evaluation queries this many users at a time (two chunks in flight): a
+# chunk's candidates, answered item states (80 bytes a pair, up to 130 pairs a user) and rows take ~15 MB, where a
+# whole shard's grew with its users (measured at 1M events: 2,000 users held 24 MB once built).
+CHUNK_USERS = 1_000
 
 
 @contextmanager
@@ -115,7 +115,7 @@ class ClusterSteps:
 
     The shards' rows, concatenated in order, are the in-process rows."""
 
-    def __init__(self, cluster: Cluster, log: EventLog, split: Split, *, chunk_users: int = EVALUATION_CHUNK_USERS):
+    def __init__(self, cluster: Cluster, log: EventLog, split: Split, *, chunk_users: int = CHUNK_USERS):
         self.cluster, self.log, self.split, self.chunk_users = cluster, log, split, chunk_users
         parts = len(cluster.workers)
         self.user_bounds = balanced_bounds(np.bincount(log.user, minlength=len(log.user_pks)), parts)
@@ -136,17 +136,32 @@ class ClusterSteps:
     def _shard_of(self, users: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.user_bounds, users, side="right") - 1
 
-    def _evaluation_rounds(self) -> list[list[tuple[int, int, int]]]:
-        """The shards' users cut into chunks of at most `chunk_users` (contiguous codes, about equal sizes), as
-        rounds of (shard, first user, end user): round r holds each shard's r-th chunk."""
-        cuts = []
-        for first, end in zip(self.user_bounds[:-1].tolist(), self.user_bounds[1:].tolist()):
-            count = max(1, -(-(end - first) // self.chunk_users))
-            cuts.append(np.linspace(first, end, count + 1).round().astype(np.int64).tolist())
-        return [
-            [(shard, bounds[r], bounds[r + 1]) for shard, bounds in enumerate(cuts) if r + 1 < len(bounds)]
-            for r in range(max(len(bounds) - 1 for bounds in cuts))
+    def _in_chunks(
+        self, users_by_shard: list[np.ndarray], portion: np.ndarray, build: Callable, finish: Callable
+    ) -> list:
+        """Each shard's users (sorted) in chunks of at most `chunk_users`, so that a worker holds one or two chunks'
+        candidates, item states and rows, not its whole shard's: `build(shard, users)` submits a chunk's queries on
+        its shard's worker, the item partitions (replaying `portion` once) answer their pairs, and
+        `finish(shard, queries, asked, answers)` submits the chunk's result. Round r holds each shard's r-th chunk;
+        a round is submitted before the one before it is gathered. The results come in user order."""
+        partitions = self._item_partitions(portion)
+        chunks = [
+            np.array_split(users, max(1, -(-len(users) // self.chunk_users))) for users in users_by_shard
+        ]  # per shard
+        rounds = [
+            [(shard, parts[r]) for shard, parts in enumerate(chunks) if r < len(parts)]
+            for r in range(max(len(parts) for parts in chunks))
         ]
+
+        def run(round_chunks: list[tuple[int, np.ndarray]]) -> list:
+            shards = [shard for shard, _ in round_chunks]
+            queries = [build(shard, users) for shard, users in round_chunks]
+            asked, answers = self._answered(queries, shards, partitions)
+            return [finish(*arguments) for arguments in zip(shards, queries, asked, answers)]
+
+        results = _pipelined(run, rounds, self.cluster.client.gather)
+        keys = [(shard, r) for r, round_chunks in enumerate(rounds) for shard, _ in round_chunks]
+        return [results[index] for index in sorted(range(len(keys)), key=keys.__getitem__)]
 
     def shard_users(self, users: np.ndarray) -> list[np.ndarray]:
         """These users (sorted) by shard, every shard's (possibly empty)."""
@@ -204,21 +219,22 @@ class ClusterSteps:
         """ranker_examples_build of one window, its users in shards; concatenated in order they are its rows."""
         splits = self.shard_splits if window is self.split else self._shard_splits(window)
         model_future = self.cluster.client.scatter(model, broadcast=True, hash=False)
-        queries = [
-            self.cluster.submit(_ranker_queries, part, shard, split, params=params, model=model_future, users=users)
-            for part, (shard, split, users) in enumerate(
-                zip(self.shards, splits, self.shard_users(ranker_users(self.log, window, params)))
+
+        def build(shard: int, users: np.ndarray):
+            return self.cluster.submit(
+                _ranker_queries,
+                shard,
+                self.shards[shard],
+                splits[shard],
+                params=params,
+                model=model_future,
+                users=users,
             )
-        ]
-        asked, answers = self._answered(queries, list(range(len(queries))), self._item_partitions(window.fit))
-        parts = self.cluster.client.gather(
-            [
-                self.cluster.submit(
-                    _ranker_examples, part, q, asked[part], answers[part], category_share=category_share
-                )
-                for part, q in enumerate(queries)
-            ]
-        )
+
+        def finish(shard: int, queries, asked, answers):
+            return self.cluster.submit(_ranker_examples, shard, queries, asked, answers, category_share=category_share)
+
+        parts = self._in_chunks(self.shard_users(ranker_users(self.log, window, params)), window.fit, build, finish)
         return RankerExamples(
             *(np.concatenate([getattr(p, name) for p in parts]) for name in ("matrix", "labels", "groups", "users"))
         )
@@ -252,32 +268,23 @@ class ClusterSteps:
             "blend": blend,
             "with_regressor": with_regressor,
         }
-        partitions = self._item_partitions(self.split.train)
 
-        def chunks_run(chunks: list[tuple[int, int, int]]) -> list:
-            queries = [
-                self.cluster.submit(
-                    _evaluation_queries,
-                    shard,
-                    self.shards[shard],
-                    self.shard_splits[shard],
-                    users_from=first,
-                    users_to=end,
-                    train_ratings=train_ratings[(rating_users >= first) & (rating_users < end)],
-                    **shared,
-                )
-                for shard, first, end in chunks
-            ]
-            asked, answers = self._answered(queries, [shard for shard, _, _ in chunks], partitions)
-            return [
-                self.cluster.submit(_evaluation_finish, shard, q, a, pieces)
-                for (shard, _, _), q, a, pieces in zip(chunks, queries, asked, answers)
-            ]
+        def build(shard: int, users: np.ndarray):
+            return self.cluster.submit(
+                _evaluation_queries,
+                shard,
+                self.shards[shard],
+                self.shard_splits[shard],
+                users=users,
+                train_ratings=train_ratings[np.isin(rating_users, users)],
+                **shared,
+            )
 
-        rounds = self._evaluation_rounds()
-        results = _pipelined(chunks_run, rounds, self.cluster.client.gather)
-        first_users = [first for chunks in rounds for _, first, _ in chunks]
-        parts = [results[index] for index in np.argsort(first_users, kind="stable")]
+        def finish(shard: int, queries, asked, answers):
+            return self.cluster.submit(_evaluation_finish, shard, queries, asked, answers)
+
+        every_user = np.arange(len(self.log.user_pks))
+        parts = self._in_chunks(self.shard_users(every_user), self.split.train, build, finish)
         joined = {
             name: np.concatenate([getattr(p, name) for p in parts])
             for name in (
@@ -382,7 +389,9 @@ def _item_states(
 
 
 def _ranker_queries(shard: UserShard, split: Split, *, params, model, users) -> RankerQueries:
-    return RankerQueries(shard.log, split, params, model, users=users)
+    """The queries of these users of the shard, built from their events only."""
+    mine = np.flatnonzero(np.isin(shard.log.user, users))
+    return RankerQueries(shard.log.subset(mine), _split_subset(split, mine), params, model, users=users)
 
 
 def _ranker_examples(
@@ -407,8 +416,7 @@ def _evaluation_queries(
     shard: UserShard,
     split: Split,
     *,
-    users_from: int,
-    users_to: int,
+    users: np.ndarray,
     params,
     category_share,
     model,
@@ -417,9 +425,9 @@ def _evaluation_queries(
     with_regressor,
     train_ratings,
 ) -> EvaluationChunk:
-    """The queries of the shard's users in [users_from, users_to); `train_ratings` are theirs, as positions in the
-    whole log."""
-    mine = np.flatnonzero((shard.log.user >= users_from) & (shard.log.user < users_to))
+    """The queries of these users of the shard (sorted, contiguous codes); `train_ratings` are theirs, as positions
+    in the whole log."""
+    mine = np.flatnonzero(np.isin(shard.log.user, users))
     index = shard.index[mine]
     queries = EvaluationReplay(
         shard.log.subset(mine),
@@ -430,7 +438,7 @@ def _evaluation_queries(
         ranker=lgb.Booster(model_str=ranker_text) if ranker_text is not None else None,
         blend=blend,
         with_regressor=with_regressor,
-        users=np.arange(users_from, users_to),
+        users=users,
         train_ratings=np.searchsorted(index, train_ratings),
     )
     return EvaluationChunk(queries, index)

@@ -15,7 +15,7 @@ from recommendations import ranking
 from recommendations.serving.loading import artifact_models_check
 from registry.selectors import champion_version
 from retraining.ml.candidates import collaborative_fit
-from retraining.ml.distributed import EVALUATION_CHUNK_USERS, ClusterSteps, cluster_connect, ndcg_at
+from retraining.ml.distributed import CHUNK_USERS, ClusterSteps, cluster_connect, ndcg_at
 from retraining.ml.events import ItemStatesAt, ItemStatesReplayed, StateReplay
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import ranker_blend_fit, ranker_fit
@@ -71,12 +71,13 @@ def both_trained(log, dask_cluster, tmp_path_factory):
     return local, on_cluster, directory
 
 
-def test_the_cluster_builds_exactly_the_ranker_examples_built_in_process(log, dask_cluster):
+@pytest.mark.parametrize("chunk_users", [CHUNK_USERS, 7])  # one chunk per shard; many, of unequal sizes
+def test_the_cluster_builds_exactly_the_ranker_examples_built_in_process(log, dask_cluster, chunk_users):
     split = split_compute(log, PARAMS)
     model = collaborative_fit(log=log, mask=split.fit, n_modelled=PARAMS.ease_items, l2=PARAMS.ease_l2)
     expected = LocalSteps(log, split).ranker_examples(PARAMS, log.category_share(), model)
     with cluster_connect(dask_cluster) as cluster:
-        steps = ClusterSteps(cluster, log, split)
+        steps = ClusterSteps(cluster, log, split, chunk_users=chunk_users)
         assert [len(users) > 0 for users in steps.shard_users(expected.users)] == [True, True]
         found = steps.ranker_examples(PARAMS, log.category_share(), model)
     assert len(expected.groups) > 20
@@ -132,7 +133,7 @@ def steps_inputs(log):
     return split, log.category_share(), LocalSteps(log, split), inner, model
 
 
-@pytest.mark.parametrize("chunk_users", [EVALUATION_CHUNK_USERS, 7])  # one chunk per shard; many, of unequal sizes
+@pytest.mark.parametrize("chunk_users", [CHUNK_USERS, 7])  # one chunk per shard; many, of unequal sizes
 def test_the_partitioned_evaluation_replay_ranks_and_builds_rating_rows_as_in_process(
     log, dask_cluster, steps_inputs, chunk_users
 ):
