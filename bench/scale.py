@@ -9,8 +9,9 @@ users, --items items, seed 1, drift at 0.7), the database (--database, default b
 migrated, `manage.py import_movielens` imports the files (the users' import path, timed), then `manage.py train
 --json` trains, evaluates and registers a candidate in its own process, as users run it: in-process first, then
 with DASK_SCHEDULER_ADDRESS pointing at a `dask scheduler` with two `dask worker` processes (one thread each,
-no nanny, no memory limit) started here. Peak memory: the trainer's process tree sampled every 0.2 s (and its own
-ru_maxrss from the JSON), each worker's VmHWM (the kernel's exact peak RSS) read before it is stopped.
+no nanny but a nanny's environment, no memory limit) started here. Peak memory: the trainer's process tree sampled
+every 0.2 s (and its own ru_maxrss from the JSON), each worker's VmHWM (the kernel's exact peak RSS) read before it
+is stopped.
 
 Printed: a table per size (import s, train s and peak MB in-process, train s on Dask and per-worker peak MB), the
 time ratio per size step (normalised by the size ratio, and as the cost of one doubling), NDCG@10 of the ranker
@@ -371,7 +372,14 @@ class DaskCluster:
     each in its own process group, stopped on exit whatever the exit."""
 
     def __init__(self, *, env: dict[str, str], workers: int, log_dir: Path):
-        self.env = dict(env, PYTHONPATH=str(ROOT))
+        import dask
+        import distributed  # noqa: F401 - its defaults, the nanny's among them, join dask.config on import
+
+        # What a nanny sets in its worker's environment (Dask's default deployment, as in docker-compose): above
+        # all MALLOC_TRIM_THRESHOLD_, without which glibc keeps freed heap and the RSS shows it. The workers run
+        # without a nanny here only so that each one's VmHWM is its own process's.
+        nanny_environ = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}
+        self.env = dict(env, PYTHONPATH=str(ROOT), **nanny_environ)
         self.workers, self.log_dir = workers, log_dir
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"

@@ -25,6 +25,7 @@ of band); the ranker goes as LightGBM text, the format of the artifacts, not as 
 from __future__ import annotations
 
 import operator
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -34,7 +35,7 @@ import lightgbm as lgb
 import numpy as np
 
 from recommendations import ranking
-from retraining.ml.events import EventLog, ItemStatesAt, item_states_answer
+from retraining.ml.events import EventLog, ItemStatesAt, ItemStatesReplayed
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import (
     EarlyStoppingAfter,
@@ -51,6 +52,10 @@ from retraining.ml.replay import Evaluation, EvaluationReplay, regressor_train_e
 from retraining.ml.split import Split
 
 CONNECT_TIMEOUT_S = 30
+# A worker builds its shard's ranker and evaluation queries this many users at a time (two chunks in flight): a
+# chunk's candidates, answered item states (80 bytes a pair, up to 130 pairs a user) and rows take ~15 MB, where a
+# whole shard's grew with its users (measured at 1M events: 2,000 users held 24 MB once built).
+CHUNK_USERS = 1_000
 
 
 @contextmanager
@@ -110,8 +115,8 @@ class ClusterSteps:
 
     The shards' rows, concatenated in order, are the in-process rows."""
 
-    def __init__(self, cluster: Cluster, log: EventLog, split: Split):
-        self.cluster, self.log, self.split = cluster, log, split
+    def __init__(self, cluster: Cluster, log: EventLog, split: Split, *, chunk_users: int = CHUNK_USERS):
+        self.cluster, self.log, self.split, self.chunk_users = cluster, log, split, chunk_users
         parts = len(cluster.workers)
         self.user_bounds = balanced_bounds(np.bincount(log.user, minlength=len(log.user_pks)), parts)
         self.item_bounds = balanced_bounds(np.bincount(log.item, minlength=len(log.item_pks)), parts)
@@ -131,31 +136,70 @@ class ClusterSteps:
     def _shard_of(self, users: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.user_bounds, users, side="right") - 1
 
+    def _in_chunks(
+        self, users_by_shard: list[np.ndarray], portion: np.ndarray, build: Callable, finish: Callable
+    ) -> list:
+        """Each shard's users (sorted) in chunks of at most `chunk_users`, so that a worker holds one or two chunks'
+        candidates, item states and rows, not its whole shard's: `build(shard, users)` submits a chunk's queries on
+        its shard's worker, the item partitions (replaying `portion` once) answer their pairs, and
+        `finish(shard, queries, asked, answers)` submits the chunk's result. Round r holds each shard's r-th chunk;
+        a round is submitted before the one before it is gathered. The results come in user order."""
+        partitions = self._item_partitions(portion)
+        chunks = [
+            np.array_split(users, max(1, -(-len(users) // self.chunk_users))) for users in users_by_shard
+        ]  # per shard
+        rounds = [
+            [(shard, parts[r]) for shard, parts in enumerate(chunks) if r < len(parts)]
+            for r in range(max(len(parts) for parts in chunks))
+        ]
+
+        def run(round_chunks: list[tuple[int, np.ndarray]]) -> list:
+            shards = [shard for shard, _ in round_chunks]
+            queries = [build(shard, users) for shard, users in round_chunks]
+            asked, answers = self._answered(queries, shards, partitions)
+            return [finish(*arguments) for arguments in zip(shards, queries, asked, answers)]
+
+        results = _pipelined(run, rounds, self.cluster.client.gather)
+        keys = [(shard, r) for r, round_chunks in enumerate(rounds) for shard, _ in round_chunks]
+        return [results[index] for index in sorted(range(len(keys)), key=keys.__getitem__)]
+
     def shard_users(self, users: np.ndarray) -> list[np.ndarray]:
         """These users (sorted) by shard, every shard's (possibly empty)."""
         users = np.sort(users)
         return np.split(users, np.searchsorted(users, self.user_bounds[1:-1]))
 
-    def _answered(self, queries: list, portion: np.ndarray) -> tuple[list, list]:
-        """Per shard, the (item, time) pairs its queries ask about and the item partitions' answers (one piece
-        each, computed and cut on the partition's worker): each partition replays its items' events in `portion`
-        (a mask over the log: the portion the queries replay)."""
-        asked = [self.cluster.submit(_item_pairs, part, q) for part, q in enumerate(queries)]
+    def _item_partitions(self, portion: np.ndarray) -> list:
+        """Per item partition, its items' states after each of their events in `portion` (a mask over the log:
+        the portion the queries replay), computed once on the partition's worker and kept there, so that the
+        shards' pairs are answered chunk after chunk by lookups, not by replaying again."""
         item_of_event = np.searchsorted(self.item_bounds, self.log.item, side="right") - 1
+        return [
+            self.cluster.submit(
+                ItemStatesReplayed.of,
+                part,
+                self.cluster.put(self.log.subset(portion & (item_of_event == part)), part),
+            )
+            for part in range(len(self.item_bounds) - 1)
+        ]
+
+    def _answered(self, queries: list, shards: list[int], partitions: list) -> tuple[list, list]:
+        """Per query set (each on the worker of its shard in `shards`), the (item, time) pairs it asks about and
+        the item partitions' answers (one piece per partition, looked up on the partition's worker)."""
+        asked = [self.cluster.submit(_item_pairs, shard, q) for q, shard in zip(queries, shards)]
         answers = [
             self.cluster.submit(
                 _item_states,
                 part,
-                self.cluster.put(self.log.subset(portion & (item_of_event == part)), part),
+                states,
                 asked,
                 items_from=int(self.item_bounds[part]),
                 items_to=int(self.item_bounds[part + 1]),
             )
-            for part in range(len(self.item_bounds) - 1)
+            for part, states in enumerate(partitions)
         ]
         pieces = [
-            [self.cluster.submit(operator.getitem, part, answer, shard) for part, answer in enumerate(answers)]
-            for shard in range(len(queries))
+            [self.cluster.submit(operator.getitem, part, answer, index) for part, answer in enumerate(answers)]
+            for index in range(len(queries))
         ]
         return asked, pieces
 
@@ -175,21 +219,22 @@ class ClusterSteps:
         """ranker_examples_build of one window, its users in shards; concatenated in order they are its rows."""
         splits = self.shard_splits if window is self.split else self._shard_splits(window)
         model_future = self.cluster.client.scatter(model, broadcast=True, hash=False)
-        queries = [
-            self.cluster.submit(_ranker_queries, part, shard, split, params=params, model=model_future, users=users)
-            for part, (shard, split, users) in enumerate(
-                zip(self.shards, splits, self.shard_users(ranker_users(self.log, window, params)))
+
+        def build(shard: int, users: np.ndarray):
+            return self.cluster.submit(
+                _ranker_queries,
+                shard,
+                self.shards[shard],
+                splits[shard],
+                params=params,
+                model=model_future,
+                users=users,
             )
-        ]
-        asked, answers = self._answered(queries, window.fit)
-        parts = self.cluster.client.gather(
-            [
-                self.cluster.submit(
-                    _ranker_examples, part, q, asked[part], answers[part], category_share=category_share
-                )
-                for part, q in enumerate(queries)
-            ]
-        )
+
+        def finish(shard: int, queries, asked, answers):
+            return self.cluster.submit(_ranker_examples, shard, queries, asked, answers, category_share=category_share)
+
+        parts = self._in_chunks(self.shard_users(ranker_users(self.log, window, params)), window.fit, build, finish)
         return RankerExamples(
             *(np.concatenate([getattr(p, name) for p in parts]) for name in ("matrix", "labels", "groups", "users"))
         )
@@ -204,36 +249,42 @@ class ClusterSteps:
         with_regressor: bool,
         blend: ranking.RankerBlend = ranking.RANKER_ALONE,
     ) -> Evaluation:
-        """evaluation_run per user shard; per-user results are independent, so the shards concatenate. The
-        rating rows are put back in their in-process order: training rows in the log's order, held-out rows in
-        the replay's (by holdout start, then user, then event), so that every sum over them is the same."""
+        """evaluation_run per chunk of a shard's users (at most `chunk_users` each, so that a worker holds one or
+        two chunks' candidates, item states and rows, not its whole shard's); per-user results are independent, so
+        the chunks concatenate in user order. The item partitions replay once and answer every chunk. The rating
+        rows are put back in their in-process order: training rows in the log's order, held-out rows in the
+        replay's (by holdout start, then user, then event), so that every sum over them is the same."""
         train_ratings = regressor_train_events(self.log, self.split, params)
-        by_shard = self._shard_of(self.log.user[train_ratings])
-        model_future = self.cluster.client.scatter(model, broadcast=True, hash=False)
-        queries = [
-            self.cluster.submit(
+        rating_users = self.log.user[train_ratings]
+        shared = {
+            "params": params,
+            "category_share": category_share,
+            "model": self.cluster.client.scatter(model, broadcast=True, hash=False),
+            "ranker_text": (
+                self.cluster.client.scatter(ranker.model_to_string(), broadcast=True, hash=False)
+                if ranker is not None
+                else None
+            ),
+            "blend": blend,
+            "with_regressor": with_regressor,
+        }
+
+        def build(shard: int, users: np.ndarray):
+            return self.cluster.submit(
                 _evaluation_queries,
-                part,
                 shard,
-                split,
-                params=params,
-                category_share=category_share,
-                model=model_future,
-                ranker_text=ranker.model_to_string() if ranker is not None else None,
-                blend=blend,
-                with_regressor=with_regressor,
-                users=np.arange(self.user_bounds[part], self.user_bounds[part + 1]),
-                train_ratings=train_ratings[by_shard == part],
+                self.shards[shard],
+                self.shard_splits[shard],
+                users=users,
+                train_ratings=train_ratings[np.isin(rating_users, users)],
+                **shared,
             )
-            for part, (shard, split) in enumerate(zip(self.shards, self.shard_splits))
-        ]
-        asked, answers = self._answered(queries, self.split.train)
-        parts = self.cluster.client.gather(
-            [
-                self.cluster.submit(_evaluation_finish, part, q, shard, asked[part], answers[part])
-                for part, (q, shard) in enumerate(zip(queries, self.shards))
-            ]
-        )
+
+        def finish(shard: int, queries, asked, answers):
+            return self.cluster.submit(_evaluation_finish, shard, queries, asked, answers)
+
+        every_user = np.arange(len(self.log.user_pks))
+        parts = self._in_chunks(self.shard_users(every_user), self.split.train, build, finish)
         joined = {
             name: np.concatenate([getattr(p, name) for p in parts])
             for name in (
@@ -329,16 +380,18 @@ def _item_pairs(queries) -> ItemStatesAt:
     return queries.item_pairs()
 
 
-def _item_states(part: EventLog, asked: list[ItemStatesAt], *, items_from: int, items_to: int) -> list[np.ndarray]:
-    """Per shard, the states of this partition's items at the pairs that shard asked about them (its pairs in
-    key order, where this partition's items are one contiguous run)."""
-    pairs = [a.pairs(items_from, items_to) for a in asked]
-    columns = item_states_answer(part, np.concatenate([i for i, _ in pairs]), np.concatenate([t for _, t in pairs]))
-    return [piece.copy() for piece in np.split(columns, np.cumsum([len(i) for i, _ in pairs])[:-1])]  # not views
+def _item_states(
+    states: ItemStatesReplayed, asked: list[ItemStatesAt], *, items_from: int, items_to: int
+) -> list[np.ndarray]:
+    """Per query set, the states of this partition's items at the pairs it asked about them (its pairs in key
+    order, where this partition's items are one contiguous run)."""
+    return [states.answer(*a.pairs(items_from, items_to)) for a in asked]
 
 
 def _ranker_queries(shard: UserShard, split: Split, *, params, model, users) -> RankerQueries:
-    return RankerQueries(shard.log, split, params, model, users=users)
+    """The queries of these users of the shard, built from their events only."""
+    mine = np.flatnonzero(np.isin(shard.log.user, users))
+    return RankerQueries(shard.log.subset(mine), _split_subset(split, mine), params, model, users=users)
 
 
 def _ranker_examples(
@@ -347,22 +400,38 @@ def _ranker_examples(
     return queries.examples(category_share, asked.answered(answers))
 
 
+@dataclass
+class EvaluationChunk:
+    """The evaluation queries of a chunk of a shard's users, built from their events only (`index`: those
+    events' positions in the whole log)."""
+
+    queries: EvaluationReplay
+    index: np.ndarray
+
+    def item_pairs(self) -> ItemStatesAt:
+        return self.queries.item_pairs()
+
+
 def _evaluation_queries(
     shard: UserShard,
     split: Split,
     *,
+    users: np.ndarray,
     params,
     category_share,
     model,
     ranker_text,
     blend,
     with_regressor,
-    users,
     train_ratings,
-) -> EvaluationReplay:
-    return EvaluationReplay(
-        shard.log,
-        split,
+) -> EvaluationChunk:
+    """The queries of these users of the shard (sorted, contiguous codes); `train_ratings` are theirs, as positions
+    in the whole log."""
+    mine = np.flatnonzero(np.isin(shard.log.user, users))
+    index = shard.index[mine]
+    queries = EvaluationReplay(
+        shard.log.subset(mine),
+        _split_subset(split, mine),
         params,
         category_share=category_share,
         model=model,
@@ -370,18 +439,31 @@ def _evaluation_queries(
         blend=blend,
         with_regressor=with_regressor,
         users=users,
-        train_ratings=np.searchsorted(shard.index, train_ratings),
+        train_ratings=np.searchsorted(index, train_ratings),
     )
+    return EvaluationChunk(queries, index)
 
 
-def _evaluation_finish(
-    queries: EvaluationReplay, shard: UserShard, asked: ItemStatesAt, answers: list[np.ndarray]
-) -> Evaluation:
-    """The shard's evaluation, its rating rows' events as positions in the whole log."""
-    evaluation = queries.run(asked.answered(answers))
-    evaluation.regressor_train_events = shard.index[evaluation.regressor_train_events]
-    evaluation.regressor_holdout_events = shard.index[evaluation.regressor_holdout_events]
+def _evaluation_finish(chunk: EvaluationChunk, asked: ItemStatesAt, answers: list[np.ndarray]) -> Evaluation:
+    """The chunk's evaluation, its rating rows' events as positions in the whole log."""
+    evaluation = chunk.queries.run(asked.answered(answers))
+    evaluation.regressor_train_events = chunk.index[evaluation.regressor_train_events]
+    evaluation.regressor_holdout_events = chunk.index[evaluation.regressor_holdout_events]
     return evaluation
+
+
+def _pipelined(run: Callable[[list], list], rounds: list[list], gather: Callable[[list], list]) -> list:
+    """`run` each round's items (it returns their futures) and gather the results in order, the next round
+    submitted before the last one is gathered, so that at most two rounds are held at a time."""
+    results: list = []
+    in_flight: deque = deque()
+    for items in rounds:
+        in_flight.append(run(items))
+        if len(in_flight) > 1:
+            results.extend(gather(in_flight.popleft()))
+    while in_flight:
+        results.extend(gather(in_flight.popleft()))
+    return results
 
 
 def _dask_fit(
@@ -397,13 +479,14 @@ def _dask_fit(
     def stacked(index: int, shape, dtype):
         return da.concatenate(
             [
-                da.from_delayed(dask.delayed(_column)(future, index), shape=shape(part), dtype=dtype)
+                da.from_delayed(dask.delayed(_column)(future, index, dtype), shape=shape(part), dtype=dtype)
                 for future, part in zip(futures, partitions)
             ]
         )
 
     width = partitions[0][0].shape[1]
-    matrix = stacked(0, lambda part: (len(part[0]), width), np.float64)
+    # the matrix keeps its dtype (float32 features): LightGBM reads float32 and float64 as the same doubles
+    matrix = stacked(0, lambda part: (len(part[0]), width), partitions[0][0].dtype)
     target = stacked(1, lambda part: (len(part[1]),), np.float64)
     group = stacked(2, lambda part: (len(part[2]),), np.int64) if partitions[0][2] is not None else None
     options = {key: value for key, value in options.items() if key != "num_threads"}  # each worker's own threads
@@ -414,9 +497,9 @@ def _dask_fit(
     return model.booster_
 
 
-def _column(part: tuple, index: int) -> np.ndarray:
-    """The matrix (0), target (1) or group sizes (2) of a scattered partition, as _dask_fit declares them."""
-    return np.asarray(part[index], dtype=np.int64 if index == 2 else np.float64)
+def _column(part: tuple, index: int, dtype) -> np.ndarray:
+    """The matrix (0), target (1) or group sizes (2) of a scattered partition, of the dtype _dask_fit declares."""
+    return np.asarray(part[index], dtype=dtype)
 
 
 def _best_iteration_select(

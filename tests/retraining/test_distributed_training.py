@@ -15,8 +15,8 @@ from recommendations import ranking
 from recommendations.serving.loading import artifact_models_check
 from registry.selectors import champion_version
 from retraining.ml.candidates import collaborative_fit
-from retraining.ml.distributed import ClusterSteps, cluster_connect, ndcg_at
-from retraining.ml.events import ItemStatesAt, StateReplay, item_states_answer
+from retraining.ml.distributed import CHUNK_USERS, ClusterSteps, cluster_connect, ndcg_at
+from retraining.ml.events import ItemStatesAt, ItemStatesReplayed, StateReplay
 from retraining.ml.params import TrainingParams
 from retraining.ml.ranker import ranker_blend_fit, ranker_fit
 from retraining.ml.regressor import KIND_RESIDUAL, rating_bounds, rating_scores
@@ -71,12 +71,13 @@ def both_trained(log, dask_cluster, tmp_path_factory):
     return local, on_cluster, directory
 
 
-def test_the_cluster_builds_exactly_the_ranker_examples_built_in_process(log, dask_cluster):
+@pytest.mark.parametrize("chunk_users", [CHUNK_USERS, 7])  # one chunk per shard; many, of unequal sizes
+def test_the_cluster_builds_exactly_the_ranker_examples_built_in_process(log, dask_cluster, chunk_users):
     split = split_compute(log, PARAMS)
     model = collaborative_fit(log=log, mask=split.fit, n_modelled=PARAMS.ease_items, l2=PARAMS.ease_l2)
     expected = LocalSteps(log, split).ranker_examples(PARAMS, log.category_share(), model)
     with cluster_connect(dask_cluster) as cluster:
-        steps = ClusterSteps(cluster, log, split)
+        steps = ClusterSteps(cluster, log, split, chunk_users=chunk_users)
         assert [len(users) > 0 for users in steps.shard_users(expected.users)] == [True, True]
         found = steps.ranker_examples(PARAMS, log.category_share(), model)
     assert len(expected.groups) > 20
@@ -132,12 +133,16 @@ def steps_inputs(log):
     return split, log.category_share(), LocalSteps(log, split), inner, model
 
 
-def test_the_partitioned_evaluation_replay_ranks_and_builds_rating_rows_as_in_process(log, dask_cluster, steps_inputs):
+@pytest.mark.parametrize("chunk_users", [CHUNK_USERS, 7])  # one chunk per shard; many, of unequal sizes
+def test_the_partitioned_evaluation_replay_ranks_and_builds_rating_rows_as_in_process(
+    log, dask_cluster, steps_inputs, chunk_users
+):
     split, share, local, inner, model = steps_inputs
     ranker = ranker_fit(local.ranker_examples(PARAMS, share, inner), PARAMS)
     expected = local.evaluation(PARAMS, share, model, ranker, with_regressor=True)
     with cluster_connect(dask_cluster) as cluster:
-        found = ClusterSteps(cluster, log, split).evaluation(PARAMS, share, model, ranker, with_regressor=True)
+        steps = ClusterSteps(cluster, log, split, chunk_users=chunk_users)
+        found = steps.evaluation(PARAMS, share, model, ranker, with_regressor=True)
     np.testing.assert_array_equal(found.users, expected.users)
     for name in ("ranker", "popularity", "ease"):
         assert [c.tolist() for c in found.ranked[name]] == [c.tolist() for c in expected.ranked[name]]
@@ -151,6 +156,20 @@ def test_the_partitioned_evaluation_replay_ranks_and_builds_rating_rows_as_in_pr
         "regressor_holdout_events",
     ):  # held-out rows come per shard and are put back in the replay's order
         np.testing.assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)
+
+
+def test_a_worker_builds_the_evaluation_queries_of_at_most_chunk_users_users_at_a_time(log, dask_cluster, steps_inputs):
+    split, share, _, _, model = steps_inputs
+    with cluster_connect(dask_cluster) as cluster:
+        cluster.client.register_plugin(EventsHeld())
+        try:
+            ClusterSteps(cluster, log, split, chunk_users=9).evaluation(PARAMS, share, model, None, with_regressor=True)
+            held = cluster.client.run(lambda dask_worker: dask_worker.plugins["events-held"].logs)
+        finally:
+            cluster.client.unregister_worker_plugin("events-held")
+    chunks = [users for logs in held.values() for kind, _, users in logs if kind == "EvaluationChunk"]
+    assert max(len(users) for users in chunks) <= 9
+    assert sorted(u for users in chunks for u in users) == sorted(set(log.user.tolist())), "each user in one chunk"
 
 
 def test_the_partitioned_evaluation_ranks_by_the_popularity_blend_as_in_process(log, dask_cluster, steps_inputs):
@@ -230,7 +249,7 @@ def test_item_states_answered_by_an_item_partition_are_those_of_a_replay_of_the_
     asked = ItemStatesAt.asked(items, times)
     pair_items, pair_times = asked.pairs(0, half)
     partition = log.subset(split.fit & (log.item < half))
-    columns = item_states_answer(partition, pair_items, pair_times)
+    columns = ItemStatesReplayed.of(partition).answer(pair_items, pair_times)
     answered = asked.answered([columns[:100], columns[100:]])  # as the pieces of two partitions
 
     whole = StateReplay(log.subset(split.fit))

@@ -16,6 +16,6 @@ class EventsHeld(distributed.WorkerPlugin):
     def transition(self, key, start, finish, **kwargs):
         if finish == "memory" and key in self.worker.data:
             value = self.worker.data[key]
-            held = getattr(value, "log", value)  # a user shard holds its log
+            held = getattr(getattr(value, "queries", value), "log", value)  # a user shard's log, a chunk's queries'
             if isinstance(held, EventLog):
                 self.logs.append((type(value).__name__, held.event_pk.tolist(), sorted(set(held.user.tolist()))))
