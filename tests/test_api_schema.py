@@ -18,6 +18,7 @@ from recommendations.services.catalog import ItemInput, item_upsert
 from registry.services import model_version_promote
 from retraining.services.rollout import challenger_deploy
 from tests.registry.factories import registered_version
+from tests.support.html import offsite_assets, page_assets
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_REF = "#/components/schemas/"
@@ -166,18 +167,14 @@ def test_the_api_answers_failures_in_the_documented_error_shape(ingest_client, c
     assert all(set(location) == {"index", "field", "message"} for location in response.json()["errors"])
 
 
-_EXTERNAL_ASSET = re.compile(r"""<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//""", re.IGNORECASE)
-_ASSET = re.compile(r"""<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
-
-
 @pytest.mark.parametrize("url", ["/api/docs/", "/api/redoc/"])
 def test_the_docs_pages_load_their_scripts_and_styles_from_our_own_static_files(url, settings):
     response = Client().get(url)
     assert response.status_code == 200
     html = response.content.decode()
-    assert not _EXTERNAL_ASSET.search(html)
+    assert offsite_assets(html) == []
     assert "cdn." not in html.lower() and "unpkg" not in html.lower()
-    assets = [asset for asset in _ASSET.findall(html) if asset.startswith("/" + settings.STATIC_URL.strip("/"))]
+    assets = [asset for asset in page_assets(html) if asset.startswith("/" + settings.STATIC_URL.strip("/"))]
     assert assets, "the page loads its scripts and styles from STATIC_URL"
     for asset in assets:
         assert finders.find(asset.removeprefix("/" + settings.STATIC_URL.strip("/") + "/")), asset
