@@ -1,27 +1,16 @@
 """bench/oracle_bound.py on a tiny timeline: the oracle's ranking uses the generator's probabilities, so on the same
 held-out events it beats most-popular, both collaborative baselines and the trained ranker."""
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.support.bench import bench_module
 
 
 @pytest.fixture(scope="module")
 def oracle_bound():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_oracle_bound", BENCH / "oracle_bound.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_oracle_bound"] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_module("oracle_bound")
 
 
 def test_on_a_tiny_timeline_the_oracle_beats_every_baseline_and_the_ranker(oracle_bound, tmp_path):

@@ -2,27 +2,16 @@
 The benchmark itself is not run here (it takes hours at its sizes)."""
 
 import argparse
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.support.bench import bench_module
 
 
 @pytest.fixture(scope="module")
 def scale():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_scale", BENCH / "scale.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_scale"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_module("scale")
 
 
 def test_sizes_are_read_with_k_and_m_suffixes_and_sorted(scale):
